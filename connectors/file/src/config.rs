@@ -1,0 +1,72 @@
+use std::path::PathBuf;
+
+use flowgate_sdk::HumanDuration;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// How each input line becomes a record.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// Each line must be one JSON value; a line that is not goes to the error policy.
+    #[default]
+    Json,
+    /// Each line is taken as it is.
+    Text,
+}
+
+/// Reads a JSON-lines file. Its position is kept in the state directory, so a
+/// restarted pipeline continues after the last line the sink acknowledged.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Path of the file to read.
+    pub path: PathBuf,
+    /// Keep reading as the file grows, like `tail -f`; otherwise stop at its end.
+    #[serde(default)]
+    pub follow: bool,
+    /// `json` (default) or `text`.
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+/// Reads JSON lines from standard input until it closes. Standard input cannot be
+/// replayed, so records in flight when the process dies are lost with it; use a
+/// file source when that matters.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConfig {
+    /// `json` (default) or `text`.
+    #[serde(default)]
+    pub format: LineFormat,
+}
+
+const fn yes() -> bool {
+    true
+}
+
+/// Appends each record's value as one line.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Path of the file to append to; created when missing.
+    pub path: PathBuf,
+    /// Sync the file to disk before acknowledging a batch (default true), so that
+    /// acknowledged records survive a power loss, not only a crash of Flowgate.
+    #[serde(default = "yes")]
+    pub fsync: bool,
+}
+
+/// Writes each record's value as one line to standard output.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSinkConfig {}
+
+/// Discards records (benchmarks, dry runs).
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NullSinkConfig {
+    /// Pause this long per batch, to simulate a slow sink (backpressure tests).
+    #[serde(default)]
+    pub delay: Option<HumanDuration>,
+}

@@ -1,0 +1,31 @@
+use std::io;
+use std::path::PathBuf;
+
+use flowgate_sdk::ConnectorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot open {path}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot store the position of {path}")]
+    State { path: PathBuf, source: io::Error },
+}
+
+impl FileError {
+    /// Opening fails for reasons a retry does not fix (missing file, permissions);
+    /// reads and writes fail for reasons that pass (a full disk being cleaned up).
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, FileError::Open { .. })
+    }
+}
+
+impl From<FileError> for ConnectorError {
+    fn from(e: FileError) -> Self {
+        let message = e.to_string();
+        if e.is_retryable() { ConnectorError::transient(message, e) } else { ConnectorError::fatal_from(message, e) }
+    }
+}

@@ -1,0 +1,282 @@
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowgate_sdk::{Batch, ConnectorError, Read, Source, SourceContext, StateStore, Watermark, async_trait};
+use serde::{Deserialize, Serialize};
+use tokio::fs::File;
+use tokio::io::{AsyncSeekExt, Stdin};
+
+use crate::lines::Lines;
+use crate::{FileError, FileSourceConfig, LineFormat, StdinConfig};
+
+/// How often a followed file is checked for new data, truncation or rotation.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// What the state store keeps for a file source.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct FilePosition {
+    path: PathBuf,
+    /// Inode of the file the offset belongs to, to notice a file replaced by another.
+    inode: u64,
+    offset: u64,
+    line: u64,
+}
+
+pub struct FileSource {
+    config: FileSourceConfig,
+    path_label: Arc<str>,
+    stage: Arc<str>,
+    max: usize,
+    state: StateStore,
+    state_key: String,
+    lines: Lines<File>,
+    inode: u64,
+    /// Position reached at the end of each batch handed out and not yet committed.
+    pending: VecDeque<(u64, FilePosition)>,
+    at_end: bool,
+}
+
+impl FileSource {
+    pub async fn open(config: FileSourceConfig, ctx: &SourceContext) -> Result<Self, FileError> {
+        let state_key = format!("{}.file-source", ctx.pipeline);
+        let open_err = |source| FileError::Open { path: config.path.clone(), source };
+        let mut file = File::open(&config.path).await.map_err(open_err)?;
+        let meta = file.metadata().await.map_err(open_err)?;
+        let stored: Option<FilePosition> =
+            ctx.state.load(&state_key).map_err(|source| FileError::State { path: config.path.clone(), source })?;
+        let (offset, line) = match stored {
+            Some(p) if p.path == config.path && p.inode == meta.ino() && p.offset <= meta.len() => {
+                tracing::info!(path = %config.path.display(), offset = p.offset, line = p.line, "resuming file");
+                (p.offset, p.line)
+            }
+            Some(p) => {
+                tracing::warn!(
+                    path = %config.path.display(),
+                    stored = %p.path.display(),
+                    "the stored position belongs to another or a shorter file; reading from the start"
+                );
+                (0, 0)
+            }
+            None => (0, 0),
+        };
+        file.seek(std::io::SeekFrom::Start(offset)).await.map_err(open_err)?;
+        Ok(FileSource {
+            path_label: config.path.display().to_string().into(),
+            stage: "source".into(),
+            max: ctx.batch_size,
+            state: ctx.state.clone(),
+            state_key,
+            lines: Lines::new(file, offset, line),
+            inode: meta.ino(),
+            pending: VecDeque::new(),
+            at_end: false,
+            config,
+        })
+    }
+
+    fn read_err(&self, source: std::io::Error) -> FileError {
+        FileError::Read { path: self.config.path.clone(), source }
+    }
+
+    /// While following: reopen a rotated file, rewind a truncated one.
+    async fn check_replaced(&mut self) -> Result<(), FileError> {
+        let Ok(meta) = tokio::fs::metadata(&self.config.path).await else {
+            return Ok(()); // Rotated away and not yet recreated.
+        };
+        if meta.ino() != self.inode {
+            tracing::info!(path = %self.config.path.display(), "file was replaced; reading the new one from the start");
+            let file = File::open(&self.config.path).await.map_err(|e| self.read_err(e))?;
+            self.lines = Lines::new(file, 0, 0);
+            self.inode = meta.ino();
+        } else if meta.len() < self.lines.offset() {
+            tracing::warn!(path = %self.config.path.display(), "file was truncated; reading it from the start");
+            let mut file = File::open(&self.config.path).await.map_err(|e| self.read_err(e))?;
+            file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| self.read_err(e))?;
+            self.lines = Lines::new(file, 0, 0);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        loop {
+            self.lines.drain_into(batch, self.max, self.at_end, self.config.format, &self.path_label, &self.stage);
+            let full = batch.records.len() + batch.rejected.len() >= self.max;
+            if full || (self.at_end && !batch.is_empty()) {
+                break;
+            }
+            if self.at_end {
+                if !self.config.follow {
+                    return Ok(Read::End);
+                }
+                // Following: look again later, and let the engine commit meanwhile.
+                self.at_end = false;
+                tokio::time::sleep(FOLLOW_POLL).await;
+                if !self.lines.has_partial() {
+                    self.check_replaced().await?;
+                }
+                return Ok(Read::Idle);
+            }
+            let n = self.lines.fill().await.map_err(|e| self.read_err(e))?;
+            // When following, a line without its newline is still being written.
+            self.at_end = n == 0 && !(self.config.follow && self.lines.has_partial());
+            if n == 0 && !self.at_end {
+                if !batch.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                return Ok(Read::Idle);
+            }
+        }
+        self.pending.push_back((
+            batch.seq,
+            FilePosition {
+                path: self.config.path.clone(),
+                inode: self.inode,
+                offset: self.lines.offset(),
+                line: self.lines.line(),
+            },
+        ));
+        Ok(Read::Data)
+    }
+
+    async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
+        let mut last = None;
+        while self.pending.front().is_some_and(|(seq, _)| *seq < done.0) {
+            last = self.pending.pop_front().map(|(_, p)| p);
+        }
+        if let Some(position) = last {
+            self.state
+                .save(&self.state_key, &position)
+                .map_err(|source| FileError::State { path: self.config.path.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+/// Standard input has no position to keep: commits are no-ops.
+pub struct StdinSource {
+    format: LineFormat,
+    max: usize,
+    label: Arc<str>,
+    stage: Arc<str>,
+    lines: Lines<Stdin>,
+    at_end: bool,
+}
+
+impl StdinSource {
+    pub fn new(config: StdinConfig, ctx: &SourceContext) -> Self {
+        StdinSource {
+            format: config.format,
+            max: ctx.batch_size,
+            label: "<stdin>".into(),
+            stage: "source".into(),
+            lines: Lines::new(tokio::io::stdin(), 0, 0),
+            at_end: false,
+        }
+    }
+}
+
+#[async_trait]
+impl Source for StdinSource {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        loop {
+            self.lines.drain_into(batch, self.max, self.at_end, self.format, &self.label, &self.stage);
+            if batch.records.len() + batch.rejected.len() >= self.max || !batch.is_empty() && self.at_end {
+                return Ok(Read::Data);
+            }
+            if self.at_end {
+                return Ok(Read::End);
+            }
+            // Hand over what has arrived rather than wait for a full batch: an
+            // interactive producer may pause for a long time.
+            if !batch.is_empty() {
+                return Ok(Read::Data);
+            }
+            let n = self.lines.fill().await.map_err(|source| FileError::Read { path: "<stdin>".into(), source })?;
+            self.at_end = n == 0;
+        }
+    }
+
+    async fn commit(&mut self, _: Watermark) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_sdk::AckTracker;
+
+    use super::*;
+
+    fn ctx(dir: &std::path::Path, batch_size: usize) -> SourceContext {
+        SourceContext {
+            pipeline: "t".into(),
+            batch_size,
+            linger: Duration::from_millis(10),
+            state: StateStore::new(dir.join("state")),
+        }
+    }
+
+    async fn read_to_end(src: &mut FileSource, tracker: &Arc<AckTracker>) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let mut b = Batch::with_capacity(tracker.next_seq(), 2);
+            match src.read(&mut b).await.unwrap() {
+                Read::Data => {
+                    tracker.begin().ack();
+                    out.extend(b.records.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()));
+                }
+                Read::Idle => {}
+                Read::End => return out,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn resumes_after_the_committed_batch_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "1\n2\n3\n4\n5").unwrap();
+        let config = FileSourceConfig { path: path.clone(), follow: false, format: LineFormat::Json };
+        let tracker = AckTracker::new();
+        let mut src = FileSource::open(config.clone(), &ctx(dir.path(), 2)).await.unwrap();
+        let all = read_to_end(&mut src, &tracker).await;
+        assert_eq!(all, ["1", "2", "3", "4", "5"]);
+        // Only the first two batches (lines 1-4) were committed.
+        src.commit(Watermark(2)).await.unwrap();
+        drop(src);
+        let mut again = FileSource::open(config, &ctx(dir.path(), 2)).await.unwrap();
+        assert_eq!(read_to_end(&mut again, &AckTracker::new()).await, ["5"]);
+    }
+
+    #[tokio::test]
+    async fn follow_waits_for_complete_lines_and_sees_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "1\n{\"half\":").unwrap();
+        let config = FileSourceConfig { path: path.clone(), follow: true, format: LineFormat::Json };
+        let mut src = FileSource::open(config, &ctx(dir.path(), 10)).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            let mut b = Batch::with_capacity(0, 10);
+            if src.read(&mut b).await.unwrap() == Read::Data {
+                seen.extend(b.records.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()));
+                assert!(b.rejected.is_empty(), "a half-written line must not be rejected");
+            }
+            if seen.len() == 1 {
+                use std::io::Write;
+                std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"2}\n3\n").unwrap();
+            }
+            if seen.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seen, ["1", "{\"half\":2}", "3"]);
+    }
+}

@@ -1,0 +1,10 @@
+//! `generate`: synthetic JSON records from a template, for demos, load tests and
+//! benchmarks.
+
+pub mod config;
+pub mod source;
+mod template;
+
+pub use config::GenerateConfig;
+pub use source::GenerateSource;
+pub use template::Template;

@@ -1,0 +1,231 @@
+//! Ordered acknowledgement.
+//!
+//! Every batch a source produces gets a sequence number and an [`Ack`]. Sinks finish
+//! batches in any order (a Kafka sink's delivery reports arrive out of order), but a
+//! source may only advance its position past a batch once that batch *and every batch
+//! before it* is done. The [`AckTracker`] turns completions into that contiguous
+//! [`Watermark`].
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+/// All batches with a sequence number below this are durably handled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Watermark(pub u64);
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_seq: u64,
+    /// Lowest sequence number not yet done; the watermark.
+    low: u64,
+    /// Done batches above `low`, waiting for the gap below them to close.
+    done: BTreeSet<u64>,
+    /// The first batch whose handle was dropped without being acknowledged.
+    failed: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    inner: Mutex<Inner>,
+    changed: Notify,
+}
+
+impl AckTracker {
+    pub fn new() -> Arc<Self> {
+        Arc::new(AckTracker::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves only plain integers behind; the
+        // state is still consistent, so poisoning is not a reason to fail.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sequence number the next [`AckTracker::begin`] will hand out.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Opens the next batch and returns its handle.
+    pub fn begin(self: &Arc<Self>) -> Ack {
+        let seq = {
+            let mut inner = self.lock();
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            seq
+        };
+        Ack { shared: Some(Arc::new(Shared { seq, pending: AtomicUsize::new(1), tracker: Arc::clone(self) })) }
+    }
+
+    pub fn watermark(&self) -> Watermark {
+        Watermark(self.lock().low)
+    }
+
+    /// Batches handed out but not yet done.
+    pub fn in_flight(&self) -> u64 {
+        let inner = self.lock();
+        inner.next_seq - inner.low
+    }
+
+    /// The first batch that was given up (its handle dropped without an ack), if any.
+    pub fn failed(&self) -> Option<u64> {
+        self.lock().failed
+    }
+
+    /// Waits until every batch handed out so far is done, or one has failed.
+    pub async fn settled(&self) {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let inner = self.lock();
+                if inner.low == inner.next_seq || inner.failed.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn complete(&self, seq: u64) {
+        {
+            let mut inner = self.lock();
+            if seq == inner.low {
+                inner.low += 1;
+                while inner.done.first() == Some(&inner.low) {
+                    inner.done.pop_first();
+                    inner.low += 1;
+                }
+            } else {
+                inner.done.insert(seq);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn fail(&self, seq: u64) {
+        {
+            let mut inner = self.lock();
+            inner.failed = Some(inner.failed.map_or(seq, |f| f.min(seq)));
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    seq: u64,
+    pending: AtomicUsize,
+    tracker: Arc<AckTracker>,
+}
+
+/// The acknowledgement handle of one batch.
+///
+/// A batch is done when every handle split from it has been acknowledged. A handle
+/// dropped without [`Ack::ack`] marks the batch failed: the source's position never
+/// moves past it, and the engine stops the pipeline rather than lose the records.
+#[derive(Debug)]
+pub struct Ack {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Ack {
+    /// The batch's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.shared.as_ref().map_or(u64::MAX, |s| s.seq)
+    }
+
+    /// A further handle for the same batch: the batch is done only once this one is
+    /// acknowledged too. Sinks that finish records asynchronously (delivery reports)
+    /// split one handle per in-flight unit.
+    pub fn split(&self) -> Ack {
+        if let Some(s) = &self.shared {
+            s.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        Ack { shared: self.shared.clone() }
+    }
+
+    /// Marks this handle's share of the batch durably handled.
+    pub fn ack(mut self) {
+        if let Some(s) = self.shared.take()
+            && s.pending.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            s.tracker.complete(s.seq);
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.take() {
+            s.tracker.fail(s.seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_advances_only_over_contiguous_completions() {
+        let t = AckTracker::new();
+        let a: Vec<Ack> = (0..5).map(|_| t.begin()).collect();
+        let mut a = a.into_iter();
+        let (a0, a1, a2, a3, a4) =
+            (a.next().unwrap(), a.next().unwrap(), a.next().unwrap(), a.next().unwrap(), a.next().unwrap());
+        a2.ack();
+        a1.ack();
+        assert_eq!(t.watermark(), Watermark(0), "batch 0 still open");
+        a0.ack();
+        assert_eq!(t.watermark(), Watermark(3));
+        a4.ack();
+        assert_eq!(t.watermark(), Watermark(3));
+        assert_eq!(t.in_flight(), 2);
+        a3.ack();
+        assert_eq!(t.watermark(), Watermark(5));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn split_handles_must_all_ack() {
+        let t = AckTracker::new();
+        let a = t.begin();
+        let b = a.split();
+        let c = b.split();
+        a.ack();
+        c.ack();
+        assert_eq!(t.watermark(), Watermark(0));
+        b.ack();
+        assert_eq!(t.watermark(), Watermark(1));
+    }
+
+    #[test]
+    fn dropped_handle_fails_the_batch_and_holds_the_watermark() {
+        let t = AckTracker::new();
+        let a = t.begin();
+        let b = t.begin();
+        let b2 = b.split();
+        b.ack();
+        drop(b2);
+        a.ack();
+        assert_eq!(t.failed(), Some(1));
+        assert_eq!(t.watermark(), Watermark(1));
+    }
+
+    #[tokio::test]
+    async fn settled_wakes_when_everything_is_done() {
+        let t = AckTracker::new();
+        let a = t.begin();
+        let waiter = {
+            let t = Arc::clone(&t);
+            tokio::spawn(async move { t.settled().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        a.ack();
+        waiter.await.unwrap();
+    }
+}

@@ -1,0 +1,23 @@
+//! The contract every Flowgate connector and transform implements.
+//!
+//! Data moves through a pipeline in [`Batch`]es of [`Record`]s. Each batch carries
+//! an [`Ack`] handle; a source learns through the engine which batches are durably
+//! handled (written by the sink or the dead-letter sink) and only then advances its
+//! position. See `docs/guarantees.md` for what that means end to end.
+
+mod ack;
+mod batch;
+mod config;
+mod error;
+mod record;
+mod state;
+mod traits;
+
+pub use ack::{Ack, AckTracker, Watermark};
+pub use batch::{Batch, Rejected};
+pub use config::HumanDuration;
+pub use error::{ConnectorError, ErrorKind};
+pub use record::{Header, Record, SourceMeta};
+pub use state::StateStore;
+pub use traits::{Read, Sink, Source, SourceContext, Transform};
+pub use {async_trait::async_trait, bytes::Bytes};

@@ -1,0 +1,73 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Batch, ConnectorError, StateStore, Watermark};
+
+/// What a source learns about the pipeline it runs in.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    pub pipeline: Arc<str>,
+    /// Largest number of records to put in one batch.
+    pub batch_size: usize,
+    /// How long to wait for a batch to fill once it has its first record.
+    pub linger: Duration,
+    pub state: StateStore,
+}
+
+/// The outcome of one [`Source::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// The batch holds records (or rejected input).
+    Data,
+    /// Nothing arrived for a while; the batch is empty. Returning lets the engine
+    /// commit positions while the source waits.
+    Idle,
+    /// The input is exhausted; the pipeline drains and stops.
+    End,
+}
+
+/// Where records come from.
+///
+/// The engine calls `read` with an empty batch whose `seq` is set. A source remembers
+/// the position reached by each batch it returns; `commit` then tells it that every
+/// batch below the watermark is durably handled, and the source persists the
+/// position of the last of them (Kafka offsets, a Postgres LSN, a file offset).
+/// A source must not block in `read` for much longer than a second without
+/// returning [`Read::Idle`].
+#[async_trait]
+pub trait Source: Send {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError>;
+
+    async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError>;
+
+    /// Releases connections; called once after the final commit.
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+/// Rewrites records. A transform replaces `batch.records`, may move records it
+/// refuses to `batch.rejected` with a reason, and must not touch `batch.ack`.
+#[async_trait]
+pub trait Transform: Send {
+    async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
+}
+
+/// Where records go.
+///
+/// `write` returns once every record of `batch.records` is durable, or moved to
+/// `batch.rejected` because it can never be written (a constraint violation, a
+/// value of the wrong shape). A transient error makes the engine call `write` again
+/// with the same batch, so a sink must either write a batch atomically or accept
+/// that a retry may repeat records (at-least-once).
+#[async_trait]
+pub trait Sink: Send {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
+
+    /// Flushes and releases resources; called once when the pipeline stops.
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,264 @@
+//! Pipeline files: the YAML contract, and loading it into a checked configuration
+//! with a diagnostic for every problem.
+
+mod diag;
+mod interp;
+mod schema;
+mod yaml;
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
+use flowgate_generate::{GenerateConfig, Template};
+use flowgate_sdk::HumanDuration;
+use flowgate_sql::SqliteSinkConfig;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use diag::MessageFormat;
+pub use interp::expand;
+
+/// One pipeline: a source, transforms in order, a sink, and what to do with
+/// records that cannot be processed.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Names the pipeline in logs and metrics, and keys its stored positions;
+    /// letters, digits, `-`, `_` and `.`.
+    pub name: String,
+    /// Where records come from; exactly one kind.
+    pub source: SourceConfig,
+    /// Steps applied to every record, in order.
+    #[serde(default)]
+    pub transforms: Vec<TransformConfig>,
+    /// Where records go; exactly one kind.
+    pub sink: SinkConfig,
+    /// What happens to a record that a step refuses.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+    /// How records are grouped on their way through.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// The source kinds. A new source is a new connector crate and a variant here.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceConfig {
+    Generate(GenerateConfig),
+    File(FileSourceConfig),
+    Stdin(StdinConfig),
+}
+
+/// The transform kinds: WebAssembly plugins and Avro validation join here.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformConfig {}
+
+/// The sink kinds. A new sink is a new connector crate and a variant here.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkConfig {
+    File(FileSinkConfig),
+    Stdout(StdoutSinkConfig),
+    Null(NullSinkConfig),
+    Sqlite(SqliteSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Null(_) => "null",
+            SinkConfig::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorPolicy {
+    /// Stop the pipeline; positions stay before the refused record.
+    #[default]
+    Fail,
+    /// Log the record with the reason, count it, and go on.
+    Skip,
+    /// Write the record with the reason to the `dead_letter` sink, then go on.
+    DeadLetter,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `fail` (default), `skip` or `dead_letter`.
+    #[serde(default)]
+    pub policy: ErrorPolicy,
+    /// The sink for refused records, with `policy: dead_letter`. Each is written as
+    /// a JSON envelope: the reason, the stage, and the original record.
+    #[serde(default)]
+    pub dead_letter: Option<SinkConfig>,
+}
+
+fn default_batch_size() -> usize {
+    1000
+}
+
+fn default_linger() -> HumanDuration {
+    HumanDuration::from_millis(100)
+}
+
+fn default_buffer() -> usize {
+    4
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most records per batch (default 1000).
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub size: usize,
+    /// Longest wait for a batch to fill once it has a record (default 100ms).
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    /// Batches queued between two stages (default 4). With `size` it bounds the
+    /// records a pipeline holds in memory: a slow sink slows the source.
+    #[serde(default = "default_buffer")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub buffer: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { size: default_batch_size(), linger: default_linger(), buffer: default_buffer() }
+    }
+}
+
+/// One thing wrong with a pipeline file, with where it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub span: Range<usize>,
+    pub message: String,
+    pub label: String,
+    pub help: Option<String>,
+}
+
+impl Problem {
+    pub fn new(span: Range<usize>, message: impl Into<String>, label: impl Into<String>) -> Self {
+        Problem { span, message: message.into(), label: label.into(), help: None }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Every problem found in one file.
+#[derive(Clone, Debug)]
+pub struct ConfigError {
+    pub path: String,
+    pub text: Arc<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn single(path: &str, text: &str, problem: Problem) -> Self {
+        ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems: vec![problem] }
+    }
+}
+
+/// The JSON Schema of pipeline files, for editors (`flowgate schema`).
+pub fn json_schema() -> &'static serde_json::Value {
+    static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+        generator.into_root_schema_for::<PipelineConfig>().to_value()
+    })
+}
+
+fn formats() -> &'static HashMap<&'static str, schema::FormatCheck> {
+    static FORMATS: OnceLock<HashMap<&'static str, schema::FormatCheck>> = OnceLock::new();
+    FORMATS.get_or_init(|| {
+        let mut m: HashMap<&'static str, schema::FormatCheck> = HashMap::new();
+        m.insert("duration", |s| s.parse::<HumanDuration>().map(drop));
+        m.insert("generate-template", |s| s.parse::<Template>().map(drop));
+        m
+    })
+}
+
+/// Reads and checks a pipeline file, with variables from the process environment.
+pub fn load_file(path: &Path) -> Result<PipelineConfig, ConfigError> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(&label, "", Problem::new(0..0, format!("cannot read {label}: {e}"), "here"))
+    })?;
+    load_str(&label, &text, &|name| std::env::var(name).ok())
+}
+
+/// Checks pipeline text. `env` looks up variables for `${VAR}`.
+pub fn load_str(path: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+    let fail =
+        |problems: Vec<Problem>| ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems };
+    let mut tree = yaml::parse(text).map_err(|p| fail(vec![p]))?;
+    let mut problems = Vec::new();
+    interp::expand_tree(&mut tree, env, &mut problems);
+
+    let root = json_schema();
+    let defs = root.get("$defs").and_then(|d| d.as_object()).cloned().unwrap_or_default();
+    let mut validator = schema::Validator::new(&defs, formats());
+    let value = validator.check(&tree, root, &(0..0));
+    problems.extend(validator.problems);
+    let Some(value) = value.filter(|_| problems.is_empty()) else {
+        problems.sort_by_key(|p| p.span.start);
+        return Err(fail(problems));
+    };
+
+    let config: PipelineConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path: Vec<String> = e
+            .path()
+            .iter()
+            .filter_map(|seg| match seg {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let span = tree.find(&path).map_or(0..0, |n| n.span.clone());
+        fail(vec![Problem::new(span, e.into_inner().to_string(), "here")])
+    })?;
+
+    let mut problems = Vec::new();
+    let at = |path: &[&str]| {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        tree.find(&path).map_or(0..0, |n| n.span.clone())
+    };
+    let name_ok = config.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && config.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !name_ok {
+        problems.push(
+            Problem::new(at(&["name"]), "invalid pipeline name", "not allowed in a name")
+                .with_help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
+        );
+    }
+    match (config.errors.policy, &config.errors.dead_letter) {
+        (ErrorPolicy::DeadLetter, None) => problems.push(
+            Problem::new(at(&["errors", "policy"]), "`policy: dead_letter` needs a dead-letter sink", "no sink for it")
+                .with_help("add `dead_letter: { file: { path: dead-letters.jsonl } }` under `errors`"),
+        ),
+        (policy, Some(_)) if policy != ErrorPolicy::DeadLetter => problems.push(
+            Problem::new(at(&["errors", "dead_letter"]), "a dead-letter sink is set but not used", "unused")
+                .with_help("set `policy: dead_letter`, or remove `dead_letter`"),
+        ),
+        _ => {}
+    }
+    if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
+}
+
+#[cfg(test)]
+mod tests;

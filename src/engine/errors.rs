@@ -1,0 +1,188 @@
+//! The error policy: what happens to records a stage refused.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink, SourceMeta};
+use serde_json::{Value, json};
+
+use super::{EngineError, Stats, write_with_retry};
+use crate::config::ErrorPolicy;
+
+pub struct ErrorHandler {
+    pub policy: ErrorPolicy,
+    pub dead_letter: Option<Box<dyn Sink>>,
+    pub pipeline: Arc<str>,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+/// Logs of skipped records are kept to about one a second, with a count of the rest.
+const SKIP_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl ErrorHandler {
+    pub fn new(policy: ErrorPolicy, dead_letter: Option<Box<dyn Sink>>, pipeline: Arc<str>) -> Self {
+        ErrorHandler { policy, dead_letter, pipeline, last_log: None, unlogged: 0 }
+    }
+
+    /// Disposes of `batch.rejected`; returns once they are durably handled (or the
+    /// policy says to stop).
+    pub async fn handle(
+        &mut self,
+        batch: &mut Batch,
+        stats: &Stats,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), EngineError> {
+        if batch.rejected.is_empty() {
+            return Ok(());
+        }
+        let n = batch.rejected.len() as u64;
+        stats.rejected(n);
+        match self.policy {
+            ErrorPolicy::Fail => {
+                let r = &batch.rejected[0];
+                Err(EngineError::Refused {
+                    stage: r.stage.to_string(),
+                    reason: r.reason.clone(),
+                    record: preview(&r.record),
+                })
+            }
+            ErrorPolicy::Skip => {
+                let now = Instant::now();
+                if self.last_log.is_none_or(|t| now.duration_since(t) >= SKIP_LOG_EVERY) {
+                    let r = &batch.rejected[0];
+                    tracing::warn!(
+                        pipeline = %self.pipeline,
+                        stage = %r.stage,
+                        reason = %r.reason,
+                        record = %preview(&r.record),
+                        also_skipped = self.unlogged + n - 1,
+                        "skipped a refused record"
+                    );
+                    self.last_log = Some(now);
+                    self.unlogged = 0;
+                } else {
+                    self.unlogged += n;
+                }
+                batch.rejected.clear();
+                Ok(())
+            }
+            ErrorPolicy::DeadLetter => {
+                let sink = self.dead_letter.as_mut().expect("the config check requires a dead-letter sink");
+                let mut dlq = Batch::with_capacity(batch.seq, batch.rejected.len());
+                dlq.records.extend(batch.rejected.drain(..).map(|r| envelope(&self.pipeline, r)));
+                write_with_retry(sink.as_mut(), &mut dlq, "dead_letter", &self.pipeline, shutdown).await?;
+                if let Some(r) = dlq.rejected.first() {
+                    return Err(EngineError::Refused {
+                        stage: "dead_letter".into(),
+                        reason: format!("the dead-letter sink refused a record: {}", r.reason),
+                        record: preview(&r.record),
+                    });
+                }
+                stats.dead_lettered(n);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A short, printable form of a record for messages.
+pub fn preview(r: &Record) -> String {
+    let s = String::from_utf8_lossy(&r.value);
+    let mut out: String = s.chars().take(120).collect();
+    if s.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
+/// Bytes as JSON: embedded when they are JSON, a string when text, else base64.
+fn bytes_json(b: &[u8]) -> (Value, &'static str) {
+    if let Ok(v) = serde_json::from_slice::<Value>(b) {
+        return (v, "json");
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => (Value::String(s.to_string()), "text"),
+        Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(b)), "base64"),
+    }
+}
+
+fn meta_json(meta: &SourceMeta) -> Value {
+    match meta {
+        SourceMeta::None => Value::Null,
+        SourceMeta::File { path, line, offset } => json!({"file": path.as_ref(), "line": line, "offset": offset}),
+        SourceMeta::Kafka { topic, partition, offset } => {
+            json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
+        }
+        SourceMeta::Table { schema, table, lsn } => {
+            json!({"schema": schema.as_ref(), "table": table.as_ref(), "lsn": lsn})
+        }
+        SourceMeta::Sequence { seq } => json!({"seq": seq}),
+    }
+}
+
+/// The dead-letter form of a refused record: a JSON document with the reason and
+/// the whole original record, so nothing about it is lost and it can be replayed.
+/// The reason and stage are also set as headers, for sinks that keep headers.
+pub fn envelope(pipeline: &str, r: Rejected) -> Record {
+    let (value, value_encoding) = bytes_json(&r.record.value);
+    let key = r.record.key.as_deref().map(bytes_json);
+    let headers: serde_json::Map<String, Value> = r
+        .record
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), Value::String(String::from_utf8_lossy(&h.value).into_owned())))
+        .collect();
+    let failed_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let doc = json!({
+        "pipeline": pipeline,
+        "stage": r.stage.as_ref(),
+        "reason": r.reason,
+        "failed_at_ms": failed_at,
+        "record": {
+            "key": key.as_ref().map(|(v, _)| v),
+            "key_encoding": key.as_ref().map(|(_, e)| e),
+            "value": value,
+            "value_encoding": value_encoding,
+            "headers": headers,
+            "timestamp": r.record.timestamp,
+            "source": meta_json(&r.record.meta),
+        }
+    });
+    let mut out = Record {
+        key: r.record.key.clone(),
+        value: Bytes::from(serde_json::to_vec(&doc).expect("a JSON value serializes")),
+        timestamp: r.record.timestamp,
+        meta: r.record.meta.clone(),
+        headers: Vec::new(),
+    };
+    out.set_header("flowgate.error.stage", r.stage.as_bytes().to_vec());
+    out.set_header("flowgate.error.reason", r.reason.into_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_keeps_the_whole_record_and_the_reason() {
+        let mut rec = Record::from_value(&b"\xff\x00"[..]);
+        rec.key = Some(Bytes::from_static(br#"{"id":7}"#));
+        rec.set_header("h", "v");
+        rec.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
+        let out = envelope("p", Rejected { record: rec, reason: "bad".into(), stage: "sink".into() });
+        let doc: Value = serde_json::from_slice(&out.value).unwrap();
+        assert_eq!(doc["reason"], "bad");
+        assert_eq!(doc["stage"], "sink");
+        assert_eq!(doc["record"]["key"], json!({"id": 7}));
+        assert_eq!(doc["record"]["value_encoding"], "base64");
+        assert_eq!(doc["record"]["value"], "/wA=");
+        assert_eq!(doc["record"]["headers"]["h"], "v");
+        assert_eq!(doc["record"]["source"]["line"], 3);
+        assert_eq!(out.header("flowgate.error.reason").unwrap().as_ref(), b"bad");
+        let (text, enc) = bytes_json(b"plain words");
+        assert_eq!((text, enc), (Value::String("plain words".into()), "text"));
+    }
+}

@@ -1,0 +1,278 @@
+//! Runs one pipeline: a source task, an optional transform task and a sink task,
+//! joined by bounded channels so that a slow stage slows the ones before it.
+//!
+//! Positions: every batch gets an [`Ack`](flowgate_sdk::Ack) from the pipeline's
+//! [`AckTracker`]. The sink task acknowledges a batch only after its records are
+//! written and its refused records are dead-lettered (or skipped), and the source
+//! commits only the contiguous watermark. A crash therefore loses nothing: at
+//! worst the batches after the last commit are read and written again.
+
+mod errors;
+mod stats;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use flowgate_sdk::{AckTracker, Batch, ConnectorError, Read, Sink, Source, Transform};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use errors::{ErrorHandler, envelope};
+pub use stats::{Stats, Summary};
+
+use crate::config::BatchConfig;
+
+/// How often positions are committed while records flow. Commits also happen at
+/// the end of input and on shutdown.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{stage} failed: {message}")]
+    Connector { stage: String, message: String },
+    #[error("{stage} refused a record and the error policy is `fail`: {reason}\n  record: {record}")]
+    Refused { stage: String, reason: String, record: String },
+    #[error("stopped while {stage} was retrying: {message}")]
+    Interrupted { stage: String, message: String },
+}
+
+impl EngineError {
+    fn connector(stage: &str, e: &ConnectorError) -> Self {
+        EngineError::Connector { stage: stage.to_string(), message: e.chain() }
+    }
+}
+
+/// Writes a batch, retrying transient errors with exponential backoff (100 ms up
+/// to 30 s, without limit: an outage makes the pipeline wait, not drop data)
+/// until it succeeds or the pipeline is stopped.
+pub async fn write_with_retry(
+    sink: &mut dyn Sink,
+    batch: &mut Batch,
+    stage: &str,
+    pipeline: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut attempt = 1u32;
+    loop {
+        match sink.write(batch).await {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(pipeline, stage, attempt, "write succeeded after retrying");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(pipeline, stage, attempt, retry_in = ?delay, error = %e.chain(), "write failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        return Err(EngineError::Interrupted { stage: stage.into(), message: e.chain() });
+                    }
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(EngineError::connector(stage, &e)),
+        }
+    }
+}
+
+pub struct Pipeline {
+    pub name: Arc<str>,
+    pub source: Box<dyn Source>,
+    /// Transforms with their stage names (`transform[0]:wasm`).
+    pub transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    pub sink: Box<dyn Sink>,
+    pub errors: ErrorHandler,
+    pub batch: BatchConfig,
+    pub stats: Arc<Stats>,
+}
+
+async fn transform_task(
+    mut transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+    stop: CancellationToken,
+) -> Result<(), EngineError> {
+    while let Some(mut batch) = rx.recv().await {
+        for (stage, t) in &mut transforms {
+            if batch.records.is_empty() {
+                break;
+            }
+            if let Err(e) = t.apply(&mut batch).await {
+                stop.cancel();
+                return Err(EngineError::connector(stage, &e));
+            }
+        }
+        if tx.send(batch).await.is_err() {
+            break; // The sink task stopped; its error is reported from there.
+        }
+    }
+    Ok(())
+}
+
+async fn sink_task(
+    mut sink: Box<dyn Sink>,
+    mut errors: ErrorHandler,
+    mut rx: mpsc::Receiver<Batch>,
+    stats: Arc<Stats>,
+    name: Arc<str>,
+    shutdown: CancellationToken,
+) -> Result<(), EngineError> {
+    let result = async {
+        while let Some(mut batch) = rx.recv().await {
+            let started = Instant::now();
+            if !batch.records.is_empty() {
+                write_with_retry(sink.as_mut(), &mut batch, "sink", &name, &shutdown).await?;
+            }
+            errors.handle(&mut batch, &stats, &shutdown).await?;
+            stats.written(batch.records.len() as u64, started.elapsed());
+            if let Some(ack) = batch.ack.take() {
+                ack.ack();
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        shutdown.cancel(); // Stop the source; it commits what was acknowledged.
+    }
+    let closed = sink.close().await.map_err(|e| EngineError::connector("sink", &e));
+    let dlq_closed = match errors.dead_letter.as_mut() {
+        Some(d) => d.close().await.map_err(|e| EngineError::connector("dead_letter", &e)),
+        None => Ok(()),
+    };
+    result.and(closed).and(dlq_closed)
+}
+
+impl Pipeline {
+    /// Runs until the source ends, `shutdown` is cancelled, or a stage fails. In
+    /// every case the positions of all acknowledged batches are committed before
+    /// it returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, EngineError> {
+        let Pipeline { name, mut source, transforms, sink, errors, batch: batching, stats } = self;
+        let tracker = AckTracker::new();
+        // Stops the pipeline's own stages when one of them fails.
+        let stop = shutdown.child_token();
+
+        let (source_tx, source_rx) = mpsc::channel::<Batch>(batching.buffer);
+        let (sink_rx, transform_handle) = if transforms.is_empty() {
+            (source_rx, None)
+        } else {
+            let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
+            (rx, Some(tokio::spawn(transform_task(transforms, source_rx, tx, stop.clone()))))
+        };
+        let sink_handle =
+            tokio::spawn(sink_task(sink, errors, sink_rx, Arc::clone(&stats), Arc::clone(&name), stop.clone()));
+
+        let mut committed = tracker.watermark();
+        let mut last_commit = Instant::now();
+        let mut source_error = None;
+        let mut ended = false;
+        while !stop.is_cancelled() && tracker.failed().is_none() {
+            let mut batch = Batch::with_capacity(tracker.next_seq(), batching.size);
+            let read = tokio::select! {
+                r = source.read(&mut batch) => r,
+                _ = stop.cancelled() => break,
+            };
+            match read {
+                Ok(Read::Data) => {
+                    // Wait for room downstream, committing meanwhile: a sink that is
+                    // slow or waiting out an outage holds the source here.
+                    let permit = loop {
+                        tokio::select! {
+                            permit = source_tx.reserve() => break permit.ok(),
+                            _ = tokio::time::sleep(COMMIT_EVERY) => {
+                                commit(&mut source, &tracker, &mut committed, &mut last_commit, &name).await;
+                            }
+                        }
+                    };
+                    let Some(permit) = permit else { break }; // The sink task stopped.
+                    batch.ack = Some(tracker.begin());
+                    stats.read(batch.records.len() as u64 + batch.rejected.len() as u64);
+                    permit.send(batch);
+                }
+                Ok(Read::Idle) => {}
+                Ok(Read::End) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(pipeline = %name, error = %e.chain(), "source read failed; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    source_error = Some(EngineError::connector("source", &e));
+                    break;
+                }
+            }
+            if last_commit.elapsed() >= COMMIT_EVERY {
+                commit(&mut source, &tracker, &mut committed, &mut last_commit, &name).await;
+            }
+        }
+        if ended {
+            tracing::info!(pipeline = %name, "end of input; draining");
+        } else if shutdown.is_cancelled() {
+            tracing::info!(pipeline = %name, in_flight = tracker.in_flight(), "stopping; draining records in flight");
+        }
+
+        // Closing the channel lets the later stages finish what is queued and stop.
+        drop(source_tx);
+        let transform_result = match transform_handle {
+            Some(h) => h
+                .await
+                .unwrap_or_else(|e| Err(EngineError::Connector { stage: "transform".into(), message: e.to_string() })),
+            None => Ok(()),
+        };
+        let sink_result = sink_handle
+            .await
+            .unwrap_or_else(|e| Err(EngineError::Connector { stage: "sink".into(), message: e.to_string() }));
+
+        // Everything acknowledged is now final; commit it whatever else happened.
+        let final_commit = source.commit(tracker.watermark()).await;
+        if let Err(e) = &final_commit {
+            tracing::error!(pipeline = %name, error = %e.chain(), "final commit failed");
+        }
+        if let Err(e) = source.close().await {
+            tracing::warn!(pipeline = %name, error = %e.chain(), "closing the source failed");
+        }
+        let summary = stats.summary();
+        match source_error.map_or(Ok(()), Err).and(transform_result).and(sink_result) {
+            Ok(()) => final_commit.map(|_| summary).map_err(|e| EngineError::connector("source", &e)),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+async fn commit(
+    source: &mut Box<dyn Source>,
+    tracker: &AckTracker,
+    committed: &mut flowgate_sdk::Watermark,
+    last_commit: &mut Instant,
+    name: &str,
+) {
+    *last_commit = Instant::now();
+    let w = tracker.watermark();
+    if w == *committed {
+        return;
+    }
+    match source.commit(w).await {
+        Ok(()) => *committed = w,
+        // Not fatal: the next commit covers this one; a crash before it only
+        // means more records are read again.
+        Err(e) => tracing::warn!(pipeline = name, error = %e.chain(), "committing positions failed; will retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

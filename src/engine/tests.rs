@@ -1,0 +1,236 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+
+use flowgate_sdk::{Record, Watermark, async_trait};
+
+use super::*;
+use crate::config::ErrorPolicy;
+
+/// Emits `batches` batches of `per` records numbered 0, 1, 2...; records commits.
+struct MemSource {
+    batches: u64,
+    per: u64,
+    next: u64,
+    commits: Arc<Mutex<Vec<u64>>>,
+    reads: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Source for MemSource {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        if self.next == self.batches {
+            return Ok(Read::End);
+        }
+        for i in 0..self.per {
+            batch.records.push(Record::from_value((self.next * self.per + i).to_string()));
+        }
+        self.next += 1;
+        self.reads.fetch_add(1, SeqCst);
+        Ok(Read::Data)
+    }
+
+    async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
+        self.commits.lock().unwrap().push(done.0);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct MemSink {
+    out: Arc<Mutex<Vec<String>>>,
+    /// Transient failures before each success, while > 0.
+    transient: u32,
+    /// Refuse records whose value ends with this digit.
+    refuse_digit: Option<char>,
+    /// Fail fatally on the n-th write.
+    fatal_at: Option<usize>,
+    writes: usize,
+    delay: Option<Duration>,
+    written: Option<Arc<AtomicU64>>,
+}
+
+#[async_trait]
+impl Sink for MemSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        if let Some(d) = self.delay {
+            tokio::time::sleep(d).await;
+        }
+        if self.transient > 0 {
+            self.transient -= 1;
+            return Err(ConnectorError::transient("database restarting", std::io::Error::other("refused")));
+        }
+        self.writes += 1;
+        if self.fatal_at == Some(self.writes) {
+            return Err(ConnectorError::fatal("table dropped"));
+        }
+        let stage: Arc<str> = "sink".into();
+        for r in std::mem::take(&mut batch.records) {
+            let v = String::from_utf8(r.value.to_vec()).unwrap();
+            if self.refuse_digit.is_some_and(|d| v.ends_with(d)) {
+                batch.reject(r, format!("{v} is refused"), &stage);
+            } else {
+                self.out.lock().unwrap().push(v);
+                batch.records.push(r);
+            }
+        }
+        if let Some(w) = &self.written {
+            w.fetch_add(1, SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Drops records ending in 0, doubles records ending in 5, refuses those ending in 7.
+struct Shuffle;
+
+#[async_trait]
+impl Transform for Shuffle {
+    async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let stage: Arc<str> = "transform[0]:shuffle".into();
+        for r in std::mem::take(&mut batch.records) {
+            match r.value.last() {
+                Some(b'0') => {}
+                Some(b'5') => {
+                    batch.records.push(r.clone());
+                    batch.records.push(r);
+                }
+                Some(b'7') => batch.reject(r, "sevens are bad luck", &stage),
+                _ => batch.records.push(r),
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Harness {
+    commits: Arc<Mutex<Vec<u64>>>,
+    reads: Arc<AtomicU64>,
+}
+
+fn pipeline(
+    batches: u64,
+    per: u64,
+    sink: MemSink,
+    transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    policy: ErrorPolicy,
+    dead_letter: Option<MemSink>,
+) -> (Pipeline, Harness) {
+    let h = Harness { commits: Arc::default(), reads: Arc::default() };
+    let source = MemSource { batches, per, next: 0, commits: Arc::clone(&h.commits), reads: Arc::clone(&h.reads) };
+    let name: Arc<str> = "test".into();
+    let p = Pipeline {
+        stats: Arc::new(Stats::new(&name)),
+        errors: ErrorHandler::new(policy, dead_letter.map(|d| Box::new(d) as Box<dyn Sink>), Arc::clone(&name)),
+        name,
+        source: Box::new(source),
+        transforms,
+        sink: Box::new(sink),
+        batch: BatchConfig { size: per as usize, linger: flowgate_sdk::HumanDuration::from_millis(10), buffer: 2 },
+    };
+    (p, h)
+}
+
+#[tokio::test]
+async fn delivers_everything_in_order_and_commits_the_end() {
+    let sink = MemSink::default();
+    let out = Arc::clone(&sink.out);
+    let (p, h) = pipeline(50, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let summary = p.run(CancellationToken::new()).await.unwrap();
+    let expected: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    assert_eq!(*out.lock().unwrap(), expected);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&50));
+    assert_eq!((summary.records_in, summary.records_out), (500, 500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_sink_errors_are_retried_until_they_pass() {
+    let sink = MemSink { transient: 5, ..MemSink::default() };
+    let out = Arc::clone(&sink.out);
+    let (p, h) = pipeline(3, 4, sink, vec![], ErrorPolicy::Fail, None);
+    p.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(out.lock().unwrap().len(), 12);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&3));
+}
+
+#[tokio::test]
+async fn a_fatal_sink_error_stops_and_commits_only_what_was_written() {
+    let sink = MemSink { fatal_at: Some(4), ..MemSink::default() };
+    let out = Arc::clone(&sink.out);
+    let (p, h) = pipeline(100, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let err = p.run(CancellationToken::new()).await.unwrap_err();
+    assert!(err.to_string().contains("table dropped"), "{err}");
+    assert_eq!(out.lock().unwrap().len(), 30);
+    assert_eq!(*h.commits.lock().unwrap().last().unwrap(), 3, "batches 0-2 written, batch 3 failed");
+}
+
+#[tokio::test]
+async fn refused_records_go_to_the_dead_letter_sink_before_the_ack() {
+    let sink = MemSink { refuse_digit: Some('3'), ..MemSink::default() };
+    let dlq = MemSink::default();
+    let (out, dead) = (Arc::clone(&sink.out), Arc::clone(&dlq.out));
+    let transforms: Vec<(Arc<str>, Box<dyn Transform>)> = vec![("transform[0]:shuffle".into(), Box::new(Shuffle))];
+    let (p, h) = pipeline(10, 10, sink, transforms, ErrorPolicy::DeadLetter, Some(dlq));
+    let summary = p.run(CancellationToken::new()).await.unwrap();
+    let out = out.lock().unwrap();
+    // 100 inputs: 10 dropped (..0), 10 doubled (..5), 10 refused by the transform
+    // (..7) and 10 by the sink (..3).
+    assert_eq!(out.len(), 100 - 10 + 10 - 10 - 10);
+    assert_eq!(out.iter().filter(|v| v.ends_with('5')).count(), 20);
+    let dead = dead.lock().unwrap();
+    assert_eq!(dead.len(), 20);
+    let docs: Vec<serde_json::Value> = dead.iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(docs.iter().any(|d| d["stage"] == "sink" && d["reason"] == "13 is refused"));
+    assert!(docs.iter().any(|d| d["stage"] == "transform[0]:shuffle" && d["record"]["value"] == 17));
+    assert_eq!((summary.rejected, summary.dead_lettered), (20, 20));
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&10));
+}
+
+#[tokio::test]
+async fn skip_goes_on_and_fail_stops_at_the_first_refusal() {
+    let sink = MemSink { refuse_digit: Some('3'), ..MemSink::default() };
+    let out = Arc::clone(&sink.out);
+    let (p, _) = pipeline(10, 10, sink, vec![], ErrorPolicy::Skip, None);
+    assert_eq!(p.run(CancellationToken::new()).await.unwrap().rejected, 10);
+    assert_eq!(out.lock().unwrap().len(), 90);
+
+    let sink = MemSink { refuse_digit: Some('3'), ..MemSink::default() };
+    let (p, h) = pipeline(10, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let err = p.run(CancellationToken::new()).await.unwrap_err().to_string();
+    assert!(err.contains("3 is refused") && err.contains("policy is `fail`"), "{err}");
+    assert_eq!(h.commits.lock().unwrap().last().copied().unwrap_or(0), 0, "batch 0 held a refused record");
+}
+
+#[tokio::test]
+async fn a_slow_sink_holds_the_source_back() {
+    let written = Arc::new(AtomicU64::new(0));
+    let sink =
+        MemSink { delay: Some(Duration::from_millis(5)), written: Some(Arc::clone(&written)), ..MemSink::default() };
+    let (p, h) = pipeline(200, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let reads = Arc::clone(&h.reads);
+    let run = tokio::spawn(p.run(CancellationToken::new()));
+    let mut max_ahead = 0;
+    while !run.is_finished() {
+        let ahead = reads.load(SeqCst).saturating_sub(written.load(SeqCst));
+        max_ahead = max_ahead.max(ahead);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    run.await.unwrap().unwrap();
+    // Channel of 2 batches, one in the sink's hands, one being read and handed over.
+    assert!(max_ahead <= 4, "the source ran {max_ahead} batches ahead of the sink");
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_commits_what_was_acknowledged() {
+    let sink = MemSink { delay: Some(Duration::from_millis(2)), ..MemSink::default() };
+    let out = Arc::clone(&sink.out);
+    let (p, h) = pipeline(u64::MAX, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let token = CancellationToken::new();
+    let run = tokio::spawn(p.run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    token.cancel();
+    let summary = run.await.unwrap().unwrap();
+    let written = out.lock().unwrap().len() as u64;
+    assert!(written > 0);
+    assert_eq!(summary.records_out, written);
+    assert_eq!(*h.commits.lock().unwrap().last().unwrap() * 10, written, "every written batch is committed");
+}

@@ -1,0 +1,104 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flowgate::config::MessageFormat;
+use flowgate::run::{self, RunOptions};
+use flowgate_sdk::HumanDuration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Flowgate runs declarative data pipelines: a source (files, a generator, Kafka,
+/// Postgres changes) through transforms into a sink (files, SQLite, databases,
+/// Kafka), one YAML file per pipeline.
+#[derive(Parser)]
+#[command(name = "flowgate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter, e.g. `info`, `debug`, `flowgate=debug,sqlx=warn`.
+    #[arg(long, global = true, env = "FLOWGATE_LOG", default_value = "info")]
+    log: String,
+
+    /// Log as human-readable text or as JSON lines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipelines until their sources end. SIGINT or SIGTERM stops reading,
+    /// drains records in flight and commits positions; a second signal exits at once.
+    Run {
+        /// Pipeline files; each runs side by side with the others.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Serve Prometheus `/metrics` and `/health` on this address, e.g. 127.0.0.1:9090.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
+        /// Print a status line this often (0s: never).
+        #[arg(long, default_value = "10s", value_name = "DURATION")]
+        progress: HumanDuration,
+        /// Where sources without a position store of their own (files) keep it.
+        #[arg(long, env = "FLOWGATE_STATE_DIR", default_value = run::default_state_dir().as_os_str())]
+        state_dir: PathBuf,
+        /// How configuration problems are printed.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+    },
+    /// Check pipeline files and report every problem, with its line and column.
+    /// Exits with 2 when a file has problems.
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// How problems are printed.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+    },
+    /// Print the JSON Schema of pipeline files, for editor completion and checks.
+    Schema,
+}
+
+fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("invalid --log filter `{filter}` ({e}); using `info`");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    match cli.command {
+        Command::Validate { files, message_format } => run::validate(&files, message_format),
+        Command::Schema => {
+            println!("{:#}", flowgate::config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Run { files, metrics_addr, progress, state_dir, message_format } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = RunOptions { metrics_addr, progress: Some(progress.0), state_dir, message_format };
+            runtime.block_on(run::run(&files, options))
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `flowgate run` and `flowgate validate`: load files, report problems, run the
+//! pipelines side by side, stop them gracefully on a signal.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, MessageFormat, PipelineConfig};
+use crate::engine::Summary;
+use crate::server::{self, Health, PipelineState};
+
+/// Exit status for configuration problems, distinct from runtime failures (1).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Loads every file, printing every problem of every file. `None` if any had one.
+pub fn load_all(files: &[PathBuf], format: MessageFormat) -> Option<Vec<(PathBuf, PipelineConfig)>> {
+    let mut ok = true;
+    let mut loaded = Vec::new();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for file in files {
+        match config::load_file(file) {
+            Ok(c) => {
+                if let Some(other) = names.insert(c.name.clone(), file.clone()) {
+                    eprintln!(
+                        "{}: error: pipeline name `{}` is also used by {}; names key stored positions and must differ",
+                        file.display(),
+                        c.name,
+                        other.display()
+                    );
+                    ok = false;
+                }
+                loaded.push((file.clone(), c));
+            }
+            Err(e) => {
+                eprint!("{}", e.render(format));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(loaded)
+}
+
+pub fn validate(files: &[PathBuf], format: MessageFormat) -> ExitCode {
+    match load_all(files, format) {
+        Some(loaded) => {
+            for (file, c) in loaded {
+                println!("{}: ok (pipeline `{}`)", file.display(), c.name);
+            }
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+pub struct RunOptions {
+    pub metrics_addr: Option<SocketAddr>,
+    pub progress: Option<Duration>,
+    pub state_dir: PathBuf,
+    pub message_format: MessageFormat,
+}
+
+/// First signal: stop reading, drain, commit, exit. Second: exit at once.
+fn on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if !first {
+                tracing::warn!("second signal: exiting without draining");
+                std::process::exit(130);
+            }
+            first = false;
+            tracing::info!(
+                "signal received: draining in-flight records and committing positions (again to exit at once)"
+            );
+            token.cancel();
+        }
+    });
+}
+
+fn progress(name: String, stats: std::sync::Arc<crate::engine::Stats>, every: Duration, done: CancellationToken) {
+    tokio::spawn(async move {
+        let mut previous: Option<Summary> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = done.cancelled() => return,
+            }
+            let now = stats.summary();
+            tracing::info!(pipeline = %name, "{}", now.line(previous.as_ref()));
+            previous = Some(now);
+        }
+    });
+}
+
+pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
+    let Some(loaded) = load_all(files, options.message_format) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let health = Health::default();
+    if let Some(addr) = options.metrics_addr {
+        let served = match server::install_recorder() {
+            Ok(handle) => server::serve(addr, health.clone(), handle).await,
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics and /health"),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+
+    let mut runs = Vec::new();
+    for (file, config) in loaded {
+        health.set(&config.name, PipelineState::Starting);
+        let state_dir = options.state_dir.clone();
+        let pipeline = match crate::plan::open(&config, &state_dir).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("{e}");
+                health.set(&config.name, PipelineState::Failed { error: e.to_string() });
+                shutdown.cancel();
+                continue;
+            }
+        };
+        tracing::info!(pipeline = %config.name, file = %file.display(), "started");
+        health.set(&config.name, PipelineState::Running);
+        let done = CancellationToken::new();
+        if let Some(every) = options.progress.filter(|d| !d.is_zero()) {
+            progress(config.name.clone(), std::sync::Arc::clone(&pipeline.stats), every, done.clone());
+        }
+        let (health, shutdown, name) = (health.clone(), shutdown.clone(), config.name.clone());
+        runs.push(tokio::spawn(async move {
+            let draining = {
+                let (health, shutdown, name) = (health.clone(), shutdown.clone(), name.clone());
+                tokio::spawn(async move {
+                    shutdown.cancelled().await;
+                    health.set(&name, PipelineState::Draining);
+                })
+            };
+            let result = pipeline.run(shutdown).await;
+            draining.abort();
+            done.cancel();
+            match &result {
+                Ok(s) => {
+                    health.set(&name, PipelineState::Finished);
+                    tracing::info!(pipeline = %name, elapsed = ?s.elapsed, "finished: {}", s.line(None));
+                }
+                Err(e) => {
+                    health.set(&name, PipelineState::Failed { error: e.to_string() });
+                    tracing::error!(pipeline = %name, "failed: {e}");
+                }
+            }
+            result.is_ok()
+        }));
+    }
+    let mut all_ok = runs.len() == files.len();
+    for r in runs {
+        all_ok &= r.await.unwrap_or(false);
+    }
+    if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Where positions are kept when `--state-dir` is not given.
+pub fn default_state_dir() -> &'static Path {
+    Path::new(".flowgate/state")
+}
