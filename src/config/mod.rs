@@ -21,8 +21,8 @@ use serde::Deserialize;
 pub use diag::MessageFormat;
 pub use interp::expand;
 
-/// One pipeline: a source, transforms in order, a sink, and what to do with
-/// records that cannot be processed.
+/// A pipeline file: one mapping with `name`, `source`, `sink`, and optionally
+/// `transforms`, `errors` and `batch`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -44,7 +44,8 @@ pub struct PipelineConfig {
     pub batch: BatchConfig,
 }
 
-/// The source kinds. A new source is a new connector crate and a variant here.
+// A new source is a new connector crate and a variant here.
+/// Where records come from: `generate`, `file` or `stdin`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
@@ -53,12 +54,14 @@ pub enum SourceConfig {
     Stdin(StdinConfig),
 }
 
-/// The transform kinds: WebAssembly plugins and Avro validation join here.
+// WebAssembly plugins and Avro validation join here.
+/// A step applied to every record.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransformConfig {}
 
-/// The sink kinds. A new sink is a new connector crate and a variant here.
+// A new sink is a new connector crate and a variant here.
+/// Where records go: `file`, `stdout`, `null` or `sqlite`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {

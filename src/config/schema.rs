@@ -36,6 +36,11 @@ pub fn closest<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) ->
         .map(|(_, c)| c)
 }
 
+/// A schema's description as one line (doc comments wrap).
+fn description(schema: &J) -> Option<String> {
+    schema.get("description").and_then(J::as_str).map(|d| d.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
 fn one_of_list(names: &[String]) -> String {
     names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }
@@ -262,7 +267,7 @@ impl<'a> Validator<'a> {
                     node.span.clone(),
                     format!("expected {expected}, found {}", kind_name(node)),
                     format!("should be {expected}"),
-                    schema.get("description").and_then(J::as_str).map(String::from),
+                    description(schema),
                 );
                 None
             }
@@ -285,13 +290,19 @@ impl<'a> Validator<'a> {
             Y::String(text.to_string())
         } else {
             let expected = describe_types(types);
-            let quoted_hint = (!plain && types.iter().any(|t| matches!(*t, "integer" | "number" | "boolean")))
-                .then(|| "remove the quotes".to_string());
+            let unquoted = plain_value(text);
+            let quoted_hint = (!plain
+                && types.iter().any(|t| match (&unquoted, *t) {
+                    (Y::Bool(_), "boolean") | (Y::Number(_), "number") => true,
+                    (Y::Number(n), "integer") => n.is_i64() || n.is_u64(),
+                    _ => false,
+                }))
+            .then(|| "remove the quotes".to_string());
             self.problem(
                 node.span.clone(),
                 format!("expected {expected}, found {}", kind_name(node)),
                 format!("should be {expected}"),
-                quoted_hint.or_else(|| schema.get("description").and_then(J::as_str).map(String::from)),
+                quoted_hint.or_else(|| description(schema)),
             );
             return None;
         };
@@ -308,7 +319,12 @@ impl<'a> Validator<'a> {
                     (None, Some(hi)) => format!("at most {hi}"),
                     (None, None) => "in range".into(),
                 };
-                self.problem(node.span.clone(), format!("{x} is out of range"), format!("must be {range}"), None);
+                self.problem(
+                    node.span.clone(),
+                    format!("{x} is out of range: it must be {range}"),
+                    "out of range",
+                    None,
+                );
                 return None;
             }
         }
@@ -377,8 +393,8 @@ impl<'a> Validator<'a> {
         }
         for req in schema.get("required").and_then(J::as_array).into_iter().flatten().filter_map(J::as_str) {
             if !entries.iter().any(|(k, _)| k.as_str() == Some(req)) {
-                let described = props.get(req).map(|s| self.resolve(s)).and_then(|s| s.get("description"));
-                let help = described.and_then(J::as_str).map(|d| format!("`{req}`: {d}"));
+                let described = props.get(req).map(|s| self.resolve(s)).and_then(description);
+                let help = described.map(|d| format!("`{req}`: {d}"));
                 let at = if at.is_empty() { node.span.clone() } else { at.clone() };
                 self.problem(at, format!("missing field `{req}`"), format!("`{req}` is required here"), help);
                 ok = false;
@@ -429,7 +445,8 @@ impl<'a> Validator<'a> {
                 None if names.is_empty() => "no kind of this is available in this build".to_string(),
                 None => format!("expected one of {}", one_of_list(&names)),
             };
-            v.problem(span, format!("unknown kind `{found}`"), "unknown kind", Some(help));
+            let what = if !names.is_empty() && variants.iter().all(|(_, c)| c.is_none()) { "value" } else { "kind" };
+            v.problem(span, format!("unknown {what} `{found}`"), format!("unknown {what}"), Some(help));
             None
         };
         match &node.kind {

@@ -23,9 +23,9 @@ pub use stats::{Stats, Summary};
 
 use crate::config::BatchConfig;
 
-/// How often positions are committed while records flow. Commits also happen at
-/// the end of input and on shutdown.
-const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often positions are committed while records flow; it bounds how much is
+/// read again after a crash. Commits also happen at the end of input and on shutdown.
+const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

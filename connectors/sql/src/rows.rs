@@ -1,5 +1,7 @@
 //! JSON records to row values.
 
+use serde::Deserializer as _;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// One column value, owned so it can be bound to a statement.
@@ -36,6 +38,29 @@ pub(crate) fn parse_object(value: &[u8]) -> Result<Map<String, Value>, String> {
         Ok(other) => Err(format!("value is not a JSON object but {}", kind(&other))),
         Err(e) => Err(format!("value is not JSON: {e}")),
     }
+}
+
+/// The top-level field names of a JSON object, in the order they are written
+/// (a parsed `Map` would sort them).
+pub(crate) fn field_names(value: &[u8]) -> Vec<String> {
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                keys.push(k);
+            }
+            Ok(keys)
+        }
+    }
+    serde_json::Deserializer::from_slice(value).deserialize_map(Keys).unwrap_or_default()
 }
 
 /// The cells of `columns`, in order, taken out of `object`.
@@ -85,5 +110,6 @@ mod tests {
         assert!(parse_object(b"[1]").unwrap_err().contains("an array"));
         assert!(parse_object(b"{").unwrap_err().contains("not JSON"));
         assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
+        assert_eq!(field_names(br#"{"z":1,"a":{"n":2},"m":[3]}"#), ["z", "a", "m"]);
     }
 }

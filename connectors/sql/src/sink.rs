@@ -7,7 +7,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::error::is_row_error;
-use crate::rows::{Cell, cells, parse_object, quote_ident};
+use crate::rows::{Cell, cells, field_names, parse_object, quote_ident};
 use crate::{SqlError, SqliteSinkConfig, Synchronous};
 
 /// SQLite accepts at most 32766 bound parameters per statement; beyond a few
@@ -183,7 +183,7 @@ impl Sink for SqliteSink {
             }
         }
         if self.columns.is_none()
-            && let Some((_, first)) = objects.first()
+            && let Some((first, _)) = objects.first()
         {
             if !self.config.create_table {
                 return Err(ConnectorError::fatal(format!(
@@ -191,7 +191,7 @@ impl Sink for SqliteSink {
                     self.config.table
                 )));
             }
-            let columns = first.keys().cloned().collect();
+            let columns = field_names(&batch.records[*first].value);
             self.set_columns(columns).await?;
         }
         if !objects.is_empty() {

@@ -1,0 +1,121 @@
+//! Helpers for end-to-end tests that drive the `flowgate` binary.
+#![allow(dead_code)] // Each test file uses a different subset.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn flowgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flowgate"));
+    c.env("NO_COLOR", "1").env_remove("FLOWGATE_STATE_DIR");
+    c
+}
+
+/// Starts `flowgate run` on a pipeline file, with state kept in `dir/state`.
+pub fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> Child {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowgate.log")).unwrap();
+    flowgate()
+        .arg("run")
+        .arg(pipeline)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("flowgate starts")
+}
+
+pub fn log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("flowgate.log")).unwrap_or_default()
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child we own; no memory is shared.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill failed");
+}
+
+/// Waits for the child to exit, killing it past `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flowgate did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// The value of a Prometheus sample such as `flowgate_records_in_total{pipeline="x"}`.
+pub fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines().filter(|l| l.starts_with(name)).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Writes `n` JSON lines `{"id":i,...}` with a payload of about `size` bytes.
+pub fn write_jsonl(path: &Path, n: u64, size: usize) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let pad = "x".repeat(size.saturating_sub(40));
+    for i in 0..n {
+        writeln!(f, r#"{{"id":{i},"name":"user-{i}","pad":"{pad}"}}"#).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Integer columns of a query against a SQLite file (empty when the table is not there yet).
+pub async fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<Option<i64>>> {
+    use sqlx::{Connection, Row};
+    let url = format!("sqlite:{}?mode=ro", db.display());
+    let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else { return Vec::new() };
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap_or_default();
+    rows.iter().map(|r| (0..r.len()).map(|i| r.try_get::<Option<i64>, _>(i).unwrap_or(None)).collect()).collect()
+}
