@@ -162,7 +162,7 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
             match &result {
                 Ok(s) => {
                     health.set(&name, PipelineState::Finished);
-                    tracing::info!(pipeline = %name, elapsed = ?s.elapsed, "finished: {}", s.line(None));
+                    tracing::info!(pipeline = %name, elapsed_ms = s.elapsed.as_millis() as u64, "finished: {}", s.line(None));
                 }
                 Err(e) => {
                     health.set(&name, PipelineState::Failed { error: e.to_string() });

@@ -1,0 +1,107 @@
+"""Benchmark driver: runs Flowgate and its baselines side by side, prints a table.
+
+Each case runs REPEAT times; the median wall time is reported, with the CPU time
+(user + system) and peak RSS of that run, as measured by /usr/bin/time.
+"""
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+FLOWGATE = os.environ["FLOWGATE_BIN"]
+REPEAT = int(os.environ.get("REPEAT", "3"))
+
+
+def measure(cmd, cwd, env=None, stdin=None):
+    """(wall s, cpu s, peak RSS MiB) of one run of cmd."""
+    tfile = os.path.join(cwd, "time.out")
+    full_env = dict(os.environ, **(env or {}))
+    with open(os.path.join(cwd, "stderr.log"), "w") as err:
+        subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", tfile] + cmd, cwd=cwd, env=full_env,
+                       stdout=subprocess.DEVNULL, stderr=err, stdin=stdin, check=True)
+    wall, user, system, rss_kib = open(tfile).read().split()
+    return float(wall), float(user) + float(system), int(rss_kib) / 1024
+
+
+def median_run(runs):
+    runs = sorted(runs)
+    return runs[len(runs) // 2]
+
+
+def row(name, n, run, baseline=None):
+    wall, cpu, rss = run
+    rate = n / wall
+    ratio = f"{baseline[0] / wall:.2f}x" if baseline else ""
+    print(f"| {name} | {n:,} | {wall:.2f} | {rate:,.0f} | {cpu:.2f} | {rss:.0f} | {ratio} |", flush=True)
+    return rate
+
+
+def header(title):
+    print(f"\n### {title}\n")
+    print("| case | records | wall s | records/s | CPU s | peak RSS MiB | speed vs baseline |")
+    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+
+def bench_engine(work):
+    count = int(os.environ.get("ENGINE_COUNT", "10000000"))
+    header(f"generate -> null, {count:,} records of ~200 bytes, one core (taskset -c 0)")
+    pipeline = os.path.abspath("pipelines/generate-to-null.yaml")
+    for batch in (1000, 4096):
+        runs = [measure(["taskset", "-c", "0", FLOWGATE, "run", "--progress", "0s", "--log", "warn", pipeline],
+                        work, env={"COUNT": str(count), "BATCH_SIZE": str(batch)}) for _ in range(REPEAT)]
+        row(f"flowgate, batch {batch}", count, median_run(runs))
+
+
+def bench_sqlite(work):
+    n = int(os.environ.get("SQLITE_ROWS", "1000000"))
+    header(f"JSON lines -> SQLite, {n:,} rows of ~100 bytes, side by side with `sqlite3 .import --csv`")
+    rng = random.Random(1)
+    jsonl, csv = os.path.join(work, "rows.jsonl"), os.path.join(work, "rows.csv")
+    with open(jsonl, "w") as j, open(csv, "w") as c:
+        for i in range(n):
+            name = "".join(rng.choice("abcdefghij") for _ in range(12))
+            amount = round(rng.uniform(0, 10000), 2)
+            created = 1_700_000_000_000 + i
+            j.write(json.dumps({"id": i, "name": name, "email": f"{name}@example.com", "amount": amount,
+                                "created": created}, separators=(",", ":")) + "\n")
+            c.write(f"{i},{name},{name}@example.com,{amount},{created}\n")
+    ddl = "CREATE TABLE t (id INTEGER, name TEXT, email TEXT, amount REAL, created INTEGER)"
+    pipeline = os.path.join(work, "load.yaml")
+    with open(pipeline, "w") as p:
+        p.write(f"name: load\nsource:\n  file: {{path: {jsonl}}}\nsink:\n  sqlite: {{url: flowgate.db, table: t}}\n"
+                "batch: {size: 10000}\n")
+
+    def fresh(db):
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(os.path.join(work, db + suffix)):
+                os.remove(os.path.join(work, db + suffix))
+        subprocess.run(["sqlite3", os.path.join(work, db), ddl], check=True)
+        shutil.rmtree(os.path.join(work, "state"), ignore_errors=True)
+
+    cli, fg = [], []
+    for _ in range(REPEAT):
+        fresh("cli.db")
+        cli.append(measure(["sqlite3", "cli.db", ".import --csv rows.csv t"], work))
+        fresh("flowgate.db")
+        fg.append(measure([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir", "state", pipeline],
+                          work))
+    rows = subprocess.run(["sqlite3", os.path.join(work, "flowgate.db"), "SELECT count(*) FROM t"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert rows == str(n), f"flowgate wrote {rows} rows"
+    base = median_run(cli)
+    row("sqlite3 .import --csv (baseline)", n, base)
+    row("flowgate file -> sqlite (synchronous: full)", n, median_run(fg), base)
+
+
+CASES = {"engine": bench_engine, "sqlite": bench_sqlite}
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or list(CASES)
+    print(f"machine: {os.cpu_count()} cores; flowgate {subprocess.run([FLOWGATE, '--version'], capture_output=True, text=True).stdout.strip()}; median of {REPEAT} runs")
+    with tempfile.TemporaryDirectory() as work:
+        for case in chosen:
+            CASES[case](work)

@@ -1,0 +1,5 @@
+# Sourced by the other scripts: one shared build directory outside the clone, so
+# repeated runs and fresh clones on the same machine reuse compiled dependencies.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate-target}"
+FLOWGATE_BIN="$CARGO_TARGET_DIR/release/flowgate"
+export FLOWGATE_BIN

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine of the project's kind (Debian,
+# Rust stable, Python 3). Idempotent: does nothing that is already done.
+set -euo pipefail
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3)
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+if ((${#need_apt[@]})); then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
