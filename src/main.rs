@@ -11,11 +11,16 @@ use flowgate_sdk::HumanDuration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Flowgate runs declarative data pipelines: a source (files, a generator, Kafka,
-/// Postgres changes) through transforms into a sink (files, SQLite, databases,
-/// Kafka), one YAML file per pipeline.
+/// Flowgate runs declarative data pipelines, one YAML file each: a source (a file,
+/// standard input, a generator) through transforms into a sink (a file, standard
+/// output, SQLite), without losing a record on a crash.
 #[derive(Parser)]
-#[command(name = "flowgate", version, propagate_version = true)]
+#[command(
+    name = "flowgate",
+    version,
+    propagate_version = true,
+    after_help = "Examples:\n  flowgate validate pipelines/*.yaml\n  flowgate run pipelines/quickstart.yaml --metrics-addr 127.0.0.1:9090\n  flowgate schema > flowgate.schema.json"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
