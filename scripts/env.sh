@@ -3,3 +3,5 @@
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flowgate-target}"
 FLOWGATE_BIN="$CARGO_TARGET_DIR/release/flowgate"
 export FLOWGATE_BIN
+# Built plugins (scripts/build-plugins.sh), found by the tests and benchmarks here.
+export FLOWGATE_PLUGINS="${FLOWGATE_PLUGINS:-$CARGO_TARGET_DIR/plugins}"

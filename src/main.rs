@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use flowgate::config::MessageFormat;
+use flowgate::plugin::{self, Lang};
 use flowgate::run::{self, RunOptions};
 use flowgate_sdk::HumanDuration;
 
@@ -12,14 +13,14 @@ use flowgate_sdk::HumanDuration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Flowgate runs declarative data pipelines, one YAML file each: a source (a file,
-/// standard input, a generator) through transforms into a sink (a file, standard
-/// output, SQLite), without losing a record on a crash.
+/// standard input, a generator) through WebAssembly transform plugins into a sink
+/// (a file, standard output, SQLite), without losing a record on a crash.
 #[derive(Parser)]
 #[command(
     name = "flowgate",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  flowgate validate pipelines/*.yaml\n  flowgate run pipelines/quickstart.yaml --metrics-addr 127.0.0.1:9090\n  flowgate schema > flowgate.schema.json"
+    after_help = "Examples:\n  flowgate validate pipelines/*.yaml\n  flowgate run pipelines/quickstart.yaml --metrics-addr 127.0.0.1:9090\n  flowgate plugin new --lang rust my-transform\n  flowgate schema > flowgate.schema.json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,6 +73,30 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline files, for editor completion and checks.
     Schema,
+    /// Write and check WebAssembly transform plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a plugin project that builds as it is, with the contract and the
+    /// guest helper for its language.
+    New {
+        /// Language of the plugin.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Plugin name (lower-case letters, digits, `-`, `_`).
+        name: String,
+        /// Directory to create (default: the name).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Say whether a component fits the plugin contract, and why not.
+    Check {
+        #[arg(value_name = "FILE.wasm")]
+        file: PathBuf,
+    },
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
@@ -92,6 +117,8 @@ fn main() -> ExitCode {
     init_logging(&cli.log, cli.log_format);
     match cli.command {
         Command::Validate { files, message_format } => run::validate(&files, message_format),
+        Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
+        Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {
             println!("{:#}", flowgate::config::json_schema());
             ExitCode::SUCCESS

@@ -7,8 +7,9 @@ use flowgate_file::{FileSink, FileSource, NullSink, StdinSource, StdoutSink};
 use flowgate_generate::GenerateSource;
 use flowgate_sdk::{ConnectorError, Sink, Source, SourceContext, StateStore};
 use flowgate_sql::SqliteSink;
+use flowgate_wasm::WasmTransform;
 
-use crate::config::{PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{PathProblem, PipelineConfig, SinkConfig, SourceConfig, TransformConfig};
 use crate::engine::{ErrorHandler, Pipeline, Stats};
 
 /// A connector that could not be opened, with the stage it belongs to.
@@ -37,6 +38,35 @@ async fn open_sink(config: &SinkConfig) -> Result<Box<dyn Sink>, ConnectorError>
     })
 }
 
+fn open_transform(
+    config: &TransformConfig,
+    pipeline: &str,
+    stage: &str,
+) -> Result<Box<dyn flowgate_sdk::Transform>, ConnectorError> {
+    Ok(match config {
+        TransformConfig::Wasm(c) => Box::new(WasmTransform::new(c.clone(), pipeline, stage)?),
+    })
+}
+
+/// Checks that need more than the file: each plugin loads, fits the contract
+/// and accepts its config. Run by `validate` and before `run` starts anything.
+pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
+    let mut problems = Vec::new();
+    for (i, t) in config.transforms.iter().enumerate() {
+        let (kind, field) = match t {
+            TransformConfig::Wasm(_) => ("wasm", "path"),
+        };
+        if let Err(e) = open_transform(t, &config.name, &t.stage(i)) {
+            problems.push(PathProblem {
+                at: vec!["transforms".into(), i.to_string(), kind.into(), field.into()],
+                message: e.chain(),
+                help: None,
+            });
+        }
+    }
+    problems
+}
+
 pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline, OpenError> {
     let name: Arc<str> = config.name.as_str().into();
     let fail = |stage: &'static str| {
@@ -49,6 +79,12 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         linger: config.batch.linger.0,
         state: StateStore::new(state_dir),
     };
+    let mut transforms = Vec::with_capacity(config.transforms.len());
+    for (i, t) in config.transforms.iter().enumerate() {
+        let stage = t.stage(i);
+        let opened = open_transform(t, &config.name, &stage).map_err(fail("transform"))?;
+        transforms.push((Arc::from(stage), opened));
+    }
     let source = open_source(&config.source, &ctx).await.map_err(fail("source"))?;
     let sink = open_sink(&config.sink).await.map_err(fail("sink"))?;
     let dead_letter = match &config.errors.dead_letter {
@@ -58,8 +94,7 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
     Ok(Pipeline {
         stats: Arc::new(Stats::new(&name)),
         errors: ErrorHandler::new(config.errors.policy, dead_letter, Arc::clone(&name)),
-        // Transform kinds arrive with the WebAssembly and Avro steps.
-        transforms: config.transforms.iter().map(|t| match *t {}).collect(),
+        transforms,
         name,
         source,
         sink,

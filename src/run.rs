@@ -22,7 +22,7 @@ pub fn load_all(files: &[PathBuf], format: MessageFormat) -> Option<Vec<(PathBuf
     let mut loaded = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match config::load_file(file) {
+        match config::load_file_with(file, &crate::plan::check) {
             Ok(c) => {
                 if let Some(other) = names.insert(c.name.clone(), file.clone()) {
                     eprintln!(

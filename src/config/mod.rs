@@ -13,8 +13,9 @@ use std::sync::{Arc, OnceLock};
 
 use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
 use flowgate_generate::{GenerateConfig, Template};
-use flowgate_sdk::HumanDuration;
+use flowgate_sdk::{ByteSize, HumanDuration};
 use flowgate_sql::SqliteSinkConfig;
+use flowgate_wasm::WasmConfig;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -54,11 +55,22 @@ pub enum SourceConfig {
     Stdin(StdinConfig),
 }
 
-// WebAssembly plugins and Avro validation join here.
-/// A step applied to every record.
+// A new transform kind is a variant here (Avro validation joins next).
+/// A step applied to every record: `wasm`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum TransformConfig {}
+pub enum TransformConfig {
+    Wasm(WasmConfig),
+}
+
+impl TransformConfig {
+    /// The stage name used in logs, metrics and dead-letter records.
+    pub fn stage(&self, index: usize) -> String {
+        match self {
+            TransformConfig::Wasm(w) => format!("transform[{index}]:wasm({})", flowgate_wasm::plugin_name(w)),
+        }
+    }
+}
 
 // A new sink is a new connector crate and a variant here.
 /// Where records go: `file`, `stdout`, `null` or `sqlite`.
@@ -189,22 +201,49 @@ fn formats() -> &'static HashMap<&'static str, schema::FormatCheck> {
     FORMATS.get_or_init(|| {
         let mut m: HashMap<&'static str, schema::FormatCheck> = HashMap::new();
         m.insert("duration", |s| s.parse::<HumanDuration>().map(drop));
+        m.insert("byte-size", |s| s.parse::<ByteSize>().map(drop));
         m.insert("generate-template", |s| s.parse::<Template>().map(drop));
         m
     })
 }
 
+/// A problem found by a check that runs on the typed configuration (such as
+/// loading a plugin), located by the path of the value it concerns.
+#[derive(Clone, Debug)]
+pub struct PathProblem {
+    pub at: Vec<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// A check run on a configuration that has no problems of its own.
+pub type Check<'a> = &'a dyn Fn(&PipelineConfig) -> Vec<PathProblem>;
+
 /// Reads and checks a pipeline file, with variables from the process environment.
 pub fn load_file(path: &Path) -> Result<PipelineConfig, ConfigError> {
+    load_file_with(path, &|_| Vec::new())
+}
+
+/// Like [`load_file`], then runs `check` and reports its problems at their values.
+pub fn load_file_with(path: &Path, check: Check<'_>) -> Result<PipelineConfig, ConfigError> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::single(&label, "", Problem::new(0..0, format!("cannot read {label}: {e}"), "here"))
     })?;
-    load_str(&label, &text, &|name| std::env::var(name).ok())
+    load_str_with(&label, &text, &|name| std::env::var(name).ok(), check)
 }
 
 /// Checks pipeline text. `env` looks up variables for `${VAR}`.
 pub fn load_str(path: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+    load_str_with(path, text, env, &|_| Vec::new())
+}
+
+fn load_str_with(
+    path: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    check: Check<'_>,
+) -> Result<PipelineConfig, ConfigError> {
     let fail =
         |problems: Vec<Problem>| ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems };
     let mut tree = yaml::parse(text).map_err(|p| fail(vec![p]))?;
@@ -259,6 +298,14 @@ pub fn load_str(path: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) ->
                 .with_help("set `policy: dead_letter`, or remove `dead_letter`"),
         ),
         _ => {}
+    }
+    if problems.is_empty() {
+        for p in check(&config) {
+            let span = tree.find(&p.at).map_or(0..0, |n| n.span.clone());
+            let mut problem = Problem::new(span, p.message, "here");
+            problem.help = p.help;
+            problems.push(problem);
+        }
     }
     if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
 }

@@ -55,9 +55,94 @@ impl JsonSchema for HumanDuration {
     }
 }
 
+/// A size in bytes written the way people write them: `64MiB`, `512KiB`, `1GB`, `4096`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let unit_size: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1000,
+            "kib" | "k" => 1 << 10,
+            "mb" => 1_000_000,
+            "mib" | "m" => 1 << 20,
+            "gb" => 1_000_000_000,
+            "gib" | "g" => 1 << 30,
+            _ => 0,
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .filter(|_| unit_size > 0)
+            .and_then(|n| n.checked_mul(unit_size))
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is not a size; write it like `64MiB`, `512KiB` or `1GB`"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            n if n >= 1 << 30 && n % (1 << 30) == 0 => write!(f, "{}GiB", n >> 30),
+            n if n >= 1 << 20 && n % (1 << 20) == 0 => write!(f, "{}MiB", n >> 20),
+            n if n >= 1 << 10 && n % (1 << 10) == 0 => write!(f, "{}KiB", n >> 10),
+            n => write!(f, "{n}B"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Accepts a plain number of bytes too.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw<'a> {
+            Number(u64),
+            #[serde(borrow)]
+            Text(Cow<'a, str>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "integer"],
+            "format": "byte-size",
+            "minimum": 0,
+            "description": "A size such as `64MiB`, `512KiB` or `1GB`, or a number of bytes.",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!("64MiB".parse::<ByteSize>().unwrap(), ByteSize(64 << 20));
+        assert_eq!(" 512 KiB ".parse::<ByteSize>().unwrap(), ByteSize(512 << 10));
+        assert_eq!("1GB".parse::<ByteSize>().unwrap(), ByteSize(1_000_000_000));
+        assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
+        assert!("64 parsecs".parse::<ByteSize>().unwrap_err().contains("64MiB"));
+        assert!("99999999999999999999GiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
+    }
 
     #[test]
     fn parses_common_forms() {

@@ -15,7 +15,7 @@ mod traits;
 
 pub use ack::{Ack, AckTracker, Watermark};
 pub use batch::{Batch, Rejected};
-pub use config::HumanDuration;
+pub use config::{ByteSize, HumanDuration};
 pub use error::{ConnectorError, ErrorKind};
 pub use record::{Header, Record, SourceMeta};
 pub use state::StateStore;

@@ -1,0 +1,161 @@
+//! A plugin as a pipeline step: one instance per pipeline worker, reused across
+//! batches, replaced after a failure. A failing batch is split in halves until
+//! the records that cause the failure are found; only they go to the error policy.
+
+use std::sync::Arc;
+
+use flowgate_sdk::{Batch, ConnectorError, Record, Transform, async_trait};
+use wasmtime::{Store, Trap};
+
+use crate::bindings::Transform as Bindings;
+use crate::format::{Outcome, decode_outcomes, encode_batch};
+use crate::host::{HostState, PluginInfo};
+use crate::runtime::{EPOCH_TICK, LoadedPlugin, WasmRuntime};
+use crate::{WasmConfig, WasmError};
+
+struct Live {
+    store: Store<HostState>,
+    bindings: Bindings,
+}
+
+pub struct WasmTransform {
+    plugin: Arc<LoadedPlugin>,
+    config: WasmConfig,
+    config_json: String,
+    info: Arc<PluginInfo>,
+    stage: Arc<str>,
+    deadline_ticks: u64,
+    live: Option<Live>,
+    packed: Vec<u8>,
+}
+
+/// The plugin's name in logs and metrics: its file name without `.wasm`.
+pub fn plugin_name(config: &WasmConfig) -> String {
+    config.path.file_stem().map_or_else(|| "plugin".into(), |s| s.to_string_lossy().into_owned())
+}
+
+impl WasmTransform {
+    /// Loads the plugin and starts one instance, so that a plugin refusing its
+    /// config stops the pipeline before anything is read.
+    pub fn new(config: WasmConfig, pipeline: &str, stage: &str) -> Result<Self, WasmError> {
+        let plugin = WasmRuntime::global()?.load(&config.path)?;
+        let info = PluginInfo::new(&plugin_name(&config), pipeline);
+        let deadline_ticks = (config.timeout.0.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+        let mut t = WasmTransform {
+            plugin,
+            config_json: config.config.to_string(),
+            config,
+            info,
+            stage: stage.into(),
+            deadline_ticks,
+            live: None,
+            packed: Vec::new(),
+        };
+        t.live = Some(t.instantiate()?);
+        Ok(t)
+    }
+
+    fn instantiate(&self) -> Result<Live, WasmError> {
+        let start_err = |message: String| WasmError::Start { plugin: self.info.name.to_string(), message };
+        let state = HostState::new(Arc::clone(&self.info), self.config.max_memory.0 as usize, &self.config.env);
+        let mut store = Store::new(self.plugin.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let bindings = self.plugin.pre.instantiate(&mut store).map_err(|e| start_err(self.describe(&e, &store)))?;
+        match bindings.flowgate_transform_transformer().call_init(&mut store, &self.config_json) {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(WasmError::Init { plugin: self.info.name.to_string(), message }),
+            Err(e) => Err(start_err(self.describe(&e, &store))),
+        }
+    }
+
+    /// Why a call failed, in words.
+    fn describe(&self, e: &wasmtime::Error, store: &Store<HostState>) -> String {
+        if store.data().limiter.refused {
+            return format!("it exceeded its memory limit of {}", self.config.max_memory);
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => format!("it ran past its timeout of {}", self.config.timeout),
+            Some(trap) => format!("it trapped: {trap}"),
+            None => format!("{e:#}"),
+        }
+    }
+
+    /// One call of `process`. `Err` carries the reason the batch as a whole failed.
+    fn call(&mut self, records: &[Record]) -> Result<Result<Vec<Outcome>, String>, WasmError> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate()?);
+        }
+        let live = self.live.as_mut().expect("instantiated above");
+        encode_batch(records, &mut self.packed);
+        live.store.set_epoch_deadline(self.deadline_ticks);
+        let result = live.bindings.flowgate_transform_transformer().call_process(&mut live.store, &self.packed);
+        let outcome = match result {
+            Ok(output) => decode_outcomes(output, records).map_err(|e| format!("it returned a malformed batch: {e}")),
+            Err(e) => Err(self.describe(&e, &self.live.as_ref().expect("live").store)),
+        };
+        match &outcome {
+            // A trapped instance cannot be entered again; a merely confused one is
+            // not trusted either.
+            Err(_) => self.live = None,
+            // Guest memory never shrinks: one huge batch would pin it. Start afresh
+            // once an instance holds more than half of its allowance.
+            Ok(_) if live_memory(&self.live) > self.config.max_memory.0 as usize / 2 => self.live = None,
+            Ok(_) => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Outcomes for `records`, bisecting around failures.
+    fn run(&mut self, records: &[Record], out: &mut Vec<Result<Outcome, String>>) -> Result<(), WasmError> {
+        match self.call(records)? {
+            Ok(outcomes) => out.extend(outcomes.into_iter().map(Ok)),
+            Err(reason) if records.len() == 1 => {
+                tracing::warn!(plugin = %self.info.name, pipeline = %self.info.pipeline, %reason,
+                    "plugin failed on a record; it goes to the error policy");
+                out.push(Err(reason));
+            }
+            Err(reason) => {
+                tracing::debug!(plugin = %self.info.name, %reason, records = records.len(), "batch failed; splitting it");
+                let (left, right) = records.split_at(records.len() / 2);
+                self.run(left, out)?;
+                self.run(right, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_sync(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let records = std::mem::take(&mut batch.records);
+        let mut results = Vec::with_capacity(records.len());
+        self.run(&records, &mut results)?;
+        batch.records.reserve(records.len());
+        for (record, result) in records.into_iter().zip(results) {
+            match result {
+                Ok(Outcome::Keep) => batch.records.push(record),
+                Ok(Outcome::Emit(emitted)) => batch.records.extend(emitted),
+                Ok(Outcome::Fail(reason)) => batch.reject(record, reason, &self.stage),
+                Err(reason) => {
+                    let reason = format!("plugin {} failed on this record: {reason}", self.info.name);
+                    batch.reject(record, reason, &self.stage);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn live_memory(live: &Option<Live>) -> usize {
+    live.as_ref().map_or(0, |l| l.store.data().limiter.current)
+}
+
+#[async_trait]
+impl Transform for WasmTransform {
+    async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        // The plugin runs on this thread for up to its timeout; on a multi-thread
+        // runtime, let the other tasks move to another worker meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread { tokio::task::block_in_place(|| self.apply_sync(batch)) } else { self.apply_sync(batch) }
+    }
+}

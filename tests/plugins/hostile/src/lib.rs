@@ -1,0 +1,58 @@
+//! Misbehaves on records whose value contains the configured `poison` text:
+//! loops forever, grows memory without end, or panics, per `mode`. Passes every
+//! other record unchanged.
+
+use flowgate_guest::{Outcome, Record, Transform, host};
+
+struct Hostile {
+    mode: String,
+    poison: String,
+}
+
+impl Transform for Hostile {
+    fn init(config: &str) -> Result<Self, String> {
+        // A tiny hand parser: this plugin avoids dependencies to stay minimal.
+        let field = |name: &str| {
+            let start = config.find(&format!("\"{name}\":\""))? + name.len() + 4;
+            Some(config[start..start + config[start..].find('"')?].to_string())
+        };
+        let mode = field("mode").ok_or("config needs \"mode\": loop | grow | panic | refuse")?;
+        if mode == "refuse" {
+            return Err("this plugin refuses to start".into());
+        }
+        let poison = field("poison").ok_or("config needs \"poison\"")?;
+        Ok(Hostile { mode, poison })
+    }
+
+    fn process(&mut self, record: &Record<'_>) -> Outcome {
+        let poisoned = record.value.windows(self.poison.len()).any(|w| w == self.poison.as_bytes());
+        if !poisoned {
+            return Outcome::Keep;
+        }
+        match self.mode.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("poisoned record"),
+            "print" => {
+                println!("stdout line from the plugin");
+                eprintln!("stderr line from the plugin");
+                host::warn("a host log line");
+                Outcome::Keep
+            }
+            _ => Outcome::fail("unknown mode"),
+        }
+    }
+}
+
+flowgate_guest::export!(Hostile);

@@ -1,0 +1,327 @@
+"""Guest helper for Flowgate transform plugins written in Python (componentize-py).
+
+A plugin author writes a function ``f(record)`` and never sees the packed bytes of
+BATCH-FORMAT.md. ``f`` returns:
+
+- ``None``: drop the record (EMIT zero records),
+- a ``Record``: emit it (KEEP if it is the input record itself, unmodified),
+- a list of ``Record``: emit them in its place,
+
+and raises ``Reject(reason)`` to fail that record. Any other exception also fails
+only that record, with the reason ``"<ExceptionType>: <message>"``.
+
+``export(name, setup)`` builds the class componentize-py wants for the exported
+interface ``transformer``; ``setup(config_text) -> (f, summary)`` validates the config
+(raise ``ConfigError``, e.g. through ``parse_config``) and returns the transform
+function. The module imports nothing from componentize-py at import time, so it also
+runs under plain Python (tests).
+
+JSON values: ``json()`` parses with the standard ``json`` module (NaN/Infinity
+refused) and ``set_json`` writes compact UTF-8 JSON, key order preserved.
+"""
+
+import json
+import struct
+from collections import namedtuple
+
+__all__ = ["Record", "Meta", "NO_META", "Reject", "ConfigError", "KEEP", "decode_batch",
+           "encode_outcomes", "process_batch", "process_records", "parse_config",
+           "export", "REQUIRED"]
+
+Meta = namedtuple("Meta", "kind a b n1 n2")
+"""Where a record came from (read-only): see the table in BATCH-FORMAT.md."""
+NO_META = Meta(0, "", "", 0, 0)
+
+_u16, _u32, _i64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<q")
+_u16u, _u32u, _i64u = _u16.unpack_from, _u32.unpack_from, _i64.unpack_from
+_meta_tail = struct.Struct("<qq").unpack_from
+
+
+class Reject(Exception):
+    """Raise it from a transform to fail one record; ``str(reason)`` is the reason."""
+
+
+class ConfigError(Exception):
+    """Raise it from ``setup`` to make ``init`` return ``err(message)``."""
+
+
+class Record:
+    """One record. ``key``, ``value`` and ``timestamp`` are plain attributes; ``meta`` is
+    read-only. A record counts as modified (EMIT rather than KEEP) once one of them is
+    assigned another object, ``headers`` is assigned or read (the list may then be
+    changed in place), or ``set_json``/``set_header`` is called."""
+
+    __slots__ = ("key", "value", "timestamp", "_headers", "_meta", "_json", "_dirty", "_orig")
+
+    def __init__(self, value=b"", key=None, headers=None, timestamp=None, meta=NO_META):
+        self.key, self.value, self.timestamp = key, value, timestamp
+        self._headers = [] if headers is None else headers
+        self._meta, self._json, self._dirty, self._orig = tuple(meta), None, True, None
+
+    @property
+    def headers(self):
+        self._dirty = True
+        return self._headers
+
+    @headers.setter
+    def headers(self, v):
+        self._headers, self._dirty = v, True
+
+    @property
+    def meta(self):
+        m = self._meta
+        if type(m) is not Meta:
+            m = self._meta = Meta._make(m)
+        return m
+
+    def _unmodified(self):
+        o = self._orig
+        return not self._dirty and self.value is o[1] and self.key is o[0] and self.timestamp is o[2]
+
+    def header(self, name):
+        """The value (bytes) of the first header called ``name``, or None."""
+        for n, v in self._headers:
+            if n == name:
+                return v
+        return None
+
+    def set_header(self, name, value):
+        """Sets header ``name`` (str or bytes value): replaces the first one of that
+        name in place and removes any later ones, or appends it."""
+        if isinstance(value, str):
+            value = value.encode()
+        hs = [h for h in self._headers if h[0] != name]
+        i = next((i for i, h in enumerate(self._headers) if h[0] == name), len(hs))
+        hs.insert(i, (name, value))
+        self.headers = hs
+
+    def json(self):
+        """The value parsed as JSON (cached until ``value`` is set). Raises ValueError."""
+        j = self._json
+        if j is None or j[0] is not self.value:
+            j = self._json = (self.value, json.loads(self.value, parse_constant=_no_constant))
+        return j[1]
+
+    def json_object(self):
+        """``json()``, but the record fails ("value is not a JSON object") unless it is
+        a JSON object."""
+        try:
+            obj = self.json()
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise Reject("value is not a JSON object")
+        return obj
+
+    def set_json(self, obj):
+        """Sets the value to ``obj`` as compact JSON (UTF-8, no ASCII escaping)."""
+        v = self.value = json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                                    allow_nan=False).encode()
+        self._json = (v, obj)
+
+    def copy(self):
+        """A modified copy (same key, headers, timestamp and meta)."""
+        return Record(self.value, self.key, list(self._headers), self.timestamp, self._meta)
+
+    def __repr__(self):
+        return (f"Record(value={self.value!r}, key={self.key!r}, headers={self._headers!r}, "
+                f"timestamp={self.timestamp!r}, meta={self.meta!r})")
+
+
+def _no_constant(c):
+    raise ValueError(f"{c} is not JSON")
+
+
+def decode_batch(batch):
+    """Packed input batch (bytes-like) -> list of Record, all unmodified."""
+    m = memoryview(batch)
+    (count,) = _u32u(m, 0)
+    p, out, new = 4, [], Record.__new__
+    append = out.append
+    for _ in range(count):
+        flags = m[p]
+        p += 1
+        key = ts = None
+        if flags & 1:
+            (n,) = _u32u(m, p)
+            key = bytes(m[p + 4:p + 4 + n])
+            p += 4 + n
+        (n,) = _u32u(m, p)
+        value = bytes(m[p + 4:p + 4 + n])
+        p += 4 + n
+        if flags & 2:
+            (ts,) = _i64u(m, p)
+            p += 8
+        (hc,) = _u16u(m, p)
+        p += 2
+        headers = []
+        for _ in range(hc):
+            (n,) = _u16u(m, p)
+            name = str(m[p + 2:p + 2 + n], "utf-8")
+            p += 2 + n
+            (n,) = _u32u(m, p)
+            headers.append((name, bytes(m[p + 4:p + 4 + n])))
+            p += 4 + n
+        kind = m[p]
+        (n,) = _u16u(m, p + 1)
+        a = str(m[p + 3:p + 3 + n], "utf-8")
+        p += 3 + n
+        (n,) = _u16u(m, p)
+        b = str(m[p + 2:p + 2 + n], "utf-8")
+        p += 2 + n
+        n1, n2 = _meta_tail(m, p)
+        p += 16
+        r = new(Record)
+        r.key, r.value, r.timestamp, r._headers = key, value, ts, headers
+        r._meta, r._json, r._dirty, r._orig = (kind, a, b, n1, n2), None, False, (key, value, ts)
+        append(r)
+    if p != len(m):
+        raise ValueError(f"batch has {len(m) - p} bytes left over")
+    return out
+
+
+KEEP = 0
+"""An outcome for ``encode_outcomes``: keep the input record unchanged."""
+
+
+def _put_record(out, r):
+    key, value, ts, headers = r.key, r.value, r.timestamp, r._headers
+    out.append((key is not None) | ((ts is not None) << 1))
+    if key is not None:
+        out += _u32.pack(len(key))
+        out += key
+    out += _u32.pack(len(value))
+    out += value
+    if ts is not None:
+        out += _i64.pack(ts)
+    out += _u16.pack(len(headers))
+    for name, v in headers:
+        nb = name.encode()
+        out += _u16.pack(len(nb))
+        out += nb
+        out += _u32.pack(len(v))
+        out += v
+
+
+def encode_outcomes(outcomes):
+    """Outcomes -> packed bytes. Each outcome is ``KEEP``, a list of Record (EMIT;
+    ``[]`` drops) or a ``Reject`` / str (FAIL with that reason)."""
+    out = bytearray(_u32.pack(len(outcomes)))
+    for o in outcomes:
+        if o is KEEP:
+            out.append(0)
+        elif isinstance(o, list):
+            out.append(1)
+            out += _u32.pack(len(o))
+            for r in o:
+                _put_record(out, r)
+        else:
+            reason = str(o).encode("utf-8", "replace")
+            out.append(2)
+            out += _u32.pack(len(reason))
+            out += reason
+    return bytes(out)
+
+
+def _outcome(r, f):
+    """One packed outcome; the record (not the batch) fails on any exception."""
+    try:
+        res = f(r)
+        if res is r and r._orig is not None and r._unmodified():
+            return b"\x00"
+        if res is None:
+            res = []
+        elif isinstance(res, Record):
+            res = [res]
+        elif not (isinstance(res, list) and all(isinstance(x, Record) for x in res)):
+            raise TypeError(f"transform returned {type(res).__name__}, not None, Record or list of Record")
+        out = bytearray(b"\x01")
+        out += _u32.pack(len(res))
+        for x in res:
+            if not isinstance(x.value, (bytes, bytearray)) or not isinstance(x.key, (bytes, bytearray, type(None))):
+                raise TypeError("record key and value must be bytes")
+            _put_record(out, x)
+        return out
+    except Reject as e:
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - one record fails, not the batch
+        reason = f"{type(e).__name__}: {e}"
+    reason = reason.encode("utf-8", "replace")
+    return b"\x02" + _u32.pack(len(reason)) + reason
+
+
+def process_records(records, f):
+    """Runs ``f`` on each decoded record and returns the packed outcomes."""
+    return b"".join([_u32.pack(len(records))] + [_outcome(r, f) for r in records])
+
+
+def process_batch(batch, f):
+    """Packed batch -> packed outcomes, running ``f`` on each record."""
+    return process_records(decode_batch(batch), f)
+
+
+REQUIRED = object()
+
+
+def parse_config(text, schema):
+    """Parses the JSON config text (an object; "" counts as {}) against ``schema``:
+    ``{key: (check, what, default)}`` where ``check(value) -> bool``, ``what`` names
+    the expected type in the error, and ``default`` may be ``REQUIRED``. Returns a dict
+    with every key (defaults filled in). Raises ConfigError."""
+    try:
+        cfg = json.loads(text, parse_constant=_no_constant) if text.strip() else {}
+    except ValueError as e:
+        raise ConfigError(f"config is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("config must be a JSON object")
+    for k in cfg:
+        if k not in schema:
+            raise ConfigError(f"unknown config key {json.dumps(k)}")
+    out = {}
+    for k, (check, what, default) in schema.items():
+        if k in cfg:
+            if not check(cfg[k]):
+                raise ConfigError(f"config key {json.dumps(k)} must be {what}")
+            out[k] = cfg[k]
+        elif default is REQUIRED:
+            raise ConfigError(f"config key {json.dumps(k)} is required")
+        else:
+            out[k] = default
+    return out
+
+
+def export(name, setup):
+    """The class componentize-py implements ``transformer`` with; assign it to
+    ``Transformer`` in the app module. ``setup(config_text) -> (f, summary)`` (summary:
+    a str, or anything JSON-serializable such as the parsed config);
+    a ConfigError from it becomes init's ``err``. ``init`` logs "<name> ready: <summary>",
+    ``process`` counts the batch's records in the counter "records"."""
+    from componentize_py_types import Err
+    from wit_world import exports
+    from wit_world.imports import host
+
+    class Transformer(exports.Transformer):
+        f = None
+
+        def init(self, config):
+            try:
+                Transformer.f, summary = setup(config)
+            except ConfigError as e:
+                raise Err(str(e)) from None
+            except Exception as e:  # noqa: BLE001 - a bug in setup: still an err, not a trap
+                raise Err(f"{type(e).__name__}: {e}") from None
+            if not isinstance(summary, str):
+                summary = json.dumps(summary, separators=(",", ":"), ensure_ascii=False)
+            host.log(host.Level.INFO, f"{name} ready: {summary}")
+
+        def process(self, batch):
+            records = decode_batch(batch)
+            host.counter("records", len(records))
+            f = Transformer.f or _not_initialized
+            return process_records(records, f)
+
+    return Transformer
+
+
+def _not_initialized(_):
+    raise Reject("plugin not initialized")

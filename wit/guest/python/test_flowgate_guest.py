@@ -1,0 +1,184 @@
+"""Pure-Python checks of flowgate_guest's batch decoding and outcome encoding.
+
+Run: python3 wit/guest/python/test_flowgate_guest.py   (or with pytest)
+"""
+import os
+import struct
+import sys
+import unittest
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flowgate_guest as fg  # noqa: E402
+
+# The example of BATCH-FORMAT.md: value {"a":1}, no key, timestamp 5, header h: v,
+# from line 3 at offset 40 of in.jsonl.
+EXAMPLE = bytes.fromhex(
+    "01000000" "02" "07000000" "7b2261223a317d" "0500000000000000" "0100" "0100680100000076"
+    "010800" + b"in.jsonl".hex() + "0000" "0300000000000000" "2800000000000000")
+
+
+def rec(value, key=None, ts=None, headers=(), meta=(0, b"", b"", 0, 0), with_meta=True):
+    """Packs one record independently of the helper."""
+    out = bytes([(key is not None) | ((ts is not None) << 1)])
+    if key is not None:
+        out += struct.pack("<I", len(key)) + key
+    out += struct.pack("<I", len(value)) + value
+    if ts is not None:
+        out += struct.pack("<q", ts)
+    out += struct.pack("<H", len(headers))
+    for n, v in headers:
+        out += struct.pack("<H", len(n)) + n + struct.pack("<I", len(v)) + v
+    if with_meta:
+        kind, a, b, n1, n2 = meta
+        out += bytes([kind]) + struct.pack("<H", len(a)) + a + struct.pack("<H", len(b)) + b
+        out += struct.pack("<qq", n1, n2)
+    return out
+
+
+def batch(*records):
+    return struct.pack("<I", len(records)) + b"".join(records)
+
+
+def fail(reason):
+    r = reason.encode()
+    return b"\x02" + struct.pack("<I", len(r)) + r
+
+
+class DecodeTest(unittest.TestCase):
+    def test_example(self):
+        [r] = fg.decode_batch(EXAMPLE)
+        self.assertIsNone(r.key)
+        self.assertEqual(r.value, b'{"a":1}')
+        self.assertEqual(r.timestamp, 5)
+        self.assertEqual(r.header("h"), b"v")
+        self.assertIsNone(r.header("x"))
+        self.assertEqual(r.meta, fg.Meta(1, "in.jsonl", "", 3, 40))
+        self.assertEqual(r.json(), {"a": 1})
+
+    def test_all_fields(self):
+        data = batch(rec(b"v1", key=b"k", ts=-(2**63), headers=[(b"a", b""), ("é".encode(), b"\xff")],
+                         meta=(3, b"public", b"users", 0, 2**63 - 1)),
+                     rec(b"", key=b""))
+        r1, r2 = fg.decode_batch(data)
+        self.assertEqual((r1.key, r1.value, r1.timestamp), (b"k", b"v1", -(2**63)))
+        self.assertEqual(r1.headers, [("a", b""), ("é", b"\xff")])
+        self.assertEqual(r1.meta, fg.Meta(3, "public", "users", 0, 2**63 - 1))
+        self.assertEqual((r2.key, r2.value, r2.timestamp, r2.headers), (b"", b"", None, []))
+        self.assertEqual(fg.decode_batch(b"\0\0\0\0"), [])
+
+    def test_malformed(self):
+        with self.assertRaises(ValueError):
+            fg.decode_batch(EXAMPLE + b"\0")
+        with self.assertRaises(Exception):
+            fg.decode_batch(EXAMPLE[:-1])
+
+    def test_meta_read_only(self):
+        [r] = fg.decode_batch(EXAMPLE)
+        with self.assertRaises(AttributeError):
+            r.meta = fg.NO_META
+
+
+class ProcessTest(unittest.TestCase):
+    def test_doc_answers(self):
+        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: r).hex(), "0100000000")
+        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: None).hex(), "010000000100000000")
+
+    def test_keep_only_when_unmodified(self):
+        def emits(f):
+            return fg.process_batch(EXAMPLE, f)[4] == 1
+
+        self.assertFalse(emits(lambda r: (r.json(), r.header("h"), r.meta, r.value, r)[-1]))
+        self.assertTrue(emits(lambda r: (setattr(r, "value", b"{}"), r)[1]))
+        self.assertTrue(emits(lambda r: (setattr(r, "key", b"k"), r)[1]))
+        self.assertTrue(emits(lambda r: (setattr(r, "timestamp", None), r)[1]))
+        self.assertTrue(emits(lambda r: (r.set_json({"a": 1}), r)[1]))
+        self.assertTrue(emits(lambda r: (r.set_header("h", "v"), r)[1]))
+        self.assertTrue(emits(lambda r: (r.headers.append(("x", b"y")), r)[1]))
+        self.assertTrue(emits(lambda r: r.copy()))
+        self.assertTrue(emits(lambda r: [r]))
+
+    def test_emit_bytes(self):
+        data = batch(rec(b'{"a":1,"b":"\xc3\xa9"}', key=b"k", ts=7, headers=[(b"h", b"v")], meta=(2, b"t", b"", 1, 2)))
+
+        def f(r):
+            obj = r.json()
+            obj["a"] = 2
+            r.set_json(obj)
+            r.set_header("x", "1")
+            c = r.copy()
+            c.key, c.timestamp, c.headers = None, None, []
+            return [r, c]
+
+        want = struct.pack("<I", 1) + b"\x01" + struct.pack("<I", 2)
+        want += rec('{"a":2,"b":"é"}'.encode(), key=b"k", ts=7, headers=[(b"h", b"v"), (b"x", b"1")], with_meta=False)
+        want += rec('{"a":2,"b":"é"}'.encode(), with_meta=False)
+        self.assertEqual(fg.process_batch(data, f), want)
+
+    def test_failures_stay_with_their_record(self):
+        data = batch(rec(b"1"), rec(b"2"), rec(b"3"), rec(b"4"), rec(b"[]"))
+
+        def f(r):
+            if r.value == b"1":
+                raise fg.Reject("no thanks")
+            if r.value == b"2":
+                return 1 / 0
+            if r.value == b"3":
+                return {"not": "a record"}
+            if r.value == b"4":
+                return r
+            r.json_object()
+
+        out = fg.process_batch(data, f)
+        want = struct.pack("<I", 5) + fail("no thanks") + fail("ZeroDivisionError: division by zero")
+        want += fail("TypeError: transform returned dict, not None, Record or list of Record")
+        want += b"\x00" + fail("value is not a JSON object")
+        self.assertEqual(out, want)
+
+    def test_encode_outcomes(self):
+        r = fg.Record(b"v", key=b"k", headers=[("n", b"x")], timestamp=1)
+        out = fg.encode_outcomes([fg.KEEP, [], [r], fg.Reject("why"), "because"])
+        want = struct.pack("<I", 5) + b"\x00" + b"\x01" + struct.pack("<I", 0)
+        want += b"\x01" + struct.pack("<I", 1) + rec(b"v", key=b"k", ts=1, headers=[(b"n", b"x")], with_meta=False)
+        want += fail("why") + fail("because")
+        self.assertEqual(out, want)
+
+
+class RecordTest(unittest.TestCase):
+    def test_set_header(self):
+        r = fg.Record(b"", headers=[("a", b"1"), ("x", b"old"), ("b", b"2"), ("x", b"dup")])
+        r.set_header("x", "new")
+        self.assertEqual(r.headers, [("a", b"1"), ("x", b"new"), ("b", b"2")])
+        r.set_header("y", b"\0")
+        self.assertEqual(r.headers[-1], ("y", b"\0"))
+
+    def test_json(self):
+        r = fg.Record(b'{"a": [1, 2.5, null, true], "b": "\\u00e9"}')
+        self.assertIs(r.json(), r.json())
+        r.set_json(r.json())
+        self.assertEqual(r.value, '{"a":[1,2.5,null,true],"b":"é"}'.encode())
+        for bad in (b"[1]", b"nope", b"", b'{"a":NaN}', b"\xff"):
+            with self.assertRaises(fg.Reject):
+                fg.Record(bad).json_object()
+
+
+class ConfigTest(unittest.TestCase):
+    SCHEMA = {"name": (lambda v: isinstance(v, str), "a string", fg.REQUIRED),
+              "n": (lambda v: isinstance(v, int), "an integer", 3)}
+
+    def test_ok(self):
+        self.assertEqual(fg.parse_config('{"name":"x"}', self.SCHEMA), {"name": "x", "n": 3})
+        self.assertEqual(fg.parse_config('{"name":"x","n":1}', self.SCHEMA), {"name": "x", "n": 1})
+
+    def test_errors(self):
+        for text, msg in [("{}", '"name" is required'), ('{"name":1}', '"name" must be a string'),
+                          ('{"name":"x","z":1}', 'unknown config key "z"'), ("[]", "JSON object"),
+                          ("{", "not valid JSON"), ('{"name":"x","n":NaN}', "not valid JSON")]:
+            with self.assertRaises(fg.ConfigError) as e:
+                fg.parse_config(text, self.SCHEMA)
+            self.assertIn(msg, str(e.exception))
+        self.assertEqual(fg.parse_config("", {}), {})
+
+
+if __name__ == "__main__":
+    unittest.main()

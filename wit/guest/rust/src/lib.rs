@@ -1,0 +1,353 @@
+//! Write Flowgate transform plugins in Rust.
+//!
+//! ```ignore
+//! use flowgate_guest::{Outcome, Record, Transform};
+//!
+//! struct Upper;
+//!
+//! impl Transform for Upper {
+//!     fn init(_config: &str) -> Result<Self, String> {
+//!         Ok(Upper)
+//!     }
+//!
+//!     fn process(&mut self, record: &Record<'_>) -> Outcome {
+//!         Outcome::one(record.to_owned().with_value(record.value.to_ascii_uppercase()))
+//!     }
+//! }
+//!
+//! flowgate_guest::export!(Upper);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`. The batch format
+//! (wit/BATCH-FORMAT.md) stays out of sight: a transform sees one typed record at
+//! a time and returns what becomes of it. A panic traps the instance; the host
+//! then finds the record that caused it and sends it to the error policy.
+
+use std::any::Any;
+use std::cell::RefCell;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../transform.wit",
+        world: "transform",
+        pub_export_macro: true,
+        export_macro_name: "__export_transform",
+        default_bindings_module: "flowgate_guest::bindings",
+    });
+}
+
+pub use bindings::flowgate::transform::host::Level;
+
+/// The host's log and counters.
+pub mod host {
+    use super::Level;
+    use super::bindings::flowgate::transform::host as imp;
+
+    /// A line in Flowgate's log under this plugin's name (rate-limited by the host).
+    pub fn log(level: Level, message: &str) {
+        imp::log(level, message);
+    }
+
+    pub fn info(message: &str) {
+        imp::log(Level::Info, message);
+    }
+
+    pub fn warn(message: &str) {
+        imp::log(Level::Warn, message);
+    }
+
+    pub fn error(message: &str) {
+        imp::log(Level::Error, message);
+    }
+
+    /// Adds `delta` to this plugin's counter `name` (a Prometheus metric on the host).
+    pub fn counter(name: &str, delta: u64) {
+        imp::counter(name, delta);
+    }
+}
+
+/// Reads the plugin's config (JSON text, `{}` when the pipeline gives none) into
+/// `T`. The config must be a JSON object; an error names the offending key.
+#[cfg(feature = "serde")]
+pub fn config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let value: serde_json::Value = match text.trim() {
+        "" | "null" => serde_json::Value::Object(Default::default()),
+        t => serde_json::from_str(t).map_err(|e| format!("invalid config: {e}"))?,
+    };
+    if !value.is_object() {
+        return Err("invalid config: expected a JSON object".into());
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
+        "." => format!("invalid config: {}", e.inner()),
+        path => format!("invalid config: `{path}`: {}", e.inner()),
+    })
+}
+
+/// Where a record came from (read-only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source<'a> {
+    None,
+    File { path: &'a str, line: i64, offset: i64 },
+    Kafka { topic: &'a str, partition: i64, offset: i64 },
+    Table { schema: &'a str, table: &'a str, lsn: i64 },
+    Sequence { seq: i64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// An input record, borrowed from the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: Option<i64>,
+    pub headers: Vec<Header<'a>>,
+    pub source: Source<'a>,
+}
+
+impl Record<'_> {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().find(|h| h.name == name).map(|h| h.value)
+    }
+
+    /// An owned copy with a new value (key, timestamp and headers copied).
+    pub fn with_value(&self, value: impl Into<Vec<u8>>) -> OwnedRecord {
+        OwnedRecord {
+            key: self.key.map(<[u8]>::to_vec),
+            value: value.into(),
+            timestamp: self.timestamp,
+            headers: self.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+        }
+    }
+
+    /// An owned copy to modify and emit.
+    pub fn to_owned(&self) -> OwnedRecord {
+        OwnedRecord {
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.to_vec(),
+            timestamp: self.timestamp,
+            headers: self.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect(),
+        }
+    }
+}
+
+/// A record a transform emits. Its source metadata is the input's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub timestamp: Option<i64>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OwnedRecord {
+    pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.value = value.into();
+        self
+    }
+
+    /// Sets a header, replacing one of the same name.
+    pub fn set_header(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        let value = value.into();
+        match self.headers.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => self.headers.push((name.to_string(), value)),
+        }
+    }
+}
+
+/// What becomes of one input record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The input record, unchanged (the cheapest answer: nothing is copied back).
+    Keep,
+    /// These records in its place; none drops it.
+    Emit(Vec<OwnedRecord>),
+    /// Refuse it; the reason goes with it to the pipeline's error policy.
+    Fail(String),
+}
+
+impl Outcome {
+    pub fn one(record: OwnedRecord) -> Self {
+        Outcome::Emit(vec![record])
+    }
+
+    pub fn drop_record() -> Self {
+        Outcome::Emit(Vec::new())
+    }
+
+    pub fn fail(reason: impl Into<String>) -> Self {
+        Outcome::Fail(reason.into())
+    }
+}
+
+/// A record transform. One value lives per plugin instance, across batches.
+pub trait Transform: Sized + 'static {
+    /// Builds the transform from the pipeline's `config` (JSON text; `{}` or
+    /// `null` when none is given). An error stops the pipeline at start.
+    fn init(config: &str) -> Result<Self, String>;
+
+    fn process(&mut self, record: &Record<'_>) -> Outcome;
+
+    /// Called before each batch with its number of records.
+    fn on_batch(&mut self, _records: usize) {}
+}
+
+struct Input<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        s
+    }
+
+    fn u16(&mut self) -> usize {
+        u16::from_le_bytes(self.take(2).try_into().unwrap()) as usize
+    }
+
+    fn u32(&mut self) -> usize {
+        u32::from_le_bytes(self.take(4).try_into().unwrap()) as usize
+    }
+
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take(8).try_into().unwrap())
+    }
+
+    fn str16(&mut self) -> &'a str {
+        let n = self.u16();
+        // The host writes UTF-8; a broken string is a host bug worth a trap.
+        std::str::from_utf8(self.take(n)).unwrap()
+    }
+
+    fn record(&mut self) -> Record<'a> {
+        let flags = self.take(1)[0];
+        let key = if flags & 1 != 0 {
+            let n = self.u32();
+            Some(self.take(n))
+        } else {
+            None
+        };
+        let n = self.u32();
+        let value = self.take(n);
+        let timestamp = if flags & 2 != 0 { Some(self.i64()) } else { None };
+        let count = self.u16();
+        let headers = (0..count)
+            .map(|_| {
+                let name = self.str16();
+                let n = self.u32();
+                Header { name, value: self.take(n) }
+            })
+            .collect();
+        let kind = self.take(1)[0];
+        let (a, b, n1, n2) = (self.str16(), self.str16(), self.i64(), self.i64());
+        let source = match kind {
+            1 => Source::File { path: a, line: n1, offset: n2 },
+            2 => Source::Kafka { topic: a, partition: n1, offset: n2 },
+            3 => Source::Table { schema: a, table: b, lsn: n2 },
+            4 => Source::Sequence { seq: n2 },
+            _ => Source::None,
+        };
+        Record { key, value, timestamp, headers, source }
+    }
+}
+
+fn put32(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_record(out: &mut Vec<u8>, r: &OwnedRecord) {
+    out.push(u8::from(r.key.is_some()) | (u8::from(r.timestamp.is_some()) << 1));
+    if let Some(k) = &r.key {
+        put32(out, k);
+    }
+    put32(out, &r.value);
+    if let Some(t) = r.timestamp {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    out.extend_from_slice(&(r.headers.len() as u16).to_le_bytes());
+    for (name, value) in &r.headers {
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        put32(out, value);
+    }
+}
+
+/// Runs a transform over one packed batch, returning the packed outcomes.
+pub fn process_batch<T: Transform>(t: &mut T, batch: &[u8]) -> Vec<u8> {
+    let mut input = Input { buf: batch, pos: 0 };
+    let count = input.u32();
+    t.on_batch(count);
+    let mut out = Vec::with_capacity(4 + count * 2);
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for _ in 0..count {
+        let record = input.record();
+        match t.process(&record) {
+            Outcome::Keep => out.push(0),
+            Outcome::Emit(records) => {
+                out.push(1);
+                out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+                for r in &records {
+                    put_record(&mut out, r);
+                }
+            }
+            Outcome::Fail(reason) => {
+                out.push(2);
+                put32(&mut out, reason.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    thread_local! {
+        static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<T: Transform>(config: String) -> Result<(), String> {
+        let t = T::init(&config)?;
+        STATE.with_borrow_mut(|s| *s = Some(Box::new(t)));
+        Ok(())
+    }
+
+    pub fn process<T: Transform>(batch: Vec<u8>) -> Vec<u8> {
+        STATE.with_borrow_mut(|s| {
+            let t = s.as_mut().and_then(|b| b.downcast_mut::<T>()).expect("the host calls init first");
+            process_batch(t, &batch)
+        })
+    }
+}
+
+/// Exports a [`Transform`] as the plugin's `transformer`.
+#[macro_export]
+macro_rules! export {
+    ($t:ty) => {
+        struct __FlowgateExport;
+
+        impl $crate::bindings::exports::flowgate::transform::transformer::Guest for __FlowgateExport {
+            fn init(config: String) -> Result<(), String> {
+                $crate::__private::init::<$t>(config)
+            }
+
+            fn process(batch: Vec<u8>) -> Vec<u8> {
+                $crate::__private::process::<$t>(batch)
+            }
+        }
+
+        $crate::bindings::__export_transform!(__FlowgateExport with_types_in $crate::bindings);
+    };
+}
