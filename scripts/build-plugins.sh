@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds every example plugin in every language, and the test plugins, into
-# $FLOWGATE_PLUGINS (default $CARGO_TARGET_DIR/plugins) as NAME_LANG.wasm
-# (pii_mask_rust.wasm, pii_mask_python.wasm, ...). An output newer than all of
-# its sources is kept.
+# $FLOWGATE_PLUGINS (default $CARGO_TARGET_DIR/plugins) as LANG-EXAMPLE.wasm
+# (rust-pii-mask.wasm, python-pii-mask.wasm, js-pii-mask.wasm, ...). An output
+# newer than all of its sources is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,7 +19,7 @@ for dir in examples/*/*/; do
   lang=$(basename "$dir")
   name=$(basename "$(dirname "$dir")")
   [ -x "$dir/build.sh" ] || continue
-  target="$out/${name//-/_}_$lang.wasm"
+  target="$out/$lang-$name.wasm"
   if stale "$target" "$dir" wit; then
     echo "build-plugins: $target"
     start=$SECONDS

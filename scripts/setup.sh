@@ -6,11 +6,21 @@ set -euo pipefail
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  echo "setup: adding the wasm32-wasip2 Rust target"
+  rustup target add wasm32-wasip2
+fi
+
+# Python and JavaScript plugin toolchains (componentize-py, componentize-js, jco).
+bash "$(dirname "$0")/guest-toolchains.sh"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"

@@ -32,7 +32,7 @@ async fn open_source(config: &SourceConfig, ctx: &SourceContext) -> Result<Box<d
 async fn open_sink(config: &SinkConfig) -> Result<Box<dyn Sink>, ConnectorError> {
     Ok(match config {
         SinkConfig::File(c) => Box::new(FileSink::open(c.clone()).await?),
-        SinkConfig::Stdout(_) => Box::new(StdoutSink::new()),
+        SinkConfig::Stdout(c) => Box::new(StdoutSink::new(c.clone())),
         SinkConfig::Null(c) => Box::new(NullSink::new(c.clone())),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::open(c.clone()).await?),
     })

@@ -93,9 +93,9 @@ fn unset_variables_and_kind_shapes_are_reported() {
     assert!(found[0].2.contains("NOT_SET is not set"));
     assert_eq!(found[1].0, 6);
     assert!(found[1].2.contains("expected exactly one of"), "{}", found[1].2);
-    let found = problems("name: x\nsource: 12\nsink: {null: {}}\ntransforms: [{wasm: {}}]\n");
+    let found = problems("name: x\nsource: 12\nsink: {null: {}}\ntransforms: [{wsm: {}}]\n");
     assert!(found[0].2.contains("unknown kind `12`"), "{found:?}");
-    assert!(found[1].2.contains("unknown kind `wasm`"), "{found:?}");
+    assert!(found[1].2.contains("unknown kind `wsm`"), "{found:?}");
     let found = problems("");
     assert!(found.iter().any(|p| p.2.contains("missing field `name`")));
     assert!(found.iter().any(|p| p.2.contains("missing field `source`")));
@@ -105,7 +105,7 @@ fn unset_variables_and_kind_shapes_are_reported() {
 fn renders_both_formats_with_file_line_and_column() {
     let err = load("name: x\nsource: {stdin: {}}\nsink:\n  stdout: {colour: red}\n").unwrap_err();
     let short = err.render(MessageFormat::Short);
-    assert_eq!(short, "p.yaml:4:12: error: unknown field `colour` (help: this mapping takes no fields)\n");
+    assert_eq!(short, "p.yaml:4:12: error: unknown field `colour` (help: valid fields: `format`)\n");
     let human = err.render(MessageFormat::Human);
     assert!(human.contains("p.yaml:4:12"), "{human}");
     assert!(human.contains("unknown field"), "{human}");

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink, SourceMeta};
-use serde_json::{Value, json};
+use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink};
+use serde_json::json;
 
 use super::{EngineError, Stats, write_with_retry};
 use crate::config::ErrorPolicy;
@@ -97,58 +96,17 @@ pub fn preview(r: &Record) -> String {
     out
 }
 
-/// Bytes as JSON: embedded when they are JSON, a string when text, else base64.
-fn bytes_json(b: &[u8]) -> (Value, &'static str) {
-    if let Ok(v) = serde_json::from_slice::<Value>(b) {
-        return (v, "json");
-    }
-    match std::str::from_utf8(b) {
-        Ok(s) => (Value::String(s.to_string()), "text"),
-        Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(b)), "base64"),
-    }
-}
-
-fn meta_json(meta: &SourceMeta) -> Value {
-    match meta {
-        SourceMeta::None => Value::Null,
-        SourceMeta::File { path, line, offset } => json!({"file": path.as_ref(), "line": line, "offset": offset}),
-        SourceMeta::Kafka { topic, partition, offset } => {
-            json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
-        }
-        SourceMeta::Table { schema, table, lsn } => {
-            json!({"schema": schema.as_ref(), "table": table.as_ref(), "lsn": lsn})
-        }
-        SourceMeta::Sequence { seq } => json!({"seq": seq}),
-    }
-}
-
 /// The dead-letter form of a refused record: a JSON document with the reason and
 /// the whole original record, so nothing about it is lost and it can be replayed.
 /// The reason and stage are also set as headers, for sinks that keep headers.
 pub fn envelope(pipeline: &str, r: Rejected) -> Record {
-    let (value, value_encoding) = bytes_json(&r.record.value);
-    let key = r.record.key.as_deref().map(bytes_json);
-    let headers: serde_json::Map<String, Value> = r
-        .record
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), Value::String(String::from_utf8_lossy(&h.value).into_owned())))
-        .collect();
     let failed_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let doc = json!({
         "pipeline": pipeline,
         "stage": r.stage.as_ref(),
         "reason": r.reason,
         "failed_at_ms": failed_at,
-        "record": {
-            "key": key.as_ref().map(|(v, _)| v),
-            "key_encoding": key.as_ref().map(|(_, e)| e),
-            "value": value,
-            "value_encoding": value_encoding,
-            "headers": headers,
-            "timestamp": r.record.timestamp,
-            "source": meta_json(&r.record.meta),
-        }
+        "record": r.record.to_json(),
     });
     let mut out = Record {
         key: r.record.key.clone(),
@@ -164,6 +122,8 @@ pub fn envelope(pipeline: &str, r: Rejected) -> Record {
 
 #[cfg(test)]
 mod tests {
+    use flowgate_sdk::SourceMeta;
+
     use super::*;
 
     #[test]
@@ -173,7 +133,7 @@ mod tests {
         rec.set_header("h", "v");
         rec.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
         let out = envelope("p", Rejected { record: rec, reason: "bad".into(), stage: "sink".into() });
-        let doc: Value = serde_json::from_slice(&out.value).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.value).unwrap();
         assert_eq!(doc["reason"], "bad");
         assert_eq!(doc["stage"], "sink");
         assert_eq!(doc["record"]["key"], json!({"id": 7}));
@@ -182,7 +142,5 @@ mod tests {
         assert_eq!(doc["record"]["headers"]["h"], "v");
         assert_eq!(doc["record"]["source"]["line"], 3);
         assert_eq!(out.header("flowgate.error.reason").unwrap().as_ref(), b"bad");
-        let (text, enc) = bytes_json(b"plain words");
-        assert_eq!((text, enc), (Value::String("plain words".into()), "text"));
     }
 }

@@ -119,3 +119,25 @@ pub async fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<Option<i64>>> {
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap_or_default();
     rows.iter().map(|r| (0..r.len()).map(|i| r.try_get::<Option<i64>, _>(i).unwrap_or(None)).collect()).collect()
 }
+
+/// A plugin built by `scripts/build-plugins.sh` (which `scripts/test.sh` runs first).
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FLOWGATE_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowgate-target"));
+        target.join("plugins")
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// Records written by a file sink with `format: record`, as JSON.
+pub fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}

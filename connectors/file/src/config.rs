@@ -41,11 +41,22 @@ pub struct StdinConfig {
     pub format: LineFormat,
 }
 
+/// What a line of output holds.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// The record's value, as it is.
+    #[default]
+    Value,
+    /// The whole record as JSON: key, value, headers, timestamp and source.
+    Record,
+}
+
 const fn yes() -> bool {
     true
 }
 
-/// Appends each record's value as one line.
+/// Appends each record as one line.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
@@ -55,12 +66,19 @@ pub struct FileSinkConfig {
     /// acknowledged records survive a power loss, not only a crash of Flowgate.
     #[serde(default = "yes")]
     pub fsync: bool,
+    /// `value` (default) or `record`.
+    #[serde(default)]
+    pub format: OutputFormat,
 }
 
-/// Writes each record's value as one line to standard output.
+/// Writes each record as one line to standard output.
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {}
+pub struct StdoutSinkConfig {
+    /// `value` (default) or `record`.
+    #[serde(default)]
+    pub format: OutputFormat,
+}
 
 /// Discards records (benchmarks, dry runs).
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]

@@ -7,7 +7,9 @@ mod lines;
 pub mod sink;
 pub mod source;
 
-pub use config::{FileSinkConfig, FileSourceConfig, LineFormat, NullSinkConfig, StdinConfig, StdoutSinkConfig};
+pub use config::{
+    FileSinkConfig, FileSourceConfig, LineFormat, NullSinkConfig, OutputFormat, StdinConfig, StdoutSinkConfig,
+};
 pub use error::FileError;
 pub use sink::{FileSink, NullSink, StdoutSink};
 pub use source::{FileSource, StdinSource};

@@ -4,11 +4,14 @@ use flowgate_sdk::{Batch, ConnectorError, Sink, async_trait};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
-use crate::{FileError, FileSinkConfig, NullSinkConfig};
+use crate::{FileError, FileSinkConfig, NullSinkConfig, OutputFormat, StdoutSinkConfig};
 
-async fn write_lines<W: AsyncWrite + Unpin>(out: &mut W, batch: &Batch) -> std::io::Result<()> {
+async fn write_lines<W: AsyncWrite + Unpin>(out: &mut W, batch: &Batch, format: OutputFormat) -> std::io::Result<()> {
     for r in &batch.records {
-        out.write_all(&r.value).await?;
+        match format {
+            OutputFormat::Value => out.write_all(&r.value).await?,
+            OutputFormat::Record => out.write_all(&serde_json::to_vec(&r.to_json())?).await?,
+        }
         out.write_all(b"\n").await?;
     }
     out.flush().await
@@ -17,6 +20,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(out: &mut W, batch: &Batch) -> std::
 pub struct FileSink {
     path: PathBuf,
     fsync: bool,
+    format: OutputFormat,
     out: BufWriter<File>,
 }
 
@@ -28,7 +32,12 @@ impl FileSink {
             .open(&config.path)
             .await
             .map_err(|source| FileError::Open { path: config.path.clone(), source })?;
-        Ok(FileSink { path: config.path, fsync: config.fsync, out: BufWriter::with_capacity(1 << 20, file) })
+        Ok(FileSink {
+            path: config.path,
+            fsync: config.fsync,
+            format: config.format,
+            out: BufWriter::with_capacity(1 << 20, file),
+        })
     }
 }
 
@@ -36,7 +45,7 @@ impl FileSink {
 impl Sink for FileSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let result = async {
-            write_lines(&mut self.out, batch).await?;
+            write_lines(&mut self.out, batch, self.format).await?;
             if self.fsync {
                 self.out.get_ref().sync_data().await?;
             }
@@ -48,25 +57,20 @@ impl Sink for FileSink {
 }
 
 pub struct StdoutSink {
+    format: OutputFormat,
     out: BufWriter<tokio::io::Stdout>,
 }
 
 impl StdoutSink {
-    pub fn new() -> Self {
-        StdoutSink { out: BufWriter::new(tokio::io::stdout()) }
-    }
-}
-
-impl Default for StdoutSink {
-    fn default() -> Self {
-        Self::new()
+    pub fn new(config: StdoutSinkConfig) -> Self {
+        StdoutSink { format: config.format, out: BufWriter::new(tokio::io::stdout()) }
     }
 }
 
 #[async_trait]
 impl Sink for StdoutSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        write_lines(&mut self.out, batch)
+        write_lines(&mut self.out, batch, self.format)
             .await
             .map_err(|source| FileError::Write { path: "<stdout>".into(), source }.into())
     }
@@ -103,7 +107,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         std::fs::write(&path, "0\n").unwrap();
-        let mut sink = FileSink::open(FileSinkConfig { path: path.clone(), fsync: true }).await.unwrap();
+        let config = FileSinkConfig { path: path.clone(), fsync: true, format: OutputFormat::Value };
+        let mut sink = FileSink::open(config).await.unwrap();
         let mut b = Batch::with_capacity(0, 2);
         b.records.push(Record::from_value("1"));
         b.records.push(Record::from_value("2"));

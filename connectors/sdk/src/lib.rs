@@ -17,7 +17,7 @@ pub use ack::{Ack, AckTracker, Watermark};
 pub use batch::{Batch, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use error::{ConnectorError, ErrorKind};
-pub use record::{Header, Record, SourceMeta};
+pub use record::{Header, Record, SourceMeta, bytes_json};
 pub use state::StateStore;
 pub use traits::{Read, Sink, Source, SourceContext, Transform};
 pub use {async_trait::async_trait, bytes::Bytes};

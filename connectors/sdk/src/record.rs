@@ -1,6 +1,8 @@
 use std::sync::Arc;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use serde_json::{Value, json};
 
 /// One header of a record: Kafka-style, a name and raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,9 +68,75 @@ impl Record {
     }
 }
 
+/// Bytes as JSON: embedded when they are JSON, a string when text, else base64;
+/// with the encoding used (`json`, `text` or `base64`).
+pub fn bytes_json(b: &[u8]) -> (Value, &'static str) {
+    if let Ok(v) = serde_json::from_slice::<Value>(b) {
+        return (v, "json");
+    }
+    match std::str::from_utf8(b) {
+        Ok(s) => (Value::String(s.to_string()), "text"),
+        Err(_) => (Value::String(base64::engine::general_purpose::STANDARD.encode(b)), "base64"),
+    }
+}
+
+impl SourceMeta {
+    pub fn to_json(&self) -> Value {
+        match self {
+            SourceMeta::None => Value::Null,
+            SourceMeta::File { path, line, offset } => json!({"file": path.as_ref(), "line": line, "offset": offset}),
+            SourceMeta::Kafka { topic, partition, offset } => {
+                json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
+            }
+            SourceMeta::Table { schema, table, lsn } => {
+                json!({"schema": schema.as_ref(), "table": table.as_ref(), "lsn": lsn})
+            }
+            SourceMeta::Sequence { seq } => json!({"seq": seq}),
+        }
+    }
+}
+
+impl Record {
+    /// The whole record as one JSON document: key and value embedded as JSON
+    /// when they are JSON (else text or base64, said by `key_encoding` and
+    /// `value_encoding`), headers as text, timestamp and source.
+    pub fn to_json(&self) -> Value {
+        let (value, value_encoding) = bytes_json(&self.value);
+        let key = self.key.as_deref().map(bytes_json);
+        let headers: serde_json::Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), Value::String(String::from_utf8_lossy(&h.value).into_owned())))
+            .collect();
+        json!({
+            "key": key.as_ref().map(|(v, _)| v),
+            "key_encoding": key.as_ref().map(|(_, e)| e),
+            "value": value,
+            "value_encoding": value_encoding,
+            "headers": headers,
+            "timestamp": self.timestamp,
+            "source": self.meta.to_json(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_form_embeds_json_and_encodes_the_rest() {
+        let mut r = Record::from_value(&b"\xff\x00"[..]);
+        r.key = Some(Bytes::from_static(br#"{"id":7}"#));
+        r.set_header("h", "v");
+        r.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
+        let j = r.to_json();
+        assert_eq!(j["key"], json!({"id": 7}));
+        assert_eq!((j["value"].as_str(), j["value_encoding"].as_str()), (Some("/wA="), Some("base64")));
+        assert_eq!(j["headers"]["h"], "v");
+        assert_eq!(j["source"]["line"], 3);
+        assert_eq!(bytes_json(b"plain words"), (Value::String("plain words".into()), "text"));
+    }
 
     #[test]
     fn set_header_replaces_same_name() {

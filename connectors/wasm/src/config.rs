@@ -26,7 +26,7 @@ fn default_max_memory() -> ByteSize {
 pub struct WasmConfig {
     /// Path of the component (`.wasm`).
     pub path: PathBuf,
-    /// Settings for the plugin, handed to its `init` as JSON.
+    /// Settings for the plugin, handed to its `init` as JSON (`{}` when omitted).
     #[serde(default)]
     pub config: serde_json::Value,
     /// Longest time the plugin may spend on one batch (default 250ms).

@@ -61,16 +61,16 @@ impl PluginInfo {
             b.tokens -= 1.0;
             std::mem::take(&mut b.suppressed)
         };
-        let (plugin, pipeline) = (&*self.name, &*self.pipeline);
+        let (plugin, pipeline) = (&self.name, &self.pipeline);
         if suppressed > 0 {
-            tracing::warn!(plugin, pipeline, suppressed, "plugin log lines dropped by the rate limit");
+            tracing::warn!(%plugin, %pipeline, suppressed, "plugin log lines dropped by the rate limit");
         }
         match level {
-            Level::Trace => tracing::trace!(plugin, pipeline, "{message}"),
-            Level::Debug => tracing::debug!(plugin, pipeline, "{message}"),
-            Level::Info => tracing::info!(plugin, pipeline, "{message}"),
-            Level::Warn => tracing::warn!(plugin, pipeline, "{message}"),
-            Level::Error => tracing::error!(plugin, pipeline, "{message}"),
+            Level::Trace => tracing::trace!(%plugin, %pipeline, "{message}"),
+            Level::Debug => tracing::debug!(%plugin, %pipeline, "{message}"),
+            Level::Info => tracing::info!(%plugin, %pipeline, "{message}"),
+            Level::Warn => tracing::warn!(%plugin, %pipeline, "{message}"),
+            Level::Error => tracing::error!(%plugin, %pipeline, "{message}"),
         }
     }
 

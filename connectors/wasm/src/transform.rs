@@ -43,7 +43,8 @@ impl WasmTransform {
         let deadline_ticks = (config.timeout.0.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
         let mut t = WasmTransform {
             plugin,
-            config_json: config.config.to_string(),
+            // The contract promises a JSON object: `{}` when the pipeline gives none.
+            config_json: if config.config.is_null() { "{}".into() } else { config.config.to_string() },
             config,
             info,
             stage: stage.into(),

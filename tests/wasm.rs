@@ -1,0 +1,321 @@
+//! WebAssembly plugins end to end: every example in every language, hostile
+//! plugins contained, contract violations refused at `validate`, the compile
+//! cache, and the `plugin` subcommands.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{flowgate, log, plugin, records, spawn_run, wait_exit};
+use serde_json::{Value, json};
+
+/// Runs `transforms` over `input` lines (as text, so that non-JSON reaches the
+/// plugin): (records written, dead-lettered records, log).
+fn run_pipeline(input: &str, transforms: &str, batch: usize) -> (Vec<Value>, Vec<Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), input).unwrap();
+    let pipeline = format!(
+        "name: t\nsource:\n  file: {{path: in.jsonl, format: text}}\ntransforms:\n{transforms}\n\
+         sink:\n  file: {{path: out.jsonl, format: record}}\nerrors:\n  policy: dead_letter\n  \
+         dead_letter: {{file: {{path: dlq.jsonl}}}}\nbatch: {{size: {batch}}}\n"
+    );
+    std::fs::write(d.join("p.yaml"), pipeline).unwrap();
+    let mut child = spawn_run(d, &d.join("p.yaml"), &["--progress", "0s"]);
+    let status = wait_exit(&mut child, Duration::from_secs(180));
+    assert!(status.success(), "{}", log(d));
+    (records(&d.join("out.jsonl")), records(&d.join("dlq.jsonl")), log(d))
+}
+
+const INPUT: &str = r#"{"id":1,"email":"a@x.io","items":[1,2],"amount":5}
+{"id":2,"email":"b@x.io","items":[],"amount":50}
+not json
+{"id":3,"items":"nope","amount":500}
+"#;
+
+fn values(out: &[Value]) -> Vec<Value> {
+    out.iter().map(|r| r["value"].clone()).collect()
+}
+
+fn reasons(dlq: &[Value]) -> Vec<String> {
+    dlq.iter().map(|d| d["reason"].as_str().unwrap().to_string()).collect()
+}
+
+fn check_examples(lang: &str) {
+    let wasm = |name: &str| plugin(&format!("{lang}-{name}.wasm")).display().to_string();
+
+    let (out, dlq, log) = run_pipeline(
+        INPUT,
+        &format!("  - wasm: {{path: {}, config: {{fields: [email], flag: processed}}}}", wasm("pii-mask")),
+        10,
+    );
+    assert_eq!(
+        values(&out),
+        [
+            json!({"id":1,"email":"***","items":[1,2],"amount":5,"processed":true}),
+            json!({"id":2,"email":"***","items":[],"amount":50,"processed":true}),
+            json!({"id":3,"items":"nope","amount":500,"processed":true}),
+        ],
+        "{lang} pii-mask"
+    );
+    assert_eq!(dlq.len(), 1, "{lang}");
+    assert!(reasons(&dlq)[0].contains("not a JSON object"), "{lang}: {dlq:?}");
+    assert_eq!(dlq[0]["record"]["value"], "not json");
+    assert!(log.contains("pii-mask ready"), "{lang}: the init log line is missing:\n{log}");
+
+    let (out, dlq, _) = run_pipeline(
+        INPUT,
+        &format!("  - wasm: {{path: {}, config: {{field: amount, op: gt, value: 10}}}}", wasm("filter")),
+        10,
+    );
+    let ids: Vec<&Value> = out.iter().map(|r| &r["value"]["id"]).collect();
+    assert_eq!(ids, [2, 3], "{lang} filter");
+    // Kept records are the input bytes, untouched.
+    assert_eq!(out[0]["value"], json!({"id":2,"email":"b@x.io","items":[],"amount":50}));
+    assert_eq!(reasons(&dlq).len(), 1, "{lang}");
+
+    let (out, dlq, _) =
+        run_pipeline(INPUT, &format!("  - wasm: {{path: {}, config: {{field: items}}}}", wasm("split")), 10);
+    assert_eq!(
+        values(&out),
+        [json!({"id":1,"email":"a@x.io","items":1,"amount":5}), json!({"id":1,"email":"a@x.io","items":2,"amount":5})],
+        "{lang} split"
+    );
+    let idx: Vec<&Value> = out.iter().map(|r| &r["headers"]["flowgate.split.index"]).collect();
+    assert_eq!(idx, ["0", "1"], "{lang}");
+    let mut why = reasons(&dlq);
+    why.sort();
+    assert_eq!(why.len(), 2, "{lang}: {why:?}");
+    assert!(why.iter().any(|r| r.contains("is not an array")), "{lang}: {why:?}");
+    assert!(why.iter().any(|r| r.contains("not a JSON object")), "{lang}: {why:?}");
+    // A dead-lettered record keeps where it came from.
+    assert!(dlq.iter().all(|d| d["record"]["source"]["file"] == "in.jsonl"));
+
+    let (out, dlq, _) = run_pipeline(
+        INPUT,
+        &format!("  - wasm: {{path: {}, config: {{name: x-src, value: flowgate}}}}", wasm("add-header")),
+        10,
+    );
+    assert_eq!(out.len(), 4, "{lang} add-header");
+    assert!(dlq.is_empty());
+    assert!(out.iter().all(|r| r["headers"]["x-src"] == "flowgate"), "{lang}: {out:?}");
+    assert_eq!(out[2]["value"], "not json", "add-header never parses values");
+}
+
+#[test]
+fn rust_examples_transform_records_end_to_end() {
+    check_examples("rust");
+}
+
+#[test]
+fn python_examples_transform_records_end_to_end() {
+    check_examples("python");
+}
+
+#[test]
+fn js_examples_transform_records_end_to_end() {
+    check_examples("js");
+}
+
+#[test]
+fn plugins_chain_in_order() {
+    let (out, _, _) = run_pipeline(
+        INPUT,
+        &format!(
+            "  - wasm: {{path: {}, config: {{field: amount, op: lt, value: 100}}}}\n  - wasm: {{path: {}}}\n  - wasm: {{path: {}, config: {{name: h, value: v}}}}",
+            plugin("rust-filter.wasm").display(),
+            plugin("python-pii-mask.wasm").display(),
+            plugin("js-add-header.wasm").display()
+        ),
+        2,
+    );
+    assert_eq!(
+        values(&out),
+        [json!({"id":1,"email":"***","items":[1,2],"amount":5}), json!({"id":2,"email":"***","items":[],"amount":50})]
+    );
+    assert!(out.iter().all(|r| r["headers"]["h"] == "v"));
+}
+
+/// 1000 records, one of them poisoned, through the hostile plugin in `mode`.
+fn hostile(mode: &str, extra: &str) -> (Vec<Value>, Vec<Value>, String, Duration) {
+    let input: String =
+        (0..1000).map(|i| format!("{{\"id\":{i}{}}}\n", if i == 600 { ",\"p\":\"POISON\"" } else { "" })).collect();
+    let started = Instant::now();
+    let (out, dlq, log) = run_pipeline(
+        &input,
+        &format!(
+            "  - wasm: {{path: {}, config: {{mode: {mode}, poison: POISON}}{extra}}}",
+            plugin("hostile.wasm").display()
+        ),
+        256,
+    );
+    (out, dlq, log, started.elapsed())
+}
+
+fn assert_contained(mode: &str, out: &[Value], dlq: &[Value], log: &str, why: &str) {
+    assert_eq!(out.len(), 999, "{mode}: every good record is delivered");
+    assert!(out.iter().all(|r| r["value"]["id"] != 600));
+    assert_eq!(dlq.len(), 1, "{mode}: {dlq:?}");
+    assert_eq!(dlq[0]["record"]["value"]["id"], 600);
+    let reason = dlq[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("plugin hostile") && reason.contains(why), "{mode}: {reason}");
+    assert!(log.contains("plugin failed on a record"), "{mode}: {log}");
+}
+
+#[test]
+fn an_infinite_loop_is_cut_off_at_the_timeout() {
+    let (out, dlq, log, took) = hostile("loop", ", timeout: 50ms");
+    assert_contained("loop", &out, &dlq, &log, "ran past its timeout of 50ms");
+    // Bisecting 256 records around the loop: about log2(256) timeouts, not one per record.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn unbounded_memory_growth_is_capped() {
+    let (out, dlq, log, _) = hostile("grow", ", max_memory: 16MiB");
+    assert_contained("grow", &out, &dlq, &log, "exceeded its memory limit of 16MiB");
+}
+
+#[test]
+fn a_panic_on_one_record_fails_only_that_record() {
+    let (out, dlq, log, _) = hostile("panic", "");
+    assert_contained("panic", &out, &dlq, &log, "trapped");
+}
+
+#[test]
+fn plugin_output_goes_to_the_log_under_its_name() {
+    let (out, _, log, _) = hostile("print", "");
+    assert_eq!(out.len(), 1000);
+    for line in ["stdout line from the plugin", "stderr line from the plugin", "a host log line"] {
+        assert!(log.contains(line), "{line} missing:\n{log}");
+    }
+    assert!(log.contains("plugin=hostile"), "{log}");
+}
+
+/// `flowgate validate` on a pipeline using `path` with `config`: (exit code, stderr).
+fn validate(path: &Path, config: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "name: v\nsource: stdin\ntransforms:\n  - wasm:\n      path: {}\n      config: {config}\nsink: stdout\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let out = flowgate().args(["validate", "--message-format", "short"]).arg(&p).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn contract_violations_are_refused_at_validate_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    for (path, config, why) in [
+        (plugin("old_contract.wasm"), "{}", "built against flowgate:transform@0.0.1"),
+        (
+            plugin("forbidden_import.wasm"),
+            "{}",
+            "imports the interface `evil:plugin/exfil`, which Flowgate does not grant",
+        ),
+        (core, "{}", "a core WebAssembly module, not a component"),
+        (plugin("hostile.wasm"), "{mode: refuse}", "refused its config: this plugin refuses to start"),
+        (plugin("rust-filter.wasm"), "{op: gt, value: 1}", "refused its config: invalid config"),
+        (dir.path().join("missing.wasm"), "{}", "cannot read plugin"),
+    ] {
+        let (code, stderr) = validate(&path, config);
+        assert_eq!(code, Some(2), "{}: {stderr}", path.display());
+        // The problem points at the plugin's `path` (line 5, column 13).
+        assert!(stderr.contains("p.yaml:5:13: error:") && stderr.contains(why), "{}: {stderr}", path.display());
+    }
+    let (code, stderr) = validate(&plugin("rust-pii-mask.wasm"), "{}");
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn the_compiled_plugin_is_cached_for_the_next_start() {
+    let cache = tempfile::tempdir().unwrap();
+    let path = plugin("python-add-header.wasm");
+    let run =
+        || flowgate().env("FLOWGATE_CACHE_DIR", cache.path()).args(["plugin", "check"]).arg(&path).output().unwrap();
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stdout));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("compiled plugin"));
+    let second = run();
+    assert!(second.status.success());
+    assert!(!String::from_utf8_lossy(&second.stderr).contains("compiled plugin"), "the cache was not used");
+    assert_eq!(std::fs::read_dir(cache.path().join("wasm")).unwrap().count(), 1);
+}
+
+#[test]
+fn plugin_check_says_whether_a_component_fits() {
+    let ok = flowgate().args(["plugin", "check"]).arg(plugin("js-split.wasm")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    assert!(stdout.contains("exports: flowgate:transform/transformer@0.1.0"), "{stdout}");
+    assert!(stdout.contains("ok: fits flowgate:transform@0.1.0"), "{stdout}");
+    let bad = flowgate().args(["plugin", "check"]).arg(plugin("old_contract.wasm")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout.contains("does not fit") && stdout.contains("flowgate:transform@0.0.1"), "{stdout}");
+}
+
+/// `plugin new` for `lang`, built with `build` (a command run in the project), then
+/// checked and run.
+fn scaffold(lang: &str, build: &[&str], wasm: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("my-plugin");
+    let out = flowgate().args(["plugin", "new", "--lang", lang, "my-plugin", "--dir"]).arg(&project).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tools = std::env::var("FLOWGATE_TOOLS")
+        .unwrap_or_else(|_| format!("{}/.cache/flowgate-tools", std::env::var("HOME").unwrap()));
+    let path = format!("{tools}/venv/bin:{tools}/node/node_modules/.bin:{}", std::env::var("PATH").unwrap());
+    // The project's own target directory, as a user building it would have.
+    let built = std::process::Command::new(build[0])
+        .args(&build[1..])
+        .current_dir(&project)
+        .env("PATH", path)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{lang} build failed:\n{}\n{}",
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let check = flowgate().args(["plugin", "check"]).arg(project.join(wasm)).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let run = flowgate()
+        .args(["run", "--progress", "0s", "--state-dir"])
+        .arg(dir.path())
+        .arg("pipeline.yaml")
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.contains("\"processed\":true")).count(), 10, "{stdout}");
+}
+
+#[test]
+fn plugin_new_rust_builds_as_is() {
+    scaffold(
+        "rust",
+        &["cargo", "build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+        "target/wasm32-wasip2/release/my_plugin.wasm",
+    );
+}
+
+#[test]
+fn plugin_new_python_builds_as_is() {
+    scaffold("python", &["bash", "build.sh"], "my-plugin.wasm");
+}
+
+#[test]
+fn plugin_new_js_builds_as_is() {
+    scaffold("js", &["node", "build.mjs"], "my-plugin.wasm");
+}
