@@ -15,14 +15,14 @@ impl Transform for Plugin {
         Ok(Plugin { field })
     }
 
-    /// Return `Outcome::Keep`, `Outcome::one(record)`, `Outcome::Emit(records)`
-    /// (none drops it) or `Outcome::fail(reason)`.
+    /// Return `Outcome::Keep`, `Outcome::Value(new_value)`, `Outcome::one(record)`,
+    /// `Outcome::Emit(records)` (none drops it) or `Outcome::fail(reason)`.
     fn process(&mut self, record: &Record<'_>) -> Outcome {
         let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(record.value) else {
             return Outcome::fail("value is not a JSON object");
         };
         doc.insert(self.field.clone(), Value::Bool(true));
-        Outcome::one(record.with_value(serde_json::to_vec(&doc).expect("JSON serializes")))
+        Outcome::Value(serde_json::to_vec(&doc).expect("JSON serializes"))
     }
 }
 

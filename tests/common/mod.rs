@@ -13,7 +13,7 @@ pub fn repo() -> PathBuf {
 
 pub fn flowgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flowgate"));
-    c.env("NO_COLOR", "1").env_remove("FLOWGATE_STATE_DIR");
+    c.env("NO_COLOR", "1").env_remove("FLOWGATE_STATE_DIR").env("FLOWGATE_PLUGINS", plugins_dir());
     c
 }
 
@@ -120,15 +120,19 @@ pub async fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<Option<i64>>> {
     rows.iter().map(|r| (0..r.len()).map(|i| r.try_get::<Option<i64>, _>(i).unwrap_or(None)).collect()).collect()
 }
 
-/// A plugin built by `scripts/build-plugins.sh` (which `scripts/test.sh` runs first).
-pub fn plugin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("FLOWGATE_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
+/// Where `scripts/build-plugins.sh` puts plugins (`scripts/test.sh` runs it first).
+pub fn plugins_dir() -> PathBuf {
+    std::env::var_os("FLOWGATE_PLUGINS").map(PathBuf::from).unwrap_or_else(|| {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowgate-target"));
         target.join("plugins")
-    });
-    let path = dir.join(name);
+    })
+}
+
+/// A built plugin.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = plugins_dir().join(name);
     assert!(path.exists(), "{} is missing: run scripts/build-plugins.sh (scripts/test.sh does)", path.display());
     path
 }

@@ -14,6 +14,8 @@ pub enum Outcome {
     /// Records in its place (none: dropped). Source metadata is the input's.
     Emit(Vec<Record>),
     Fail(String),
+    /// The input record with a new value.
+    Value(Bytes),
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -159,6 +161,7 @@ pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record]) -> Result<Vec<Outcome
                 let reason = r.take(len)?;
                 Outcome::Fail(String::from_utf8_lossy(&reason).into_owned())
             }
+            3 => Outcome::Value(r.bytes32()?),
             tag => return Err(format!("unknown outcome tag {tag}")),
         });
     }
@@ -202,7 +205,6 @@ mod tests {
 
     #[test]
     fn decodes_keep_emit_and_fail_and_keeps_metadata() {
-        let inputs = vec![sample(), sample(), sample()];
         let mut out = 3u32.to_le_bytes().to_vec();
         out.push(0);
         out.push(1);
@@ -213,6 +215,10 @@ mod tests {
         put_record(&mut out, &Record::from_value("y"));
         out.push(2);
         put_bytes32(&mut out, b"bad");
+        out.push(3);
+        put_bytes32(&mut out, b"new");
+        let inputs = vec![sample(), sample(), sample(), sample()];
+        out[..4].copy_from_slice(&4u32.to_le_bytes());
         let outcomes = decode_outcomes(out, &inputs).unwrap();
         assert_eq!(outcomes[0], Outcome::Keep);
         let Outcome::Emit(records) = &outcomes[1] else { panic!() };
@@ -220,6 +226,7 @@ mod tests {
         assert_eq!(records[1].value.as_ref(), b"y");
         assert_eq!(records[1].meta, inputs[1].meta);
         assert_eq!(outcomes[2], Outcome::Fail("bad".into()));
+        assert_eq!(outcomes[3], Outcome::Value(Bytes::from_static(b"new")));
     }
 
     #[test]

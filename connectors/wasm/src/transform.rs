@@ -136,6 +136,7 @@ impl WasmTransform {
                 Ok(Outcome::Keep) => batch.records.push(record),
                 Ok(Outcome::Emit(emitted)) => batch.records.extend(emitted),
                 Ok(Outcome::Fail(reason)) => batch.reject(record, reason, &self.stage),
+                Ok(Outcome::Value(value)) => batch.records.push(Record { value, ..record }),
                 Err(reason) => {
                     let reason = format!("plugin {} failed on this record: {reason}", self.info.name);
                     batch.reject(record, reason, &self.stage);

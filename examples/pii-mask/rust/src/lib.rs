@@ -17,7 +17,7 @@ impl Transform for PiiMask {
 
     fn process(&mut self, record: &Record<'_>) -> Outcome {
         match mask::mask(&self.0, record.value) {
-            Ok(value) => Outcome::one(record.with_value(value)),
+            Ok(value) => Outcome::Value(value),
             Err(reason) => Outcome::Fail(reason),
         }
     }

@@ -99,6 +99,9 @@ function parseOutcomes(out) {
     } else if (tag === 2) {
       need(4); const l = u.readUInt32LE(p); p += 4; need(l);
       res.push({ tag, reason: td.decode(u.subarray(p, p + l)) }); p += l;
+    } else if (tag === 3) {
+      need(4); const l = u.readUInt32LE(p); p += 4; need(l);
+      res.push({ tag, value: u.subarray(p, p + l) }); p += l;
     } else throw new Error(`bad tag ${tag} at ${p - 1}`);
   }
   if (p !== u.length) throw new Error(`${u.length - p} bytes left over`);
@@ -122,7 +125,8 @@ function showRecords(body) {
   return JSON.stringify(out);
 }
 const js = (v) => JSON.stringify(v, (_k, x) => (typeof x === 'bigint' ? `${x}` : x));
-const showActual = (o) => (o.tag === 0 ? 'KEEP' : o.tag === 2 ? `FAIL ${JSON.stringify(o.reason)}` : `EMIT ${showRecords(o.body)}`);
+const showActual = (o) => (o.tag === 0 ? 'KEEP' : o.tag === 2 ? `FAIL ${JSON.stringify(o.reason)}`
+  : o.tag === 3 ? `VALUE ${JSON.stringify(td.decode(o.value))}` : `EMIT ${showRecords(o.body)}`);
 const showExpected = (e) => (e === 'keep' ? 'KEEP' : e.fail !== undefined ? `FAIL containing ${JSON.stringify(e.fail)}` : `EMIT ${js(e.emit)}`);
 
 // ---- expected behaviour ---------------------------------------------------------
@@ -339,6 +343,8 @@ async function runCase(fresh, example, c, label) {
       let ok;
       if (x.out === 'keep') ok = g.tag === 0;
       else if (x.out.fail !== undefined) ok = g.tag === 2 && g.reason.includes(x.out.fail);
+      // VALUE stands for one emitted record: the input with a new value.
+      else if (g.tag === 3) ok = x.out.emit.length === 1 && Buffer.compare(encodeOut([{ ...x.in, value: g.value }]), encodeOut(x.out.emit)) === 0;
       else ok = g.tag === 1 && g.n === x.out.emit.length && Buffer.compare(g.body, encodeOut(x.out.emit)) === 0;
       check(ok, `${label} batch ${bi} record ${i} (${JSON.stringify(x.in.value)})`,
         `want ${showExpected(x.out)}\n       got  ${showActual(g)}`);

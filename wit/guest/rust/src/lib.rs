@@ -11,7 +11,7 @@
 //!     }
 //!
 //!     fn process(&mut self, record: &Record<'_>) -> Outcome {
-//!         Outcome::one(record.to_owned().with_value(record.value.to_ascii_uppercase()))
+//!         Outcome::Value(record.value.to_ascii_uppercase())
 //!     }
 //! }
 //!
@@ -171,6 +171,9 @@ pub enum Outcome {
     Emit(Vec<OwnedRecord>),
     /// Refuse it; the reason goes with it to the pipeline's error policy.
     Fail(String),
+    /// The input record with this value instead (key, timestamp and headers
+    /// unchanged): the cheapest way to rewrite a value.
+    Value(Vec<u8>),
 }
 
 impl Outcome {
@@ -304,6 +307,10 @@ pub fn process_batch<T: Transform>(t: &mut T, batch: &[u8]) -> Vec<u8> {
             Outcome::Fail(reason) => {
                 out.push(2);
                 put32(&mut out, reason.as_bytes());
+            }
+            Outcome::Value(value) => {
+                out.push(3);
+                put32(&mut out, &value);
             }
         }
     }
