@@ -97,7 +97,32 @@ def bench_sqlite(work):
     row("flowgate file -> sqlite (synchronous: full)", n, median_run(fg), base)
 
 
-CASES = {"engine": bench_engine, "sqlite": bench_sqlite}
+def bench_wasm(work):
+    plugins = os.environ["FLOWGATE_PLUGINS"]
+    bench = os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "examples", "wasm_bench")
+    print("\n### The Wasm step on one core (taskset -c 0), ~237-byte records with two headers, epoch deadlines on\n",
+          flush=True)
+    subprocess.run(["taskset", "-c", "0", bench, plugins], check=True)
+
+    print("\n### Second start with a cached plugin: `flowgate run` of one generated record through the plugin\n")
+    print("| plugin | component size | first start (compiles) s | cached start, median of 5, s |")
+    print("|---|---:|---:|---:|", flush=True)
+    cache = os.path.join(work, "cache")
+    for lang in ("rust", "python", "js"):
+        wasm = os.path.join(plugins, f"{lang}-pii-mask.wasm")
+        pipeline = os.path.join(work, f"start-{lang}.yaml")
+        with open(pipeline, "w") as p:
+            p.write(f"name: start\nsource:\n  generate: {{template: '{{\"email\":\"a@b.c\"}}', count: 1}}\n"
+                    f"transforms:\n  - wasm: {{path: {wasm}}}\nsink: stdout\nbatch: {{linger: 0s}}\n")
+        shutil.rmtree(cache, ignore_errors=True)
+        cmd = [FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir", "state", pipeline]
+        env = {"FLOWGATE_CACHE_DIR": cache}
+        first = measure(cmd, work, env=env)[0]
+        warm = median_run([measure(cmd, work, env=env) for _ in range(5)])[0]
+        print(f"| {lang}-pii-mask | {os.path.getsize(wasm) / 1e6:.1f} MB | {first:.2f} | {warm:.3f} |", flush=True)
+
+
+CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

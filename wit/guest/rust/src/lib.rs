@@ -26,6 +26,10 @@
 use std::any::Any;
 use std::cell::RefCell;
 
+#[cfg(all(feature = "talc", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -100,6 +104,37 @@ pub struct Header<'a> {
     pub value: &'a [u8],
 }
 
+/// The headers of an input record, read from the batch as they are iterated
+/// (no allocation per record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers<'a> {
+    count: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> Headers<'a> {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Header<'a>> + 'a {
+        let mut input = Input { buf: self.raw, pos: 0 };
+        (0..self.count).map(move |_| {
+            let name = input.str16();
+            let n = input.u32();
+            Header { name, value: input.take(n) }
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.iter().find(|h| h.name == name).map(|h| h.value)
+    }
+}
+
 /// An input record, borrowed from the batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -107,13 +142,13 @@ pub struct Record<'a> {
     pub value: &'a [u8],
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,
-    pub headers: Vec<Header<'a>>,
+    pub headers: Headers<'a>,
     pub source: Source<'a>,
 }
 
 impl Record<'_> {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value)
+        self.headers.get(name)
     }
 
     /// An owned copy with a new value (key, timestamp and headers copied).
@@ -244,13 +279,14 @@ impl<'a> Input<'a> {
         let value = self.take(n);
         let timestamp = if flags & 2 != 0 { Some(self.i64()) } else { None };
         let count = self.u16();
-        let headers = (0..count)
-            .map(|_| {
-                let name = self.str16();
-                let n = self.u32();
-                Header { name, value: self.take(n) }
-            })
-            .collect();
+        let start = self.pos;
+        for _ in 0..count {
+            let n = self.u16();
+            self.take(n);
+            let n = self.u32();
+            self.take(n);
+        }
+        let headers = Headers { count, raw: &self.buf[start..self.pos] };
         let kind = self.take(1)[0];
         let (a, b, n1, n2) = (self.str16(), self.str16(), self.i64(), self.i64());
         let source = match kind {
@@ -291,7 +327,8 @@ pub fn process_batch<T: Transform>(t: &mut T, batch: &[u8]) -> Vec<u8> {
     let mut input = Input { buf: batch, pos: 0 };
     let count = input.u32();
     t.on_batch(count);
-    let mut out = Vec::with_capacity(4 + count * 2);
+    // Outcomes are usually about as large as the input: one allocation, no regrowth.
+    let mut out = Vec::with_capacity(batch.len() + 64);
     out.extend_from_slice(&(count as u32).to_le_bytes());
     for _ in 0..count {
         let record = input.record();
