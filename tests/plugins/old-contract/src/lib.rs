@@ -9,7 +9,9 @@ impl exports::flowgate::transform::transformer::Guest for Old {
         Ok(())
     }
 
-    fn process(batch: Vec<exports::flowgate::transform::transformer::Rec>) -> Vec<exports::flowgate::transform::transformer::Rec> {
+    fn process(
+        batch: Vec<exports::flowgate::transform::transformer::Rec>,
+    ) -> Vec<exports::flowgate::transform::transformer::Rec> {
         batch
     }
 }
