@@ -7,6 +7,5 @@ pub mod config;
 pub mod engine;
 pub mod plan;
 pub mod plugin;
-mod plugin_scripts;
 pub mod run;
 pub mod server;

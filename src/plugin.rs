@@ -18,35 +18,62 @@ const RUST_GUEST_LIB: &str = include_str!("../wit/guest/rust/src/lib.rs");
 const RUST_LIB: &str = include_str!("plugin_templates/rust_lib.rs");
 const RUST_TOML: &str = include_str!("plugin_templates/rust_Cargo.toml");
 const PIPELINE: &str = include_str!("plugin_templates/pipeline.yaml");
+const PY_GUEST: &str = include_str!("../wit/guest/python/flowgate_guest.py");
+const PY_APP: &str = include_str!("plugin_templates/python_app.py");
+const PY_BUILD: &str = include_str!("plugin_templates/python_build.sh");
+const JS_GUEST: &str = include_str!("../wit/guest/js/flowgate-guest.js");
+const JS_PLUGIN: &str = include_str!("plugin_templates/js_plugin.js");
+const JS_BUILD: &str = include_str!("plugin_templates/js_build.mjs");
 
 /// (path in the project, contents) for a new plugin project.
 fn files(lang: Lang, name: &str) -> Vec<(String, String)> {
     let crate_name = name.replace('-', "_");
     let fill = |t: &str, wasm: &str| t.replace("{{name}}", name).replace("{{wasm}}", wasm);
-    let mut files = vec![("wit/transform.wit".to_string(), WIT.to_string())];
-    match lang {
+    let (wasm, build, toolchain, sources): (String, &str, &str, Vec<(&str, String)>) = match lang {
         Lang::Rust => {
             let wasm = format!("target/wasm32-wasip2/release/{crate_name}.wasm");
-            files.extend([
-                ("Cargo.toml".into(), fill(RUST_TOML, &wasm)),
-                ("src/lib.rs".into(), RUST_LIB.into()),
-                ("wit/guest/rust/Cargo.toml".into(), RUST_GUEST_TOML.into()),
-                ("wit/guest/rust/src/lib.rs".into(), RUST_GUEST_LIB.into()),
-                ("pipeline.yaml".into(), fill(PIPELINE, &wasm)),
-                (
-                    "README.md".into(),
-                    format!(
-                        "# {name}\n\nA Flowgate transform plugin in Rust.\n\n```sh\nrustup target add wasm32-wasip2   # once\n\
-                         cargo build --release --target wasm32-wasip2\nflowgate plugin check {wasm}\nflowgate run pipeline.yaml\n```\n\n\
-                         Edit `src/lib.rs`. `wit/` holds the contract ({CONTRACT}) and the guest helper crate.\n"
-                    ),
-                ),
-            ]);
+            let sources = vec![
+                ("Cargo.toml", fill(RUST_TOML, &wasm)),
+                ("src/lib.rs", RUST_LIB.into()),
+                ("wit/guest/rust/Cargo.toml", RUST_GUEST_TOML.into()),
+                ("wit/guest/rust/src/lib.rs", RUST_GUEST_LIB.into()),
+            ];
+            (
+                wasm,
+                "cargo build --release --target wasm32-wasip2",
+                "Rust (`rustup target add wasm32-wasip2` once)",
+                sources,
+            )
         }
-        Lang::Python | Lang::Js => {
-            files.extend(crate::plugin_scripts::files(lang, name, &fill));
+        Lang::Python => {
+            let wasm = format!("{name}.wasm");
+            let sources = vec![
+                ("app.py", fill(PY_APP, &wasm)),
+                ("flowgate_guest.py", PY_GUEST.into()),
+                ("build.sh", fill(PY_BUILD, &wasm)),
+            ];
+            (wasm, "./build.sh", "Python (componentize-py 0.25.1: `pip install componentize-py==0.25.1`)", sources)
         }
-    }
+        Lang::Js => {
+            let wasm = format!("{name}.wasm");
+            let sources = vec![
+                ("plugin.js", fill(JS_PLUGIN, &wasm)),
+                ("flowgate-guest.js", JS_GUEST.into()),
+                ("build.mjs", fill(JS_BUILD, &wasm)),
+            ];
+            let toolchain = "JavaScript (componentize-js 0.23: `npm install @bytecodealliance/componentize-js@0.23.0`)";
+            (wasm, "node build.mjs", toolchain, sources)
+        }
+    };
+    let readme = format!(
+        "# {name}\n\nA Flowgate transform plugin in {toolchain}.\n\n```sh\n{build}\nflowgate plugin check {wasm}\n\
+         flowgate run pipeline.yaml\n```\n\n`wit/` holds the contract ({CONTRACT}); the guest helper turns the \
+         packed batches into records. Writing plugins: docs/plugins.md in the Flowgate repository.\n"
+    );
+    let mut files: Vec<(String, String)> = sources.into_iter().map(|(p, c)| (p.to_string(), c)).collect();
+    files.push(("wit/transform.wit".into(), WIT.into()));
+    files.push(("pipeline.yaml".into(), fill(PIPELINE, &wasm)));
+    files.push(("README.md".into(), readme));
     files
 }
 
