@@ -238,6 +238,11 @@ impl Pipeline {
             .await
             .unwrap_or_else(|e| Err(EngineError::Connector { stage: "sink".into(), message: e.to_string() }));
 
+        // A sink that finishes records asynchronously may still hold handles of
+        // batches it accepted; wait for them (or for one of them to fail).
+        if sink_result.is_ok() {
+            tracker.settled().await;
+        }
         // Everything acknowledged is now final; commit it whatever else happened.
         let final_commit = source.commit(tracker.watermark()).await;
         if let Err(e) = &final_commit {
