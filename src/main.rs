@@ -132,7 +132,10 @@ fn main() -> ExitCode {
                 }
             };
             let options = RunOptions { metrics_addr, progress: Some(progress.0), state_dir, message_format };
-            runtime.block_on(run::run(&files, options))
+            let code = runtime.block_on(run::run(&files, options));
+            // A blocking read of standard input cannot be cancelled; do not wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
 }

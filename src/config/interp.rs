@@ -13,8 +13,17 @@ fn is_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Expands one string; `Err` names a variable that is unset and has no default.
-pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Why a string could not be expanded.
+#[derive(Debug, PartialEq)]
+pub enum ExpandError {
+    /// This variable is unset and has no default.
+    Unset(String),
+    /// A default holds another `${...}`, which is not supported.
+    NestedDefault(String),
+}
+
+/// Expands one string.
+pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ExpandError> {
     if !text.contains('$') {
         return Ok(text.to_string());
     }
@@ -36,9 +45,12 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
                     None => (inner, None),
                 };
                 if is_env_name(name) {
+                    if default.is_some_and(|d| d.contains("${")) {
+                        return Err(ExpandError::NestedDefault(name.to_string()));
+                    }
                     match env(name).or_else(|| default.map(String::from)) {
                         Some(v) => out.push_str(&v),
-                        None => return Err(name.to_string()),
+                        None => return Err(ExpandError::Unset(name.to_string())),
                     }
                 } else {
                     out.push_str(&after[..inner.len() + 3]);
@@ -60,9 +72,13 @@ pub fn expand_tree(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, proble
     match &mut node.kind {
         NodeKind::Scalar { text, .. } => match expand(text, env) {
             Ok(v) => *text = v,
-            Err(name) => problems.push(
+            Err(ExpandError::Unset(name)) => problems.push(
                 Problem::new(node.span.clone(), format!("environment variable {name} is not set"), "used here")
                     .with_help(format!("set {name}, or give a default: ${{{name}:-value}}")),
+            ),
+            Err(ExpandError::NestedDefault(name)) => problems.push(
+                Problem::new(node.span.clone(), format!("the default of ${{{name}}} holds another `${{`"), "here")
+                    .with_help("defaults are plain text; set the variable instead"),
             ),
         },
         NodeKind::Seq(items) => items.iter_mut().for_each(|n| expand_tree(n, env, problems)),
@@ -84,7 +100,8 @@ mod tests {
         assert_eq!(expand("pg://${HOST}:${PORT:-5432}/x", &env).unwrap(), "pg://db.local:5432/x");
         assert_eq!(expand("${seq}-${meta.table}-${HOST}", &env).unwrap(), "${seq}-${meta.table}-db.local");
         assert_eq!(expand("cost: $5, $${HOST}, ${EMPTY:-}", &env).unwrap(), "cost: $5, ${HOST}, ");
-        assert_eq!(expand("${MISSING}", &env).unwrap_err(), "MISSING");
+        assert_eq!(expand("${MISSING}", &env).unwrap_err(), ExpandError::Unset("MISSING".into()));
+        assert_eq!(expand("${A:-${B:-x}}", &env).unwrap_err(), ExpandError::NestedDefault("A".into()));
         assert_eq!(expand("unclosed ${HOST", &env).unwrap(), "unclosed ${HOST");
     }
 }

@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 pub use diag::MessageFormat;
-pub use interp::expand;
+pub use interp::{ExpandError, expand};
 
 /// A pipeline file: one mapping with `name`, `source`, `sink`, and optionally
 /// `transforms`, `errors` and `batch`.

@@ -76,6 +76,21 @@ enum Frame {
     Map { entries: Vec<(Node, Node)>, key: Option<Node>, start: usize, anchor: usize },
 }
 
+/// Deeper nesting than any pipeline needs; the bound keeps recursive walks of
+/// the tree from overflowing the stack on a crafted file.
+const MAX_DEPTH: usize = 64;
+/// Nodes a document may expand to through aliases (a "billion laughs" file
+/// would otherwise exhaust memory).
+const MAX_NODES: usize = 100_000;
+
+fn count(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Scalar { .. } => 1,
+        NodeKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        NodeKind::Map(entries) => 1 + entries.iter().map(|(k, v)| count(k) + count(v)).sum::<usize>(),
+    }
+}
+
 /// Parses one YAML document. An empty document is an empty map.
 pub fn parse(text: &str) -> Result<Node, Problem> {
     let offsets = Offsets::new(text);
@@ -83,6 +98,7 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
+    let mut nodes = 0usize;
 
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| {
@@ -118,9 +134,20 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
                 node
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(n) => Node { kind: n.kind.clone(), span: range },
+                Some(n) => {
+                    nodes += count(n);
+                    if nodes > MAX_NODES {
+                        return Err(Problem::new(range, "aliases expand this file beyond reason", "expands here")
+                            .with_help(format!("a pipeline file may expand to at most {MAX_NODES} values")));
+                    }
+                    Node { kind: n.kind.clone(), span: range }
+                }
                 None => return Err(Problem::new(range, "unknown alias", "no anchor of this name before it")),
             },
+            Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
+                return Err(Problem::new(range, "nested too deeply", "here")
+                    .with_help(format!("a pipeline file may nest at most {MAX_DEPTH} levels")));
+            }
             Event::SequenceStart(anchor, _) => {
                 stack.push(Frame::Seq { items: Vec::new(), start: range.start, anchor });
                 continue;
@@ -198,5 +225,18 @@ mod tests {
         assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("more than one"));
         assert!(parse("a: [1\n").unwrap_err().message.contains("invalid YAML"));
         assert_eq!(parse("").unwrap().kind, NodeKind::Map(vec![]));
+    }
+
+    #[test]
+    fn refuses_crafted_depth_and_alias_bombs() {
+        let deep = format!("name:\n{}", (0..200).map(|i| format!("{}- \n", "  ".repeat(i))).collect::<String>());
+        assert!(parse(&deep).unwrap_err().message.contains("nested too deeply"));
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            let prev = (b'a' + i - 1) as char;
+            let this = (b'a' + i) as char;
+            bomb.push_str(&format!("{this}: &{this} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        }
+        assert!(parse(&bomb).unwrap_err().message.contains("aliases expand"));
     }
 }

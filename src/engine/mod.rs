@@ -252,7 +252,15 @@ impl Pipeline {
             tracing::warn!(pipeline = %name, error = %e.chain(), "closing the source failed");
         }
         let summary = stats.summary();
-        match source_error.map_or(Ok(()), Err).and(transform_result).and(sink_result) {
+        // A batch given up without an error from its stage still stops the pipeline.
+        let abandoned = match tracker.failed() {
+            Some(seq) => Err(EngineError::Connector {
+                stage: "sink".into(),
+                message: format!("batch {seq} was dropped before it was written; positions stay before it"),
+            }),
+            None => Ok(()),
+        };
+        match source_error.map_or(Ok(()), Err).and(transform_result).and(sink_result).and(abandoned) {
             Ok(()) => final_commit.map(|_| summary).map_err(|e| EngineError::connector("source", &e)),
             Err(e) => Err(e),
         }

@@ -37,6 +37,9 @@ pub struct FileSource {
     /// Position reached at the end of each batch handed out and not yet committed.
     pending: VecDeque<(u64, FilePosition)>,
     at_end: bool,
+    /// A read error met after part of a batch was read: that part is handed
+    /// over first, and the error reported on the next call.
+    deferred: Option<FileError>,
 }
 
 impl FileSource {
@@ -73,6 +76,7 @@ impl FileSource {
             inode: meta.ino(),
             pending: VecDeque::new(),
             at_end: false,
+            deferred: None,
             config,
         })
     }
@@ -104,6 +108,9 @@ impl FileSource {
 #[async_trait]
 impl Source for FileSource {
     async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e.into());
+        }
         loop {
             self.lines.drain_into(batch, self.max, self.at_end, self.config.format, &self.path_label, &self.stage);
             let full = batch.records.len() + batch.rejected.len() >= self.max;
@@ -122,7 +129,16 @@ impl Source for FileSource {
                 }
                 return Ok(Read::Idle);
             }
-            let n = self.lines.fill().await.map_err(|e| self.read_err(e))?;
+            let n = match self.lines.fill().await {
+                Ok(n) => n,
+                // The lines already drained are past the reader: hand them over
+                // with their position, or they would be skipped.
+                Err(e) if !batch.is_empty() => {
+                    self.deferred = Some(self.read_err(e));
+                    break;
+                }
+                Err(e) => return Err(self.read_err(e).into()),
+            };
             // When following, a line without its newline is still being written.
             self.at_end = n == 0 && !(self.config.follow && self.lines.has_partial());
             if n == 0 && !self.at_end {
@@ -146,15 +162,13 @@ impl Source for FileSource {
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
-        let mut last = None;
-        while self.pending.front().is_some_and(|(seq, _)| *seq < done.0) {
-            last = self.pending.pop_front().map(|(_, p)| p);
-        }
-        if let Some(position) = last {
-            self.state
-                .save(&self.state_key, &position)
-                .map_err(|source| FileError::State { path: self.config.path.clone(), source })?;
-        }
+        let covered = self.pending.iter().take_while(|(seq, _)| *seq < done.0).count();
+        let Some((_, position)) = covered.checked_sub(1).map(|i| &self.pending[i]) else { return Ok(()) };
+        // Saved first, forgotten after: a failed save is retried by the next commit.
+        self.state
+            .save(&self.state_key, position)
+            .map_err(|source| FileError::State { path: self.config.path.clone(), source })?;
+        self.pending.drain(..covered);
         Ok(())
     }
 }
@@ -253,6 +267,25 @@ mod tests {
         drop(src);
         let mut again = FileSource::open(config, &ctx(dir.path(), 2)).await.unwrap();
         assert_eq!(read_to_end(&mut again, &AckTracker::new()).await, ["5"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_is_retried_by_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(&path, "1\n2\n").unwrap();
+        let config = FileSourceConfig { path: path.clone(), follow: false, format: LineFormat::Json };
+        let mut src = FileSource::open(config, &ctx(dir.path(), 10)).await.unwrap();
+        read_to_end(&mut src, &AckTracker::new()).await;
+        // The state directory is a file for a while: saving fails.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "").unwrap();
+        src.state = StateStore::new(&blocked);
+        assert!(src.commit(Watermark(1)).await.is_err());
+        src.state = StateStore::new(dir.path().join("state"));
+        src.commit(Watermark(1)).await.unwrap();
+        let saved: FilePosition = src.state.load(&src.state_key).unwrap().unwrap();
+        assert_eq!(saved.offset, 4, "the position survives the failed save");
     }
 
     #[tokio::test]

@@ -55,7 +55,10 @@ pub(crate) fn field_names(value: &[u8]) -> Vec<String> {
             let mut keys = Vec::new();
             while let Some(k) = map.next_key::<String>()? {
                 map.next_value::<IgnoredAny>()?;
-                keys.push(k);
+                // A repeated key is one column (the parsed value keeps the last).
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
             }
             Ok(keys)
         }
@@ -111,5 +114,6 @@ mod tests {
         assert!(parse_object(b"{").unwrap_err().contains("not JSON"));
         assert_eq!(quote_ident(r#"we"ird"#), r#""we""ird""#);
         assert_eq!(field_names(br#"{"z":1,"a":{"n":2},"m":[3]}"#), ["z", "a", "m"]);
+        assert_eq!(field_names(br#"{"a":1,"a":2,"b":3}"#), ["a", "b"]);
     }
 }

@@ -182,8 +182,9 @@ impl Sink for SqliteSink {
                 Err(reason) => refused.push((i, reason)),
             }
         }
+        // Columns come from the first record that has fields: `{}` has none.
         if self.columns.is_none()
-            && let Some((first, _)) = objects.first()
+            && let Some((first, _)) = objects.iter().find(|(_, o)| !o.is_empty())
         {
             if !self.config.create_table {
                 return Err(ConnectorError::fatal(format!(
@@ -193,6 +194,12 @@ impl Sink for SqliteSink {
             }
             let columns = field_names(&batch.records[*first].value);
             self.set_columns(columns).await?;
+        }
+        if self.columns.is_none() {
+            // Only empty objects so far: nothing to create a table from.
+            for (i, _) in objects.drain(..) {
+                refused.push((i, "the record has no fields, and the table's columns are not known yet".into()));
+            }
         }
         if !objects.is_empty() {
             let ncols = self.columns.as_ref().map_or(0, Vec::len);
@@ -292,6 +299,28 @@ mod tests {
         let mut b = batch(&[r#"{"name":"e","id":5,"extra":true}"#]);
         again.write(&mut b).await.unwrap();
         assert_eq!(query_all(&url, "SELECT id, name FROM t WHERE id = 5").await, [(5, Some("e".into()))]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_first_record_neither_defines_nor_breaks_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let config = SqliteSinkConfig {
+            url: url.clone(),
+            table: "t".into(),
+            columns: None,
+            create_table: true,
+            synchronous: Synchronous::Normal,
+        };
+        let mut sink = SqliteSink::open(config).await.unwrap();
+        let mut b = batch(&["{}"]);
+        sink.write(&mut b).await.unwrap();
+        assert_eq!(b.rejected.len(), 1);
+        let mut b = batch(&["{}", r#"{"id":1,"id":2,"name":"x"}"#]);
+        sink.write(&mut b).await.unwrap();
+        assert_eq!(b.records.len(), 2, "{:?}", b.rejected);
+        // `{}` is a row of NULLs once the columns are known; a repeated key is one column.
+        assert_eq!(query_all(&url, "SELECT count(*), group_concat(id || name) FROM t").await, [(2, Some("2x".into()))]);
     }
 
     #[tokio::test]

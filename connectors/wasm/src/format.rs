@@ -137,8 +137,11 @@ impl Reader {
 }
 
 /// Unpacks one outcome per input record. Any deviation from the format is an
-/// error: the host then treats the batch as failed.
-pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record]) -> Result<Vec<Outcome>, String> {
+/// error: the host then treats the batch as failed. At most `max_emitted`
+/// records may be emitted in all: a host record is far larger than its packed
+/// form, so fan-out is bounded by the host, not by the plugin's memory.
+pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record], max_emitted: usize) -> Result<Vec<Outcome>, String> {
+    let mut emitted = 0usize;
     let mut r = Reader { buf: Bytes::from(output), pos: 0 };
     let count = r.u32()?;
     if count != inputs.len() {
@@ -150,6 +153,10 @@ pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record]) -> Result<Vec<Outcome
             0 => Outcome::Keep,
             1 => {
                 let n = r.u32()?;
+                emitted = emitted.saturating_add(n);
+                if emitted > max_emitted {
+                    return Err(format!("emitted more than {max_emitted} records for one batch"));
+                }
                 let mut records = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     records.push(r.record(&input.meta)?);
@@ -219,7 +226,7 @@ mod tests {
         put_bytes32(&mut out, b"new");
         let inputs = vec![sample(), sample(), sample(), sample()];
         out[..4].copy_from_slice(&4u32.to_le_bytes());
-        let outcomes = decode_outcomes(out, &inputs).unwrap();
+        let outcomes = decode_outcomes(out, &inputs, 10).unwrap();
         assert_eq!(outcomes[0], Outcome::Keep);
         let Outcome::Emit(records) = &outcomes[1] else { panic!() };
         assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
@@ -239,8 +246,9 @@ mod tests {
             (vec![1, 0, 0, 0, 1, 5, 0, 0, 0], "ends early"),
             (vec![1, 0, 0, 0, 0, 0], "bytes left"),
             (vec![1, 0, 0, 0, 1, 1, 0, 0, 0, 0x80], "flags"),
+            (vec![1, 0, 0, 0, 1, 11, 0, 0, 0], "more than 10 records"),
         ] {
-            let err = decode_outcomes(bytes, &inputs).unwrap_err();
+            let err = decode_outcomes(bytes, &inputs, 10).unwrap_err();
             assert!(err.contains(msg), "{err}");
         }
     }

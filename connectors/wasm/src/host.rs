@@ -21,6 +21,10 @@ use crate::bindings::flowgate::transform::host::{Host, Level};
 /// Lines a plugin may log per second (stdout, stderr and `log` together); the
 /// rest are counted and reported once logging is allowed again.
 const LOG_LINES_PER_SECOND: f64 = 50.0;
+/// Distinct counter names per plugin, each at most this long: a metric per
+/// record id would grow the host's memory without end.
+const MAX_COUNTERS: usize = 100;
+const MAX_COUNTER_NAME: usize = 64;
 
 /// One plugin of one pipeline: its name, log budget and counters, shared by
 /// every instance that replaces a failed one.
@@ -76,6 +80,16 @@ impl PluginInfo {
 
     fn count(&self, name: String, delta: u64) {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if !counters.contains_key(&name) && (counters.len() >= MAX_COUNTERS || name.len() > MAX_COUNTER_NAME) {
+            self.log(
+                Level::Warn,
+                &format!(
+                    "counter `{}` ignored: at most {MAX_COUNTERS} names of up to {MAX_COUNTER_NAME} bytes",
+                    name.chars().take(80).collect::<String>()
+                ),
+            );
+            return;
+        }
         counters
             .entry(name)
             .or_insert_with_key(|name| {

@@ -40,7 +40,9 @@ impl WasmTransform {
     pub fn new(config: WasmConfig, pipeline: &str, stage: &str) -> Result<Self, WasmError> {
         let plugin = WasmRuntime::global()?.load(&config.path)?;
         let info = PluginInfo::new(&plugin_name(&config), pipeline);
-        let deadline_ticks = (config.timeout.0.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+        // Clamped: the engine adds the deadline to the current epoch.
+        let deadline_ticks =
+            (config.timeout.0.as_nanos() / EPOCH_TICK.as_nanos()).clamp(1, u64::MAX as u128 / 2) as u64;
         let mut t = WasmTransform {
             plugin,
             // The contract promises a JSON object: `{}` when the pipeline gives none.
@@ -92,7 +94,8 @@ impl WasmTransform {
         live.store.set_epoch_deadline(self.deadline_ticks);
         let result = live.bindings.flowgate_transform_transformer().call_process(&mut live.store, &self.packed);
         let outcome = match result {
-            Ok(output) => decode_outcomes(output, records).map_err(|e| format!("it returned a malformed batch: {e}")),
+            Ok(output) => decode_outcomes(output, records, max_emitted(&self.config, records.len()))
+                .map_err(|e| format!("it returned a malformed batch: {e}")),
             Err(e) => Err(self.describe(&e, &self.live.as_ref().expect("live").store)),
         };
         match &outcome {
@@ -145,6 +148,12 @@ impl WasmTransform {
         }
         Ok(())
     }
+}
+
+/// Records a call may emit: a generous fan-out per input, and at most one per 64
+/// bytes of the plugin's memory allowance (a host record costs about 150 bytes).
+fn max_emitted(config: &WasmConfig, inputs: usize) -> usize {
+    inputs.saturating_mul(1000).min((config.max_memory.0 / 64) as usize).max(inputs)
 }
 
 fn live_memory(live: &Option<Live>) -> usize {
