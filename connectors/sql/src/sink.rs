@@ -247,6 +247,20 @@ mod tests {
 
     use super::*;
 
+    /// A database `t.db` in `dir`: its URL, and a config creating table `t`
+    /// from the first record.
+    fn fresh(dir: &tempfile::TempDir) -> (String, SqliteSinkConfig) {
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let config = SqliteSinkConfig {
+            url: url.clone(),
+            table: "t".into(),
+            columns: None,
+            create_table: true,
+            synchronous: Synchronous::Normal,
+        };
+        (url, config)
+    }
+
     fn batch(values: &[&str]) -> Batch {
         let mut b = Batch::with_capacity(0, values.len());
         b.records.extend(values.iter().map(|v| Record::from_value(v.to_string())));
@@ -267,14 +281,7 @@ mod tests {
     #[tokio::test]
     async fn creates_table_from_first_record_and_isolates_bad_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let config = SqliteSinkConfig {
-            url: url.clone(),
-            table: "t".into(),
-            columns: None,
-            create_table: true,
-            synchronous: Synchronous::Normal,
-        };
+        let (url, config) = fresh(&dir);
         let mut sink = SqliteSink::open(config.clone()).await.unwrap();
         let mut b = batch(&[r#"{"id":1,"name":"a"}"#, r#"{"id":2}"#]);
         sink.write(&mut b).await.unwrap();
@@ -304,14 +311,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_first_record_neither_defines_nor_breaks_the_table() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let config = SqliteSinkConfig {
-            url: url.clone(),
-            table: "t".into(),
-            columns: None,
-            create_table: true,
-            synchronous: Synchronous::Normal,
-        };
+        let (url, config) = fresh(&dir);
         let mut sink = SqliteSink::open(config).await.unwrap();
         let mut b = batch(&["{}"]);
         sink.write(&mut b).await.unwrap();
@@ -326,14 +326,9 @@ mod tests {
     #[tokio::test]
     async fn large_batches_span_several_statements() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let config = SqliteSinkConfig {
-            url: url.clone(),
-            table: "t".into(),
-            columns: Some(vec!["id".into(), "v".into()]),
-            create_table: true,
-            synchronous: Synchronous::Full,
-        };
+        let (url, config) = fresh(&dir);
+        let config =
+            SqliteSinkConfig { columns: Some(vec!["id".into(), "v".into()]), synchronous: Synchronous::Full, ..config };
         let mut sink = SqliteSink::open(config).await.unwrap();
         let values: Vec<String> = (0..1234).map(|i| format!(r#"{{"id":{i},"v":"x{i}"}}"#)).collect();
         let mut b = batch(&values.iter().map(String::as_str).collect::<Vec<_>>());
@@ -344,12 +339,15 @@ mod tests {
     #[tokio::test]
     async fn missing_table_without_create_is_a_clear_fatal_error() {
         let dir = tempfile::tempdir().unwrap();
+        // A plain path works as well as a `sqlite:` URL.
+        let (_, config) = fresh(&dir);
+        let url = dir.path().join("t.db").display().to_string();
         let config = SqliteSinkConfig {
-            url: dir.path().join("t.db").display().to_string(),
+            url,
             table: "nope".into(),
-            columns: None,
             create_table: false,
             synchronous: Synchronous::Full,
+            ..config
         };
         let mut sink = SqliteSink::open(config).await.unwrap();
         let err = sink.write(&mut batch(&[r#"{"a":1}"#])).await.unwrap_err();
