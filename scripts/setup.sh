@@ -22,6 +22,9 @@ fi
 # Python and JavaScript plugin toolchains (componentize-py, componentize-js, jco).
 bash "$(dirname "$0")/guest-toolchains.sh"
 
+# The Kafka-protocol test broker (tansu) and a local S3 endpoint for it.
+bash "$(dirname "$0")/broker-tools.sh"
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked

@@ -12,9 +12,9 @@ use flowgate_sdk::HumanDuration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Flowgate runs declarative data pipelines, one YAML file each: a source (a file,
-/// standard input, a generator) through WebAssembly transform plugins into a sink
-/// (a file, standard output, SQLite), without losing a record on a crash.
+/// Flowgate runs declarative data pipelines, one YAML file each: a source (Kafka, a
+/// file, standard input, a generator) through WebAssembly transform plugins into a
+/// sink (Kafka, SQLite, a file, standard output), without losing a record on a crash.
 #[derive(Parser)]
 #[command(
     name = "flowgate",
@@ -70,6 +70,10 @@ enum Command {
         /// How problems are printed.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
+        /// Also connect to the services each pipeline names (Kafka brokers):
+        /// addresses, credentials and topics are checked too.
+        #[arg(long)]
+        check: bool,
     },
     /// Print the JSON Schema of pipeline files, for editor completion and checks.
     Schema,
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     match cli.command {
-        Command::Validate { files, message_format } => run::validate(&files, message_format),
+        Command::Validate { files, message_format, check } => run::validate(&files, message_format, check),
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {

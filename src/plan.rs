@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use flowgate_file::{FileSink, FileSource, NullSink, StdinSource, StdoutSink};
 use flowgate_generate::GenerateSource;
-use flowgate_sdk::{ConnectorError, Sink, Source, SourceContext, StateStore};
+use flowgate_kafka::config::Delivery;
+use flowgate_kafka::{KafkaConsumer, KafkaSink, KafkaSource};
+use flowgate_sdk::{ConnectorError, LateRejects, Sink, Source, SourceContext, StateStore};
 use flowgate_sql::SqliteSink;
 use flowgate_wasm::WasmTransform;
 
@@ -21,20 +23,40 @@ pub struct OpenError {
     pub message: String,
 }
 
-async fn open_source(config: &SourceConfig, ctx: &SourceContext) -> Result<Box<dyn Source>, ConnectorError> {
-    Ok(match config {
-        SourceConfig::Generate(c) => Box::new(GenerateSource::new(c.clone(), ctx)),
-        SourceConfig::File(c) => Box::new(FileSource::open(c.clone(), ctx).await?),
-        SourceConfig::Stdin(c) => Box::new(StdinSource::new(c.clone(), ctx)),
+fn exactly_once(sink: &SinkConfig) -> bool {
+    matches!(sink, SinkConfig::Kafka(k) if k.delivery == Delivery::ExactlyOnce)
+}
+
+/// Opens the source; a Kafka source also hands out its consumer, which an
+/// exactly-once Kafka sink commits offsets through.
+async fn open_source(
+    config: &PipelineConfig,
+    ctx: &SourceContext,
+) -> Result<(Box<dyn Source>, Option<Arc<KafkaConsumer>>), ConnectorError> {
+    Ok(match &config.source {
+        SourceConfig::Generate(c) => (Box::new(GenerateSource::new(c.clone(), ctx)), None),
+        SourceConfig::File(c) => (Box::new(FileSource::open(c.clone(), ctx).await?), None),
+        SourceConfig::Stdin(c) => (Box::new(StdinSource::new(c.clone(), ctx)), None),
+        SourceConfig::Kafka(c) => {
+            let source = KafkaSource::open(c.clone(), ctx, exactly_once(&config.sink))?;
+            let consumer = source.consumer();
+            (Box::new(source), Some(consumer))
+        }
     })
 }
 
-async fn open_sink(config: &SinkConfig) -> Result<Box<dyn Sink>, ConnectorError> {
+async fn open_sink(
+    config: &SinkConfig,
+    pipeline: &str,
+    late: Option<LateRejects>,
+    consumer: Option<Arc<KafkaConsumer>>,
+) -> Result<Box<dyn Sink>, ConnectorError> {
     Ok(match config {
         SinkConfig::File(c) => Box::new(FileSink::open(c.clone()).await?),
         SinkConfig::Stdout(c) => Box::new(StdoutSink::new(c.clone())),
         SinkConfig::Null(c) => Box::new(NullSink::new(c.clone())),
         SinkConfig::Sqlite(c) => Box::new(SqliteSink::open(c.clone()).await?),
+        SinkConfig::Kafka(c) => Box::new(KafkaSink::open(c.clone(), pipeline, late, consumer)?),
     })
 }
 
@@ -49,9 +71,24 @@ fn open_transform(
 }
 
 /// Checks that need more than the file: each plugin loads, fits the contract
-/// and accepts its config. Run by `validate` and before `run` starts anything.
+/// and accepts its config; the source and sink fit together. Run by `validate`
+/// and before `run` starts anything.
 pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
     let mut problems = Vec::new();
+    if exactly_once(&config.sink) && !matches!(config.source, SourceConfig::Kafka(_)) {
+        problems.push(PathProblem {
+            at: vec!["sink".into(), "kafka".into(), "delivery".into()],
+            message: "`delivery: exactly_once` needs a `kafka` source".into(),
+            help: Some("the consumer offsets are committed in the sink's transaction; use `at_least_once`".into()),
+        });
+    }
+    if config.errors.dead_letter.as_ref().is_some_and(exactly_once) {
+        problems.push(PathProblem {
+            at: vec!["errors".into(), "dead_letter".into(), "kafka".into(), "delivery".into()],
+            message: "a dead-letter sink cannot be `exactly_once`".into(),
+            help: Some("dead letters are written at-least-once; remove `delivery`".into()),
+        });
+    }
     for (i, t) in config.transforms.iter().enumerate() {
         let (kind, field) = match t {
             TransformConfig::Wasm(_) => ("wasm", "path"),
@@ -63,6 +100,31 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
                 help: None,
             });
         }
+    }
+    problems
+}
+
+/// [`check`], then connects to the services the pipeline names (`validate --check`).
+pub fn check_connected(config: &PipelineConfig) -> Vec<PathProblem> {
+    let mut problems = check(config);
+    if !problems.is_empty() {
+        return problems;
+    }
+    let at = |prefix: &[&str], p: flowgate_kafka::CheckProblem| PathProblem {
+        at: prefix.iter().map(|s| s.to_string()).chain(p.at).collect(),
+        message: p.message,
+        help: p.help,
+    };
+    if let SourceConfig::Kafka(c) = &config.source {
+        problems.extend(flowgate_kafka::check_source(c).into_iter().map(|p| at(&["source", "kafka"], p)));
+    }
+    if let SinkConfig::Kafka(c) = &config.sink {
+        problems.extend(flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["sink", "kafka"], p)));
+    }
+    if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
+        problems.extend(
+            flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["errors", "dead_letter", "kafka"], p)),
+        );
     }
     problems
 }
@@ -85,10 +147,11 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         let opened = open_transform(t, &config.name, &stage).map_err(fail("transform"))?;
         transforms.push((Arc::from(stage), opened));
     }
-    let source = open_source(&config.source, &ctx).await.map_err(fail("source"))?;
-    let sink = open_sink(&config.sink).await.map_err(fail("sink"))?;
+    let (source, consumer) = open_source(config, &ctx).await.map_err(fail("source"))?;
+    let (late_tx, late) = tokio::sync::mpsc::unbounded_channel();
+    let sink = open_sink(&config.sink, &config.name, Some(late_tx), consumer).await.map_err(fail("sink"))?;
     let dead_letter = match &config.errors.dead_letter {
-        Some(c) => Some(open_sink(c).await.map_err(fail("dead-letter sink"))?),
+        Some(c) => Some(open_sink(c, &config.name, None, None).await.map_err(fail("dead-letter sink"))?),
         None => None,
     };
     Ok(Pipeline {
@@ -98,6 +161,7 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         name,
         source,
         sink,
+        late,
         batch: config.batch.clone(),
     })
 }

@@ -17,12 +17,16 @@ use crate::server::{self, Health, PipelineState};
 pub const EXIT_CONFIG: u8 = 2;
 
 /// Loads every file, printing every problem of every file. `None` if any had one.
-pub fn load_all(files: &[PathBuf], format: MessageFormat) -> Option<Vec<(PathBuf, PipelineConfig)>> {
+pub fn load_all(
+    files: &[PathBuf],
+    format: MessageFormat,
+    check: config::Check<'_>,
+) -> Option<Vec<(PathBuf, PipelineConfig)>> {
     let mut ok = true;
     let mut loaded = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match config::load_file_with(file, &crate::plan::check) {
+        match config::load_file_with(file, check) {
             Ok(c) => {
                 if let Some(other) = names.insert(c.name.clone(), file.clone()) {
                     eprintln!(
@@ -44,8 +48,10 @@ pub fn load_all(files: &[PathBuf], format: MessageFormat) -> Option<Vec<(PathBuf
     ok.then_some(loaded)
 }
 
-pub fn validate(files: &[PathBuf], format: MessageFormat) -> ExitCode {
-    match load_all(files, format) {
+/// `connect` also checks that the services a pipeline names answer (`--check`).
+pub fn validate(files: &[PathBuf], format: MessageFormat, connect: bool) -> ExitCode {
+    let check: config::Check<'_> = if connect { &crate::plan::check_connected } else { &crate::plan::check };
+    match load_all(files, format, check) {
         Some(loaded) => {
             for (file, c) in loaded {
                 println!("{}: ok (pipeline `{}`)", file.display(), c.name);
@@ -108,7 +114,7 @@ fn progress(name: String, stats: std::sync::Arc<crate::engine::Stats>, every: Du
 }
 
 pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
-    let Some(loaded) = load_all(files, options.message_format) else {
+    let Some(loaded) = load_all(files, options.message_format, &crate::plan::check) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let health = Health::default();

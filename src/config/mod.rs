@@ -13,7 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
 use flowgate_generate::{GenerateConfig, Template};
-use flowgate_sdk::{ByteSize, HumanDuration};
+use flowgate_kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate};
 use flowgate_sql::SqliteSinkConfig;
 use flowgate_wasm::WasmConfig;
 use schemars::JsonSchema;
@@ -46,13 +47,14 @@ pub struct PipelineConfig {
 }
 
 // A new source is a new connector crate and a variant here.
-/// Where records come from: `generate`, `file` or `stdin`.
+/// Where records come from: `generate`, `file`, `stdin` or `kafka`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
     Generate(GenerateConfig),
     File(FileSourceConfig),
     Stdin(StdinConfig),
+    Kafka(KafkaSourceConfig),
 }
 
 // A new transform kind is a variant here (Avro validation joins next).
@@ -73,7 +75,7 @@ impl TransformConfig {
 }
 
 // A new sink is a new connector crate and a variant here.
-/// Where records go: `file`, `stdout`, `null` or `sqlite`.
+/// Where records go: `file`, `stdout`, `null`, `sqlite` or `kafka`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
@@ -81,6 +83,7 @@ pub enum SinkConfig {
     Stdout(StdoutSinkConfig),
     Null(NullSinkConfig),
     Sqlite(SqliteSinkConfig),
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
@@ -90,6 +93,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Null(_) => "null",
             SinkConfig::Sqlite(_) => "sqlite",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
 }
@@ -203,6 +207,12 @@ fn formats() -> &'static HashMap<&'static str, schema::FormatCheck> {
         m.insert("duration", |s| s.parse::<HumanDuration>().map(drop));
         m.insert("byte-size", |s| s.parse::<ByteSize>().map(drop));
         m.insert("generate-template", |s| s.parse::<Template>().map(drop));
+        m.insert("record-template", |s| s.parse::<RecordTemplate>().map(drop));
+        m.insert("kafka-start", |s| {
+            serde_json::from_value::<flowgate_kafka::config::Start>(serde_json::Value::String(s.to_string()))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
         m
     })
 }

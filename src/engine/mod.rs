@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use flowgate_sdk::{AckTracker, Batch, ConnectorError, Read, Sink, Source, Transform};
+use flowgate_sdk::{AckTracker, Batch, ConnectorError, LateReject, Read, Sink, Source, Transform};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,15 @@ impl EngineError {
     }
 }
 
+fn retry_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Writes a batch, retrying transient errors with exponential backoff (100 ms up
 /// to 30 s, without limit: an outage makes the pipeline wait, not drop data)
 /// until it succeeds or the pipeline is stopped.
@@ -53,12 +62,7 @@ pub async fn write_with_retry(
     pipeline: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = retry_backoff();
     let mut attempt = 1u32;
     loop {
         match sink.write(batch).await {
@@ -90,6 +94,8 @@ pub struct Pipeline {
     /// Transforms with their stage names (`transform[0]:wasm`).
     pub transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
     pub sink: Box<dyn Sink>,
+    /// Records the sink refuses after `write` returned (see [`flowgate_sdk::LateRejects`]).
+    pub late: mpsc::UnboundedReceiver<LateReject>,
     pub errors: ErrorHandler,
     pub batch: BatchConfig,
     pub stats: Arc<Stats>,
@@ -118,24 +124,77 @@ async fn transform_task(
     Ok(())
 }
 
+/// Writes, disposes of refused records, then commits one batch; a transient
+/// commit failure (an aborted transaction) writes the batch again.
+async fn deliver(
+    sink: &mut dyn Sink,
+    errors: &mut ErrorHandler,
+    batch: &mut Batch,
+    stats: &Stats,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    let mut backoff = retry_backoff();
+    loop {
+        if !batch.records.is_empty() {
+            write_with_retry(sink, batch, "sink", name, shutdown).await?;
+        }
+        errors.handle(batch, stats, shutdown).await?;
+        match sink.commit(batch).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(pipeline = name, retry_in = ?delay, error = %e.chain(), "sink commit failed; writing the batch again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => {
+                        return Err(EngineError::Interrupted { stage: "sink".into(), message: e.chain() });
+                    }
+                }
+            }
+            Err(e) => return Err(EngineError::connector("sink", &e)),
+        }
+    }
+}
+
+/// Applies the error policy to a record the sink refused after `write` returned,
+/// then releases its share of the batch.
+async fn handle_late(
+    errors: &mut ErrorHandler,
+    late: LateReject,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    let mut batch = Batch::with_capacity(late.ack.seq(), 0);
+    batch.rejected.push(late.rejected);
+    errors.handle(&mut batch, stats, shutdown).await?;
+    late.ack.ack();
+    Ok(())
+}
+
 async fn sink_task(
     mut sink: Box<dyn Sink>,
     mut errors: ErrorHandler,
     mut rx: mpsc::Receiver<Batch>,
+    mut late: mpsc::UnboundedReceiver<LateReject>,
     stats: Arc<Stats>,
     name: Arc<str>,
     shutdown: CancellationToken,
 ) -> Result<(), EngineError> {
     let result = async {
-        while let Some(mut batch) = rx.recv().await {
-            let started = Instant::now();
-            if !batch.records.is_empty() {
-                write_with_retry(sink.as_mut(), &mut batch, "sink", &name, &shutdown).await?;
-            }
-            errors.handle(&mut batch, &stats, &shutdown).await?;
-            stats.written(batch.records.len() as u64, started.elapsed());
-            if let Some(ack) = batch.ack.take() {
-                ack.ack();
+        loop {
+            tokio::select! {
+                biased;
+                Some(l) = late.recv() => handle_late(&mut errors, l, &stats, &shutdown).await?,
+                batch = rx.recv() => {
+                    let Some(mut batch) = batch else { break };
+                    let started = Instant::now();
+                    deliver(sink.as_mut(), &mut errors, &mut batch, &stats, &name, &shutdown).await?;
+                    stats.written(batch.records.len() as u64, started.elapsed());
+                    if let Some(ack) = batch.ack.take() {
+                        ack.ack();
+                    }
+                }
             }
         }
         Ok(())
@@ -144,12 +203,20 @@ async fn sink_task(
     if result.is_err() {
         shutdown.cancel(); // Stop the source; it commits what was acknowledged.
     }
+    // Closing waits for asynchronous deliveries; failures among them arrive on
+    // `late` meanwhile, and are handled once it returns.
     let closed = sink.close().await.map_err(|e| EngineError::connector("sink", &e));
+    let mut late_result = Ok(());
+    while let Ok(l) = late.try_recv() {
+        if result.is_ok() && late_result.is_ok() {
+            late_result = handle_late(&mut errors, l, &stats, &shutdown).await;
+        }
+    }
     let dlq_closed = match errors.dead_letter.as_mut() {
         Some(d) => d.close().await.map_err(|e| EngineError::connector("dead_letter", &e)),
         None => Ok(()),
     };
-    result.and(closed).and(dlq_closed)
+    result.and(late_result).and(closed).and(dlq_closed)
 }
 
 impl Pipeline {
@@ -157,7 +224,7 @@ impl Pipeline {
     /// every case the positions of all acknowledged batches are committed before
     /// it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, EngineError> {
-        let Pipeline { name, mut source, transforms, sink, errors, batch: batching, stats } = self;
+        let Pipeline { name, mut source, transforms, sink, late, errors, batch: batching, stats } = self;
         let tracker = AckTracker::new();
         // Stops the pipeline's own stages when one of them fails.
         let stop = shutdown.child_token();
@@ -170,7 +237,7 @@ impl Pipeline {
             (rx, Some(tokio::spawn(transform_task(transforms, source_rx, tx, stop.clone()))))
         };
         let sink_handle =
-            tokio::spawn(sink_task(sink, errors, sink_rx, Arc::clone(&stats), Arc::clone(&name), stop.clone()));
+            tokio::spawn(sink_task(sink, errors, sink_rx, late, Arc::clone(&stats), Arc::clone(&name), stop.clone()));
 
         let mut committed = tracker.watermark();
         let mut last_commit = Instant::now();

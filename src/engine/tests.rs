@@ -102,6 +102,67 @@ impl Transform for Shuffle {
     }
 }
 
+/// Acknowledges batches later from another task, like a Kafka sink's delivery
+/// reports, and refuses records ending in 9 only then.
+struct AsyncSink {
+    out: Arc<Mutex<Vec<String>>>,
+    late: flowgate_sdk::LateRejects,
+}
+
+#[async_trait]
+impl Sink for AsyncSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let ack = batch.ack.take().expect("the engine hands over the ack");
+        let records = std::mem::take(&mut batch.records);
+        let (out, late) = (Arc::clone(&self.out), self.late.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            for r in records {
+                let v = String::from_utf8(r.value.to_vec()).unwrap();
+                if v.ends_with('9') {
+                    let rejected =
+                        flowgate_sdk::Rejected { record: r, reason: "too late".into(), stage: "sink".into() };
+                    late.send(LateReject { rejected, ack: ack.split() }).unwrap();
+                } else {
+                    out.lock().unwrap().push(v);
+                }
+            }
+            ack.ack();
+        });
+        Ok(())
+    }
+}
+
+/// Stages records in `write` and makes them visible in `commit`, failing the
+/// first `abort` commits transiently (an aborted transaction).
+#[derive(Default)]
+struct TxSink {
+    staged: Vec<String>,
+    committed: Arc<Mutex<Vec<String>>>,
+    events: Arc<Mutex<Vec<&'static str>>>,
+    abort: u32,
+}
+
+#[async_trait]
+impl Sink for TxSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        self.events.lock().unwrap().push("write");
+        self.staged = batch.records.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+        Ok(())
+    }
+
+    async fn commit(&mut self, _batch: &mut Batch) -> Result<(), ConnectorError> {
+        self.events.lock().unwrap().push("commit");
+        if self.abort > 0 {
+            self.abort -= 1;
+            self.staged.clear();
+            return Err(ConnectorError::transient("transaction aborted", std::io::Error::other("fenced")));
+        }
+        self.committed.lock().unwrap().append(&mut self.staged);
+        Ok(())
+    }
+}
+
 struct Harness {
     commits: Arc<Mutex<Vec<u64>>>,
     reads: Arc<AtomicU64>,
@@ -125,6 +186,7 @@ fn pipeline(
         source: Box::new(source),
         transforms,
         sink: Box::new(sink),
+        late: mpsc::unbounded_channel().1,
         batch: BatchConfig { size: per as usize, linger: flowgate_sdk::HumanDuration::from_millis(10), buffer: 2 },
     };
     (p, h)
@@ -233,4 +295,38 @@ async fn shutdown_drains_and_commits_what_was_acknowledged() {
     assert!(written > 0);
     assert_eq!(summary.records_out, written);
     assert_eq!(*h.commits.lock().unwrap().last().unwrap() * 10, written, "every written batch is committed");
+}
+
+#[tokio::test]
+async fn asynchronous_acks_and_late_refusals_reach_the_error_policy_before_the_commit() {
+    let (late_tx, late_rx) = mpsc::unbounded_channel();
+    let sink = AsyncSink { out: Arc::default(), late: late_tx };
+    let out = Arc::clone(&sink.out);
+    let dlq = MemSink::default();
+    let dead = Arc::clone(&dlq.out);
+    let (mut p, h) = pipeline(20, 10, MemSink::default(), vec![], ErrorPolicy::DeadLetter, Some(dlq));
+    p.sink = Box::new(sink);
+    p.late = late_rx;
+    let summary = p.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(out.lock().unwrap().len(), 180);
+    let dead = dead.lock().unwrap();
+    assert_eq!(dead.len(), 20, "every record ending in 9 is dead-lettered");
+    assert!(dead[0].contains("too late"));
+    assert_eq!(summary.dead_lettered, 20);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_commit_writes_the_batch_again_after_its_refusals_are_handled() {
+    let sink = TxSink { abort: 2, ..TxSink::default() };
+    let (committed, events) = (Arc::clone(&sink.committed), Arc::clone(&sink.events));
+    let (mut p, h) = pipeline(3, 5, MemSink::default(), vec![], ErrorPolicy::Fail, None);
+    p.sink = Box::new(sink);
+    p.run(CancellationToken::new()).await.unwrap();
+    let expected: Vec<String> = (0..15).map(|i| i.to_string()).collect();
+    assert_eq!(*committed.lock().unwrap(), expected, "each record committed once, in order");
+    let events = events.lock().unwrap();
+    assert_eq!(events[..6], ["write", "commit", "write", "commit", "write", "commit"]);
+    assert_eq!(events.len(), 10);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&3));
 }

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the `flowgate` binary.
 #![allow(dead_code)] // Each test file uses a different subset.
 
+pub mod kafka;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -23,13 +23,47 @@ pub struct Batch {
     pub records: Vec<Record>,
     pub rejected: Vec<Rejected>,
     /// Taken by the engine when the batch is done, or by a sink that finishes records
-    /// asynchronously and acknowledges them itself.
+    /// asynchronously and acknowledges them itself. A batch without one (such as a
+    /// dead-letter batch) must be durable when `write` returns.
     pub ack: Option<Ack>,
+    /// The source's position once this batch is handled, for sinks that commit it
+    /// atomically with the records (exactly-once). Set by sources that have one.
+    pub position: Option<Position>,
 }
+
+/// Where a source stands after a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// Per partition read in the batch, the offset of the next record after it.
+    Kafka(Vec<PartitionOffset>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOffset {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub next: i64,
+    /// The source's assignment generation of the partition when it was read; the
+    /// position is stale once the partition was revoked since.
+    pub generation: u64,
+}
+
+/// A record a sink refused after its `write` returned (a Kafka delivery that failed
+/// for good), with a handle of its batch's acknowledgement: the engine applies the
+/// error policy to it, then acknowledges.
+#[derive(Debug)]
+pub struct LateReject {
+    pub rejected: Rejected,
+    pub ack: Ack,
+}
+
+/// Where asynchronous sinks send their [`LateReject`]s. Unbounded because a sink's
+/// delivery callbacks must not block; it holds at most the records in flight.
+pub type LateRejects = tokio::sync::mpsc::UnboundedSender<LateReject>;
 
 impl Batch {
     pub fn with_capacity(seq: u64, capacity: usize) -> Self {
-        Batch { seq, records: Vec::with_capacity(capacity), rejected: Vec::new(), ack: None }
+        Batch { seq, records: Vec::with_capacity(capacity), rejected: Vec::new(), ack: None, position: None }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -11,13 +11,15 @@ mod config;
 mod error;
 mod record;
 mod state;
+mod template;
 mod traits;
 
 pub use ack::{Ack, AckTracker, Watermark};
-pub use batch::{Batch, Rejected};
+pub use batch::{Batch, LateReject, LateRejects, PartitionOffset, Position, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use error::{ConnectorError, ErrorKind};
 pub use record::{Header, Record, SourceMeta, bytes_json};
 pub use state::StateStore;
+pub use template::RecordTemplate;
 pub use traits::{Read, Sink, Source, SourceContext, Transform};
 pub use {async_trait::async_trait, bytes::Bytes};

@@ -62,9 +62,21 @@ pub trait Transform: Send {
 /// value of the wrong shape). A transient error makes the engine call `write` again
 /// with the same batch, so a sink must either write a batch atomically or accept
 /// that a retry may repeat records (at-least-once).
+///
+/// A sink that finishes records asynchronously (delivery reports) may instead take
+/// `batch.ack`, return at once, and acknowledge when the records are durable;
+/// records that then fail for good go to its [`LateRejects`](crate::LateRejects).
 #[async_trait]
 pub trait Sink: Send {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
+
+    /// Called after `write` and after the batch's refused records are handled,
+    /// before it is acknowledged: sinks that store `batch.position` with their
+    /// data commit both here. A transient error makes the engine write the batch
+    /// again and call `commit` again.
+    async fn commit(&mut self, _batch: &mut Batch) -> Result<(), ConnectorError> {
+        Ok(())
+    }
 
     /// Flushes and releases resources; called once when the pipeline stops.
     async fn close(&mut self) -> Result<(), ConnectorError> {

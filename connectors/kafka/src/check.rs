@@ -1,0 +1,127 @@
+//! Connectivity checks for `flowgate validate --check`: the brokers answer with
+//! these settings and credentials, and the named topics exist.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::client::Client;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::metadata::Metadata;
+use rdkafka::producer::{BaseProducer, Producer};
+
+use crate::client::{ClientLog, client_context};
+use crate::config::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::sink::producer_config;
+use crate::source::consumer_config;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A problem found by a check, located by the path of the setting it concerns,
+/// relative to the connector's own settings (`["topics", "0"]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckProblem {
+    pub at: Vec<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+struct CheckCtx {
+    log: ClientLog,
+}
+
+impl AsRef<ClientLog> for CheckCtx {
+    fn as_ref(&self) -> &ClientLog {
+        &self.log
+    }
+}
+
+fn check_ctx() -> CheckCtx {
+    CheckCtx { log: ClientLog::new(Arc::from("check")) }
+}
+
+client_context!(CheckCtx);
+
+impl rdkafka::consumer::ConsumerContext for CheckCtx {}
+
+impl rdkafka::producer::ProducerContext for CheckCtx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+fn bad_setting(e: impl std::fmt::Display) -> CheckProblem {
+    CheckProblem {
+        at: vec!["properties".into()],
+        message: format!("invalid Kafka client setting: {e}"),
+        help: Some("see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md".into()),
+    }
+}
+
+/// Fetches the cluster's metadata through `client`. The client never joins the
+/// group, commits or produces.
+fn metadata<C: ClientContext + AsRef<ClientLog>>(client: &Client<C>, brokers: &str) -> Result<Metadata, CheckProblem> {
+    client.fetch_metadata(None, CHECK_TIMEOUT).map_err(|e| {
+        let detail =
+            AsRef::<ClientLog>::as_ref(&**client.context()).last_error().map(|d| format!(" ({d})")).unwrap_or_default();
+        let auth = detail.to_ascii_lowercase().contains("auth") || detail.contains("SASL");
+        CheckProblem {
+            at: vec!["brokers".into()],
+            message: format!("cannot reach the Kafka brokers `{brokers}`: {e}{detail}"),
+            help: Some(if auth {
+                "check `sasl.username`/`sasl.password` and `sasl.mechanism` under `properties`".into()
+            } else {
+                "check the address and that the brokers are up; TLS or SASL settings go under `properties`".into()
+            }),
+        }
+    })
+}
+
+fn missing_topic(at: Vec<String>, topic: &str, brokers: &str) -> CheckProblem {
+    CheckProblem {
+        at,
+        message: format!("topic `{topic}` does not exist on `{brokers}`"),
+        help: Some("create it first (Flowgate does not create topics), or fix the name".into()),
+    }
+}
+
+fn has_topic(md: &Metadata, topic: &str) -> bool {
+    md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+}
+
+/// Checks a source: brokers reachable with its settings, listed topics present
+/// (regular-expression entries are not checked).
+pub fn check_source(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
+    let brokers = config.brokers.bootstrap();
+    let consumer: Result<BaseConsumer<CheckCtx>, _> = consumer_config(config, false)
+        .map_err(bad_setting)
+        .and_then(|c| c.create_with_context(check_ctx()).map_err(bad_setting));
+    let md = match consumer.and_then(|c| metadata(c.client(), &brokers)) {
+        Ok(md) => md,
+        Err(p) => return vec![p],
+    };
+    config
+        .topics
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.starts_with('^') && !has_topic(&md, t))
+        .map(|(i, t)| missing_topic(vec!["topics".into(), i.to_string()], t, &brokers))
+        .collect()
+}
+
+/// Checks a sink: brokers reachable with its settings, a fixed topic present.
+pub fn check_sink(config: &KafkaSinkConfig, pipeline: &str) -> Vec<CheckProblem> {
+    let brokers = config.brokers.bootstrap();
+    let mut settings = producer_config(config, pipeline);
+    // Connecting is enough; a transactional id would fence a running pipeline.
+    settings.remove("transactional.id");
+    let producer: Result<BaseProducer<CheckCtx>, _> = settings.create_with_context(check_ctx()).map_err(bad_setting);
+    let md = match producer.and_then(|p| metadata(p.client(), &brokers)) {
+        Ok(md) => md,
+        Err(p) => return vec![p],
+    };
+    match config.topic.fixed() {
+        Some(t) if !has_topic(&md, t) => vec![missing_topic(vec!["topic".into()], t, &brokers)],
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,444 @@
+//! The Kafka sink.
+//!
+//! At-least-once (default): records are handed to librdkafka and `write` returns;
+//! each record holds a share of its batch's acknowledgement, released by its
+//! delivery report. librdkafka retries transient failures itself (with
+//! `message.timeout.ms` unlimited by default, a broker outage makes the pipeline
+//! wait); a record that fails for good goes to the error policy through the
+//! engine's late-rejection channel. A full producer queue makes `write` wait, which
+//! slows the source.
+//!
+//! Exactly-once: each batch is one transaction holding its records and the
+//! source's consumer offsets after it; `write` produces and waits for delivery,
+//! `commit` adds the offsets and commits.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowgate_sdk::{
+    Ack, Batch, Bytes, ConnectorError, Header, LateReject, LateRejects, Position, Record, RecordTemplate, Rejected,
+    Sink, SourceMeta, async_trait,
+};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header as KHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::{ClientLog, blocking, client_config, client_context};
+use crate::config::{Delivery, KafkaSinkConfig};
+use crate::error::{KafkaConnectorError, retryable};
+use crate::source::KafkaConsumer;
+
+/// How long closing waits for records still in flight (a broker that is down at
+/// shutdown). Records not delivered by then stay unacknowledged and are read again.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on one transaction call; a timeout aborts and writes the batch again.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a record's delivery report completes.
+pub struct Pending {
+    /// This record's share of its batch's acknowledgement (at-least-once, async).
+    ack: Option<Ack>,
+    meta: SourceMeta,
+    /// Where a synchronous write collects failures instead of the late channel,
+    /// with the record's index in its batch.
+    failures: Option<(Arc<Mutex<Vec<Failure>>>, usize)>,
+}
+
+struct Failure {
+    index: usize,
+    reason: String,
+    transient: bool,
+}
+
+pub struct ProducerCtx {
+    log: ClientLog,
+    stage: Arc<str>,
+    late: Option<LateRejects>,
+    /// Records whose delivery timed out (a finite `message.timeout.ms`), with their
+    /// topic: sent again.
+    retry: Mutex<Vec<(Record, String, Pending)>>,
+}
+
+client_context!(ProducerCtx);
+
+fn record_of(m: &BorrowedMessage<'_>, meta: SourceMeta) -> Record {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header { name: h.key.into(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        key: m.key().map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        headers,
+        timestamp: m.timestamp().to_millis(),
+        meta,
+    }
+}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Pending>) {
+        let (e, m) = match result {
+            Ok(_) => {
+                if let Some(ack) = d.ack {
+                    ack.ack();
+                }
+                return;
+            }
+            Err((e, m)) => (e, m),
+        };
+        let code = e.rdkafka_error_code();
+        if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
+            // Given up at shutdown: dropping the share holds the position before it.
+            return;
+        }
+        let transient = code == Some(RDKafkaErrorCode::MessageTimedOut) || retryable(e);
+        let reason = format!("Kafka refused the record for topic `{}`: {e}", m.topic());
+        let Pending { ack, meta, failures } = *d;
+        if let Some((f, index)) = failures {
+            f.lock().unwrap_or_else(|p| p.into_inner()).push(Failure { index, reason, transient });
+            return;
+        }
+        let record = record_of(m, meta);
+        if transient {
+            tracing::warn!(client = &*self.log.name, error = %e, "delivery failed; sending the record again");
+            let d = Pending { ack, meta: record.meta.clone(), failures: None };
+            self.retry.lock().unwrap_or_else(|p| p.into_inner()).push((record, m.topic().to_string(), d));
+            return;
+        }
+        let (Some(ack), Some(late)) = (ack, &self.late) else { return };
+        let rejected = Rejected { record, reason, stage: Arc::clone(&self.stage) };
+        // The engine is gone only when the pipeline is stopping; the dropped share
+        // then keeps the position before this record.
+        let _ = late.send(LateReject { rejected, ack });
+    }
+}
+
+type KafkaProducer = ThreadedProducer<ProducerCtx>;
+
+/// The exactly-once half: the source's consumer and the transaction state.
+struct Transactions {
+    consumer: Arc<KafkaConsumer>,
+    initialized: bool,
+    open: bool,
+}
+
+pub struct KafkaSink {
+    producer: KafkaProducer,
+    topic: RecordTemplate,
+    key: Option<RecordTemplate>,
+    keep_headers: bool,
+    stage: Arc<str>,
+    txn: Option<Transactions>,
+}
+
+/// Producer settings for a sink; also used by `validate --check`.
+pub(crate) fn producer_config(config: &KafkaSinkConfig, pipeline: &str) -> rdkafka::ClientConfig {
+    let mut defaults = vec![
+        (
+            "acks",
+            match config.acks {
+                crate::config::Acks::All => "all".to_string(),
+                crate::config::Acks::One => "1".to_string(),
+            },
+        ),
+        ("enable.idempotence", config.idempotence.to_string()),
+        ("compression.type", config.compression.as_str().to_string()),
+        ("linger.ms", config.linger.0.as_millis().to_string()),
+        // Unlimited: librdkafka retries through outages; a full queue slows the source.
+        ("message.timeout.ms", "0".to_string()),
+        ("queue.buffering.max.messages", "100000".to_string()),
+        ("queue.buffering.max.kbytes", "65536".to_string()),
+        ("batch.num.messages", "10000".to_string()),
+    ];
+    if config.delivery == Delivery::ExactlyOnce {
+        let id = config.transactional_id.clone().unwrap_or_else(|| format!("flowgate-{pipeline}"));
+        defaults.push(("transactional.id", id));
+        defaults.push(("transaction.timeout.ms", "60000".to_string()));
+        // Transactions need a bounded delivery timeout, below the transaction's.
+        defaults.retain(|(k, _)| *k != "message.timeout.ms");
+        defaults.push(("message.timeout.ms", "55000".to_string()));
+    }
+    client_config(&config.brokers.bootstrap(), &defaults, &config.properties)
+}
+
+impl KafkaSink {
+    /// `late` receives records that fail for good after `write` returned; without
+    /// it (a dead-letter sink) every write waits for its delivery reports.
+    /// `consumer` is the source's consumer, required for `delivery: exactly_once`.
+    pub fn open(
+        config: KafkaSinkConfig,
+        pipeline: &str,
+        late: Option<LateRejects>,
+        consumer: Option<Arc<KafkaConsumer>>,
+    ) -> Result<Self, KafkaConnectorError> {
+        let stage: Arc<str> = "sink".into();
+        let context = ProducerCtx {
+            log: ClientLog::new(format!("{pipeline}:sink").into()),
+            stage: Arc::clone(&stage),
+            late,
+            retry: Mutex::new(Vec::new()),
+        };
+        let producer: KafkaProducer =
+            producer_config(&config, pipeline).create_with_context(context).map_err(KafkaConnectorError::Config)?;
+        let txn = match (config.delivery, consumer) {
+            (Delivery::AtLeastOnce, _) => None,
+            (Delivery::ExactlyOnce, Some(consumer)) => Some(Transactions { consumer, initialized: false, open: false }),
+            (Delivery::ExactlyOnce, None) => {
+                return Err(KafkaConnectorError::Other("`delivery: exactly_once` needs a `kafka` source".into()));
+            }
+        };
+        Ok(KafkaSink { producer, topic: config.topic, key: config.key, keep_headers: config.headers, stage, txn })
+    }
+
+    /// Hands one record to librdkafka, waiting while its queue is full.
+    async fn send(&self, record: &Record, topic: &str, key: Option<&[u8]>, d: Pending) -> Result<(), KafkaError> {
+        let headers = (self.keep_headers && !record.headers.is_empty()).then(|| {
+            record.headers.iter().fold(OwnedHeaders::new_with_capacity(record.headers.len()), |hs, h| {
+                hs.insert(KHeader { key: &h.name, value: Some(h.value.as_ref()) })
+            })
+        });
+        let mut rec = BaseRecord::with_opaque_to(topic, Box::new(d)).payload(record.value.as_ref());
+        rec.key = key;
+        rec.headers = headers;
+        rec.timestamp = record.timestamp;
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends again the records whose delivery timed out.
+    async fn resend(&self) -> Result<(), ConnectorError> {
+        let mut retries = std::mem::take(&mut *self.producer.context().retry.lock().unwrap_or_else(|p| p.into_inner()));
+        while let Some((record, topic, d)) = retries.pop() {
+            if let Err(e) = self.send(&record, &topic, record.key.as_deref(), d).await {
+                // Its delivery share went with the failed send; the batch is held back.
+                return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
+            }
+        }
+        Ok(())
+    }
+
+    fn begin(&mut self) -> Result<(), ConnectorError> {
+        let txn = self.txn.as_mut().expect("exactly-once only");
+        if !txn.initialized {
+            let p = &self.producer;
+            blocking(|| p.init_transactions(TXN_TIMEOUT))
+                .map_err(|e| KafkaConnectorError::client("cannot initialise Kafka transactions", e))?;
+            txn.initialized = true;
+        }
+        if !txn.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| KafkaConnectorError::client("cannot begin a transaction", e))?;
+            txn.open = true;
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        if let Some(txn) = self.txn.as_mut()
+            && txn.open
+        {
+            let p = &self.producer;
+            if let Err(e) = blocking(|| p.abort_transaction(TXN_TIMEOUT)) {
+                tracing::warn!(error = %e, "aborting the transaction failed");
+            }
+            txn.open = false;
+        }
+    }
+
+    /// Renders topic and key and sends every record of the batch. Records whose
+    /// templates cannot be filled, or that librdkafka refuses outright (too large),
+    /// are refused; on another error the unsent records are put back.
+    async fn send_batch(
+        &self,
+        batch: &mut Batch,
+        delivery: impl Fn(&Record, usize) -> Pending,
+    ) -> Result<(), ConnectorError> {
+        let mut records = std::mem::take(&mut batch.records).into_iter();
+        while let Some(record) = records.next() {
+            let mut parsed = None;
+            let topic = match self.topic.fixed() {
+                Some(t) => std::borrow::Cow::Borrowed(t),
+                None => match self.topic.render(&record, &mut parsed) {
+                    Ok(t) => std::borrow::Cow::Owned(t),
+                    Err(e) => {
+                        batch.reject(record, format!("cannot fill topic `{}`: {e}", self.topic), &self.stage);
+                        continue;
+                    }
+                },
+            };
+            let key = match &self.key {
+                None => record.key.clone(),
+                Some(t) => match t.render(&record, &mut parsed) {
+                    Ok(k) => Some(Bytes::from(k)),
+                    Err(e) => {
+                        batch.reject(record, format!("cannot fill key `{t}`: {e}"), &self.stage);
+                        continue;
+                    }
+                },
+            };
+            let d = delivery(&record, batch.records.len());
+            match self.send(&record, &topic, key.as_deref(), d).await {
+                Ok(()) => batch.records.push(record),
+                Err(e) if !retryable(&e) => {
+                    batch.reject(record, format!("Kafka refused the record for topic `{topic}`: {e}"), &self.stage)
+                }
+                Err(e) => {
+                    batch.records.push(record);
+                    batch.records.extend(records);
+                    return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the batch and waits for every delivery report; failures go to
+    /// `batch.rejected` (for good) or make the write fail (transient).
+    async fn write_and_wait(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let failures: Arc<Mutex<Vec<Failure>>> = Arc::default();
+        let f = Arc::clone(&failures);
+        let sent = self
+            .send_batch(batch, |r, i| Pending { ack: None, meta: r.meta.clone(), failures: Some((Arc::clone(&f), i)) })
+            .await;
+        let p = &self.producer;
+        let flushed = blocking(|| p.flush(TXN_TIMEOUT));
+        if let Err(e) = sent.and(flushed.map_err(|e| KafkaConnectorError::client("delivery did not finish", e).into()))
+        {
+            self.abort();
+            return Err(e);
+        }
+        let mut failures = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let transient = failures.iter().any(|f| f.transient);
+        let first = failures[0].reason.clone();
+        // Highest index first, so that removing one leaves the others in place.
+        failures.sort_by_key(|f| std::cmp::Reverse(f.index));
+        for f in failures.into_iter().filter(|f| !f.transient) {
+            if f.index < batch.records.len() {
+                let r = batch.records.remove(f.index);
+                batch.reject(r, f.reason, &self.stage);
+            }
+        }
+        if transient || self.txn.is_some() {
+            // A transaction with a failed record must be aborted and redone, and a
+            // transient failure means trying the batch again.
+            self.abort();
+            return Err(ConnectorError::transient("Kafka delivery failed", std::io::Error::other(first)));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        self.producer.context().log.check_fatal()?;
+        if self.txn.is_some() {
+            self.abort(); // A retry after a failed write or commit starts over.
+            self.begin()?;
+            return self.write_and_wait(batch).await;
+        }
+        self.resend().await?;
+        let async_ack = match (&batch.ack, &self.producer.context().late) {
+            (Some(ack), Some(_)) => Some(ack.split()),
+            _ => None,
+        };
+        match async_ack {
+            // The engine releases its own share after the refused records are handled.
+            Some(ack) => {
+                let result = self
+                    .send_batch(batch, |r, _| Pending { ack: Some(ack.split()), meta: r.meta.clone(), failures: None })
+                    .await;
+                ack.ack();
+                result
+            }
+            None => self.write_and_wait(batch).await,
+        }
+    }
+
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let Some(txn) = self.txn.as_ref() else { return Ok(()) };
+        let consumer = Arc::clone(&txn.consumer);
+        let group = Arc::clone(&consumer.context().group);
+        let mut offsets = TopicPartitionList::new();
+        if let Some(Position::Kafka(ps)) = &batch.position {
+            for p in ps {
+                if group.is_current(p) {
+                    offsets
+                        .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
+                        .map_err(|e| KafkaConnectorError::client("bad offset", e))?;
+                } else {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, "partition revoked; its offset is left to its new owner");
+                }
+            }
+        }
+        if offsets.count() > 0 || self.txn.as_ref().is_some_and(|t| t.open) {
+            self.begin()?;
+            let metadata = consumer
+                .group_metadata()
+                .ok_or_else(|| ConnectorError::fatal("the source has no consumer group metadata"))?;
+            let p = &self.producer;
+            let result = blocking(|| {
+                if offsets.count() > 0 {
+                    p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
+                }
+                p.commit_transaction(TXN_TIMEOUT)
+            });
+            if let Err(e) = result {
+                let e = KafkaConnectorError::client("the transaction failed", e);
+                if e.is_retryable() {
+                    self.abort();
+                } else if let Some(t) = self.txn.as_mut() {
+                    t.open = false;
+                }
+                return Err(e.into());
+            }
+            self.txn.as_mut().expect("exactly-once").open = false;
+        }
+        group.batch_committed(batch.seq);
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        self.abort();
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            self.resend().await?;
+            let p = &self.producer;
+            let _ = blocking(|| p.flush(Duration::from_millis(500)));
+            let retries = self.producer.context().retry.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if self.producer.in_flight_count() == 0 && retries == 0 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        let left = self.producer.in_flight_count();
+        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer.context().retry.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Err(ConnectorError::transient(
+            format!("{left} records were not delivered within {CLOSE_TIMEOUT:?}; they will be read again"),
+            std::io::Error::other(self.producer.context().log.last_error().unwrap_or_default()),
+        ))
+    }
+}

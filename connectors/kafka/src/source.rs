@@ -1,0 +1,503 @@
+//! The Kafka source: a consumer group member whose offsets follow acknowledgements.
+//!
+//! Each batch remembers, per partition, the offset after its last record. When the
+//! engine reports a watermark, the offsets of the batches below it are stored, and
+//! librdkafka commits stored offsets every 250 ms, when partitions are revoked, and
+//! on close. Nothing is stored for a record before the sink (or the dead-letter
+//! sink) has it. With `delivery: exactly_once` the sink commits the offsets inside
+//! its transaction instead, and the source stores nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flowgate_sdk::{
+    Batch, Bytes, ConnectorError, Header, PartitionOffset, Position, Read, Record, Source, SourceContext, SourceMeta,
+    Watermark, async_trait,
+};
+use futures::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::client::{ClientLog, blocking, client_config, client_context};
+use crate::config::{KafkaSourceConfig, Start};
+use crate::error::KafkaConnectorError;
+
+/// How long a revocation waits for the exactly-once sink to commit the batches in
+/// flight, so that their partitions' next owner starts after them.
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Consumer group state shared between the source, its rebalance callbacks and
+/// (with exactly-once) the sink.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    assigned: Mutex<Assigned>,
+    /// Batch sequence numbers: the next one after the last batch handed out, and
+    /// the next one after the last batch the exactly-once sink committed.
+    handed_out: AtomicU64,
+    committed: Mutex<u64>,
+    committed_changed: Condvar,
+    /// Bumped by every rebalance, so a batch being read can tell that one happened.
+    rebalances: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Assigned {
+    next_generation: u64,
+    /// Partition -> the generation it was assigned in.
+    partitions: HashMap<(Arc<str>, i32), u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GroupState {
+    /// Whether the partition is still assigned in the same generation.
+    pub fn is_current(&self, p: &PartitionOffset) -> bool {
+        lock(&self.assigned).partitions.get(&(Arc::clone(&p.topic), p.partition)) == Some(&p.generation)
+    }
+
+    /// Called by the exactly-once sink once batch `seq` is committed.
+    pub fn batch_committed(&self, seq: u64) {
+        let mut c = lock(&self.committed);
+        *c = (*c).max(seq + 1);
+        self.committed_changed.notify_all();
+    }
+
+    fn wait_for_commits(&self, pipeline: &str) {
+        let target = self.handed_out.load(Ordering::Acquire);
+        let guard = lock(&self.committed);
+        let (guard, timeout) = self
+            .committed_changed
+            .wait_timeout_while(guard, REVOKE_WAIT, |c| *c < target)
+            .unwrap_or_else(|p| p.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!(
+                pipeline,
+                waiting_for = target - *guard,
+                "partitions revoked before the batches in flight were committed; their next owner may repeat them"
+            );
+        }
+    }
+}
+
+pub struct ConsumerCtx {
+    log: ClientLog,
+    pub(crate) group: Arc<GroupState>,
+    start: Start,
+    exactly_once: bool,
+}
+
+client_context!(ConsumerCtx);
+
+impl ConsumerCtx {
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        if let Start::Timestamp(ms) = self.start {
+            self.start_at_time(consumer, tpl, ms);
+        }
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+        if let Err(e) = result {
+            tracing::error!(client = &*self.log.name, error = %e, "assigning partitions failed");
+            return;
+        }
+        let mut a = lock(&self.group.assigned);
+        a.next_generation += 1;
+        let generation = a.next_generation;
+        for e in tpl.elements() {
+            a.partitions.insert((e.topic().into(), e.partition()), generation);
+        }
+        let names: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+        tracing::info!(client = &*self.log.name, partitions = %names.join(", "), "partitions assigned");
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        if self.exactly_once {
+            blocking(|| self.group.wait_for_commits(&self.log.name));
+        }
+        {
+            let mut a = lock(&self.group.assigned);
+            for e in tpl.elements() {
+                a.partitions.remove(&(Arc::<str>::from(e.topic()), e.partition()));
+            }
+        }
+        self.group.rebalances.fetch_add(1, Ordering::AcqRel);
+        // With auto-commit on, librdkafka commits the stored offsets of the removed
+        // partitions as part of the unassign.
+        let result = if matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative) {
+            consumer.incremental_unassign(tpl)
+        } else {
+            consumer.unassign()
+        };
+        if let Err(e) = result {
+            tracing::error!(client = &*self.log.name, error = %e, "unassigning partitions failed");
+        }
+        tracing::info!(client = &*self.log.name, count = tpl.count(), "partitions revoked");
+    }
+
+    /// Partitions the group has no offset for start at the first record at or after
+    /// `ms`; the others resume where the group left off.
+    fn start_at_time(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, ms: i64) {
+        let timeout = Duration::from_secs(10);
+        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(client = &*self.log.name, error = %e, "cannot read committed offsets; using `earliest`");
+                return;
+            }
+        };
+        let mut lookup = TopicPartitionList::new();
+        for e in committed.elements() {
+            if !matches!(e.offset(), Offset::Offset(_)) {
+                let _ = lookup.add_partition_offset(e.topic(), e.partition(), Offset::Offset(ms));
+            }
+        }
+        if lookup.count() == 0 {
+            return;
+        }
+        match consumer.offsets_for_times(lookup, timeout) {
+            Ok(found) => {
+                for e in found.elements() {
+                    // No record at or after the time: start at the end.
+                    let at = match e.offset() {
+                        Offset::Offset(o) => Offset::Offset(o),
+                        _ => Offset::End,
+                    };
+                    let _ = tpl.set_partition_offset(e.topic(), e.partition(), at);
+                }
+            }
+            Err(e) => tracing::warn!(client = &*self.log.name, error = %e, "cannot look up offsets by time"),
+        }
+    }
+}
+
+impl ConsumerContext for ConsumerCtx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                tracing::error!(client = &*self.log.name, error = ?other, "rebalance failed; leaving the assignment");
+                self.revoke(consumer, tpl);
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(client = &*self.log.name, error = %e, "committing offsets failed; will retry"),
+        }
+    }
+}
+
+pub type KafkaConsumer = StreamConsumer<ConsumerCtx>;
+
+pub struct KafkaSource {
+    consumer: Arc<KafkaConsumer>,
+    group: Arc<GroupState>,
+    batch_size: usize,
+    linger: Duration,
+    exactly_once: bool,
+    /// Batches handed out and not yet below the watermark, with their positions.
+    pending: VecDeque<(u64, Vec<PartitionOffset>)>,
+    topics: Vec<Arc<str>>,
+}
+
+/// Consumer settings for a source; also used by `validate --check`.
+pub(crate) fn consumer_config(
+    config: &KafkaSourceConfig,
+    exactly_once: bool,
+) -> Result<rdkafka::ClientConfig, KafkaConnectorError> {
+    let session = config.session_timeout.0.as_millis().max(1000);
+    let reset = match config.start {
+        Start::Latest => "latest",
+        Start::Earliest | Start::Timestamp(_) => "earliest",
+    };
+    let defaults = [
+        ("group.id", config.group.clone()),
+        ("enable.auto.commit", (!exactly_once).to_string()),
+        ("enable.auto.offset.store", "false".to_string()),
+        ("auto.commit.interval.ms", "250".to_string()),
+        ("auto.offset.reset", reset.to_string()),
+        ("session.timeout.ms", session.to_string()),
+        ("heartbeat.interval.ms", (session / 4).to_string()),
+        ("isolation.level", "read_committed".to_string()),
+        // Bounds what librdkafka prefetches per partition.
+        ("queued.max.messages.kbytes", "16384".to_string()),
+    ];
+    Ok(client_config(&config.brokers.bootstrap(), &defaults, &config.properties))
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes. `exactly_once` hands offset commits to
+    /// an exactly-once Kafka sink (see [`KafkaSource::consumer`]).
+    pub fn open(
+        config: KafkaSourceConfig,
+        ctx: &SourceContext,
+        exactly_once: bool,
+    ) -> Result<Self, KafkaConnectorError> {
+        let group = Arc::new(GroupState::default());
+        let context = ConsumerCtx {
+            log: ClientLog::new(format!("{}:source", ctx.pipeline).into()),
+            group: Arc::clone(&group),
+            start: config.start.clone(),
+            exactly_once,
+        };
+        let consumer: KafkaConsumer = consumer_config(&config, exactly_once)?
+            .create_with_context(context)
+            .map_err(KafkaConnectorError::Config)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(|e| KafkaConnectorError::client("cannot subscribe", e))?;
+        tracing::info!(pipeline = %ctx.pipeline, group = %config.group, topics = ?config.topics, "kafka source subscribed");
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            group,
+            batch_size: ctx.batch_size,
+            linger: ctx.linger,
+            exactly_once,
+            pending: VecDeque::new(),
+            topics: Vec::new(),
+        })
+    }
+
+    /// The consumer, for an exactly-once sink: it needs the group's metadata and
+    /// state to commit offsets in its transactions.
+    pub fn consumer(&self) -> Arc<KafkaConsumer> {
+        Arc::clone(&self.consumer)
+    }
+
+    fn topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(t) = self.topics.iter().find(|t| &***t == name) {
+            return Arc::clone(t);
+        }
+        let t: Arc<str> = name.into();
+        self.topics.push(Arc::clone(&t));
+        t
+    }
+
+    fn push(&mut self, m: &BorrowedMessage<'_>, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>) {
+        let topic = self.topic(m.topic());
+        let (partition, offset) = (m.partition(), m.offset());
+        match offsets.iter_mut().find(|p| p.partition == partition && p.topic == topic) {
+            Some(p) => p.next = offset + 1,
+            None => {
+                offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation: 0 })
+            }
+        }
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| Header { name: h.key.into(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
+                    .collect()
+            })
+            .unwrap_or_default();
+        batch.records.push(Record {
+            key: m.key().map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+            headers,
+            timestamp: m.timestamp().to_millis(),
+            meta: SourceMeta::Kafka { topic, partition, offset },
+        });
+    }
+
+    /// A consume error: fatal when waiting cannot help, otherwise logged while
+    /// librdkafka recovers on its own.
+    fn consume_error(&self, e: KafkaError) -> Result<(), ConnectorError> {
+        let code = e.rdkafka_error_code();
+        let fatal = matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::GroupAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication
+                    | RDKafkaErrorCode::Fatal
+            )
+        );
+        if fatal {
+            let what = match code {
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                    "a subscribed topic does not exist"
+                }
+                _ => "the broker refused the consumer",
+            };
+            return Err(ConnectorError::fatal_from(what, e));
+        }
+        tracing::warn!(error = %e, "kafka consumer error; continuing");
+        Ok(())
+    }
+
+    /// Drops records of partitions revoked while the batch was being read: their
+    /// new owner reads them again from the committed offset.
+    fn drop_revoked(&self, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>) {
+        let a = lock(&self.group.assigned);
+        offsets.retain(|p| a.partitions.contains_key(&(Arc::clone(&p.topic), p.partition)));
+        batch.records.retain(|r| match &r.meta {
+            SourceMeta::Kafka { topic, partition, .. } => {
+                offsets.iter().any(|p| p.partition == *partition && p.topic == *topic)
+            }
+            _ => true,
+        });
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        let consumer = Arc::clone(&self.consumer);
+        consumer.context().log.check_fatal()?;
+        let rebalances = self.group.rebalances.load(Ordering::Acquire);
+        let mut offsets: Vec<PartitionOffset> = Vec::new();
+        let first = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Err(_) => return Ok(Read::Idle),
+            Ok(Err(e)) => {
+                self.consume_error(e)?;
+                return Ok(Read::Idle);
+            }
+            Ok(Ok(m)) => m,
+        };
+        self.push(&first, batch, &mut offsets);
+        drop(first);
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while batch.records.len() < self.batch_size {
+            // Take what librdkafka has queued without a timer per record.
+            let next = match consumer.recv().now_or_never() {
+                Some(r) => r,
+                None => match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Ok(m) => self.push(&m, batch, &mut offsets),
+                Err(e) => {
+                    self.consume_error(e)?;
+                    break;
+                }
+            }
+        }
+        if self.group.rebalances.load(Ordering::Acquire) != rebalances {
+            self.drop_revoked(batch, &mut offsets);
+        }
+        {
+            let a = lock(&self.group.assigned);
+            for p in &mut offsets {
+                p.generation = a.partitions.get(&(Arc::clone(&p.topic), p.partition)).copied().unwrap_or(0);
+            }
+        }
+        if batch.records.is_empty() {
+            return Ok(Read::Idle);
+        }
+        self.pending.push_back((batch.seq, offsets.clone()));
+        batch.position = Some(Position::Kafka(offsets));
+        self.group.handed_out.store(batch.seq + 1, Ordering::Release);
+        Ok(Read::Data)
+    }
+
+    async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
+        let mut latest: Vec<PartitionOffset> = Vec::new();
+        while self.pending.front().is_some_and(|(seq, _)| *seq < done.0) {
+            let (_, offsets) = self.pending.pop_front().expect("checked above");
+            for p in offsets {
+                match latest.iter_mut().find(|l| l.partition == p.partition && l.topic == p.topic) {
+                    Some(l) if l.generation == p.generation => l.next = l.next.max(p.next),
+                    Some(l) => *l = p,
+                    None => latest.push(p),
+                }
+            }
+        }
+        if self.exactly_once || latest.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in latest.iter().filter(|p| self.group.is_current(p)) {
+            tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
+                .map_err(|e| KafkaConnectorError::client("bad offset", e))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        match self.consumer.store_offsets(&tpl) {
+            Ok(()) => Ok(()),
+            // Revoked between the check and the store: the next owner reads them again.
+            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
+            Err(e) => Err(KafkaConnectorError::client("cannot store offsets", e).into()),
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        if self.exactly_once {
+            return Ok(());
+        }
+        let consumer = Arc::clone(&self.consumer);
+        match blocking(|| consumer.commit_consumer_state(CommitMode::Sync)) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+            Err(e) => Err(KafkaConnectorError::client("final offset commit failed", e).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flowgate_sdk::StateStore;
+    use rdkafka::ClientConfig;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    use super::*;
+    use crate::config::{Brokers, Properties};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_batches_with_positions_and_metadata() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 2, 1).unwrap();
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().unwrap();
+        for i in 0..10 {
+            let key = format!("k{i}");
+            let rec = FutureRecord::to("t").key(&key).payload("v").partition(i % 2);
+            producer.send(rec, Duration::from_secs(5)).await.unwrap();
+        }
+        let config = KafkaSourceConfig {
+            brokers: Brokers::One(mock.bootstrap_servers()),
+            topics: vec!["t".into()],
+            group: "g".into(),
+            start: Start::Earliest,
+            session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
+            properties: Properties::default(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SourceContext {
+            pipeline: "p".into(),
+            batch_size: 100,
+            linger: Duration::from_millis(200),
+            state: StateStore::new(dir.path()),
+        };
+        let mut source = KafkaSource::open(config, &ctx, false).unwrap();
+        let mut records = Vec::new();
+        let mut position = None;
+        for seq in 0..30 {
+            let mut batch = Batch::with_capacity(seq, 100);
+            if source.read(&mut batch).await.unwrap() == Read::Data {
+                records.extend(batch.records);
+                position = batch.position;
+            }
+            if records.len() == 10 {
+                break;
+            }
+        }
+        assert_eq!(records.len(), 10);
+        assert!(matches!(&records[0].meta, SourceMeta::Kafka { topic, .. } if &**topic == "t"));
+        let Some(Position::Kafka(offsets)) = position else { panic!("no position") };
+        assert!(offsets.iter().all(|p| p.next == 5 && p.generation == 1), "{offsets:?}");
+    }
+}
