@@ -122,7 +122,138 @@ def bench_wasm(work):
         print(f"| {lang}-pii-mask | {os.path.getsize(wasm) / 1e6:.1f} MB | {first:.2f} | {warm:.3f} |", flush=True)
 
 
-CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm}
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait4(proc):
+    """(cpu s, peak RSS MiB) of a finished child."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def metric(port, name):
+    import urllib.request
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name))
+
+
+def bench_kafka(work):
+    """Kafka -> PII mask -> Kafka on the loopback tansu broker, side by side with the
+    raw librdkafka limit and the hand-written Python loops, in one run."""
+    import signal
+    import socket
+    import time
+    n = int(os.environ.get("KAFKA_COUNT", "1000000"))
+    peer_n = int(os.environ.get("KAFKA_PEER_COUNT", str(n)))
+    tools = os.environ["FLOWGATE_TOOLS"]
+    peers = os.environ["FLOWGATE_PEERS"]
+    python = os.path.join(tools, "venv", "bin", "python")
+    rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
+    port = free_port()
+    brokers = f"127.0.0.1:{port}"
+    url = f"tcp://{brokers}"
+    broker = subprocess.Popen([os.path.join(tools, "bin", "tansu"), "broker", "--storage-engine", "memory://tansu/",
+                               "--listener-url", url, "--advertised-listener-url", url],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+
+        def topic(name):
+            subprocess.run([os.path.join(tools, "bin", "tansu"), "topic", "create", "--broker", url,
+                            "--partitions", "3", name], check=True, stdout=subprocess.DEVNULL)
+
+        topic("in")
+        out = subprocess.run([rawkafka, "produce", brokers, "in", str(n)], check=True, capture_output=True, text=True)
+        print(f"\ninput: {out.stdout.strip()}")
+        print(f"\n### Kafka -> Kafka on loopback tansu (memory storage), {n:,} JSON records of ~170 bytes, "
+              "3 partitions; records/s from the first record consumed\n")
+        print("| case | records | wall s | records/s | CPU s | peak RSS MiB | broker CPU s |")
+        print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+        def broker_cpu():
+            fields = open(f"/proc/{broker.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        def peer(name, cmd, count):
+            before = broker_cpu()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
+            line = proc.stdout.read().strip().splitlines()[-1]
+            cpu, rss = wait4(proc)
+            fields = dict(f.split("=") for f in line.split()[1:])
+            rate = float(fields["rate"])
+            print(f"| {name} | {count:,} | {float(fields['seconds']):.2f} | {rate:,.0f} | {cpu:.2f} | {rss:.0f} | "
+                  f"{broker_cpu() - before:.2f} |", flush=True)
+            return rate
+
+        def flowgate(name, transforms):
+            out_topic = f"out-{name}"
+            topic(out_topic)
+            mport = free_port()
+            pipeline = os.path.join(work, f"{name}.yaml")
+            with open(pipeline, "w") as f:
+                f.write(f"name: {name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [in]\n"
+                        f"    group: bench-{name}\n    session_timeout: 6s\n{transforms}"
+                        f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: {out_topic}\n    linger: 20ms\n"
+                        "batch: {size: 2000, linger: 5ms}\n")
+            before = broker_cpu()
+            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
+                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, "state"), pipeline],
+                                    cwd=work, stderr=open(os.path.join(work, f"{name}.log"), "w"))
+            start = None
+            while True:
+                got_in = metric(mport, "flowgate_records_in_total")
+                if start is None and got_in > 0:
+                    start = time.monotonic()
+                if metric(mport, "flowgate_records_out_total") >= n:
+                    break
+                if proc.poll() is not None:
+                    raise SystemExit(f"flowgate {name} exited early; see {name}.log")
+                time.sleep(0.01)
+            seconds = time.monotonic() - start
+            proc.send_signal(signal.SIGTERM)
+            cpu, rss = wait4(proc)
+            rate = n / seconds
+            print(f"| flowgate: {name} | {n:,} | {seconds:.2f} | {rate:,.0f} | {cpu:.2f} | {rss:.0f} | "
+                  f"{broker_cpu() - before:.2f} |", flush=True)
+            return rate
+
+        rates = {}
+        for mode in ("pipe", "pipe-acked"):
+            topic(f"out-raw-{mode}")
+            rates[mode] = peer(f"raw librdkafka `{mode}`", [rawkafka, mode, brokers, "in", f"out-raw-{mode}", str(n)],
+                               n)
+        plugin = os.path.join(os.environ["FLOWGATE_PLUGINS"], "rust-pii-mask.wasm")
+        rates["none"] = flowgate("no-transform", "")
+        rates["wasm"] = flowgate("wasm-pii-mask", f"transforms:\n  - wasm:\n      path: {plugin}\n"
+                                                  "      config: {fields: [email], flag: processed}\n")
+        for client in ("confluent-kafka", "aiokafka", "kafka-python"):
+            topic(f"out-{client}")
+            count = n if client == "confluent-kafka" else peer_n
+            rates[client] = peer(f"Python loop, {client}", [python, os.path.join(peers, "kafka_python_loop.py"),
+                                                             client, brokers, "in", f"out-{client}", str(count)], count)
+        best = max(rates["pipe"], rates["pipe-acked"])
+        print(f"\nFlowgate vs the better raw at-least-once mode: no transform {rates['none'] / best:.2f}x, "
+              f"Wasm PII mask {rates['wasm'] / best:.2f}x; Wasm vs the confluent-kafka loop "
+              f"{rates['wasm'] / rates['confluent-kafka']:.1f}x", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
+CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

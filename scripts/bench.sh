@@ -4,6 +4,8 @@
 #   scripts/bench.sh engine     generate -> null through the engine
 #   scripts/bench.sh sqlite     JSON lines -> SQLite vs the sqlite3 CLI's CSV import
 #   scripts/bench.sh wasm       the Wasm step: identity, PII mask vs native, Python/JS, cached start
+#   scripts/bench.sh kafka      Kafka -> PII mask -> Kafka vs raw librdkafka and Python loops
+# The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -11,4 +13,9 @@ bash scripts/setup.sh
 cargo build --release --locked
 cargo build --release --locked -p flowgate-wasm --example wasm_bench
 bash scripts/build-plugins.sh
+export FLOWGATE_PEERS="${FLOWGATE_PEERS:-$(cd .. && pwd)/shared/peers}"
+if [[ -d "$FLOWGATE_PEERS/rawkafka" ]]; then
+  CARGO_TARGET_DIR="$CARGO_TARGET_DIR/peers" cargo build --release --quiet --manifest-path "$FLOWGATE_PEERS/rawkafka/Cargo.toml"
+  "$FLOWGATE_TOOLS/venv/bin/python" -m pip install -q --disable-pip-version-check aiokafka==0.14.0 kafka-python==3.0.12
+fi
 exec python3 scripts/bench.py "$@"

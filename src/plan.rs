@@ -82,6 +82,22 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
             help: Some("the consumer offsets are committed in the sink's transaction; use `at_least_once`".into()),
         });
     }
+    let mut settings = |prefix: &[&str], found: Vec<flowgate_kafka::CheckProblem>| {
+        problems.extend(found.into_iter().map(|p| PathProblem {
+            at: prefix.iter().map(|s| s.to_string()).chain(p.at).collect(),
+            message: p.message,
+            help: p.help,
+        }))
+    };
+    if let SourceConfig::Kafka(c) = &config.source {
+        settings(&["source", "kafka"], flowgate_kafka::check_source_settings(c));
+    }
+    if let SinkConfig::Kafka(c) = &config.sink {
+        settings(&["sink", "kafka"], flowgate_kafka::check_sink_settings(c));
+    }
+    if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
+        settings(&["errors", "dead_letter", "kafka"], flowgate_kafka::check_sink_settings(c));
+    }
     if config.errors.dead_letter.as_ref().is_some_and(exactly_once) {
         problems.push(PathProblem {
             at: vec!["errors".into(), "dead_letter".into(), "kafka".into(), "delivery".into()],

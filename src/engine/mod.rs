@@ -172,11 +172,13 @@ async fn handle_late(
     Ok(())
 }
 
+/// Writes batches and handles late refusals: those arrive until every batch
+/// handed out is settled, which is what the tracker beside `late` says.
 async fn sink_task(
     mut sink: Box<dyn Sink>,
     mut errors: ErrorHandler,
     mut rx: mpsc::Receiver<Batch>,
-    mut late: mpsc::UnboundedReceiver<LateReject>,
+    (mut late, tracker): (mpsc::UnboundedReceiver<LateReject>, Arc<AckTracker>),
     stats: Arc<Stats>,
     name: Arc<str>,
     shutdown: CancellationToken,
@@ -203,13 +205,21 @@ async fn sink_task(
     if result.is_err() {
         shutdown.cancel(); // Stop the source; it commits what was acknowledged.
     }
-    // Closing waits for asynchronous deliveries; failures among them arrive on
-    // `late` meanwhile, and are handled once it returns.
+    // Closing waits for asynchronous deliveries. Failures among them keep
+    // arriving on `late` until every batch handed out is settled.
     let closed = sink.close().await.map_err(|e| EngineError::connector("sink", &e));
     let mut late_result = Ok(());
-    while let Ok(l) = late.try_recv() {
-        if result.is_ok() && late_result.is_ok() {
-            late_result = handle_late(&mut errors, l, &stats, &shutdown).await;
+    if result.is_ok() {
+        loop {
+            tokio::select! {
+                Some(l) = late.recv() => {
+                    late_result = handle_late(&mut errors, l, &stats, &shutdown).await;
+                    if late_result.is_err() {
+                        break;
+                    }
+                }
+                _ = tracker.settled() => break,
+            }
         }
     }
     let dlq_closed = match errors.dead_letter.as_mut() {
@@ -236,8 +246,15 @@ impl Pipeline {
             let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
             (rx, Some(tokio::spawn(transform_task(transforms, source_rx, tx, stop.clone()))))
         };
-        let sink_handle =
-            tokio::spawn(sink_task(sink, errors, sink_rx, late, Arc::clone(&stats), Arc::clone(&name), stop.clone()));
+        let sink_handle = tokio::spawn(sink_task(
+            sink,
+            errors,
+            sink_rx,
+            (late, Arc::clone(&tracker)),
+            Arc::clone(&stats),
+            Arc::clone(&name),
+            stop.clone(),
+        ));
 
         let mut committed = tracker.watermark();
         let mut last_commit = Instant::now();

@@ -10,8 +10,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
 
+use rdkafka::error::KafkaError;
+
 use crate::client::{ClientLog, client_context};
 use crate::config::{KafkaSinkConfig, KafkaSourceConfig};
+use crate::error::redacted;
 use crate::sink::producer_config;
 use crate::source::consumer_config;
 
@@ -50,10 +53,10 @@ impl rdkafka::producer::ProducerContext for CheckCtx {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-fn bad_setting(e: impl std::fmt::Display) -> CheckProblem {
+fn bad_setting(e: KafkaError) -> CheckProblem {
     CheckProblem {
         at: vec!["properties".into()],
-        message: format!("invalid Kafka client setting: {e}"),
+        message: format!("invalid Kafka client setting: {}", redacted(&e)),
         help: Some("see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md".into()),
     }
 }
@@ -93,9 +96,8 @@ fn has_topic(md: &Metadata, topic: &str) -> bool {
 /// (regular-expression entries are not checked).
 pub fn check_source(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
     let brokers = config.brokers.bootstrap();
-    let consumer: Result<BaseConsumer<CheckCtx>, _> = consumer_config(config, false)
-        .map_err(bad_setting)
-        .and_then(|c| c.create_with_context(check_ctx()).map_err(bad_setting));
+    let consumer: Result<BaseConsumer<CheckCtx>, _> =
+        consumer_config(config, false).create_with_context(check_ctx()).map_err(bad_setting);
     let md = match consumer.and_then(|c| metadata(c.client(), &brokers)) {
         Ok(md) => md,
         Err(p) => return vec![p],
@@ -124,4 +126,50 @@ pub fn check_sink(config: &KafkaSinkConfig, pipeline: &str) -> Vec<CheckProblem>
         Some(t) if !has_topic(&md, t) => vec![missing_topic(vec!["topic".into()], t, &brokers)],
         _ => Vec::new(),
     }
+}
+
+/// Settings Flowgate sets itself, because the guarantees depend on them or a
+/// setting of its own says it: (librdkafka name, where to say it instead).
+const SOURCE_MANAGED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "`brokers`"),
+    ("group.id", "`group`"),
+    ("enable.auto.commit", "nothing: offsets are committed as records are acknowledged"),
+    ("enable.auto.offset.store", "nothing: offsets are stored as records are acknowledged"),
+    ("auto.offset.reset", "`start`"),
+    ("session.timeout.ms", "`session_timeout`"),
+    ("isolation.level", "nothing: only committed records are read"),
+];
+const SINK_MANAGED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "`brokers`"),
+    ("transactional.id", "`transactional_id`"),
+    ("enable.idempotence", "`idempotence`"),
+    ("acks", "`acks`"),
+    ("request.required.acks", "`acks`"),
+    ("compression.type", "`compression`"),
+    ("compression.codec", "`compression`"),
+    ("linger.ms", "`linger`"),
+    ("queue.buffering.max.ms", "`linger`"),
+];
+
+fn managed(properties: &crate::config::Properties, table: &[(&str, &str)]) -> Vec<CheckProblem> {
+    properties
+        .0
+        .keys()
+        .filter_map(|k| table.iter().find(|(name, _)| name == k))
+        .map(|(name, instead)| CheckProblem {
+            at: vec!["properties".into(), name.to_string()],
+            message: format!("`{name}` is set by Flowgate"),
+            help: Some(format!("use {instead}")),
+        })
+        .collect()
+}
+
+/// Offline checks of a source's settings.
+pub fn check_source_settings(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
+    managed(&config.properties, SOURCE_MANAGED)
+}
+
+/// Offline checks of a sink's settings.
+pub fn check_sink_settings(config: &KafkaSinkConfig) -> Vec<CheckProblem> {
+    managed(&config.properties, SINK_MANAGED)
 }

@@ -4,8 +4,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 /// Errors of the Kafka connectors.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaConnectorError {
+    /// librdkafka refused a setting. Holds the message without the value, which
+    /// may be a secret.
     #[error("invalid Kafka client setting: {0}")]
-    Config(#[source] KafkaError),
+    Config(String),
     #[error("{context}")]
     Client {
         context: String,
@@ -17,6 +19,10 @@ pub enum KafkaConnectorError {
 }
 
 impl KafkaConnectorError {
+    pub fn config(e: KafkaError) -> Self {
+        KafkaConnectorError::Config(redacted(&e))
+    }
+
     pub fn client(context: impl Into<String>, source: KafkaError) -> Self {
         KafkaConnectorError::Client { context: context.into(), source }
     }
@@ -63,5 +69,35 @@ pub(crate) fn retryable(e: &KafkaError) -> bool {
 impl From<KafkaConnectorError> for ConnectorError {
     fn from(e: KafkaConnectorError) -> Self {
         if e.is_retryable() { ConnectorError::transient("Kafka", e) } else { ConnectorError::fatal_from("Kafka", e) }
+    }
+}
+
+/// The error's text with a refused setting's value blanked out: librdkafka's
+/// messages quote it, and it may be a password.
+pub(crate) fn redacted(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, value) if !value.is_empty() => {
+            format!("`{key}`: {}", description.replace(value.as_str(), "***"))
+        }
+        KafkaError::ClientConfig(_, description, key, _) => format!("`{key}`: {description}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::BaseConsumer;
+
+    use super::*;
+
+    #[test]
+    fn refused_settings_do_not_show_their_values() {
+        let e = ClientConfig::new().set("sasl.pasword", "hunter2").create::<BaseConsumer>().err().unwrap();
+        let shown = KafkaConnectorError::config(e).to_string();
+        assert!(shown.contains("sasl.pasword") && !shown.contains("hunter2"), "{shown}");
+        let e = ClientConfig::new().set("acks", "hunter2").create::<BaseConsumer>().err().unwrap();
+        let shown = KafkaConnectorError::config(e).to_string();
+        assert!(shown.contains("acks") && !shown.contains("hunter2"), "{shown}");
     }
 }

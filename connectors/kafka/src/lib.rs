@@ -12,7 +12,7 @@ mod error;
 mod sink;
 mod source;
 
-pub use check::{CheckProblem, check_sink, check_source};
+pub use check::{CheckProblem, check_sink, check_sink_settings, check_source, check_source_settings};
 pub use config::{KafkaSinkConfig, KafkaSourceConfig};
 pub use error::KafkaConnectorError;
 pub use sink::KafkaSink;

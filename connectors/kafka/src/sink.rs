@@ -35,6 +35,9 @@ use crate::source::KafkaConsumer;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on one transaction call; a timeout aborts and writes the batch again.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `write` waits on a full producer queue before returning a transient
+/// error (so the engine can retry, or stop when asked to).
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);
 
 /// What a record's delivery report completes.
 pub struct Pending {
@@ -99,7 +102,9 @@ impl ProducerContext for ProducerCtx {
             // Given up at shutdown: dropping the share holds the position before it.
             return;
         }
-        let transient = code == Some(RDKafkaErrorCode::MessageTimedOut) || retryable(e);
+        // librdkafka already retried anything retriable without a time limit; what
+        // comes back is final, except a timeout the user configured.
+        let transient = code == Some(RDKafkaErrorCode::MessageTimedOut);
         let reason = format!("Kafka refused the record for topic `{}`: {e}", m.topic());
         let Pending { ack, meta, failures } = *d;
         if let Some((f, index)) = failures {
@@ -128,6 +133,37 @@ struct Transactions {
     consumer: Arc<KafkaConsumer>,
     initialized: bool,
     open: bool,
+    /// A batch whose commit timed out: librdkafka may still finish it, so the
+    /// next attempt resumes the commit instead of writing the batch again.
+    commit_pending: Option<u64>,
+    /// A batch whose resumed commit went through: nothing left to write.
+    committed: Option<u64>,
+}
+
+/// How often a transactional call is repeated while librdkafka says it may be.
+const TXN_ATTEMPTS: u32 = 3;
+
+/// Runs a transactional call, repeating it while librdkafka marks the error
+/// retriable (the same call then resumes the operation).
+fn txn_call(what: &str, f: impl Fn() -> rdkafka::error::KafkaResult<()>) -> Result<(), KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match blocking(&f) {
+            Err(KafkaError::Transaction(t)) if t.is_retriable() && attempt < TXN_ATTEMPTS => {
+                tracing::warn!(error = %t, attempt, "{what} failed; trying again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A transaction failure: fatal ones (fenced by a newer producer with the same
+/// `transactional.id`) stop the pipeline; the others make the engine retry.
+fn txn_error(what: &str, e: KafkaError) -> ConnectorError {
+    let fatal = matches!(&e, KafkaError::Transaction(t) if t.is_fatal());
+    let e = KafkaConnectorError::client(what, e);
+    if fatal { ConnectorError::fatal_from("Kafka transaction", e) } else { e.into() }
 }
 
 pub struct KafkaSink {
@@ -187,10 +223,12 @@ impl KafkaSink {
             retry: Mutex::new(Vec::new()),
         };
         let producer: KafkaProducer =
-            producer_config(&config, pipeline).create_with_context(context).map_err(KafkaConnectorError::Config)?;
+            producer_config(&config, pipeline).create_with_context(context).map_err(KafkaConnectorError::config)?;
         let txn = match (config.delivery, consumer) {
             (Delivery::AtLeastOnce, _) => None,
-            (Delivery::ExactlyOnce, Some(consumer)) => Some(Transactions { consumer, initialized: false, open: false }),
+            (Delivery::ExactlyOnce, Some(consumer)) => {
+                Some(Transactions { consumer, initialized: false, open: false, commit_pending: None, committed: None })
+            }
             (Delivery::ExactlyOnce, None) => {
                 return Err(KafkaConnectorError::Other("`delivery: exactly_once` needs a `kafka` source".into()));
             }
@@ -199,7 +237,15 @@ impl KafkaSink {
     }
 
     /// Hands one record to librdkafka, waiting while its queue is full.
-    async fn send(&self, record: &Record, topic: &str, key: Option<&[u8]>, d: Pending) -> Result<(), KafkaError> {
+    /// On failure the record's `Pending` comes back, so that its share of the
+    /// acknowledgement can be released once the record is dealt with.
+    async fn send(
+        &self,
+        record: &Record,
+        topic: &str,
+        key: Option<&[u8]>,
+        d: Pending,
+    ) -> Result<(), (KafkaError, Box<Pending>)> {
         let headers = (self.keep_headers && !record.headers.is_empty()).then(|| {
             record.headers.iter().fold(OwnedHeaders::new_with_capacity(record.headers.len()), |hs, h| {
                 hs.insert(KHeader { key: &h.name, value: Some(h.value.as_ref()) })
@@ -209,24 +255,35 @@ impl KafkaSink {
         rec.key = key;
         rec.headers = headers;
         rec.timestamp = record.timestamp;
+        let full_since = tokio::time::Instant::now();
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
+                // Full while the broker is away: give the engine a chance to stop.
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if full_since.elapsed() >= QUEUE_FULL_WAIT =>
+                {
+                    return Err((e, r.delivery_opaque));
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, r)) => return Err((e, r.delivery_opaque)),
             }
         }
     }
 
     /// Sends again the records whose delivery timed out.
     async fn resend(&self) -> Result<(), ConnectorError> {
-        let mut retries = std::mem::take(&mut *self.producer.context().retry.lock().unwrap_or_else(|p| p.into_inner()));
+        let retry = &self.producer.context().retry;
+        let mut retries = std::mem::take(&mut *retry.lock().unwrap_or_else(|p| p.into_inner()));
         while let Some((record, topic, d)) = retries.pop() {
-            if let Err(e) = self.send(&record, &topic, record.key.as_deref(), d).await {
-                // Its delivery share went with the failed send; the batch is held back.
+            if let Err((e, d)) = self.send(&record, &topic, record.key.as_deref(), d).await {
+                // Kept for the next attempt, with the ones not tried yet.
+                let mut queue = retry.lock().unwrap_or_else(|p| p.into_inner());
+                queue.push((record, topic.clone(), *d));
+                queue.append(&mut retries);
                 return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
             }
         }
@@ -235,30 +292,50 @@ impl KafkaSink {
 
     fn begin(&mut self) -> Result<(), ConnectorError> {
         let txn = self.txn.as_mut().expect("exactly-once only");
+        let p = &self.producer;
         if !txn.initialized {
-            let p = &self.producer;
-            blocking(|| p.init_transactions(TXN_TIMEOUT))
-                .map_err(|e| KafkaConnectorError::client("cannot initialise Kafka transactions", e))?;
+            // Also aborts a transaction that a previous process with this id left open.
+            txn_call("initialising transactions", || p.init_transactions(TXN_TIMEOUT))
+                .map_err(|e| txn_error("cannot initialise Kafka transactions", e))?;
             txn.initialized = true;
         }
         if !txn.open {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| KafkaConnectorError::client("cannot begin a transaction", e))?;
+            p.begin_transaction().map_err(|e| txn_error("cannot begin a transaction", e))?;
             txn.open = true;
         }
         Ok(())
     }
 
-    fn abort(&mut self) {
-        if let Some(txn) = self.txn.as_mut()
-            && txn.open
-        {
-            let p = &self.producer;
-            if let Err(e) = blocking(|| p.abort_transaction(TXN_TIMEOUT)) {
-                tracing::warn!(error = %e, "aborting the transaction failed");
+    /// Aborts the open transaction, if any. It stays open (and the error is
+    /// returned) when the abort does not go through.
+    fn abort(&mut self) -> Result<(), ConnectorError> {
+        let Some(txn) = self.txn.as_mut() else { return Ok(()) };
+        if !txn.open {
+            return Ok(());
+        }
+        let p = &self.producer;
+        txn_call("aborting the transaction", || p.abort_transaction(TXN_TIMEOUT))
+            .map_err(|e| txn_error("cannot abort the transaction", e))?;
+        txn.open = false;
+        txn.commit_pending = None;
+        Ok(())
+    }
+
+    /// Finishes a commit that timed out before, for batch `seq`. `Ok(true)` if it
+    /// went through, `Ok(false)` if it had to be aborted (write the batch again).
+    fn resume_commit(&mut self, seq: u64) -> Result<bool, ConnectorError> {
+        let p = &self.producer;
+        match txn_call("committing the transaction", || p.commit_transaction(TXN_TIMEOUT)) {
+            Ok(()) => {
+                let txn = self.txn.as_mut().expect("exactly-once only");
+                (txn.open, txn.commit_pending, txn.committed) = (false, None, Some(seq));
+                Ok(true)
             }
-            txn.open = false;
+            Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
+                self.abort()?;
+                Ok(false)
+            }
+            Err(e) => Err(txn_error("the transaction commit did not finish", e)),
         }
     }
 
@@ -294,17 +371,21 @@ impl KafkaSink {
                 },
             };
             let d = delivery(&record, batch.records.len());
-            match self.send(&record, &topic, key.as_deref(), d).await {
-                Ok(()) => batch.records.push(record),
-                Err(e) if !retryable(&e) => {
-                    batch.reject(record, format!("Kafka refused the record for topic `{topic}`: {e}"), &self.stage)
-                }
-                Err(e) => {
-                    batch.records.push(record);
-                    batch.records.extend(records);
-                    return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
-                }
+            let Err((e, d)) = self.send(&record, &topic, key.as_deref(), d).await else {
+                batch.records.push(record);
+                continue;
+            };
+            // The record is refused or put back: either way the batch's own share
+            // (held by the engine) now stands for it.
+            if let Some(ack) = d.ack {
+                ack.ack();
             }
+            if retryable(&e) {
+                batch.records.push(record);
+                batch.records.extend(records);
+                return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
+            }
+            batch.reject(record, format!("Kafka refused the record for topic `{topic}`: {e}"), &self.stage);
         }
         Ok(())
     }
@@ -321,7 +402,7 @@ impl KafkaSink {
         let flushed = blocking(|| p.flush(TXN_TIMEOUT));
         if let Err(e) = sent.and(flushed.map_err(|e| KafkaConnectorError::client("delivery did not finish", e).into()))
         {
-            self.abort();
+            self.abort()?;
             return Err(e);
         }
         let mut failures = std::mem::take(&mut *failures.lock().unwrap_or_else(|p| p.into_inner()));
@@ -341,7 +422,7 @@ impl KafkaSink {
         if transient || self.txn.is_some() {
             // A transaction with a failed record must be aborted and redone, and a
             // transient failure means trying the batch again.
-            self.abort();
+            self.abort()?;
             return Err(ConnectorError::transient("Kafka delivery failed", std::io::Error::other(first)));
         }
         Ok(())
@@ -352,8 +433,11 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         self.producer.context().log.check_fatal()?;
-        if self.txn.is_some() {
-            self.abort(); // A retry after a failed write or commit starts over.
+        if let Some(txn) = &self.txn {
+            if txn.commit_pending == Some(batch.seq) && self.resume_commit(batch.seq)? {
+                return Ok(());
+            }
+            self.abort()?; // A retry after a failed write or commit starts over.
             self.begin()?;
             return self.write_and_wait(batch).await;
         }
@@ -378,6 +462,7 @@ impl Sink for KafkaSink {
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let Some(txn) = self.txn.as_ref() else { return Ok(()) };
         let consumer = Arc::clone(&txn.consumer);
+        let (resumed, open) = (txn.committed == Some(batch.seq), txn.open);
         let group = Arc::clone(&consumer.context().group);
         let mut offsets = TopicPartitionList::new();
         if let Some(Position::Kafka(ps)) = &batch.position {
@@ -391,35 +476,44 @@ impl Sink for KafkaSink {
                 }
             }
         }
-        if offsets.count() > 0 || self.txn.as_ref().is_some_and(|t| t.open) {
+        if resumed {
+            // Its commit was resumed and finished in `write`.
+        } else if offsets.count() > 0 || open {
             self.begin()?;
             let metadata = consumer
                 .group_metadata()
                 .ok_or_else(|| ConnectorError::fatal("the source has no consumer group metadata"))?;
             let p = &self.producer;
-            let result = blocking(|| {
-                if offsets.count() > 0 {
-                    p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)?;
+            if offsets.count() > 0 {
+                let sent = txn_call("adding offsets to the transaction", || {
+                    p.send_offsets_to_transaction(&offsets, &metadata, TXN_TIMEOUT)
+                });
+                if let Err(e) = sent {
+                    self.abort()?;
+                    return Err(txn_error("cannot add the offsets to the transaction", e));
                 }
-                p.commit_transaction(TXN_TIMEOUT)
-            });
-            if let Err(e) = result {
-                let e = KafkaConnectorError::client("the transaction failed", e);
-                if e.is_retryable() {
-                    self.abort();
-                } else if let Some(t) = self.txn.as_mut() {
-                    t.open = false;
-                }
-                return Err(e.into());
             }
-            self.txn.as_mut().expect("exactly-once").open = false;
+            match txn_call("committing the transaction", || p.commit_transaction(TXN_TIMEOUT)) {
+                Ok(()) => self.txn.as_mut().expect("exactly-once").open = false,
+                Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
+                    self.abort()?;
+                    return Err(txn_error("the transaction was aborted", KafkaError::Transaction(t)));
+                }
+                Err(e) => {
+                    // It may still complete: the next attempt resumes it.
+                    self.txn.as_mut().expect("exactly-once").commit_pending = Some(batch.seq);
+                    return Err(txn_error("the transaction commit did not finish", e));
+                }
+            }
         }
         group.batch_committed(batch.seq);
         Ok(())
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
-        self.abort();
+        if let Err(e) = self.abort() {
+            tracing::warn!(error = %e.chain(), "aborting the open transaction at close failed");
+        }
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         loop {
             self.resend().await?;

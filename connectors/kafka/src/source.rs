@@ -112,6 +112,8 @@ impl ConsumerCtx {
         for e in tpl.elements() {
             a.partitions.insert((e.topic().into(), e.partition()), generation);
         }
+        drop(a);
+        self.group.rebalances.fetch_add(1, Ordering::AcqRel);
         let names: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
         tracing::info!(client = &*self.log.name, partitions = %names.join(", "), "partitions assigned");
     }
@@ -144,7 +146,7 @@ impl ConsumerCtx {
     /// `ms`; the others resume where the group left off.
     fn start_at_time(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList, ms: i64) {
         let timeout = Duration::from_secs(10);
-        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+        let committed = match blocking(|| consumer.committed_offsets(tpl.clone(), timeout)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(client = &*self.log.name, error = %e, "cannot read committed offsets; using `earliest`");
@@ -160,7 +162,7 @@ impl ConsumerCtx {
         if lookup.count() == 0 {
             return;
         }
-        match consumer.offsets_for_times(lookup, timeout) {
+        match blocking(|| consumer.offsets_for_times(lookup, timeout)) {
             Ok(found) => {
                 for e in found.elements() {
                     // No record at or after the time: start at the end.
@@ -207,13 +209,13 @@ pub struct KafkaSource {
     /// Batches handed out and not yet below the watermark, with their positions.
     pending: VecDeque<(u64, Vec<PartitionOffset>)>,
     topics: Vec<Arc<str>>,
+    /// A copy of the assignment's generations, refreshed after each rebalance.
+    generations: HashMap<(Arc<str>, i32), u64>,
+    seen_rebalances: u64,
 }
 
 /// Consumer settings for a source; also used by `validate --check`.
-pub(crate) fn consumer_config(
-    config: &KafkaSourceConfig,
-    exactly_once: bool,
-) -> Result<rdkafka::ClientConfig, KafkaConnectorError> {
+pub(crate) fn consumer_config(config: &KafkaSourceConfig, exactly_once: bool) -> rdkafka::ClientConfig {
     let session = config.session_timeout.0.as_millis().max(1000);
     let reset = match config.start {
         Start::Latest => "latest",
@@ -231,7 +233,7 @@ pub(crate) fn consumer_config(
         // Bounds what librdkafka prefetches per partition.
         ("queued.max.messages.kbytes", "16384".to_string()),
     ];
-    Ok(client_config(&config.brokers.bootstrap(), &defaults, &config.properties))
+    client_config(&config.brokers.bootstrap(), &defaults, &config.properties)
 }
 
 impl KafkaSource {
@@ -249,9 +251,8 @@ impl KafkaSource {
             start: config.start.clone(),
             exactly_once,
         };
-        let consumer: KafkaConsumer = consumer_config(&config, exactly_once)?
-            .create_with_context(context)
-            .map_err(KafkaConnectorError::Config)?;
+        let consumer: KafkaConsumer =
+            consumer_config(&config, exactly_once).create_with_context(context).map_err(KafkaConnectorError::config)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| KafkaConnectorError::client("cannot subscribe", e))?;
         tracing::info!(pipeline = %ctx.pipeline, group = %config.group, topics = ?config.topics, "kafka source subscribed");
@@ -263,6 +264,8 @@ impl KafkaSource {
             exactly_once,
             pending: VecDeque::new(),
             topics: Vec::new(),
+            generations: HashMap::new(),
+            seen_rebalances: u64::MAX,
         })
     }
 
@@ -281,13 +284,28 @@ impl KafkaSource {
         t
     }
 
-    fn push(&mut self, m: &BorrowedMessage<'_>, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>) {
+    /// Adds a record to the batch, with the generation its partition was
+    /// assigned in when it was read.
+    fn push(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        batch: &mut Batch,
+        offsets: &mut Vec<PartitionOffset>,
+        gens: &mut Vec<u64>,
+    ) {
         let topic = self.topic(m.topic());
         let (partition, offset) = (m.partition(), m.offset());
-        match offsets.iter_mut().find(|p| p.partition == partition && p.topic == topic) {
+        let rebalances = self.group.rebalances.load(Ordering::Acquire);
+        if rebalances != self.seen_rebalances {
+            self.generations = lock(&self.group.assigned).partitions.clone();
+            self.seen_rebalances = rebalances;
+        }
+        let generation = self.generations.get(&(Arc::clone(&topic), partition)).copied().unwrap_or(0);
+        gens.push(generation);
+        match offsets.iter_mut().find(|p| p.partition == partition && p.generation == generation && p.topic == topic) {
             Some(p) => p.next = offset + 1,
             None => {
-                offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation: 0 })
+                offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation })
             }
         }
         let headers = m
@@ -336,16 +354,23 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Drops records of partitions revoked while the batch was being read: their
-    /// new owner reads them again from the committed offset.
-    fn drop_revoked(&self, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>) {
+    /// Drops records of partitions revoked (or revoked and assigned again) while
+    /// the batch was being read: librdkafka fetches them again from the committed
+    /// offset for the partition's current owner.
+    fn drop_revoked(&self, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>, gens: &[u64]) {
         let a = lock(&self.group.assigned);
-        offsets.retain(|p| a.partitions.contains_key(&(Arc::clone(&p.topic), p.partition)));
-        batch.records.retain(|r| match &r.meta {
-            SourceMeta::Kafka { topic, partition, .. } => {
-                offsets.iter().any(|p| p.partition == *partition && p.topic == *topic)
+        let current = |topic: &Arc<str>, partition: i32, generation: u64| {
+            a.partitions.get(&(Arc::clone(topic), partition)) == Some(&generation)
+        };
+        offsets.retain(|p| current(&p.topic, p.partition, p.generation));
+        let mut i = 0;
+        batch.records.retain(|r| {
+            let generation = gens[i];
+            i += 1;
+            match &r.meta {
+                SourceMeta::Kafka { topic, partition, .. } => current(topic, *partition, generation),
+                _ => true,
             }
-            _ => true,
         });
     }
 }
@@ -357,6 +382,7 @@ impl Source for KafkaSource {
         consumer.context().log.check_fatal()?;
         let rebalances = self.group.rebalances.load(Ordering::Acquire);
         let mut offsets: Vec<PartitionOffset> = Vec::new();
+        let mut gens: Vec<u64> = Vec::new();
         let first = match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
             Err(_) => return Ok(Read::Idle),
             Ok(Err(e)) => {
@@ -365,7 +391,7 @@ impl Source for KafkaSource {
             }
             Ok(Ok(m)) => m,
         };
-        self.push(&first, batch, &mut offsets);
+        self.push(&first, batch, &mut offsets, &mut gens);
         drop(first);
         let deadline = tokio::time::Instant::now() + self.linger;
         while batch.records.len() < self.batch_size {
@@ -378,7 +404,7 @@ impl Source for KafkaSource {
                 },
             };
             match next {
-                Ok(m) => self.push(&m, batch, &mut offsets),
+                Ok(m) => self.push(&m, batch, &mut offsets, &mut gens),
                 Err(e) => {
                     self.consume_error(e)?;
                     break;
@@ -386,13 +412,7 @@ impl Source for KafkaSource {
             }
         }
         if self.group.rebalances.load(Ordering::Acquire) != rebalances {
-            self.drop_revoked(batch, &mut offsets);
-        }
-        {
-            let a = lock(&self.group.assigned);
-            for p in &mut offsets {
-                p.generation = a.partitions.get(&(Arc::clone(&p.topic), p.partition)).copied().unwrap_or(0);
-            }
+            self.drop_revoked(batch, &mut offsets, &gens);
         }
         if batch.records.is_empty() {
             return Ok(Read::Idle);
