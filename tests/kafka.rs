@@ -8,7 +8,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use common::kafka::{Broker, Reader, S3, Writer, numbered};
-use common::{flowgate, log, signal, spawn_run, wait_exit, wait_for};
+use common::{flowgate, log, plugins_dir, records, repo, signal, spawn_run, wait_exit, wait_for};
 
 /// A Kafka -> Kafka pipeline file. Test settings keep group joins short.
 fn pipeline(dir: &Path, name: &str, broker: &str, input: &str, output: &str, sink_extra: &str) -> PathBuf {
@@ -37,6 +37,29 @@ batch:
     path
 }
 
+/// A running `flowgate`, killed if the test fails before stopping it.
+struct Guard(Child);
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn kill(child: &mut Child) {
     signal(child, libc::SIGKILL);
     let _ = child.wait();
@@ -60,13 +83,13 @@ fn at_least_once_survives_sigkill_mid_run() {
     let file = pipeline(dir.path(), "alo", &broker.addr(), "in", "out", "");
 
     let mut reader = Reader::new(&broker.addr(), "out", false);
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     // Kill once some output exists but well before the end.
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 5_000), "no output\n{}", log(dir.path()));
     kill(&mut run);
     let before_restart = reader.total;
 
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() as u64 == N);
     stop(&mut run, dir.path());
     assert!(complete, "missing after restart: {} keys, e.g. {:?}", reader.missing(N).len(), &reader.missing(N)[..3]);
@@ -77,7 +100,7 @@ fn at_least_once_survives_sigkill_mid_run() {
         before_restart
     );
     // Values pass through unchanged.
-    assert!(reader.values[0].contains("\"email\":\"user"));
+    assert!(reader.messages[0].value.contains("\"email\":\"user"));
 }
 
 #[test]
@@ -88,7 +111,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
     broker.create_topic("out", 3);
     Writer::new(&broker.addr()).send("in", numbered(0..20_000));
     let file = pipeline(dir.path(), "eos", &broker.addr(), "in", "out", "    delivery: exactly_once");
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     let mut reader = Reader::new(&broker.addr(), "out", true);
     let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() == 20_000);
     // Anything repeated would show up within this second.
@@ -97,7 +120,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
     assert!(complete, "missing: {}\n{}", reader.missing(20_000).len(), log(dir.path()));
     assert_eq!(reader.total, 20_000, "each record exactly once");
     // Offsets were committed in the transactions: a restart reads nothing again.
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     reader.read_until(Duration::from_secs(5), |_| false);
     stop(&mut run, dir.path());
     assert_eq!(reader.total, 20_000, "a restart repeated records");
@@ -113,9 +136,9 @@ fn two_runners_share_the_partitions_and_the_survivor_finishes() {
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
-    let mut a = spawn_run(&dir_a, &file, &[]);
+    let mut a = Guard(spawn_run(&dir_a, &file, &[]));
     assert!(wait_for(Duration::from_secs(20), || log(&dir_a).contains("partitions assigned")));
-    let mut b = spawn_run(&dir_b, &file, &[]);
+    let mut b = Guard(spawn_run(&dir_b, &file, &[]));
     // The second member joins: both hold part of the topic.
     assert!(
         wait_for(Duration::from_secs(30), || log(&dir_b).contains("partitions assigned")
@@ -163,7 +186,7 @@ fn a_broker_outage_makes_the_pipeline_wait_then_resume() {
     const M: u64 = 20_000;
     Writer::new(&broker.addr()).send("in", numbered(0..M / 2));
     let file = pipeline(dir.path(), "outage", &broker.addr(), "in", "out", "");
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     let mut reader = Reader::new(&broker.addr(), "out", false);
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 1_000), "no output\n{}", log(dir.path()));
     eprintln!("outage: {} of {} written when the broker stops", reader.total, M / 2);
@@ -287,12 +310,12 @@ fn exactly_once_survives_sigkill_mid_run() {
     let file = pipeline(dir.path(), "eos-kill", &broker.addr(), "in", "out", "    delivery: exactly_once");
 
     let mut reader = Reader::new(&broker.addr(), "out", true);
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 20_000), "no output\n{}", log(dir.path()));
     kill(&mut run);
     let at_kill = reader.total;
 
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == N);
     reader.read_until(Duration::from_secs(2), |_| false);
     stop(&mut run, dir.path());
@@ -303,4 +326,85 @@ fn exactly_once_survives_sigkill_mid_run() {
         reader.duplicates()
     );
     assert!(reader.duplicates() <= 500, "more than the one aborted batch repeated: {}", reader.duplicates());
+}
+
+/// Runs a shipped pipeline file from `pipelines/` in `dir` with `env`, to its end.
+fn run_shipped(dir: &Path, file: &str, env: &[(&str, String)]) -> Guard {
+    let stderr = std::fs::File::create(dir.join("flowgate.log")).unwrap();
+    Guard(
+        flowgate()
+            .arg("run")
+            .arg(repo().join("pipelines").join(file))
+            .args(["--progress", "0s", "--state-dir"])
+            .arg(dir.join("state"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(dir)
+            .stderr(stderr)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn file_to_kafka_routes_by_template_and_dead_letters_what_cannot_be_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    broker.create_topic("events.eu", 3);
+    broker.create_topic("events.us", 3);
+    let mut input = String::new();
+    for i in 0..1000 {
+        let region = if i % 2 == 0 { "eu" } else { "us" };
+        input.push_str(&format!("{{\"id\":{i},\"region\":\"{region}\"}}\n"));
+    }
+    input.push_str("{\"id\":1000}\n"); // no region: no topic
+    input.push_str(&format!("{{\"id\":1001,\"region\":\"eu\",\"pad\":\"{}\"}}\n", "x".repeat(1_500_000)));
+    std::fs::write(dir.path().join("events.jsonl"), input).unwrap();
+    let env = [("KAFKA_BROKERS", broker.addr()), ("INPUT", "events.jsonl".to_string())];
+    let mut run = run_shipped(dir.path(), "file-to-kafka.yaml", &env);
+    let status = wait_exit(&mut run, Duration::from_secs(60));
+    assert!(status.success(), "{}", log(dir.path()));
+
+    for (topic, parity) in [("events.eu", 0), ("events.us", 1)] {
+        let mut reader = Reader::new(&broker.addr(), topic, false);
+        reader.read_until(Duration::from_secs(3), |r| r.total >= 500);
+        assert_eq!(reader.total, 500, "{topic}");
+        // Keyed by the `id` field.
+        for m in &reader.messages {
+            let id: u64 = m.key.parse().unwrap();
+            assert_eq!(id % 2, parity);
+            assert!(m.value.contains(&format!("\"id\":{id},")));
+        }
+    }
+    let dead = records(&dir.path().join("events-dead-letters.jsonl"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("cannot fill topic") && r.contains("no field `region`")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("Kafka refused the record") && r.contains("too large")), "{reasons:?}");
+}
+
+#[test]
+fn kafka_to_kafka_masks_with_the_plugin_and_keeps_keys_and_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    for t in ["orders", "orders-masked", "orders-dead-letters"] {
+        broker.create_topic(t, 3);
+    }
+    Writer::new(&broker.addr()).send_with_header("orders", numbered(0..2000), Some(("trace", "abc")));
+    let env = [
+        ("KAFKA_BROKERS", broker.addr()),
+        ("FLOWGATE_PLUGINS", plugins_dir().display().to_string()),
+        ("KAFKA_GROUP", "shipped".to_string()),
+    ];
+    let mut run = run_shipped(dir.path(), "kafka-to-kafka.yaml", &env);
+    let mut reader = Reader::new(&broker.addr(), "orders-masked", false);
+    let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() == 2000);
+    stop(&mut run, dir.path());
+    assert!(complete, "{}", log(dir.path()));
+    for m in &reader.messages {
+        let v: serde_json::Value = serde_json::from_str(&m.value).unwrap();
+        assert_eq!(m.key, format!("k{}", v["id"]));
+        assert_ne!(v["email"], format!("user{}@example.com", v["id"]), "not masked: {v}");
+        assert_eq!(v["masked"], true);
+        assert_eq!(m.headers, vec![("trace".to_string(), "abc".to_string())]);
+    }
 }

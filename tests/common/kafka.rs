@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -200,8 +200,21 @@ impl Writer {
 
     /// Sends `(key, value)` pairs and waits until the broker has them all.
     pub fn send(&self, topic: &str, records: impl IntoIterator<Item = (String, String)>) {
+        self.send_with_header(topic, records, None);
+    }
+
+    /// As [`Writer::send`], with one header on every record.
+    pub fn send_with_header(
+        &self,
+        topic: &str,
+        records: impl IntoIterator<Item = (String, String)>,
+        header: Option<(&str, &str)>,
+    ) {
         for (k, v) in records {
             let mut rec = BaseRecord::to(topic).key(&k).payload(&v);
+            if let Some((name, value)) = header {
+                rec = rec.headers(OwnedHeaders::new().insert(Header { key: name, value: Some(value) }));
+            }
             loop {
                 match self.producer.send(rec) {
                     Ok(()) => break,
@@ -229,7 +242,15 @@ pub struct Reader {
     consumer: BaseConsumer,
     pub counts: HashMap<String, u32>,
     pub total: u64,
-    pub values: Vec<String>,
+    /// The first 1000 records read.
+    pub messages: Vec<Msg>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub key: String,
+    pub value: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reader {
@@ -249,7 +270,7 @@ impl Reader {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).expect("assign");
-        Reader { consumer, counts: HashMap::new(), total: 0, values: Vec::new() }
+        Reader { consumer, counts: HashMap::new(), total: 0, messages: Vec::new() }
     }
 
     /// Reads until `done` holds or nothing new arrived for `idle`; whether `done` held.
@@ -267,8 +288,19 @@ impl Reader {
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                     *self.counts.entry(key).or_default() += 1;
                     self.total += 1;
-                    if self.values.len() < 1000 {
-                        self.values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+                    if self.messages.len() < 1000 {
+                        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                        let headers = m
+                            .headers()
+                            .map(|hs| {
+                                hs.iter().map(|h| (h.key.to_string(), text(h.value.unwrap_or_default()))).collect()
+                            })
+                            .unwrap_or_default();
+                        self.messages.push(Msg {
+                            key: text(m.key().unwrap_or_default()),
+                            value: text(m.payload().unwrap_or_default()),
+                            headers,
+                        });
                     }
                     last = Instant::now();
                 }
