@@ -237,6 +237,12 @@ fn validate_check_reports_bad_brokers_missing_topics_and_credentials() {
     // Without --check nothing is contacted.
     let out = flowgate().arg("validate").arg(&bad).output().unwrap();
     assert!(out.status.success());
+
+    // At run time a missing source topic stops the pipeline with the reason.
+    let mut run = Guard(spawn_run(dir.path(), &missing, &[]));
+    let status = wait_exit(&mut run, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(log(dir.path()).contains("a subscribed topic does not exist"), "{}", log(dir.path()));
 }
 
 #[test]
@@ -407,4 +413,32 @@ fn kafka_to_kafka_masks_with_the_plugin_and_keeps_keys_and_headers() {
         assert_eq!(v["masked"], true);
         assert_eq!(m.headers, vec![("trace".to_string(), "abc".to_string())]);
     }
+}
+
+#[test]
+fn a_group_without_offsets_can_start_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    broker.create_topic("in", 2);
+    broker.create_topic("out", 2);
+    let writer = Writer::new(&broker.addr());
+    writer.send("in", numbered(0..100));
+    std::thread::sleep(Duration::from_millis(1500));
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(100));
+    writer.send("in", numbered(100..200));
+    let file = pipeline(dir.path(), "since", &broker.addr(), "in", "out", "");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("    session_timeout: 2s", &format!("    session_timeout: 2s\n    start: {since}"));
+    std::fs::write(&file, text).unwrap();
+
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut reader = Reader::new(&broker.addr(), "out", false);
+    let complete = reader.read_until(Duration::from_secs(30), |r| r.total >= 100);
+    reader.read_until(Duration::from_secs(2), |_| false);
+    stop(&mut run, dir.path());
+    assert!(complete, "{}", log(dir.path()));
+    assert_eq!(reader.total, 100, "only the records after {since}");
+    assert!(reader.counts.keys().all(|k| k[1..].parse::<u64>().unwrap() >= 100), "{:?}", reader.counts.keys());
 }

@@ -481,6 +481,62 @@ mod tests {
     use super::*;
     use crate::config::{Brokers, Properties};
 
+    fn source(
+        mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>,
+        topics: &[&str],
+        start: Start,
+    ) -> KafkaSource {
+        let config = KafkaSourceConfig {
+            brokers: Brokers::One(mock.bootstrap_servers()),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            group: "g".into(),
+            start,
+            session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
+            properties: Properties::default(),
+        };
+        let ctx = SourceContext {
+            pipeline: "p".into(),
+            batch_size: 100,
+            linger: Duration::from_millis(200),
+            state: StateStore::new(std::env::temp_dir()),
+        };
+        KafkaSource::open(config, &ctx, false).unwrap()
+    }
+
+    async fn read_n(source: &mut KafkaSource, n: usize) -> Vec<Record> {
+        let mut records = Vec::new();
+        for seq in 0..40 {
+            let mut batch = Batch::with_capacity(seq, 100);
+            if source.read(&mut batch).await.unwrap() == Read::Data {
+                records.extend(batch.records);
+            }
+            if records.len() >= n {
+                break;
+            }
+        }
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_topic_patterns() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("audit.a", 1, 1).unwrap();
+        mock.create_topic("audit.b", 1, 1).unwrap();
+        mock.create_topic("other", 1, 1).unwrap();
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", mock.bootstrap_servers()).create().unwrap();
+        for (i, topic) in ["audit.a", "audit.b", "other", "audit.a", "audit.b"].iter().enumerate() {
+            let value = format!("v{i}");
+            let rec = FutureRecord::to(topic).key("k").payload(&value);
+            producer.send(rec, Duration::from_secs(5)).await.unwrap();
+        }
+        let mut s = source(&mock, &["^audit\\..*"], Start::Earliest);
+        let got = read_n(&mut s, 4).await;
+        let mut values: Vec<&[u8]> = got.iter().map(|r| r.value.as_ref()).collect();
+        values.sort();
+        assert_eq!(values, [&b"v0"[..], b"v1", b"v3", b"v4"], "`other` does not match");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_batches_with_positions_and_metadata() {
         let mock = MockCluster::new(1).unwrap();
