@@ -73,31 +73,41 @@ fn stop(child: &mut Child, dir: &Path) {
 
 const N: u64 = 100_000;
 
-#[test]
-fn at_least_once_survives_sigkill_mid_run() {
+/// Runs a 3-partition Kafka -> Kafka pipeline over N records, SIGKILLs it once
+/// `kill_after` records are out, starts it again and reads until every input key
+/// is in the output. Returns the reader and what it had read before the kill.
+fn kill_and_restart(name: &str, sink_extra: &str, read_committed: bool, kill_after: u64) -> (Reader, u64) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start();
     broker.create_topic("in", 3);
     broker.create_topic("out", 3);
     Writer::new(&broker.addr()).send("in", numbered(0..N));
-    let file = pipeline(dir.path(), "alo", &broker.addr(), "in", "out", "");
+    let file = pipeline(dir.path(), name, &broker.addr(), "in", "out", sink_extra);
 
-    let mut reader = Reader::new(&broker.addr(), "out", false);
+    let mut reader = Reader::new(&broker.addr(), "out", read_committed);
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     // Kill once some output exists but well before the end.
-    assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 5_000), "no output\n{}", log(dir.path()));
+    let started = reader.read_until(Duration::from_secs(30), |r| r.total >= kill_after);
+    assert!(started, "no output\n{}", log(dir.path()));
     kill(&mut run);
-    let before_restart = reader.total;
+    let at_kill = reader.total;
 
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() as u64 == N);
+    let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == N);
+    // Anything repeated late would show up within this time.
+    reader.read_until(Duration::from_secs(2), |_| false);
     stop(&mut run, dir.path());
     assert!(complete, "missing after restart: {} keys, e.g. {:?}", reader.missing(N).len(), &reader.missing(N)[..3]);
+    (reader, at_kill)
+}
+
+#[test]
+fn at_least_once_survives_sigkill_mid_run() {
+    let (reader, at_kill) = kill_and_restart("alo", "", false, 5_000);
     eprintln!(
-        "at-least-once: {N} distinct of {} records; {} duplicates ({} written before the kill)",
+        "at-least-once: {N} distinct of {} records; {} duplicates ({at_kill} read before the kill)",
         reader.total,
-        reader.duplicates(),
-        before_restart
+        reader.duplicates()
     );
     // Values pass through unchanged.
     assert!(reader.messages[0].value.contains("\"email\":\"user"));
@@ -308,24 +318,7 @@ sink:
 /// transactional offset commits without storing them.
 #[test]
 fn exactly_once_survives_sigkill_mid_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 3);
-    broker.create_topic("out", 3);
-    Writer::new(&broker.addr()).send("in", numbered(0..N));
-    let file = pipeline(dir.path(), "eos-kill", &broker.addr(), "in", "out", "    delivery: exactly_once");
-
-    let mut reader = Reader::new(&broker.addr(), "out", true);
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 20_000), "no output\n{}", log(dir.path()));
-    kill(&mut run);
-    let at_kill = reader.total;
-
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == N);
-    reader.read_until(Duration::from_secs(2), |_| false);
-    stop(&mut run, dir.path());
-    assert!(complete, "missing {} keys\n{}", reader.missing(N).len(), log(dir.path()));
+    let (reader, at_kill) = kill_and_restart("eos-kill", "    delivery: exactly_once", true, 20_000);
     eprintln!(
         "exactly-once: {} records read_committed for {N} inputs, {} repeats ({at_kill} read before the kill)",
         reader.total,

@@ -3,9 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use flowgate_sdk::{Bytes, Header, Record, SourceMeta};
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::config::Properties;
 
@@ -108,5 +110,24 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+/// A record from a consumed message, or from a failed delivery (to dead-letter it).
+pub(crate) fn record_of(m: &BorrowedMessage<'_>, meta: SourceMeta) -> Record {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header { name: h.key.into(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        key: m.key().map(Bytes::copy_from_slice),
+        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        headers,
+        timestamp: m.timestamp().to_millis(),
+        meta,
     }
 }

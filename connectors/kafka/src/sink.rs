@@ -16,16 +16,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, Header, LateReject, LateRejects, Position, Record, RecordTemplate, Rejected,
-    Sink, SourceMeta, async_trait,
+    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, Position, Record, RecordTemplate, Rejected, Sink,
+    SourceMeta, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header as KHeader, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header as KHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{ClientLog, blocking, client_config, client_context};
+use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{Delivery, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
 use crate::source::KafkaConsumer;
@@ -65,24 +65,6 @@ pub struct ProducerCtx {
 }
 
 client_context!(ProducerCtx);
-
-fn record_of(m: &BorrowedMessage<'_>, meta: SourceMeta) -> Record {
-    let headers = m
-        .headers()
-        .map(|hs| {
-            hs.iter()
-                .map(|h| Header { name: h.key.into(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
-                .collect()
-        })
-        .unwrap_or_default();
-    Record {
-        key: m.key().map(Bytes::copy_from_slice),
-        value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        headers,
-        timestamp: m.timestamp().to_millis(),
-        meta,
-    }
-}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = Box<Pending>;

@@ -13,17 +13,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Batch, Bytes, ConnectorError, Header, PartitionOffset, Position, Read, Record, Source, SourceContext, SourceMeta,
-    Watermark, async_trait,
+    Batch, ConnectorError, PartitionOffset, Position, Read, Source, SourceContext, SourceMeta, Watermark, async_trait,
 };
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{ClientLog, blocking, client_config, client_context};
+use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
 
@@ -313,21 +312,7 @@ impl KafkaSource {
                 offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation })
             }
         }
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| Header { name: h.key.into(), value: Bytes::copy_from_slice(h.value.unwrap_or_default()) })
-                    .collect()
-            })
-            .unwrap_or_default();
-        batch.records.push(Record {
-            key: m.key().map(Bytes::copy_from_slice),
-            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-            headers,
-            timestamp: m.timestamp().to_millis(),
-            meta: SourceMeta::Kafka { topic, partition, offset },
-        });
+        batch.records.push(record_of(m, SourceMeta::Kafka { topic, partition, offset }));
     }
 
     /// A consume error: fatal when waiting cannot help, otherwise logged while
@@ -473,7 +458,7 @@ impl Source for KafkaSource {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::StateStore;
+    use flowgate_sdk::{Record, StateStore};
     use rdkafka::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{FutureProducer, FutureRecord};
