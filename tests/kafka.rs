@@ -481,3 +481,22 @@ fn exactly_once_holds_across_rebalances() {
     assert!(log(&dir_a).matches("partitions revoked").count() >= 1, "A never gave partitions up");
     assert!(log(&dir_b).matches("partitions assigned").count() >= 2, "B never took A's partitions");
 }
+
+#[test]
+fn a_failed_exactly_once_pipeline_exits_without_waiting_for_its_lost_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    Writer::new(&broker.addr()).send("in", numbered(0..10));
+    let extra = "    delivery: exactly_once\n    key: '${value.customer}'";
+    let file = pipeline(dir.path(), "eos-fail", &broker.addr(), "in", "out", extra);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    assert!(wait_for(Duration::from_secs(30), || log(dir.path()).contains("partitions assigned")));
+    let refused = std::time::Instant::now();
+    let status = wait_exit(&mut run, Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(log(dir.path()).contains("cannot fill key"), "{}", log(dir.path()));
+    // The revocation at close used to wait 30 s for batches that could no longer commit.
+    assert!(refused.elapsed() < Duration::from_secs(15), "exit took {:?}", refused.elapsed());
+}

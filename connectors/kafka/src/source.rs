@@ -446,6 +446,9 @@ impl Source for KafkaSource {
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
         if self.exactly_once {
+            // Nothing more will be committed: the revocation when the consumer
+            // closes must not wait for batches a failed sink left behind.
+            self.group.handed_out.store(0, Ordering::Release);
             return Ok(());
         }
         let consumer = Arc::clone(&self.consumer);
