@@ -78,9 +78,7 @@ const N: u64 = 100_000;
 /// is in the output. Returns the reader and what it had read before the kill.
 fn kill_and_restart(name: &str, sink_extra: &str, read_committed: bool, kill_after: u64) -> (Reader, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 3);
-    broker.create_topic("out", 3);
+    let broker = Broker::with_topics(&[("in", 3), ("out", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..N));
     let file = pipeline(dir.path(), name, &broker.addr(), "in", "out", sink_extra);
 
@@ -116,9 +114,7 @@ fn at_least_once_survives_sigkill_mid_run() {
 #[test]
 fn exactly_once_against_the_broker_commits_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 3);
-    broker.create_topic("out", 3);
+    let broker = Broker::with_topics(&[("in", 3), ("out", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..20_000));
     let file = pipeline(dir.path(), "eos", &broker.addr(), "in", "out", "    delivery: exactly_once");
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
@@ -139,9 +135,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
 #[test]
 fn two_runners_share_the_partitions_and_the_survivor_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 4);
-    broker.create_topic("out", 4);
+    let broker = Broker::with_topics(&[("in", 4), ("out", 4)]);
     let file = pipeline(dir.path(), "scale", &broker.addr(), "in", "out", "");
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
@@ -223,9 +217,7 @@ fn validate_check(dir: &Path, file: &Path) -> (i32, String) {
 #[test]
 fn validate_check_reports_bad_brokers_missing_topics_and_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 1);
-    broker.create_topic("out", 1);
+    let broker = Broker::with_topics(&[("in", 1), ("out", 1)]);
 
     let ok = pipeline(dir.path(), "ok", &broker.addr(), "in", "out", "");
     let out = flowgate().arg("validate").arg("--check").arg(&ok).output().unwrap();
@@ -347,9 +339,7 @@ fn run_shipped(dir: &Path, file: &str, env: &[(&str, String)]) -> Guard {
 #[test]
 fn file_to_kafka_routes_by_template_and_dead_letters_what_cannot_be_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("events.eu", 3);
-    broker.create_topic("events.us", 3);
+    let broker = Broker::with_topics(&[("events.eu", 3), ("events.us", 3)]);
     let mut input = String::new();
     for i in 0..1000 {
         let region = if i % 2 == 0 { "eu" } else { "us" };
@@ -384,10 +374,7 @@ fn file_to_kafka_routes_by_template_and_dead_letters_what_cannot_be_sent() {
 #[test]
 fn kafka_to_kafka_masks_with_the_plugin_and_keeps_keys_and_headers() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    for t in ["orders", "orders-masked", "orders-dead-letters"] {
-        broker.create_topic(t, 3);
-    }
+    let broker = Broker::with_topics(&[("orders", 3), ("orders-masked", 3), ("orders-dead-letters", 3)]);
     Writer::new(&broker.addr()).send_with_header("orders", numbered(0..2000), Some(("trace", "abc")));
     let env = [
         ("KAFKA_BROKERS", broker.addr()),
@@ -411,9 +398,7 @@ fn kafka_to_kafka_masks_with_the_plugin_and_keeps_keys_and_headers() {
 #[test]
 fn a_group_without_offsets_can_start_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 2);
-    broker.create_topic("out", 2);
+    let broker = Broker::with_topics(&[("in", 2), ("out", 2)]);
     let writer = Writer::new(&broker.addr());
     writer.send("in", numbered(0..100));
     std::thread::sleep(Duration::from_millis(1500));
@@ -443,9 +428,7 @@ fn a_group_without_offsets_can_start_at_a_time() {
 #[test]
 fn exactly_once_holds_across_rebalances() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 4);
-    broker.create_topic("out", 4);
+    let broker = Broker::with_topics(&[("in", 4), ("out", 4)]);
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     let mut runners = Vec::new();
     for (d, id) in [(&dir_a, "a"), (&dir_b, "b")] {
@@ -485,9 +468,7 @@ fn exactly_once_holds_across_rebalances() {
 #[test]
 fn a_failed_exactly_once_pipeline_exits_without_waiting_for_its_lost_batches() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start();
-    broker.create_topic("in", 1);
-    broker.create_topic("out", 1);
+    let broker = Broker::with_topics(&[("in", 1), ("out", 1)]);
     Writer::new(&broker.addr()).send("in", numbered(0..10));
     let extra = "    delivery: exactly_once\n    key: '${value.customer}'";
     let file = pipeline(dir.path(), "eos-fail", &broker.addr(), "in", "out", extra);

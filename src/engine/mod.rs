@@ -52,6 +52,20 @@ fn retry_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Waits `delay` before retrying after the transient error `e`, unless the
+/// pipeline is stopped meanwhile.
+async fn sleep_unless_stopped(
+    delay: Duration,
+    stage: &str,
+    e: &ConnectorError,
+    shutdown: &CancellationToken,
+) -> Result<(), EngineError> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.cancelled() => Err(EngineError::Interrupted { stage: stage.into(), message: e.chain() }),
+    }
+}
+
 /// Writes a batch, retrying transient errors with exponential backoff (100 ms up
 /// to 30 s, without limit: an outage makes the pipeline wait, not drop data)
 /// until it succeeds or the pipeline is stopped.
@@ -75,12 +89,7 @@ pub async fn write_with_retry(
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(pipeline, stage, attempt, retry_in = ?delay, error = %e.chain(), "write failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => {
-                        return Err(EngineError::Interrupted { stage: stage.into(), message: e.chain() });
-                    }
-                }
+                sleep_unless_stopped(delay, stage, &e, shutdown).await?;
                 attempt += 1;
             }
             Err(e) => return Err(EngineError::connector(stage, &e)),
@@ -145,12 +154,7 @@ async fn deliver(
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(pipeline = name, retry_in = ?delay, error = %e.chain(), "sink commit failed; writing the batch again");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => {
-                        return Err(EngineError::Interrupted { stage: "sink".into(), message: e.chain() });
-                    }
-                }
+                sleep_unless_stopped(delay, "sink", &e, shutdown).await?;
             }
             Err(e) => return Err(EngineError::connector("sink", &e)),
         }

@@ -111,6 +111,15 @@ impl Broker {
         self.run();
     }
 
+    /// A memory-storage broker with these topics (name, partitions) created.
+    pub fn with_topics(topics: &[(&str, i32)]) -> Broker {
+        let b = Broker::start();
+        for (name, partitions) in topics {
+            b.create_topic(name, *partitions);
+        }
+        b
+    }
+
     pub fn create_topic(&self, name: &str, partitions: i32) {
         create_topic(&self.addr(), name, partitions);
     }
