@@ -26,7 +26,8 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 
-    /// Log filter, e.g. `info`, `debug`, `flowgate=debug,sqlx=warn`.
+    /// Log filter, e.g. `info`, `debug`, `flowgate=debug,sqlx=warn`. The
+    /// replication library logs at `warn` unless the filter names `pg_walstream`.
     #[arg(long, global = true, env = "FLOWGATE_LOG", default_value = "info")]
     log: String,
 
@@ -104,7 +105,11 @@ enum PluginCommand {
 }
 
 fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    // The replication library reports each status update and wake-up at `info`;
+    // its warnings and errors are what an operator needs unless asked otherwise.
+    let filter =
+        if filter.contains("pg_walstream") { filter.to_string() } else { format!("{filter},pg_walstream=warn") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("invalid --log filter `{filter}` ({e}); using `info`");
         tracing_subscriber::EnvFilter::new("info")
     });

@@ -7,6 +7,7 @@ use flowgate_file::{FileSink, FileSource, NullSink, StdinSource, StdoutSink};
 use flowgate_generate::GenerateSource;
 use flowgate_kafka::config::Delivery;
 use flowgate_kafka::{KafkaConsumer, KafkaSink, KafkaSource};
+use flowgate_postgres::PostgresCdcSource;
 use flowgate_sdk::{ConnectorError, LateRejects, Sink, Source, SourceContext, StateStore};
 use flowgate_sql::SqliteSink;
 use flowgate_wasm::WasmTransform;
@@ -42,6 +43,7 @@ async fn open_source(
             let consumer = source.consumer();
             (Box::new(source), Some(consumer))
         }
+        SourceConfig::PostgresCdc(c) => (Box::new(PostgresCdcSource::open(c.clone(), ctx).await?), None),
     })
 }
 
@@ -97,6 +99,13 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
     }
     if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
         settings(&["errors", "dead_letter", "kafka"], flowgate_kafka::check_sink_settings(c));
+    }
+    if let SourceConfig::PostgresCdc(c) = &config.source {
+        problems.extend(c.problems().into_iter().map(|(field, message)| PathProblem {
+            at: vec!["source".into(), "postgres_cdc".into(), field.into()],
+            message,
+            help: None,
+        }));
     }
     if config.errors.dead_letter.as_ref().is_some_and(exactly_once) {
         problems.push(PathProblem {

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
 use flowgate_generate::{GenerateConfig, Template};
 use flowgate_kafka::{KafkaSinkConfig, KafkaSourceConfig};
+use flowgate_postgres::PostgresCdcConfig;
 use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate};
 use flowgate_sql::SqliteSinkConfig;
 use flowgate_wasm::WasmConfig;
@@ -47,7 +48,7 @@ pub struct PipelineConfig {
 }
 
 // A new source is a new connector crate and a variant here.
-/// Where records come from: `generate`, `file`, `stdin` or `kafka`.
+/// Where records come from: `generate`, `file`, `stdin`, `kafka` or `postgres_cdc`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceConfig {
@@ -55,6 +56,7 @@ pub enum SourceConfig {
     File(FileSourceConfig),
     Stdin(StdinConfig),
     Kafka(KafkaSourceConfig),
+    PostgresCdc(PostgresCdcConfig),
 }
 
 // A new transform kind is a variant here (Avro validation joins next).

@@ -36,6 +36,9 @@ pub struct Batch {
 pub enum Position {
     /// Per partition read in the batch, the offset of the next record after it.
     Kafka(Vec<PartitionOffset>),
+    /// The end LSN of the last Postgres transaction completed by the batch; a
+    /// change feed resumes after it.
+    Lsn(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

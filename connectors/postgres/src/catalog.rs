@@ -1,0 +1,176 @@
+//! Setup and catalog queries over an ordinary connection (sqlx): server
+//! settings, the publication, the slot's state, key columns.
+
+use std::collections::HashMap;
+
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::error::PgCdcError;
+
+pub async fn connect(url: &str) -> Result<PgConnection, PgCdcError> {
+    PgConnection::connect(url).await.map_err(|e| PgCdcError::db("cannot connect to Postgres", e))
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The database's name, after checking that it can do logical replication.
+pub async fn check_server(conn: &mut PgConnection) -> Result<String, PgCdcError> {
+    let row = sqlx::query("SELECT current_setting('wal_level'), current_database()")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot read the server's settings", e))?;
+    let wal_level: String = row.get(0);
+    if wal_level != "logical" {
+        return Err(PgCdcError::Setup(format!(
+            "the server runs with wal_level = {wal_level}; change data capture needs `wal_level = logical` \
+             in postgresql.conf (or `ALTER SYSTEM SET wal_level = logical`) and a restart"
+        )));
+    }
+    Ok(row.get(1))
+}
+
+/// Creates the publication for `tables` when it is missing; an existing one
+/// must already cover them.
+pub async fn ensure_publication(
+    conn: &mut PgConnection,
+    name: &str,
+    tables: &[(String, String)],
+) -> Result<(), PgCdcError> {
+    let published = published_tables(conn, name).await?;
+    match published {
+        Some(have) => {
+            let missing: Vec<String> = tables
+                .iter()
+                .filter(|t| !have.contains(t))
+                .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+                .collect();
+            if !missing.is_empty() {
+                return Err(PgCdcError::Setup(format!(
+                    "publication `{name}` exists but does not publish {}; add them with `ALTER PUBLICATION {} ADD TABLE {}` \
+                     (rows already in them are not copied), or name another `publication`",
+                    missing.join(", "),
+                    quote_ident(name),
+                    missing.join(", ")
+                )));
+            }
+        }
+        None => {
+            for (schema, table) in tables {
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+                )
+                .bind(schema)
+                .bind(table)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| PgCdcError::db("cannot look the tables up", e))?;
+                if !exists {
+                    return Err(PgCdcError::Setup(format!("table `{schema}.{table}` (in `tables`) does not exist")));
+                }
+            }
+            let list: Vec<String> =
+                tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+            let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list.join(", "));
+            // Identifiers are quoted by quote_ident; DDL takes no bind parameters.
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map_err(|e| {
+                PgCdcError::db(
+                    format!("cannot create publication `{name}` (the user must own the tables, or create it beforehand)"),
+                    e,
+                )
+            })?;
+            tracing::info!(publication = name, tables = %list.join(", "), "created the publication");
+        }
+    }
+    Ok(())
+}
+
+/// The tables a publication covers, or `None` when it does not exist.
+pub async fn published_tables(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<Vec<(String, String)>>, PgCdcError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot read the publications", e))?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows = sqlx::query("SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1")
+        .bind(name)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot read the publication's tables", e))?;
+    Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+/// Per published table, the columns of its replica identity (the primary key
+/// by default): the snapshot's keys. Streamed changes carry their own.
+pub async fn key_columns(
+    conn: &mut PgConnection,
+    publication: &str,
+) -> Result<HashMap<(String, String), Vec<String>>, PgCdcError> {
+    let rows = sqlx::query(
+        "SELECT n.nspname::text, c.relname::text, a.attname::text
+           FROM pg_publication_tables p
+           JOIN pg_namespace n ON n.nspname = p.schemaname
+           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+           JOIN pg_index i ON i.indrelid = c.oid
+                AND (i.indisreplident OR (i.indisprimary AND c.relreplident = 'd'))
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
+          WHERE p.pubname = $1
+          ORDER BY n.nspname, c.relname, array_position(i.indkey::int2[], a.attnum)",
+    )
+    .bind(publication)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| PgCdcError::db("cannot read the tables' keys", e))?;
+    let mut keys: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for r in rows {
+        keys.entry((r.get(0), r.get(1))).or_default().push(r.get(2));
+    }
+    Ok(keys)
+}
+
+#[derive(Debug)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub wal_status: Option<String>,
+}
+
+pub async fn slot(conn: &mut PgConnection, name: &str) -> Result<Option<SlotInfo>, PgCdcError> {
+    let row = sqlx::query(
+        "SELECT plugin::text, database::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| PgCdcError::db("cannot read the replication slots", e))?;
+    Ok(row.map(|r| SlotInfo { plugin: r.get(0), database: r.get(1), wal_status: r.get(2) }))
+}
+
+/// Drops a slot, waiting for a walsender that still holds it to let go.
+pub async fn drop_slot(conn: &mut PgConnection, name: &str) -> Result<(), PgCdcError> {
+    let mut attempts = 0;
+    loop {
+        let result = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(name)
+        .execute(&mut *conn)
+        .await;
+        match result {
+            Ok(_) => return Ok(()),
+            // 55006: the slot is active (its previous session has not ended yet).
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("55006") && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(PgCdcError::db(format!("cannot drop replication slot `{name}`"), e)),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The YAML contract of the `postgres_cdc` source.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Streams row changes of Postgres tables through logical replication (`pgoutput`).
+#[derive(Clone, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresCdcConfig {
+    /// Connection URL, `postgres://user:password@host:5432/database`. The user needs
+    /// the `REPLICATION` attribute and `SELECT` on the tables (and ownership of them
+    /// or `CREATE` on the database if Flowgate is to create the publication).
+    pub url: String,
+    /// Tables to capture, `schema.table` or `table` (schema `public`). Flowgate
+    /// creates the publication for them if it does not exist.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// The publication to stream. Without `tables` it must exist already; with
+    /// `tables` it is created when missing. Default: the slot's name.
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// Replication slot name (lower-case letters, digits, `_`). Created when
+    /// missing. Default: `flowgate_<pipeline name>`.
+    #[serde(default)]
+    pub slot: Option<String>,
+    /// `initial` (default): copy the tables' current rows, then stream changes;
+    /// `never`: stream changes only; `initial_only`: copy the rows and stop.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// After each delete, also emit a record with the same key and an empty value
+    /// (a Kafka tombstone, so that log compaction removes the key).
+    #[serde(default)]
+    pub tombstones: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+    InitialOnly,
+}
+
+impl fmt::Debug for PostgresCdcConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresCdcConfig")
+            .field("url", &redact_url(&self.url))
+            .field("tables", &self.tables)
+            .field("publication", &self.publication)
+            .field("slot", &self.slot)
+            .field("snapshot", &self.snapshot)
+            .field("tombstones", &self.tombstones)
+            .finish()
+    }
+}
+
+/// The URL with its password (in the authority or a `password=` parameter)
+/// blanked, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let mut out = match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!("{}{}:***{}", &url[..scheme_end + 3], &authority[..colon], &url[scheme_end + 3 + at..])
+        }
+        _ => url.to_string(),
+    };
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let params: Vec<String> = query
+            .split('&')
+            .map(|p| if p.starts_with("password=") { "password=***".to_string() } else { p.to_string() })
+            .collect();
+        out = format!("{head}{}", params.join("&"));
+    }
+    out
+}
+
+impl PostgresCdcConfig {
+    pub fn slot_name(&self, pipeline: &str) -> String {
+        self.slot.clone().unwrap_or_else(|| {
+            let cleaned: String = pipeline
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+                .collect();
+            let mut name = format!("flowgate_{cleaned}");
+            name.truncate(63);
+            name
+        })
+    }
+
+    pub fn publication_name(&self, slot: &str) -> String {
+        self.publication.clone().unwrap_or_else(|| slot.to_string())
+    }
+
+    /// Problems a config has on its own, each with the field it concerns.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if self.tables.is_empty() && self.publication.is_none() {
+            out.push(("tables", "list the `tables` to capture, or name an existing `publication`".to_string()));
+        }
+        if let Some(slot) = &self.slot
+            && (slot.is_empty()
+                || slot.len() > 63
+                || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        {
+            out.push(("slot", format!("`{slot}` is not a slot name: use 1 to 63 lower-case letters, digits or `_`")));
+        }
+        for t in &self.tables {
+            if t.is_empty() || t.split('.').count() > 2 {
+                out.push(("tables", format!("`{t}` is not `table` or `schema.table`")));
+            }
+        }
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            out.push(("url", "expected a URL such as `postgres://user:password@host:5432/database`".to_string()));
+        }
+        out
+    }
+
+    /// The tables as (schema, table).
+    pub fn qualified_tables(&self) -> Vec<(String, String)> {
+        self.tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((s, n)) => (s.to_string(), n.to_string()),
+                None => ("public".to_string(), t.clone()),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // JSON keeps the test free of a YAML dependency; the root crate tests the YAML.
+    fn config(json: &str) -> PostgresCdcConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn passwords_never_show_in_debug_output() {
+        let c = config(r#"{"url": "postgres://app:s3cret@db:5432/shop", "tables": ["orders"]}"#);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db:5432/shop"), "{shown}");
+        assert_eq!(redact_url("postgres://db/shop"), "postgres://db/shop");
+        assert_eq!(redact_url("postgres://u@db/x?sslmode=require&password=1"), "postgres://u@db/x?sslmode=require&password=***");
+    }
+
+    #[test]
+    fn names_default_from_the_pipeline() {
+        let c = config(r#"{"url": "postgres://db/shop", "tables": ["orders", "audit.log"]}"#);
+        assert_eq!(c.slot_name("Orders-CDC"), "flowgate_orders_cdc");
+        assert_eq!(c.publication_name("flowgate_orders_cdc"), "flowgate_orders_cdc");
+        assert_eq!(
+            c.qualified_tables(),
+            vec![("public".into(), "orders".into()), ("audit".into(), "log".into())]
+        );
+        assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        let c = config(r#"{"url": "mysql://db/shop", "slot": "Bad-Slot"}"#);
+        let fields: Vec<_> = c.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, vec!["tables", "slot", "url"]);
+    }
+}

@@ -1,0 +1,77 @@
+use flowgate_sdk::ConnectorError;
+use pg_walstream::ReplicationError;
+
+/// Errors of the Postgres CDC source.
+#[derive(Debug, thiserror::Error)]
+pub enum PgCdcError {
+    /// A catalog query or setup statement over an ordinary connection.
+    #[error("{context}")]
+    Database {
+        context: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The replication connection.
+    #[error("{context}")]
+    Replication {
+        context: String,
+        #[source]
+        source: ReplicationError,
+    },
+    /// The database or the slot is not in a state Flowgate can stream from; the
+    /// message says what to change.
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot keep the source's state")]
+    State(#[source] std::io::Error),
+}
+
+impl PgCdcError {
+    pub fn db(context: impl Into<String>, source: sqlx::Error) -> Self {
+        PgCdcError::Database { context: context.into(), source }
+    }
+
+    pub fn replication(context: impl Into<String>, source: ReplicationError) -> Self {
+        PgCdcError::Replication { context: context.into(), source }
+    }
+
+    /// A lost connection, a restarting server, or too many clients is worth
+    /// retrying; refused credentials, missing privileges and lost slots are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PgCdcError::Database { source, .. } => db_retryable(source),
+            PgCdcError::Replication { source, .. } => !source.is_permanent() && !is_slot_problem(source),
+            PgCdcError::Setup(_) => false,
+            PgCdcError::State(_) => true,
+        }
+    }
+}
+
+fn db_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
+        // Class 08 connection exception, 53 insufficient resources, 57P admin
+        // shutdown / cannot connect now, 40 transaction rollback.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c.starts_with("40")),
+        _ => false,
+    }
+}
+
+/// The server's word that the slot is unusable (dropped, invalidated), which
+/// can arrive classified as a plain server error.
+pub(crate) fn is_slot_problem(e: &ReplicationError) -> bool {
+    let text = e.to_string();
+    text.contains("replication slot") && (text.contains("does not exist") || text.contains("invalidated"))
+}
+
+impl From<PgCdcError> for ConnectorError {
+    fn from(e: PgCdcError) -> Self {
+        if e.is_retryable() {
+            ConnectorError::transient("Postgres", e)
+        } else {
+            ConnectorError::fatal_from("Postgres", e)
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Change events in the Debezium envelope, so that consumers written for
+//! Debezium's Postgres connector read them unchanged:
+//! `{"before", "after", "source": {..., "db", "schema", "table", "txId", "lsn",
+//! "ts_ms", "snapshot"}, "op", "ts_ms"}`; the key is the primary key columns as
+//! a JSON object.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flowgate_sdk::{Record, SourceMeta};
+use pg_walstream::{ColumnValue, RowData};
+
+use crate::decode::{Kind, kind_of, write_str, write_value};
+
+
+/// A captured table's shape, from a Relation message or the catalog.
+#[derive(Debug)]
+pub struct Table {
+    pub schema: Arc<str>,
+    pub name: Arc<str>,
+    pub columns: Vec<Column>,
+}
+
+#[derive(Debug)]
+pub struct Column {
+    pub name: Arc<str>,
+    pub kind: Kind,
+    pub key: bool,
+}
+
+impl Table {
+    pub fn new(schema: Arc<str>, name: Arc<str>, columns: impl IntoIterator<Item = (Arc<str>, u32, bool)>) -> Self {
+        let columns = columns.into_iter().map(|(name, oid, key)| Column { name, kind: kind_of(oid), key }).collect();
+        Table { schema, name, columns }
+    }
+
+    fn has_key(&self) -> bool {
+        self.columns.iter().any(|c| c.key)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Create,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    fn code(self) -> &'static str {
+        match self {
+            Op::Read => "r",
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Truncate => "t",
+        }
+    }
+}
+
+/// What every event of one read shares.
+pub struct Origin<'a> {
+    pub pipeline: &'a str,
+    pub db: &'a str,
+    /// When the change was committed (the snapshot's start for snapshot rows).
+    pub commit_ms: i64,
+    pub now_ms: i64,
+    pub tx_id: Option<u32>,
+    pub snapshot: bool,
+}
+
+/// Builds change records, reusing its buffers.
+#[derive(Default)]
+pub struct Encoder {
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    /// One change of `table`. `before` is the old row (its key columns, or all of
+    /// it under `REPLICA IDENTITY FULL`); `after` the new one, where columns
+    /// missing from it are unchanged TOAST values, taken from `before` when it
+    /// has them.
+    pub fn change(
+        &mut self,
+        origin: &Origin<'_>,
+        table: &Table,
+        op: Op,
+        lsn: u64,
+        before: Option<&RowData>,
+        after: Option<&RowData>,
+    ) -> Record {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(b"{\"before\":");
+        match before {
+            // The old row holds only the key columns unless the identity is FULL.
+            Some(row) => write_row(b, table, row, None, "null"),
+            None => b.extend_from_slice(b"null"),
+        }
+        b.extend_from_slice(b",\"after\":");
+        match after {
+            Some(row) => write_row(b, table, row, before, UNAVAILABLE_JSON),
+            None => b.extend_from_slice(b"null"),
+        }
+        write_source(b, origin, table, lsn);
+        b.extend_from_slice(b",\"op\":\"");
+        b.extend_from_slice(op.code().as_bytes());
+        b.extend_from_slice(b"\",\"ts_ms\":");
+        b.extend_from_slice(origin.now_ms.to_string().as_bytes());
+        b.push(b'}');
+        let value = Bytes::copy_from_slice(b);
+        let key = after.or(before).and_then(|row| key_of(&mut self.buf, table, row, before));
+        Record {
+            key,
+            value,
+            headers: Vec::new(),
+            timestamp: Some(origin.commit_ms),
+            meta: SourceMeta::Table { schema: table.schema.clone(), table: table.name.clone(), lsn },
+        }
+    }
+
+    /// A delete's tombstone: the key with an empty value.
+    pub fn tombstone(delete: &Record) -> Record {
+        Record { value: Bytes::new(), ..delete.clone() }
+    }
+}
+
+fn write_source(b: &mut Vec<u8>, o: &Origin<'_>, table: &Table, lsn: u64) {
+    b.extend_from_slice(b",\"source\":{\"version\":\"flowgate-");
+    b.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+    b.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
+    write_str(b, o.pipeline);
+    b.extend_from_slice(b",\"ts_ms\":");
+    b.extend_from_slice(o.commit_ms.to_string().as_bytes());
+    b.extend_from_slice(if o.snapshot { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
+    b.extend_from_slice(b",\"db\":");
+    write_str(b, o.db);
+    b.extend_from_slice(b",\"schema\":");
+    write_str(b, &table.schema);
+    b.extend_from_slice(b",\"table\":");
+    write_str(b, &table.name);
+    b.extend_from_slice(b",\"txId\":");
+    match o.tx_id {
+        Some(x) => b.extend_from_slice(x.to_string().as_bytes()),
+        None => b.extend_from_slice(b"null"),
+    }
+    b.extend_from_slice(b",\"lsn\":");
+    b.extend_from_slice(lsn.to_string().as_bytes());
+    b.push(b'}');
+}
+
+/// What Debezium writes for a TOASTed value that an update did not change and
+/// that the replica identity does not carry.
+const UNAVAILABLE_JSON: &str = "\"__debezium_unavailable_value\"";
+
+/// The row as a JSON object over the table's columns, in table order; `missing`
+/// (JSON) stands for columns in neither `row` nor `fallback`.
+fn write_row(b: &mut Vec<u8>, table: &Table, row: &RowData, fallback: Option<&RowData>, missing: &str) {
+    b.push(b'{');
+    for (i, col) in table.columns.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        write_str(b, &col.name);
+        b.push(b':');
+        match row.get(&col.name).or_else(|| fallback.and_then(|f| f.get(&col.name))) {
+            Some(v) => write_column(b, col.kind, v),
+            None => b.extend_from_slice(missing.as_bytes()),
+        }
+    }
+    b.push(b'}');
+}
+
+fn write_column(b: &mut Vec<u8>, kind: Kind, v: &ColumnValue) {
+    match v {
+        ColumnValue::Null => b.extend_from_slice(b"null"),
+        ColumnValue::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => write_value(b, kind, s),
+            Err(_) => write_str(b, &String::from_utf8_lossy(t)),
+        },
+        ColumnValue::Binary(bytes) => {
+            use base64::Engine as _;
+            write_str(b, &base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+    }
+}
+
+/// `{"id": 1}` from the key columns, looked up in `row` and then in `old` (an
+/// update that did not change the key sends it only in the new row).
+fn key_of(buf: &mut Vec<u8>, table: &Table, row: &RowData, old: Option<&RowData>) -> Option<Bytes> {
+    if !table.has_key() {
+        return None;
+    }
+    buf.clear();
+    buf.push(b'{');
+    let mut first = true;
+    for col in table.columns.iter().filter(|c| c.key) {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        write_str(buf, &col.name);
+        buf.push(b':');
+        match row.get(&col.name).or_else(|| old.and_then(|o| o.get(&col.name))) {
+            Some(v) => write_column(buf, col.kind, v),
+            None => buf.extend_from_slice(b"null"),
+        }
+    }
+    buf.push(b'}');
+    Some(Bytes::copy_from_slice(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn table() -> Table {
+        Table::new(
+            "public".into(),
+            "orders".into(),
+            [("id".into(), 23, true), ("note".into(), 25, false), ("doc".into(), 3802, false)],
+        )
+    }
+
+    fn row(cols: &[(&str, Option<&str>)]) -> RowData {
+        RowData::from_pairs(cols.iter().map(|(n, v)| (*n, v.map_or(ColumnValue::Null, ColumnValue::text))).collect())
+    }
+
+    fn origin() -> Origin<'static> {
+        Origin { pipeline: "p", db: "shop", commit_ms: 1_700_000_000_000, now_ms: 1_700_000_000_005, tx_id: Some(7), snapshot: false }
+    }
+
+    #[test]
+    fn an_update_has_debeziums_shape() {
+        let mut enc = Encoder::default();
+        let before = row(&[("id", Some("1")), ("note", Some("a")), ("doc", None)]);
+        let after = row(&[("id", Some("1")), ("note", Some("b")), ("doc", Some(r#"{"x":1}"#))]);
+        let r = enc.change(&origin(), &table(), Op::Update, 99, Some(&before), Some(&after));
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["before"], json!({"id": 1, "note": "a", "doc": null}));
+        assert_eq!(v["after"], json!({"id": 1, "note": "b", "doc": {"x": 1}}));
+        assert_eq!(v["op"], "u");
+        assert_eq!(v["ts_ms"], 1_700_000_000_005i64);
+        assert_eq!(
+            v["source"],
+            json!({"version": concat!("flowgate-", env!("CARGO_PKG_VERSION")), "connector": "postgresql",
+                   "name": "p", "ts_ms": 1_700_000_000_000i64, "snapshot": "false", "db": "shop",
+                   "schema": "public", "table": "orders", "txId": 7, "lsn": 99})
+        );
+        assert_eq!(&r.key.unwrap()[..], br#"{"id":1}"#);
+        assert_eq!(r.meta, SourceMeta::Table { schema: "public".into(), table: "orders".into(), lsn: 99 });
+    }
+
+    #[test]
+    fn unchanged_toast_values_come_from_the_old_row_or_a_placeholder() {
+        let mut enc = Encoder::default();
+        let after = row(&[("id", Some("1")), ("note", Some("b"))]);
+        let r = enc.change(&origin(), &table(), Op::Update, 1, None, Some(&after));
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["after"]["doc"], "__debezium_unavailable_value");
+
+        let full_old = row(&[("id", Some("1")), ("note", Some("a")), ("doc", Some("[1]"))]);
+        let r = enc.change(&origin(), &table(), Op::Update, 1, Some(&full_old), Some(&after));
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["after"]["doc"], json!([1]));
+    }
+
+    #[test]
+    fn a_delete_is_keyed_by_the_old_row_and_can_have_a_tombstone() {
+        let mut enc = Encoder::default();
+        let old = row(&[("id", Some("5"))]);
+        let r = enc.change(&origin(), &table(), Op::Delete, 1, Some(&old), None);
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["after"], Value::Null);
+        assert_eq!(v["before"], json!({"id": 5, "note": null, "doc": null}));
+        assert_eq!(&r.key.clone().unwrap()[..], br#"{"id":5}"#);
+        let t = Encoder::tombstone(&r);
+        assert!(t.value.is_empty());
+        assert_eq!(t.key, r.key);
+    }
+}

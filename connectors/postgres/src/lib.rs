@@ -1,0 +1,15 @@
+//! Postgres change data capture: a consistent snapshot of the captured tables,
+//! then their row changes from a logical replication slot (pgoutput), as
+//! Debezium-style change events. The replication protocol is `pg_walstream`'s;
+//! catalog queries and setup go through sqlx.
+
+mod catalog;
+pub mod config;
+mod decode;
+mod error;
+mod event;
+mod source;
+
+pub use config::PostgresCdcConfig;
+pub use error::PgCdcError;
+pub use source::PostgresCdcSource;

@@ -1,0 +1,618 @@
+//! The `postgres_cdc` source: an initial snapshot through the slot's exported
+//! snapshot, then the slot's change stream (pgoutput, protocol 1).
+//!
+//! Positions: every batch remembers the end LSN of the last transaction it
+//! completes. The slot's confirmed position moves to that LSN only when the
+//! batch and every batch before it are acknowledged, so a restart replays at
+//! most the unacknowledged stretch. With nothing in flight the slot follows the
+//! server's WAL end (from keepalives), so an idle or unpublished workload does
+//! not make it hold WAL.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flowgate_sdk::{
+    Batch, ConnectorError, Position, Read, Source, SourceContext, StateStore, Watermark, async_trait,
+};
+use pg_walstream::{
+    CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicaIdentity, ReplicationStreamConfig,
+    RetryConfig, SnapshotOutcome, SnapshotRows, StreamingMode,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::catalog;
+use crate::config::{PostgresCdcConfig, SnapshotMode, redact_url};
+use crate::error::{PgCdcError, is_slot_problem};
+use crate::event::{Encoder, Op, Origin, Table};
+
+/// How long `read` waits for a change before reporting the source idle.
+const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to reach a server that went away.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// A connection attempt that takes longer than this has failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What this pipeline has done with its slot, kept in the state directory: a
+/// slot that disappears after it was used means lost changes, which must stop
+/// the pipeline rather than be papered over with a new slot.
+#[derive(Debug, Serialize, Deserialize)]
+struct SlotRecord {
+    slot: String,
+    /// The initial snapshot was written in full (or none was asked for).
+    snapshot_done: bool,
+}
+
+enum Phase {
+    Snapshot { rows: Box<SnapshotRows>, started_ms: i64 },
+    Streaming(Box<LogicalReplicationStream>),
+    Disconnected { retry_at: Instant },
+    /// `initial_only`: the snapshot is out; the input ends here.
+    Finished,
+}
+
+/// A batch's position for the acknowledgement queue.
+#[derive(Debug)]
+enum Mark {
+    Snapshot,
+    Lsn(u64),
+}
+
+/// Turns events into records, and tracks the transaction they belong to.
+struct Decoder {
+    pipeline: Arc<str>,
+    db: Arc<str>,
+    tombstones: bool,
+    /// Streamed tables by relation id, from Relation messages (which precede
+    /// the first change in a new shape, so a schema change shows up here first).
+    tables: HashMap<u32, Arc<Table>>,
+    /// Snapshot tables by relation id, from the catalog.
+    snapshot_tables: HashMap<u32, Arc<Table>>,
+    keys: HashMap<(String, String), Vec<String>>,
+    txn: Option<(u32, i64)>,
+    /// End LSN of the last transaction whose changes were all handed out.
+    last_end: u64,
+    encoder: Encoder,
+}
+
+pub struct PostgresCdcSource {
+    config: PostgresCdcConfig,
+    slot: String,
+    publication: String,
+    conninfo: String,
+    batch_size: usize,
+    linger: Duration,
+    state: StateStore,
+    phase: Phase,
+    decoder: Decoder,
+    /// Batches read but not yet acknowledged, in order.
+    pending: VecDeque<(u64, Mark)>,
+    /// The last LSN reported to the server as flushed.
+    confirmed: u64,
+    /// The final snapshot batch, until it is acknowledged.
+    snapshot_last_seq: Option<u64>,
+    snapshot_pending: bool,
+    reconnect_delay: Duration,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The replication connection's string: the user's URL in `replication=database`
+/// mode, with a session whose timestamps print in UTC ISO form, which the
+/// decoder turns into ISO 8601.
+fn replication_conninfo(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO")
+}
+
+fn state_key(slot: &str) -> String {
+    format!("postgres_cdc.{slot}")
+}
+
+impl PostgresCdcSource {
+    pub async fn open(config: PostgresCdcConfig, ctx: &SourceContext) -> Result<Self, PgCdcError> {
+        let slot = config.slot_name(&ctx.pipeline);
+        let publication = config.publication_name(&slot);
+        let mut conn = catalog::connect(&config.url).await?;
+        let db = catalog::check_server(&mut conn).await?;
+        if config.tables.is_empty() {
+            if catalog::published_tables(&mut conn, &publication).await?.is_none() {
+                return Err(PgCdcError::Setup(format!(
+                    "publication `{publication}` does not exist; create it or list the `tables` to capture"
+                )));
+            }
+        } else {
+            catalog::ensure_publication(&mut conn, &publication, &config.qualified_tables()).await?;
+        }
+        let keys = catalog::key_columns(&mut conn, &publication).await?;
+        let existing = catalog::slot(&mut conn, &slot).await?;
+        if let Some(info) = &existing {
+            if info.wal_status.as_deref() == Some("lost") {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{slot}` is invalidated (wal_status = lost): the server removed WAL it still \
+                     needed, so changes were lost. Drop the slot and start over with a new snapshot"
+                )));
+            }
+            if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(db.as_str()) {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{slot}` exists but is not a pgoutput slot of database `{db}`; choose another `slot`"
+                )));
+            }
+        }
+        let key = state_key(&slot);
+        let record: Option<SlotRecord> = ctx.state.load(&key).map_err(PgCdcError::State)?;
+        let decoder = Decoder {
+            pipeline: ctx.pipeline.clone(),
+            db: db.into(),
+            tombstones: config.tombstones,
+            tables: HashMap::new(),
+            snapshot_tables: HashMap::new(),
+            keys,
+            txn: None,
+            last_end: 0,
+            encoder: Encoder::default(),
+        };
+        let mut source = PostgresCdcSource {
+            conninfo: replication_conninfo(&config.url),
+            slot,
+            publication,
+            batch_size: ctx.batch_size,
+            linger: ctx.linger,
+            state: ctx.state.clone(),
+            phase: Phase::Finished,
+            decoder,
+            pending: VecDeque::new(),
+            confirmed: 0,
+            snapshot_last_seq: None,
+            snapshot_pending: false,
+            reconnect_delay: Duration::from_millis(100),
+            config,
+        };
+        let wants_snapshot = source.config.snapshot != SnapshotMode::Never;
+        let slot = source.slot.clone();
+        match (existing, record) {
+            (Some(_), Some(r)) if r.snapshot_done => {
+                tracing::info!(slot = %slot, "resuming from the replication slot");
+                source.phase = Phase::Streaming(Box::new(source.stream(None).await?));
+            }
+            (Some(_), Some(_)) => {
+                tracing::warn!(slot = %slot, "the initial snapshot did not finish last time; dropping the slot and taking it again");
+                catalog::drop_slot(&mut conn, &slot).await?;
+                source.create_slot().await?;
+            }
+            (Some(_), None) if !wants_snapshot => {
+                tracing::info!(slot = %slot, "streaming from the existing replication slot");
+                source.save(true)?;
+                source.phase = Phase::Streaming(Box::new(source.stream(None).await?));
+            }
+            (Some(_), None) => {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{slot}` already exists, and this pipeline has no record of a snapshot through \
+                     it, so one taken now would not line up with the slot's position. Drop it \
+                     (`SELECT pg_drop_replication_slot('{slot}')`) to start with a snapshot, or set `snapshot: never` \
+                     to stream from where it stands"
+                )));
+            }
+            (None, Some(r)) if r.snapshot_done => {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{slot}` is gone (dropped, or lost in a failover), so changes made since it \
+                     was last read cannot be streamed. To start over with a new snapshot, delete {} in the state \
+                     directory and run again",
+                    source.state.dir().join(format!("{key}.json")).display()
+                )));
+            }
+            (None, _) => source.create_slot().await?,
+        }
+        Ok(source)
+    }
+
+    fn save(&self, snapshot_done: bool) -> Result<(), PgCdcError> {
+        let record = SlotRecord { slot: self.slot.clone(), snapshot_done };
+        self.state.save(&state_key(&self.slot), &record).map_err(PgCdcError::State)
+    }
+
+    fn stream_config(&self) -> ReplicationStreamConfig {
+        ReplicationStreamConfig::builder(self.slot.clone(), self.publication.clone())
+            // Protocol 1: a transaction arrives once, at its commit, so nothing
+            // uncommitted is buffered here (the server spills large ones to disk).
+            .with_protocol_version(1)
+            .with_streaming_mode(StreamingMode::Off)
+            // Reconnecting must never create the slot anew: that would skip changes.
+            .with_existing_slot_required(true)
+            .with_feedback_interval(Duration::from_secs(1))
+            .with_connection_timeout(CONNECT_TIMEOUT)
+            .with_retry_config(RetryConfig { max_attempts: 1, max_duration: CONNECT_TIMEOUT, ..RetryConfig::default() })
+    }
+
+    async fn connect(&mut self) -> Result<LogicalReplicationStream, PgCdcError> {
+        LogicalReplicationStream::new(&self.conninfo, self.stream_config()).await.map_err(|e| {
+            PgCdcError::replication(format!("cannot open a replication connection to {}", redact_url(&self.config.url)), e)
+        })
+    }
+
+    /// A stream started from the slot (`None`) or past a transaction end already
+    /// handed out.
+    async fn stream(&mut self, from: Option<u64>) -> Result<LogicalReplicationStream, PgCdcError> {
+        let mut stream = self.connect().await?;
+        if self.confirmed > 0 {
+            stream.shared_lsn_feedback.update_flushed_lsn(self.confirmed);
+            stream.shared_lsn_feedback.update_applied_lsn(self.confirmed);
+        }
+        stream.start(from).await.map_err(|e| {
+            let context = if is_slot_problem(&e) {
+                format!("replication slot `{}` cannot be streamed from", self.slot)
+            } else {
+                "cannot start streaming".to_string()
+            };
+            PgCdcError::replication(context, e)
+        })?;
+        Ok(stream)
+    }
+
+    async fn create_slot(&mut self) -> Result<(), PgCdcError> {
+        let stream = self.connect().await?;
+        if self.config.snapshot == SnapshotMode::Never {
+            let mut stream = stream;
+            stream
+                .ensure_replication_slot()
+                .await
+                .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
+            tracing::info!(slot = %self.slot, publication = %self.publication, "created the replication slot");
+            self.save(true)?;
+            stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
+            self.phase = Phase::Streaming(Box::new(stream));
+            return Ok(());
+        }
+        // Recorded first, so a crash during the copy is known to have left an
+        // unfinished snapshot behind.
+        self.save(false)?;
+        let outcome = stream
+            .snapshot()
+            .await
+            .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
+        match outcome {
+            SnapshotOutcome::Available(snapshot) => {
+                let tables: Vec<String> = snapshot.tables().iter().map(|t| t.qualified_name()).collect();
+                tracing::info!(
+                    slot = %self.slot,
+                    publication = %self.publication,
+                    consistent_point = %snapshot.consistent_point(),
+                    tables = %tables.join(", "),
+                    "created the replication slot; taking the initial snapshot"
+                );
+                self.snapshot_pending = true;
+                self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms() };
+                Ok(())
+            }
+            SnapshotOutcome::Unavailable(_) => Err(PgCdcError::Setup(format!(
+                "replication slot `{}` appeared while Flowgate was creating it; is another pipeline using the same slot?",
+                self.slot
+            ))),
+        }
+    }
+
+    async fn read_snapshot(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
+        let Phase::Snapshot { rows, started_ms } = &mut self.phase else { unreachable!() };
+        let origin = Origin {
+            pipeline: &self.decoder.pipeline,
+            db: &self.decoder.db,
+            commit_ms: *started_ms,
+            now_ms: now_ms(),
+            tx_id: None,
+            snapshot: true,
+        };
+        let mut done = false;
+        while batch.records.len() < self.batch_size {
+            let row = rows.next_row().await.map_err(|e| {
+                PgCdcError::replication("the initial snapshot failed; the next start takes it again from the beginning", e)
+            })?;
+            let Some(row) = row else {
+                done = true;
+                break;
+            };
+            let keys = &self.decoder.keys;
+            let table = self.decoder.snapshot_tables.entry(row.relation.relation_id).or_insert_with(|| {
+                let r = &row.relation;
+                let keys = keys.get(&(r.namespace.to_string(), r.relation_name.to_string()));
+                let is_key = |name: &str| keys.is_some_and(|k| k.iter().any(|c| c == name));
+                Arc::new(Table::new(
+                    r.namespace.clone(),
+                    r.relation_name.clone(),
+                    r.columns.iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name))),
+                ))
+            });
+            batch.records.push(self.decoder.encoder.change(&origin, table, Op::Read, row.lsn.value(), None, Some(&row.data)));
+        }
+        if !batch.records.is_empty() {
+            self.pending.push_back((batch.seq, Mark::Snapshot));
+            self.snapshot_last_seq = Some(batch.seq);
+        }
+        if done {
+            let Phase::Snapshot { rows, .. } = std::mem::replace(&mut self.phase, Phase::Finished) else {
+                unreachable!()
+            };
+            let mut stream = rows
+                .finish()
+                .await
+                .map_err(|e| PgCdcError::replication("cannot finish the initial snapshot", e))?;
+            tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
+            if self.snapshot_last_seq.is_none() {
+                self.snapshot_done()?; // The tables were empty.
+            }
+            if self.config.snapshot != SnapshotMode::InitialOnly {
+                stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
+                self.phase = Phase::Streaming(Box::new(stream));
+            }
+        }
+        Ok(if batch.records.is_empty() { Read::Idle } else { Read::Data })
+    }
+
+    async fn read_stream(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
+        let Phase::Streaming(stream) = &mut self.phase else { unreachable!() };
+        let token = CancellationToken::new();
+        let deadline = tokio::time::sleep(IDLE_AFTER);
+        tokio::pin!(deadline);
+        let mut lost = None;
+        while batch.records.len() < self.batch_size && !token.is_cancelled() {
+            let event = {
+                let next = stream.next_event(&token);
+                tokio::pin!(next);
+                // Cancelling through the token, never by dropping the future,
+                // keeps the connection's state intact.
+                tokio::select! {
+                    biased;
+                    event = &mut next => event,
+                    _ = &mut deadline => {
+                        token.cancel();
+                        next.await
+                    }
+                }
+            };
+            match event {
+                Ok(event) => {
+                    let was_empty = batch.records.is_empty();
+                    self.decoder.handle(event, now_ms(), batch);
+                    if was_empty && !batch.records.is_empty() {
+                        deadline.as_mut().reset(Instant::now() + self.linger);
+                    }
+                }
+                Err(e) if e.is_cancelled() => break,
+                Err(e) => {
+                    lost = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = lost {
+            if e.is_permanent() || is_slot_problem(&e) {
+                return Err(PgCdcError::replication(format!("streaming from slot `{}` failed", self.slot), e));
+            }
+            tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
+            // The transaction in progress is streamed again, whole, after reconnecting.
+            self.decoder.txn = None;
+            self.phase = Phase::Disconnected { retry_at: Instant::now() };
+        }
+        if batch.records.is_empty() {
+            self.advance_idle().await;
+            return Ok(Read::Idle);
+        }
+        self.pending.push_back((batch.seq, Mark::Lsn(self.decoder.last_end)));
+        batch.position = Some(Position::Lsn(self.decoder.last_end));
+        Ok(Read::Data)
+    }
+
+    /// With every batch acknowledged and no transaction half handed out, all the
+    /// server has sent is done: confirm its WAL position, so the slot keeps up
+    /// with writes that publish nothing.
+    async fn advance_idle(&mut self) {
+        if !self.pending.is_empty() || self.decoder.txn.is_some() {
+            return;
+        }
+        let Phase::Streaming(stream) = &mut self.phase else { return };
+        let received = stream.current_lsn();
+        if received > self.confirmed {
+            self.confirmed = received;
+            stream.shared_lsn_feedback.update_flushed_lsn(received);
+            stream.shared_lsn_feedback.update_applied_lsn(received);
+            if let Err(e) = stream.send_feedback().await {
+                tracing::debug!(error = %e, "sending the idle position failed; the next status update carries it");
+            }
+        }
+    }
+
+    async fn reconnect(&mut self) -> Result<(), PgCdcError> {
+        let Phase::Disconnected { retry_at } = self.phase else { return Ok(()) };
+        let wait = retry_at.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait.min(IDLE_AFTER)).await;
+            return Ok(());
+        }
+        // Past the last transaction handed out in full: what the engine holds is
+        // not sent twice.
+        let from = (self.decoder.last_end > 0).then_some(self.decoder.last_end);
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.stream(from)).await;
+        match attempt {
+            Ok(Ok(stream)) => {
+                tracing::info!(slot = %self.slot, "replication connection restored");
+                self.reconnect_delay = Duration::from_millis(100);
+                self.phase = Phase::Streaming(Box::new(stream));
+            }
+            Ok(Err(e)) if !e.is_retryable() => return Err(e),
+            failed => {
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string() + &source_text(&e),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(slot = %self.slot, retry_in = ?self.reconnect_delay, error = %reason, "cannot reconnect yet");
+                self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
+                self.reconnect_delay = (self.reconnect_delay * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_done(&mut self) -> Result<(), PgCdcError> {
+        self.snapshot_pending = false;
+        self.snapshot_last_seq = None;
+        if self.config.snapshot == SnapshotMode::InitialOnly {
+            return Ok(());
+        }
+        self.save(true)?;
+        tracing::info!(slot = %self.slot, "initial snapshot written");
+        Ok(())
+    }
+}
+
+fn source_text(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+impl Decoder {
+    fn handle(&mut self, event: ChangeEvent, now_ms: i64, batch: &mut Batch) {
+        let lsn = event.lsn.value();
+        match event.event_type {
+            EventType::Begin { transaction_id, commit_timestamp, .. } => {
+                self.txn = Some((transaction_id, commit_timestamp.timestamp_millis()));
+            }
+            EventType::Commit { end_lsn, .. } => {
+                self.txn = None;
+                self.last_end = end_lsn.value();
+            }
+            EventType::Relation { relation_id, namespace, relation_name, columns, .. } => {
+                let table =
+                    Table::new(namespace, relation_name, columns.into_iter().map(|c| (c.name, c.type_id, c.is_key)));
+                self.tables.insert(relation_id, Arc::new(table));
+            }
+            EventType::Insert { relation_oid, data, .. } => {
+                self.change(relation_oid, Op::Create, lsn, None, Some(&data), now_ms, batch);
+            }
+            EventType::Update { relation_oid, old_data, new_data, .. } => {
+                self.change(relation_oid, Op::Update, lsn, old_data.as_ref(), Some(&new_data), now_ms, batch);
+            }
+            EventType::Delete { relation_oid, old_data, replica_identity, .. } => {
+                // Without a replica identity the server sends no old row at all.
+                let old = (replica_identity != ReplicaIdentity::Nothing).then_some(&old_data);
+                self.change(relation_oid, Op::Delete, lsn, old, None, now_ms, batch);
+            }
+            EventType::Truncate { tables, .. } => {
+                for name in tables {
+                    let (schema, table) = match name.split_once('.') {
+                        Some((s, t)) => (Arc::from(s), Arc::from(t)),
+                        None => (Arc::from("public"), name.clone()),
+                    };
+                    let table = Table { schema, name: table, columns: Vec::new() };
+                    let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
+                    batch.records.push(self.encoder.change(&origin, &table, Op::Truncate, lsn, None, None));
+                }
+            }
+            // Types, origins, logical messages: nothing to emit.
+            _ => {}
+        }
+    }
+
+
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        relation: u32,
+        op: Op,
+        lsn: u64,
+        before: Option<&pg_walstream::RowData>,
+        after: Option<&pg_walstream::RowData>,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) {
+        // The server sends a Relation message before a table's first change on
+        // every connection, so a miss is a protocol violation, not a state to handle.
+        let Some(table) = self.tables.get(&relation).cloned() else {
+            tracing::error!(relation, "change for a table without a Relation message; skipped");
+            return;
+        };
+        let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
+        let record = self.encoder.change(&origin, &table, op, lsn, before, after);
+        if op == Op::Delete && self.tombstones {
+            let tombstone = Encoder::tombstone(&record);
+            batch.records.push(record);
+            batch.records.push(tombstone);
+        } else {
+            batch.records.push(record);
+        }
+    }
+}
+
+fn streamed<'a>(pipeline: &'a str, db: &'a str, txn: Option<(u32, i64)>, now_ms: i64) -> Origin<'a> {
+    let (tx_id, commit_ms) = txn.map_or((None, now_ms), |(x, t)| (Some(x), t));
+    Origin { pipeline, db, commit_ms, now_ms, tx_id, snapshot: false }
+}
+
+#[async_trait]
+impl Source for PostgresCdcSource {
+    async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        let result = match self.phase {
+            Phase::Snapshot { .. } => self.read_snapshot(batch).await,
+            Phase::Streaming(_) => self.read_stream(batch).await,
+            Phase::Disconnected { .. } => self.reconnect().await.map(|()| Read::Idle),
+            Phase::Finished => Ok(if self.snapshot_pending { Read::Idle } else { Read::End }),
+        };
+        Ok(result?)
+    }
+
+    async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
+        let mut target = None;
+        while let Some((seq, mark)) = self.pending.front() {
+            if *seq >= done.0 {
+                break;
+            }
+            if let Mark::Lsn(lsn) = mark {
+                target = Some(*lsn);
+            }
+            if self.snapshot_last_seq == Some(*seq) {
+                self.snapshot_done()?;
+            }
+            self.pending.pop_front();
+        }
+        let Some(target) = target.filter(|t| *t > self.confirmed) else { return Ok(()) };
+        self.confirmed = target;
+        if let Phase::Streaming(stream) = &mut self.phase {
+            stream.shared_lsn_feedback.update_flushed_lsn(target);
+            stream.shared_lsn_feedback.update_applied_lsn(target);
+            if let Err(e) = stream.send_feedback().await {
+                tracing::debug!(error = %e, "sending the confirmed position failed; the next status update carries it");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        match std::mem::replace(&mut self.phase, Phase::Finished) {
+            Phase::Streaming(mut stream) => {
+                // The final status update: the confirmed position, as of the last commit.
+                stream.stop().await.map_err(|e| PgCdcError::replication("closing the replication stream", e))?;
+            }
+            Phase::Finished if self.config.snapshot == SnapshotMode::InitialOnly && !self.snapshot_pending => {
+                let mut conn = catalog::connect(&self.config.url).await?;
+                catalog::drop_slot(&mut conn, &self.slot).await?;
+                tracing::info!(slot = %self.slot, "snapshot done; dropped the replication slot");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_session_prints_timestamps_in_utc() {
+        assert_eq!(
+            replication_conninfo("postgres://u@h/db"),
+            "postgres://u@h/db?replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO"
+        );
+        assert!(replication_conninfo("postgres://u@h/db?sslmode=require").starts_with("postgres://u@h/db?sslmode=require&replication"));
+    }
+}
