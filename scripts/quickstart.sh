@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
+# The Postgres change-capture source links libpq.
+if [[ ! -e /usr/include/postgresql/libpq-fe.h ]]; then
+  echo "quickstart: installing libpq-dev"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev >/dev/null
+fi
 cargo build --release --locked
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 mkdir -p "$FLOWGATE_PLUGINS"

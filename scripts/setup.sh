@@ -8,6 +8,10 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+# libpq to build the replication client against; a PostgreSQL server, of which
+# each Postgres test starts a private instance (scripts/postgres-local.sh).
+[[ -e /usr/include/postgresql/libpq-fe.h ]] || need_apt+=(libpq-dev)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq

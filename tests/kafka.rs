@@ -4,11 +4,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::Duration;
 
 use common::kafka::{Broker, Reader, S3, Writer, numbered};
-use common::{flowgate, log, plugins_dir, records, repo, signal, spawn_run, wait_exit, wait_for};
+use common::{Guard, flowgate, kill, log, plugins_dir, records, repo, spawn_run, stop, wait_exit, wait_for};
 
 /// A Kafka -> Kafka pipeline file. Test settings keep group joins short.
 fn pipeline(dir: &Path, name: &str, broker: &str, input: &str, output: &str, sink_extra: &str) -> PathBuf {
@@ -35,40 +34,6 @@ batch:
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A running `flowgate`, killed if the test fails before stopping it.
-struct Guard(Child);
-
-impl std::ops::Deref for Guard {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Guard {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kill(child: &mut Child) {
-    signal(child, libc::SIGKILL);
-    let _ = child.wait();
-}
-
-fn stop(child: &mut Child, dir: &Path) {
-    signal(child, libc::SIGTERM);
-    let status = wait_exit(child, Duration::from_secs(60));
-    assert!(status.success(), "flowgate failed: {status}\n{}", log(dir));
 }
 
 const N: u64 = 100_000;

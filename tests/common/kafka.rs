@@ -251,8 +251,9 @@ pub struct Reader {
     consumer: BaseConsumer,
     pub counts: HashMap<String, u32>,
     pub total: u64,
-    /// The first 1000 records read.
+    /// The first `keep` records read (1000 unless [`Reader::keep_all`]).
     pub messages: Vec<Msg>,
+    keep: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -279,7 +280,13 @@ impl Reader {
             tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).expect("assign");
-        Reader { consumer, counts: HashMap::new(), total: 0, messages: Vec::new() }
+        Reader { consumer, counts: HashMap::new(), total: 0, messages: Vec::new(), keep: 1000 }
+    }
+
+    /// Keeps every record read, for tests that replay the whole topic.
+    pub fn keep_all(mut self) -> Reader {
+        self.keep = usize::MAX;
+        self
     }
 
     /// Reads until `done` holds or nothing new arrived for `idle`; whether `done` held.
@@ -297,7 +304,7 @@ impl Reader {
                     let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
                     *self.counts.entry(key).or_default() += 1;
                     self.total += 1;
-                    if self.messages.len() < 1000 {
+                    if self.messages.len() < self.keep {
                         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                         let headers = m
                             .headers()

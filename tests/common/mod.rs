@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test file uses a different subset.
 
 pub mod kafka;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -146,4 +147,38 @@ pub fn records(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect()
+}
+
+/// A running `flowgate`, killed if the test fails before stopping it.
+pub struct Guard(pub Child);
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn kill(child: &mut Child) {
+    signal(child, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+pub fn stop(child: &mut Child, dir: &Path) {
+    signal(child, libc::SIGTERM);
+    let status = wait_exit(child, Duration::from_secs(60));
+    assert!(status.success(), "flowgate failed: {status}\n{}", log(dir));
 }

@@ -76,7 +76,9 @@ pub async fn ensure_publication(
             // Identifiers are quoted by quote_ident; DDL takes no bind parameters.
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map_err(|e| {
                 PgCdcError::db(
-                    format!("cannot create publication `{name}` (the user must own the tables, or create it beforehand)"),
+                    format!(
+                        "cannot create publication `{name}` (the user must own the tables, or create it beforehand)"
+                    ),
                     e,
                 )
             })?;
@@ -105,6 +107,28 @@ pub async fn published_tables(
         .await
         .map_err(|e| PgCdcError::db("cannot read the publication's tables", e))?;
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
+}
+
+/// Opens a transaction holding `ACCESS SHARE` locks on the publication's
+/// tables. Held from before the slot's consistent point until the snapshot is
+/// read, it makes DDL that rewrites a table (`ALTER COLUMN ... TYPE`, `VACUUM
+/// FULL`, `TRUNCATE`) wait: a rewrite committed after the consistent point
+/// would show the snapshot an empty table. It assigns no transaction id, so the
+/// slot's creation does not wait for it.
+pub async fn lock_published(conn: &mut PgConnection, publication: &str) -> Result<(), PgCdcError> {
+    let tables = published_tables(conn, publication).await?.unwrap_or_default();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    let lock = format!("LOCK TABLE {} IN ACCESS SHARE MODE", list.join(", "));
+    sqlx::query("BEGIN").execute(&mut *conn).await.map_err(|e| PgCdcError::db("cannot lock the tables", e))?;
+    // Identifiers are quoted by quote_ident.
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot lock the tables for the snapshot", e))?;
+    Ok(())
 }
 
 /// Per published table, the columns of its replica identity (the primary key
@@ -157,12 +181,11 @@ pub async fn slot(conn: &mut PgConnection, name: &str) -> Result<Option<SlotInfo
 pub async fn drop_slot(conn: &mut PgConnection, name: &str) -> Result<(), PgCdcError> {
     let mut attempts = 0;
     loop {
-        let result = sqlx::query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-        )
-        .bind(name)
-        .execute(&mut *conn)
-        .await;
+        let result =
+            sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(name)
+                .execute(&mut *conn)
+                .await;
         match result {
             Ok(_) => return Ok(()),
             // 55006: the slot is active (its previous session has not ended yet).

@@ -150,7 +150,10 @@ mod tests {
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("postgres://app:***@db:5432/shop"), "{shown}");
         assert_eq!(redact_url("postgres://db/shop"), "postgres://db/shop");
-        assert_eq!(redact_url("postgres://u@db/x?sslmode=require&password=1"), "postgres://u@db/x?sslmode=require&password=***");
+        assert_eq!(
+            redact_url("postgres://u@db/x?sslmode=require&password=1"),
+            "postgres://u@db/x?sslmode=require&password=***"
+        );
     }
 
     #[test]
@@ -158,10 +161,7 @@ mod tests {
         let c = config(r#"{"url": "postgres://db/shop", "tables": ["orders", "audit.log"]}"#);
         assert_eq!(c.slot_name("Orders-CDC"), "flowgate_orders_cdc");
         assert_eq!(c.publication_name("flowgate_orders_cdc"), "flowgate_orders_cdc");
-        assert_eq!(
-            c.qualified_tables(),
-            vec![("public".into(), "orders".into()), ("audit".into(), "log".into())]
-        );
+        assert_eq!(c.qualified_tables(), vec![("public".into(), "orders".into()), ("audit".into(), "log".into())]);
         assert!(c.problems().is_empty());
     }
 

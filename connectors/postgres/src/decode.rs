@@ -99,7 +99,11 @@ fn write_scalar(out: &mut Vec<u8>, kind: Scalar, text: &str) {
         Scalar::Bytea => match decode_hex_bytea(text) {
             Some(bytes) => {
                 out.push(b'"');
-                let _ = write!(out, "{}", base64::display::Base64Display::new(&bytes, &base64::engine::general_purpose::STANDARD));
+                let _ = write!(
+                    out,
+                    "{}",
+                    base64::display::Base64Display::new(&bytes, &base64::engine::general_purpose::STANDARD)
+                );
                 out.push(b'"');
             }
             None => write_str(out, text),

@@ -12,7 +12,6 @@ use pg_walstream::{ColumnValue, RowData};
 
 use crate::decode::{Kind, kind_of, write_str, write_value};
 
-
 /// A captured table's shape, from a Relation message or the catalog.
 #[derive(Debug)]
 pub struct Table {
@@ -230,7 +229,14 @@ mod tests {
     }
 
     fn origin() -> Origin<'static> {
-        Origin { pipeline: "p", db: "shop", commit_ms: 1_700_000_000_000, now_ms: 1_700_000_000_005, tx_id: Some(7), snapshot: false }
+        Origin {
+            pipeline: "p",
+            db: "shop",
+            commit_ms: 1_700_000_000_000,
+            now_ms: 1_700_000_000_005,
+            tx_id: Some(7),
+            snapshot: false,
+        }
     }
 
     #[test]

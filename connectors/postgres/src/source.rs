@@ -12,9 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{
-    Batch, ConnectorError, Position, Read, Source, SourceContext, StateStore, Watermark, async_trait,
-};
+use flowgate_sdk::{Batch, ConnectorError, Position, Read, Source, SourceContext, StateStore, Watermark, async_trait};
 use pg_walstream::{
     CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicaIdentity, ReplicationStreamConfig,
     RetryConfig, SnapshotOutcome, SnapshotRows, StreamingMode,
@@ -45,9 +43,17 @@ struct SlotRecord {
 }
 
 enum Phase {
-    Snapshot { rows: Box<SnapshotRows>, started_ms: i64 },
+    Snapshot {
+        rows: Box<SnapshotRows>,
+        started_ms: i64,
+        /// The connection whose transaction keeps the tables from being
+        /// rewritten until they are copied (see `catalog::lock_published`).
+        _locks: sqlx::PgConnection,
+    },
     Streaming(Box<LogicalReplicationStream>),
-    Disconnected { retry_at: Instant },
+    Disconnected {
+        retry_at: Instant,
+    },
     /// `initial_only`: the snapshot is out; the input ends here.
     Finished,
 }
@@ -229,7 +235,10 @@ impl PostgresCdcSource {
 
     async fn connect(&mut self) -> Result<LogicalReplicationStream, PgCdcError> {
         LogicalReplicationStream::new(&self.conninfo, self.stream_config()).await.map_err(|e| {
-            PgCdcError::replication(format!("cannot open a replication connection to {}", redact_url(&self.config.url)), e)
+            PgCdcError::replication(
+                format!("cannot open a replication connection to {}", redact_url(&self.config.url)),
+                e,
+            )
         })
     }
 
@@ -269,6 +278,8 @@ impl PostgresCdcSource {
         // Recorded first, so a crash during the copy is known to have left an
         // unfinished snapshot behind.
         self.save(false)?;
+        let mut locks = catalog::connect(&self.config.url).await?;
+        catalog::lock_published(&mut locks, &self.publication).await?;
         let outcome = stream
             .snapshot()
             .await
@@ -284,7 +295,7 @@ impl PostgresCdcSource {
                     "created the replication slot; taking the initial snapshot"
                 );
                 self.snapshot_pending = true;
-                self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms() };
+                self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), _locks: locks };
                 Ok(())
             }
             SnapshotOutcome::Unavailable(_) => Err(PgCdcError::Setup(format!(
@@ -295,7 +306,7 @@ impl PostgresCdcSource {
     }
 
     async fn read_snapshot(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
-        let Phase::Snapshot { rows, started_ms } = &mut self.phase else { unreachable!() };
+        let Phase::Snapshot { rows, started_ms, .. } = &mut self.phase else { unreachable!() };
         let origin = Origin {
             pipeline: &self.decoder.pipeline,
             db: &self.decoder.db,
@@ -307,7 +318,10 @@ impl PostgresCdcSource {
         let mut done = false;
         while batch.records.len() < self.batch_size {
             let row = rows.next_row().await.map_err(|e| {
-                PgCdcError::replication("the initial snapshot failed; the next start takes it again from the beginning", e)
+                PgCdcError::replication(
+                    "the initial snapshot failed; the next start takes it again from the beginning",
+                    e,
+                )
             })?;
             let Some(row) = row else {
                 done = true;
@@ -324,7 +338,14 @@ impl PostgresCdcSource {
                     r.columns.iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name))),
                 ))
             });
-            batch.records.push(self.decoder.encoder.change(&origin, table, Op::Read, row.lsn.value(), None, Some(&row.data)));
+            batch.records.push(self.decoder.encoder.change(
+                &origin,
+                table,
+                Op::Read,
+                row.lsn.value(),
+                None,
+                Some(&row.data),
+            ));
         }
         if !batch.records.is_empty() {
             self.pending.push_back((batch.seq, Mark::Snapshot));
@@ -334,10 +355,8 @@ impl PostgresCdcSource {
             let Phase::Snapshot { rows, .. } = std::mem::replace(&mut self.phase, Phase::Finished) else {
                 unreachable!()
             };
-            let mut stream = rows
-                .finish()
-                .await
-                .map_err(|e| PgCdcError::replication("cannot finish the initial snapshot", e))?;
+            let mut stream =
+                rows.finish().await.map_err(|e| PgCdcError::replication("cannot finish the initial snapshot", e))?;
             tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
             if self.snapshot_last_seq.is_none() {
                 self.snapshot_done()?; // The tables were empty.
@@ -513,7 +532,6 @@ impl Decoder {
         }
     }
 
-
     #[allow(clippy::too_many_arguments)]
     fn change(
         &mut self,
@@ -613,6 +631,9 @@ mod tests {
             replication_conninfo("postgres://u@h/db"),
             "postgres://u@h/db?replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO"
         );
-        assert!(replication_conninfo("postgres://u@h/db?sslmode=require").starts_with("postgres://u@h/db?sslmode=require&replication"));
+        assert!(
+            replication_conninfo("postgres://u@h/db?sslmode=require")
+                .starts_with("postgres://u@h/db?sslmode=require&replication")
+        );
     }
 }

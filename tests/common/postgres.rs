@@ -1,0 +1,188 @@
+//! A private PostgreSQL server per test: `initdb` into a temporary directory,
+//! configured for logical replication, on a loopback port of its own. Uses the
+//! machine's PostgreSQL binaries (`FLOWGATE_PG_BIN`, or the newest
+//! `/usr/lib/postgresql/*/bin`); as root, the server runs as user `postgres`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::free_port;
+
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FLOWGATE_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/setup.sh (or scripts/test.sh)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()));
+    found.pop().expect("no /usr/lib/postgresql/*/bin/initdb")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A server-side command, run as `postgres` when we are root (the server
+/// refuses to run as root).
+fn server_cmd(tool: &str) -> Command {
+    let path = bin_dir().join(tool);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    running: bool,
+}
+
+impl Postgres {
+    /// A server with `wal_level = logical`.
+    pub fn start() -> Postgres {
+        Postgres::start_with(&[])
+    }
+
+    /// As [`Postgres::start`], with extra `postgresql.conf` lines.
+    pub fn start_with(settings: &[&str]) -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if is_root() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let mut initdb = server_cmd("initdb");
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+        ]);
+        run(initdb, "initdb");
+        let port = free_port();
+        let mut conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
+             wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
+             fsync = off\nfull_page_writes = off\nshared_buffers = 64MB\n",
+            dir.path().display()
+        );
+        for s in settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        let conf_path = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&conf_path, text).unwrap();
+        let mut pg = Postgres { dir, port, running: false };
+        pg.start_again();
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the (stopped) server again on the same port and data.
+    pub fn start_again(&mut self) {
+        let mut c = server_cmd("pg_ctl");
+        c.arg("-D").arg(self.data()).arg("-l").arg(self.dir.path().join("server.log")).args(["-w", "start"]);
+        run(c, "pg_ctl start");
+        self.running = true;
+    }
+
+    /// Stops the server (`fast`: disconnects clients, as a restart does).
+    pub fn stop(&mut self) {
+        self.stop_mode("fast");
+    }
+
+    fn stop_mode(&mut self, mode: &str) {
+        if self.running {
+            let mut c = server_cmd("pg_ctl");
+            c.arg("-D").arg(self.data()).args(["-m", mode, "-w", "stop"]);
+            run(c, "pg_ctl stop");
+            self.running = false;
+        }
+    }
+
+    /// Runs SQL through psql; returns its unaligned output.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = self.psql().args(["-c", sql]).output().expect("psql runs");
+        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    }
+
+    fn psql(&self) -> Command {
+        let mut c = Command::new(bin_dir().join("psql"));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts pgbench running `script` with `clients` connections for `seconds`.
+    pub fn pgbench(&self, script: &Path, clients: u32, seconds: u32) -> std::process::Child {
+        Command::new(bin_dir().join("pgbench"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-n"])
+            .arg("-f")
+            .arg(script)
+            .args(["-c", &clients.to_string(), "-j", "1", "-T", &seconds.to_string(), "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pgbench starts")
+    }
+
+    /// `pg_current_wal_lsn()` as a number.
+    pub fn current_lsn(&self) -> u64 {
+        self.sql("SELECT pg_current_wal_lsn() - '0/0'").parse().unwrap()
+    }
+
+    /// The slot's confirmed position, as a number (0 when the slot is missing).
+    pub fn confirmed(&self, slot: &str) -> u64 {
+        let s = self.sql(&format!(
+            "SELECT coalesce((SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = '{slot}'), 0)"
+        ));
+        s.parse().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let mut c = server_cmd("pg_ctl");
+            c.arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]);
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}

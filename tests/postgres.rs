@@ -1,0 +1,386 @@
+//! Postgres change data capture against a real PostgreSQL (a private server per
+//! test, `wal_level = logical`) and, for the Kafka cases, a real broker (tansu).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::kafka::{Broker, Reader};
+use common::postgres::Postgres;
+use common::{Guard, kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for};
+use serde_json::{Value, json};
+
+fn pipeline(dir: &Path, name: &str, pg: &Postgres, source_extra: &str, sink: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "name: {name}\nsource:\n  postgres_cdc:\n    url: {}\n{source_extra}\nsink:\n{sink}\nbatch:\n  size: 1000\n  linger: 20ms\n",
+        pg.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn kafka_sink(broker: &Broker) -> String {
+    format!("  kafka:\n    brokers: {}\n    topic: '${{meta.schema}}.${{meta.table}}'\n    linger: 5ms", broker.addr())
+}
+
+fn file_sink(path: &Path) -> String {
+    format!("  file:\n    path: {}\n    fsync: false", path.display())
+}
+
+/// Waits until the pipeline streams and its slot has confirmed everything
+/// written so far: every change is out and acknowledged.
+fn wait_caught_up(pg: &Postgres, slot: &str, dir: &Path) {
+    wait_streaming(pg, slot, dir);
+    let target = pg.current_lsn();
+    assert!(
+        wait_for(Duration::from_secs(90), || pg.confirmed(slot) >= target),
+        "slot {slot} stayed at {} below {target}",
+        pg.confirmed(slot)
+    );
+}
+
+/// Waits until the pipeline's walsender streams from the slot.
+fn wait_streaming(pg: &Postgres, slot: &str, dir: &Path) {
+    let active = format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active");
+    assert!(
+        wait_for(Duration::from_secs(30), || pg.sql(&active) == "1"),
+        "the source did not start streaming:\n{}",
+        log(dir)
+    );
+}
+
+fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json_of(m: &common::kafka::Msg) -> Option<Value> {
+    if m.value.is_empty() { None } else { Some(serde_json::from_str(&m.value).unwrap()) }
+}
+
+/// A table's rows as `id -> {column: value}`, through Postgres' own JSON.
+fn table_rows(pg: &Postgres, table: &str) -> BTreeMap<i64, Value> {
+    let text = pg.sql(&format!("SELECT coalesce(json_agg(t), '[]') FROM {table} t"));
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    rows.into_iter().map(|r| (r["id"].as_i64().unwrap(), r)).collect()
+}
+
+/// The table as the change events say it is: per key, the last event's `after`.
+fn rebuilt(messages: &[common::kafka::Msg]) -> BTreeMap<i64, Value> {
+    let mut state = BTreeMap::new();
+    for m in messages {
+        let Some(v) = json_of(m) else { continue };
+        let key: Value = serde_json::from_str(&m.key).unwrap();
+        let id = key["id"].as_i64().unwrap();
+        match v["op"].as_str().unwrap() {
+            "d" => {
+                state.remove(&id);
+            }
+            _ => {
+                state.insert(id, v["after"].clone());
+            }
+        }
+    }
+    state
+}
+
+#[test]
+fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text); INSERT INTO items SELECT g, 0, 'row ' || g FROM generate_series(1, 100000) g");
+    let broker = Broker::with_topics(&[("public.items", 3)]);
+    let writes = script(
+        dir.path(),
+        "writes.sql",
+        "\\set id random(1, 120000)\n\
+         INSERT INTO items VALUES (:id, 1, 'new') ON CONFLICT (id) DO UPDATE SET v = items.v + 1, note = 'upd';\n\
+         \\set d random(1, 120000)\n\
+         DELETE FROM items WHERE id = :d;\n",
+    );
+    let mut writer = pg.pgbench(&writes, 2, 10);
+    std::thread::sleep(Duration::from_millis(500)); // Writes are under way when the snapshot starts.
+    let file = pipeline(dir.path(), "snap", &pg, "    tables: [items]", &kafka_sink(&broker));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    assert!(writer.wait().unwrap().success(), "pgbench failed");
+    wait_caught_up(&pg, "flowgate_snap", dir.path());
+
+    let mut reader = Reader::new(&broker.addr(), "public.items", false).keep_all();
+    let expected = table_rows(&pg, "items");
+    reader.read_until(Duration::from_secs(5), |_| false);
+    assert!(reader.total > 100_000, "only {} events", reader.total);
+    let state = rebuilt(&reader.messages);
+    let snapshot_rows = reader.messages.iter().filter(|m| m.value.contains(r#""op":"r""#)).count();
+    // The writer deletes and inserts from the start, so the consistent point holds about 100k rows.
+    assert!(snapshot_rows > 95_000, "{snapshot_rows} snapshot events");
+    assert_eq!(state.len(), expected.len(), "row count differs");
+    let differing: Vec<_> = expected.iter().filter(|(id, row)| state.get(id) != Some(row)).take(5).collect();
+    assert!(differing.is_empty(), "rows differ from the table, e.g. {differing:?}");
+    stop(&mut run, dir.path());
+}
+
+#[test]
+fn a_runner_killed_again_and_again_loses_no_committed_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 500) g;
+         CREATE TABLE log (id bigserial PRIMARY KEY, counter int NOT NULL)",
+    );
+    let broker = Broker::with_topics(&[("public.counters", 3), ("public.log", 3)]);
+    let writes = script(
+        dir.path(),
+        "writes.sql",
+        "\\set id random(1, 500)\nBEGIN;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n\
+         INSERT INTO log (counter) VALUES (:id);\nEND;\n",
+    );
+    let file = pipeline(dir.path(), "kills", &pg, "    tables: [counters, log]", &kafka_sink(&broker));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut writer = pg.pgbench(&writes, 2, 16);
+    // Kills during streaming: one during the snapshot would, by design, take the snapshot again.
+    assert!(
+        wait_for(Duration::from_secs(30), || log(dir.path()).contains("initial snapshot written")),
+        "{}",
+        log(dir.path())
+    );
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    for i in 0..4u32 {
+        // A moment between 1 and 3 s, different every run.
+        let pause = 1000 + u64::from(seed.rotate_left(i * 8) % 2000);
+        std::thread::sleep(Duration::from_millis(pause));
+        kill(&mut run);
+        eprintln!("killed after {pause} ms");
+        run = Guard(spawn_run(dir.path(), &file, &[]));
+    }
+    assert!(writer.wait().unwrap().success(), "pgbench failed");
+    wait_caught_up(&pg, "flowgate_kills", dir.path());
+
+    // Every counter's updates, in commit order, without a gap: n at the snapshot, n + 1, ...
+    let mut counters = Reader::new(&broker.addr(), "public.counters", false).keep_all();
+    counters.read_until(Duration::from_secs(5), |_| false);
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut events = HashSet::new();
+    let mut repeats = 0;
+    for m in &counters.messages {
+        let v = json_of(m).unwrap();
+        let id = v["after"]["id"].as_i64().unwrap();
+        // A change is identified by its LSN (snapshot rows share one, and the id tells them apart).
+        if !events.insert((id, v["source"]["lsn"].as_u64().unwrap())) {
+            repeats += 1;
+            continue;
+        }
+        seen.entry(id).or_default().push(v["after"]["n"].as_i64().unwrap());
+    }
+    let finals = table_rows(&pg, "counters");
+    for (id, row) in &finals {
+        let got = seen.get(id).unwrap_or_else(|| panic!("no events for counter {id}"));
+        let want: Vec<i64> = (got[0]..=row["n"].as_i64().unwrap()).collect();
+        assert_eq!(got, &want, "counter {id}: changes missing or out of order");
+    }
+    // Every committed insert is there.
+    let mut logged = Reader::new(&broker.addr(), "public.log", false).keep_all();
+    logged.read_until(Duration::from_secs(5), |_| false);
+    let ids: HashSet<i64> =
+        logged.messages.iter().map(|m| json_of(m).unwrap()["after"]["id"].as_i64().unwrap()).collect();
+    let expected = table_rows(&pg, "log");
+    let missing = expected.keys().filter(|id| !ids.contains(id)).count();
+    assert_eq!(missing, 0, "log rows missing from the topic");
+    let log_repeats = logged.messages.len() - ids.len();
+    eprintln!(
+        "4 kills: {} counter updates and {} inserts out; repeated after restarts: {repeats} and {log_repeats}",
+        events.len(),
+        ids.len()
+    );
+    stop(&mut run, dir.path());
+}
+
+#[test]
+fn an_idle_slot_keeps_up_with_writes_to_unpublished_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE other (id serial PRIMARY KEY, pad text)");
+    let file = pipeline(dir.path(), "idle", &pg, "    tables: [watched]\n    snapshot: never", "  null: {}");
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    wait_streaming(&pg, "flowgate_idle", dir.path());
+    let start = pg.current_lsn();
+    let writes = script(
+        dir.path(),
+        "other.sql",
+        "INSERT INTO other (pad) SELECT repeat('x', 500) FROM generate_series(1, 50);\n",
+    );
+    let mut writer = pg.pgbench(&writes, 1, 6);
+    let mut worst = 0u64;
+    while writer.try_wait().unwrap().is_none() {
+        worst = worst.max(pg.current_lsn().saturating_sub(pg.confirmed("flowgate_idle")));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let written = pg.current_lsn() - start;
+    std::thread::sleep(Duration::from_secs(3));
+    let lag = pg.current_lsn() - pg.confirmed("flowgate_idle");
+    eprintln!("wrote {written} bytes of WAL; slot lag at most {worst} while writing, {lag} after");
+    assert!(written > 20 << 20, "the workload wrote only {written} bytes of WAL");
+    assert!(lag < 64 << 10, "the idle slot lags {lag} bytes behind");
+    assert!(worst < written / 4, "the slot lagged {worst} of {written} bytes while writes went on");
+    stop(&mut run, dir.path());
+}
+
+#[test]
+fn types_toast_values_and_schema_changes_come_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE every_type (id int PRIMARY KEY, i2 smallint, i8 bigint, num numeric(12,3), big numeric,
+           f4 real, f8 double precision, b bool, t text, vc varchar(10), d date, tm time, ts timestamp,
+           tstz timestamptz, u uuid, j json, jb jsonb, ia int[], ta text[], by bytea, nothing text);
+         CREATE TABLE docs (id int PRIMARY KEY, body text, n int);
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         CREATE TABLE docs_full (id int PRIMARY KEY, body text, n int);
+         ALTER TABLE docs_full ALTER COLUMN body SET STORAGE EXTERNAL;
+         ALTER TABLE docs_full REPLICA IDENTITY FULL;
+         INSERT INTO docs VALUES (1, repeat('x', 10000), 1);
+         INSERT INTO docs_full VALUES (1, repeat('y', 10000), 1);",
+    );
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "types", &pg, "    tables: [every_type, docs, docs_full]", &file_sink(&out));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    wait_streaming(&pg, "flowgate_types", dir.path());
+    pg.sql(
+        r#"INSERT INTO every_type VALUES (1, -32768, 9007199254740993, 123.450, 1e-30, 1.5, 'NaN', true,
+             'héllo "q"\', 'abc', '1969-07-20', '12:34:56.789', '1960-01-01 00:00:00.5',
+             '2024-02-29 23:00:00+02', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"a": [1, 2]}', '{"b": null}',
+             '{1,NULL,3}', '{"a,b",c}', '\x0001ff', NULL);
+           UPDATE docs SET n = 2 WHERE id = 1;
+           UPDATE docs_full SET n = 2 WHERE id = 1;
+           BEGIN;
+           ALTER TABLE docs ADD COLUMN extra text DEFAULT 'd';
+           INSERT INTO docs VALUES (2, 'short', 1, 'e');
+           COMMIT;
+           ALTER TABLE docs ALTER COLUMN n TYPE bigint;
+           INSERT INTO docs VALUES (3, 'short', 9000000000, 'f');
+           ALTER TABLE docs DROP COLUMN extra;
+           INSERT INTO docs VALUES (4, 'short', 4);
+           DELETE FROM docs WHERE id = 4;
+           TRUNCATE docs_full;"#,
+    );
+    wait_caught_up(&pg, "flowgate_types", dir.path());
+    stop(&mut run, dir.path());
+    let events = records(&out);
+    let find = |table: &str, op: &str, id: i64| -> Value {
+        events
+            .iter()
+            .find(|e| {
+                e["source"]["table"] == table && e["op"] == op && (e["after"]["id"] == id || e["before"]["id"] == id)
+            })
+            .unwrap_or_else(|| panic!("no {op} of {table} {id} in {events:#?}"))
+            .clone()
+    };
+    assert_eq!(
+        find("every_type", "c", 1)["after"],
+        json!({"id": 1, "i2": -32768, "i8": 9007199254740993u64, "num": "123.450", "big": "0.000000000000000000000000000001",
+               "f4": 1.5, "f8": "NaN", "b": true, "t": "héllo \"q\"\\", "vc": "abc", "d": "1969-07-20",
+               "tm": "12:34:56.789", "ts": "1960-01-01T00:00:00.5", "tstz": "2024-02-29T21:00:00Z",
+               "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "j": {"a": [1, 2]}, "jb": {"b": null},
+               "ia": [1, null, 3], "ta": ["a,b", "c"], "by": "AAH/", "nothing": null})
+    );
+    // The snapshot read the TOASTed values in full.
+    assert_eq!(find("docs", "r", 1)["after"]["body"].as_str().unwrap().len(), 10_000);
+    // An update that leaves a TOASTed value alone: a placeholder under the default
+    // replica identity, the old value under FULL. Never null.
+    let update = find("docs", "u", 1);
+    assert_eq!(update["after"], json!({"id": 1, "body": "__debezium_unavailable_value", "n": 2}));
+    let update = find("docs_full", "u", 1);
+    assert_eq!(update["after"]["body"].as_str().unwrap(), "y".repeat(10_000));
+    assert_eq!(update["before"]["n"], 1);
+    // Schema changes: the next events carry the new shape.
+    assert_eq!(find("docs", "c", 2)["after"], json!({"id": 2, "body": "short", "n": 1, "extra": "e"}));
+    assert_eq!(find("docs", "c", 3)["after"], json!({"id": 3, "body": "short", "n": 9000000000u64, "extra": "f"}));
+    assert_eq!(find("docs", "c", 4)["after"], json!({"id": 4, "body": "short", "n": 4}));
+    assert_eq!(find("docs", "d", 4)["before"], json!({"id": 4, "body": null, "n": null}));
+    let truncate = events.iter().find(|e| e["op"] == "t").expect("a truncate event");
+    assert_eq!(
+        (truncate["source"]["schema"].clone(), truncate["source"]["table"].clone()),
+        (json!("public"), json!("docs_full"))
+    );
+}
+
+#[test]
+fn a_million_row_transaction_streams_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start_with(&["logical_decoding_work_mem = 64kB"]);
+    pg.sql("CREATE TABLE big (id int PRIMARY KEY, pad text)");
+    let file = pipeline(dir.path(), "big", &pg, "    tables: [big]\n    snapshot: never", "  null: {}");
+    let port = common::free_port();
+    let mut run = Guard(spawn_run(dir.path(), &file, &["--metrics-addr", &format!("127.0.0.1:{port}")]));
+    wait_streaming(&pg, "flowgate_big", dir.path());
+    pg.sql("INSERT INTO big SELECT g, repeat('x', 60) FROM generate_series(1, 1000000) g");
+    let target = pg.current_lsn();
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while pg.confirmed("flowgate_big") < target {
+        assert!(Instant::now() < deadline, "the transaction did not come through in time");
+        peak = peak.max(rss_kib(run.id()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, body) = common::http_get(port, "/metrics").expect("metrics");
+    assert_eq!(common::metric(&body, "flowgate_records_out_total"), Some(1_000_000.0), "{}", log(dir.path()));
+    stop(&mut run, dir.path());
+    eprintln!("peak RSS during a 1M-row transaction: {} MiB", peak / 1024);
+    assert!(peak < 200 * 1024, "peak RSS {} MiB", peak / 1024);
+}
+
+#[test]
+fn a_postgres_restart_mid_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "restart", &pg, "    tables: [t]\n    snapshot: never", &file_sink(&out));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    wait_streaming(&pg, "flowgate_restart", dir.path());
+    for i in 0..50 {
+        pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
+    }
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(run.try_wait().unwrap().is_none(), "flowgate exited while Postgres was down:\n{}", log(dir.path()));
+    pg.start_again();
+    for i in 50..100 {
+        pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
+    }
+    wait_caught_up(&pg, "flowgate_restart", dir.path());
+    stop(&mut run, dir.path());
+    let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    let missing: Vec<i64> = (1..=10_000).filter(|i| !ids.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "missing after the restart: {missing:?}");
+    assert!(log(dir.path()).contains("replication connection restored"), "{}", log(dir.path()));
+}
+
+#[test]
+fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "lost", &pg, "    tables: [t]", &file_sink(&out));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    wait_caught_up(&pg, "flowgate_lost", dir.path());
+    stop(&mut run, dir.path());
+    pg.sql("SELECT pg_drop_replication_slot('flowgate_lost')");
+    let mut again = Guard(spawn_run(dir.path(), &file, &[]));
+    let status = wait_exit(&mut again, Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(log(dir.path()).contains("replication slot `flowgate_lost` is gone"), "{}", log(dir.path()));
+
+    let replica = Postgres::start_with(&["wal_level = replica"]);
+    replica.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let file = pipeline(dir.path(), "nolog", &replica, "    tables: [t]", &file_sink(&out));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let status = wait_exit(&mut run, Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(log(dir.path()).contains("needs `wal_level = logical`"), "{}", log(dir.path()));
+}
