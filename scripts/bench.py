@@ -145,11 +145,39 @@ def metric(port, name):
     return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name))
 
 
+def wait_port(port):
+    import socket
+    import time
+    for _ in range(1000):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def start_broker():
+    """A loopback tansu broker with memory storage: (process, address, create-topic function)."""
+    tools = os.environ["FLOWGATE_TOOLS"]
+    port = free_port()
+    brokers = f"127.0.0.1:{port}"
+    url = f"tcp://{brokers}"
+    broker = subprocess.Popen([os.path.join(tools, "bin", "tansu"), "broker", "--storage-engine", "memory://tansu/",
+                               "--listener-url", url, "--advertised-listener-url", url],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+
+    def topic(name, partitions=3):
+        subprocess.run([os.path.join(tools, "bin", "tansu"), "topic", "create", "--broker", url,
+                        "--partitions", str(partitions), name], check=True, stdout=subprocess.DEVNULL)
+    return broker, brokers, topic
+
+
 def bench_kafka(work):
     """Kafka -> PII mask -> Kafka on the loopback tansu broker, side by side with the
     raw librdkafka limit and the hand-written Python loops, in one run."""
     import signal
-    import socket
     import time
     n = int(os.environ.get("KAFKA_COUNT", "1000000"))
     peer_n = int(os.environ.get("KAFKA_PEER_COUNT", str(n)))
@@ -157,23 +185,8 @@ def bench_kafka(work):
     peers = os.environ["FLOWGATE_PEERS"]
     python = os.path.join(tools, "venv", "bin", "python")
     rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
-    port = free_port()
-    brokers = f"127.0.0.1:{port}"
-    url = f"tcp://{brokers}"
-    broker = subprocess.Popen([os.path.join(tools, "bin", "tansu"), "broker", "--storage-engine", "memory://tansu/",
-                               "--listener-url", url, "--advertised-listener-url", url],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, brokers, topic = start_broker()
     try:
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.02)
-
-        def topic(name):
-            subprocess.run([os.path.join(tools, "bin", "tansu"), "topic", "create", "--broker", url,
-                            "--partitions", "3", name], check=True, stdout=subprocess.DEVNULL)
 
         topic("in")
         out = subprocess.run([rawkafka, "produce", brokers, "in", str(n)], check=True, capture_output=True, text=True)
@@ -258,7 +271,177 @@ def bench_kafka(work):
         broker.wait()
 
 
-CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka}
+class Postgres:
+    """A private PostgreSQL server for the benchmark: initdb into the work
+    directory, logical WAL, fsync off (the published ceiling was measured so)."""
+
+    def __init__(self, work):
+        import glob
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+        self.bin = os.environ.get("FLOWGATE_PG_BIN", bins[-1] if bins else "")
+        self.dir = os.path.join(work, "pg")
+        os.makedirs(self.dir)
+        os.chmod(work, 0o777)
+        os.chmod(self.dir, 0o777)
+        self.port = free_port()
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        data = os.path.join(self.dir, "data")
+        self.server(["initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8",
+                     "--locale=C.UTF-8"])
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            f.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                    "wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\nfsync = off\n"
+                    "full_page_writes = off\nshared_buffers = 256MB\nmax_wal_size = 4GB\n")
+        self.server(["pg_ctl", "-D", data, "-l", os.path.join(self.dir, "log"), "-w", "start"])
+        self.data = data
+
+    def server(self, cmd):
+        cmd = [os.path.join(self.bin, cmd[0])] + cmd[1:]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+
+    def client(self, tool):
+        return [os.path.join(self.bin, tool), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+
+    def sql(self, query):
+        return subprocess.run(self.client("psql") + ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query,
+                                                     "postgres"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def stop(self):
+        self.server(["pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"])
+
+
+def bench_cdc(work):
+    """Postgres -> Flowgate on the same WAL as pg_recvlogical, side by side: several
+    slots created before the load, so every consumer decodes identical changes."""
+    import signal
+    import time
+    n = int(os.environ.get("CDC_COUNT", "200000"))
+    pg = Postgres(work)
+    broker, brokers, topic = start_broker()
+    try:
+        pg.sql("CREATE TABLE t5 (id bigserial PRIMARY KEY, customer int, note text, amount numeric(10,2), "
+               "at timestamptz); CREATE PUBLICATION bench FOR TABLE t5")
+        rounds = int(os.environ.get("CDC_ROUNDS", "2"))
+        for r in range(rounds):
+            for kind in ("recv", "null", "kafka"):
+                pg.sql(f"SELECT pg_create_logical_replication_slot('s_{kind}{r}', 'pgoutput')")
+        script = os.path.join(work, "insert.sql")
+        with open(script, "w") as f:
+            f.write("\\set c random(1, 100000)\nINSERT INTO t5 (customer, note, amount, at) "
+                    "VALUES (:c, 'order note for customer ' || :c || ' shipped by express courier', :c / 100.0, now());\n")
+        subprocess.run(pg.client("pgbench") + ["-n", "-f", script, "-c", "4", "-j", "2", "-t", str(n // 4),
+                                                 "postgres"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        end = pg.sql("SELECT pg_current_wal_lsn()")
+        row_bytes = pg.sql("SELECT avg(pg_column_size(t5.*))::int FROM t5")
+        print(f"\n### Postgres CDC: {n:,} single-row transactions of a 5-column table (~{row_bytes} bytes a row), "
+              "decoded from the same WAL by each consumer\n")
+        print("| case | changes | wall s | changes/s | CPU s | peak RSS MiB | vs pg_recvlogical |")
+        print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+        def recvlogical(slot):
+            return measure(pg.client("pg_recvlogical") + ["-d", "postgres", "--slot", slot, "--start", "-o",
+                                                          "proto_version=1", "-o", "publication_names=bench",
+                                                          "-E", end, "--no-loop", "-f", "/dev/null"], work)
+
+        def flowgate(name, slot, sink):
+            mport = free_port()
+            pipeline = os.path.join(work, f"cdc-{name}.yaml")
+            with open(pipeline, "w") as f:
+                f.write(f"name: cdc-{name}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    publication: bench\n"
+                        f"    slot: {slot}\n    snapshot: never\nsink:\n{sink}\nbatch: {{size: 2000, linger: 5ms}}\n")
+            start = time.monotonic()
+            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
+                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, f"state-{name}"),
+                                     pipeline], cwd=work, stderr=open(os.path.join(work, f"cdc-{name}.log"), "w"))
+            while metric(mport, "flowgate_records_out_total") < n:
+                if proc.poll() is not None:
+                    raise SystemExit(f"flowgate {name} exited early; see cdc-{name}.log")
+                time.sleep(0.01)
+            # Stopping waits for every acknowledgement and confirms the slot.
+            proc.send_signal(signal.SIGTERM)
+            cpu, rss = wait4(proc)
+            wall = time.monotonic() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"flowgate {name} failed; see cdc-{name}.log")
+            return wall, cpu, rss
+
+        # Each round decodes the WAL once per consumer; the rounds show the spread.
+        for r in range(rounds):
+            recv = recvlogical(f"s_recv{r}")
+            row(f"round {r + 1}: `pg_recvlogical` (pgoutput) to /dev/null: the decoding ceiling", n, recv)
+            row(f"round {r + 1}: flowgate `postgres_cdc` -> null", n, flowgate(f"null{r}", f"s_null{r}", "  null: {}"),
+                recv)
+            topic(f"cdc{r}")
+            kafka_sink = f"  kafka:\n    brokers: {brokers}\n    topic: cdc{r}\n    linger: 5ms"
+            row(f"round {r + 1}: flowgate `postgres_cdc` -> Kafka (tansu)", n,
+                flowgate(f"kafka{r}", f"s_kafka{r}", kafka_sink), recv)
+        latency(work, pg, brokers, topic)
+    finally:
+        broker.terminate()
+        broker.wait()
+        pg.stop()
+
+
+def latency(work, pg, brokers, topic):
+    """Commit-to-Kafka latency at a steady rate: a consumer compares each event's
+    arrival with its commit time (`source.ts_ms`)."""
+    import signal
+    import time
+    rate = int(os.environ.get("CDC_RATE", "5000"))
+    seconds = int(os.environ.get("CDC_SECONDS", "30"))
+    topic("lat")
+    pg.sql("SELECT pg_create_logical_replication_slot('s_lat', 'pgoutput')")
+    pipeline = os.path.join(work, "cdc-lat.yaml")
+    with open(pipeline, "w") as f:
+        f.write(f"name: cdc-lat\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    publication: bench\n"
+                f"    slot: s_lat\n    snapshot: never\nsink:\n  kafka:\n    brokers: {brokers}\n    topic: lat\n"
+                "    linger: 5ms\nbatch: {size: 2000, linger: 5ms}\n")
+    proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                             os.path.join(work, "state-lat"), pipeline], cwd=work,
+                            stderr=open(os.path.join(work, "cdc-lat.log"), "w"))
+    python = os.path.join(os.environ["FLOWGATE_TOOLS"], "venv", "bin", "python")
+    consumer = subprocess.Popen([python, "-c", LATENCY_CONSUMER, brokers, "lat", str(rate * seconds)],
+                                stdout=subprocess.PIPE, text=True)
+    time.sleep(3)  # The consumer joins; the pipeline streams.
+    script = os.path.join(work, "insert.sql")
+    subprocess.run(pg.client("pgbench") + ["-n", "-f", script, "-c", "2", "-j", "2", "-R", str(rate), "-T",
+                                             str(seconds), "postgres"], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    out = consumer.communicate(timeout=120)[0].strip()
+    proc.send_signal(signal.SIGTERM)
+    _, rss = wait4(proc)
+    print(f"\ncommit -> Kafka latency at {rate:,} changes/s for {seconds} s: {out}; Flowgate peak RSS {rss:.0f} MiB",
+          flush=True)
+
+
+LATENCY_CONSUMER = """
+import json, sys, time
+from confluent_kafka import Consumer
+brokers, topic, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from confluent_kafka import TopicPartition, OFFSET_BEGINNING
+c = Consumer({"bootstrap.servers": brokers, "group.id": "latency", "fetch.wait.max.ms": 5})
+c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(3)])
+lat = []
+idle = time.monotonic() + 20  # the load starts a few seconds after this
+while len(lat) < n and time.monotonic() - idle < 10:
+    m = c.poll(0.1)
+    if m is None or m.error():
+        continue
+    idle = time.monotonic()
+    lat.append(time.time() * 1000 - json.loads(m.value())["source"]["ts_ms"])
+if not lat:
+    sys.exit("no events arrived")
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]
+print(f"{len(lat):,} events, p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {lat[-1]:.1f} ms")
+"""
+
+
+CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

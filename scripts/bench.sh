@@ -5,6 +5,7 @@
 #   scripts/bench.sh sqlite     JSON lines -> SQLite vs the sqlite3 CLI's CSV import
 #   scripts/bench.sh wasm       the Wasm step: identity, PII mask vs native, Python/JS, cached start
 #   scripts/bench.sh kafka      Kafka -> PII mask -> Kafka vs raw librdkafka and Python loops
+#   scripts/bench.sh cdc        Postgres CDC -> null / Kafka vs pg_recvlogical; commit-to-Kafka latency
 # The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local Kafka-protocol broker for trying the Kafka pipelines: tansu on
 # 127.0.0.1:9092 (memory storage: everything is gone when it stops), with the
-# topics of pipelines/kafka-to-kafka.yaml and pipelines/file-to-kafka.yaml.
+# topics of pipelines/kafka-to-kafka.yaml, pipelines/file-to-kafka.yaml and
+# pipelines/postgres-to-kafka.yaml.
 # Runs in the foreground; Ctrl-C stops it.
 #   scripts/kafka-local.sh [PORT]
 set -euo pipefail
@@ -20,8 +21,8 @@ for _ in $(seq 100); do
   kill -0 $broker 2>/dev/null || { echo "kafka-local: tansu did not start (port $port taken?)" >&2; exit 1; }
   sleep 0.05
 done
-for t in orders orders-masked orders-dead-letters events.eu events.us; do
+for t in orders orders-masked orders-dead-letters events.eu events.us shop.orders shop.customers shop-dead-letters; do
   "$tansu" topic create --broker "$url" --partitions 3 "$t" >/dev/null
 done
-echo "kafka-local: broker on 127.0.0.1:$port with topics orders, orders-masked, orders-dead-letters, events.eu, events.us"
+echo "kafka-local: broker on 127.0.0.1:$port with topics orders, orders-masked, orders-dead-letters, events.eu, events.us, shop.orders, shop.customers, shop-dead-letters"
 wait $broker

@@ -233,7 +233,12 @@ impl KafkaSink {
                 hs.insert(KHeader { key: &h.name, value: Some(h.value.as_ref()) })
             })
         });
-        let mut rec = BaseRecord::with_opaque_to(topic, Box::new(d)).payload(record.value.as_ref());
+        let mut rec = BaseRecord::with_opaque_to(topic, Box::new(d));
+        // An empty value goes out as a null one: a tombstone, which log
+        // compaction understands (and which the source reads back as empty).
+        if !record.value.is_empty() {
+            rec = rec.payload(record.value.as_ref());
+        }
         rec.key = key;
         rec.headers = headers;
         rec.timestamp = record.timestamp;

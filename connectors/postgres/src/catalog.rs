@@ -110,11 +110,10 @@ pub async fn published_tables(
 }
 
 /// Opens a transaction holding `ACCESS SHARE` locks on the publication's
-/// tables. Held from before the slot's consistent point until the snapshot is
-/// read, it makes DDL that rewrites a table (`ALTER COLUMN ... TYPE`, `VACUUM
-/// FULL`, `TRUNCATE`) wait: a rewrite committed after the consistent point
-/// would show the snapshot an empty table. It assigns no transaction id, so the
-/// slot's creation does not wait for it.
+/// tables. Held until the snapshot is read, it makes DDL that rewrites a table
+/// (`ALTER COLUMN ... TYPE`, `VACUUM FULL`, `TRUNCATE`) wait: a rewrite
+/// committed after the slot's consistent point would show the snapshot an
+/// empty table.
 pub async fn lock_published(conn: &mut PgConnection, publication: &str) -> Result<(), PgCdcError> {
     let tables = published_tables(conn, publication).await?.unwrap_or_default();
     if tables.is_empty() {
@@ -131,8 +130,28 @@ pub async fn lock_published(conn: &mut PgConnection, publication: &str) -> Resul
     Ok(())
 }
 
-/// Per published table, the columns of its replica identity (the primary key
-/// by default): the snapshot's keys. Streamed changes carry their own.
+/// The file behind each published table; a table rewrite (`ALTER COLUMN ...
+/// TYPE`, `TRUNCATE`, `VACUUM FULL`) changes it.
+pub async fn filenodes(conn: &mut PgConnection, publication: &str) -> Result<Vec<(i64, i64)>, PgCdcError> {
+    let rows = sqlx::query(
+        "SELECT c.oid::int8, c.relfilenode::int8
+           FROM pg_publication_tables p
+           JOIN pg_namespace n ON n.nspname = p.schemaname
+           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+          WHERE p.pubname = $1
+          ORDER BY 1",
+    )
+    .bind(publication)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| PgCdcError::db("cannot read the tables' files", e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Per published table, the record key: the columns of the replica identity
+/// index when there is one (`REPLICA IDENTITY USING INDEX`), else of the
+/// primary key. Under the default identity streamed changes say the same; under
+/// `FULL` they flag every column, so this is the key there.
 pub async fn key_columns(
     conn: &mut PgConnection,
     publication: &str,
@@ -143,7 +162,7 @@ pub async fn key_columns(
            JOIN pg_namespace n ON n.nspname = p.schemaname
            JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
            JOIN pg_index i ON i.indrelid = c.oid
-                AND (i.indisreplident OR (i.indisprimary AND c.relreplident = 'd'))
+                AND ((c.relreplident = 'i' AND i.indisreplident) OR (c.relreplident <> 'i' AND i.indisprimary))
            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY (i.indkey)
           WHERE p.pubname = $1
           ORDER BY n.nspname, c.relname, array_position(i.indkey::int2[], a.attnum)",

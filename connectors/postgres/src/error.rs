@@ -22,6 +22,9 @@ pub enum PgCdcError {
     /// message says what to change.
     #[error("{0}")]
     Setup(String),
+    /// The initial snapshot failed; it cannot be resumed.
+    #[error("the initial snapshot failed; the next start takes it again from the beginning")]
+    Snapshot(#[source] ReplicationError),
     #[error("cannot keep the source's state")]
     State(#[source] std::io::Error),
 }
@@ -40,8 +43,10 @@ impl PgCdcError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PgCdcError::Database { source, .. } => db_retryable(source),
+            // A slot still held by the walsender of a process that just died.
+            PgCdcError::Replication { source, .. } if source.to_string().contains("is active for PID") => true,
             PgCdcError::Replication { source, .. } => !source.is_permanent() && !is_slot_problem(source),
-            PgCdcError::Setup(_) => false,
+            PgCdcError::Setup(_) | PgCdcError::Snapshot(_) => false,
             PgCdcError::State(_) => true,
         }
     }

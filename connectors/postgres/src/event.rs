@@ -18,6 +18,9 @@ pub struct Table {
     pub schema: Arc<str>,
     pub name: Arc<str>,
     pub columns: Vec<Column>,
+    /// `REPLICA IDENTITY FULL`: an update's old row is whole, so it can fill in
+    /// unchanged TOAST values. (Otherwise its non-key columns are nulls.)
+    pub full_identity: bool,
 }
 
 #[derive(Debug)]
@@ -28,9 +31,14 @@ pub struct Column {
 }
 
 impl Table {
-    pub fn new(schema: Arc<str>, name: Arc<str>, columns: impl IntoIterator<Item = (Arc<str>, u32, bool)>) -> Self {
+    pub fn new(
+        schema: Arc<str>,
+        name: Arc<str>,
+        full_identity: bool,
+        columns: impl IntoIterator<Item = (Arc<str>, u32, bool)>,
+    ) -> Self {
         let columns = columns.into_iter().map(|(name, oid, key)| Column { name, kind: kind_of(oid), key }).collect();
-        Table { schema, name, columns }
+        Table { schema, name, columns, full_identity }
     }
 
     fn has_key(&self) -> bool {
@@ -79,8 +87,7 @@ pub struct Encoder {
 impl Encoder {
     /// One change of `table`. `before` is the old row (its key columns, or all of
     /// it under `REPLICA IDENTITY FULL`); `after` the new one, where columns
-    /// missing from it are unchanged TOAST values, taken from `before` when it
-    /// has them.
+    /// missing from it are unchanged TOAST values, taken from a FULL `before`.
     pub fn change(
         &mut self,
         origin: &Origin<'_>,
@@ -100,7 +107,7 @@ impl Encoder {
         }
         b.extend_from_slice(b",\"after\":");
         match after {
-            Some(row) => write_row(b, table, row, before, UNAVAILABLE_JSON),
+            Some(row) => write_row(b, table, row, before.filter(|_| table.full_identity), UNAVAILABLE_JSON),
             None => b.extend_from_slice(b"null"),
         }
         write_source(b, origin, table, lsn);
@@ -220,6 +227,7 @@ mod tests {
         Table::new(
             "public".into(),
             "orders".into(),
+            false,
             [("id".into(), 23, true), ("note".into(), 25, false), ("doc".into(), 3802, false)],
         )
     }
@@ -268,8 +276,16 @@ mod tests {
         let v: Value = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(v["after"]["doc"], "__debezium_unavailable_value");
 
+        // A key change under the default identity sends the old key with nulls:
+        // those must not stand in for the unchanged value.
+        let old_key = row(&[("id", Some("0")), ("note", None), ("doc", None)]);
+        let r = enc.change(&origin(), &table(), Op::Update, 1, Some(&old_key), Some(&after));
+        let v: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(v["after"]["doc"], "__debezium_unavailable_value");
+
+        let full = Table { full_identity: true, ..table() };
         let full_old = row(&[("id", Some("1")), ("note", Some("a")), ("doc", Some("[1]"))]);
-        let r = enc.change(&origin(), &table(), Op::Update, 1, Some(&full_old), Some(&after));
+        let r = enc.change(&origin(), &full, Op::Update, 1, Some(&full_old), Some(&after));
         let v: Value = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(v["after"]["doc"], json!([1]));
     }

@@ -37,9 +37,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// the pipeline rather than be papered over with a new slot.
 #[derive(Debug, Serialize, Deserialize)]
 struct SlotRecord {
-    slot: String,
     /// The initial snapshot was written in full (or none was asked for).
     snapshot_done: bool,
+}
+
+/// Where the initial snapshot stands.
+#[derive(Debug, PartialEq, Eq)]
+enum SnapshotProgress {
+    /// None running, or it is recorded as done.
+    Idle,
+    /// Rows are being read; the last batch of them so far.
+    Reading { last_seq: Option<u64> },
+    /// All rows are read; done once this batch is acknowledged.
+    Unacked { last_seq: u64 },
 }
 
 enum Phase {
@@ -96,9 +106,7 @@ pub struct PostgresCdcSource {
     pending: VecDeque<(u64, Mark)>,
     /// The last LSN reported to the server as flushed.
     confirmed: u64,
-    /// The final snapshot batch, until it is acknowledged.
-    snapshot_last_seq: Option<u64>,
-    snapshot_pending: bool,
+    snapshot: SnapshotProgress,
     reconnect_delay: Duration,
 }
 
@@ -172,8 +180,7 @@ impl PostgresCdcSource {
             decoder,
             pending: VecDeque::new(),
             confirmed: 0,
-            snapshot_last_seq: None,
-            snapshot_pending: false,
+            snapshot: SnapshotProgress::Idle,
             reconnect_delay: Duration::from_millis(100),
             config,
         };
@@ -182,7 +189,7 @@ impl PostgresCdcSource {
         match (existing, record) {
             (Some(_), Some(r)) if r.snapshot_done => {
                 tracing::info!(slot = %slot, "resuming from the replication slot");
-                source.phase = Phase::Streaming(Box::new(source.stream(None).await?));
+                source.start_streaming().await?;
             }
             (Some(_), Some(_)) => {
                 tracing::warn!(slot = %slot, "the initial snapshot did not finish last time; dropping the slot and taking it again");
@@ -192,7 +199,7 @@ impl PostgresCdcSource {
             (Some(_), None) if !wants_snapshot => {
                 tracing::info!(slot = %slot, "streaming from the existing replication slot");
                 source.save(true)?;
-                source.phase = Phase::Streaming(Box::new(source.stream(None).await?));
+                source.start_streaming().await?;
             }
             (Some(_), None) => {
                 return Err(PgCdcError::Setup(format!(
@@ -215,8 +222,23 @@ impl PostgresCdcSource {
         Ok(source)
     }
 
+    /// Starts streaming from the slot. A slot still held by the walsender of a
+    /// process that just died, or a server that is restarting, is waited for in
+    /// `read`, as any lost connection is.
+    async fn start_streaming(&mut self) -> Result<(), PgCdcError> {
+        match self.stream(None).await {
+            Ok(stream) => self.phase = Phase::Streaming(Box::new(stream)),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(slot = %self.slot, error = %e, "cannot stream yet; retrying");
+                self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
     fn save(&self, snapshot_done: bool) -> Result<(), PgCdcError> {
-        let record = SlotRecord { slot: self.slot.clone(), snapshot_done };
+        let record = SlotRecord { snapshot_done };
         self.state.save(&state_key(&self.slot), &record).map_err(PgCdcError::State)
     }
 
@@ -278,31 +300,47 @@ impl PostgresCdcSource {
         // Recorded first, so a crash during the copy is known to have left an
         // unfinished snapshot behind.
         self.save(false)?;
-        let mut locks = catalog::connect(&self.config.url).await?;
-        catalog::lock_published(&mut locks, &self.publication).await?;
-        let outcome = stream
-            .snapshot()
-            .await
-            .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
-        match outcome {
-            SnapshotOutcome::Available(snapshot) => {
-                let tables: Vec<String> = snapshot.tables().iter().map(|t| t.qualified_name()).collect();
-                tracing::info!(
-                    slot = %self.slot,
-                    publication = %self.publication,
-                    consistent_point = %snapshot.consistent_point(),
-                    tables = %tables.join(", "),
-                    "created the replication slot; taking the initial snapshot"
-                );
-                self.snapshot_pending = true;
-                self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), _locks: locks };
-                Ok(())
+        for attempt in 1..=5 {
+            let mut locks = catalog::connect(&self.config.url).await?;
+            let before = catalog::filenodes(&mut locks, &self.publication).await?;
+            let stream = self.connect().await?;
+            let outcome = stream
+                .snapshot()
+                .await
+                .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
+            let SnapshotOutcome::Available(snapshot) = outcome else {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{}` appeared while Flowgate was creating it; is another pipeline using the same slot?",
+                    self.slot
+                )));
+            };
+            // Locked only now, so that slot creation (which waits for running
+            // transactions) cannot wait on a transaction waiting on the lock.
+            // A rewrite between the two looks at a different file: start over.
+            catalog::lock_published(&mut locks, &self.publication).await?;
+            if catalog::filenodes(&mut locks, &self.publication).await? != before {
+                tracing::warn!(slot = %self.slot, attempt, "a captured table was rewritten while the slot was created; taking the snapshot again");
+                drop(snapshot); // Drops the slot (pg_walstream), best effort.
+                catalog::drop_slot(&mut locks, &self.slot).await?;
+                continue;
             }
-            SnapshotOutcome::Unavailable(_) => Err(PgCdcError::Setup(format!(
-                "replication slot `{}` appeared while Flowgate was creating it; is another pipeline using the same slot?",
-                self.slot
-            ))),
+            let tables: Vec<String> = snapshot.tables().iter().map(|t| t.qualified_name()).collect();
+            tracing::info!(
+                slot = %self.slot,
+                publication = %self.publication,
+                consistent_point = %snapshot.consistent_point(),
+                tables = %tables.join(", "),
+                "created the replication slot; taking the initial snapshot"
+            );
+            self.snapshot = SnapshotProgress::Reading { last_seq: None };
+            self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), _locks: locks };
+            return Ok(());
         }
+        Err(PgCdcError::Setup(
+            "the captured tables were rewritten (ALTER TABLE, TRUNCATE, VACUUM FULL) each time the snapshot started; \
+             run again once that DDL is done"
+                .to_string(),
+        ))
     }
 
     async fn read_snapshot(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
@@ -317,12 +355,10 @@ impl PostgresCdcSource {
         };
         let mut done = false;
         while batch.records.len() < self.batch_size {
-            let row = rows.next_row().await.map_err(|e| {
-                PgCdcError::replication(
-                    "the initial snapshot failed; the next start takes it again from the beginning",
-                    e,
-                )
-            })?;
+            // pg_walstream cannot resume a failed copy (the exported snapshot is
+            // gone with its connection), so the pipeline stops; the next start
+            // finds the snapshot unfinished and takes it again.
+            let row = rows.next_row().await.map_err(PgCdcError::Snapshot)?;
             let Some(row) = row else {
                 done = true;
                 break;
@@ -335,6 +371,7 @@ impl PostgresCdcSource {
                 Arc::new(Table::new(
                     r.namespace.clone(),
                     r.relation_name.clone(),
+                    false,
                     r.columns.iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name))),
                 ))
             });
@@ -349,21 +386,31 @@ impl PostgresCdcSource {
         }
         if !batch.records.is_empty() {
             self.pending.push_back((batch.seq, Mark::Snapshot));
-            self.snapshot_last_seq = Some(batch.seq);
+            if let SnapshotProgress::Reading { last_seq } = &mut self.snapshot {
+                *last_seq = Some(batch.seq);
+            }
         }
         if done {
             let Phase::Snapshot { rows, .. } = std::mem::replace(&mut self.phase, Phase::Finished) else {
                 unreachable!()
             };
-            let mut stream =
-                rows.finish().await.map_err(|e| PgCdcError::replication("cannot finish the initial snapshot", e))?;
+            let mut stream = rows.finish().await.map_err(PgCdcError::Snapshot)?;
             tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
-            if self.snapshot_last_seq.is_none() {
-                self.snapshot_done()?; // The tables were empty.
+            let unacked = self.pending.iter().any(|(_, m)| matches!(m, Mark::Snapshot));
+            match self.snapshot {
+                SnapshotProgress::Reading { last_seq: Some(last_seq) } if unacked => {
+                    self.snapshot = SnapshotProgress::Unacked { last_seq };
+                }
+                _ => self.snapshot_done()?, // Empty tables, or every row already acknowledged.
             }
             if self.config.snapshot != SnapshotMode::InitialOnly {
-                stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
-                self.phase = Phase::Streaming(Box::new(stream));
+                match stream.start(None).await {
+                    Ok(()) => self.phase = Phase::Streaming(Box::new(stream)),
+                    Err(e) => {
+                        tracing::warn!(slot = %self.slot, error = %e, "cannot start streaming yet; retrying");
+                        self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
+                    }
+                }
             }
         }
         Ok(if batch.records.is_empty() { Read::Idle } else { Read::Data })
@@ -449,8 +496,8 @@ impl PostgresCdcSource {
             tokio::time::sleep(wait.min(IDLE_AFTER)).await;
             return Ok(());
         }
-        // Past the last transaction handed out in full: what the engine holds is
-        // not sent twice.
+        // Past the last transaction handed out in full, so that it is not sent
+        // again; one cut off by the disconnect is sent again whole.
         let from = (self.decoder.last_end > 0).then_some(self.decoder.last_end);
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.stream(from)).await;
         match attempt {
@@ -474,13 +521,11 @@ impl PostgresCdcSource {
     }
 
     fn snapshot_done(&mut self) -> Result<(), PgCdcError> {
-        self.snapshot_pending = false;
-        self.snapshot_last_seq = None;
-        if self.config.snapshot == SnapshotMode::InitialOnly {
-            return Ok(());
+        if self.config.snapshot != SnapshotMode::InitialOnly {
+            self.save(true)?;
         }
-        self.save(true)?;
         tracing::info!(slot = %self.slot, "initial snapshot written");
+        self.snapshot = SnapshotProgress::Idle;
         Ok(())
     }
 }
@@ -500,10 +545,19 @@ impl Decoder {
                 self.txn = None;
                 self.last_end = end_lsn.value();
             }
-            EventType::Relation { relation_id, namespace, relation_name, columns, .. } => {
-                let table =
-                    Table::new(namespace, relation_name, columns.into_iter().map(|c| (c.name, c.type_id, c.is_key)));
-                self.tables.insert(relation_id, Arc::new(table));
+            EventType::Relation { relation_id, namespace, relation_name, replica_identity, columns } => {
+                // Under FULL every column is flagged as part of the identity, and
+                // under NOTHING none: the primary key is the record's key there.
+                let catalog_keys = matches!(replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing)
+                    .then(|| self.keys.get(&(namespace.to_string(), relation_name.to_string())));
+                let is_key = |name: &str, flagged: bool| match catalog_keys {
+                    Some(keys) => keys.is_some_and(|k| k.iter().any(|c| c == name)),
+                    None => flagged,
+                };
+                let columns: Vec<_> =
+                    columns.into_iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name, c.is_key))).collect();
+                let full = replica_identity == ReplicaIdentity::Full;
+                self.tables.insert(relation_id, Arc::new(Table::new(namespace, relation_name, full, columns)));
             }
             EventType::Insert { relation_oid, data, .. } => {
                 self.change(relation_oid, Op::Create, lsn, None, Some(&data), now_ms, batch);
@@ -511,18 +565,34 @@ impl Decoder {
             EventType::Update { relation_oid, old_data, new_data, .. } => {
                 self.change(relation_oid, Op::Update, lsn, old_data.as_ref(), Some(&new_data), now_ms, batch);
             }
-            EventType::Delete { relation_oid, old_data, replica_identity, .. } => {
-                // Without a replica identity the server sends no old row at all.
-                let old = (replica_identity != ReplicaIdentity::Nothing).then_some(&old_data);
-                self.change(relation_oid, Op::Delete, lsn, old, None, now_ms, batch);
+            EventType::Delete { relation_oid, old_data, .. } => {
+                self.change(relation_oid, Op::Delete, lsn, Some(&old_data), None, now_ms, batch);
             }
             EventType::Truncate { tables, .. } => {
                 for name in tables {
-                    let (schema, table) = match name.split_once('.') {
-                        Some((s, t)) => (Arc::from(s), Arc::from(t)),
-                        None => (Arc::from("public"), name.clone()),
+                    // Named `schema.table`; the Relation message sent before it
+                    // has the two parts, which may themselves contain dots.
+                    let known = self
+                        .tables
+                        .values()
+                        .find(|t| name.strip_prefix(&*t.schema).and_then(|r| r.strip_prefix('.')) == Some(&*t.name));
+                    let table = match known {
+                        Some(t) => Table {
+                            schema: t.schema.clone(),
+                            name: t.name.clone(),
+                            columns: Vec::new(),
+                            full_identity: false,
+                        },
+                        None => {
+                            let (schema, table) = name.split_once('.').unwrap_or(("", &name));
+                            Table {
+                                schema: schema.into(),
+                                name: table.into(),
+                                columns: Vec::new(),
+                                full_identity: false,
+                            }
+                        }
                     };
-                    let table = Table { schema, name: table, columns: Vec::new() };
                     let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
                     batch.records.push(self.encoder.change(&origin, &table, Op::Truncate, lsn, None, None));
                 }
@@ -573,7 +643,12 @@ impl Source for PostgresCdcSource {
             Phase::Snapshot { .. } => self.read_snapshot(batch).await,
             Phase::Streaming(_) => self.read_stream(batch).await,
             Phase::Disconnected { .. } => self.reconnect().await.map(|()| Read::Idle),
-            Phase::Finished => Ok(if self.snapshot_pending { Read::Idle } else { Read::End }),
+            // `initial_only`: the input ends once the snapshot is acknowledged.
+            Phase::Finished if self.snapshot != SnapshotProgress::Idle => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Read::Idle)
+            }
+            Phase::Finished => Ok(Read::End),
         };
         Ok(result?)
     }
@@ -587,10 +662,11 @@ impl Source for PostgresCdcSource {
             if let Mark::Lsn(lsn) = mark {
                 target = Some(*lsn);
             }
-            if self.snapshot_last_seq == Some(*seq) {
+            let last = matches!(self.snapshot, SnapshotProgress::Unacked { last_seq } if last_seq == *seq);
+            self.pending.pop_front();
+            if last {
                 self.snapshot_done()?;
             }
-            self.pending.pop_front();
         }
         let Some(target) = target.filter(|t| *t > self.confirmed) else { return Ok(()) };
         self.confirmed = target;
@@ -610,7 +686,9 @@ impl Source for PostgresCdcSource {
                 // The final status update: the confirmed position, as of the last commit.
                 stream.stop().await.map_err(|e| PgCdcError::replication("closing the replication stream", e))?;
             }
-            Phase::Finished if self.config.snapshot == SnapshotMode::InitialOnly && !self.snapshot_pending => {
+            Phase::Finished
+                if self.config.snapshot == SnapshotMode::InitialOnly && self.snapshot == SnapshotProgress::Idle =>
+            {
                 let mut conn = catalog::connect(&self.config.url).await?;
                 catalog::drop_slot(&mut conn, &self.slot).await?;
                 tracing::info!(slot = %self.slot, "snapshot done; dropped the replication slot");
@@ -624,6 +702,94 @@ impl Source for PostgresCdcSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pg_walstream::{ColumnValue, Lsn, RelationColumn, RowData};
+
+    fn decoder(keys: &[(&str, &str, &[&str])]) -> Decoder {
+        Decoder {
+            pipeline: "p".into(),
+            db: "db".into(),
+            tombstones: false,
+            tables: HashMap::new(),
+            snapshot_tables: HashMap::new(),
+            keys: keys
+                .iter()
+                .map(|(s, t, k)| ((s.to_string(), t.to_string()), k.iter().map(|c| c.to_string()).collect()))
+                .collect(),
+            txn: None,
+            last_end: 0,
+            encoder: Encoder::default(),
+        }
+    }
+
+    fn event(event_type: EventType) -> ChangeEvent {
+        ChangeEvent { event_type, lsn: Lsn::new(100), metadata: None, xid: None }
+    }
+
+    fn relation(identity: ReplicaIdentity, flags: [bool; 2]) -> ChangeEvent {
+        let col = |name: &str, is_key| RelationColumn { name: name.into(), type_id: 23, type_modifier: -1, is_key };
+        event(EventType::Relation {
+            relation_id: 7,
+            namespace: "public".into(),
+            relation_name: "t".into(),
+            replica_identity: identity,
+            columns: vec![col("id", flags[0]), col("n", flags[1])],
+        })
+    }
+
+    fn update(d: &mut Decoder) -> Batch {
+        let row = |id, n| RowData::from_pairs(vec![("id", ColumnValue::text(id)), ("n", ColumnValue::text(n))]);
+        let mut batch = Batch::with_capacity(0, 4);
+        d.handle(
+            event(EventType::Update {
+                schema: "public".into(),
+                table: "t".into(),
+                relation_oid: 7,
+                old_data: Some(row("1", "1")),
+                new_data: row("1", "2"),
+                replica_identity: ReplicaIdentity::Full,
+                key_columns: vec![],
+            }),
+            0,
+            &mut batch,
+        );
+        batch
+    }
+
+    #[test]
+    fn under_replica_identity_full_the_primary_key_is_the_record_key() {
+        let mut d = decoder(&[("public", "t", &["id"])]);
+        // pgoutput flags every column as identity under FULL.
+        d.handle(relation(ReplicaIdentity::Full, [true, true]), 0, &mut Batch::with_capacity(0, 1));
+        let batch = update(&mut d);
+        assert_eq!(&batch.records[0].key.as_ref().unwrap()[..], br#"{"id":1}"#);
+
+        let mut d = decoder(&[]);
+        d.handle(relation(ReplicaIdentity::Default, [true, false]), 0, &mut Batch::with_capacity(0, 1));
+        let batch = update(&mut d);
+        assert_eq!(&batch.records[0].key.as_ref().unwrap()[..], br#"{"id":1}"#);
+    }
+
+    #[test]
+    fn a_batch_ending_inside_a_transaction_keeps_the_previous_end() {
+        let mut d = decoder(&[]);
+        let mut batch = Batch::with_capacity(0, 4);
+        let begin = |xid| EventType::Begin {
+            transaction_id: xid,
+            final_lsn: Lsn::new(0),
+            commit_timestamp: Default::default(),
+        };
+        let commit = |end| EventType::Commit {
+            commit_timestamp: Default::default(),
+            commit_lsn: Lsn::new(end - 8),
+            end_lsn: Lsn::new(end),
+        };
+        d.handle(event(begin(1)), 0, &mut batch);
+        d.handle(event(commit(500)), 0, &mut batch);
+        d.handle(event(begin(2)), 0, &mut batch);
+        assert_eq!((d.last_end, d.txn.is_some()), (500, true));
+        d.handle(event(commit(900)), 0, &mut batch);
+        assert_eq!((d.last_end, d.txn.is_some()), (900, false));
+    }
 
     #[test]
     fn the_replication_session_prints_timestamps_in_utc() {
