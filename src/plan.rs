@@ -101,8 +101,8 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
         settings(&["errors", "dead_letter", "kafka"], flowgate_kafka::check_sink_settings(c));
     }
     if let SourceConfig::PostgresCdc(c) = &config.source {
-        problems.extend(c.problems().into_iter().map(|(field, message)| PathProblem {
-            at: vec!["source".into(), "postgres_cdc".into(), field.into()],
+        problems.extend(c.problems().into_iter().map(|message| PathProblem {
+            at: vec!["source".into(), "postgres_cdc".into()],
             message,
             help: None,
         }));
@@ -142,6 +142,13 @@ pub fn check_connected(config: &PipelineConfig) -> Vec<PathProblem> {
     };
     if let SourceConfig::Kafka(c) = &config.source {
         problems.extend(flowgate_kafka::check_source(c).into_iter().map(|p| at(&["source", "kafka"], p)));
+    }
+    if let SourceConfig::PostgresCdc(c) = &config.source {
+        problems.extend(flowgate_postgres::check_source(c, &config.name).into_iter().map(|p| PathProblem {
+            at: ["source", "postgres_cdc"].into_iter().chain(p.field).map(String::from).collect(),
+            message: p.message,
+            help: p.help,
+        }));
     }
     if let SinkConfig::Kafka(c) = &config.sink {
         problems.extend(flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["sink", "kafka"], p)));

@@ -464,3 +464,71 @@ fn the_shipped_postgres_to_kafka_pipeline_runs() {
     common::signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child, Duration::from_secs(30)).success(), "{}", log(dir.path()));
 }
+
+#[test]
+fn an_interrupted_snapshot_is_taken_again_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY, pad text); INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g");
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "again", &pg, "    tables: [t]", &file_sink(&out));
+    let mid_snapshot = |marker: &str, seen: usize| {
+        wait_for(Duration::from_secs(30), || {
+            log(dir.path()).matches(marker).count() >= seen
+                && std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) > 1 << 20
+        })
+    };
+    // Killed during the copy: the slot stays behind, with the snapshot unfinished.
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    assert!(mid_snapshot("taking the initial snapshot", 1), "{}", log(dir.path()));
+    kill(&mut run);
+    assert!(!log(dir.path()).contains("initial snapshot written"), "the snapshot finished before the kill");
+    std::fs::remove_file(&out).unwrap();
+    // Stopped gracefully during the copy: pg_walstream drops the slot.
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    assert!(mid_snapshot("taking the initial snapshot", 2), "{}", log(dir.path()));
+    stop(&mut run, dir.path());
+    assert_eq!(log(dir.path()).matches("initial snapshot written").count(), 0, "{}", log(dir.path()));
+    std::fs::remove_file(&out).unwrap();
+    // The third run copies everything, then streams.
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    wait_caught_up(&pg, "flowgate_again", dir.path());
+    pg.sql("INSERT INTO t VALUES (0, 'after')");
+    wait_caught_up(&pg, "flowgate_again", dir.path());
+    stop(&mut run, dir.path());
+    let text = log(dir.path());
+    assert!(text.contains("the initial snapshot did not finish last time"), "{text}");
+    let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 300_001, "every row once the snapshot is taken again, and the change after it");
+}
+
+#[test]
+fn validate_check_connects_and_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE secret (id int PRIMARY KEY);
+         CREATE ROLE app LOGIN; GRANT SELECT ON t TO app",
+    );
+    let check = |name: &str, url: &str, tables: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        let text =
+            format!("name: {name}\nsource:\n  postgres_cdc:\n    url: {url}\n    tables: [{tables}]\nsink: stdout\n");
+        std::fs::write(&path, text).unwrap();
+        let out =
+            common::flowgate().args(["validate", "--check", "--message-format", "short"]).arg(&path).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = check("ok", &pg.url(), "t");
+    assert_eq!(code, Some(0), "{err}");
+    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
+    let (code, err) = check("closed", &closed, "t");
+    assert_eq!(code, Some(2));
+    assert!(err.contains(":4:10: error: cannot connect to postgres://postgres@127.0.0.1"), "{err}");
+    let app = pg.url().replace("postgres@", "app@");
+    let (code, err) = check("app", &app, "t, secret, missing");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("user `app` may not stream changes: it lacks the REPLICATION attribute"), "{err}");
+    assert!(err.contains("user `app` cannot read `public.secret`"), "{err}");
+    assert!(err.contains("table `public.missing` does not exist"), "{err}");
+}

@@ -210,6 +210,9 @@ fn formats() -> &'static HashMap<&'static str, schema::FormatCheck> {
         m.insert("byte-size", |s| s.parse::<ByteSize>().map(drop));
         m.insert("generate-template", |s| s.parse::<Template>().map(drop));
         m.insert("record-template", |s| s.parse::<RecordTemplate>().map(drop));
+        m.insert("postgres-url", flowgate_postgres::config::check_url);
+        m.insert("postgres-slot", flowgate_postgres::config::check_slot);
+        m.insert("postgres-table", flowgate_postgres::config::check_table);
         m.insert("kafka-start", |s| {
             serde_json::from_value::<flowgate_kafka::config::Start>(serde_json::Value::String(s.to_string()))
                 .map(drop)

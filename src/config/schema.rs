@@ -352,7 +352,10 @@ impl<'a> Validator<'a> {
         };
         self.problem(
             node.span.clone(),
-            format!("unknown value {}", kind_name(node)),
+            match node.as_str() {
+                Some(text) => format!("unknown value `{text}`"),
+                None => format!("unknown value {}", kind_name(node)),
+            },
             "not one of the allowed values",
             Some(help),
         );

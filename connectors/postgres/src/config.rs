@@ -12,10 +12,12 @@ pub struct PostgresCdcConfig {
     /// Connection URL, `postgres://user:password@host:5432/database`. The user needs
     /// the `REPLICATION` attribute and `SELECT` on the tables (and ownership of them
     /// or `CREATE` on the database if Flowgate is to create the publication).
+    #[schemars(extend("format" = "postgres-url"))]
     pub url: String,
     /// Tables to capture, `schema.table` or `table` (schema `public`). Flowgate
     /// creates the publication for them if it does not exist.
     #[serde(default)]
+    #[schemars(extend("items" = {"type": "string", "format": "postgres-table"}))]
     pub tables: Vec<String>,
     /// The publication to stream. Without `tables` it must exist already; with
     /// `tables` it is created when missing. Default: the slot's name.
@@ -24,6 +26,7 @@ pub struct PostgresCdcConfig {
     /// Replication slot name (lower-case letters, digits, `_`). Created when
     /// missing. Default: `flowgate_<pipeline name>`.
     #[serde(default)]
+    #[schemars(extend("format" = "postgres-slot"))]
     pub slot: Option<String>,
     /// `initial` (default): copy the tables' current rows, then stream changes;
     /// `never`: stream changes only; `initial_only`: copy the rows and stop.
@@ -54,6 +57,32 @@ impl fmt::Debug for PostgresCdcConfig {
             .field("snapshot", &self.snapshot)
             .field("tombstones", &self.tombstones)
             .finish()
+    }
+}
+
+/// The `postgres-slot` format: what Postgres accepts as a slot name.
+pub fn check_slot(slot: &str) -> Result<(), String> {
+    let ok = !slot.is_empty()
+        && slot.len() <= 63
+        && slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(()) } else { Err(format!("`{slot}` is not a slot name: use 1 to 63 lower-case letters, digits or `_`")) }
+}
+
+/// The `postgres-url` format.
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err("expected a URL such as `postgres://user:password@host:5432/database`".to_string())
+    }
+}
+
+/// The `postgres-table` format: `table` or `schema.table`.
+pub fn check_table(table: &str) -> Result<(), String> {
+    if table.is_empty() || table.split('.').count() > 2 || table.split('.').any(str::is_empty) {
+        Err(format!("`{table}` is not `table` or `schema.table`"))
+    } else {
+        Ok(())
     }
 }
 
@@ -98,26 +127,12 @@ impl PostgresCdcConfig {
         self.publication.clone().unwrap_or_else(|| slot.to_string())
     }
 
-    /// Problems a config has on its own, each with the field it concerns.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
+    /// Problems that concern more than one field (single fields are checked
+    /// by their `format`).
+    pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.tables.is_empty() && self.publication.is_none() {
-            out.push(("tables", "list the `tables` to capture, or name an existing `publication`".to_string()));
-        }
-        if let Some(slot) = &self.slot
-            && (slot.is_empty()
-                || slot.len() > 63
-                || !slot.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-        {
-            out.push(("slot", format!("`{slot}` is not a slot name: use 1 to 63 lower-case letters, digits or `_`")));
-        }
-        for t in &self.tables {
-            if t.is_empty() || t.split('.').count() > 2 {
-                out.push(("tables", format!("`{t}` is not `table` or `schema.table`")));
-            }
-        }
-        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
-            out.push(("url", "expected a URL such as `postgres://user:password@host:5432/database`".to_string()));
+            out.push("list the `tables` to capture, or name an existing `publication`".to_string());
         }
         out
     }
@@ -166,9 +181,16 @@ mod tests {
     }
 
     #[test]
-    fn problems_name_their_field() {
-        let c = config(r#"{"url": "mysql://db/shop", "slot": "Bad-Slot"}"#);
-        let fields: Vec<_> = c.problems().into_iter().map(|(f, _)| f).collect();
-        assert_eq!(fields, vec!["tables", "slot", "url"]);
+    fn fields_are_checked() {
+        let c = config(r#"{"url": "postgres://db/shop"}"#);
+        assert_eq!(c.problems().len(), 1);
+        assert!(check_slot("Bad-Slot").is_err());
+        assert!(check_slot(&"s".repeat(64)).is_err());
+        assert!(check_slot("flowgate_orders_2").is_ok());
+        assert!(check_url("mysql://db").is_err());
+        assert!(check_url("postgresql://u@h/db").is_ok());
+        assert!(check_table("a.b.c").is_err());
+        assert!(check_table("a.").is_err());
+        assert!(check_table("shop.orders").is_ok());
     }
 }

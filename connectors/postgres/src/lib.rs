@@ -4,12 +4,14 @@
 //! catalog queries and setup go through sqlx.
 
 mod catalog;
+mod check;
 pub mod config;
 mod decode;
 mod error;
 mod event;
 mod source;
 
+pub use check::{CheckProblem, check_source};
 pub use config::PostgresCdcConfig;
 pub use error::PgCdcError;
 pub use source::PostgresCdcSource;
