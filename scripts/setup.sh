@@ -12,6 +12,8 @@ python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 # each Postgres test starts a private instance (scripts/postgres-local.sh).
 [[ -e /usr/include/postgresql/libpq-fe.h ]] || need_apt+=(libpq-dev)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+# MariaDB, of which each MySQL-sink test starts a private server.
+command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq

@@ -9,7 +9,7 @@ use flowgate_kafka::config::Delivery;
 use flowgate_kafka::{KafkaConsumer, KafkaSink, KafkaSource};
 use flowgate_postgres::PostgresCdcSource;
 use flowgate_sdk::{ConnectorError, LateRejects, Sink, Source, SourceContext, StateStore};
-use flowgate_sql::SqliteSink;
+use flowgate_sql::SqlSink;
 use flowgate_wasm::WasmTransform;
 
 use crate::config::{PathProblem, PipelineConfig, SinkConfig, SourceConfig, TransformConfig};
@@ -57,7 +57,9 @@ async fn open_sink(
         SinkConfig::File(c) => Box::new(FileSink::open(c.clone()).await?),
         SinkConfig::Stdout(c) => Box::new(StdoutSink::new(c.clone())),
         SinkConfig::Null(c) => Box::new(NullSink::new(c.clone())),
-        SinkConfig::Sqlite(c) => Box::new(SqliteSink::open(c.clone()).await?),
+        SinkConfig::Sqlite(c) | SinkConfig::Postgres(c) | SinkConfig::Mysql(c) => {
+            Box::new(SqlSink::open(c.clone(), pipeline).await?)
+        }
         SinkConfig::Kafka(c) => Box::new(KafkaSink::open(c.clone(), pipeline, late, consumer)?),
     })
 }
@@ -106,6 +108,26 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
             message,
             help: None,
         }));
+    }
+    for (at, sink) in [("sink", Some(&config.sink)), ("dead_letter", config.errors.dead_letter.as_ref())] {
+        let Some(c) = sink.and_then(SinkConfig::sql) else { continue };
+        let kind = sink.map_or("", SinkConfig::kind);
+        let path = |field: &str| -> Vec<String> {
+            let base: &[&str] = if at == "sink" { &["sink"] } else { &["errors", "dead_letter"] };
+            base.iter().map(|s| s.to_string()).chain([kind.to_string(), field.to_string()]).collect()
+        };
+        for (field, message, help) in c.problems(kind) {
+            problems.push(PathProblem { at: path(field), message, help });
+        }
+        if c.delivery == flowgate_sql::Delivery::EffectivelyOnce
+            && !matches!(config.source, SourceConfig::Kafka(_) | SourceConfig::PostgresCdc(_))
+        {
+            problems.push(PathProblem {
+                at: path("delivery"),
+                message: "`delivery: effectively_once` needs a `kafka` or `postgres_cdc` source".into(),
+                help: Some("only those sources can resume from a stored position; use `at_least_once`".into()),
+            });
+        }
     }
     if config.errors.dead_letter.as_ref().is_some_and(exactly_once) {
         problems.push(PathProblem {
@@ -167,11 +189,12 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         let pipeline = config.name.clone();
         move |e: ConnectorError| OpenError { pipeline, stage, message: e.chain() }
     };
-    let ctx = SourceContext {
+    let mut ctx = SourceContext {
         pipeline: Arc::clone(&name),
         batch_size: config.batch.size,
         linger: config.batch.linger.0,
         state: StateStore::new(state_dir),
+        resume: None,
     };
     let mut transforms = Vec::with_capacity(config.transforms.len());
     for (i, t) in config.transforms.iter().enumerate() {
@@ -179,9 +202,23 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         let opened = open_transform(t, &config.name, &stage).map_err(fail("transform"))?;
         transforms.push((Arc::from(stage), opened));
     }
-    let (source, consumer) = open_source(config, &ctx).await.map_err(fail("source"))?;
     let (late_tx, late) = tokio::sync::mpsc::unbounded_channel();
-    let sink = open_sink(&config.sink, &config.name, Some(late_tx), consumer).await.map_err(fail("sink"))?;
+    // An exactly-once Kafka sink commits through the source's consumer, so the
+    // source opens first; any other sink opens first, so that a position it
+    // stored with its data (effectively-once) reaches the source.
+    let (source, sink) = if exactly_once(&config.sink) {
+        let (source, consumer) = open_source(config, &ctx).await.map_err(fail("source"))?;
+        let sink = open_sink(&config.sink, &config.name, Some(late_tx), consumer).await.map_err(fail("sink"))?;
+        (source, sink)
+    } else {
+        let mut sink = open_sink(&config.sink, &config.name, Some(late_tx), None).await.map_err(fail("sink"))?;
+        ctx.resume = sink.stored_position().await.map_err(fail("sink"))?;
+        if let Some(p) = &ctx.resume {
+            tracing::info!(pipeline = %name, position = ?p, "resuming from the position stored with the sink's data");
+        }
+        let (source, _) = open_source(config, &ctx).await.map_err(fail("source"))?;
+        (source, sink)
+    };
     let dead_letter = match &config.errors.dead_letter {
         Some(c) => Some(open_sink(c, &config.name, None, None).await.map_err(fail("dead-letter sink"))?),
         None => None,

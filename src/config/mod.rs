@@ -16,7 +16,7 @@ use flowgate_generate::{GenerateConfig, Template};
 use flowgate_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use flowgate_postgres::PostgresCdcConfig;
 use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate};
-use flowgate_sql::SqliteSinkConfig;
+use flowgate_sql::SqlSinkConfig;
 use flowgate_wasm::WasmConfig;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -77,24 +77,37 @@ impl TransformConfig {
 }
 
 // A new sink is a new connector crate and a variant here.
-/// Where records go: `file`, `stdout`, `null`, `sqlite` or `kafka`.
+/// Where records go: `file`, `stdout`, `null`, `kafka`, or a database:
+/// `postgres`, `mysql` (MySQL and MariaDB), `sqlite`.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
     File(FileSinkConfig),
     Stdout(StdoutSinkConfig),
     Null(NullSinkConfig),
-    Sqlite(SqliteSinkConfig),
+    Sqlite(SqlSinkConfig),
+    Postgres(SqlSinkConfig),
+    Mysql(SqlSinkConfig),
     Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
+    /// The database sinks' shared settings.
+    pub fn sql(&self) -> Option<&SqlSinkConfig> {
+        match self {
+            SinkConfig::Sqlite(c) | SinkConfig::Postgres(c) | SinkConfig::Mysql(c) => Some(c),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Null(_) => "null",
             SinkConfig::Sqlite(_) => "sqlite",
+            SinkConfig::Postgres(_) => "postgres",
+            SinkConfig::Mysql(_) => "mysql",
             SinkConfig::Kafka(_) => "kafka",
         }
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test file uses a different subset.
 
 pub mod kafka;
+pub mod mariadb;
 pub mod postgres;
 
 use std::io::{Read, Write};

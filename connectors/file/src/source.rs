@@ -234,6 +234,7 @@ mod tests {
             batch_size,
             linger: Duration::from_millis(10),
             state: StateStore::new(dir.join("state")),
+            resume: None,
         }
     }
 

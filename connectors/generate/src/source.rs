@@ -108,6 +108,7 @@ mod tests {
             batch_size,
             linger: Duration::from_millis(50),
             state: StateStore::new("/nonexistent"),
+            resume: None,
         };
         GenerateSource::new(config, &ctx)
     }

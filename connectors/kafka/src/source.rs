@@ -90,6 +90,9 @@ pub struct ConsumerCtx {
     pub(crate) group: Arc<GroupState>,
     start: Start,
     exactly_once: bool,
+    /// Offsets a sink stored with its data (effectively-once): an assigned
+    /// partition starts there, not at the group's committed offset.
+    resume: HashMap<(String, i32), i64>,
 }
 
 client_context!(ConsumerCtx);
@@ -98,6 +101,19 @@ impl ConsumerCtx {
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         if let Start::Timestamp(ms) = self.start {
             self.start_at_time(consumer, tpl, ms);
+        }
+        let resumed: Vec<(String, i32, i64)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let next = self.resume.get(&(e.topic().to_string(), e.partition()))?;
+                Some((e.topic().to_string(), e.partition(), *next))
+            })
+            .collect();
+        for (topic, partition, next) in resumed {
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(next)) {
+                tracing::error!(client = &*self.log.name, error = %e, "cannot resume {topic}[{partition}] at {next}");
+            }
         }
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
@@ -254,6 +270,12 @@ impl KafkaSource {
             group: Arc::clone(&group),
             start: config.start.clone(),
             exactly_once,
+            resume: match &ctx.resume {
+                Some(Position::Kafka(parts)) => {
+                    parts.iter().map(|p| ((p.topic.to_string(), p.partition), p.next)).collect()
+                }
+                _ => HashMap::new(),
+            },
         };
         let consumer: KafkaConsumer =
             consumer_config(&config, exactly_once).create_with_context(context).map_err(KafkaConnectorError::config)?;
@@ -487,6 +509,7 @@ mod tests {
             batch_size: 100,
             linger: Duration::from_millis(200),
             state: StateStore::new(std::env::temp_dir()),
+            resume: None,
         };
         KafkaSource::open(config, &ctx, false).unwrap()
     }
@@ -550,6 +573,7 @@ mod tests {
             batch_size: 100,
             linger: Duration::from_millis(200),
             state: StateStore::new(dir.path()),
+            resume: None,
         };
         let mut source = KafkaSource::open(config, &ctx, false).unwrap();
         let mut records = Vec::new();

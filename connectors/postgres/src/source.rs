@@ -188,7 +188,12 @@ impl PostgresCdcSource {
         let slot = source.slot.clone();
         match (existing, record) {
             (Some(_), Some(r)) if r.snapshot_done => {
-                tracing::info!(slot = %slot, "resuming from the replication slot");
+                // A sink that stores the position with its data (effectively-once)
+                // may be ahead of the slot: what it has is not sent again.
+                if let Some(Position::Lsn(lsn)) = ctx.resume {
+                    source.decoder.last_end = lsn;
+                }
+                tracing::info!(slot = %slot, from = source.decoder.last_end, "resuming from the replication slot");
                 source.start_streaming().await?;
             }
             (Some(_), Some(_)) => {
@@ -226,7 +231,8 @@ impl PostgresCdcSource {
     /// process that just died, or a server that is restarting, is waited for in
     /// `read`, as any lost connection is.
     async fn start_streaming(&mut self) -> Result<(), PgCdcError> {
-        match self.stream(None).await {
+        let from = (self.decoder.last_end > 0).then_some(self.decoder.last_end);
+        match self.stream(from).await {
             Ok(stream) => self.phase = Phase::Streaming(Box::new(stream)),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(slot = %self.slot, error = %e, "cannot stream yet; retrying");

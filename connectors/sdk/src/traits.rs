@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Batch, ConnectorError, StateStore, Watermark};
+use crate::{Batch, ConnectorError, Position, StateStore, Watermark};
 
 /// What a source learns about the pipeline it runs in.
 #[derive(Clone, Debug)]
@@ -14,6 +14,9 @@ pub struct SourceContext {
     /// How long to wait for a batch to fill once it has its first record.
     pub linger: Duration,
     pub state: StateStore,
+    /// Where to resume, when the sink stored the position with its data
+    /// (effectively-once): it overrides the source's own.
+    pub resume: Option<Position>,
 }
 
 /// The outcome of one [`Source::read`].
@@ -76,6 +79,12 @@ pub trait Sink: Send {
     /// again and call `commit` again.
     async fn commit(&mut self, _batch: &mut Batch) -> Result<(), ConnectorError> {
         Ok(())
+    }
+
+    /// The source position this sink stored with its data (effectively-once
+    /// delivery), for the source to resume from; `None` when it keeps none.
+    async fn stored_position(&mut self) -> Result<Option<Position>, ConnectorError> {
+        Ok(None)
     }
 
     /// Flushes and releases resources; called once when the pipeline stops.

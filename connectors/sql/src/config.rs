@@ -1,3 +1,8 @@
+//! The YAML contract of the database sinks `postgres`, `mysql` and `sqlite`.
+
+use std::collections::BTreeMap;
+
+use flowgate_sdk::RecordTemplate;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -13,23 +18,107 @@ pub enum Synchronous {
     Normal,
 }
 
-/// Inserts the top-level fields of JSON records into a SQLite table, one
-/// transaction per batch.
+/// What a record does to the table.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Each record is a new row.
+    #[default]
+    Insert,
+    /// Each record is the row with its `key`: inserted, or replacing the row.
+    Upsert,
+    /// Each record is a Debezium-style change event (`op`, `before`, `after`):
+    /// `c`/`r` upsert `after`, `u` updates (moving the row when its key
+    /// changed), `d` deletes `before`, `t` empties the table.
+    Cdc,
+}
+
+/// Whether the source position is stored with the rows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Rows are committed, then the source position advances: after a crash the
+    /// last batches may be applied again.
+    #[default]
+    AtLeastOnce,
+    /// The source position (Kafka offsets, Postgres LSN) is committed in the same
+    /// transaction as the rows, in table `flowgate_positions`; on restart the
+    /// source resumes from it, so nothing is applied twice.
+    EffectivelyOnce,
+}
+
+/// Which record fields fill which columns.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Columns {
+    /// Columns filled from the fields of the same name.
+    Names(Vec<String>),
+    /// `column: field`, where a field may be a dotted path into nested objects.
+    Map(BTreeMap<String, String>),
+}
+
+/// Writes records to a table, one transaction per batch.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SqliteSinkConfig {
-    /// Database file, as a path or a `sqlite:` URL; created when missing.
+pub struct SqlSinkConfig {
+    /// `postgres://user:password@host/db`, `mysql://user:password@host/db`, or a
+    /// SQLite file (a path or a `sqlite:` URL; created when missing).
     pub url: String,
-    /// Table to insert into.
-    pub table: String,
-    /// Columns to fill, each from the record field of the same name (a missing
-    /// field gives NULL). The fields of the first record when omitted.
+    /// The table: fixed, or filled from each record, e.g. `${meta.table}` for
+    /// one table per captured source table.
+    pub table: RecordTemplate,
+    /// `insert` (default), `upsert` or `cdc`.
     #[serde(default)]
-    pub columns: Option<Vec<String>>,
-    /// Create the table when it does not exist, with the columns above.
+    pub mode: Mode,
+    /// The key columns, for `upsert` and `cdc`. In `cdc` mode they default to the
+    /// fields of the record's key (`{"id": 1}`).
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// The columns to fill: names (each from the field of the same name) or a
+    /// map of column to field. Default: the fields of the first record (the
+    /// `after` row in `cdc` mode) that the table has.
+    #[serde(default)]
+    pub columns: Option<Columns>,
+    /// Create a missing table from the first record: a column per field, typed
+    /// from its JSON value, with the key as primary key.
     #[serde(default)]
     pub create_table: bool,
-    /// `full` (default) or `normal`.
+    /// `at_least_once` (default) or `effectively_once`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// SQLite only: `full` (default) or `normal`.
     #[serde(default)]
     pub synchronous: Synchronous,
+}
+
+impl SqlSinkConfig {
+    /// Problems of the settings as written for sink `kind` (`postgres`, `mysql`,
+    /// `sqlite`): (field, message, hint).
+    pub fn problems(&self, kind: &str) -> Vec<(&'static str, String, Option<String>)> {
+        let mut out = Vec::new();
+        let url_kind = if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            "postgres"
+        } else if self.url.starts_with("mysql://") || self.url.starts_with("mariadb://") {
+            "mysql"
+        } else if self.url.contains("://") {
+            "other"
+        } else {
+            "sqlite"
+        };
+        if url_kind != kind {
+            let example = match kind {
+                "postgres" => "postgres://user:password@host:5432/database",
+                "mysql" => "mysql://user:password@host:3306/database",
+                _ => "a file path such as data/out.db, or sqlite:data/out.db",
+            };
+            out.push(("url", format!("not a {kind} URL"), Some(format!("expected {example}"))));
+        }
+        if self.mode == Mode::Upsert && self.key.is_empty() {
+            out.push(("key", "`mode: upsert` needs the `key` columns".into(), Some("e.g. `key: [id]`".into())));
+        }
+        if self.synchronous != Synchronous::Full && kind != "sqlite" {
+            out.push(("synchronous", "`synchronous` is a SQLite setting".into(), None));
+        }
+        out
+    }
 }

@@ -2,57 +2,84 @@ use flowgate_sdk::ConnectorError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
-    #[error("cannot open the database {url}")]
+    #[error("cannot connect to the database {url}")]
     Connect { url: String, source: sqlx::Error },
-    #[error("cannot determine the columns of table {table}: the first record is not a JSON object")]
+    #[error("cannot determine the columns of table {table}")]
     NoColumns { table: String },
     #[error("writing to table {table} failed")]
     Write { table: String, source: sqlx::Error },
 }
 
-/// SQLite result codes that a later attempt may not meet.
-const BUSY: &str = "5";
-const LOCKED: &str = "6";
-const IOERR: &str = "10";
-const FULL: &str = "13";
-const CANTOPEN: &str = "14";
-
-/// An error that concerns one row (constraint violation, wrong type), so the row
-/// goes to the error policy and the rest of its batch is written.
-pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Database(db) => {
-            db.is_unique_violation()
-                || db.is_foreign_key_violation()
-                || db.is_check_violation()
-                || matches!(db.kind(), sqlx::error::ErrorKind::NotNullViolation)
-                // SQLITE_CONSTRAINT (other), SQLITE_TOOBIG, SQLITE_MISMATCH.
-                || db.code().is_some_and(|c| {
-                    let primary = c.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
-                    matches!(primary, 18..=20)
-                })
-        }
-        _ => false,
-    }
-}
-
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            let primary = c.parse::<i32>().map(|c| (c & 0xff).to_string()).unwrap_or_default();
-            [BUSY, LOCKED, IOERR, FULL, CANTOPEN].contains(&primary.as_str())
-        }),
-        _ => false,
-    }
-}
-
 impl SqlError {
+    /// For `map_err`: a failed statement on `table`.
+    pub(crate) fn write(table: &str) -> impl FnOnce(sqlx::Error) -> SqlError + '_ {
+        move |source| SqlError::Write { table: table.to_string(), source }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             SqlError::Connect { source, .. } | SqlError::Write { source, .. } => is_transient(source),
             SqlError::NoColumns { .. } => false,
         }
+    }
+}
+
+/// The URL with its password blanked, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+/// An error that concerns one row (a constraint violation, a value of the wrong
+/// type or out of range), so the row goes to the error policy and the rest of
+/// its batch is written.
+pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    if db.is_unique_violation()
+        || db.is_foreign_key_violation()
+        || db.is_check_violation()
+        || matches!(db.kind(), sqlx::error::ErrorKind::NotNullViolation)
+    {
+        return true;
+    }
+    let code = db.code().unwrap_or_default();
+    // SQLSTATE classes 22 (data exception) and 23 (integrity constraint), as
+    // Postgres and MySQL report them.
+    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) {
+        return true;
+    }
+    // MySQL files some bad values under the generic HY000.
+    if code == "HY000" {
+        let m = db.message();
+        return m.starts_with("Incorrect") || m.starts_with("Data truncated") || m.starts_with("Out of range");
+    }
+    // SQLite result codes: SQLITE_CONSTRAINT (19), SQLITE_TOOBIG (18), SQLITE_MISMATCH (20).
+    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 18..=20))
+}
+
+/// Worth retrying: the connection or server went away, a deadlock, a
+/// serialization failure, a busy or locked database, a full disk.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Postgres/MySQL SQLSTATE: 08 connection, 40 rollback (deadlock,
+            // serialization), 53 resources, 57P admin shutdown, 55P03 lock wait.
+            let sqlstate =
+                code.len() == 5 && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
+            // MySQL lock wait timeout (1205) and deadlock come as HY000/40001.
+            let mysql = code == "HY000" && db.message().starts_with("Lock wait timeout");
+            // SQLite: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.
+            let sqlite = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
+            sqlstate || mysql || sqlite
+        }
+        _ => false,
     }
 }
 

@@ -1,10 +1,13 @@
-//! Database sinks through `sqlx`. SQLite for now; Postgres and MySQL join here.
+//! Database sinks through `sqlx`: Postgres, MySQL/MariaDB and SQLite, with
+//! insert, upsert and change-event (CDC) modes.
 
+mod change;
 pub mod config;
+mod dialect;
 mod error;
 mod rows;
 pub mod sink;
 
-pub use config::{SqliteSinkConfig, Synchronous};
+pub use config::{Columns, Delivery, Mode, SqlSinkConfig, Synchronous};
 pub use error::SqlError;
-pub use sink::SqliteSink;
+pub use sink::SqlSink;

@@ -1,226 +1,599 @@
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+//! The database sinks: one implementation over sqlx's `Any` driver, with the
+//! differences between Postgres, MySQL/MariaDB and SQLite in [`Dialect`].
+//!
+//! A batch is one transaction. `write` applies the batch's rows inside it and
+//! leaves it open; `commit` (after the engine has dead-lettered the refused
+//! records) adds the source position when effectively-once, and commits. A
+//! statement refused for a row-level reason (a constraint, a bad value) is
+//! rolled back to a savepoint and the batch retried row by row, so only the
+//! offending rows are refused.
 
-use flowgate_sdk::{Batch, ConnectorError, Sink, async_trait};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flowgate_sdk::{Batch, ConnectorError, PartitionOffset, Position, Record, Sink, async_trait};
+use serde_json::{Map, Value};
+use sqlx::AnyConnection;
+use sqlx::any::AnyArguments;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use crate::error::is_row_error;
-use crate::rows::{Cell, cells, field_names, parse_object, quote_ident};
-use crate::{SqlError, SqliteSinkConfig, Synchronous};
+use crate::change::{Op, key_text, ops};
+use crate::config::{Delivery, Mode, SqlSinkConfig, Synchronous};
+use crate::dialect::{Dialect, mysql_datetime, pg_array};
+use crate::error::{SqlError, is_row_error};
+use crate::rows::field_names;
 
-/// SQLite accepts at most 32766 bound parameters per statement; beyond a few
-/// hundred rows per statement nothing is gained.
-const MAX_PARAMS: usize = 32766;
+/// Rows per statement; beyond a few hundred nothing is gained.
 const MAX_ROWS_PER_STATEMENT: usize = 500;
 
-pub struct SqliteSink {
-    config: SqliteSinkConfig,
-    options: SqliteConnectOptions,
-    conn: Option<SqliteConnection>,
-    columns: Option<Vec<String>>,
-    /// The multi-row INSERT for a full chunk, built once.
-    full_insert: String,
+type Query<'q> = sqlx::query::Query<'q, sqlx::Any, AnyArguments>;
+
+/// A target table: its columns and their types, in table order.
+#[derive(Clone, Debug)]
+struct TableInfo {
+    quoted: String,
+    columns: Vec<(String, String)>,
+}
+
+impl TableInfo {
+    fn ty(&self, column: &str) -> Option<&str> {
+        self.columns.iter().find(|(c, _)| c == column).map(|(_, t)| t.as_str())
+    }
+}
+
+pub struct SqlSink {
+    config: SqlSinkConfig,
+    dialect: Dialect,
+    pipeline: Arc<str>,
+    conn: Option<AnyConnection>,
+    in_transaction: bool,
+    tables: HashMap<String, TableInfo>,
+    /// Key columns per table (configured, or from the first record's key).
+    keys: HashMap<String, Vec<String>>,
     stage: Arc<str>,
 }
 
-fn connect_options(config: &SqliteSinkConfig) -> Result<SqliteConnectOptions, SqlError> {
-    let url = if config.url.starts_with("sqlite:") { config.url.clone() } else { format!("sqlite:{}", config.url) };
-    let options =
-        SqliteConnectOptions::from_str(&url).map_err(|source| SqlError::Connect { url: config.url.clone(), source })?;
-    Ok(options
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(match config.synchronous {
-            Synchronous::Full => SqliteSynchronous::Full,
-            Synchronous::Normal => SqliteSynchronous::Normal,
-        })
-        .busy_timeout(Duration::from_secs(5)))
+/// The value bound for one column.
+#[derive(Clone, Debug, PartialEq)]
+enum Cell {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Real(f64),
+    Text(String),
 }
 
-fn insert_sql(table: &str, columns: &[String], rows: usize) -> String {
-    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-    let row = format!("({})", vec!["?"; columns.len()].join(","));
-    format!("INSERT INTO {} ({}) VALUES {}", quote_ident(table), cols.join(","), vec![row; rows].join(","))
-}
-
-fn bind_cells<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    cells: &'q [Cell],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    for cell in cells {
-        q = match cell {
-            Cell::Null => q.bind(None::<i64>),
-            Cell::Int(i) => q.bind(*i),
-            Cell::Real(f) => q.bind(*f),
-            Cell::Text(s) => q.bind(s.as_str()),
-        };
+fn bind(q: Query<'_>, cell: Cell) -> Query<'_> {
+    match cell {
+        Cell::Null => q.bind(None::<String>),
+        Cell::Bool(b) => q.bind(b),
+        Cell::Int(i) => q.bind(i),
+        Cell::Real(f) => q.bind(f),
+        Cell::Text(s) => q.bind(s),
     }
-    q
 }
 
-impl SqliteSink {
-    pub async fn open(config: SqliteSinkConfig) -> Result<Self, SqlError> {
-        let options = connect_options(&config)?;
-        let mut sink =
-            SqliteSink { columns: None, full_insert: String::new(), stage: "sink".into(), conn: None, options, config };
-        // Fail at start-up, not at the first record, when the database cannot be opened.
+impl Dialect {
+    /// A JSON value as the cell for a column of type `ty`. Postgres gets text
+    /// only (each parameter is cast to its column's type): a prepared statement
+    /// keeps the parameter types of its first execution, and an integer bound
+    /// where a float was is misread rather than refused.
+    fn cell(self, value: Option<&Value>, ty: &str) -> Cell {
+        match self.typed_cell(value, ty) {
+            Cell::Bool(b) if self == Dialect::Postgres => Cell::Text(b.to_string()),
+            Cell::Int(i) if self == Dialect::Postgres => Cell::Text(i.to_string()),
+            Cell::Real(f) if self == Dialect::Postgres => Cell::Text(f.to_string()),
+            cell => cell,
+        }
+    }
+
+    fn typed_cell(self, value: Option<&Value>, ty: &str) -> Cell {
+        let json_column = ty.eq_ignore_ascii_case("json") || ty.eq_ignore_ascii_case("jsonb");
+        match value {
+            None | Some(Value::Null) => Cell::Null,
+            // A JSON column takes any value as JSON text.
+            Some(v) if json_column => Cell::Text(v.to_string()),
+            Some(Value::Bool(b)) => Cell::Bool(*b),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Cell::Int(i),
+                // Beyond i64 (or a decimal) stays exact as text.
+                None if n.is_u64() => Cell::Text(n.to_string()),
+                None => Cell::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Some(Value::String(s)) => match self {
+                Dialect::MySql => Cell::Text(mysql_datetime(ty, s).unwrap_or_else(|| s.clone())),
+                _ => Cell::Text(s.clone()),
+            },
+            Some(v @ Value::Array(_)) if self == Dialect::Postgres && ty.ends_with("[]") => Cell::Text(pg_array(v)),
+            Some(v) => Cell::Text(v.to_string()),
+        }
+    }
+}
+
+fn dialect_of(url: &str) -> Dialect {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Dialect::Postgres
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Dialect::MySql
+    } else {
+        Dialect::Sqlite
+    }
+}
+
+fn any_url(url: &str) -> String {
+    match dialect_of(url) {
+        Dialect::Sqlite if !url.starts_with("sqlite:") => format!("sqlite:{url}?mode=rwc"),
+        Dialect::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+        _ if url.starts_with("mariadb://") => url.replacen("mariadb://", "mysql://", 1),
+        _ => url.to_string(),
+    }
+}
+
+/// One table's share of a batch: its operations in order, with the index of
+/// the record each came from.
+#[derive(Default)]
+struct TableOps {
+    ops: Vec<(usize, Op)>,
+}
+
+impl SqlSink {
+    pub async fn open(config: SqlSinkConfig, pipeline: &str) -> Result<Self, SqlError> {
+        sqlx::any::install_default_drivers();
+        let dialect = dialect_of(&config.url);
+        let mut sink = SqlSink {
+            dialect,
+            pipeline: pipeline.into(),
+            conn: None,
+            in_transaction: false,
+            tables: HashMap::new(),
+            keys: HashMap::new(),
+            stage: "sink".into(),
+            config,
+        };
+        // Fail at start-up, not at the first record, when the database cannot be reached.
         sink.conn().await?;
-        if let Some(columns) = sink.config.columns.clone() {
-            sink.set_columns(columns).await?;
-        } else if let Some(existing) = sink.table_columns().await? {
-            sink.set_columns(existing).await?;
+        if sink.config.delivery == Delivery::EffectivelyOnce {
+            let sql = dialect.positions_table();
+            let conn = sink.conn().await?;
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await.map_err(SqlError::write("flowgate_positions"))?;
         }
         Ok(sink)
     }
 
-    fn write_err(&self, source: sqlx::Error) -> SqlError {
-        SqlError::Write { table: self.config.table.clone(), source }
-    }
-
-    async fn conn(&mut self) -> Result<&mut SqliteConnection, SqlError> {
+    async fn conn(&mut self) -> Result<&mut AnyConnection, SqlError> {
         if self.conn.is_none() {
-            let conn = SqliteConnection::connect_with(&self.options)
+            let url = any_url(&self.config.url);
+            let mut conn = AnyConnection::connect(&url)
                 .await
-                .map_err(|source| SqlError::Connect { url: self.config.url.clone(), source })?;
+                .map_err(|source| SqlError::Connect { url: crate::error::redact(&self.config.url), source })?;
+            let setup = match (self.dialect, self.config.synchronous) {
+                (Dialect::Sqlite, Synchronous::Full) => {
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000"
+                }
+                (Dialect::Sqlite, Synchronous::Normal) => {
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000"
+                }
+                // Timestamps without a zone are read and written as UTC.
+                (Dialect::MySql, _) => "SET time_zone = '+00:00'",
+                (Dialect::Postgres, _) => "SET TIME ZONE 'UTC'",
+            };
+            sqlx::raw_sql(AssertSqlSafe(setup))
+                .execute(&mut conn)
+                .await
+                .map_err(|source| SqlError::Connect { url: crate::error::redact(&self.config.url), source })?;
             self.conn = Some(conn);
+            self.in_transaction = false;
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    async fn table_columns(&mut self) -> Result<Option<Vec<String>>, SqlError> {
-        let sql = format!("PRAGMA table_info({})", quote_ident(&self.config.table));
-        let conn = self.conn().await?;
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(conn).await;
-        let rows = rows.map_err(|e| self.write_err(e))?;
-        let names: Vec<String> = rows.iter().map(|r| r.get::<String, _>("name")).collect();
-        Ok((!names.is_empty()).then_some(names))
+    /// Forgets a connection that failed: the next attempt starts afresh, and an
+    /// open transaction is gone with it.
+    fn lost(&mut self) {
+        self.conn = None;
+        self.in_transaction = false;
     }
 
-    async fn set_columns(&mut self, columns: Vec<String>) -> Result<(), SqlError> {
-        if self.config.create_table {
-            let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-            let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", quote_ident(&self.config.table), cols.join(", "));
-            let conn = self.conn().await?;
-            let done = sqlx::query(AssertSqlSafe(sql)).execute(conn).await;
-            done.map_err(|e| self.write_err(e))?;
+    async fn raw(&mut self, sql: &str, table: &str) -> Result<(), SqlError> {
+        let conn = self.conn().await?;
+        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn).await;
+        result.map(drop).map_err(SqlError::write(table))
+    }
+
+    /// The table's columns, or `None` when it does not exist.
+    async fn describe(&mut self, table: &str) -> Result<Option<TableInfo>, SqlError> {
+        let dialect = self.dialect;
+        let conn = self.conn().await?;
+        // Postgres resolves `schema.table` itself; the others are asked for the bare name.
+        let name = if dialect == Dialect::Postgres { dialect.quote_table(table) } else { table.to_string() };
+        let rows = sqlx::query(AssertSqlSafe(dialect.columns_query()))
+            .bind(name)
+            .fetch_all(conn)
+            .await
+            .map_err(SqlError::write(table))?;
+        let columns: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(SqlError::write(table))?;
+        Ok((!columns.is_empty()).then(|| TableInfo { quoted: dialect.quote_table(table), columns }))
+    }
+
+    /// The table's description, creating the table from `sample` when it is
+    /// missing and `create_table` is on. Runs outside the batch's transaction:
+    /// MySQL commits an open transaction at any DDL.
+    async fn table(
+        &mut self,
+        table: &str,
+        sample: &Map<String, Value>,
+        order: &[String],
+        key: &[String],
+    ) -> Result<TableInfo, ConnectorError> {
+        if let Some(info) = self.tables.get(table)
+            && sample.keys().all(|f| info.ty(f).is_some())
+        {
+            return Ok(info.clone());
         }
-        self.full_insert = insert_sql(&self.config.table, &columns, self.rows_per_statement(columns.len()));
-        self.columns = Some(columns);
+        if let Some(info) = self.describe(table).await? {
+            // Refreshed when a field shows up that it lacked (the table may have
+            // been altered since); fields the table does not have are left out.
+            self.tables.insert(table.to_string(), info.clone());
+            return Ok(info);
+        }
+        if !self.config.create_table {
+            return Err(ConnectorError::fatal(format!(
+                "table {table} does not exist; create it or set `create_table: true`"
+            )));
+        }
+        let d = self.dialect;
+        // In the order the fields were written, where known.
+        let mut names: Vec<&String> = order.iter().filter(|n| sample.contains_key(*n)).collect();
+        names.extend(sample.keys().filter(|k| !order.contains(k)));
+        let mut defs: Vec<String> = names
+            .into_iter()
+            .map(|name| {
+                let v = &sample[name];
+                let ty = match d.key_text_type() {
+                    Some(t) if key.contains(name) && !v.is_number() && !v.is_boolean() => t,
+                    _ => d.column_type(v),
+                };
+                format!("{} {ty}", d.quote(name))
+            })
+            .collect();
+        if !key.is_empty() {
+            let keys: Vec<String> = key.iter().map(|k| d.quote(k)).collect();
+            defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+        }
+        let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", d.quote_table(table), defs.join(", "));
+        self.raw(&sql, table).await?;
+        tracing::info!(table, "created the table from the first record");
+        let info = self.describe(table).await?.ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
+        self.tables.insert(table.to_string(), info.clone());
+        Ok(info)
+    }
+
+    /// Applies one table's operations; refused records are returned with the reason.
+    async fn apply(
+        &mut self,
+        table: &str,
+        ops: &[(usize, Op)],
+        key: &[String],
+    ) -> Result<Vec<(usize, String)>, SqlError> {
+        // Only the last operation per key counts (an upsert carries the whole row,
+        // a delete removes it), which also keeps one statement from touching a
+        // row twice. A truncate drops what came before it.
+        let start = ops.iter().rposition(|(_, op)| *op == Op::Truncate);
+        let mut truncate = None;
+        let mut last: Vec<(usize, Op)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let ops = match start {
+            Some(t) => {
+                truncate = Some(ops[t].0);
+                &ops[t + 1..]
+            }
+            None => ops,
+        };
+        for (i, op) in ops {
+            match op {
+                Op::Insert(_) | Op::Truncate => last.push((*i, op.clone())),
+                Op::Upsert(row) | Op::Delete(row) => {
+                    let k = key_text(row, key);
+                    match index.get(&k) {
+                        Some(&at) => {
+                            // An upsert lacking unchanged TOAST values takes them
+                            // from the one before it in the batch.
+                            let mut op = op.clone();
+                            if let (Op::Upsert(new), (_, Op::Upsert(old))) = (&mut op, &last[at]) {
+                                for (c, v) in old {
+                                    new.entry(c.clone()).or_insert_with(|| v.clone());
+                                }
+                            }
+                            last[at] = (*i, op);
+                        }
+                        None => {
+                            index.insert(k, last.len());
+                            last.push((*i, op.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        let info = self.tables.get(table).cloned().ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
+        let mut refused = Vec::new();
+        self.savepoint("flowgate_batch", table).await?;
+        match self.apply_grouped(&info, truncate, &last, key).await {
+            Ok(()) => {}
+            Err(e) if is_row_error(&e) => {
+                tracing::debug!(table, error = %e, "a row was refused; applying the batch row by row");
+                self.raw("ROLLBACK TO SAVEPOINT flowgate_batch", table).await?;
+                if let Some(i) = truncate
+                    && let Err(e) = self.apply_grouped(&info, Some(i), &[], key).await
+                {
+                    return Err(SqlError::Write { table: table.to_string(), source: e });
+                }
+                for (i, op) in &last {
+                    self.savepoint("flowgate_row", table).await?;
+                    match self.apply_grouped(&info, None, std::slice::from_ref(&(*i, op.clone())), key).await {
+                        Ok(()) => {}
+                        Err(e) if is_row_error(&e) => {
+                            self.raw("ROLLBACK TO SAVEPOINT flowgate_row", table).await?;
+                            refused.push((*i, e.to_string()));
+                        }
+                        Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+                    }
+                }
+            }
+            Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+        }
+        Ok(refused)
+    }
+
+    async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
+        self.raw(&format!("SAVEPOINT {name}"), table).await
+    }
+
+    /// Truncate, then deletes, then upserts and inserts, each as multi-row statements.
+    async fn apply_grouped(
+        &mut self,
+        info: &TableInfo,
+        truncate: Option<usize>,
+        ops: &[(usize, Op)],
+        key: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let d = self.dialect;
+        if truncate.is_some() {
+            let conn = self.conn.as_mut().expect("connected");
+            sqlx::raw_sql(AssertSqlSafe(format!("DELETE FROM {}", info.quoted))).execute(conn).await?;
+        }
+        let deletes: Vec<&Map<String, Value>> =
+            ops.iter().filter_map(|(_, op)| if let Op::Delete(r) = op { Some(r) } else { None }).collect();
+        if !deletes.is_empty() {
+            let mut cells = Vec::with_capacity(deletes.len() * key.len());
+            for row in &deletes {
+                cells.extend(key.iter().map(|k| d.cell(row.get(k), info.ty(k).unwrap_or("text"))));
+            }
+            let cols: Vec<String> = key.iter().map(|k| d.quote(k)).collect();
+            let target = if key.len() == 1 { cols[0].clone() } else { format!("({})", cols.join(", ")) };
+            let sql = |n: usize| {
+                format!("DELETE FROM {} WHERE {target} IN ({})", info.quoted, value_list(d, info, key, n, true))
+            };
+            let conn = self.conn.as_mut().expect("connected");
+            run(conn, d, sql, cells, key.len()).await?;
+        }
+        // Rows with the same columns go together: (upsert?, columns, rows).
+        type Group<'a> = (bool, Vec<String>, Vec<&'a Map<String, Value>>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for (_, op) in ops {
+            let (upsert, row) = match op {
+                Op::Upsert(r) => (true, r),
+                Op::Insert(r) => (false, r),
+                _ => continue,
+            };
+            let columns: Vec<String> =
+                info.columns.iter().filter(|(c, _)| row.contains_key(c)).map(|(c, _)| c.clone()).collect();
+            match groups.iter_mut().find(|(u, c, _)| *u == upsert && *c == columns) {
+                Some((_, _, rows)) => rows.push(row),
+                None => groups.push((upsert, columns, vec![row])),
+            }
+        }
+        for (upsert, columns, rows) in groups {
+            if columns.is_empty() {
+                continue;
+            }
+            let mut cells = Vec::with_capacity(rows.len() * columns.len());
+            for row in &rows {
+                cells.extend(columns.iter().map(|c| d.cell(row.get(c), info.ty(c).unwrap_or("text"))));
+            }
+            let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+            let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
+            let sql = |n: usize| {
+                let values = value_list(d, info, &columns, n, false);
+                format!("INSERT INTO {} ({}) VALUES {values}{suffix}", info.quoted, names.join(", "))
+            };
+            let conn = self.conn.as_mut().expect("connected");
+            run(conn, d, sql, cells, columns.len()).await?;
+        }
         Ok(())
     }
 
-    fn rows_per_statement(&self, ncols: usize) -> usize {
-        (MAX_PARAMS / ncols.max(1)).clamp(1, MAX_ROWS_PER_STATEMENT)
-    }
-
-    /// All rows in one transaction; `Ok(Err(_))` when a row-level error aborted it.
-    async fn insert_all(&mut self, cells: &[Cell], ncols: usize) -> Result<Result<(), sqlx::Error>, SqlError> {
-        let per = self.rows_per_statement(ncols);
-        let columns = self.columns.clone().unwrap_or_default();
-        let table = self.config.table.clone();
-        let full_insert = self.full_insert.clone();
+    async fn save_position(&mut self, position: &Position) -> Result<(), SqlError> {
+        let entries: Vec<(String, i64)> = match position {
+            Position::Kafka(parts) => {
+                parts.iter().map(|p| (format!("kafka:{}:{}", p.topic, p.partition), p.next)).collect()
+            }
+            Position::Lsn(lsn) => vec![("postgres".to_string(), *lsn as i64)],
+        };
+        let sql = self.dialect.save_position();
+        let pipeline = self.pipeline.to_string();
         let conn = self.conn().await?;
-        let result: Result<(), sqlx::Error> = async {
-            let mut tx = conn.begin().await?;
-            for chunk in cells.chunks(per * ncols) {
-                let rows = chunk.len() / ncols;
-                let sql = if rows == per { full_insert.clone() } else { insert_sql(&table, &columns, rows) };
-                bind_cells(sqlx::query(AssertSqlSafe(sql)), chunk).execute(&mut *tx).await?;
-            }
-            tx.commit().await
+        for (source, at) in entries {
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(pipeline.clone())
+                .bind(source)
+                .bind(at)
+                .execute(&mut *conn)
+                .await
+                .map_err(SqlError::write("flowgate_positions"))?;
         }
-        .await;
-        match result {
-            Ok(()) => Ok(Ok(())),
-            Err(e) if is_row_error(&e) => Ok(Err(e)),
-            Err(e) => {
-                // The connection may be broken; start afresh on the retry.
-                self.conn = None;
-                Err(self.write_err(e))
-            }
-        }
-    }
-
-    /// Row by row in one transaction, for a batch that held a bad row: the bad
-    /// rows are returned with the database's message, the others committed.
-    async fn insert_isolating(&mut self, cells: &[Cell], ncols: usize) -> Result<Vec<(usize, String)>, SqlError> {
-        let sql = insert_sql(&self.config.table, self.columns.as_deref().unwrap_or_default(), 1);
-        let conn = self.conn().await?;
-        let result: Result<Vec<(usize, String)>, sqlx::Error> = async {
-            let mut failed = Vec::new();
-            let mut tx = conn.begin().await?;
-            for (i, row) in cells.chunks(ncols).enumerate() {
-                // A failed statement is undone alone; the transaction goes on.
-                match bind_cells(sqlx::query(AssertSqlSafe(sql.clone())), row).execute(&mut *tx).await {
-                    Ok(_) => {}
-                    Err(e) if is_row_error(&e) => failed.push((i, e.to_string())),
-                    Err(e) => return Err(e),
-                }
-            }
-            tx.commit().await?;
-            Ok(failed)
-        }
-        .await;
-        result.map_err(|e| {
-            self.conn = None;
-            self.write_err(e)
-        })
+        Ok(())
     }
 }
 
-#[async_trait]
-impl Sink for SqliteSink {
-    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        // Parse first: a record that is not a JSON object is refused, not fatal.
-        let mut objects = Vec::with_capacity(batch.records.len());
-        let mut refused = Vec::new();
-        for (i, r) in batch.records.iter().enumerate() {
-            match parse_object(&r.value) {
-                Ok(o) => objects.push((i, o)),
-                Err(reason) => refused.push((i, reason)),
-            }
+/// Executes one statement shape over `cells` (`per_row` a row) in as few
+/// statements as the parameter limit allows; `Err` carries the database's message.
+async fn run(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    sql_for: impl Fn(usize) -> String,
+    cells: Vec<Cell>,
+    per_row: usize,
+) -> Result<(), sqlx::Error> {
+    if per_row == 0 {
+        return Ok(());
+    }
+    let rows = cells.len() / per_row;
+    let chunk = (dialect.max_params() / per_row).clamp(1, MAX_ROWS_PER_STATEMENT);
+    let mut cells = cells.into_iter();
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let mut q = sqlx::query(AssertSqlSafe(sql_for(n)));
+        for cell in cells.by_ref().take(n * per_row) {
+            q = bind(q, cell);
         }
-        // Columns come from the first record that has fields: `{}` has none.
-        if self.columns.is_none()
-            && let Some((first, _)) = objects.iter().find(|(_, o)| !o.is_empty())
-        {
-            if !self.config.create_table {
-                return Err(ConnectorError::fatal(format!(
-                    "table {} does not exist; create it or set `create_table: true`",
-                    self.config.table
-                )));
-            }
-            let columns = field_names(&batch.records[*first].value);
-            self.set_columns(columns).await?;
-        }
-        if self.columns.is_none() {
-            // Only empty objects so far: nothing to create a table from.
-            for (i, _) in objects.drain(..) {
-                refused.push((i, "the record has no fields, and the table's columns are not known yet".into()));
-            }
-        }
-        if !objects.is_empty() {
-            let ncols = self.columns.as_ref().map_or(0, Vec::len);
-            if ncols == 0 {
-                return Err(SqlError::NoColumns { table: self.config.table.clone() }.into());
-            }
-            let mut flat = Vec::with_capacity(objects.len() * ncols);
-            let columns = self.columns.as_deref().unwrap_or_default();
-            let index: Vec<usize> = objects.iter().map(|(i, _)| *i).collect();
-            for (_, o) in objects {
-                cells(o, columns, &mut flat);
-            }
-            if let Err(first) = self.insert_all(&flat, ncols).await? {
-                tracing::debug!(error = %first, "a row was refused; writing the batch row by row");
-                for (row, reason) in self.insert_isolating(&flat, ncols).await? {
-                    refused.push((index[row], reason));
+        q.execute(&mut *conn).await?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// `(p1, p2), (p3, p4)`: `rows` rows of parameters for `columns`, each cast
+/// (where the dialect needs it) to its column's type. `bare` leaves out the
+/// parentheses around a single column, for `k IN (p1, p2)`.
+fn value_list(dialect: Dialect, info: &TableInfo, columns: &[String], rows: usize, bare: bool) -> String {
+    let mut n = 0;
+    let mut out = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let vals: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                n += 1;
+                dialect.param(n, info.ty(c).unwrap_or("text"))
+            })
+            .collect();
+        out.push(if bare && columns.len() == 1 { vals.join(", ") } else { format!("({})", vals.join(", ")) });
+    }
+    out.join(", ")
+}
+
+/// Records refused, by index, with the reason.
+type Refused = Vec<(usize, String)>;
+
+/// The records of a batch, grouped by table, in order.
+fn plan(records: &[Record], config: &SqlSinkConfig) -> (Vec<(String, TableOps)>, Refused) {
+    let mut tables: Vec<(String, TableOps)> = Vec::new();
+    let mut refused = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut parsed = None;
+        let table = match config.table.fixed() {
+            Some(t) => t.to_string(),
+            None => match config.table.render(r, &mut parsed) {
+                Ok(t) => t,
+                Err(e) => {
+                    refused.push((i, format!("no table for the record: {e}")));
+                    continue;
                 }
+            },
+        };
+        match ops(&r.value, r.key.as_deref(), config.mode, config.columns.as_ref(), &config.key) {
+            Ok(list) => {
+                let at = match tables.iter().position(|(t, _)| *t == table) {
+                    Some(at) => at,
+                    None => {
+                        tables.push((table, TableOps::default()));
+                        tables.len() - 1
+                    }
+                };
+                tables[at].1.ops.extend(list.into_iter().map(|op| (i, op)));
             }
+            Err(reason) => refused.push((i, reason)),
+        }
+    }
+    (tables, refused)
+}
+
+/// The key columns for a table: configured, or the fields of a record's key.
+fn key_for(config: &SqlSinkConfig, records: &[Record], ops: &TableOps) -> Vec<String> {
+    if !config.key.is_empty() || config.mode == Mode::Insert {
+        return config.key.clone();
+    }
+    ops.ops
+        .first()
+        .and_then(|(i, _)| records[*i].key.as_deref())
+        .and_then(|k| serde_json::from_slice::<Value>(k).ok())
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let (tables, mut refused) = plan(&batch.records, &self.config);
+        // Tables are described or created first, outside the transaction.
+        let mut work = Vec::with_capacity(tables.len());
+        for (table, ops) in tables {
+            let key = match self.keys.get(&table) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = key_for(&self.config, &batch.records, &ops);
+                    self.keys.insert(table.clone(), k.clone());
+                    k
+                }
+            };
+            let sample = ops.ops.iter().find_map(|(i, op)| match op {
+                Op::Insert(r) | Op::Upsert(r) => Some((*i, r.clone())),
+                _ => None,
+            });
+            match sample {
+                Some((i, sample)) => {
+                    let order = field_names(&batch.records[i].value);
+                    self.table(&table, &sample, &order, &key).await.inspect_err(|_| self.lost())?;
+                }
+                None if !self.tables.contains_key(&table) => match self.describe(&table).await {
+                    Ok(Some(info)) => {
+                        self.tables.insert(table.clone(), info);
+                    }
+                    Ok(None) => {
+                        // Deletes for a table that does not exist: nothing to delete.
+                        continue;
+                    }
+                    Err(e) => {
+                        self.lost();
+                        return Err(e.into());
+                    }
+                },
+                None => {}
+            }
+            work.push((table, ops, key));
+        }
+        let result: Result<(), SqlError> = async {
+            if !self.in_transaction {
+                self.raw("BEGIN", "").await?;
+                self.in_transaction = true;
+            }
+            for (table, ops, key) in &work {
+                refused.extend(self.apply(table, &ops.ops, key).await?);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.lost();
+            return Err(e.into());
         }
         if !refused.is_empty() {
             refused.sort_unstable_by_key(|(i, _)| *i);
+            refused.dedup_by_key(|(i, _)| *i);
             let mut reasons = refused.into_iter().peekable();
             let records = std::mem::take(&mut batch.records);
             for (i, record) in records.into_iter().enumerate() {
@@ -233,9 +606,66 @@ impl Sink for SqliteSink {
         Ok(())
     }
 
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        if !self.in_transaction {
+            return Ok(());
+        }
+        let result: Result<(), SqlError> = async {
+            if self.config.delivery == Delivery::EffectivelyOnce
+                && let Some(position) = &batch.position
+            {
+                self.save_position(position).await?;
+            }
+            self.raw("COMMIT", "").await?;
+            self.in_transaction = false;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // The transaction is gone; the engine writes the batch again.
+            self.lost();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn stored_position(&mut self) -> Result<Option<Position>, ConnectorError> {
+        if self.config.delivery != Delivery::EffectivelyOnce {
+            return Ok(None);
+        }
+        let sql = self.dialect.load_positions();
+        let pipeline = self.pipeline.to_string();
+        let conn = self.conn().await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(pipeline)
+            .fetch_all(conn)
+            .await
+            .map_err(SqlError::write("flowgate_positions"))?;
+        let mut kafka = Vec::new();
+        let mut lsn = None;
+        for r in rows {
+            let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
+            let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
+            if source == "postgres" {
+                lsn = Some(Position::Lsn(at as u64));
+            } else if let Some(rest) = source.strip_prefix("kafka:")
+                && let Some((topic, partition)) = rest.rsplit_once(':')
+                && let Ok(partition) = partition.parse()
+            {
+                kafka.push(PartitionOffset { topic: topic.into(), partition, next: at, generation: 0 });
+            }
+        }
+        Ok(if kafka.is_empty() { lsn } else { Some(Position::Kafka(kafka)) })
+    }
+
     async fn close(&mut self) -> Result<(), ConnectorError> {
+        if self.in_transaction {
+            // A batch written but never committed (the pipeline stopped on an
+            // error): its records were not acknowledged.
+            let _ = self.raw("ROLLBACK", "").await;
+        }
         if let Some(conn) = self.conn.take() {
-            conn.close().await.map_err(|e| self.write_err(e))?;
+            conn.close().await.map_err(SqlError::write(""))?;
         }
         Ok(())
     }
@@ -243,114 +673,153 @@ impl Sink for SqliteSink {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::Record;
+    use flowgate_sdk::{Record, RecordTemplate};
 
     use super::*;
+    use crate::config::Columns;
 
-    /// A database `t.db` in `dir`: its URL, and a config creating table `t`
-    /// from the first record.
-    fn fresh(dir: &tempfile::TempDir) -> (String, SqliteSinkConfig) {
-        let url = format!("sqlite:{}", dir.path().join("t.db").display());
-        let config = SqliteSinkConfig {
-            url: url.clone(),
-            table: "t".into(),
+    fn config(dir: &tempfile::TempDir, mode: Mode) -> SqlSinkConfig {
+        SqlSinkConfig {
+            url: dir.path().join("t.db").display().to_string(),
+            table: "t".parse::<RecordTemplate>().unwrap(),
+            mode,
+            key: Vec::new(),
             columns: None,
             create_table: true,
+            delivery: Delivery::AtLeastOnce,
             synchronous: Synchronous::Normal,
-        };
-        (url, config)
+        }
     }
 
-    fn batch(values: &[&str]) -> Batch {
-        let mut b = Batch::with_capacity(0, values.len());
-        b.records.extend(values.iter().map(|v| Record::from_value(v.to_string())));
+    fn batch(records: &[(&str, &str)]) -> Batch {
+        let mut b = Batch::with_capacity(0, records.len());
+        for (k, v) in records {
+            let mut r = Record::from_value(v.to_string());
+            r.key = (!k.is_empty()).then(|| k.to_string().into());
+            b.records.push(r);
+        }
         b
     }
 
-    async fn query_all(url: &str, sql: &str) -> Vec<(i64, Option<String>)> {
-        let mut c = SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(AssertSqlSafe(sql.to_string()))
-            .fetch_all(&mut c)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+    async fn put(sink: &mut SqlSink, records: &[(&str, &str)]) -> Batch {
+        let mut b = batch(records);
+        sink.write(&mut b).await.unwrap();
+        sink.commit(&mut b).await.unwrap();
+        b
+    }
+
+    async fn rows(dir: &tempfile::TempDir, sql: &str) -> Vec<String> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let mut c = AnyConnection::connect(&url).await.unwrap();
+        let rows = sqlx::query(AssertSqlSafe(sql.to_string())).fetch_all(&mut c).await.unwrap();
+        rows.iter().map(|r| r.try_get::<String, _>(0).unwrap()).collect()
     }
 
     #[tokio::test]
-    async fn creates_table_from_first_record_and_isolates_bad_rows() {
+    async fn inserts_create_the_table_and_isolate_bad_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let (url, config) = fresh(&dir);
-        let mut sink = SqliteSink::open(config.clone()).await.unwrap();
-        let mut b = batch(&[r#"{"id":1,"name":"a"}"#, r#"{"id":2}"#]);
-        sink.write(&mut b).await.unwrap();
-        assert!(b.rejected.is_empty());
-        // A unique index makes the duplicate id a row error; `[1]` is not an object.
-        let mut c = SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("CREATE UNIQUE INDEX t_id ON t(id)").execute(&mut c).await.unwrap();
-        let mut b = batch(&[r#"{"id":3,"name":"c"}"#, r#"{"id":1,"name":"dup"}"#, "[1]", r#"{"id":4}"#]);
-        sink.write(&mut b).await.unwrap();
+        let mut sink = SqlSink::open(config(&dir, Mode::Insert), "p").await.unwrap();
+        put(&mut sink, &[("", r#"{"id":1,"name":"a"}"#), ("", r#"{"id":2}"#)]).await;
+        assert_eq!(rows(&dir, "SELECT group_concat(name, ',') FROM pragma_table_info('t')").await, ["id,name"]);
+        sqlx::raw_sql("CREATE UNIQUE INDEX t_id ON t(id)").execute(sink.conn().await.unwrap()).await.unwrap();
+        let b = put(
+            &mut sink,
+            &[("", r#"{"id":3,"name":"c"}"#), ("", r#"{"id":1,"name":"dup"}"#), ("", "[1]"), ("", r#"{"id":4}"#)],
+        )
+        .await;
         assert_eq!(b.records.len(), 2);
-        let reasons: Vec<&str> = b.rejected.iter().map(|r| r.reason.as_str()).collect();
-        assert!(reasons[0].contains("UNIQUE constraint failed"), "{reasons:?}");
-        assert!(reasons[1].contains("not a JSON object"), "{reasons:?}");
-        assert_eq!(b.rejected[0].record.value.as_ref(), br#"{"id":1,"name":"dup"}"#);
+        assert!(b.rejected[0].reason.contains("UNIQUE constraint failed"), "{:?}", b.rejected);
+        assert!(b.rejected[1].reason.contains("not a JSON object"), "{:?}", b.rejected);
         assert_eq!(
-            query_all(&url, "SELECT id, name FROM t ORDER BY id").await,
-            [(1, Some("a".into())), (2, None), (3, Some("c".into())), (4, None)]
+            rows(&dir, "SELECT group_concat(id || ':' || coalesce(name, '-'), ' ') FROM t").await,
+            ["1:a 2:- 3:c 4:-"]
         );
-        // A new sink on the existing table takes its columns from the table.
-        sink.close().await.unwrap();
-        let mut again = SqliteSink::open(SqliteSinkConfig { create_table: false, ..config }).await.unwrap();
-        let mut b = batch(&[r#"{"name":"e","id":5,"extra":true}"#]);
-        again.write(&mut b).await.unwrap();
-        assert_eq!(query_all(&url, "SELECT id, name FROM t WHERE id = 5").await, [(5, Some("e".into()))]);
+        let many: Vec<String> = (10..1300).map(|i| format!(r#"{{"id":{i},"name":"n{i}"}}"#)).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|v| ("", v.as_str())).collect();
+        put(&mut sink, &many).await;
+        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["1294"]);
     }
 
     #[tokio::test]
-    async fn an_empty_first_record_neither_defines_nor_breaks_the_table() {
+    async fn upserts_replace_rows_by_key_and_map_columns() {
         let dir = tempfile::tempdir().unwrap();
-        let (url, config) = fresh(&dir);
-        let mut sink = SqliteSink::open(config).await.unwrap();
-        let mut b = batch(&["{}"]);
-        sink.write(&mut b).await.unwrap();
-        assert_eq!(b.rejected.len(), 1);
-        let mut b = batch(&["{}", r#"{"id":1,"id":2,"name":"x"}"#]);
-        sink.write(&mut b).await.unwrap();
-        assert_eq!(b.records.len(), 2, "{:?}", b.rejected);
-        // `{}` is a row of NULLs once the columns are known; a repeated key is one column.
-        assert_eq!(query_all(&url, "SELECT count(*), group_concat(id || name) FROM t").await, [(2, Some("2x".into()))]);
+        let mut c = config(&dir, Mode::Upsert);
+        c.key = vec!["id".into()];
+        c.columns =
+            Some(Columns::Map([("id".into(), "order.id".into()), ("total".into(), "order.total".into())].into()));
+        let mut sink = SqlSink::open(c, "p").await.unwrap();
+        put(&mut sink, &[("", r#"{"order":{"id":1,"total":5}}"#), ("", r#"{"order":{"id":2,"total":6}}"#)]).await;
+        // The same key twice in one batch: the last one counts.
+        put(&mut sink, &[("", r#"{"order":{"id":1,"total":7}}"#), ("", r#"{"order":{"id":1,"total":8}}"#)]).await;
+        assert_eq!(rows(&dir, "SELECT group_concat(id || '=' || total, ' ') FROM t").await, ["1=8 2=6"]);
     }
 
     #[tokio::test]
-    async fn large_batches_span_several_statements() {
+    async fn change_events_are_applied_in_order_per_key() {
         let dir = tempfile::tempdir().unwrap();
-        let (url, config) = fresh(&dir);
-        let config =
-            SqliteSinkConfig { columns: Some(vec!["id".into(), "v".into()]), synchronous: Synchronous::Full, ..config };
-        let mut sink = SqliteSink::open(config).await.unwrap();
-        let values: Vec<String> = (0..1234).map(|i| format!(r#"{{"id":{i},"v":"x{i}"}}"#)).collect();
-        let mut b = batch(&values.iter().map(String::as_str).collect::<Vec<_>>());
-        sink.write(&mut b).await.unwrap();
-        assert_eq!(query_all(&url, "SELECT count(*), max(v) FROM t").await, [(1234, Some("x999".into()))]);
+        let mut sink = SqlSink::open(config(&dir, Mode::Cdc), "p").await.unwrap();
+        let ev = |op: &str, before: &str, after: &str| format!(r#"{{"op":"{op}","before":{before},"after":{after}}}"#);
+        let events = [
+            (r#"{"id":1}"#, ev("r", "null", r#"{"id":1,"n":1,"doc":"big"}"#)),
+            (r#"{"id":2}"#, ev("c", "null", r#"{"id":2,"n":1,"doc":"x"}"#)),
+            (r#"{"id":3}"#, ev("c", "null", r#"{"id":3,"n":1,"doc":"y"}"#)),
+            (r#"{"id":2}"#, ev("u", r#"{"id":2,"n":null,"doc":null}"#, r#"{"id":2,"n":2,"doc":"x2"}"#)),
+            (r#"{"id":3}"#, ev("d", r#"{"id":3,"n":null,"doc":null}"#, "null")),
+        ];
+        let batch1: Vec<(&str, &str)> = events.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        put(&mut sink, &batch1).await;
+        // Next batch: an unchanged TOAST value, a key change, a tombstone, a bad event.
+        let events = [
+            (
+                r#"{"id":1}"#,
+                ev("u", r#"{"id":1,"n":null,"doc":null}"#, r#"{"id":1,"n":2,"doc":"__debezium_unavailable_value"}"#),
+            ),
+            (r#"{"id":4}"#, ev("u", r#"{"id":2,"n":null,"doc":null}"#, r#"{"id":4,"n":3,"doc":"x2"}"#)),
+            (r#"{"id":4}"#, String::new()),
+            (r#"{"id":5}"#, r#"{"op":"c"}"#.to_string()),
+        ];
+        let batch2: Vec<(&str, &str)> = events.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let b = put(&mut sink, &batch2).await;
+        assert_eq!(b.rejected.len(), 1, "{:?}", b.rejected);
+        assert!(b.rejected[0].reason.contains("`after`"));
+        assert_eq!(
+            rows(&dir, "SELECT group_concat(id || ':' || n || ':' || doc, ' ') FROM t").await,
+            ["1:2:big 4:3:x2"]
+        );
+        put(&mut sink, &[(r#"{"id":1}"#, r#"{"op":"t","before":null,"after":null}"#)]).await;
+        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["0"]);
     }
 
     #[tokio::test]
-    async fn missing_table_without_create_is_a_clear_fatal_error() {
+    async fn effectively_once_keeps_the_position_with_the_rows() {
         let dir = tempfile::tempdir().unwrap();
-        // A plain path works as well as a `sqlite:` URL.
-        let (_, config) = fresh(&dir);
-        let url = dir.path().join("t.db").display().to_string();
-        let config = SqliteSinkConfig {
-            url,
-            table: "nope".into(),
-            create_table: false,
-            synchronous: Synchronous::Full,
-            ..config
-        };
-        let mut sink = SqliteSink::open(config).await.unwrap();
-        let err = sink.write(&mut batch(&[r#"{"a":1}"#])).await.unwrap_err();
+        let mut c = config(&dir, Mode::Insert);
+        c.delivery = Delivery::EffectivelyOnce;
+        let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
+        assert_eq!(sink.stored_position().await.unwrap(), None);
+        let mut b = batch(&[("", r#"{"id":1}"#)]);
+        b.position =
+            Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 7 }]));
+        sink.write(&mut b).await.unwrap();
+        // Written but not committed: neither the row nor the position is there.
+        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["0"]);
+        sink.commit(&mut b).await.unwrap();
+        let mut again = SqlSink::open(c, "p").await.unwrap();
+        assert_eq!(
+            again.stored_position().await.unwrap(),
+            Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 0 }]))
+        );
+        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["1"]);
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_without_create_is_a_clear_fatal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir, Mode::Insert);
+        c.create_table = false;
+        let mut sink = SqlSink::open(c, "p").await.unwrap();
+        let err = sink.write(&mut batch(&[("", r#"{"a":1}"#)])).await.unwrap_err();
         assert!(!err.is_retryable());
         assert!(err.message.contains("create_table"), "{}", err.message);
     }

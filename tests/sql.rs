@@ -1,0 +1,248 @@
+//! Database sinks against real servers: PostgreSQL and MariaDB (a private server
+//! per test) and SQLite, fed by the Postgres CDC source, Kafka and files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::kafka::{Broker, Writer, numbered};
+use common::mariadb::MariaDb;
+use common::postgres::Postgres;
+use common::{Guard, kill, log, spawn_run, stop, wait_for, write_jsonl};
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until `slot` has confirmed all WAL written so far.
+fn wait_caught_up(pg: &Postgres, slot: &str, dir: &Path) {
+    let active = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active AND confirmed_flush_lsn IS NOT NULL"
+    );
+    assert!(wait_for(Duration::from_secs(60), || pg.sql(&active) == "1"), "{slot} not streaming:\n{}", log(dir));
+    let target = pg.current_lsn();
+    assert!(
+        wait_for(Duration::from_secs(120), || pg.confirmed(slot) >= target),
+        "{slot} stuck at {} < {target}:\n{}",
+        pg.confirmed(slot),
+        log(dir)
+    );
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3").arg(db).arg(sql).output().expect("sqlite3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+}
+
+#[test]
+fn postgres_changes_replicate_into_postgres_mariadb_and_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let maria = MariaDb::start();
+    pg.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text, amount numeric(10,2), at timestamptz, doc jsonb);
+         INSERT INTO items SELECT g, 0, 'row ' || g, g / 100.0, '2024-01-01'::timestamptz + g * interval '1 minute', '{\"k\": 1}'
+           FROM generate_series(1, 5000) g;
+         CREATE SCHEMA replica;
+         CREATE TABLE replica.items (LIKE public.items INCLUDING ALL)",
+    );
+    maria.sql(
+        "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note TEXT, amount DECIMAL(10,2), at DATETIME(6), doc JSON)",
+    );
+    let sinks = [
+        ("to-pg", format!("  postgres:\n    url: {}\n    table: replica.items\n    mode: cdc", pg.url())),
+        ("to-maria", format!("  mysql:\n    url: {}\n    table: '${{meta.table}}'\n    mode: cdc", maria.url())),
+        (
+            "to-sqlite",
+            format!(
+                "  sqlite:\n    url: {}\n    table: items\n    mode: cdc\n    create_table: true",
+                dir.path().join("r.db").display()
+            ),
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (name, sink) in &sinks {
+        let file = write(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\nsource:\n  postgres_cdc:\n    url: {}\n    tables: [items]\n    publication: items\n\
+                 sink:\n{sink}\nbatch:\n  size: 500\n  linger: 20ms\n",
+                pg.url()
+            ),
+        );
+        runs.push(Guard(spawn_run(dir.path(), &file, &[])));
+    }
+    let writes = write(
+        dir.path(),
+        "writes.sql",
+        "\\set id random(1, 6000)\n\
+         INSERT INTO items VALUES (:id, 1, 'new', :id / 7.0, now(), '{\"new\": true}')\n\
+           ON CONFLICT (id) DO UPDATE SET v = items.v + 1, note = 'upd ' || items.v, amount = items.amount + 1, at = now();\n\
+         \\set d random(1, 6000)\nDELETE FROM items WHERE id = :d;\n\
+         \\set m random(1, 6000)\n\
+         UPDATE items SET id = id + 10000 WHERE id = :m AND id < 3000 AND NOT EXISTS (SELECT 1 FROM items WHERE id = :m + 10000);\n",
+    );
+    // One client: a key move and an insert of the same key cannot race.
+    let status = pg.pgbench(&writes, 1, 8).wait().unwrap();
+    assert!(status.success());
+    for (name, _) in &sinks {
+        wait_caught_up(&pg, &format!("flowgate_{}", name.replace('-', "_")), dir.path());
+    }
+    for run in &mut runs {
+        stop(run, dir.path());
+    }
+    let differ = pg.sql(
+        "SELECT (SELECT count(*) FROM (SELECT * FROM public.items EXCEPT SELECT * FROM replica.items) a) || ' ' ||
+                (SELECT count(*) FROM (SELECT * FROM replica.items EXCEPT SELECT * FROM public.items) b)",
+    );
+    assert_eq!(differ, "0 0", "Postgres -> Postgres: rows differ (source-only, target-only)");
+    // MariaDB and SQLite: the same rows, compared as text.
+    let source =
+        pg.sql("SELECT string_agg(id || '|' || v || '|' || note || '|' || amount, E'\\n' ORDER BY id) FROM items");
+    let in_maria = maria.sql("SELECT id, v, note, amount FROM items ORDER BY id").replace('\t', "|");
+    assert!(source.lines().count() > 4000);
+    assert_eq!(in_maria, source, "Postgres -> MariaDB: rows differ");
+    let in_sqlite = sqlite(
+        &dir.path().join("r.db"),
+        "SELECT id || '|' || v || '|' || note || '|' || printf('%.2f', amount) FROM items ORDER BY id",
+    );
+    assert_eq!(in_sqlite, source, "Postgres -> SQLite: rows differ");
+    // Types made it: timestamps to the microsecond, JSON as JSON.
+    let pg_row = pg.sql(
+        "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), doc::text FROM items ORDER BY id LIMIT 1",
+    );
+    let maria_row = maria.sql("SELECT DATE_FORMAT(at, '%Y-%m-%d %H:%i:%s.%f'), doc FROM items ORDER BY id LIMIT 1");
+    assert_eq!(maria_row.replace('\t', "|").replace(" ", ""), pg_row.replace(" ", ""));
+}
+
+#[test]
+fn effectively_once_applies_each_kafka_record_once_across_kills() {
+    const N: u64 = 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE events (id bigint NOT NULL, email text, pad text)");
+    let broker = Broker::with_topics(&[("in", 3)]);
+    Writer::new(&broker.addr()).send("in", numbered(0..N));
+    let file = write(
+        dir.path(),
+        "eo.yaml",
+        &format!(
+            "name: eo\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: eo\n    session_timeout: 2s\n\
+             \x20   properties:\n      max.poll.interval.ms: \"6000\"\n\
+             sink:\n  postgres:\n    url: {}\n    table: events\n    columns: [id, email, pad]\n    delivery: effectively_once\n\
+             batch:\n  size: 500\n  linger: 10ms\n",
+            broker.addr(),
+            pg.url()
+        ),
+    );
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    for at in [15_000, 35_000] {
+        assert!(
+            wait_for(Duration::from_secs(60), || pg.sql("SELECT count(*) FROM events").parse::<u64>().unwrap() >= at),
+            "{}",
+            log(dir.path())
+        );
+        kill(&mut run);
+        run = Guard(spawn_run(dir.path(), &file, &[]));
+    }
+    assert!(
+        wait_for(Duration::from_secs(90), || pg.sql("SELECT count(*) FROM events").parse::<u64>().unwrap() >= N),
+        "{}",
+        log(dir.path())
+    );
+    std::thread::sleep(Duration::from_secs(2)); // Anything applied twice would show up now.
+    stop(&mut run, dir.path());
+    // Without a key, a record applied twice would be a second row.
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || count(DISTINCT id) FROM events"), format!("{N} {N}"));
+    assert!(log(dir.path()).contains("resuming from the position stored with the sink's data"), "{}", log(dir.path()));
+}
+
+#[test]
+fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2) CHECK (amount > 0), placed date)");
+    // Integers and decimals in one column: Postgres must read each as what it is.
+    let input: Vec<String> = (1..=100)
+        .map(|i| match i {
+            13 => r#"{"id":13,"amount":-5,"placed":"2024-01-01"}"#.to_string(),
+            42 => r#"{"id":42,"amount":1,"placed":"not a date"}"#.to_string(),
+            i => format!(r#"{{"id":{i},"amount":{i}.5,"placed":"2024-02-{:02}"}}"#, i % 28 + 1),
+        })
+        .collect();
+    write(dir.path(), "in.jsonl", &(input.join("\n") + "\n"));
+    let file = write(
+        dir.path(),
+        "dl.yaml",
+        &format!(
+            "name: dl\nsource:\n  file:\n    path: in.jsonl\nsink:\n  postgres:\n    url: {}\n    table: orders\n\
+             errors:\n  policy: dead_letter\n  dead_letter:\n    file:\n      path: dead.jsonl\n",
+            pg.url()
+        ),
+    );
+    let out = common::flowgate()
+        .arg("run")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || sum(amount) FROM orders"), "98 5044.00");
+    let dead = common::records(&dir.path().join("dead.jsonl"));
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
+    assert!(reasons[0].contains("violates check constraint"), "{reasons:?}");
+    assert!(reasons[1].contains("invalid input syntax for type date"), "{reasons:?}");
+    assert_eq!(dead[0]["record"]["value"]["id"], 13);
+}
+
+#[test]
+fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start();
+    let mut maria = MariaDb::start();
+    pg.sql("CREATE TABLE t (id bigint PRIMARY KEY, name text, pad text)");
+    maria.sql("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, pad TEXT)");
+    write_jsonl(&dir.path().join("in.jsonl"), N, 100);
+    let mut runs = Vec::new();
+    for (name, sink) in [
+        ("to-pg", format!("postgres:\n    url: {}", pg.url())),
+        ("to-maria", format!("mysql:\n    url: {}", maria.url())),
+    ] {
+        let file = write(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\nsource:\n  file:\n    path: in.jsonl\nsink:\n  {sink}\n    table: t\n    mode: upsert\n    key: [id]\n\
+                 batch:\n  size: 200\n  linger: 10ms\n"
+            ),
+        );
+        runs.push(Guard(spawn_run(dir.path(), &file, &[])));
+    }
+    let count_pg = || pg.sql("SELECT count(*) FROM t").parse::<u64>().unwrap_or(0);
+    assert!(wait_for(Duration::from_secs(60), || count_pg() > 10_000), "{}", log(dir.path()));
+    pg.stop();
+    maria.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    for run in &mut runs {
+        assert!(run.try_wait().unwrap().is_none(), "flowgate exited while the database was down:\n{}", log(dir.path()));
+    }
+    pg.start_again();
+    maria.start_again();
+    for run in &mut runs {
+        let status = common::wait_exit(run, Duration::from_secs(120));
+        assert!(status.success(), "{}", log(dir.path()));
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM t"), N.to_string());
+    assert_eq!(maria.sql("SELECT count(*) FROM t"), N.to_string());
+    assert!(log(dir.path()).contains("retry"), "{}", log(dir.path()));
+}
