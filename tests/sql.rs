@@ -246,3 +246,41 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
     assert_eq!(maria.sql("SELECT count(*) FROM t"), N.to_string());
     assert!(log(dir.path()).contains("retry"), "{}", log(dir.path()));
 }
+
+#[test]
+fn effectively_once_applies_each_postgres_change_once_across_kills() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE log (id bigserial PRIMARY KEY, n int NOT NULL);
+         CREATE SCHEMA copy; CREATE TABLE copy.applied (id bigint NOT NULL, n int NOT NULL)",
+    );
+    // Each change is inserted as a new row: one applied twice is a second row.
+    let file = write(
+        dir.path(),
+        "eo-cdc.yaml",
+        &format!(
+            "name: eo-cdc\nsource:\n  postgres_cdc:\n    url: {0}\n    tables: [log]\n\
+             sink:\n  postgres:\n    url: {0}\n    table: copy.applied\n    columns: {{id: after.id, n: after.n}}\n\
+             \x20   delivery: effectively_once\nbatch:\n  size: 300\n  linger: 10ms\n",
+            pg.url()
+        ),
+    );
+    // Transactions of 7 rows, so that batches of 300 end inside them.
+    let writes = write(dir.path(), "w.sql", "INSERT INTO log (n) SELECT g FROM generate_series(1, 7) g;\n");
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut writer = pg.pgbench(&writes, 2, 12);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    for i in 0..3u32 {
+        std::thread::sleep(Duration::from_millis(1500 + u64::from(seed.rotate_left(i * 8) % 1500)));
+        kill(&mut run);
+        run = Guard(spawn_run(dir.path(), &file, &[]));
+    }
+    assert!(writer.wait().unwrap().success());
+    wait_caught_up(&pg, "flowgate_eo_cdc", dir.path());
+    stop(&mut run, dir.path());
+    let source = pg.sql("SELECT count(*) FROM log");
+    assert!(source.parse::<u64>().unwrap() > 10_000, "only {source} rows written");
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || count(DISTINCT id) FROM copy.applied"), format!("{source} {source}"));
+    assert_eq!(pg.sql("SELECT count(*) FROM (SELECT id, n FROM log EXCEPT SELECT id, n FROM copy.applied) x"), "0");
+}

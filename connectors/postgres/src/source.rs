@@ -89,6 +89,11 @@ struct Decoder {
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     last_end: u64,
+    /// The LSN of the last change handed out of the transaction in progress.
+    txn_last: Option<u64>,
+    /// Resuming inside a transaction (from a position a sink stored): its
+    /// changes up to this LSN are already applied, and are skipped.
+    skip_through: Option<u64>,
     encoder: Encoder,
 }
 
@@ -167,6 +172,8 @@ impl PostgresCdcSource {
             keys,
             txn: None,
             last_end: 0,
+            txn_last: None,
+            skip_through: None,
             encoder: Encoder::default(),
         };
         let mut source = PostgresCdcSource {
@@ -190,8 +197,9 @@ impl PostgresCdcSource {
             (Some(_), Some(r)) if r.snapshot_done => {
                 // A sink that stores the position with its data (effectively-once)
                 // may be ahead of the slot: what it has is not sent again.
-                if let Some(Position::Lsn(lsn)) = ctx.resume {
-                    source.decoder.last_end = lsn;
+                if let Some(Position::Lsn { end, within }) = ctx.resume {
+                    source.decoder.last_end = end;
+                    source.decoder.skip_through = within;
                 }
                 tracing::info!(slot = %slot, from = source.decoder.last_end, "resuming from the replication slot");
                 source.start_streaming().await?;
@@ -472,7 +480,8 @@ impl PostgresCdcSource {
             return Ok(Read::Idle);
         }
         self.pending.push_back((batch.seq, Mark::Lsn(self.decoder.last_end)));
-        batch.position = Some(Position::Lsn(self.decoder.last_end));
+        let within = self.decoder.txn.and(self.decoder.txn_last);
+        batch.position = Some(Position::Lsn { end: self.decoder.last_end, within });
         Ok(Read::Data)
     }
 
@@ -546,10 +555,13 @@ impl Decoder {
         match event.event_type {
             EventType::Begin { transaction_id, commit_timestamp, .. } => {
                 self.txn = Some((transaction_id, commit_timestamp.timestamp_millis()));
+                self.txn_last = None;
             }
             EventType::Commit { end_lsn, .. } => {
                 self.txn = None;
                 self.last_end = end_lsn.value();
+                // Only the first transaction after a resume point can be partly applied.
+                self.skip_through = None;
             }
             EventType::Relation { relation_id, namespace, relation_name, replica_identity, columns } => {
                 // Under FULL every column is flagged as part of the identity, and
@@ -619,6 +631,10 @@ impl Decoder {
         now_ms: i64,
         batch: &mut Batch,
     ) {
+        self.txn_last = Some(lsn);
+        if self.skip_through.is_some_and(|w| lsn <= w) {
+            return;
+        }
         // The server sends a Relation message before a table's first change on
         // every connection, so a miss is a protocol violation, not a state to handle.
         let Some(table) = self.tables.get(&relation).cloned() else {
@@ -723,6 +739,8 @@ mod tests {
                 .collect(),
             txn: None,
             last_end: 0,
+            txn_last: None,
+            skip_through: None,
             encoder: Encoder::default(),
         }
     }
@@ -773,6 +791,43 @@ mod tests {
         d.handle(relation(ReplicaIdentity::Default, [true, false]), 0, &mut Batch::with_capacity(0, 1));
         let batch = update(&mut d);
         assert_eq!(&batch.records[0].key.as_ref().unwrap()[..], br#"{"id":1}"#);
+    }
+
+    #[test]
+    fn resuming_inside_a_transaction_skips_its_applied_changes() {
+        let mut d = decoder(&[]);
+        d.handle(relation(ReplicaIdentity::Default, [true, false]), 0, &mut Batch::with_capacity(0, 1));
+        d.skip_through = Some(150);
+        let insert = |lsn: u64| {
+            let data = RowData::from_pairs(vec![("id", ColumnValue::text("1")), ("n", ColumnValue::text("1"))]);
+            let e = EventType::Insert { schema: "public".into(), table: "t".into(), relation_oid: 7, data };
+            ChangeEvent { event_type: e, lsn: Lsn::new(lsn), metadata: None, xid: None }
+        };
+        let mut batch = Batch::with_capacity(0, 8);
+        let begin = || {
+            event(EventType::Begin { transaction_id: 1, final_lsn: Lsn::new(0), commit_timestamp: Default::default() })
+        };
+        let commit = |end| {
+            event(EventType::Commit {
+                commit_timestamp: Default::default(),
+                commit_lsn: Lsn::new(end),
+                end_lsn: Lsn::new(end),
+            })
+        };
+        d.handle(begin(), 0, &mut batch);
+        for lsn in [100, 150, 200] {
+            d.handle(insert(lsn), 0, &mut batch);
+        }
+        d.handle(commit(300), 0, &mut batch);
+        d.handle(begin(), 0, &mut batch);
+        d.handle(insert(120), 0, &mut batch);
+        let lsns: Vec<_> = batch.records.iter().map(|r| r.meta.clone()).collect();
+        assert_eq!(lsns.len(), 2, "{lsns:?}");
+        assert_eq!(
+            batch.records[0].meta,
+            flowgate_sdk::SourceMeta::Table { schema: "public".into(), table: "t".into(), lsn: 200 }
+        );
+        assert_eq!(d.txn_last, Some(120));
     }
 
     #[test]

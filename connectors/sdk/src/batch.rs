@@ -36,9 +36,11 @@ pub struct Batch {
 pub enum Position {
     /// Per partition read in the batch, the offset of the next record after it.
     Kafka(Vec<PartitionOffset>),
-    /// The end LSN of the last Postgres transaction completed by the batch; a
-    /// change feed resumes after it.
-    Lsn(u64),
+    /// A Postgres change feed: `end` is the end LSN of the last transaction
+    /// the batch completes; `within`, when the batch stops inside the next
+    /// transaction, the LSN of the last change of it the batch holds. A feed
+    /// resumes after `end`, skipping that transaction's changes up to `within`.
+    Lsn { end: u64, within: Option<u64> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

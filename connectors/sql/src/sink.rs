@@ -421,7 +421,11 @@ impl SqlSink {
             Position::Kafka(parts) => {
                 parts.iter().map(|p| (format!("kafka:{}:{}", p.topic, p.partition), p.next)).collect()
             }
-            Position::Lsn(lsn) => vec![("postgres".to_string(), *lsn as i64)],
+            // -1: the batch ended at a transaction boundary.
+            Position::Lsn { end, within } => vec![
+                ("postgres".to_string(), *end as i64),
+                ("postgres.within".to_string(), within.map_or(-1, |w| w as i64)),
+            ],
         };
         let sql = self.dialect.save_position();
         let pipeline = self.pipeline.to_string();
@@ -642,12 +646,14 @@ impl Sink for SqlSink {
             .await
             .map_err(SqlError::write("flowgate_positions"))?;
         let mut kafka = Vec::new();
-        let mut lsn = None;
+        let (mut end, mut within) = (None, None);
         for r in rows {
             let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
             let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
             if source == "postgres" {
-                lsn = Some(Position::Lsn(at as u64));
+                end = Some(at as u64);
+            } else if source == "postgres.within" {
+                within = u64::try_from(at).ok();
             } else if let Some(rest) = source.strip_prefix("kafka:")
                 && let Some((topic, partition)) = rest.rsplit_once(':')
                 && let Ok(partition) = partition.parse()
@@ -655,7 +661,10 @@ impl Sink for SqlSink {
                 kafka.push(PartitionOffset { topic: topic.into(), partition, next: at, generation: 0 });
             }
         }
-        Ok(if kafka.is_empty() { lsn } else { Some(Position::Kafka(kafka)) })
+        Ok(match end {
+            Some(end) if kafka.is_empty() => Some(Position::Lsn { end, within }),
+            _ => (!kafka.is_empty()).then_some(Position::Kafka(kafka)),
+        })
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
