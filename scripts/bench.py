@@ -447,7 +447,121 @@ print(f"{len(lat):,} events, p50 {q(0.5):.1f} ms, p99 {q(0.99):.1f} ms, max {lat
 """
 
 
-CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc}
+class MariaDb:
+    """A private MariaDB server for the benchmark."""
+
+    def __init__(self, work):
+        import time
+        self.dir = os.path.join(work, "mariadb")
+        os.makedirs(self.dir)
+        self.port = free_port()
+        self.url = f"mysql://root@127.0.0.1:{self.port}/bench"
+        subprocess.run(["mariadb-install-db", "--no-defaults", "--user=root", "--auth-root-authentication-method=normal",
+                        "--skip-test-db", f"--datadir={self.dir}/data"], check=True, capture_output=True)
+        self.proc = subprocess.Popen(["mariadbd", "--no-defaults", f"--datadir={self.dir}/data",
+                                      f"--socket={self.dir}/sock", f"--port={self.port}", "--bind-address=127.0.0.1",
+                                      "--user=root", "--skip-name-resolve", "--skip-log-bin", "--local-infile=1",
+                                      "--innodb-buffer-pool-size=512M", "--innodb-log-file-size=256M",
+                                      "--innodb-flush-log-at-trx-commit=1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            if subprocess.run(self.client() + ["-e", "SELECT 1"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        self.sql("CREATE DATABASE bench", db=None)
+
+    def client(self):
+        return ["mariadb", "-h", "127.0.0.1", "-P", str(self.port), "-u", "root", "--local-infile=1", "-N", "-B"]
+
+    def sql(self, query, db="bench"):
+        return subprocess.run(self.client() + ([db] if db else []) + ["-e", query], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def bench_sql(work):
+    """Kafka -> database, side by side with the database's own bulk load of the
+    same rows from a file (COPY / LOAD DATA / sqlite3 .import): the limit."""
+    import csv
+    import signal
+    import time
+    n = int(os.environ.get("SQL_COUNT", "1000000"))
+    rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
+    pg = Postgres(work)
+    maria = MariaDb(work)
+    broker, brokers, topic = start_broker()
+    try:
+        topic("rows")
+        subprocess.run([rawkafka, "produce", brokers, "rows", str(n)], check=True, capture_output=True)
+        # The same rows as CSV, for the bulk loads.
+        rows_csv = os.path.join(work, "rows.csv")
+        with open(rows_csv, "w", newline="") as f:
+            w = csv.writer(f)
+            for i in range(n):
+                w.writerow([i, f"user{i}@example.com", i * 0.5, "x" * 100])
+        os.chmod(rows_csv, 0o644)
+        ddl = "(id bigint, email text, amount double precision, note text)"
+        print(f"\n### Kafka -> database, {n:,} JSON records (id, email, amount, 100-byte note; ~150 bytes), "
+              "insert mode, batch 5000\n")
+        print("| case | rows | wall s | rows/s | CPU s | peak RSS MiB | vs bulk load |")
+        print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+        def flowgate(name, kind, url, table, extra=""):
+            mport = free_port()
+            pipeline = os.path.join(work, f"sql-{name}.yaml")
+            with open(pipeline, "w") as f:
+                f.write(f"name: sql-{name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [rows]\n"
+                        f"    group: sql-{name}\n    session_timeout: 6s\nsink:\n  {kind}:\n    url: {url}\n"
+                        f"    table: {table}\n    columns: [id, email, amount, note]\n{extra}"
+                        "batch: {size: 5000, linger: 20ms}\n")
+            start = None
+            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
+                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, f"state-sql-{name}"),
+                                     pipeline], cwd=work, stderr=open(os.path.join(work, f"sql-{name}.log"), "w"))
+            while metric(mport, "flowgate_records_out_total") < n:
+                if start is None and metric(mport, "flowgate_records_in_total") > 0:
+                    start = time.monotonic()
+                if proc.poll() is not None:
+                    raise SystemExit(f"flowgate {name} exited early; see sql-{name}.log")
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            cpu, rss = wait4(proc)
+            return time.monotonic() - start, cpu, rss
+
+        def timed(cmd):
+            start = time.monotonic()
+            subprocess.run(cmd, check=True, capture_output=True)
+            return time.monotonic() - start, 0.0, 0.0
+
+        pg.sql(f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}; CREATE TABLE loaded_eo {ddl}")
+        copy = timed(pg.client("psql") + ["-X", "-q", "-c", f"COPY copied FROM '{rows_csv}' CSV", "postgres"])
+        row("Postgres `COPY` from a CSV file (server-side): the limit", n, copy)
+        row("flowgate kafka -> postgres", n, flowgate("pg", "postgres", pg.url, "loaded"), copy)
+        row("flowgate kafka -> postgres, effectively-once", n,
+            flowgate("pg-eo", "postgres", pg.url, "loaded_eo", "    delivery: effectively_once\n"), copy)
+        maria.sql("CREATE TABLE copied (id BIGINT, email TEXT, amount DOUBLE, note TEXT); "
+                  "CREATE TABLE loaded (id BIGINT, email TEXT, amount DOUBLE, note TEXT)")
+        load = timed(maria.client() + ["bench", "-e", f"LOAD DATA LOCAL INFILE '{rows_csv}' INTO TABLE copied "
+                                                      "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"'"])
+        row("MariaDB `LOAD DATA LOCAL INFILE`: the limit", n, load)
+        row("flowgate kafka -> mysql (MariaDB)", n, flowgate("maria", "mysql", maria.url, "loaded"), load)
+        db = os.path.join(work, "bench.db")
+        subprocess.run(["sqlite3", db, f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}"], check=True)
+        imp = timed(["sqlite3", db, "-cmd", ".mode csv", f".import {rows_csv} copied"])
+        row("sqlite3 `.import` of the CSV: the limit", n, imp)
+        row("flowgate kafka -> sqlite", n, flowgate("sqlite", "sqlite", db, "loaded"), imp)
+    finally:
+        broker.terminate()
+        broker.wait()
+        maria.stop()
+        pg.stop()
+
+
+CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
+         "sql": bench_sql}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

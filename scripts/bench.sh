@@ -6,6 +6,7 @@
 #   scripts/bench.sh wasm       the Wasm step: identity, PII mask vs native, Python/JS, cached start
 #   scripts/bench.sh kafka      Kafka -> PII mask -> Kafka vs raw librdkafka and Python loops
 #   scripts/bench.sh cdc        Postgres CDC -> null / Kafka vs pg_recvlogical; commit-to-Kafka latency
+#   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
 # The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -173,6 +173,8 @@ fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written()
         .map(|i| match i {
             13 => r#"{"id":13,"amount":-5,"placed":"2024-01-01"}"#.to_string(),
             42 => r#"{"id":42,"amount":1,"placed":"not a date"}"#.to_string(),
+            // Every tenth amount an integer.
+            i if i % 10 == 0 => format!(r#"{{"id":{i},"amount":{i},"placed":"2024-02-{:02}"}}"#, i % 28 + 1),
             i => format!(r#"{{"id":{i},"amount":{i}.5,"placed":"2024-02-{:02}"}}"#, i % 28 + 1),
         })
         .collect();
@@ -195,7 +197,8 @@ fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written()
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(pg.sql("SELECT count(*) || ' ' || sum(amount) FROM orders"), "98 5044.00");
+    // 1..100 without 13 and 42, plus .5 for the 88 that are not multiples of ten.
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || sum(amount) FROM orders"), "98 5039.00");
     let dead = common::records(&dir.path().join("dead.jsonl"));
     let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
     assert_eq!(dead.len(), 2, "{reasons:?}");
@@ -212,7 +215,12 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
     let mut maria = MariaDb::start();
     pg.sql("CREATE TABLE t (id bigint PRIMARY KEY, name text, pad text)");
     maria.sql("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, pad TEXT)");
-    write_jsonl(&dir.path().join("in.jsonl"), N, 100);
+    // Half the input now, half while the databases are down.
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, N, 100);
+    let all = std::fs::read_to_string(&input).unwrap();
+    let half = all.lines().take(N as usize / 2).map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(&input, &half).unwrap();
     let mut runs = Vec::new();
     for (name, sink) in [
         ("to-pg", format!("postgres:\n    url: {}", pg.url())),
@@ -222,28 +230,32 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
             dir.path(),
             &format!("{name}.yaml"),
             &format!(
-                "name: {name}\nsource:\n  file:\n    path: in.jsonl\nsink:\n  {sink}\n    table: t\n    mode: upsert\n    key: [id]\n\
+                "name: {name}\nsource:\n  file:\n    path: in.jsonl\n    follow: true\nsink:\n  {sink}\n    table: t\n    mode: upsert\n    key: [id]\n\
                  batch:\n  size: 200\n  linger: 10ms\n"
             ),
         );
         runs.push(Guard(spawn_run(dir.path(), &file, &[])));
     }
-    let count_pg = || pg.sql("SELECT count(*) FROM t").parse::<u64>().unwrap_or(0);
-    assert!(wait_for(Duration::from_secs(60), || count_pg() > 10_000), "{}", log(dir.path()));
+    let half_in = |pg: &Postgres, maria: &MariaDb| {
+        pg.sql("SELECT count(*) FROM t") == (N / 2).to_string()
+            && maria.sql("SELECT count(*) FROM t") == (N / 2).to_string()
+    };
+    assert!(wait_for(Duration::from_secs(60), || half_in(&pg, &maria)), "{}", log(dir.path()));
     pg.stop();
     maria.stop();
+    std::fs::write(&input, &all).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     for run in &mut runs {
         assert!(run.try_wait().unwrap().is_none(), "flowgate exited while the database was down:\n{}", log(dir.path()));
     }
     pg.start_again();
     maria.start_again();
+    let all_in =
+        || pg.sql("SELECT count(*) FROM t") == N.to_string() && maria.sql("SELECT count(*) FROM t") == N.to_string();
+    assert!(wait_for(Duration::from_secs(120), all_in), "{}", log(dir.path()));
     for run in &mut runs {
-        let status = common::wait_exit(run, Duration::from_secs(120));
-        assert!(status.success(), "{}", log(dir.path()));
+        stop(run, dir.path());
     }
-    assert_eq!(pg.sql("SELECT count(*) FROM t"), N.to_string());
-    assert_eq!(maria.sql("SELECT count(*) FROM t"), N.to_string());
     assert!(log(dir.path()).contains("retry"), "{}", log(dir.path()));
 }
 
@@ -266,8 +278,13 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
             pg.url()
         ),
     );
-    // Transactions of 7 rows, so that batches of 300 end inside them.
-    let writes = write(dir.path(), "w.sql", "INSERT INTO log (n) SELECT g FROM generate_series(1, 7) g;\n");
+    // Transactions of 7 rows, so that batches of 300 end inside them; COPY writes
+    // its rows as one multi-row insert, whose rows share an LSN.
+    let writes = write(
+        dir.path(),
+        "w.sql",
+        "INSERT INTO log (n) SELECT g FROM generate_series(1, 7) g;\nCOPY log (n) FROM PROGRAM 'seq 1 7';\n",
+    );
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     let mut writer = pg.pgbench(&writes, 2, 12);
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -283,4 +300,116 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
     assert!(source.parse::<u64>().unwrap() > 10_000, "only {source} rows written");
     assert_eq!(pg.sql("SELECT count(*) || ' ' || count(DISTINCT id) FROM copy.applied"), format!("{source} {source}"));
     assert_eq!(pg.sql("SELECT count(*) FROM (SELECT id, n FROM log EXCEPT SELECT id, n FROM copy.applied) x"), "0");
+}
+
+/// Runs a shipped pipeline file with these environment variables.
+fn run_shipped(dir: &Path, name: &str, env: &[(&str, String)]) -> Guard {
+    let mut cmd = common::flowgate();
+    cmd.arg("run").arg("--state-dir").arg(dir.join("state")).arg(common::repo().join("pipelines").join(name));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowgate.log")).unwrap();
+    Guard(cmd.current_dir(dir).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+#[test]
+fn the_shipped_postgres_to_postgres_pipeline_replicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let schema = "CREATE SCHEMA shop;
+         CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
+         CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers,
+           amount numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new', placed_at timestamptz NOT NULL DEFAULT now())";
+    pg.sql(schema);
+    pg.sql("CREATE DATABASE replica");
+    pg.sql_in("replica", schema);
+    pg.sql(
+        "INSERT INTO shop.customers SELECT g, 'c' || g, NULL FROM generate_series(1, 50) g;
+            INSERT INTO shop.orders (customer, amount) SELECT 1 + g % 50, g FROM generate_series(1, 500) g",
+    );
+    let replica_url = format!("postgres://postgres@127.0.0.1:{}/replica", pg.port);
+    let mut run = run_shipped(
+        dir.path(),
+        "postgres-to-postgres.yaml",
+        &[("SOURCE_URL", pg.url()), ("TARGET_URL", replica_url), ("DEAD_LETTERS", "dead.jsonl".into())],
+    );
+    wait_caught_up(&pg, "flowgate_replica", dir.path());
+    pg.sql(
+        "UPDATE shop.orders SET status = 'paid' WHERE id % 3 = 0; DELETE FROM shop.orders WHERE id % 5 = 0;
+            UPDATE shop.customers SET email = 'x@example.com' WHERE id < 10",
+    );
+    wait_caught_up(&pg, "flowgate_replica", dir.path());
+    stop(&mut run, dir.path());
+    for q in [
+        "SELECT string_agg(id || status || amount || placed_at, ',' ORDER BY id) FROM shop.orders",
+        "SELECT string_agg(id || name || coalesce(email, '-'), ',' ORDER BY id) FROM shop.customers",
+    ] {
+        assert_eq!(pg.sql_in("replica", q), pg.sql(q), "{q}");
+    }
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{}", &dead[..dead.len().min(3000)]);
+}
+
+#[test]
+fn the_shipped_kafka_to_postgres_pipeline_dead_letters_what_the_database_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE orders (id bigint PRIMARY KEY, customer text, amount numeric(10,2) CHECK (amount >= 0), region text)");
+    let broker = Broker::with_topics(&[("orders", 3), ("orders-dead-letters", 1)]);
+    let records = (1..=1000).map(|i| {
+        let amount = if i == 500 { "-1".to_string() } else { format!("{i}.25") };
+        (format!("k{i}"), format!(r#"{{"id":{i},"customer":"c{}","amount":{amount},"region":"eu"}}"#, i % 7))
+    });
+    Writer::new(&broker.addr()).send("orders", records);
+    let mut run = run_shipped(
+        dir.path(),
+        "kafka-to-postgres.yaml",
+        &[("KAFKA_BROKERS", broker.addr()), ("POSTGRES_URL", pg.url())],
+    );
+    assert!(
+        wait_for(Duration::from_secs(60), || pg.sql("SELECT count(*) FROM orders") == "999"),
+        "{}",
+        log(dir.path())
+    );
+    let mut dead = common::kafka::Reader::new(&broker.addr(), "orders-dead-letters", false);
+    assert!(dead.read_until(Duration::from_secs(20), |r| r.total >= 1));
+    assert!(dead.messages[0].value.contains("violates check constraint"), "{}", dead.messages[0].value);
+    stop(&mut run, dir.path());
+    assert_eq!(pg.sql("SELECT count(*) FROM flowgate_positions WHERE pipeline = 'kafka-to-postgres'"), "3");
+}
+
+#[test]
+fn a_database_can_be_the_dead_letter_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         CREATE TABLE dead (pipeline text, stage text, reason text, record jsonb)",
+    );
+    write(dir.path(), "in.jsonl", "{\"id\":1}\n{\"id\":1}\n{\"id\":2}\n{\"id\":2}\n{\"id\":3}\n");
+    let file = write(
+        dir.path(),
+        "dlq.yaml",
+        &format!(
+            "name: dlq\nsource:\n  file:\n    path: in.jsonl\nsink:\n  postgres:\n    url: {0}\n    table: t\n\
+             errors:\n  policy: dead_letter\n  dead_letter:\n    postgres:\n      url: {0}\n      table: dead\n",
+            pg.url()
+        ),
+    );
+    let out = common::flowgate()
+        .arg("run")
+        .arg(&file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pg.sql("SELECT count(*) FROM t"), "3");
+    // Committed, not left in an open transaction.
+    assert_eq!(
+        pg.sql("SELECT count(*) || ' ' || min(stage) || ' ' || min(record->'value'->>'id') FROM dead WHERE reason LIKE '%duplicate key%'"),
+        "2 sink 1"
+    );
 }

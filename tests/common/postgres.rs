@@ -133,14 +133,19 @@ impl Postgres {
 
     /// Runs SQL through psql; returns its unaligned output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = self.psql().args(["-c", sql]).output().expect("psql runs");
+        self.sql_in("postgres", sql)
+    }
+
+    /// [`Postgres::sql`] in database `db`.
+    pub fn sql_in(&self, db: &str, sql: &str) -> String {
+        let out = self.psql().args(["-d", db, "-c", sql]).output().expect("psql runs");
         assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim_end().to_string()
     }
 
     fn psql(&self) -> Command {
         let mut c = Command::new(bin_dir().join("psql"));
-        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .stdin(Stdio::null());
         c

@@ -90,9 +90,11 @@ pub struct ConsumerCtx {
     pub(crate) group: Arc<GroupState>,
     start: Start,
     exactly_once: bool,
-    /// Offsets a sink stored with its data (effectively-once): an assigned
-    /// partition starts there, not at the group's committed offset.
-    resume: HashMap<(String, i32), i64>,
+    /// Offsets a sink stored with its data (effectively-once): a partition's
+    /// first assignment starts there, not at the group's committed offset.
+    /// Taken once: a later assignment in this process resumes from the group's
+    /// offset, which the acknowledged batches have moved since.
+    resume: Mutex<HashMap<(String, i32), i64>>,
 }
 
 client_context!(ConsumerCtx);
@@ -102,14 +104,16 @@ impl ConsumerCtx {
         if let Start::Timestamp(ms) = self.start {
             self.start_at_time(consumer, tpl, ms);
         }
-        let resumed: Vec<(String, i32, i64)> = tpl
-            .elements()
-            .iter()
-            .filter_map(|e| {
-                let next = self.resume.get(&(e.topic().to_string(), e.partition()))?;
-                Some((e.topic().to_string(), e.partition(), *next))
-            })
-            .collect();
+        let resumed: Vec<(String, i32, i64)> = {
+            let mut resume = lock(&self.resume);
+            tpl.elements()
+                .iter()
+                .filter_map(|e| {
+                    let next = resume.remove(&(e.topic().to_string(), e.partition()))?;
+                    Some((e.topic().to_string(), e.partition(), next))
+                })
+                .collect()
+        };
         for (topic, partition, next) in resumed {
             if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(next)) {
                 tracing::error!(client = &*self.log.name, error = %e, "cannot resume {topic}[{partition}] at {next}");
@@ -270,12 +274,12 @@ impl KafkaSource {
             group: Arc::clone(&group),
             start: config.start.clone(),
             exactly_once,
-            resume: match &ctx.resume {
+            resume: Mutex::new(match &ctx.resume {
                 Some(Position::Kafka(parts)) => {
                     parts.iter().map(|p| ((p.topic.to_string(), p.partition), p.next)).collect()
                 }
                 _ => HashMap::new(),
-            },
+            }),
         };
         let consumer: KafkaConsumer =
             consumer_config(&config, exactly_once).create_with_context(context).map_err(KafkaConnectorError::config)?;

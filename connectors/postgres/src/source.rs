@@ -89,11 +89,14 @@ struct Decoder {
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     last_end: u64,
-    /// The LSN of the last change handed out of the transaction in progress.
-    txn_last: Option<u64>,
-    /// Resuming inside a transaction (from a position a sink stored): its
-    /// changes up to this LSN are already applied, and are skipped.
-    skip_through: Option<u64>,
+    /// Changes handed out of the transaction in progress.
+    txn_count: u64,
+    /// Resuming inside a transaction (after a reconnect, or from a position a
+    /// sink stored): its id and how many of its changes were handed out
+    /// already, which are skipped if it is the first transaction streamed.
+    skip: Option<(u32, u64)>,
+    /// Changes of the current transaction still to skip.
+    skip_left: u64,
     encoder: Encoder,
 }
 
@@ -172,8 +175,9 @@ impl PostgresCdcSource {
             keys,
             txn: None,
             last_end: 0,
-            txn_last: None,
-            skip_through: None,
+            txn_count: 0,
+            skip: None,
+            skip_left: 0,
             encoder: Encoder::default(),
         };
         let mut source = PostgresCdcSource {
@@ -191,16 +195,16 @@ impl PostgresCdcSource {
             reconnect_delay: Duration::from_millis(100),
             config,
         };
+        // A sink that stores the position with its data (effectively-once) may
+        // be ahead of the slot: what it has is not sent again.
+        if let Some(Position::Lsn { end, within }) = ctx.resume {
+            source.decoder.last_end = end;
+            source.decoder.skip = within;
+        }
         let wants_snapshot = source.config.snapshot != SnapshotMode::Never;
         let slot = source.slot.clone();
         match (existing, record) {
             (Some(_), Some(r)) if r.snapshot_done => {
-                // A sink that stores the position with its data (effectively-once)
-                // may be ahead of the slot: what it has is not sent again.
-                if let Some(Position::Lsn { end, within }) = ctx.resume {
-                    source.decoder.last_end = end;
-                    source.decoder.skip_through = within;
-                }
                 tracing::info!(slot = %slot, from = source.decoder.last_end, "resuming from the replication slot");
                 source.start_streaming().await?;
             }
@@ -471,18 +475,24 @@ impl PostgresCdcSource {
                 return Err(PgCdcError::replication(format!("streaming from slot `{}` failed", self.slot), e));
             }
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
-            // The transaction in progress is streamed again, whole, after reconnecting.
-            self.decoder.txn = None;
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
-        if batch.records.is_empty() {
+        let read = if batch.records.is_empty() {
+            Read::Idle
+        } else {
+            self.pending.push_back((batch.seq, Mark::Lsn(self.decoder.last_end)));
+            batch.position = Some(Position::Lsn { end: self.decoder.last_end, within: self.decoder.within() });
+            Read::Data
+        };
+        if matches!(self.phase, Phase::Disconnected { .. }) {
+            // The transaction in progress is streamed again after reconnecting;
+            // the changes of it already handed out are skipped then.
+            self.decoder.skip = self.decoder.within();
+            self.decoder.txn = None;
+        } else if read == Read::Idle {
             self.advance_idle().await;
-            return Ok(Read::Idle);
         }
-        self.pending.push_back((batch.seq, Mark::Lsn(self.decoder.last_end)));
-        let within = self.decoder.txn.and(self.decoder.txn_last);
-        batch.position = Some(Position::Lsn { end: self.decoder.last_end, within });
-        Ok(Read::Data)
+        Ok(read)
     }
 
     /// With every batch acknowledged and no transaction half handed out, all the
@@ -555,13 +565,18 @@ impl Decoder {
         match event.event_type {
             EventType::Begin { transaction_id, commit_timestamp, .. } => {
                 self.txn = Some((transaction_id, commit_timestamp.timestamp_millis()));
-                self.txn_last = None;
+                self.txn_count = 0;
+                // Only the first transaction after a resume point can be one
+                // partly handed out already.
+                self.skip_left = match self.skip.take() {
+                    Some((xid, n)) if xid == transaction_id => n,
+                    _ => 0,
+                };
             }
             EventType::Commit { end_lsn, .. } => {
                 self.txn = None;
                 self.last_end = end_lsn.value();
-                // Only the first transaction after a resume point can be partly applied.
-                self.skip_through = None;
+                self.skip_left = 0;
             }
             EventType::Relation { relation_id, namespace, relation_name, replica_identity, columns } => {
                 // Under FULL every column is flagged as part of the identity, and
@@ -587,6 +602,9 @@ impl Decoder {
                 self.change(relation_oid, Op::Delete, lsn, Some(&old_data), None, now_ms, batch);
             }
             EventType::Truncate { tables, .. } => {
+                if self.skipped() {
+                    return;
+                }
                 for name in tables {
                     // Named `schema.table`; the Relation message sent before it
                     // has the two parts, which may themselves contain dots.
@@ -620,6 +638,22 @@ impl Decoder {
         }
     }
 
+    /// Counts a change of the current transaction; whether it was handed out
+    /// before (and is skipped now).
+    fn skipped(&mut self) -> bool {
+        self.txn_count += 1;
+        if self.skip_left > 0 {
+            self.skip_left -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// Where a batch ending now stands inside the transaction in progress.
+    fn within(&self) -> Option<(u32, u64)> {
+        self.txn.map(|(xid, _)| (xid, self.txn_count))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn change(
         &mut self,
@@ -631,8 +665,7 @@ impl Decoder {
         now_ms: i64,
         batch: &mut Batch,
     ) {
-        self.txn_last = Some(lsn);
-        if self.skip_through.is_some_and(|w| lsn <= w) {
+        if self.skipped() {
             return;
         }
         // The server sends a Relation message before a table's first change on
@@ -739,8 +772,9 @@ mod tests {
                 .collect(),
             txn: None,
             last_end: 0,
-            txn_last: None,
-            skip_through: None,
+            txn_count: 0,
+            skip: None,
+            skip_left: 0,
             encoder: Encoder::default(),
         }
     }
@@ -797,7 +831,7 @@ mod tests {
     fn resuming_inside_a_transaction_skips_its_applied_changes() {
         let mut d = decoder(&[]);
         d.handle(relation(ReplicaIdentity::Default, [true, false]), 0, &mut Batch::with_capacity(0, 1));
-        d.skip_through = Some(150);
+        d.skip = Some((1, 2));
         let insert = |lsn: u64| {
             let data = RowData::from_pairs(vec![("id", ColumnValue::text("1")), ("n", ColumnValue::text("1"))]);
             let e = EventType::Insert { schema: "public".into(), table: "t".into(), relation_oid: 7, data };
@@ -815,7 +849,8 @@ mod tests {
             })
         };
         d.handle(begin(), 0, &mut batch);
-        for lsn in [100, 150, 200] {
+        // The first two share an LSN, as the rows of one multi-row insert do.
+        for lsn in [150, 150, 200] {
             d.handle(insert(lsn), 0, &mut batch);
         }
         d.handle(commit(300), 0, &mut batch);
@@ -827,7 +862,7 @@ mod tests {
             batch.records[0].meta,
             flowgate_sdk::SourceMeta::Table { schema: "public".into(), table: "t".into(), lsn: 200 }
         );
-        assert_eq!(d.txn_last, Some(120));
+        assert_eq!(d.within(), Some((1, 1)));
     }
 
     #[test]

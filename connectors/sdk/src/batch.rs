@@ -38,9 +38,11 @@ pub enum Position {
     Kafka(Vec<PartitionOffset>),
     /// A Postgres change feed: `end` is the end LSN of the last transaction
     /// the batch completes; `within`, when the batch stops inside the next
-    /// transaction, the LSN of the last change of it the batch holds. A feed
-    /// resumes after `end`, skipping that transaction's changes up to `within`.
-    Lsn { end: u64, within: Option<u64> },
+    /// transaction, that transaction's id and how many of its changes the
+    /// batches up to this one hold. A feed resumes after `end`, skipping those
+    /// changes if the first transaction it meets is that one. (Counted, not
+    /// compared by LSN: the rows of one multi-row insert share an LSN.)
+    Lsn { end: u64, within: Option<(u32, u64)> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,12 @@ pub enum Op {
     Upsert(Map<String, Value>),
     /// The key columns of the row to delete.
     Delete(Map<String, Value>),
+    /// A row whose key changed while some of its (TOASTed) values were not sent:
+    /// updated in place, so that those keep their values.
+    Move {
+        from: Map<String, Value>,
+        row: Map<String, Value>,
+    },
     Truncate,
 }
 
@@ -73,16 +79,21 @@ fn change_ops(
         "u" => {
             let after = row(&mut event, "after")?;
             has_key(&after, &key)?;
-            let mut out = Vec::with_capacity(2);
-            // A changed key moves the row: delete it under the old key first.
+            // A changed key moves the row: delete it under the old key, then
+            // write the new one; in place when some values were not sent.
             if let Ok(before) = row(&mut event, "before")
                 && key.iter().all(|k| before.get(k).is_some_and(|v| !v.is_null()))
                 && key.iter().any(|k| before.get(k) != after.get(k))
             {
-                out.push(Op::Delete(only(&before, &key)));
+                let from = only(&before, &key);
+                let complete = after.values().all(|v| v.as_str() != Some(UNAVAILABLE));
+                return Ok(if complete {
+                    vec![Op::Delete(from), Op::Upsert(after)]
+                } else {
+                    vec![Op::Move { from, row: without_unavailable(after) }]
+                });
             }
-            out.push(Op::Upsert(without_unavailable(after)));
-            Ok(out)
+            Ok(vec![Op::Upsert(without_unavailable(after))])
         }
         "d" => {
             let before = row(&mut event, "before")?;
@@ -195,6 +206,11 @@ mod tests {
             [Op::Delete(obj(json!({"id": 1})))]
         );
         assert_eq!(cdc(json!({"op": "t"})).unwrap(), [Op::Truncate]);
+        assert_eq!(
+            cdc(json!({"op": "u", "before": {"id": 1, "n": null}, "after": {"id": 2, "n": 3, "doc": UNAVAILABLE}}))
+                .unwrap(),
+            [Op::Move { from: obj(json!({"id": 1})), row: obj(json!({"id": 2, "n": 3})) }]
+        );
         assert!(cdc(json!({"op": "d", "before": null})).unwrap_err().contains("needs `before`"));
         assert!(cdc(json!({"op": "c", "after": {"n": 1}})).unwrap_err().contains("key column `id`"));
         assert!(cdc(json!({"after": {}})).unwrap_err().contains("no `op`"));

@@ -75,8 +75,8 @@ pub struct SqlSinkConfig {
     #[serde(default)]
     pub key: Vec<String>,
     /// The columns to fill: names (each from the field of the same name) or a
-    /// map of column to field. Default: the fields of the first record (the
-    /// `after` row in `cdc` mode) that the table has.
+    /// map of column to field. Default: each record's fields (the `after` row
+    /// in `cdc` mode) that the table has.
     #[serde(default)]
     pub columns: Option<Columns>,
     /// Create a missing table from the first record: a column per field, typed
@@ -114,7 +114,7 @@ impl SqlSinkConfig {
             out.push(("url", format!("not a {kind} URL"), Some(format!("expected {example}"))));
         }
         if self.mode == Mode::Upsert && self.key.is_empty() {
-            out.push(("key", "`mode: upsert` needs the `key` columns".into(), Some("e.g. `key: [id]`".into())));
+            out.push(("mode", "`mode: upsert` needs the `key` columns".into(), Some("e.g. `key: [id]`".into())));
         }
         if self.synchronous != Synchronous::Full && kind != "sqlite" {
             out.push(("synchronous", "`synchronous` is a SQLite setting".into(), None));

@@ -29,6 +29,14 @@ impl Dialect {
     pub fn param(self, n: usize, ty: &str) -> String {
         match self {
             Dialect::Postgres if ty == "bytea" => format!("decode(CAST(${n} AS text), 'base64')"),
+            // An explicit cast to `varchar(10)` (or `char(n)`, `bit(n)`) cuts a
+            // longer value silently; cast to the unbounded type so that the
+            // column's own check refuses it.
+            Dialect::Postgres if (ty.starts_with("character") || ty.starts_with("bit")) && !ty.ends_with("[]") => {
+                let base = ty.split('(').next().unwrap_or(ty).trim_end();
+                let base = if base == "character" { "text" } else { base };
+                format!("CAST(${n} AS {base})")
+            }
             Dialect::Postgres => format!("CAST(${n} AS {ty})"),
             Dialect::MySql if is_mysql_binary(ty) => "FROM_BASE64(?)".into(),
             _ => "?".into(),
@@ -215,6 +223,8 @@ mod tests {
         assert_eq!(Dialect::Postgres.quote_table("shop.orders"), r#""shop"."orders""#);
         assert_eq!(Dialect::Postgres.param(3, "numeric(10,2)"), "CAST($3 AS numeric(10,2))");
         assert_eq!(Dialect::Postgres.param(1, "bytea"), "decode(CAST($1 AS text), 'base64')");
+        assert_eq!(Dialect::Postgres.param(2, "character varying(10)"), "CAST($2 AS character varying)");
+        assert_eq!(Dialect::Postgres.param(2, "character(3)"), "CAST($2 AS text)");
         assert_eq!(Dialect::MySql.param(1, "blob"), "FROM_BASE64(?)");
         let cols = ["id".to_string(), "n".to_string()];
         let key = ["id".to_string()];

@@ -1,4 +1,5 @@
 use flowgate_sdk::ConnectorError;
+use sqlx::error::DatabaseError as _;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -59,14 +60,18 @@ pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
         return m.starts_with("Incorrect") || m.starts_with("Data truncated") || m.starts_with("Out of range");
     }
     // SQLite result codes: SQLITE_CONSTRAINT (19), SQLITE_TOOBIG (18), SQLITE_MISMATCH (20).
-    code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 18..=20))
+    sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 18..=20))
 }
 
 /// Worth retrying: the connection or server went away, a deadlock, a
 /// serialization failure, a busy or locked database, a full disk.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             // Postgres/MySQL SQLSTATE: 08 connection, 40 rollback (deadlock,
@@ -76,16 +81,25 @@ fn is_transient(e: &sqlx::Error) -> bool {
             // MySQL lock wait timeout (1205) and deadlock come as HY000/40001.
             let mysql = code == "HY000" && db.message().starts_with("Lock wait timeout");
             // SQLite: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.
-            let sqlite = code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
+            let sqlite = sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
             sqlstate || mysql || sqlite
         }
         _ => false,
     }
 }
 
+/// SQLite's (extended) result code; `None` for the other databases, whose
+/// SQLSTATEs can look like numbers too (`42501`).
+fn sqlite_code(db: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>()?.code()?.parse().ok()
+}
+
 impl From<SqlError> for ConnectorError {
     fn from(e: SqlError) -> Self {
-        let message = e.to_string();
-        if e.is_retryable() { ConnectorError::transient(message, e) } else { ConnectorError::fatal_from(message, e) }
+        if e.is_retryable() {
+            ConnectorError::transient("database", e)
+        } else {
+            ConnectorError::fatal_from("database", e)
+        }
     }
 }

@@ -174,7 +174,8 @@ impl SqlSink {
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000"
                 }
                 // Timestamps without a zone are read and written as UTC.
-                (Dialect::MySql, _) => "SET time_zone = '+00:00'",
+                // Strict: a value that does not fit is refused, not cut to fit.
+                (Dialect::MySql, _) => "SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
                 (Dialect::Postgres, _) => "SET TIME ZONE 'UTC'",
             };
             sqlx::raw_sql(AssertSqlSafe(setup))
@@ -204,7 +205,8 @@ impl SqlSink {
     async fn describe(&mut self, table: &str) -> Result<Option<TableInfo>, SqlError> {
         let dialect = self.dialect;
         let conn = self.conn().await?;
-        // Postgres resolves `schema.table` itself; the others are asked for the bare name.
+        // Postgres resolves `schema.table` itself; MySQL and SQLite look the name
+        // up as given, in the connection's database.
         let name = if dialect == Dialect::Postgres { dialect.quote_table(table) } else { table.to_string() };
         let rows = sqlx::query(AssertSqlSafe(dialect.columns_query()))
             .bind(name)
@@ -246,7 +248,8 @@ impl SqlSink {
             )));
         }
         let d = self.dialect;
-        // In the order the fields were written, where known.
+        // In the order the fields were written (top-level fields in insert and
+        // upsert modes); the rest, such as a change event's row, by name.
         let mut names: Vec<&String> = order.iter().filter(|n| sample.contains_key(*n)).collect();
         names.extend(sample.keys().filter(|k| !order.contains(k)));
         let mut defs: Vec<String> = names
@@ -272,8 +275,80 @@ impl SqlSink {
         Ok(info)
     }
 
-    /// Applies one table's operations; refused records are returned with the reason.
+    /// Applies one table's operations in order; refused records are returned
+    /// with the reason. A row moved in place is applied on its own, between
+    /// what comes before and after it.
     async fn apply(
+        &mut self,
+        table: &str,
+        ops: &[(usize, Op)],
+        key: &[String],
+    ) -> Result<Vec<(usize, String)>, SqlError> {
+        let mut refused = Vec::new();
+        let mut rest = ops;
+        while let Some(at) = rest.iter().position(|(_, op)| matches!(op, Op::Move { .. })) {
+            refused.extend(self.apply_segment(table, &rest[..at], key).await?);
+            let (i, Op::Move { from, row }) = &rest[at] else { unreachable!() };
+            if let Some(reason) = self.apply_move(table, from, row, key).await? {
+                refused.push((*i, reason));
+            }
+            rest = &rest[at + 1..];
+        }
+        refused.extend(self.apply_segment(table, rest, key).await?);
+        Ok(refused)
+    }
+
+    /// `UPDATE ... SET <row> WHERE <key> = <from>`, or an insert of `row` when
+    /// there was no such row; `Some(reason)` when the database refused it.
+    async fn apply_move(
+        &mut self,
+        table: &str,
+        from: &Map<String, Value>,
+        row: &Map<String, Value>,
+        key: &[String],
+    ) -> Result<Option<String>, SqlError> {
+        let info = self.tables.get(table).cloned().ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
+        let d = self.dialect;
+        let columns: Vec<String> =
+            info.columns.iter().filter(|(c, _)| row.contains_key(c)).map(|(c, _)| c.clone()).collect();
+        let mut n = 0;
+        let mut param = |c: &str| {
+            n += 1;
+            d.param(n, info.ty(c).unwrap_or("text"))
+        };
+        let sets: Vec<String> = columns.iter().map(|c| format!("{} = {}", d.quote(c), param(c))).collect();
+        let wheres: Vec<String> = key.iter().map(|k| format!("{} = {}", d.quote(k), param(k))).collect();
+        let sql = format!("UPDATE {} SET {} WHERE {}", info.quoted, sets.join(", "), wheres.join(" AND "));
+        let cells: Vec<Cell> = columns
+            .iter()
+            .map(|c| d.cell(row.get(c), info.ty(c).unwrap_or("text")))
+            .chain(key.iter().map(|k| d.cell(from.get(k), info.ty(k).unwrap_or("text"))))
+            .collect();
+        self.savepoint("flowgate_row", table).await?;
+        let conn = self.conn.as_mut().expect("connected");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for cell in cells {
+            q = bind(q, cell);
+        }
+        let moved = match q.execute(&mut *conn).await {
+            Ok(done) => done.rows_affected() > 0,
+            Err(e) if is_row_error(&e) => {
+                self.raw("ROLLBACK TO SAVEPOINT flowgate_row", table).await?;
+                return Ok(Some(e.to_string()));
+            }
+            Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+        };
+        if moved {
+            return Ok(None);
+        }
+        // The old row was not there: write the new one as it came.
+        let insert = [(0, Op::Upsert(row.clone()))];
+        Ok(self.apply_segment(table, &insert, key).await?.pop().map(|(_, reason)| reason))
+    }
+
+    /// Applies operations other than moves, batched; refused records are
+    /// returned with the reason.
+    async fn apply_segment(
         &mut self,
         table: &str,
         ops: &[(usize, Op)],
@@ -295,7 +370,9 @@ impl SqlSink {
         };
         for (i, op) in ops {
             match op {
-                Op::Insert(_) | Op::Truncate => last.push((*i, op.clone())),
+                Op::Insert(_) => last.push((*i, op.clone())),
+                // None after the last truncate; moves are applied on their own.
+                Op::Truncate | Op::Move { .. } => {}
                 Op::Upsert(row) | Op::Delete(row) => {
                     let k = key_text(row, key);
                     match index.get(&k) {
@@ -416,6 +493,35 @@ impl SqlSink {
         Ok(())
     }
 
+    /// Commits the batch's transaction, with `position` when effectively-once.
+    /// A batch whose records were all filtered out still stores its position,
+    /// or the source would move past what the table says.
+    async fn finish(&mut self, position: Option<&Position>) -> Result<(), ConnectorError> {
+        let position = position.filter(|_| self.config.delivery == Delivery::EffectivelyOnce);
+        if !self.in_transaction && position.is_none() {
+            return Ok(());
+        }
+        let result: Result<(), SqlError> = async {
+            if !self.in_transaction {
+                self.raw("BEGIN", "").await?;
+                self.in_transaction = true;
+            }
+            if let Some(position) = position {
+                self.save_position(position).await?;
+            }
+            self.raw("COMMIT", "").await?;
+            self.in_transaction = false;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // The transaction is gone; the engine writes the batch again.
+            self.lost();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     async fn save_position(&mut self, position: &Position) -> Result<(), SqlError> {
         let entries: Vec<(String, i64)> = match position {
             Position::Kafka(parts) => {
@@ -424,7 +530,8 @@ impl SqlSink {
             // -1: the batch ended at a transaction boundary.
             Position::Lsn { end, within } => vec![
                 ("postgres".to_string(), *end as i64),
-                ("postgres.within".to_string(), within.map_or(-1, |w| w as i64)),
+                ("postgres.within_xid".to_string(), within.map_or(-1, |(xid, _)| i64::from(xid))),
+                ("postgres.within_count".to_string(), within.map_or(-1, |(_, n)| n as i64)),
             ],
         };
         let sql = self.dialect.save_position();
@@ -493,7 +600,9 @@ fn value_list(dialect: Dialect, info: &TableInfo, columns: &[String], rows: usiz
 /// Records refused, by index, with the reason.
 type Refused = Vec<(usize, String)>;
 
-/// The records of a batch, grouped by table, in order.
+/// The records of a batch as runs of consecutive records for one table, in
+/// order: changes to different tables keep their order (a parent row before
+/// the child rows that reference it).
 fn plan(records: &[Record], config: &SqlSinkConfig) -> (Vec<(String, TableOps)>, Refused) {
     let mut tables: Vec<(String, TableOps)> = Vec::new();
     let mut refused = Vec::new();
@@ -511,14 +620,11 @@ fn plan(records: &[Record], config: &SqlSinkConfig) -> (Vec<(String, TableOps)>,
         };
         match ops(&r.value, r.key.as_deref(), config.mode, config.columns.as_ref(), &config.key) {
             Ok(list) => {
-                let at = match tables.iter().position(|(t, _)| *t == table) {
-                    Some(at) => at,
-                    None => {
-                        tables.push((table, TableOps::default()));
-                        tables.len() - 1
-                    }
-                };
-                tables[at].1.ops.extend(list.into_iter().map(|op| (i, op)));
+                if tables.last().is_none_or(|(t, _)| *t != table) {
+                    tables.push((table, TableOps::default()));
+                }
+                let run = tables.last_mut().expect("pushed above");
+                run.1.ops.extend(list.into_iter().map(|op| (i, op)));
             }
             Err(reason) => refused.push((i, reason)),
         }
@@ -555,7 +661,7 @@ impl Sink for SqlSink {
                 }
             };
             let sample = ops.ops.iter().find_map(|(i, op)| match op {
-                Op::Insert(r) | Op::Upsert(r) => Some((*i, r.clone())),
+                Op::Insert(r) | Op::Upsert(r) | Op::Move { row: r, .. } => Some((*i, r.clone())),
                 _ => None,
             });
             match sample {
@@ -595,6 +701,11 @@ impl Sink for SqlSink {
             self.lost();
             return Err(e.into());
         }
+        // A batch without an acknowledgement (dead letters) must be durable
+        // when `write` returns; `commit` is not called for it.
+        if batch.ack.is_none() {
+            self.finish(None).await?;
+        }
         if !refused.is_empty() {
             refused.sort_unstable_by_key(|(i, _)| *i);
             refused.dedup_by_key(|(i, _)| *i);
@@ -611,26 +722,8 @@ impl Sink for SqlSink {
     }
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        if !self.in_transaction {
-            return Ok(());
-        }
-        let result: Result<(), SqlError> = async {
-            if self.config.delivery == Delivery::EffectivelyOnce
-                && let Some(position) = &batch.position
-            {
-                self.save_position(position).await?;
-            }
-            self.raw("COMMIT", "").await?;
-            self.in_transaction = false;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = result {
-            // The transaction is gone; the engine writes the batch again.
-            self.lost();
-            return Err(e.into());
-        }
-        Ok(())
+        let position = batch.position.clone();
+        self.finish(position.as_ref()).await
     }
 
     async fn stored_position(&mut self) -> Result<Option<Position>, ConnectorError> {
@@ -646,14 +739,16 @@ impl Sink for SqlSink {
             .await
             .map_err(SqlError::write("flowgate_positions"))?;
         let mut kafka = Vec::new();
-        let (mut end, mut within) = (None, None);
+        let (mut end, mut xid, mut count) = (None, None, None);
         for r in rows {
             let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
             let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
             if source == "postgres" {
                 end = Some(at as u64);
-            } else if source == "postgres.within" {
-                within = u64::try_from(at).ok();
+            } else if source == "postgres.within_xid" {
+                xid = u32::try_from(at).ok();
+            } else if source == "postgres.within_count" {
+                count = u64::try_from(at).ok();
             } else if let Some(rest) = source.strip_prefix("kafka:")
                 && let Some((topic, partition)) = rest.rsplit_once(':')
                 && let Ok(partition) = partition.parse()
@@ -662,7 +757,7 @@ impl Sink for SqlSink {
             }
         }
         Ok(match end {
-            Some(end) if kafka.is_empty() => Some(Position::Lsn { end, within }),
+            Some(end) if kafka.is_empty() => Some(Position::Lsn { end, within: xid.zip(count) }),
             _ => (!kafka.is_empty()).then_some(Position::Kafka(kafka)),
         })
     }
@@ -796,6 +891,14 @@ mod tests {
             rows(&dir, "SELECT group_concat(id || ':' || n || ':' || doc, ' ') FROM t").await,
             ["1:2:big 4:3:x2"]
         );
+        // A key change whose TOASTed value was not sent moves the row in place.
+        let moved =
+            ev("u", r#"{"id":4,"n":null,"doc":null}"#, r#"{"id":6,"n":4,"doc":"__debezium_unavailable_value"}"#);
+        put(&mut sink, &[(r#"{"id":6}"#, moved.as_str())]).await;
+        assert_eq!(
+            rows(&dir, "SELECT group_concat(id || ':' || n || ':' || doc, ' ') FROM t").await,
+            ["1:2:big 6:4:x2"]
+        );
         put(&mut sink, &[(r#"{"id":1}"#, r#"{"op":"t","before":null,"after":null}"#)]).await;
         assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["0"]);
     }
@@ -810,6 +913,9 @@ mod tests {
         let mut b = batch(&[("", r#"{"id":1}"#)]);
         b.position =
             Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 7 }]));
+        // A pipeline batch (it has an acknowledgement) is committed by `commit`.
+        let tracker = flowgate_sdk::AckTracker::new();
+        b.ack = Some(tracker.begin());
         sink.write(&mut b).await.unwrap();
         // Written but not committed: neither the row nor the position is there.
         assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["0"]);
