@@ -174,11 +174,40 @@ def start_broker():
     return broker, brokers, topic
 
 
+def run_until_out(work, name, pipeline_text, n, from_first_in=False):
+    """Runs a pipeline until `flowgate_records_out_total` reaches n, then stops it
+    with SIGTERM; the graceful stop waits for every acknowledgement and commits
+    the positions, so the time runs until the process has exited. The clock
+    starts at process start, or with `from_first_in` at the first record read
+    (leaving out a consumer group's join). (wall s, CPU s, peak RSS MiB)."""
+    import signal
+    import time
+    mport = free_port()
+    pipeline = os.path.join(work, f"{name}.yaml")
+    with open(pipeline, "w") as f:
+        f.write(pipeline_text)
+    start = None if from_first_in else time.monotonic()
+    proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
+                             f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, f"state-{name}"), pipeline],
+                            cwd=work, stderr=open(os.path.join(work, f"{name}.log"), "w"))
+    while metric(mport, "flowgate_records_out_total") < n:
+        if start is None and metric(mport, "flowgate_records_in_total") > 0:
+            start = time.monotonic()
+        if proc.poll() is not None:
+            raise SystemExit(f"flowgate {name} exited early; see {name}.log")
+        time.sleep(0.01)
+    start = start or time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    cpu, rss = wait4(proc)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"flowgate {name} failed; see {name}.log")
+    return wall, cpu, rss
+
+
 def bench_kafka(work):
     """Kafka -> PII mask -> Kafka on the loopback tansu broker, side by side with the
     raw librdkafka limit and the hand-written Python loops, in one run."""
-    import signal
-    import time
     n = int(os.environ.get("KAFKA_COUNT", "1000000"))
     peer_n = int(os.environ.get("KAFKA_PEER_COUNT", str(n)))
     tools = os.environ["FLOWGATE_TOOLS"]
@@ -214,35 +243,14 @@ def bench_kafka(work):
         def flowgate(name, transforms):
             out_topic = f"out-{name}"
             topic(out_topic)
-            mport = free_port()
-            pipeline = os.path.join(work, f"{name}.yaml")
-            with open(pipeline, "w") as f:
-                f.write(f"name: {name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [in]\n"
-                        f"    group: bench-{name}\n    session_timeout: 6s\n{transforms}"
-                        f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: {out_topic}\n    linger: 20ms\n"
-                        "batch: {size: 2000, linger: 5ms}\n")
+            text = (f"name: {name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [in]\n"
+                    f"    group: bench-{name}\n    session_timeout: 6s\n{transforms}"
+                    f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: {out_topic}\n    linger: 20ms\n"
+                    "batch: {size: 2000, linger: 5ms}\n")
             before = broker_cpu()
-            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
-                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, "state"), pipeline],
-                                    cwd=work, stderr=open(os.path.join(work, f"{name}.log"), "w"))
-            start = None
-            while True:
-                got_in = metric(mport, "flowgate_records_in_total")
-                if start is None and got_in > 0:
-                    start = time.monotonic()
-                if metric(mport, "flowgate_records_out_total") >= n:
-                    break
-                if proc.poll() is not None:
-                    raise SystemExit(f"flowgate {name} exited early; see {name}.log")
-                time.sleep(0.01)
-            # The Kafka sink counts a record out when librdkafka has it; stopping
-            # waits for every delivery report and commits the offsets, so the
-            # time runs until then (exit includes leaving the group: conservative).
-            proc.send_signal(signal.SIGTERM)
-            cpu, rss = wait4(proc)
-            seconds = time.monotonic() - start
-            if proc.returncode != 0:
-                raise SystemExit(f"flowgate {name} failed; see {name}.log")
+            # The Kafka sink counts a record out when librdkafka has it; the stop
+            # waits for every delivery report (and leaving the group: conservative).
+            seconds, cpu, rss = run_until_out(work, name, text, n, from_first_in=True)
             rate = n / seconds
             print(f"| flowgate: {name} | {n:,} | {seconds:.2f} | {rate:,.0f} | {cpu:.2f} | {rss:.0f} | "
                   f"{broker_cpu() - before:.2f} |", flush=True)
@@ -316,8 +324,6 @@ class Postgres:
 def bench_cdc(work):
     """Postgres -> Flowgate on the same WAL as pg_recvlogical, side by side: several
     slots created before the load, so every consumer decodes identical changes."""
-    import signal
-    import time
     n = int(os.environ.get("CDC_COUNT", "200000"))
     pg = Postgres(work)
     broker, brokers, topic = start_broker()
@@ -353,26 +359,10 @@ def bench_cdc(work):
                                                           "-E", end, "--no-loop", "-f", "/dev/null"], work)
 
         def flowgate(name, slot, sink):
-            mport = free_port()
-            pipeline = os.path.join(work, f"cdc-{name}.yaml")
-            with open(pipeline, "w") as f:
-                f.write(f"name: cdc-{name}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    publication: bench\n"
-                        f"    slot: {slot}\n    snapshot: never\nsink:\n{sink}\nbatch: {{size: 2000, linger: 5ms}}\n")
-            start = time.monotonic()
-            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
-                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, f"state-{name}"),
-                                     pipeline], cwd=work, stderr=open(os.path.join(work, f"cdc-{name}.log"), "w"))
-            while metric(mport, "flowgate_records_out_total") < n:
-                if proc.poll() is not None:
-                    raise SystemExit(f"flowgate {name} exited early; see cdc-{name}.log")
-                time.sleep(0.01)
-            # Stopping waits for every acknowledgement and confirms the slot.
-            proc.send_signal(signal.SIGTERM)
-            cpu, rss = wait4(proc)
-            wall = time.monotonic() - start
-            if proc.returncode != 0:
-                raise SystemExit(f"flowgate {name} failed; see cdc-{name}.log")
-            return wall, cpu, rss
+            return run_until_out(work, f"cdc-{name}",
+                                 f"name: cdc-{name}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    publication: bench\n"
+                                 f"    slot: {slot}\n    snapshot: never\nsink:\n{sink}\n"
+                                 "batch: {size: 2000, linger: 5ms}\n", n)
 
         # Each round decodes the WAL once per consumer; the rounds show the spread.
         for r in range(rounds):
@@ -486,7 +476,6 @@ def bench_sql(work):
     """Kafka -> database, side by side with the database's own bulk load of the
     same rows from a file (COPY / LOAD DATA / sqlite3 .import): the limit."""
     import csv
-    import signal
     import time
     n = int(os.environ.get("SQL_COUNT", "1000000"))
     rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
@@ -510,26 +499,11 @@ def bench_sql(work):
         print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
 
         def flowgate(name, kind, url, table, extra=""):
-            mport = free_port()
-            pipeline = os.path.join(work, f"sql-{name}.yaml")
-            with open(pipeline, "w") as f:
-                f.write(f"name: sql-{name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [rows]\n"
-                        f"    group: sql-{name}\n    session_timeout: 6s\nsink:\n  {kind}:\n    url: {url}\n"
-                        f"    table: {table}\n    columns: [id, email, amount, note]\n{extra}"
-                        "batch: {size: 5000, linger: 20ms}\n")
-            start = None
-            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
-                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(work, f"state-sql-{name}"),
-                                     pipeline], cwd=work, stderr=open(os.path.join(work, f"sql-{name}.log"), "w"))
-            while metric(mport, "flowgate_records_out_total") < n:
-                if start is None and metric(mport, "flowgate_records_in_total") > 0:
-                    start = time.monotonic()
-                if proc.poll() is not None:
-                    raise SystemExit(f"flowgate {name} exited early; see sql-{name}.log")
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)
-            cpu, rss = wait4(proc)
-            return time.monotonic() - start, cpu, rss
+            return run_until_out(work, f"sql-{name}",
+                                 f"name: sql-{name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [rows]\n"
+                                 f"    group: sql-{name}\n    session_timeout: 6s\nsink:\n  {kind}:\n    url: {url}\n"
+                                 f"    table: {table}\n    columns: [id, email, amount, note]\n{extra}"
+                                 "batch: {size: 5000, linger: 20ms}\n", n, from_first_in=True)
 
         def timed(cmd):
             start = time.monotonic()

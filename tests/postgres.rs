@@ -30,32 +30,6 @@ fn file_sink(path: &Path) -> String {
     format!("  file:\n    path: {}\n    fsync: false", path.display())
 }
 
-/// Waits until the pipeline streams and its slot has confirmed everything
-/// written so far: every change is out and acknowledged.
-fn wait_caught_up(pg: &Postgres, slot: &str, dir: &Path) {
-    wait_streaming(pg, slot, dir);
-    let target = pg.current_lsn();
-    assert!(
-        wait_for(Duration::from_secs(90), || pg.confirmed(slot) >= target),
-        "slot {slot} stayed at {} below {target}",
-        pg.confirmed(slot)
-    );
-}
-
-/// Waits until the pipeline's walsender streams from the slot (a slot being
-/// created is active too, but has no confirmed position yet).
-fn wait_streaming(pg: &Postgres, slot: &str, dir: &Path) {
-    let active = format!(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active \
-         AND confirmed_flush_lsn IS NOT NULL"
-    );
-    assert!(
-        wait_for(Duration::from_secs(30), || pg.sql(&active) == "1"),
-        "the source did not start streaming:\n{}",
-        log(dir)
-    );
-}
-
 fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -111,7 +85,7 @@ fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
     let file = pipeline(dir.path(), "snap", &pg, "    tables: [items]", &kafka_sink(&broker));
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     assert!(writer.wait().unwrap().success(), "pgbench failed");
-    wait_caught_up(&pg, "flowgate_snap", dir.path());
+    pg.wait_caught_up("flowgate_snap", dir.path());
 
     let mut reader = Reader::new(&broker.addr(), "public.items", false).keep_all();
     let expected = table_rows(&pg, "items");
@@ -162,7 +136,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
         run = Guard(spawn_run(dir.path(), &file, &[]));
     }
     assert!(writer.wait().unwrap().success(), "pgbench failed");
-    wait_caught_up(&pg, "flowgate_kills", dir.path());
+    pg.wait_caught_up("flowgate_kills", dir.path());
 
     // Every counter's updates, in commit order, without a gap: n at the snapshot, n + 1, ...
     let mut counters = Reader::new(&broker.addr(), "public.counters", false).keep_all();
@@ -211,7 +185,7 @@ fn an_idle_slot_keeps_up_with_writes_to_unpublished_tables() {
     pg.sql("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE other (id serial PRIMARY KEY, pad text)");
     let file = pipeline(dir.path(), "idle", &pg, "    tables: [watched]\n    snapshot: never", "  null: {}");
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_streaming(&pg, "flowgate_idle", dir.path());
+    pg.wait_streaming("flowgate_idle", dir.path());
     let start = pg.current_lsn();
     let writes = script(
         dir.path(),
@@ -253,7 +227,7 @@ fn types_toast_values_and_schema_changes_come_through() {
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "types", &pg, "    tables: [every_type, docs, docs_full]", &file_sink(&out));
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_streaming(&pg, "flowgate_types", dir.path());
+    pg.wait_streaming("flowgate_types", dir.path());
     pg.sql(
         r#"INSERT INTO every_type VALUES (1, -32768, 9007199254740993, 123.450, 1e-30, 1.5, 'NaN', true,
              'héllo "q"\', 'abc', '1969-07-20', '12:34:56.789', '1960-01-01 00:00:00.5',
@@ -272,7 +246,7 @@ fn types_toast_values_and_schema_changes_come_through() {
            DELETE FROM docs WHERE id = 4;
            TRUNCATE docs_full;"#,
     );
-    wait_caught_up(&pg, "flowgate_types", dir.path());
+    pg.wait_caught_up("flowgate_types", dir.path());
     stop(&mut run, dir.path());
     let events = records(&out);
     let find = |table: &str, op: &str, id: i64| -> Value {
@@ -321,7 +295,7 @@ fn a_million_row_transaction_streams_in_bounded_memory() {
     let file = pipeline(dir.path(), "big", &pg, "    tables: [big]\n    snapshot: never", "  null: {}");
     let port = common::free_port();
     let mut run = Guard(spawn_run(dir.path(), &file, &["--metrics-addr", &format!("127.0.0.1:{port}")]));
-    wait_streaming(&pg, "flowgate_big", dir.path());
+    pg.wait_streaming("flowgate_big", dir.path());
     pg.sql("INSERT INTO big SELECT g, repeat('x', 60) FROM generate_series(1, 1000000) g");
     let target = pg.current_lsn();
     let mut peak = 0;
@@ -346,7 +320,7 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "restart", &pg, "    tables: [t]\n    snapshot: never", &file_sink(&out));
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_streaming(&pg, "flowgate_restart", dir.path());
+    pg.wait_streaming("flowgate_restart", dir.path());
     for i in 0..50 {
         pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
     }
@@ -357,7 +331,7 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     for i in 50..100 {
         pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
     }
-    wait_caught_up(&pg, "flowgate_restart", dir.path());
+    pg.wait_caught_up("flowgate_restart", dir.path());
     stop(&mut run, dir.path());
     let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     let missing: Vec<i64> = (1..=10_000).filter(|i| !ids.contains(i)).take(10).collect();
@@ -373,7 +347,7 @@ fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "lost", &pg, "    tables: [t]", &file_sink(&out));
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_caught_up(&pg, "flowgate_lost", dir.path());
+    pg.wait_caught_up("flowgate_lost", dir.path());
     stop(&mut run, dir.path());
     let inactive = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'flowgate_lost' AND NOT active";
     assert!(wait_for(Duration::from_secs(10), || pg.sql(inactive) == "1"));
@@ -400,7 +374,7 @@ fn an_invalidated_slot_stops_the_pipeline() {
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "inval", &pg, "    tables: [t]", &file_sink(&out));
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_caught_up(&pg, "flowgate_inval", dir.path());
+    pg.wait_caught_up("flowgate_inval", dir.path());
     stop(&mut run, dir.path());
     // While the pipeline is stopped, more WAL than the slot may keep.
     for _ in 0..4 {
@@ -438,9 +412,9 @@ fn the_shipped_postgres_to_kafka_pipeline_runs() {
             .spawn()
             .unwrap(),
     );
-    wait_streaming(&pg, "flowgate_shop", dir.path());
+    pg.wait_streaming("flowgate_shop", dir.path());
     pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1; DELETE FROM shop.orders WHERE id = 2");
-    wait_caught_up(&pg, "flowgate_shop", dir.path());
+    pg.wait_caught_up("flowgate_shop", dir.path());
     let mut orders = Reader::new(&broker.addr(), "shop.orders", false).keep_all();
     orders.read_until(Duration::from_secs(3), |r| r.total >= 5);
     let mut by_key: BTreeMap<String, Vec<Option<Value>>> = BTreeMap::new();
@@ -492,9 +466,9 @@ fn an_interrupted_snapshot_is_taken_again_from_the_start() {
     std::fs::remove_file(&out).unwrap();
     // The third run copies everything, then streams.
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    wait_caught_up(&pg, "flowgate_again", dir.path());
+    pg.wait_caught_up("flowgate_again", dir.path());
     pg.sql("INSERT INTO t VALUES (0, 'after')");
-    wait_caught_up(&pg, "flowgate_again", dir.path());
+    pg.wait_caught_up("flowgate_again", dir.path());
     stop(&mut run, dir.path());
     let text = log(dir.path());
     assert!(text.contains("the initial snapshot did not finish last time"), "{text}");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::free_port;
+use super::{free_port, log, wait_for};
 
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FLOWGATE_PG_BIN") {
@@ -175,6 +175,28 @@ impl Postgres {
             "SELECT coalesce((SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = '{slot}'), 0)"
         ));
         s.parse().unwrap()
+    }
+
+    /// Waits until a pipeline's walsender streams from `slot`: past
+    /// `START_REPLICATION` (a slot being created, or exporting its snapshot, is
+    /// active too, with the walsender still in `startup`). `dir` holds the
+    /// pipeline's log, shown on failure.
+    pub fn wait_streaming(&self, slot: &str, dir: &Path) {
+        let active = format!(
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = '{slot}' AND r.state IN ('catchup', 'streaming')"
+        );
+        let streaming = wait_for(std::time::Duration::from_secs(60), || self.sql(&active) == "1");
+        assert!(streaming, "the source did not start streaming from {slot}:\n{}", log(dir));
+    }
+
+    /// Waits until the pipeline streams and `slot` has confirmed all WAL written
+    /// so far: every change is out and acknowledged.
+    pub fn wait_caught_up(&self, slot: &str, dir: &Path) {
+        self.wait_streaming(slot, dir);
+        let target = self.current_lsn();
+        let done = wait_for(std::time::Duration::from_secs(120), || self.confirmed(slot) >= target);
+        assert!(done, "slot {slot} stayed at {} below {target}:\n{}", self.confirmed(slot), log(dir));
     }
 
     pub fn log(&self) -> String {

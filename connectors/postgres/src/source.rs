@@ -166,20 +166,7 @@ impl PostgresCdcSource {
         }
         let key = state_key(&slot);
         let record: Option<SlotRecord> = ctx.state.load(&key).map_err(PgCdcError::State)?;
-        let decoder = Decoder {
-            pipeline: ctx.pipeline.clone(),
-            db: db.into(),
-            tombstones: config.tombstones,
-            tables: HashMap::new(),
-            snapshot_tables: HashMap::new(),
-            keys,
-            txn: None,
-            last_end: 0,
-            txn_count: 0,
-            skip: None,
-            skip_left: 0,
-            encoder: Encoder::default(),
-        };
+        let decoder = Decoder::new(ctx.pipeline.clone(), db.into(), config.tombstones, keys);
         let mut source = PostgresCdcSource {
             conninfo: replication_conninfo(&config.url),
             slot,
@@ -560,6 +547,23 @@ fn source_text(e: &dyn std::error::Error) -> String {
 }
 
 impl Decoder {
+    fn new(pipeline: Arc<str>, db: Arc<str>, tombstones: bool, keys: HashMap<(String, String), Vec<String>>) -> Self {
+        Decoder {
+            pipeline,
+            db,
+            tombstones,
+            tables: HashMap::new(),
+            snapshot_tables: HashMap::new(),
+            keys,
+            txn: None,
+            last_end: 0,
+            txn_count: 0,
+            skip: None,
+            skip_left: 0,
+            encoder: Encoder::default(),
+        }
+    }
+
     fn handle(&mut self, event: ChangeEvent, now_ms: i64, batch: &mut Batch) {
         let lsn = event.lsn.value();
         match event.event_type {
@@ -760,23 +764,11 @@ mod tests {
     use pg_walstream::{ColumnValue, Lsn, RelationColumn, RowData};
 
     fn decoder(keys: &[(&str, &str, &[&str])]) -> Decoder {
-        Decoder {
-            pipeline: "p".into(),
-            db: "db".into(),
-            tombstones: false,
-            tables: HashMap::new(),
-            snapshot_tables: HashMap::new(),
-            keys: keys
-                .iter()
-                .map(|(s, t, k)| ((s.to_string(), t.to_string()), k.iter().map(|c| c.to_string()).collect()))
-                .collect(),
-            txn: None,
-            last_end: 0,
-            txn_count: 0,
-            skip: None,
-            skip_left: 0,
-            encoder: Encoder::default(),
-        }
+        let keys = keys
+            .iter()
+            .map(|(s, t, k)| ((s.to_string(), t.to_string()), k.iter().map(|c| c.to_string()).collect()))
+            .collect();
+        Decoder::new("p".into(), "db".into(), false, keys)
     }
 
     fn event(event_type: EventType) -> ChangeEvent {
