@@ -281,20 +281,23 @@ impl SqlSink {
     async fn apply(
         &mut self,
         table: &str,
-        ops: &[(usize, Op)],
+        ops: Vec<(usize, Op)>,
         key: &[String],
     ) -> Result<Vec<(usize, String)>, SqlError> {
         let mut refused = Vec::new();
-        let mut rest = ops;
-        while let Some(at) = rest.iter().position(|(_, op)| matches!(op, Op::Move { .. })) {
-            refused.extend(self.apply_segment(table, &rest[..at], key).await?);
-            let (i, Op::Move { from, row }) = &rest[at] else { unreachable!() };
-            if let Some(reason) = self.apply_move(table, from, row, key).await? {
-                refused.push((*i, reason));
+        let mut segment = Vec::with_capacity(ops.len());
+        for (i, op) in ops {
+            match op {
+                Op::Move { from, row } => {
+                    refused.extend(self.apply_segment(table, std::mem::take(&mut segment), key).await?);
+                    if let Some(reason) = self.apply_move(table, &from, &row, key).await? {
+                        refused.push((i, reason));
+                    }
+                }
+                op => segment.push((i, op)),
             }
-            rest = &rest[at + 1..];
         }
-        refused.extend(self.apply_segment(table, rest, key).await?);
+        refused.extend(self.apply_segment(table, segment, key).await?);
         Ok(refused)
     }
 
@@ -342,8 +345,8 @@ impl SqlSink {
             return Ok(None);
         }
         // The old row was not there: write the new one as it came.
-        let insert = [(0, Op::Upsert(row.clone()))];
-        Ok(self.apply_segment(table, &insert, key).await?.pop().map(|(_, reason)| reason))
+        let insert = vec![(0, Op::Upsert(row.clone()))];
+        Ok(self.apply_segment(table, insert, key).await?.pop().map(|(_, reason)| reason))
     }
 
     /// Applies operations other than moves, batched; refused records are
@@ -351,45 +354,38 @@ impl SqlSink {
     async fn apply_segment(
         &mut self,
         table: &str,
-        ops: &[(usize, Op)],
+        ops: Vec<(usize, Op)>,
         key: &[String],
     ) -> Result<Vec<(usize, String)>, SqlError> {
         // Only the last operation per key counts (an upsert carries the whole row,
         // a delete removes it), which also keeps one statement from touching a
         // row twice. A truncate drops what came before it.
         let start = ops.iter().rposition(|(_, op)| *op == Op::Truncate);
-        let mut truncate = None;
-        let mut last: Vec<(usize, Op)> = Vec::new();
+        let truncate = start.map(|t| ops[t].0);
+        let mut last: Vec<(usize, Op)> = Vec::with_capacity(ops.len());
         let mut index: HashMap<String, usize> = HashMap::new();
-        let ops = match start {
-            Some(t) => {
-                truncate = Some(ops[t].0);
-                &ops[t + 1..]
-            }
-            None => ops,
-        };
-        for (i, op) in ops {
+        for (i, op) in ops.into_iter().skip(start.map_or(0, |t| t + 1)) {
             match op {
-                Op::Insert(_) => last.push((*i, op.clone())),
+                Op::Insert(_) => last.push((i, op)),
                 // None after the last truncate; moves are applied on their own.
                 Op::Truncate | Op::Move { .. } => {}
-                Op::Upsert(row) | Op::Delete(row) => {
+                Op::Upsert(ref row) | Op::Delete(ref row) => {
                     let k = key_text(row, key);
                     match index.get(&k) {
                         Some(&at) => {
                             // An upsert lacking unchanged TOAST values takes them
                             // from the one before it in the batch.
-                            let mut op = op.clone();
+                            let mut op = op;
                             if let (Op::Upsert(new), (_, Op::Upsert(old))) = (&mut op, &last[at]) {
                                 for (c, v) in old {
                                     new.entry(c.clone()).or_insert_with(|| v.clone());
                                 }
                             }
-                            last[at] = (*i, op);
+                            last[at] = (i, op);
                         }
                         None => {
                             index.insert(k, last.len());
-                            last.push((*i, op.clone()));
+                            last.push((i, op));
                         }
                     }
                 }
@@ -457,29 +453,49 @@ impl SqlSink {
             let conn = self.conn.as_mut().expect("connected");
             run(conn, d, sql, cells, key.len()).await?;
         }
-        // Rows with the same columns go together: (upsert?, columns, rows).
-        type Group<'a> = (bool, Vec<String>, Vec<&'a Map<String, Value>>);
+        // Rows with the same columns go together: (upsert?, which of the table's
+        // columns the rows have, rows). Rows nearly always share one shape, so a
+        // row is first compared with the last group without allocating.
+        type Group<'a> = (bool, Vec<bool>, Vec<&'a Map<String, Value>>);
         let mut groups: Vec<Group<'_>> = Vec::new();
+        let fits = |row: &Map<String, Value>, mask: &[bool]| {
+            info.columns.iter().zip(mask).all(|((c, _), &has)| row.contains_key(c) == has)
+        };
         for (_, op) in ops {
             let (upsert, row) = match op {
                 Op::Upsert(r) => (true, r),
                 Op::Insert(r) => (false, r),
                 _ => continue,
             };
-            let columns: Vec<String> =
-                info.columns.iter().filter(|(c, _)| row.contains_key(c)).map(|(c, _)| c.clone()).collect();
-            match groups.iter_mut().find(|(u, c, _)| *u == upsert && *c == columns) {
+            if let Some((u, mask, rows)) = groups.last_mut()
+                && *u == upsert
+                && fits(row, mask)
+            {
+                rows.push(row);
+                continue;
+            }
+            match groups.iter_mut().find(|(u, mask, _)| *u == upsert && fits(row, mask)) {
                 Some((_, _, rows)) => rows.push(row),
-                None => groups.push((upsert, columns, vec![row])),
+                None => {
+                    let mask = info.columns.iter().map(|(c, _)| row.contains_key(c)).collect();
+                    groups.push((upsert, mask, vec![row]));
+                }
             }
         }
-        for (upsert, columns, rows) in groups {
+        for (upsert, mask, rows) in groups {
+            let (columns, types): (Vec<String>, Vec<&str>) = info
+                .columns
+                .iter()
+                .zip(&mask)
+                .filter(|(_, has)| **has)
+                .map(|((c, t), _)| (c.clone(), t.as_str()))
+                .unzip();
             if columns.is_empty() {
                 continue;
             }
             let mut cells = Vec::with_capacity(rows.len() * columns.len());
             for row in &rows {
-                cells.extend(columns.iter().map(|c| d.cell(row.get(c), info.ty(c).unwrap_or("text"))));
+                cells.extend(columns.iter().zip(&types).map(|(c, ty)| d.cell(row.get(c), ty)));
             }
             let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
             let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
@@ -691,8 +707,8 @@ impl Sink for SqlSink {
                 self.raw("BEGIN", "").await?;
                 self.in_transaction = true;
             }
-            for (table, ops, key) in &work {
-                refused.extend(self.apply(table, &ops.ops, key).await?);
+            for (table, ops, key) in work {
+                refused.extend(self.apply(&table, ops.ops, &key).await?);
             }
             Ok(())
         }
