@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{Broker, Reader};
 use common::postgres::Postgres;
-use common::{Guard, kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for};
+use common::{Guard, kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for, write_file};
 use serde_json::{Value, json};
 
 fn pipeline(dir: &Path, name: &str, pg: &Postgres, source_extra: &str, sink: &str) -> PathBuf {
@@ -28,12 +28,6 @@ fn kafka_sink(broker: &Broker) -> String {
 
 fn file_sink(path: &Path) -> String {
     format!("  file:\n    path: {}\n    fsync: false", path.display())
-}
-
-fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 fn json_of(m: &common::kafka::Msg) -> Option<Value> {
@@ -72,7 +66,7 @@ fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
     let pg = Postgres::start();
     pg.sql("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text); INSERT INTO items SELECT g, 0, 'row ' || g FROM generate_series(1, 100000) g");
     let broker = Broker::with_topics(&[("public.items", 3)]);
-    let writes = script(
+    let writes = write_file(
         dir.path(),
         "writes.sql",
         "\\set id random(1, 120000)\n\
@@ -111,7 +105,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
          CREATE TABLE log (id bigserial PRIMARY KEY, counter int NOT NULL)",
     );
     let broker = Broker::with_topics(&[("public.counters", 3), ("public.log", 3)]);
-    let writes = script(
+    let writes = write_file(
         dir.path(),
         "writes.sql",
         "\\set id random(1, 500)\nBEGIN;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n\
@@ -187,7 +181,7 @@ fn an_idle_slot_keeps_up_with_writes_to_unpublished_tables() {
     let mut run = Guard(spawn_run(dir.path(), &file, &[]));
     pg.wait_streaming("flowgate_idle", dir.path());
     let start = pg.current_lsn();
-    let writes = script(
+    let writes = write_file(
         dir.path(),
         "other.sql",
         "INSERT INTO other (pad) SELECT repeat('x', 500) FROM generate_series(1, 50);\n",
@@ -400,18 +394,9 @@ fn the_shipped_postgres_to_kafka_pipeline_runs() {
          INSERT INTO shop.orders (customer, amount) VALUES (1, 12.50), (1, 99.99)",
     );
     let broker = Broker::with_topics(&[("shop.customers", 3), ("shop.orders", 3), ("shop-dead-letters", 1)]);
-    let mut child = Guard(
-        common::flowgate()
-            .args(["run", "--state-dir"])
-            .arg(dir.path().join("state"))
-            .arg(common::repo().join("pipelines/postgres-to-kafka.yaml"))
-            .env("POSTGRES_URL", pg.url())
-            .env("KAFKA_BROKERS", broker.addr())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let shipped = common::repo().join("pipelines/postgres-to-kafka.yaml");
+    let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr())];
+    let mut child = Guard(common::spawn_run_with_env(dir.path(), &shipped, &[], &env));
     pg.wait_streaming("flowgate_shop", dir.path());
     pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1; DELETE FROM shop.orders WHERE id = 2");
     pg.wait_caught_up("flowgate_shop", dir.path());

@@ -3,20 +3,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::kafka::{Broker, Writer, numbered};
 use common::mariadb::MariaDb;
 use common::postgres::Postgres;
-use common::{Guard, kill, log, spawn_run, stop, wait_for, write_jsonl};
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{Guard, kill, log, spawn_run, stop, wait_for, write_file, write_jsonl};
 
 /// Runs a pipeline file to the end of its input; its stderr on failure.
 fn run_to_end(dir: &Path, file: &Path) {
@@ -65,7 +59,7 @@ fn postgres_changes_replicate_into_postgres_mariadb_and_sqlite() {
     ];
     let mut runs = Vec::new();
     for (name, sink) in &sinks {
-        let file = write(
+        let file = write_file(
             dir.path(),
             &format!("{name}.yaml"),
             &format!(
@@ -76,7 +70,7 @@ fn postgres_changes_replicate_into_postgres_mariadb_and_sqlite() {
         );
         runs.push(Guard(spawn_run(dir.path(), &file, &[])));
     }
-    let writes = write(
+    let writes = write_file(
         dir.path(),
         "writes.sql",
         "\\set id random(1, 6000)\n\
@@ -127,7 +121,7 @@ fn effectively_once_applies_each_kafka_record_once_across_kills() {
     pg.sql("CREATE TABLE events (id bigint NOT NULL, email text, pad text)");
     let broker = Broker::with_topics(&[("in", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..N));
-    let file = write(
+    let file = write_file(
         dir.path(),
         "eo.yaml",
         &format!(
@@ -176,8 +170,8 @@ fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written()
             i => format!(r#"{{"id":{i},"amount":{i}.5,"placed":"2024-02-{:02}"}}"#, i % 28 + 1),
         })
         .collect();
-    write(dir.path(), "in.jsonl", &(input.join("\n") + "\n"));
-    let file = write(
+    write_file(dir.path(), "in.jsonl", &(input.join("\n") + "\n"));
+    let file = write_file(
         dir.path(),
         "dl.yaml",
         &format!(
@@ -216,7 +210,7 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
         ("to-pg", format!("postgres:\n    url: {}", pg.url())),
         ("to-maria", format!("mysql:\n    url: {}", maria.url())),
     ] {
-        let file = write(
+        let file = write_file(
             dir.path(),
             &format!("{name}.yaml"),
             &format!(
@@ -258,7 +252,7 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
          CREATE SCHEMA copy; CREATE TABLE copy.applied (id bigint NOT NULL, n int NOT NULL)",
     );
     // Each change is inserted as a new row: one applied twice is a second row.
-    let file = write(
+    let file = write_file(
         dir.path(),
         "eo-cdc.yaml",
         &format!(
@@ -270,7 +264,7 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
     );
     // Transactions of 7 rows, so that batches of 300 end inside them; COPY writes
     // its rows as one multi-row insert, whose rows share an LSN.
-    let writes = write(
+    let writes = write_file(
         dir.path(),
         "w.sql",
         "INSERT INTO log (n) SELECT g FROM generate_series(1, 7) g;\nCOPY log (n) FROM PROGRAM 'seq 1 7';\n",
@@ -294,13 +288,7 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
 
 /// Runs a shipped pipeline file with these environment variables.
 fn run_shipped(dir: &Path, name: &str, env: &[(&str, String)]) -> Guard {
-    let mut cmd = common::flowgate();
-    cmd.arg("run").arg("--state-dir").arg(dir.join("state")).arg(common::repo().join("pipelines").join(name));
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowgate.log")).unwrap();
-    Guard(cmd.current_dir(dir).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap())
+    Guard(common::spawn_run_with_env(dir, &common::repo().join("pipelines").join(name), &[], env))
 }
 
 #[test]
@@ -377,8 +365,8 @@ fn a_database_can_be_the_dead_letter_sink() {
         "CREATE TABLE t (id int PRIMARY KEY);
          CREATE TABLE dead (pipeline text, stage text, reason text, record jsonb)",
     );
-    write(dir.path(), "in.jsonl", "{\"id\":1}\n{\"id\":1}\n{\"id\":2}\n{\"id\":2}\n{\"id\":3}\n");
-    let file = write(
+    write_file(dir.path(), "in.jsonl", "{\"id\":1}\n{\"id\":1}\n{\"id\":2}\n{\"id\":2}\n{\"id\":3}\n");
+    let file = write_file(
         dir.path(),
         "dlq.yaml",
         &format!(

@@ -23,6 +23,11 @@ pub fn flowgate() -> Command {
 
 /// Starts `flowgate run` on a pipeline file, with state kept in `dir/state`.
 pub fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> Child {
+    spawn_run_with_env(dir, pipeline, extra, &[])
+}
+
+/// [`spawn_run`] with environment variables (a shipped pipeline's `${...}`).
+pub fn spawn_run_with_env(dir: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, String)]) -> Child {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowgate.log")).unwrap();
     flowgate()
         .arg("run")
@@ -30,11 +35,19 @@ pub fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> Child {
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
         .expect("flowgate starts")
+}
+
+/// Writes `text` to `dir/name`; the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 pub fn log(dir: &Path) -> String {
