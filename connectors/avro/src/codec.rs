@@ -1,0 +1,988 @@
+//! JSON values <-> Avro binary, against a schema.
+//!
+//! The schema is parsed by `apache-avro` (which also checks it) and compiled
+//! into a tree that the encoder walks once per record: validation and encoding
+//! are one pass, and a mismatch comes back with the JSON path of the value and
+//! what the schema expected there (`$.items[2].price: expected decimal(10,2),
+//! got "abc"`). Building `apache-avro`'s own `Value` tree first, then validating
+//! it, costs two more passes and an allocation per field, and its validation
+//! error names no field.
+//!
+//! JSON conventions (the same both ways): bytes and fixed are base64 strings;
+//! decimals are strings (numbers are accepted); dates, times and timestamps are
+//! ISO 8601 strings (numbers in the Avro unit are accepted); NaN and infinities
+//! are the strings `NaN`, `Infinity`, `-Infinity`; a union takes the value as it
+//! is (no `{"type": value}` wrapper); a string field marked `"flowgate.json":
+//! true` holds a JSON document as text and decodes back to the document.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use apache_avro::schema::{InnerDecimalSchema, Name, RecordField, ResolvedSchema, UuidSchema};
+use apache_avro::Schema;
+use base64::Engine as _;
+use serde_json::{Map, Number, Value};
+
+use crate::time;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Field attribute that marks a string as holding a JSON document.
+pub const JSON_ATTRIBUTE: &str = "flowgate.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    Millis,
+    Micros,
+    Nanos,
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    /// A string holding a JSON document.
+    Json,
+    Array(Box<Node>),
+    Map(Box<Node>),
+    Union(Box<[Node]>),
+    /// Index into [`Codec::records`] (records may refer to themselves).
+    Record(usize),
+    Enum { name: Box<str>, symbols: Box<[String]> },
+    Fixed { name: Box<str>, size: usize },
+    Decimal { precision: usize, scale: usize, fixed: Option<usize> },
+    BigDecimal,
+    Uuid { fixed: bool },
+    Date,
+    TimeMillis,
+    TimeMicros,
+    Timestamp(Unit),
+    LocalTimestamp(Unit),
+    Duration,
+}
+
+#[derive(Debug)]
+struct Field {
+    name: String,
+    node: Node,
+    /// The default, already encoded.
+    default: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct RecordNode {
+    name: String,
+    fields: Vec<Field>,
+}
+
+/// A schema ready to encode and decode with.
+#[derive(Debug)]
+pub struct Codec {
+    schema: Schema,
+    root: Node,
+    records: Vec<RecordNode>,
+}
+
+/// Why a schema cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(pub String);
+
+/// A value that does not fit the schema: where, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Path segments, innermost first while the error travels up.
+    path: Vec<Segment>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Field(String),
+    Index(usize),
+}
+
+impl Mismatch {
+    fn new(message: impl Into<String>) -> Self {
+        Mismatch { path: Vec::new(), message: message.into() }
+    }
+
+    fn at(mut self, segment: Segment) -> Self {
+        self.path.push(segment);
+        self
+    }
+
+    /// The JSON path of the value, such as `$.items[2].price`.
+    pub fn path(&self) -> String {
+        let mut s = String::from("$");
+        for seg in self.path.iter().rev() {
+            match seg {
+                Segment::Field(f) if f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                    s.push('.');
+                    s.push_str(f);
+                }
+                Segment::Field(f) => s.push_str(&format!("[{}]", Value::String(f.clone()))),
+                Segment::Index(i) => s.push_str(&format!("[{i}]")),
+            }
+        }
+        s
+    }
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path(), self.message)
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Avro bytes that cannot be read with the schema.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode Avro: {0}")]
+pub struct DecodeError(String);
+
+fn mismatch(node: &Node, codec: &Codec, v: &Value) -> Mismatch {
+    Mismatch::new(format!("expected {}, got {}", codec.describe(node), got(v)))
+}
+
+/// A JSON value in a message: short, and strings quoted.
+fn got(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.chars().count() > 40 => {
+            let cut: String = s.chars().take(40).collect();
+            format!("{}...", Value::String(cut))
+        }
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+        v => v.to_string(),
+    }
+}
+
+impl Codec {
+    /// Parses and compiles a schema given as Avro JSON.
+    pub fn parse(text: &str) -> Result<Codec, SchemaError> {
+        let schema = Schema::parse_str(text).map_err(|e| SchemaError(format!("invalid Avro schema: {e}")))?;
+        Codec::new(schema)
+    }
+
+    pub fn new(schema: Schema) -> Result<Codec, SchemaError> {
+        let resolved = ResolvedSchema::try_from(&schema).map_err(|e| SchemaError(e.to_string()))?;
+        let mut compiler = Compiler { names: resolved.get_names(), records: Vec::new(), by_name: HashMap::new() };
+        let root = compiler.node(&schema, &Default::default())?;
+        let records = compiler.records.into_iter().map(|r| r.expect("compiled")).collect();
+        // Defaults are encoded once all records exist (a default may hold one).
+        let mut codec = Codec { schema: schema.clone(), root, records };
+        codec.encode_defaults(&schema, &resolved)?;
+        Ok(codec)
+    }
+
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The schema's full name, for named schemas (records, enums, fixed).
+    pub fn name(&self) -> Option<String> {
+        self.schema.name().map(|n| n.fullname(None))
+    }
+
+    fn encode_defaults(&mut self, schema: &Schema, resolved: &ResolvedSchema<'_>) -> Result<(), SchemaError> {
+        // Walk the parsed records by name; the compiled ones carry the same names.
+        let mut defaults: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+        let by_name: HashMap<&str, usize> =
+            self.records.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
+        let mut visit = |rs: &apache_avro::schema::RecordSchema| -> Result<(), SchemaError> {
+            let full = rs.name.fullname(None);
+            let Some(&ri) = by_name.get(full.as_str()) else { return Ok(()) };
+            for (fi, f) in rs.fields.iter().enumerate() {
+                let Some(d) = &f.default else { continue };
+                let node = &self.records[ri].fields[fi].node;
+                let mut out = Vec::new();
+                self.encode_default(node, d, &mut out).map_err(|e| {
+                    SchemaError(format!("the default of field `{}` in `{full}` does not fit its type: {e}", f.name))
+                })?;
+                defaults.push((ri, fi, out));
+            }
+            Ok(())
+        };
+        for s in resolved.get_names().values() {
+            if let Schema::Record(rs) = s {
+                visit(rs)?;
+            }
+        }
+        if let Schema::Record(rs) = schema {
+            visit(rs)?;
+        }
+        for (ri, fi, bytes) in defaults {
+            self.records[ri].fields[fi].default = Some(bytes);
+        }
+        Ok(())
+    }
+
+    /// A default is written per the Avro spec: a union's default is of its first
+    /// branch, and bytes are code points, not base64.
+    fn encode_default(&self, node: &Node, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        match (node, v) {
+            (Node::Union(branches), _) => {
+                write_long(out, 0);
+                self.encode_default(&branches[0], v, out)
+            }
+            (Node::Bytes, Value::String(s)) => {
+                let b: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
+                write_bytes(out, &b);
+                Ok(())
+            }
+            (Node::Fixed { size, .. }, Value::String(s)) if s.chars().count() == *size => {
+                out.extend(s.chars().map(|c| c as u32 as u8));
+                Ok(())
+            }
+            _ => self.encode(node, v, out),
+        }
+    }
+
+    /// Validates `v` against the schema and appends its Avro binary form to `out`.
+    /// On a mismatch `out` may hold part of the value; the caller discards it.
+    pub fn encode_value(&self, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        self.encode(&self.root, v, out)
+    }
+
+    /// Checks `v` against the schema without keeping the encoding.
+    pub fn validate(&self, v: &Value, scratch: &mut Vec<u8>) -> Result<(), Mismatch> {
+        scratch.clear();
+        self.encode(&self.root, v, scratch)
+    }
+
+    fn encode(&self, node: &Node, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        let bad = || mismatch(node, self, v);
+        match node {
+            Node::Null => v.is_null().then_some(()).ok_or_else(bad),
+            Node::Boolean => {
+                out.push(v.as_bool().ok_or_else(bad)? as u8);
+                Ok(())
+            }
+            Node::Int => {
+                let n = integer(v).ok_or_else(bad)?;
+                let n = i32::try_from(n).map_err(|_| bad_range(node, self, v))?;
+                write_long(out, n.into());
+                Ok(())
+            }
+            Node::Long => {
+                write_long(out, integer(v).ok_or_else(bad)?);
+                Ok(())
+            }
+            Node::Float => {
+                out.extend_from_slice(&(float(v).ok_or_else(bad)? as f32).to_le_bytes());
+                Ok(())
+            }
+            Node::Double => {
+                out.extend_from_slice(&float(v).ok_or_else(bad)?.to_le_bytes());
+                Ok(())
+            }
+            Node::String => {
+                write_bytes(out, v.as_str().ok_or_else(bad)?.as_bytes());
+                Ok(())
+            }
+            Node::Json => {
+                let text = serde_json::to_string(v).expect("JSON values serialize");
+                write_bytes(out, text.as_bytes());
+                Ok(())
+            }
+            Node::Bytes => {
+                let b = base64_of(v).ok_or_else(bad)?;
+                write_bytes(out, &b);
+                Ok(())
+            }
+            Node::Fixed { size, .. } => {
+                let b = base64_of(v).ok_or_else(bad)?;
+                if b.len() != *size {
+                    return Err(Mismatch::new(format!(
+                        "expected {}, got {} bytes",
+                        self.describe(node),
+                        b.len()
+                    )));
+                }
+                out.extend_from_slice(&b);
+                Ok(())
+            }
+            Node::Duration => {
+                let b = base64_of(v).filter(|b| b.len() == 12).ok_or_else(bad)?;
+                out.extend_from_slice(&b);
+                Ok(())
+            }
+            Node::Uuid { fixed } => {
+                let s = v.as_str().ok_or_else(bad)?;
+                let bytes = parse_uuid(s).ok_or_else(bad)?;
+                if *fixed {
+                    out.extend_from_slice(&bytes);
+                } else {
+                    write_bytes(out, s.as_bytes());
+                }
+                Ok(())
+            }
+            Node::BigDecimal => {
+                // Avro's big-decimal: bytes of the unscaled value, then the scale.
+                let text = decimal_text(v).ok_or_else(bad)?;
+                let d = parse_decimal(&text).ok_or_else(bad)?;
+                let mut inner = Vec::new();
+                write_bytes(&mut inner, &twos_complement(&d.digits, d.negative));
+                write_long(&mut inner, d.scale as i64);
+                write_bytes(out, &inner);
+                Ok(())
+            }
+            Node::Decimal { precision, scale, fixed } => {
+                let text = decimal_text(v).ok_or_else(bad)?;
+                let d = parse_decimal(&text).ok_or_else(bad)?;
+                let d = d.rescale(*scale).ok_or_else(|| {
+                    Mismatch::new(format!("expected {}, got {} (too many decimal places)", self.describe(node), got(v)))
+                })?;
+                if d.precision() > *precision {
+                    return Err(Mismatch::new(format!(
+                        "expected {}, got {} (more than {precision} digits)",
+                        self.describe(node),
+                        got(v)
+                    )));
+                }
+                let b = twos_complement(&d.digits, d.negative);
+                match fixed {
+                    None => write_bytes(out, &b),
+                    Some(size) if b.len() <= *size => {
+                        let fill = if d.negative { 0xff } else { 0 };
+                        out.extend(std::iter::repeat_n(fill, size - b.len()));
+                        out.extend_from_slice(&b);
+                    }
+                    Some(_) => return Err(bad_range(node, self, v)),
+                }
+                Ok(())
+            }
+            Node::Date => {
+                let days = match v {
+                    Value::String(s) => time::parse_date(s).ok_or_else(bad)?,
+                    v => integer(v).and_then(|n| i32::try_from(n).ok()).ok_or_else(bad)?,
+                };
+                write_long(out, days.into());
+                Ok(())
+            }
+            Node::TimeMillis | Node::TimeMicros => {
+                let micros = match v {
+                    Value::String(s) => time::parse_time(s).ok_or_else(bad)?,
+                    v => {
+                        let n = integer(v).ok_or_else(bad)?;
+                        if *node == Node::TimeMillis { n.saturating_mul(1000) } else { n }
+                    }
+                };
+                if !(0..86_400_000_000).contains(&micros) {
+                    return Err(bad_range(node, self, v));
+                }
+                match node {
+                    Node::TimeMillis => write_long(out, micros / 1000),
+                    _ => write_long(out, micros),
+                }
+                Ok(())
+            }
+            Node::Timestamp(unit) | Node::LocalTimestamp(unit) => {
+                let local = matches!(node, Node::LocalTimestamp(_));
+                let n = match v {
+                    Value::String(s) => {
+                        let nanos = time::parse_timestamp(s, local).ok_or_else(bad)?;
+                        match unit {
+                            Unit::Millis => nanos.div_euclid(1_000_000),
+                            Unit::Micros => nanos.div_euclid(1000),
+                            Unit::Nanos => i64::try_from(nanos).map_err(|_| bad_range(node, self, v))?.into(),
+                        }
+                    }
+                    v => integer(v).ok_or_else(bad)?.into(),
+                };
+                write_long(out, i64::try_from(n).map_err(|_| bad_range(node, self, v))?);
+                Ok(())
+            }
+            Node::Enum { symbols, .. } => {
+                let s = v.as_str().ok_or_else(bad)?;
+                let i = symbols.iter().position(|x| x == s).ok_or_else(bad)?;
+                write_long(out, i as i64);
+                Ok(())
+            }
+            Node::Array(items) => {
+                let a = v.as_array().ok_or_else(bad)?;
+                if !a.is_empty() {
+                    write_long(out, a.len() as i64);
+                    for (i, item) in a.iter().enumerate() {
+                        self.encode(items, item, out).map_err(|e| e.at(Segment::Index(i)))?;
+                    }
+                }
+                out.push(0);
+                Ok(())
+            }
+            Node::Map(values) => {
+                let m = v.as_object().ok_or_else(bad)?;
+                if !m.is_empty() {
+                    write_long(out, m.len() as i64);
+                    for (k, item) in m {
+                        write_bytes(out, k.as_bytes());
+                        self.encode(values, item, out).map_err(|e| e.at(Segment::Field(k.clone())))?;
+                    }
+                }
+                out.push(0);
+                Ok(())
+            }
+            Node::Union(branches) => self.encode_union(node, branches, v, out),
+            Node::Record(i) => self.encode_record(node, &self.records[*i], v, out),
+        }
+    }
+
+    fn encode_union(&self, node: &Node, branches: &[Node], v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        let null = branches.iter().position(|b| matches!(b, Node::Null));
+        if v.is_null()
+            && let Some(i) = null
+        {
+            write_long(out, i as i64);
+            return Ok(());
+        }
+        // The common nullable field: report the inner type's own mismatch.
+        if branches.len() == 2
+            && let Some(n) = null
+        {
+            let i = 1 - n;
+            write_long(out, i as i64);
+            return self.encode(&branches[i], v, out);
+        }
+        let start = out.len();
+        for (i, b) in branches.iter().enumerate() {
+            write_long(out, i as i64);
+            if self.encode(b, v, out).is_ok() {
+                return Ok(());
+            }
+            out.truncate(start);
+        }
+        Err(mismatch(node, self, v))
+    }
+
+    fn encode_record(&self, node: &Node, r: &RecordNode, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        let obj = v.as_object().ok_or_else(|| mismatch(node, self, v))?;
+        let mut seen = 0;
+        for f in &r.fields {
+            match obj.get(&f.name) {
+                Some(value) => {
+                    seen += 1;
+                    self.encode(&f.node, value, out).map_err(|e| e.at(Segment::Field(f.name.clone())))?;
+                }
+                None => match &f.default {
+                    Some(d) => out.extend_from_slice(d),
+                    None => {
+                        return Err(Mismatch::new(format!(
+                            "missing; expected {} (the field has no default)",
+                            self.describe(&f.node)
+                        ))
+                        .at(Segment::Field(f.name.clone())));
+                    }
+                },
+            }
+        }
+        if seen < obj.len() {
+            let extra = obj.keys().find(|k| !r.fields.iter().any(|f| &f.name == *k)).expect("an unknown key");
+            return Err(Mismatch::new(format!("not a field of record `{}`", r.name)).at(Segment::Field(extra.clone())));
+        }
+        Ok(())
+    }
+
+    /// What a schema node expects, for messages.
+    fn describe(&self, node: &Node) -> String {
+        match node {
+            Node::Null => "null".into(),
+            Node::Boolean => "boolean".into(),
+            Node::Int => "int".into(),
+            Node::Long => "long".into(),
+            Node::Float => "float".into(),
+            Node::Double => "double".into(),
+            Node::Bytes => "bytes (base64)".into(),
+            Node::String => "string".into(),
+            Node::Json => "a JSON document".into(),
+            Node::Array(items) => format!("array of {}", self.describe(items)),
+            Node::Map(values) => format!("map of {}", self.describe(values)),
+            Node::Union(branches) => {
+                let names: Vec<String> = branches.iter().map(|b| self.describe(b)).collect();
+                format!("one of [{}]", names.join(", "))
+            }
+            Node::Record(i) => format!("record `{}`", self.records[*i].name),
+            Node::Enum { name, symbols } => format!("enum `{name}` ({})", symbols.join(", ")),
+            Node::Fixed { name, size } => format!("fixed `{name}` of {size} bytes (base64)"),
+            Node::Decimal { precision, scale, .. } => format!("decimal({precision},{scale})"),
+            Node::BigDecimal => "big-decimal".into(),
+            Node::Uuid { .. } => "uuid".into(),
+            Node::Date => "date (YYYY-MM-DD)".into(),
+            Node::TimeMillis => "time-millis (HH:MM:SS.fff)".into(),
+            Node::TimeMicros => "time-micros (HH:MM:SS.ffffff)".into(),
+            Node::Timestamp(u) => format!("timestamp-{} (ISO 8601)", unit_name(*u)),
+            Node::LocalTimestamp(u) => format!("local-timestamp-{} (ISO 8601 without offset)", unit_name(*u)),
+            Node::Duration => "duration (12 bytes, base64)".into(),
+        }
+    }
+
+    /// Reads one Avro datum (the whole of `bytes`) as JSON.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
+        let mut r = Reader { buf: bytes };
+        let v = self.read(&self.root, &mut r)?;
+        if !r.buf.is_empty() {
+            return Err(DecodeError(format!("{} bytes left after the value", r.buf.len())));
+        }
+        Ok(v)
+    }
+
+    fn read(&self, node: &Node, r: &mut Reader<'_>) -> Result<Value, DecodeError> {
+        Ok(match node {
+            Node::Null => Value::Null,
+            Node::Boolean => Value::Bool(r.take(1)?[0] != 0),
+            Node::Int | Node::Long => Value::from(r.long()?),
+            Node::Float => {
+                let f = f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
+                // Through its shortest text, so that 0.1f32 reads as 0.1.
+                float_json(f.to_string().parse::<f64>().unwrap_or(f64::from(f)))
+            }
+            Node::Double => float_json(f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
+            Node::String | Node::Uuid { fixed: false } => Value::String(r.string()?),
+            Node::Json => {
+                let s = r.string()?;
+                serde_json::from_str(&s).unwrap_or(Value::String(s))
+            }
+            Node::Bytes => Value::String(B64.encode(r.bytes()?)),
+            Node::Fixed { size, .. } => Value::String(B64.encode(r.take(*size)?)),
+            Node::Duration => Value::String(B64.encode(r.take(12)?)),
+            Node::Uuid { fixed: true } => Value::String(format_uuid(r.take(16)?)),
+            Node::Decimal { scale, fixed, .. } => {
+                let b = match fixed {
+                    Some(size) => r.take(*size)?,
+                    None => r.bytes()?,
+                };
+                Value::String(decimal_string(b, *scale))
+            }
+            Node::BigDecimal => {
+                let inner = r.bytes()?;
+                let mut ir = Reader { buf: inner };
+                let digits = ir.bytes()?;
+                let scale = usize::try_from(ir.long()?).map_err(|_| DecodeError("negative big-decimal scale".into()))?;
+                Value::String(decimal_string(digits, scale))
+            }
+            Node::Date => {
+                let days = i32::try_from(r.long()?).map_err(|_| DecodeError("date out of range".into()))?;
+                Value::String(time::format_date(days).ok_or_else(|| DecodeError("date out of range".into()))?)
+            }
+            Node::TimeMillis => Value::String(time::format_time(r.long()?.saturating_mul(1000))),
+            Node::TimeMicros => Value::String(time::format_time(r.long()?)),
+            Node::Timestamp(u) | Node::LocalTimestamp(u) => {
+                let n = i128::from(r.long()?);
+                let nanos = match u {
+                    Unit::Millis => n * 1_000_000,
+                    Unit::Micros => n * 1000,
+                    Unit::Nanos => n,
+                };
+                let local = matches!(node, Node::LocalTimestamp(_));
+                Value::String(
+                    time::format_timestamp(nanos, local).ok_or_else(|| DecodeError("timestamp out of range".into()))?,
+                )
+            }
+            Node::Enum { symbols, .. } => {
+                let i = r.long()?;
+                let s = usize::try_from(i).ok().and_then(|i| symbols.get(i));
+                Value::String(s.ok_or_else(|| DecodeError(format!("enum index {i} out of range")))?.clone())
+            }
+            Node::Array(items) => {
+                let mut a = Vec::new();
+                r.blocks(|r| {
+                    a.push(self.read(items, r)?);
+                    Ok(())
+                })?;
+                Value::Array(a)
+            }
+            Node::Map(values) => {
+                let mut m = Map::new();
+                r.blocks(|r| {
+                    let k = r.string()?;
+                    m.insert(k, self.read(values, r)?);
+                    Ok(())
+                })?;
+                Value::Object(m)
+            }
+            Node::Union(branches) => {
+                let i = r.long()?;
+                let b = usize::try_from(i).ok().and_then(|i| branches.get(i));
+                self.read(b.ok_or_else(|| DecodeError(format!("union branch {i} out of range")))?, r)?
+            }
+            Node::Record(i) => {
+                let rec = &self.records[*i];
+                let mut m = Map::new();
+                for f in &rec.fields {
+                    m.insert(f.name.clone(), self.read(&f.node, r)?);
+                }
+                Value::Object(m)
+            }
+        })
+    }
+}
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+fn unit_name(u: Unit) -> &'static str {
+    match u {
+        Unit::Millis => "millis",
+        Unit::Micros => "micros",
+        Unit::Nanos => "nanos",
+    }
+}
+
+fn bad_range(node: &Node, codec: &Codec, v: &Value) -> Mismatch {
+    Mismatch::new(format!("expected {}, got {} (out of range)", codec.describe(node), got(v)))
+}
+
+struct Compiler<'s> {
+    names: &'s HashMap<Name, &'s Schema>,
+    records: Vec<Option<RecordNode>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Compiler<'_> {
+    fn node(&mut self, s: &Schema, attrs: &std::collections::BTreeMap<String, Value>) -> Result<Node, SchemaError> {
+        Ok(match s {
+            Schema::Null => Node::Null,
+            Schema::Boolean => Node::Boolean,
+            Schema::Int => Node::Int,
+            Schema::Long => Node::Long,
+            Schema::Float => Node::Float,
+            Schema::Double => Node::Double,
+            Schema::Bytes => Node::Bytes,
+            Schema::String if attrs.get(JSON_ATTRIBUTE) == Some(&Value::Bool(true)) => Node::Json,
+            Schema::String => Node::String,
+            Schema::Array(a) => Node::Array(Box::new(self.node(&a.items, attrs)?)),
+            Schema::Map(m) => Node::Map(Box::new(self.node(&m.types, attrs)?)),
+            Schema::Union(u) => {
+                Node::Union(u.variants().iter().map(|v| self.node(v, attrs)).collect::<Result<_, _>>()?)
+            }
+            Schema::Record(r) => {
+                let full = r.name.fullname(None);
+                if let Some(&i) = self.by_name.get(&full) {
+                    return Ok(Node::Record(i));
+                }
+                let i = self.records.len();
+                self.records.push(None);
+                self.by_name.insert(full.clone(), i);
+                let fields = r.fields.iter().map(|f| self.field(f)).collect::<Result<_, _>>()?;
+                self.records[i] = Some(RecordNode { name: full, fields });
+                Node::Record(i)
+            }
+            Schema::Enum(e) => {
+                Node::Enum { name: e.name.fullname(None).into(), symbols: e.symbols.clone().into() }
+            }
+            Schema::Fixed(f) => Node::Fixed { name: f.name.fullname(None).into(), size: f.size },
+            Schema::Decimal(d) => Node::Decimal {
+                precision: d.precision,
+                scale: d.scale,
+                fixed: match &d.inner {
+                    InnerDecimalSchema::Bytes => None,
+                    InnerDecimalSchema::Fixed(f) => Some(f.size),
+                },
+            },
+            Schema::BigDecimal => Node::BigDecimal,
+            Schema::Uuid(UuidSchema::String) => Node::Uuid { fixed: false },
+            Schema::Uuid(UuidSchema::Fixed(_) | UuidSchema::Bytes) => Node::Uuid { fixed: true },
+            Schema::Date => Node::Date,
+            Schema::TimeMillis => Node::TimeMillis,
+            Schema::TimeMicros => Node::TimeMicros,
+            Schema::TimestampMillis => Node::Timestamp(Unit::Millis),
+            Schema::TimestampMicros => Node::Timestamp(Unit::Micros),
+            Schema::TimestampNanos => Node::Timestamp(Unit::Nanos),
+            Schema::LocalTimestampMillis => Node::LocalTimestamp(Unit::Millis),
+            Schema::LocalTimestampMicros => Node::LocalTimestamp(Unit::Micros),
+            Schema::LocalTimestampNanos => Node::LocalTimestamp(Unit::Nanos),
+            Schema::Duration(_) => Node::Duration,
+            Schema::Ref { name } => {
+                let full = name.fullname(None);
+                if let Some(&i) = self.by_name.get(&full) {
+                    return Ok(Node::Record(i));
+                }
+                let target =
+                    self.names.get(name).ok_or_else(|| SchemaError(format!("unknown type `{full}`")))?;
+                self.node(target, attrs)?
+            }
+        })
+    }
+
+    fn field(&mut self, f: &RecordField) -> Result<Field, SchemaError> {
+        // Defaults are encoded after compiling (see `Codec::encode_defaults`).
+        Ok(Field { name: f.name.clone(), node: self.node(&f.schema, &f.custom_attributes)?, default: None })
+    }
+}
+
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)),
+        _ => None,
+    }
+}
+
+fn float(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn float_json(f: f64) -> Value {
+    match Number::from_f64(f) {
+        Some(n) => Value::Number(n),
+        None if f.is_nan() => Value::String("NaN".into()),
+        None if f > 0.0 => Value::String("Infinity".into()),
+        None => Value::String("-Infinity".into()),
+    }
+}
+
+fn base64_of(v: &Value) -> Option<Vec<u8>> {
+    B64.decode(v.as_str()?).ok()
+}
+
+fn decimal_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        _ => None,
+    }
+}
+
+/// A decimal as its unscaled digits (big-endian base 10, no leading zeros).
+struct Decimal {
+    negative: bool,
+    digits: Vec<u8>,
+    scale: usize,
+}
+
+impl Decimal {
+    /// The same value with `scale` decimal places; `None` if that would cut
+    /// non-zero digits.
+    fn rescale(mut self, scale: usize) -> Option<Decimal> {
+        while self.scale > scale {
+            if self.digits.last().is_some_and(|&d| d != 0) {
+                return None;
+            }
+            self.digits.pop();
+            self.scale -= 1;
+        }
+        if !self.digits.is_empty() {
+            self.digits.extend(std::iter::repeat_n(0, scale - self.scale));
+        }
+        self.scale = scale;
+        Some(self)
+    }
+
+    fn precision(&self) -> usize {
+        self.digits.len()
+    }
+}
+
+/// `-12.3400`, `5`, `1e3`, `1.5E-2`.
+fn parse_decimal(s: &str) -> Option<Decimal> {
+    let (negative, rest) = match s.as_bytes().first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (mantissa, exp) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+    let mut scale = frac.len() as i64 - exp;
+    if scale < 0 {
+        digits.extend(std::iter::repeat_n(0, (-scale) as usize));
+        scale = 0;
+    }
+    let lead = digits.iter().take_while(|&&d| d == 0).count();
+    digits.drain(..lead);
+    Some(Decimal { negative: negative && !digits.is_empty(), digits, scale: usize::try_from(scale).ok()? })
+}
+
+/// Base-10 digits to minimal big-endian two's complement bytes.
+fn twos_complement(digits: &[u8], negative: bool) -> Vec<u8> {
+    let mut mag: Vec<u8> = Vec::new(); // little-endian base 256
+    for &d in digits {
+        let mut carry = u32::from(d);
+        for b in mag.iter_mut() {
+            let x = u32::from(*b) * 10 + carry;
+            *b = x as u8;
+            carry = x >> 8;
+        }
+        while carry > 0 {
+            mag.push(carry as u8);
+            carry >>= 8;
+        }
+    }
+    if negative {
+        // Two's complement: invert and add one.
+        let mut carry = 1u16;
+        for b in mag.iter_mut() {
+            let x = u16::from(!*b) + carry;
+            *b = x as u8;
+            carry = x >> 8;
+        }
+        if mag.last().is_none_or(|&b| b & 0x80 == 0) {
+            mag.push(0xff);
+        }
+    } else if mag.last().is_none_or(|&b| b & 0x80 != 0) {
+        mag.push(0);
+    }
+    // Minimal: drop redundant sign bytes.
+    while mag.len() > 1 {
+        let (top, next) = (mag[mag.len() - 1], mag[mag.len() - 2]);
+        if (top == 0 && next & 0x80 == 0) || (top == 0xff && next & 0x80 != 0) {
+            mag.pop();
+        } else {
+            break;
+        }
+    }
+    mag.reverse();
+    mag
+}
+
+/// Big-endian two's complement bytes, `scale` decimal places, as text.
+fn decimal_string(bytes: &[u8], scale: usize) -> String {
+    let negative = bytes.first().is_some_and(|&b| b & 0x80 != 0);
+    let mut mag: Vec<u8> = bytes.to_vec();
+    if negative {
+        let mut carry = 1u16;
+        for b in mag.iter_mut().rev() {
+            let x = u16::from(!*b) + carry;
+            *b = x as u8;
+            carry = x >> 8;
+        }
+    }
+    // Repeated division by 10 of the big-endian magnitude.
+    let mut digits = Vec::new();
+    while mag.iter().any(|&b| b != 0) {
+        let mut rem = 0u32;
+        for b in mag.iter_mut() {
+            let x = (rem << 8) | u32::from(*b);
+            *b = (x / 10) as u8;
+            rem = x % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    while digits.len() <= scale {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    let mut s = String::with_capacity(digits.len() + 2);
+    if negative {
+        s.push('-');
+    }
+    s.push_str(std::str::from_utf8(int).expect("digits"));
+    if scale > 0 {
+        s.push('.');
+        s.push_str(std::str::from_utf8(frac).expect("digits"));
+    }
+    s
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let b = s.as_bytes();
+    if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        return None;
+    }
+    let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn format_uuid(b: &[u8]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn write_long(out: &mut Vec<u8>, n: i64) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    write_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError("the value is cut short".into()));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn long(&mut self) -> Result<i64, DecodeError> {
+        let mut z: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.take(1)?[0];
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok((z >> 1) as i64 ^ -((z & 1) as i64));
+            }
+        }
+        Err(DecodeError("a variable-length integer runs past 10 bytes".into()))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = usize::try_from(self.long()?).map_err(|_| DecodeError("negative length".into()))?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError("a string is not UTF-8".into()))
+    }
+
+    /// Array and map blocks: a count (negative: followed by a byte size), items, until 0.
+    fn blocks(&mut self, mut item: impl FnMut(&mut Self) -> Result<(), DecodeError>) -> Result<(), DecodeError> {
+        loop {
+            let mut n = self.long()?;
+            if n == 0 {
+                return Ok(());
+            }
+            if n < 0 {
+                n = -n;
+                self.long()?;
+            }
+            for _ in 0..n {
+                item(self)?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
