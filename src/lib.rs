@@ -7,5 +7,6 @@ pub mod config;
 pub mod engine;
 pub mod plan;
 pub mod plugin;
+pub mod registry;
 pub mod run;
 pub mod server;

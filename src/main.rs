@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "flowgate",
     version,
     propagate_version = true,
-    after_help = "Examples:\n  flowgate validate pipelines/*.yaml\n  flowgate run pipelines/quickstart.yaml --metrics-addr 127.0.0.1:9090\n  flowgate plugin new --lang rust my-transform\n  flowgate schema > flowgate.schema.json"
+    after_help = "Examples:\n  flowgate validate pipelines/*.yaml\n  flowgate run pipelines/quickstart.yaml --metrics-addr 127.0.0.1:9090\n  flowgate plugin new --lang rust my-transform\n  flowgate registry serve --listen 127.0.0.1:8081 --store sqlite:registry.db\n  flowgate schema > flowgate.schema.json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -81,6 +81,27 @@ enum Command {
     /// Write and check WebAssembly transform plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Flowgate's Confluent-compatible Schema Registry.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+}
+
+#[derive(Subcommand)]
+enum RegistryCommand {
+    /// Serve the Schema Registry REST API (Avro schemas) until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Where schemas are kept: `sqlite:PATH` (created if missing) or `postgres://...`.
+        #[arg(
+            long,
+            env = "FLOWGATE_REGISTRY_STORE",
+            default_value = "sqlite:flowgate-registry.db",
+            value_name = "URL"
+        )]
+        store: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -121,6 +142,14 @@ fn init_logging(filter: &str, format: LogFormat) {
     }
 }
 
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
@@ -132,14 +161,12 @@ fn main() -> ExitCode {
             println!("{:#}", flowgate::config::json_schema());
             ExitCode::SUCCESS
         }
+        Command::Registry(RegistryCommand::Serve { listen, store }) => {
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
+            runtime.block_on(run::serve_registry(listen, &store))
+        }
         Command::Run { files, metrics_addr, progress, state_dir, message_format } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(runtime) = runtime() else { return ExitCode::FAILURE };
             let options = RunOptions { metrics_addr, progress: Some(progress.0), state_dir, message_format };
             let code = runtime.block_on(run::run(&files, options));
             // A blocking read of standard input cannot be cancelled; do not wait for it.

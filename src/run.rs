@@ -189,3 +189,16 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
 pub fn default_state_dir() -> &'static Path {
     Path::new(".flowgate/state")
 }
+
+/// `flowgate registry serve`: the registry until a signal.
+pub async fn serve_registry(listen: SocketAddr, store: &str) -> ExitCode {
+    if let Err(e) = crate::registry::serve(listen, store).await {
+        tracing::error!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    let shutdown = CancellationToken::new();
+    on_signals(shutdown.clone());
+    shutdown.cancelled().await;
+    tracing::info!("schema registry stopped");
+    ExitCode::SUCCESS
+}

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use apache_avro::schema::{InnerDecimalSchema, Name, RecordField, ResolvedSchema, UuidSchema};
 use apache_avro::Schema;
+use apache_avro::schema::{InnerDecimalSchema, Name, RecordField, ResolvedSchema, UuidSchema};
 use base64::Engine as _;
 use serde_json::{Map, Number, Value};
 
@@ -54,11 +54,23 @@ enum Node {
     Union(Box<[Node]>),
     /// Index into [`Codec::records`] (records may refer to themselves).
     Record(usize),
-    Enum { name: Box<str>, symbols: Box<[String]> },
-    Fixed { name: Box<str>, size: usize },
-    Decimal { precision: usize, scale: usize, fixed: Option<usize> },
+    Enum {
+        name: Box<str>,
+        symbols: Box<[String]>,
+    },
+    Fixed {
+        name: Box<str>,
+        size: usize,
+    },
+    Decimal {
+        precision: usize,
+        scale: usize,
+        fixed: Option<usize>,
+    },
     BigDecimal,
-    Uuid { fixed: bool },
+    Uuid {
+        fixed: bool,
+    },
     Date,
     TimeMillis,
     TimeMicros,
@@ -301,11 +313,7 @@ impl Codec {
             Node::Fixed { size, .. } => {
                 let b = base64_of(v).ok_or_else(bad)?;
                 if b.len() != *size {
-                    return Err(Mismatch::new(format!(
-                        "expected {}, got {} bytes",
-                        self.describe(node),
-                        b.len()
-                    )));
+                    return Err(Mismatch::new(format!("expected {}, got {} bytes", self.describe(node), b.len())));
                 }
                 out.extend_from_slice(&b);
                 Ok(())
@@ -564,7 +572,8 @@ impl Codec {
                 let inner = r.bytes()?;
                 let mut ir = Reader { buf: inner };
                 let digits = ir.bytes()?;
-                let scale = usize::try_from(ir.long()?).map_err(|_| DecodeError("negative big-decimal scale".into()))?;
+                let scale =
+                    usize::try_from(ir.long()?).map_err(|_| DecodeError("negative big-decimal scale".into()))?;
                 Value::String(decimal_string(digits, scale))
             }
             Node::Date => {
@@ -677,9 +686,7 @@ impl Compiler<'_> {
                 self.records[i] = Some(RecordNode { name: full, fields });
                 Node::Record(i)
             }
-            Schema::Enum(e) => {
-                Node::Enum { name: e.name.fullname(None).into(), symbols: e.symbols.clone().into() }
-            }
+            Schema::Enum(e) => Node::Enum { name: e.name.fullname(None).into(), symbols: e.symbols.clone().into() },
             Schema::Fixed(f) => Node::Fixed { name: f.name.fullname(None).into(), size: f.size },
             Schema::Decimal(d) => Node::Decimal {
                 precision: d.precision,
@@ -707,8 +714,7 @@ impl Compiler<'_> {
                 if let Some(&i) = self.by_name.get(&full) {
                     return Ok(Node::Record(i));
                 }
-                let target =
-                    self.names.get(name).ok_or_else(|| SchemaError(format!("unknown type `{full}`")))?;
+                let target = self.names.get(name).ok_or_else(|| SchemaError(format!("unknown type `{full}`")))?;
                 self.node(target, attrs)?
             }
         })
@@ -722,7 +728,9 @@ impl Compiler<'_> {
 
 fn integer(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)),
+        Value::Number(n) => {
+            n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64))
+        }
         _ => None,
     }
 }

@@ -205,7 +205,10 @@ fn primitives_and_logical_types_round_trip() {
         (r#"{"type": "long", "logicalType": "timestamp-millis"}"#, json!("1969-12-31T23:59:59.999Z")),
         (r#"{"type": "long", "logicalType": "timestamp-nanos"}"#, json!("2024-05-01T12:00:00.000000001Z")),
         (r#"{"type": "long", "logicalType": "local-timestamp-micros"}"#, json!("1900-01-01T00:00:00.25")),
-        (r#"{"type": "fixed", "name": "U", "size": 16, "logicalType": "uuid"}"#, json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
+        (
+            r#"{"type": "fixed", "name": "U", "size": 16, "logicalType": "uuid"}"#,
+            json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        ),
         (r#"{"type": "bytes", "logicalType": "big-decimal"}"#, json!("-12.345")),
         (r#"{"type": "map", "values": ["null", "int"]}"#, json!({"a": 1, "b": null})),
         (r#"{"type": "array", "items": "string"}"#, json!([])),
@@ -231,9 +234,7 @@ fn json_documents_travel_as_text() {
         let bytes = encode(&codec, &v).unwrap();
         assert_eq!(codec.decode(&bytes).unwrap(), v);
     }
-    let AvroValue::Record(f) = read_back(&codec, &encode(&codec, &json!({"doc": {"a": 1}})).unwrap()) else {
-        panic!()
-    };
+    let AvroValue::Record(f) = read_back(&codec, &encode(&codec, &json!({"doc": {"a": 1}})).unwrap()) else { panic!() };
     assert_eq!(f[0].1, AvroValue::Union(1, Box::new(AvroValue::String(r#"{"a":1}"#.into()))));
 }
 
