@@ -114,6 +114,7 @@ pub fn envelope(pipeline: &str, r: Rejected) -> Record {
         timestamp: r.record.timestamp,
         meta: r.record.meta.clone(),
         headers: Vec::new(),
+        schema: None,
     };
     out.set_header("flowgate.error.stage", r.stage.as_bytes().to_vec());
     out.set_header("flowgate.error.reason", r.reason.into_bytes());

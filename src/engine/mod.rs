@@ -121,9 +121,25 @@ async fn transform_task(
             if batch.records.is_empty() {
                 break;
             }
-            if let Err(e) = t.apply(&mut batch).await {
-                stop.cancel();
-                return Err(EngineError::connector(stage, &e));
+            // A transient error (a schema registry out of reach) is retried with
+            // the same batch: transforms change a batch only once they succeed.
+            let mut backoff = retry_backoff();
+            loop {
+                match t.apply(&mut batch).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() => {
+                        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                        tracing::warn!(stage = &**stage, retry_in = ?delay, error = %e.chain(), "transform failed; retrying");
+                        if let Err(stopped) = sleep_unless_stopped(delay, stage, &e, &stop).await {
+                            stop.cancel();
+                            return Err(stopped);
+                        }
+                    }
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(EngineError::connector(stage, &e));
+                    }
+                }
             }
         }
         if tx.send(batch).await.is_err() {

@@ -2,9 +2,13 @@
 //! field-path reasons, the Confluent wire format, and a Schema Registry client.
 
 pub mod codec;
+pub mod config;
+pub mod registry;
 mod time;
 
 pub use codec::{Codec, DecodeError, Mismatch, SchemaError};
+pub use config::{AvroSinkConfig, AvroStepConfig, RegistryConfig, SchemaSource};
+pub use registry::{RegistryClient, RegistryError};
 
 /// Confluent's framing: a zero magic byte, the schema id (4 bytes, big-endian),
 /// then the Avro binary value.

@@ -78,6 +78,7 @@ impl Source for GenerateSource {
                 headers: Vec::new(),
                 timestamp: Some(now_ms),
                 meta: SourceMeta::Sequence { seq },
+                schema: None,
             });
         }
         Ok(Read::Data)

@@ -129,5 +129,6 @@ pub(crate) fn record_of(m: &BorrowedMessage<'_>, meta: SourceMeta) -> Record {
         headers,
         timestamp: m.timestamp().to_millis(),
         meta,
+        schema: None,
     }
 }

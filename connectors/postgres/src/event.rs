@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flowgate_sdk::{Record, SourceMeta};
+use flowgate_sdk::{Record, SourceMeta, ValueSchema};
 use pg_walstream::{ColumnValue, RowData};
 
 use crate::decode::{Kind, kind_of, write_str, write_value};
@@ -21,12 +21,17 @@ pub struct Table {
     /// `REPLICA IDENTITY FULL`: an update's old row is whole, so it can fill in
     /// unchanged TOAST values. (Otherwise its non-key columns are nulls.)
     pub full_identity: bool,
+    /// The Avro schema of this table's change events.
+    pub avro: Option<Arc<ValueSchema>>,
 }
 
 #[derive(Debug)]
 pub struct Column {
     pub name: Arc<str>,
     pub kind: Kind,
+    pub oid: u32,
+    /// The type modifier (`numeric(10,2)`, `varchar(20)`), -1 when none.
+    pub typmod: i32,
     pub key: bool,
 }
 
@@ -35,10 +40,15 @@ impl Table {
         schema: Arc<str>,
         name: Arc<str>,
         full_identity: bool,
-        columns: impl IntoIterator<Item = (Arc<str>, u32, bool)>,
+        columns: impl IntoIterator<Item = (Arc<str>, u32, i32, bool)>,
     ) -> Self {
-        let columns = columns.into_iter().map(|(name, oid, key)| Column { name, kind: kind_of(oid), key }).collect();
-        Table { schema, name, columns, full_identity }
+        let columns = columns
+            .into_iter()
+            .map(|(name, oid, typmod, key)| Column { name, kind: kind_of(oid), oid, typmod, key })
+            .collect();
+        let mut table = Table { schema, name, columns, full_identity, avro: None };
+        table.avro = crate::avro::envelope_schema(&table);
+        table
     }
 
     fn has_key(&self) -> bool {
@@ -124,6 +134,7 @@ impl Encoder {
             headers: Vec::new(),
             timestamp: Some(origin.commit_ms),
             meta: SourceMeta::Table { schema: table.schema.clone(), table: table.name.clone(), lsn },
+            schema: table.avro.clone(),
         }
     }
 
@@ -228,7 +239,7 @@ mod tests {
             "public".into(),
             "orders".into(),
             false,
-            [("id".into(), 23, true), ("note".into(), 25, false), ("doc".into(), 3802, false)],
+            [("id".into(), 23, -1, true), ("note".into(), 25, -1, false), ("doc".into(), 3802, -1, false)],
         )
     }
 
@@ -266,6 +277,73 @@ mod tests {
         );
         assert_eq!(&r.key.unwrap()[..], br#"{"id":1}"#);
         assert_eq!(r.meta, SourceMeta::Table { schema: "public".into(), table: "orders".into(), lsn: 99 });
+    }
+
+    #[test]
+    fn events_fit_the_tables_avro_schema_and_decode_unchanged() {
+        let numeric_10_2 = (10 << 16 | 2) + 4;
+        let t = Table::new(
+            "public".into(),
+            "edge".into(),
+            false,
+            [
+                ("id".into(), 20, -1, true),
+                ("price".into(), 1700, numeric_10_2, false),
+                ("free".into(), 1700, -1, false),
+                ("at".into(), 1184, -1, false),
+                ("local".into(), 1114, -1, false),
+                ("day".into(), 1082, -1, false),
+                ("t".into(), 1083, -1, false),
+                ("name".into(), 25, -1, false),
+                ("flag".into(), 16, -1, false),
+                ("ratio".into(), 700, -1, false),
+                ("raw".into(), 17, -1, false),
+                ("doc".into(), 3802, -1, false),
+                ("tags".into(), 1009, -1, false),
+                ("ints".into(), 1007, -1, false),
+                ("ref".into(), 2950, -1, false),
+            ],
+        );
+        let codec = flowgate_avro::Codec::parse(&t.avro.as_ref().unwrap().avro).unwrap();
+        let mut enc = Encoder::default();
+        let specs: [&[(&str, Option<&str>)]; 3] = [
+            &[
+                ("id", Some("-9223372036854775808")),
+                ("price", Some("-12345678.90")),
+                ("free", Some("3.14159265358979323846")),
+                ("at", Some("1969-12-31 23:59:59.999999+00")),
+                ("local", Some("1900-01-01 00:00:00")),
+                ("day", Some("0001-01-01")),
+                ("t", Some("23:59:59.999999")),
+                ("name", Some("ü€𝄞 \"quoted\"")),
+                ("flag", Some("f")),
+                ("ratio", Some("NaN")),
+                ("raw", Some("\\x00ff")),
+                ("doc", Some(r#"{"a": [1, null]}"#)),
+                ("tags", Some(r#"{a,"",NULL}"#)),
+                ("ints", Some("{}")),
+                ("ref", Some("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
+            ],
+            &[("id", Some("0")), ("price", Some("0.00")), ("name", Some(""))],
+            &[("id", Some("1"))],
+        ];
+        // Columns a spec does not name are nulls (a missing one would be TOAST).
+        let rows = specs.map(|spec| {
+            let cols: Vec<(&str, Option<&str>)> = t
+                .columns
+                .iter()
+                .map(|c| (&*c.name, spec.iter().find(|(k, _)| *k == &*c.name).and_then(|(_, v)| *v)))
+                .collect();
+            row(&cols)
+        });
+        for after in &rows {
+            let r = enc.change(&origin(), &t, Op::Create, 5, None, Some(after));
+            let v: Value = serde_json::from_slice(&r.value).unwrap();
+            let mut bytes = Vec::new();
+            codec.encode_value(&v, &mut bytes).unwrap_or_else(|e| panic!("{e}: {v}"));
+            assert_eq!(codec.decode(&bytes).unwrap(), v);
+            assert_eq!(r.schema, t.avro);
+        }
     }
 
     #[test]

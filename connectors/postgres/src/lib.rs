@@ -3,6 +3,7 @@
 //! Debezium-style change events. The replication protocol is `pg_walstream`'s;
 //! catalog queries and setup go through sqlx.
 
+mod avro;
 mod catalog;
 mod check;
 pub mod config;

@@ -377,7 +377,7 @@ impl PostgresCdcSource {
                     r.namespace.clone(),
                     r.relation_name.clone(),
                     false,
-                    r.columns.iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name))),
+                    r.columns.iter().map(|c| (c.name.clone(), c.type_id, c.type_modifier, is_key(&c.name))),
                 ))
             });
             batch.records.push(self.decoder.encoder.change(
@@ -591,8 +591,10 @@ impl Decoder {
                     Some(keys) => keys.is_some_and(|k| k.iter().any(|c| c == name)),
                     None => flagged,
                 };
-                let columns: Vec<_> =
-                    columns.into_iter().map(|c| (c.name.clone(), c.type_id, is_key(&c.name, c.is_key))).collect();
+                let columns: Vec<_> = columns
+                    .into_iter()
+                    .map(|c| (c.name.clone(), c.type_id, c.type_modifier, is_key(&c.name, c.is_key)))
+                    .collect();
                 let full = replica_identity == ReplicaIdentity::Full;
                 self.tables.insert(relation_id, Arc::new(Table::new(namespace, relation_name, full, columns)));
             }
@@ -622,6 +624,7 @@ impl Decoder {
                             name: t.name.clone(),
                             columns: Vec::new(),
                             full_identity: false,
+                            avro: t.avro.clone(),
                         },
                         None => {
                             let (schema, table) = name.split_once('.').unwrap_or(("", &name));
@@ -630,6 +633,7 @@ impl Decoder {
                                 name: table.into(),
                                 columns: Vec::new(),
                                 full_identity: false,
+                                avro: None,
                             }
                         }
                     };

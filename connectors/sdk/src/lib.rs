@@ -18,7 +18,7 @@ pub use ack::{Ack, AckTracker, Watermark};
 pub use batch::{Batch, LateReject, LateRejects, PartitionOffset, Position, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use error::{ConnectorError, ErrorKind};
-pub use record::{Header, Record, SourceMeta, bytes_json};
+pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
 pub use state::StateStore;
 pub use template::RecordTemplate;
 pub use traits::{Read, Sink, Source, SourceContext, Transform};

@@ -39,6 +39,28 @@ pub struct Record {
     /// Milliseconds since the Unix epoch, when known.
     pub timestamp: Option<i64>,
     pub meta: SourceMeta,
+    /// The Avro schema of the value, when a step or the source knows it (an
+    /// `avro` step, a table of a change stream); Avro sinks encode with it.
+    pub schema: Option<Arc<ValueSchema>>,
+}
+
+/// An Avro schema shared by the records it describes. `id` is unique within
+/// the process, so that sinks can cache what they derive from a schema.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ValueSchema {
+    pub id: u64,
+    /// The schema as Avro JSON.
+    pub avro: Arc<str>,
+    /// The schema's full name (records, enums, fixed).
+    pub name: Option<Arc<str>>,
+}
+
+impl ValueSchema {
+    pub fn new(avro: impl Into<Arc<str>>, name: Option<Arc<str>>) -> Arc<ValueSchema> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(ValueSchema { id, avro: avro.into(), name })
+    }
 }
 
 impl Record {

@@ -117,7 +117,7 @@ impl Reader {
         String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
     }
 
-    fn record(&mut self, meta: &SourceMeta) -> Result<Record, String> {
+    fn record(&mut self, input: &Record) -> Result<Record, String> {
         let flags = self.u8()?;
         if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 {
             return Err(format!("unknown record flags {flags:#04x}"));
@@ -132,7 +132,7 @@ impl Reader {
             let name: Arc<str> = self.str(len)?.into();
             headers.push(Header { name, value: self.bytes32()? });
         }
-        Ok(Record { key, value, headers, timestamp, meta: meta.clone() })
+        Ok(Record { key, value, headers, timestamp, meta: input.meta.clone(), schema: input.schema.clone() })
     }
 }
 
@@ -159,7 +159,7 @@ pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record], max_emitted: usize) -
                 }
                 let mut records = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
-                    records.push(r.record(&input.meta)?);
+                    records.push(r.record(input)?);
                 }
                 Outcome::Emit(records)
             }

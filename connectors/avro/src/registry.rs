@@ -1,0 +1,142 @@
+//! The Schema Registry client, through `schema_registry_converter`: schemas by
+//! id (for decoding), by subject and version, registration and lookup (for
+//! encoding), compatibility checks (for `validate --check`). Everything it
+//! learns is cached for the life of the process: an id always names the same
+//! schema, and a registered schema keeps its id.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, get_schema_by_subject_and_version, is_compatible_schema, perform_sr_call, post_schema,
+};
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{SchemaType, SrCall, SuppliedSchema};
+
+use crate::config::RegistryConfig;
+use crate::{Codec, SchemaError};
+
+/// A registry call that failed: `retryable` when the registry was out of reach
+/// or said it is unavailable (the caller waits and tries again).
+#[derive(Debug, thiserror::Error)]
+#[error("schema registry {url}: {message}")]
+pub struct RegistryError {
+    pub url: String,
+    pub message: String,
+    pub retryable: bool,
+}
+
+/// A schema the registry knows, ready to use.
+#[derive(Debug)]
+pub struct Registered {
+    pub id: u32,
+    pub codec: Arc<Codec>,
+}
+
+pub struct RegistryClient {
+    url: String,
+    settings: SrSettings,
+    by_id: Mutex<HashMap<u32, Arc<Codec>>>,
+    /// Ids of schemas registered (or looked up) under a subject, by schema text.
+    ids: Mutex<HashMap<(String, Arc<str>), u32>>,
+}
+
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient").field("url", &self.url).finish()
+    }
+}
+
+impl RegistryClient {
+    pub fn new(config: &RegistryConfig) -> Result<RegistryClient, RegistryError> {
+        let url = config.url().trim_end_matches('/').to_string();
+        let mut builder = SrSettings::new_builder(url.clone());
+        builder.set_timeout(config.timeout.0).no_proxy();
+        if let Some(user) = &config.username {
+            builder.set_basic_authorization(user, config.password.as_deref());
+        }
+        let settings = builder.build().map_err(|e| error(&url, e))?;
+        Ok(RegistryClient { url, settings, by_id: Mutex::default(), ids: Mutex::default() })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn fail(&self, e: SRCError) -> RegistryError {
+        error(&self.url, e)
+    }
+
+    fn invalid(&self, what: &str, e: SchemaError) -> RegistryError {
+        RegistryError { url: self.url.clone(), message: format!("{what}: {e}"), retryable: false }
+    }
+
+    /// The schema with this id (the writer's schema of a framed value).
+    pub async fn schema(&self, id: u32) -> Result<Arc<Codec>, RegistryError> {
+        if let Some(c) = self.by_id.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(Arc::clone(c));
+        }
+        let s = get_schema_by_id(id, &self.settings).await.map_err(|e| self.fail(e))?;
+        let codec = Arc::new(Codec::parse(&s.schema).map_err(|e| self.invalid(&format!("schema {id}"), e))?);
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Arc::clone(&codec));
+        Ok(codec)
+    }
+
+    /// A subject's schema: `None` for the latest version.
+    pub async fn version(&self, subject: &str, version: Option<u32>) -> Result<Registered, RegistryError> {
+        let s = get_schema_by_subject_and_version(&self.settings, subject, version).await.map_err(|e| self.fail(e))?;
+        let codec = Arc::new(Codec::parse(&s.schema).map_err(|e| self.invalid(&format!("subject `{subject}`"), e))?);
+        self.by_id.lock().unwrap_or_else(|p| p.into_inner()).entry(s.id).or_insert_with(|| Arc::clone(&codec));
+        Ok(Registered { id: s.id, codec })
+    }
+
+    /// The id of `schema` under `subject`: registered when `register`, else looked
+    /// up (and an error if the subject does not have it).
+    pub async fn id_of(&self, subject: &str, schema: &Arc<str>, register: bool) -> Result<u32, RegistryError> {
+        let key = (subject.to_string(), Arc::clone(schema));
+        if let Some(id) = self.ids.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(*id);
+        }
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        let id = if register {
+            post_schema(&self.settings, subject.to_string(), supplied).await.map_err(|e| self.fail(e))?.id
+        } else {
+            let body = serde_json::json!({"schema": schema.as_ref()}).to_string();
+            let found = perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body))
+                .await
+                .map_err(|e| self.fail(e))?;
+            found.id.ok_or_else(|| RegistryError {
+                url: self.url.clone(),
+                message: format!("the lookup of the schema under `{subject}` gave no id"),
+                retryable: false,
+            })?
+        };
+        tracing::debug!(subject, id, register, "schema id resolved");
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).insert(key, id);
+        Ok(id)
+    }
+
+    /// Whether `schema` may be registered under `subject` (its compatibility level).
+    pub async fn compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
+        let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        is_compatible_schema(&self.settings, subject.to_string(), supplied).await.map_err(|e| self.fail(e))
+    }
+}
+
+fn error(url: &str, e: SRCError) -> RegistryError {
+    let message = match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    };
+    RegistryError { url: url.to_string(), message, retryable: e.retriable }
+}
+
+impl From<RegistryError> for flowgate_sdk::ConnectorError {
+    fn from(e: RegistryError) -> Self {
+        if e.retryable {
+            flowgate_sdk::ConnectorError::transient("the schema registry is out of reach", e)
+        } else {
+            flowgate_sdk::ConnectorError::fatal_from("the schema registry refused", e)
+        }
+    }
+}
