@@ -3,9 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use flowgate_avro::{AvroStep, RegistryClient};
 use flowgate_file::{FileSink, FileSource, NullSink, StdinSource, StdoutSink};
 use flowgate_generate::GenerateSource;
 use flowgate_kafka::config::Delivery;
+use flowgate_kafka::config::Format as KafkaFormat;
 use flowgate_kafka::{KafkaConsumer, KafkaSink, KafkaSource};
 use flowgate_postgres::PostgresCdcSource;
 use flowgate_sdk::{ConnectorError, LateRejects, Sink, Source, SourceContext, StateStore};
@@ -33,13 +35,14 @@ fn exactly_once(sink: &SinkConfig) -> bool {
 async fn open_source(
     config: &PipelineConfig,
     ctx: &SourceContext,
+    registry: Option<&Arc<RegistryClient>>,
 ) -> Result<(Box<dyn Source>, Option<Arc<KafkaConsumer>>), ConnectorError> {
     Ok(match &config.source {
         SourceConfig::Generate(c) => (Box::new(GenerateSource::new(c.clone(), ctx)), None),
         SourceConfig::File(c) => (Box::new(FileSource::open(c.clone(), ctx).await?), None),
         SourceConfig::Stdin(c) => (Box::new(StdinSource::new(c.clone(), ctx)), None),
         SourceConfig::Kafka(c) => {
-            let source = KafkaSource::open(c.clone(), ctx, exactly_once(&config.sink))?;
+            let source = KafkaSource::open(c.clone(), ctx, exactly_once(&config.sink), registry.cloned())?;
             let consumer = source.consumer();
             (Box::new(source), Some(consumer))
         }
@@ -52,6 +55,7 @@ async fn open_sink(
     pipeline: &str,
     late: Option<LateRejects>,
     consumer: Option<Arc<KafkaConsumer>>,
+    registry: Option<&Arc<RegistryClient>>,
 ) -> Result<Box<dyn Sink>, ConnectorError> {
     Ok(match config {
         SinkConfig::File(c) => Box::new(FileSink::open(c.clone()).await?),
@@ -60,7 +64,7 @@ async fn open_sink(
         SinkConfig::Sqlite(c) | SinkConfig::Postgres(c) | SinkConfig::Mysql(c) => {
             Box::new(SqlSink::open(c.clone(), pipeline).await?)
         }
-        SinkConfig::Kafka(c) => Box::new(KafkaSink::open(c.clone(), pipeline, late, consumer)?),
+        SinkConfig::Kafka(c) => Box::new(KafkaSink::open(c.clone(), pipeline, late, consumer, registry.cloned())?),
     })
 }
 
@@ -68,10 +72,72 @@ fn open_transform(
     config: &TransformConfig,
     pipeline: &str,
     stage: &str,
+    registry: Option<&Arc<RegistryClient>>,
 ) -> Result<Box<dyn flowgate_sdk::Transform>, ConnectorError> {
     Ok(match config {
         TransformConfig::Wasm(c) => Box::new(WasmTransform::new(c.clone(), pipeline, stage)?),
+        TransformConfig::Avro(c) => Box::new(AvroStep::new(c.clone(), registry.cloned(), stage)?),
     })
+}
+
+/// Problems of the Avro settings: schema sources, schema files, and whether an
+/// Avro sink has a schema to encode with.
+fn avro_problems(config: &PipelineConfig) -> Vec<PathProblem> {
+    let mut problems = Vec::new();
+    let at = |path: &[&str]| path.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (i, t) in config.transforms.iter().enumerate() {
+        if let TransformConfig::Avro(a) = t {
+            let i = i.to_string();
+            for message in a.schema.problems() {
+                problems.push(PathProblem { at: at(&["transforms", &i, "avro", "schema"]), message, help: None });
+            }
+        }
+    }
+    let sinks = [
+        (vec!["sink", "kafka"], Some(&config.sink)),
+        (vec!["errors", "dead_letter", "kafka"], config.errors.dead_letter.as_ref()),
+    ];
+    for (path, sink) in sinks {
+        let Some(SinkConfig::Kafka(k)) = sink else { continue };
+        let field = |f: &[&str]| path.iter().chain(f).map(|s| s.to_string()).collect::<Vec<_>>();
+        match (k.format, &k.avro) {
+            (KafkaFormat::Bytes, Some(_)) => problems.push(PathProblem {
+                at: field(&["avro"]),
+                message: "`avro` settings are set, but `format` is not `avro`".into(),
+                help: Some("set `format: avro`, or remove `avro`".into()),
+            }),
+            (KafkaFormat::Avro, avro) => {
+                let schema = avro.as_ref().and_then(|a| a.schema.as_ref());
+                match schema {
+                    Some(s) => {
+                        for message in s.problems() {
+                            problems.push(PathProblem { at: field(&["avro", "schema"]), message, help: None });
+                        }
+                        if let Some(file) = &s.file
+                            && let Err(message) = flowgate_avro::load_file(file)
+                        {
+                            problems.push(PathProblem { at: field(&["avro", "schema", "file"]), message, help: None });
+                        }
+                    }
+                    None => {
+                        let step = config.transforms.iter().any(|t| matches!(t, TransformConfig::Avro(_)));
+                        let cdc = matches!(config.source, SourceConfig::PostgresCdc(_));
+                        if !step && !cdc && path[0] == "sink" {
+                            problems.push(PathProblem {
+                                at: field(&["format"]),
+                                message: "`format: avro` needs a schema".into(),
+                                help: Some(
+                                    "set `avro: {schema: {file: x.avsc}}` (or `{subject: s}`), or add an `avro` step before the sink".into(),
+                                ),
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// Checks that need more than the file: each plugin loads, fits the contract
@@ -136,11 +202,16 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
             help: Some("dead letters are written at-least-once; remove `delivery`".into()),
         });
     }
+    let avro = avro_problems(config);
+    let avro_ok = avro.is_empty();
+    problems.extend(avro);
     for (i, t) in config.transforms.iter().enumerate() {
         let (kind, field) = match t {
             TransformConfig::Wasm(_) => ("wasm", "path"),
+            TransformConfig::Avro(_) if !avro_ok => continue,
+            TransformConfig::Avro(_) => ("avro", "schema"),
         };
-        if let Err(e) = open_transform(t, &config.name, &t.stage(i)) {
+        if let Err(e) = open_transform(t, &config.name, &t.stage(i), None) {
             problems.push(PathProblem {
                 at: vec!["transforms".into(), i.to_string(), kind.into(), field.into()],
                 message: e.chain(),
@@ -149,6 +220,107 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
         }
     }
     problems
+}
+
+/// The registry checks of `validate --check`: subjects exist, and a local schema
+/// that a sink will register is accepted by its subject's compatibility level.
+/// The embedded registry is started for the check when nothing listens yet.
+fn check_registry(config: &PipelineConfig) -> Vec<PathProblem> {
+    let problem = |at: Vec<String>, message: String, help: Option<String>| PathProblem { at, message, help };
+    let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return vec![problem(path(&["registry"]), format!("cannot start a runtime: {e}"), None)],
+    };
+    runtime.block_on(async {
+        let rc = config.registry();
+        if let Some(serve) = rc.embedded()
+            && tokio::net::TcpStream::connect(serve.listen).await.is_err()
+        {
+            let state_dir = std::env::var_os("FLOWGATE_STATE_DIR")
+                .map_or_else(|| crate::run::default_state_dir().to_path_buf(), std::path::PathBuf::from);
+            let started = match crate::run::embedded_store(serve, &state_dir) {
+                Ok(store) => crate::registry::serve(serve.listen, &store).await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                return vec![problem(path(&["registry"]), format!("cannot start the embedded registry: {e:#}"), None)];
+            }
+        }
+        let client = match RegistryClient::new(&rc) {
+            Ok(c) => c,
+            Err(e) => return vec![problem(path(&["registry"]), e.to_string(), None)],
+        };
+        if let Err(e) = client.ping().await {
+            let at = if rc.url.is_some() { path(&["registry", "url"]) } else { path(&["registry"]) };
+            return vec![problem(at, format!("cannot reach the schema registry: {e}"), None)];
+        }
+        let mut problems = Vec::new();
+        let subject_missing = |e: flowgate_avro::RegistryError, subject: &str| {
+            format!("cannot read subject `{subject}` from the registry: {}", e.message)
+        };
+        for (i, t) in config.transforms.iter().enumerate() {
+            if let TransformConfig::Avro(a) = t
+                && let Some(subject) = &a.schema.subject
+                && let Err(e) = client.version(subject, a.schema.version.number()).await
+            {
+                let i = i.to_string();
+                problems.push(problem(path(&["transforms", &i, "avro", "schema", "subject"]), subject_missing(e, subject), None));
+            }
+        }
+        let SinkConfig::Kafka(k) = &config.sink else { return problems };
+        if k.format != KafkaFormat::Avro {
+            return problems;
+        }
+        let avro = k.avro.clone().unwrap_or_default();
+        // The schema the sink encodes with: its own, else a single `avro` step's file.
+        let step_file = config.transforms.iter().find_map(|t| match t {
+            TransformConfig::Avro(a) => a.schema.file.clone(),
+            _ => None,
+        });
+        let file = match &avro.schema {
+            Some(s) if s.subject.is_some() => {
+                let subject = s.subject.as_deref().unwrap_or_default();
+                if let Err(e) = client.version(subject, s.version.number()).await {
+                    problems.push(problem(path(&["sink", "kafka", "avro", "schema", "subject"]), subject_missing(e, subject), None));
+                }
+                None
+            }
+            Some(s) => s.file.clone(),
+            None => step_file,
+        };
+        let (Some(file), Some(topic)) = (file, k.topic.fixed()) else { return problems };
+        let Ok(loaded) = flowgate_avro::load_file(&file) else { return problems };
+        let subject = match avro.subject(topic, loaded.schema.name.as_deref()) {
+            Ok(s) => s,
+            Err(message) => {
+                problems.push(problem(path(&["sink", "kafka", "avro", "subject_name"]), message, None));
+                return problems;
+            }
+        };
+        let at = path(&["sink", "kafka", "format"]);
+        if avro.auto_register {
+            match client.compatible(&subject, &loaded.schema.avro).await {
+                Ok(true) => {}
+                Ok(false) => problems.push(problem(
+                    at,
+                    format!("the schema in {} is incompatible with subject `{subject}` in the registry", file.display()),
+                    Some(format!(
+                        "change the schema so that it stays compatible, or the subject's compatibility level (PUT {}/config/{subject})",
+                        client.url()
+                    )),
+                )),
+                Err(e) => problems.push(problem(at, format!("cannot check subject `{subject}`: {}", e.message), None)),
+            }
+        } else if let Err(e) = client.id_of(&subject, &loaded.schema.avro, false).await {
+            problems.push(problem(
+                at,
+                format!("the schema in {} is not registered under subject `{subject}`: {}", file.display(), e.message),
+                Some("register it, or set `avro.auto_register: true`".into()),
+            ));
+        }
+        problems
+    })
 }
 
 /// [`check`], then connects to the services the pipeline names (`validate --check`).
@@ -175,6 +347,9 @@ pub fn check_connected(config: &PipelineConfig) -> Vec<PathProblem> {
     if let SinkConfig::Kafka(c) = &config.sink {
         problems.extend(flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["sink", "kafka"], p)));
     }
+    if config.uses_registry() {
+        problems.extend(check_registry(config));
+    }
     if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
         problems.extend(
             flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["errors", "dead_letter", "kafka"], p)),
@@ -196,10 +371,15 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         state: StateStore::new(state_dir),
         resume: None,
     };
+    let registry = match config.uses_registry() {
+        true => Some(Arc::new(RegistryClient::new(&config.registry()).map_err(|e| fail("registry")(e.into()))?)),
+        false => None,
+    };
+    let registry = registry.as_ref();
     let mut transforms = Vec::with_capacity(config.transforms.len());
     for (i, t) in config.transforms.iter().enumerate() {
         let stage = t.stage(i);
-        let opened = open_transform(t, &config.name, &stage).map_err(fail("transform"))?;
+        let opened = open_transform(t, &config.name, &stage, registry).map_err(fail("transform"))?;
         transforms.push((Arc::from(stage), opened));
     }
     let (late_tx, late) = tokio::sync::mpsc::unbounded_channel();
@@ -207,20 +387,22 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
     // source opens first; any other sink opens first, so that a position it
     // stored with its data (effectively-once) reaches the source.
     let (source, sink) = if exactly_once(&config.sink) {
-        let (source, consumer) = open_source(config, &ctx).await.map_err(fail("source"))?;
-        let sink = open_sink(&config.sink, &config.name, Some(late_tx), consumer).await.map_err(fail("sink"))?;
+        let (source, consumer) = open_source(config, &ctx, registry).await.map_err(fail("source"))?;
+        let sink =
+            open_sink(&config.sink, &config.name, Some(late_tx), consumer, registry).await.map_err(fail("sink"))?;
         (source, sink)
     } else {
-        let mut sink = open_sink(&config.sink, &config.name, Some(late_tx), None).await.map_err(fail("sink"))?;
+        let mut sink =
+            open_sink(&config.sink, &config.name, Some(late_tx), None, registry).await.map_err(fail("sink"))?;
         ctx.resume = sink.stored_position().await.map_err(fail("sink"))?;
         if let Some(p) = &ctx.resume {
             tracing::info!(pipeline = %name, position = ?p, "resuming from the position stored with the sink's data");
         }
-        let (source, _) = open_source(config, &ctx).await.map_err(fail("source"))?;
+        let (source, _) = open_source(config, &ctx, registry).await.map_err(fail("source"))?;
         (source, sink)
     };
     let dead_letter = match &config.errors.dead_letter {
-        Some(c) => Some(open_sink(c, &config.name, None, None).await.map_err(fail("dead-letter sink"))?),
+        Some(c) => Some(open_sink(c, &config.name, None, None, registry).await.map_err(fail("dead-letter sink"))?),
         None => None,
     };
     Ok(Pipeline {

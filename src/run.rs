@@ -131,6 +131,10 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
             }
         }
     }
+    if let Err(e) = serve_embedded_registries(&loaded, &options.state_dir).await {
+        tracing::error!("{e:#}");
+        return ExitCode::FAILURE;
+    }
     let shutdown = CancellationToken::new();
     on_signals(shutdown.clone());
 
@@ -188,6 +192,43 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
 /// Where positions are kept when `--state-dir` is not given.
 pub fn default_state_dir() -> &'static Path {
     Path::new(".flowgate/state")
+}
+
+/// The store of an embedded registry: as configured, else `registry.db` in the state directory.
+pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Path) -> anyhow::Result<String> {
+    if let Some(store) = &serve.store {
+        return Ok(store.clone());
+    }
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", state_dir.display()))?;
+    Ok(format!("sqlite:{}", state_dir.join("registry.db").display()))
+}
+
+/// Starts the registry of each pipeline that uses the embedded one (one per
+/// address, shared by the pipelines naming it).
+async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_dir: &Path) -> anyhow::Result<()> {
+    let mut served: Vec<(SocketAddr, String)> = Vec::new();
+    for (_, config) in loaded.iter().filter(|(_, c)| c.uses_registry()) {
+        let registry = config.registry();
+        let Some(serve) = registry.embedded() else { continue };
+        let store = embedded_store(serve, state_dir)?;
+        match served.iter().find(|(addr, _)| *addr == serve.listen) {
+            Some((_, s)) if *s == store => continue,
+            Some((addr, s)) => {
+                anyhow::bail!("two pipelines serve a registry on {addr} with different stores ({s}, {store})")
+            }
+            None => {}
+        }
+        crate::registry::serve(serve.listen, &store).await.map_err(|e| {
+            anyhow::anyhow!(
+                "pipeline {}: {e:#} (to use a registry that is already running there, set `registry: {{url: http://{}}}`)",
+                config.name,
+                serve.listen
+            )
+        })?;
+        served.push((serve.listen, store));
+    }
+    Ok(())
 }
 
 /// `flowgate registry serve`: the registry until a signal.

@@ -11,8 +11,10 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use flowgate_avro::{AvroStepConfig, RegistryConfig};
 use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
 use flowgate_generate::{GenerateConfig, Template};
+use flowgate_kafka::config::Format as KafkaFormat;
 use flowgate_kafka::{KafkaSinkConfig, KafkaSourceConfig};
 use flowgate_postgres::PostgresCdcConfig;
 use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate};
@@ -45,6 +47,27 @@ pub struct PipelineConfig {
     /// How records are grouped on their way through.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// The Schema Registry for Avro (`avro` steps with a `subject`, Kafka
+    /// `format: avro`). Without `url`, Flowgate serves its own registry inside
+    /// the run (see `serve`).
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+}
+
+impl PipelineConfig {
+    /// Whether anything in the pipeline talks to the registry.
+    pub fn uses_registry(&self) -> bool {
+        let kafka_avro = |s: &SinkConfig| matches!(s, SinkConfig::Kafka(k) if k.format == KafkaFormat::Avro);
+        matches!(&self.source, SourceConfig::Kafka(k) if k.format == KafkaFormat::Avro)
+            || kafka_avro(&self.sink)
+            || self.errors.dead_letter.as_ref().is_some_and(kafka_avro)
+            || self.transforms.iter().any(|t| matches!(t, TransformConfig::Avro(a) if a.schema.subject.is_some()))
+    }
+
+    /// The registry settings in effect (the embedded registry by default).
+    pub fn registry(&self) -> RegistryConfig {
+        self.registry.clone().unwrap_or_default()
+    }
 }
 
 // A new source is a new connector crate and a variant here.
@@ -59,12 +82,13 @@ pub enum SourceConfig {
     PostgresCdc(PostgresCdcConfig),
 }
 
-// A new transform kind is a variant here (Avro validation joins next).
-/// A step applied to every record: `wasm`.
+// A new transform kind is a variant here.
+/// A step applied to every record: `wasm` (a plugin) or `avro` (schema validation).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TransformConfig {
     Wasm(WasmConfig),
+    Avro(AvroStepConfig),
 }
 
 impl TransformConfig {
@@ -72,6 +96,11 @@ impl TransformConfig {
     pub fn stage(&self, index: usize) -> String {
         match self {
             TransformConfig::Wasm(w) => format!("transform[{index}]:wasm({})", flowgate_wasm::plugin_name(w)),
+            TransformConfig::Avro(a) => match (&a.schema.file, &a.schema.subject) {
+                (Some(f), _) => format!("transform[{index}]:avro({})", f.display()),
+                (None, Some(s)) => format!("transform[{index}]:avro({s})"),
+                (None, None) => format!("transform[{index}]:avro"),
+            },
         }
     }
 }

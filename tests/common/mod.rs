@@ -4,6 +4,7 @@
 pub mod kafka;
 pub mod mariadb;
 pub mod postgres;
+pub mod registry;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

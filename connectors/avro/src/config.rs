@@ -207,6 +207,12 @@ pub struct AvroSinkConfig {
     pub auto_register: bool,
 }
 
+impl Default for AvroSinkConfig {
+    fn default() -> Self {
+        AvroSinkConfig { schema: None, subject_name: SubjectName::default(), auto_register: true }
+    }
+}
+
 impl AvroSinkConfig {
     /// The subject for a value of schema `name` (its full name) on `topic`.
     pub fn subject(&self, topic: &str, name: Option<&str>) -> Result<String, String> {

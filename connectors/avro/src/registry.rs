@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use schema_registry_converter::async_impl::schema_registry::{
-    SrSettings, get_schema_by_id, get_schema_by_subject_and_version, is_compatible_schema, perform_sr_call, post_schema,
+    SrSettings, get_all_subjects, get_schema_by_id, get_schema_by_subject_and_version, is_compatible_schema,
+    perform_sr_call, post_schema,
 };
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{SchemaType, SrCall, SuppliedSchema};
@@ -114,6 +115,11 @@ impl RegistryClient {
         tracing::debug!(subject, id, register, "schema id resolved");
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).insert(key, id);
         Ok(id)
+    }
+
+    /// Answers when the registry is reachable and speaks its API.
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        get_all_subjects(&self.settings).await.map(drop).map_err(|e| self.fail(e))
     }
 
     /// Whether `schema` may be registered under `subject` (its compatibility level).

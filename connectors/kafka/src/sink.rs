@@ -26,9 +26,10 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
-use crate::config::{Delivery, KafkaSinkConfig};
+use crate::config::{Delivery, Format, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
 use crate::source::KafkaConsumer;
+use flowgate_avro::Failure as AvroFailure;
 
 /// How long closing waits for records still in flight (a broker that is down at
 /// shutdown). Records not delivered by then stay unacknowledged and are read again.
@@ -155,6 +156,8 @@ pub struct KafkaSink {
     keep_headers: bool,
     stage: Arc<str>,
     txn: Option<Transactions>,
+    /// With `format: avro`: encodes each value to Confluent-framed Avro.
+    avro: Option<flowgate_avro::Encoder>,
 }
 
 /// Producer settings for a sink; also used by `validate --check`.
@@ -191,11 +194,13 @@ impl KafkaSink {
     /// `late` receives records that fail for good after `write` returned; without
     /// it (a dead-letter sink) every write waits for its delivery reports.
     /// `consumer` is the source's consumer, required for `delivery: exactly_once`.
+    /// `registry` is required for `format: avro`.
     pub fn open(
         config: KafkaSinkConfig,
         pipeline: &str,
         late: Option<LateRejects>,
         consumer: Option<Arc<KafkaConsumer>>,
+        registry: Option<Arc<flowgate_avro::RegistryClient>>,
     ) -> Result<Self, KafkaConnectorError> {
         let stage: Arc<str> = "sink".into();
         let context = ProducerCtx {
@@ -215,7 +220,15 @@ impl KafkaSink {
                 return Err(KafkaConnectorError::Other("`delivery: exactly_once` needs a `kafka` source".into()));
             }
         };
-        Ok(KafkaSink { producer, topic: config.topic, key: config.key, keep_headers: config.headers, stage, txn })
+        let avro = match (config.format, registry) {
+            (Format::Bytes, _) => None,
+            (Format::Avro, Some(registry)) => Some(
+                flowgate_avro::Encoder::new(config.avro.clone().unwrap_or_default(), registry)
+                    .map_err(|e| KafkaConnectorError::Other(e.chain()))?,
+            ),
+            (Format::Avro, None) => return Err(KafkaConnectorError::Other("`format: avro` needs a registry".into())),
+        };
+        Ok(KafkaSink { producer, topic: config.topic, key: config.key, keep_headers: config.headers, stage, txn, avro })
     }
 
     /// Hands one record to librdkafka, waiting while its queue is full.
@@ -224,6 +237,7 @@ impl KafkaSink {
     async fn send(
         &self,
         record: &Record,
+        payload: &[u8],
         topic: &str,
         key: Option<&[u8]>,
         d: Pending,
@@ -236,8 +250,8 @@ impl KafkaSink {
         let mut rec = BaseRecord::with_opaque_to(topic, Box::new(d));
         // An empty value goes out as a null one: a tombstone, which log
         // compaction understands (and which the source reads back as empty).
-        if !record.value.is_empty() {
-            rec = rec.payload(record.value.as_ref());
+        if !payload.is_empty() {
+            rec = rec.payload(payload);
         }
         rec.key = key;
         rec.headers = headers;
@@ -266,7 +280,8 @@ impl KafkaSink {
         let retry = &self.producer.context().retry;
         let mut retries = std::mem::take(&mut *retry.lock().unwrap_or_else(|p| p.into_inner()));
         while let Some((record, topic, d)) = retries.pop() {
-            if let Err((e, d)) = self.send(&record, &topic, record.key.as_deref(), d).await {
+            // Sent as delivered before: already encoded.
+            if let Err((e, d)) = self.send(&record, &record.value, &topic, record.key.as_deref(), d).await {
                 // Kept for the next attempt, with the ones not tried yet.
                 let mut queue = retry.lock().unwrap_or_else(|p| p.into_inner());
                 queue.push((record, topic.clone(), *d));
@@ -330,7 +345,7 @@ impl KafkaSink {
     /// templates cannot be filled, or that librdkafka refuses outright (too large),
     /// are refused; on another error the unsent records are put back.
     async fn send_batch(
-        &self,
+        &mut self,
         batch: &mut Batch,
         delivery: impl Fn(&Record, usize) -> Pending,
     ) -> Result<(), ConnectorError> {
@@ -357,8 +372,25 @@ impl KafkaSink {
                     }
                 },
             };
+            let payload = match self.avro.as_mut() {
+                None => record.value.clone(),
+                Some(encoder) => match encoder.encode(&record, &topic).await {
+                    Ok(p) => p,
+                    Err(AvroFailure::Record(reason)) => {
+                        batch.reject(record, reason, &self.stage);
+                        continue;
+                    }
+                    Err(AvroFailure::Registry(e)) => {
+                        // Out of reach: the batch waits and is written again;
+                        // refused (an incompatible schema): the pipeline stops.
+                        batch.records.push(record);
+                        batch.records.extend(records);
+                        return Err(e.into());
+                    }
+                },
+            };
             let d = delivery(&record, batch.records.len());
-            let Err((e, d)) = self.send(&record, &topic, key.as_deref(), d).await else {
+            let Err((e, d)) = self.send(&record, &payload, &topic, key.as_deref(), d).await else {
                 batch.records.push(record);
                 continue;
             };

@@ -13,7 +13,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Batch, ConnectorError, PartitionOffset, Position, Read, Source, SourceContext, SourceMeta, Watermark, async_trait,
+    Batch, ConnectorError, PartitionOffset, Position, Read, Record, Source, SourceContext, SourceMeta, Watermark,
+    async_trait,
 };
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
@@ -23,8 +24,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
-use crate::config::{KafkaSourceConfig, Start};
+use crate::config::{Format, KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
+use flowgate_avro::Failure as AvroFailure;
 
 /// How long a revocation waits for the exactly-once sink to commit the batches in
 /// flight, so that their partitions' next owner starts after them.
@@ -231,6 +233,12 @@ pub struct KafkaSource {
     /// A copy of the assignment's generations, refreshed after each rebalance.
     generations: HashMap<(Arc<str>, i32), u64>,
     seen_rebalances: u64,
+    /// With `format: avro`: decodes each value to JSON.
+    avro: Option<flowgate_avro::Decoder>,
+    /// Records read but not decoded yet (the registry was out of reach), with
+    /// their offsets: handed out once they are decoded, never dropped.
+    held: Option<(Vec<Record>, Vec<PartitionOffset>)>,
+    stage: Arc<str>,
 }
 
 /// Consumer settings for a source; also used by `validate --check`.
@@ -263,11 +271,18 @@ pub(crate) fn consumer_config(config: &KafkaSourceConfig, exactly_once: bool) ->
 impl KafkaSource {
     /// Creates the consumer and subscribes. `exactly_once` hands offset commits to
     /// an exactly-once Kafka sink (see [`KafkaSource::consumer`]).
+    /// `registry` is required for `format: avro`.
     pub fn open(
         config: KafkaSourceConfig,
         ctx: &SourceContext,
         exactly_once: bool,
+        registry: Option<Arc<flowgate_avro::RegistryClient>>,
     ) -> Result<Self, KafkaConnectorError> {
+        let avro = match (config.format, registry) {
+            (Format::Bytes, _) => None,
+            (Format::Avro, Some(r)) => Some(flowgate_avro::Decoder::new(r)),
+            (Format::Avro, None) => return Err(KafkaConnectorError::Other("`format: avro` needs a registry".into())),
+        };
         let group = Arc::new(GroupState::default());
         let context = ConsumerCtx {
             log: ClientLog::new(format!("{}:source", ctx.pipeline).into()),
@@ -296,6 +311,9 @@ impl KafkaSource {
             topics: Vec::new(),
             generations: HashMap::new(),
             seen_rebalances: u64::MAX,
+            avro,
+            held: None,
+            stage: "source".into(),
         })
     }
 
@@ -370,6 +388,41 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Decodes the batch's values (with `format: avro`) and hands the batch out
+    /// with its offsets. While the registry is out of reach the records are
+    /// held, and offered again on the next read.
+    async fn hand_out(&mut self, batch: &mut Batch, offsets: Vec<PartitionOffset>) -> Result<Read, ConnectorError> {
+        if let Some(avro) = &self.avro {
+            let mut decoded = Vec::with_capacity(batch.records.len());
+            for r in &batch.records {
+                match avro.decode(&r.value).await {
+                    Ok(v) => decoded.push(Ok(v)),
+                    Err(AvroFailure::Record(reason)) => decoded.push(Err(reason)),
+                    Err(AvroFailure::Registry(e)) if e.retryable => {
+                        tracing::warn!(error = %e, "cannot decode Avro values: the schema registry is out of reach; waiting");
+                        self.held = Some((std::mem::take(&mut batch.records), offsets));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        return Ok(Read::Idle);
+                    }
+                    Err(AvroFailure::Registry(e)) => return Err(e.into()),
+                }
+            }
+            for (mut r, v) in std::mem::take(&mut batch.records).into_iter().zip(decoded) {
+                match v {
+                    Ok(v) => {
+                        r.value = v;
+                        batch.records.push(r);
+                    }
+                    Err(reason) => batch.reject(r, reason, &self.stage),
+                }
+            }
+        }
+        self.pending.push_back((batch.seq, offsets.clone()));
+        batch.position = Some(Position::Kafka(offsets));
+        self.group.handed_out.store(batch.seq + 1, Ordering::Release);
+        Ok(Read::Data)
+    }
+
     /// Drops records of partitions revoked (or revoked and assigned again) while
     /// the batch was being read: librdkafka fetches them again from the committed
     /// offset for the partition's current owner.
@@ -394,6 +447,10 @@ impl KafkaSource {
 #[async_trait]
 impl Source for KafkaSource {
     async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        if let Some((records, offsets)) = self.held.take() {
+            batch.records = records;
+            return self.hand_out(batch, offsets).await;
+        }
         let consumer = Arc::clone(&self.consumer);
         consumer.context().log.check_fatal()?;
         let rebalances = self.group.rebalances.load(Ordering::Acquire);
@@ -433,10 +490,7 @@ impl Source for KafkaSource {
         if batch.records.is_empty() {
             return Ok(Read::Idle);
         }
-        self.pending.push_back((batch.seq, offsets.clone()));
-        batch.position = Some(Position::Kafka(offsets));
-        self.group.handed_out.store(batch.seq + 1, Ordering::Release);
-        Ok(Read::Data)
+        self.hand_out(batch, offsets).await
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
@@ -506,6 +560,7 @@ mod tests {
             group: "g".into(),
             start,
             session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
+            format: Format::Bytes,
             properties: Properties::default(),
         };
         let ctx = SourceContext {
@@ -515,7 +570,7 @@ mod tests {
             state: StateStore::new(std::env::temp_dir()),
             resume: None,
         };
-        KafkaSource::open(config, &ctx, false).unwrap()
+        KafkaSource::open(config, &ctx, false, None).unwrap()
     }
 
     async fn read_n(source: &mut KafkaSource, n: usize) -> Vec<Record> {
@@ -569,6 +624,7 @@ mod tests {
             group: "g".into(),
             start: Start::Earliest,
             session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
+            format: Format::Bytes,
             properties: Properties::default(),
         };
         let dir = tempfile::tempdir().unwrap();
@@ -579,7 +635,7 @@ mod tests {
             state: StateStore::new(dir.path()),
             resume: None,
         };
-        let mut source = KafkaSource::open(config, &ctx, false).unwrap();
+        let mut source = KafkaSource::open(config, &ctx, false, None).unwrap();
         let mut records = Vec::new();
         let mut position = None;
         for seq in 0..30 {

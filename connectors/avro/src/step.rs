@@ -1,0 +1,221 @@
+//! The `avro` step, and the encoder and decoder that put Avro on Kafka.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flowgate_sdk::{Batch, Bytes, ConnectorError, Record, Transform, ValueSchema, async_trait};
+use serde_json::Value;
+
+use crate::config::{AvroSinkConfig, AvroStepConfig, SchemaSource};
+use crate::registry::{RegistryClient, RegistryError};
+use crate::{Codec, wire};
+
+/// A schema ready to use: compiled, and shared with the records it describes.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub codec: Arc<Codec>,
+    pub schema: Arc<ValueSchema>,
+    /// The registry id, when the schema came from a subject.
+    pub id: Option<u32>,
+}
+
+fn loaded(codec: Codec, text: String, id: Option<u32>) -> Loaded {
+    let name = codec.name().map(Arc::from);
+    Loaded { codec: Arc::new(codec), schema: ValueSchema::new(text, name), id }
+}
+
+/// Reads a local schema file; the error says which file and why.
+pub fn load_file(path: &std::path::Path) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let codec = Codec::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(loaded(codec, text, None))
+}
+
+/// Loads a schema from its file or its registry subject.
+pub async fn load(source: &SchemaSource, registry: Option<&RegistryClient>) -> Result<Loaded, ConnectorError> {
+    if let Some(path) = &source.file {
+        return load_file(path).map_err(ConnectorError::fatal);
+    }
+    let subject = source.subject.as_deref().expect("a checked schema source has a file or a subject");
+    let registry = registry.ok_or_else(|| ConnectorError::fatal("a schema `subject` needs a registry"))?;
+    let r = registry.version(subject, source.version.number()).await?;
+    tracing::info!(subject, id = r.id, "schema read from the registry");
+    let text = serde_json::to_string(r.codec.schema()).map_err(|e| ConnectorError::fatal(e.to_string()))?;
+    let name = r.codec.name().map(Arc::from);
+    Ok(Loaded { codec: r.codec, schema: ValueSchema::new(text, name), id: Some(r.id) })
+}
+
+/// Checks every record's value against a schema; a record that does not fit
+/// goes to the error policy with the path of the mismatch. Records that fit
+/// carry the schema on, for an Avro sink to encode with.
+pub struct AvroStep {
+    source: SchemaSource,
+    registry: Option<Arc<RegistryClient>>,
+    /// Loaded on the first batch (a registry subject may be out of reach at start).
+    loaded: Option<Loaded>,
+    stage: Arc<str>,
+    scratch: Vec<u8>,
+}
+
+impl AvroStep {
+    /// A step whose schema file is read now, so that a bad file fails at start.
+    pub fn new(
+        config: AvroStepConfig,
+        registry: Option<Arc<RegistryClient>>,
+        stage: &str,
+    ) -> Result<AvroStep, ConnectorError> {
+        let loaded = match &config.schema.file {
+            Some(path) => Some(load_file(path).map_err(ConnectorError::fatal)?),
+            None => None,
+        };
+        Ok(AvroStep { source: config.schema, registry, loaded, stage: stage.into(), scratch: Vec::new() })
+    }
+}
+
+#[async_trait]
+impl Transform for AvroStep {
+    async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(load(&self.source, self.registry.as_deref()).await?);
+        }
+        let Loaded { codec, schema, .. } = self.loaded.as_ref().expect("loaded above");
+        let records = std::mem::take(&mut batch.records);
+        batch.records.reserve(records.len());
+        for mut record in records {
+            let checked = match serde_json::from_slice::<Value>(&record.value) {
+                Ok(v) => codec.validate(&v, &mut self.scratch).map_err(|m| m.to_string()),
+                Err(e) => Err(format!("the value is not JSON: {e}")),
+            };
+            match checked {
+                Ok(()) => {
+                    record.schema = Some(Arc::clone(schema));
+                    batch.records.push(record);
+                }
+                Err(reason) => batch.reject(record, reason, &self.stage),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug)]
+pub enum Failure {
+    /// The record itself: it goes to the error policy with this reason.
+    Record(String),
+    /// The registry: out of reach (retry) or refusing (stop).
+    Registry(RegistryError),
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        Failure::Registry(e)
+    }
+}
+
+/// Encodes JSON values to Confluent-framed Avro for a sink: with the configured
+/// schema, or the one each record carries; schema ids by subject, cached.
+pub struct Encoder {
+    config: AvroSinkConfig,
+    registry: Arc<RegistryClient>,
+    fixed: Option<Loaded>,
+    codecs: HashMap<u64, Arc<Codec>>,
+    ids: HashMap<(u64, String), u32>,
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(config: AvroSinkConfig, registry: Arc<RegistryClient>) -> Result<Encoder, ConnectorError> {
+        let fixed = match config.schema.as_ref().and_then(|s| s.file.as_ref()) {
+            Some(path) => Some(load_file(path).map_err(ConnectorError::fatal)?),
+            None => None,
+        };
+        Ok(Encoder { config, registry, fixed, codecs: HashMap::new(), ids: HashMap::new(), buf: Vec::new() })
+    }
+
+    /// The framed value of `record` for `topic`. An empty value (a tombstone)
+    /// stays empty.
+    pub async fn encode(&mut self, record: &Record, topic: &str) -> Result<Bytes, Failure> {
+        if record.value.is_empty() {
+            return Ok(Bytes::new());
+        }
+        if self.fixed.is_none()
+            && let Some(source) = &self.config.schema
+        {
+            let l = load(source, Some(&self.registry)).await.map_err(|e| {
+                let (message, retryable) = (e.chain(), e.is_retryable());
+                Failure::Registry(RegistryError { url: self.registry.url().to_string(), message, retryable })
+            })?;
+            self.fixed = Some(l);
+        }
+        let (schema, codec, pinned) = match (&self.fixed, &record.schema) {
+            (Some(l), _) => (Arc::clone(&l.schema), Some(Arc::clone(&l.codec)), l.id),
+            (None, Some(s)) => (Arc::clone(s), self.codecs.get(&s.id).cloned(), None),
+            (None, None) => {
+                return Err(Failure::Record(
+                    "the record has no Avro schema: set `avro.schema` on the sink, or add an `avro` step".into(),
+                ));
+            }
+        };
+        let codec = match codec {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(Codec::parse(&schema.avro).map_err(|e| Failure::Record(e.to_string()))?);
+                self.codecs.insert(schema.id, Arc::clone(&c));
+                c
+            }
+        };
+        let id = match pinned {
+            Some(id) => id,
+            None => {
+                let subject = self.config.subject(topic, schema.name.as_deref()).map_err(Failure::Record)?;
+                let key = (schema.id, subject);
+                match self.ids.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let id = self.registry.id_of(&key.1, &schema.avro, self.config.auto_register).await?;
+                        tracing::info!(subject = %key.1, id, "encoding with registered schema");
+                        self.ids.insert(key, id);
+                        id
+                    }
+                }
+            }
+        };
+        let value: Value = serde_json::from_slice(&record.value)
+            .map_err(|e| Failure::Record(format!("the value is not JSON: {e}")))?;
+        wire::start(&mut self.buf, id);
+        codec.encode_value(&value, &mut self.buf).map_err(|m| Failure::Record(m.to_string()))?;
+        Ok(Bytes::copy_from_slice(&self.buf))
+    }
+}
+
+/// Decodes Confluent-framed Avro values to JSON, with the writer's schema
+/// fetched by id (and cached).
+pub struct Decoder {
+    registry: Arc<RegistryClient>,
+}
+
+impl Decoder {
+    pub fn new(registry: Arc<RegistryClient>) -> Decoder {
+        Decoder { registry }
+    }
+
+    /// The JSON form of a framed value. An empty value (a tombstone) stays empty.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Bytes, Failure> {
+        if bytes.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let Some((id, avro)) = wire::split(bytes) else {
+            return Err(Failure::Record(
+                "the value is not in the Confluent Avro format (magic byte 0 and a schema id)".into(),
+            ));
+        };
+        let codec = match self.registry.schema(id).await {
+            Ok(c) => c,
+            Err(e) if e.retryable => return Err(Failure::Registry(e)),
+            Err(e) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
+        };
+        let v = codec.decode(avro).map_err(|e| Failure::Record(format!("schema {id}: {e}")))?;
+        Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize")))
+    }
+}

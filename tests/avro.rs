@@ -1,0 +1,503 @@
+//! Avro: the validation step, the Confluent wire format on Kafka both ways with
+//! Confluent's own Python client as the other side, Flowgate's registry driven
+//! by `schema_registry_converter` and by the Python client, registry outages,
+//! and Postgres changes through Avro.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::kafka::{Broker, Reader};
+use common::postgres::Postgres;
+use common::registry::{Registry, run_python};
+use common::{Guard, flowgate, log, records, spawn_run, stop, wait_for, write_file};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_all_subjects, get_all_versions, get_schema_by_id, get_schema_by_subject_and_version,
+    is_compatible_schema, post_schema,
+};
+use schema_registry_converter::schema_registry_common::{SchemaType, SubjectNameStrategy, SuppliedSchema};
+use serde_json::{Value, json};
+
+/// A plain HTTP/1.1 request to a loopback port: status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn avro(schema: &str) -> SuppliedSchema {
+    SuppliedSchema::new(None, SchemaType::Avro, schema.to_string())
+}
+
+const V1: &str = r#"{"type":"record","name":"Conv","namespace":"t","fields":[{"name":"a","type":"int"}]}"#;
+const V2: &str = r#"{"type":"record","name":"Conv","namespace":"t","fields":[{"name":"a","type":"int"},{"name":"b","type":"string","default":"x"}]}"#;
+const V3: &str = r#"{"type":"record","name":"Conv","namespace":"t","fields":[{"name":"a","type":"int"},{"name":"b","type":"string","default":"x"},{"name":"c","type":"long"}]}"#;
+
+#[test]
+fn the_registry_serves_schema_registry_converter_and_keeps_everything_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(dir.path());
+    let sr = SrSettings::new(registry.url());
+    let rt = runtime();
+    let (id1, id2, framed) = rt.block_on(async {
+        let id1 = post_schema(&sr, "conv-value".into(), avro(V1)).await.unwrap().id;
+        assert_eq!(post_schema(&sr, "conv-value".into(), avro(V1)).await.unwrap().id, id1, "same schema, same id");
+        let by_id = get_schema_by_id(id1, &sr).await.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&by_id.schema).unwrap(), serde_json::from_str::<Value>(V1).unwrap());
+        let id2 = post_schema(&sr, "conv-value".into(), avro(V2)).await.unwrap().id;
+        assert_ne!(id1, id2);
+        assert_eq!(get_all_versions(&sr, "conv-value".into()).await.unwrap(), vec![1, 2]);
+        assert!(get_all_subjects(&sr).await.unwrap().contains(&"conv-value".to_string()));
+        let latest = get_schema_by_subject_and_version(&sr, "conv-value", None).await.unwrap();
+        assert_eq!((latest.id, latest.version), (id2, Some(2)));
+        let first = get_schema_by_subject_and_version(&sr, "conv-value", Some(1)).await.unwrap();
+        assert_eq!(first.id, id1);
+
+        // Default BACKWARD: a new field without a default is refused.
+        assert!(!is_compatible_schema(&sr, "conv-value".into(), avro(V3)).await.unwrap());
+        let refused = post_schema(&sr, "conv-value".into(), avro(V3)).await.unwrap_err();
+        assert!(
+            refused.error.contains("409") || refused.cause.as_deref().unwrap_or("").contains("incompatible"),
+            "{refused:?}"
+        );
+
+        // The crate's own encoder and decoder, against this registry.
+        let encoder = AvroEncoder::new(SrSettings::new(registry.url()));
+        let values =
+            vec![("a", apache_avro::types::Value::Int(7)), ("b", apache_avro::types::Value::String("y".into()))];
+        let framed =
+            encoder.encode(values, SubjectNameStrategy::TopicNameStrategy("conv".into(), false)).await.unwrap();
+        assert_eq!(framed[..5], [&[0u8][..], &id2.to_be_bytes()].concat()[..]);
+        let decoded = AvroDecoder::new(SrSettings::new(registry.url())).decode(Some(&framed)).await.unwrap();
+        assert_eq!(
+            decoded.value,
+            apache_avro::types::Value::Record(vec![
+                ("a".into(), apache_avro::types::Value::Int(7)),
+                ("b".into(), apache_avro::types::Value::String("y".into()))
+            ])
+        );
+        (id1, id2, framed)
+    });
+    // Compatibility per subject, then a restart on the same store. (A new
+    // client each time: this runtime does not drive the pool between calls.)
+    assert_eq!(http(registry.port, "PUT", "/config/conv-value", r#"{"compatibility":"NONE"}"#).0, 200);
+    let sr = SrSettings::new(registry.url());
+    let id3 = rt.block_on(post_schema(&sr, "conv-value".into(), avro(V3))).unwrap().id;
+    assert_eq!(http(registry.port, "PUT", "/config", r#"{"compatibility":"FULL_TRANSITIVE"}"#).0, 200);
+    registry.stop();
+    registry.start_again();
+    let sr = SrSettings::new(registry.url());
+    rt.block_on(async {
+        assert_eq!(get_all_versions(&sr, "conv-value".into()).await.unwrap(), vec![1, 2, 3]);
+        for (id, text) in [(id1, V1), (id2, V2), (id3, V3)] {
+            let s = get_schema_by_id(id, &sr).await.unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&s.schema).unwrap(), serde_json::from_str::<Value>(text).unwrap());
+        }
+        let decoded = AvroDecoder::new(SrSettings::new(registry.url())).decode(Some(&framed)).await.unwrap();
+        assert!(matches!(decoded.value, apache_avro::types::Value::Record(_)));
+    });
+    assert_eq!(http(registry.port, "GET", "/config/conv-value", "").1, r#"{"compatibilityLevel":"NONE"}"#);
+    assert_eq!(http(registry.port, "GET", "/config", "").1, r#"{"compatibilityLevel":"FULL_TRANSITIVE"}"#);
+    // A new subject now gets the global level.
+    let (status, body) = http(registry.port, "GET", "/config/other?defaultToGlobal=true", "");
+    assert_eq!((status, body.as_str()), (200, r#"{"compatibilityLevel":"FULL_TRANSITIVE"}"#));
+    let (status, body) = http(registry.port, "GET", "/schemas/ids/999", "");
+    assert_eq!(status, 404);
+    assert!(body.contains("40403"), "{body}");
+}
+
+#[test]
+fn the_registry_passes_the_confluent_python_client_suite_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(dir.path());
+    let out = run_python("registry_suite.py", &[&registry.url()]);
+    assert!(out.contains("python registry suite: ok"), "{out}");
+    registry.stop();
+    registry.start_again();
+    assert_eq!(http(registry.port, "GET", "/subjects/py-value/versions", "").1, "[1,2]");
+    assert_eq!(http(registry.port, "GET", "/config/py-fwd", "").1, r#"{"compatibilityLevel":"FORWARD"}"#);
+    let (status, subjects) = http(registry.port, "GET", "/subjects", "");
+    assert_eq!(status, 200);
+    let subjects: Vec<String> = serde_json::from_str(&subjects).unwrap();
+    assert!(!subjects.contains(&"py-other".to_string()), "{subjects:?}");
+}
+
+const PAYMENT: &str = r#"{
+  "type": "record", "name": "Payment", "namespace": "shop",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "payer", "type": "string"},
+    {"name": "amount", "type": {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}},
+    {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+    {"name": "ref", "type": {"type": "string", "logicalType": "uuid"}},
+    {"name": "kind", "type": {"type": "enum", "name": "Kind", "symbols": ["CARD", "BANK"]}},
+    {"name": "memo", "type": ["null", "string"], "default": null},
+    {"name": "raw", "type": "bytes", "default": ""},
+    {"name": "items", "type": {"type": "array", "items": {"type": "record", "name": "Item", "fields": [
+      {"name": "sku", "type": "string"},
+      {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}}
+    ]}}, "default": []}
+  ]
+}"#;
+
+fn payment(i: u64) -> Value {
+    json!({
+        "id": i,
+        "payer": format!("pä-{i} 🙂"),
+        "amount": format!("{}.{:02}", i * 3, i % 100),
+        "at": if i.is_multiple_of(2) { "1969-12-31T23:59:59.999999Z".to_string() } else { format!("2024-05-01T12:00:{:02}.5Z", i % 60) },
+        "day": "1969-07-20",
+        "ref": format!("00000000-0000-0000-0000-{:012x}", i),
+        "kind": if i.is_multiple_of(2) { "CARD" } else { "BANK" },
+        "memo": if i.is_multiple_of(3) { Value::Null } else { json!("") },
+        "raw": "AP8Q",
+        "items": [{"sku": "a", "price": "0.10"}, {"sku": "b", "price": "-99999999.99"}],
+    })
+}
+
+/// A file -> avro step -> Kafka (Avro) pipeline; `registry` is the YAML of the
+/// `registry:` block.
+fn file_to_kafka(dir: &Path, input: &Path, broker: &Broker, topic: &str, registry: &str, sink_extra: &str) -> PathBuf {
+    let schema = write_file(dir, "payment.avsc", PAYMENT);
+    write_file(
+        dir,
+        "to-kafka.yaml",
+        &format!(
+            r#"name: to-kafka
+source:
+  file: {{path: {}, follow: true}}
+transforms:
+  - avro: {{schema: {{file: {}}}}}
+sink:
+  kafka:
+    brokers: {}
+    topic: {topic}
+    format: avro
+{sink_extra}
+errors:
+  policy: dead_letter
+  dead_letter:
+    file: {{path: {}}}
+registry:
+{registry}
+batch: {{size: 100, linger: 20ms}}
+"#,
+            input.display(),
+            schema.display(),
+            broker.addr(),
+            dir.join("dead.jsonl").display()
+        ),
+    )
+}
+
+#[test]
+fn avro_written_by_flowgate_is_read_by_the_python_client_with_the_embedded_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("payments", 2)]);
+    let n = 50;
+    let mut lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
+    // One that the step refuses: it goes to the dead letters, the others go on.
+    let mut bad = payment(999);
+    bad["items"][1]["price"] = json!("abc");
+    lines.insert(10, bad.to_string());
+    let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
+    let port = common::free_port();
+    let registry =
+        format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
+    let file = file_to_kafka(dir.path(), &input, &broker, "payments", &registry, "");
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let url = format!("http://127.0.0.1:{port}");
+    let out = run_python("avro_consume.py", &[&broker.addr(), "payments", &url, &n.to_string()]);
+    let mut got: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    got.sort_by_key(|v| v["id"].as_u64());
+    assert_eq!(got.len() as u64, n);
+    for (i, v) in got.iter().enumerate() {
+        let want = payment(i as u64);
+        // Python's own renderings: Decimal, datetime.isoformat, date, UUID, base64 of bytes.
+        assert_eq!(v["payer"], want["payer"]);
+        assert_eq!(v["amount"], want["amount"]);
+        assert_eq!(v["items"][1]["price"], "-99999999.99");
+        assert_eq!(v["day"], "1969-07-20");
+        assert_eq!(v["ref"], want["ref"]);
+        assert_eq!(v["kind"], want["kind"]);
+        assert_eq!(v["memo"], want["memo"]);
+        assert_eq!(v["raw"], "AP8Q");
+        let at = if i.is_multiple_of(2) {
+            "1969-12-31T23:59:59.999999+00:00".to_string()
+        } else {
+            format!("2024-05-01T12:00:{:02}.500000+00:00", i % 60)
+        };
+        assert_eq!(v["at"], at.as_str());
+    }
+    stop(&mut run, dir.path());
+    let dead = records(&dir.path().join("dead.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["reason"], r#"$.items[1].price: expected decimal(10,2), got "abc""#);
+    // The embedded registry stored the subject.
+    let reg = Registry::start_with(dir.path(), &format!("sqlite:{}", dir.path().join("reg.db").display()));
+    assert_eq!(http(reg.port, "GET", "/subjects", "").1, r#"["payments-value"]"#);
+}
+
+#[test]
+fn avro_written_by_the_python_client_is_read_by_flowgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("py-payments", 1)]);
+    let registry = Registry::start(dir.path());
+    run_python("avro_produce.py", &[&broker.addr(), "py-payments", &registry.url(), "30"]);
+    let output = dir.path().join("out.jsonl");
+    let file = write_file(
+        dir.path(),
+        "from-kafka.yaml",
+        &format!(
+            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [py-payments]\n    group: fg\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nregistry:\n  url: {}\nbatch: {{size: 10, linger: 20ms}}\n",
+            broker.addr(),
+            output.display(),
+            registry.url()
+        ),
+    );
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let arrived = wait_for(Duration::from_secs(60), || records(&output).len() >= 30);
+    stop(&mut run, dir.path());
+    assert!(arrived, "{}", log(dir.path()));
+    let got = records(&output);
+    assert_eq!(
+        got[0],
+        json!({
+            "id": 0, "payer": "pä-0", "amount": "-5.00", "at": "1969-12-31T23:59:50Z", "day": "1969-12-25",
+            "ref": "00000000-0000-0000-0000-000000000000", "kind": "CARD", "memo": null
+        })
+    );
+    assert_eq!(got[29]["amount"], "-4.71");
+    assert_eq!(got[29]["at"], "1970-01-01T00:00:19.000029Z");
+    assert_eq!(got[29]["memo"], "m29");
+}
+
+#[test]
+fn each_kind_of_mismatch_reaches_the_dead_letters_with_its_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = write_file(dir.path(), "payment.avsc", PAYMENT);
+    let good = payment(1);
+    let with = |path: &[&str], v: Value| {
+        let mut r = good.clone();
+        let mut at = &mut r;
+        for p in &path[..path.len() - 1] {
+            at = match p.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[*p],
+            };
+        }
+        at[path[path.len() - 1]] = v;
+        r
+    };
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("payer");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(&["amount"], json!("12.345")),
+            r#"$.amount: expected decimal(12,2), got "12.345" (too many decimal places)"#,
+        ),
+        (with(&["items", "1", "price"], json!("abc")), r#"$.items[1].price: expected decimal(10,2), got "abc""#),
+        (with(&["id"], json!("7")), r#"$.id: expected long, got "7""#),
+        (with(&["kind"], json!("CASH")), r#"$.kind: expected enum `shop.Kind` (CARD, BANK), got "CASH""#),
+        (with(&["at"], json!("soon")), r#"$.at: expected timestamp-micros (ISO 8601), got "soon""#),
+        (with(&["day"], json!("1969-02-30")), r#"$.day: expected date (YYYY-MM-DD), got "1969-02-30""#),
+        (with(&["ref"], json!("xyz")), r#"$.ref: expected uuid, got "xyz""#),
+        (with(&["memo"], json!(5)), "$.memo: expected string, got 5"),
+        (with(&["raw"], json!("%%%")), r#"$.raw: expected bytes (base64), got "%%%""#),
+        (with(&["items"], json!({})), "$.items: expected array of record `shop.Item`, got an object"),
+        (missing, "$.payer: missing; expected string (the field has no default)"),
+        (with(&["extra"], json!(1)), "$.extra: not a field of record `shop.Payment`"),
+    ];
+    let mut lines: Vec<String> = cases.iter().map(|(v, _)| v.to_string()).collect();
+    lines.push("not json".into());
+    lines.push(good.to_string());
+    let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
+    let file = write_file(
+        dir.path(),
+        "check.yaml",
+        &format!(
+            "name: check\nsource:\n  file: {{path: {}, format: text}}\ntransforms:\n  - avro: {{schema: {{file: {}}}}}\nsink:\n  file: {{path: {}}}\nerrors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
+            input.display(),
+            schema.display(),
+            dir.path().join("out.jsonl").display(),
+            dir.path().join("dead.jsonl").display()
+        ),
+    );
+    let out = flowgate().arg("run").arg(&file).arg("--state-dir").arg(dir.path().join("state")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dead = records(&dir.path().join("dead.jsonl"));
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = cases.iter().map(|(_, r)| *r).collect();
+    want.push("the value is not JSON: expected ident at line 1 column 2");
+    assert_eq!(reasons, want);
+    assert!(dead.iter().all(|d| d["stage"].as_str().unwrap().starts_with("transform[0]:avro(")));
+    assert_eq!(records(&dir.path().join("out.jsonl")), vec![good]);
+}
+
+#[test]
+fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("pay", 1)]);
+    let mut registry = Registry::start(dir.path());
+    registry.stop();
+    let n = 200;
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let file =
+        file_to_kafka(dir.path(), &input, &broker, "pay", &format!("  url: {}\n  timeout: 1s", registry.url()), "");
+    let mut writer = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut reader = Reader::new(&broker.addr(), "pay", false);
+    // Down: nothing goes out, nothing is dropped.
+    assert!(!reader.read_until(Duration::from_secs(4), |r| r.total > 0));
+    assert!(log(dir.path()).contains("the schema registry is out of reach"), "{}", log(dir.path()));
+    registry.start_again();
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.total >= n), "{}", log(dir.path()));
+    stop(&mut writer, dir.path());
+
+    // A reader pipeline started while the registry is down waits for it too.
+    registry.stop();
+    let output = dir.path().join("out.jsonl");
+    let read_file = write_file(
+        dir.path(),
+        "from-kafka.yaml",
+        &format!(
+            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [pay]\n    group: fg\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nerrors: {{policy: fail}}\nregistry: {{url: {}, timeout: 1s}}\nbatch: {{size: 50, linger: 20ms}}\n",
+            broker.addr(),
+            output.display(),
+            registry.url()
+        ),
+    );
+    let mut run = Guard(spawn_run(dir.path(), &read_file, &[]));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(records(&output).is_empty());
+    registry.start_again();
+    let all = wait_for(Duration::from_secs(60), || records(&output).len() as u64 >= n);
+    stop(&mut run, dir.path());
+    assert!(all, "{}", log(dir.path()));
+    let mut ids: Vec<u64> = records(&output).iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, n);
+}
+
+#[test]
+fn an_incompatible_schema_is_refused_at_validate_and_at_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("inc", 1)]);
+    let registry = Registry::start(dir.path());
+    // The subject holds a schema that the pipeline's cannot evolve from (a
+    // required field the new schema adds without default).
+    let old = r#"{"type":"record","name":"Payment","namespace":"shop","fields":[{"name":"id","type":"long"}]}"#;
+    runtime().block_on(post_schema(&SrSettings::new(registry.url()), "inc-value".into(), avro(old))).unwrap();
+    let input = write_file(dir.path(), "in.jsonl", &(payment(1).to_string() + "\n"));
+    let file = file_to_kafka(dir.path(), &input, &broker, "inc", &format!("  url: {}", registry.url()), "");
+    let out = flowgate().args(["validate", "--check", "--message-format", "short"]).arg(&file).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is incompatible with subject `inc-value` in the registry"), "{err}");
+
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let exited = wait_for(Duration::from_secs(30), || run.try_wait().unwrap().is_some());
+    assert!(exited, "the pipeline should stop\n{}", log(dir.path()));
+    assert!(!run.try_wait().unwrap().unwrap().success());
+    let log = log(dir.path());
+    assert!(log.contains("incompatible with an earlier schema for subject \"inc-value\""), "{log}");
+}
+
+#[test]
+fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_table_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let broker = Broker::with_topics(&[("public.edge", 1)]);
+    pg.sql(
+        "CREATE TABLE edge (id int8 PRIMARY KEY, price numeric(10,2), free numeric, at timestamptz, \
+         local timestamp, day date, t time, name text, flag bool, ratio float4, raw bytea, doc jsonb, \
+         tags text[], ref uuid);
+         INSERT INTO edge VALUES
+          (1, -12345678.90, 3.14159265358979323846, '1969-12-31 23:59:59.999999+00', '1900-01-01 00:00:00.25',
+           '0001-01-01', '23:59:59.999999', 'ü€𝄞 \"q\"', false, 'NaN', '\\x00ff', '{\"a\": [1, null]}',
+           '{a,\"\",NULL}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+          (2, 0.01, 0, '2024-05-01 12:00:00.5+00', '2024-05-01 12:00:00', '2024-02-29', '00:00:00', '', true,
+           0.1, '', 'null', '{}', NULL),
+          (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
+    );
+    let port = common::free_port();
+    let registry = format!(
+        "registry:\n  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}\n",
+        dir.path().join("reg.db").display()
+    );
+    let out_path = dir.path().join("decoded.jsonl");
+    let cdc = write_file(
+        dir.path(),
+        "cdc.yaml",
+        &format!(
+            "name: cdc-avro\nsource:\n  postgres_cdc:\n    url: {}\n    tables: [edge]\nsink:\n  kafka:\n    brokers: {}\n    topic: '${{meta.schema}}.${{meta.table}}'\n    format: avro\n{registry}batch: {{size: 100, linger: 20ms}}\n",
+            pg.url(),
+            broker.addr()
+        ),
+    );
+    let decode = write_file(
+        dir.path(),
+        "decode.yaml",
+        &format!(
+            "name: decode\nsource:\n  kafka:\n    brokers: {}\n    topics: [public.edge]\n    group: dec\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\n{registry}batch: {{size: 100, linger: 20ms}}\n",
+            broker.addr(),
+            out_path.display()
+        ),
+    );
+    // Both pipelines in one process share the embedded registry.
+    let mut run = Guard(
+        common::flowgate()
+            .arg("run")
+            .arg(&cdc)
+            .arg(&decode)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .current_dir(dir.path())
+            .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for(Duration::from_secs(60), || records(&out_path).len() >= 3), "{}", log(dir.path()));
+    pg.sql("ALTER TABLE edge ADD COLUMN note text; INSERT INTO edge (id, note) VALUES (4, 'added');");
+    assert!(wait_for(Duration::from_secs(60), || records(&out_path).len() >= 4), "{}", log(dir.path()));
+    let versions = http(port, "GET", "/subjects/public.edge-value/versions", "").1;
+    stop(&mut run, dir.path());
+
+    let after: Vec<Value> = records(&out_path).into_iter().map(|v| v["after"].clone()).collect();
+    assert_eq!(
+        after[0],
+        json!({"id": 1, "price": "-12345678.90", "free": "3.14159265358979323846", "at": "1969-12-31T23:59:59.999999Z",
+               "local": "1900-01-01T00:00:00.25", "day": "0001-01-01", "t": "23:59:59.999999", "name": "ü€𝄞 \"q\"",
+               "flag": false, "ratio": "NaN", "raw": "AP8=", "doc": {"a": [1, null]}, "tags": ["a", "", null],
+               "ref": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"})
+    );
+    assert_eq!(
+        after[1],
+        json!({"id": 2, "price": "0.01", "free": "0", "at": "2024-05-01T12:00:00.5Z", "local": "2024-05-01T12:00:00",
+               "day": "2024-02-29", "t": "00:00:00", "name": "", "flag": true, "ratio": 0.1, "raw": "", "doc": null,
+               "tags": [], "ref": null})
+    );
+    assert!(after[2].as_object().unwrap().iter().all(|(k, v)| k == "id" || v.is_null()), "{}", after[2]);
+    assert_eq!(after[3]["note"], "added");
+    assert_eq!(versions, "[1,2]", "a new schema version after ALTER TABLE");
+}
