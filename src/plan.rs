@@ -100,6 +100,14 @@ fn avro_problems(config: &PipelineConfig) -> Vec<PathProblem> {
     for (path, sink) in sinks {
         let Some(SinkConfig::Kafka(k)) = sink else { continue };
         let field = |f: &[&str]| path.iter().chain(f).map(|s| s.to_string()).collect::<Vec<_>>();
+        if path[0] == "errors" && k.format == KafkaFormat::Avro {
+            problems.push(PathProblem {
+                at: field(&["format"]),
+                message: "a dead-letter sink cannot be `format: avro`".into(),
+                help: Some("dead letters are JSON envelopes around any record; remove `format`".into()),
+            });
+            continue;
+        }
         match (k.format, &k.avro) {
             (KafkaFormat::Bytes, Some(_)) => problems.push(PathProblem {
                 at: field(&["avro"]),

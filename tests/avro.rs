@@ -121,6 +121,17 @@ fn the_registry_serves_schema_registry_converter_and_keeps_everything_across_a_r
     let (status, body) = http(registry.port, "GET", "/schemas/ids/999", "");
     assert_eq!(status, 404);
     assert!(body.contains("40403"), "{body}");
+    // Versions: soft delete, again (refused), then for good; the id stays readable.
+    assert_eq!(http(registry.port, "DELETE", "/subjects/conv-value/versions/1", ""), (200, "1".into()));
+    let (status, body) = http(registry.port, "DELETE", "/subjects/conv-value/versions/1", "");
+    assert_eq!(status, 404);
+    assert!(body.contains("40406"), "{body}");
+    assert_eq!(http(registry.port, "DELETE", "/subjects/conv-value/versions/1?permanent=true", ""), (200, "1".into()));
+    assert_eq!(http(registry.port, "GET", "/subjects/conv-value/versions", "").1, "[2,3]");
+    assert_eq!(http(registry.port, "GET", &format!("/schemas/ids/{id1}"), "").0, 200);
+    let (status, body) = http(registry.port, "PATCH", "/config", "");
+    assert_eq!(status, 405);
+    assert!(body.contains("error_code"), "{body}");
 }
 
 #[test]

@@ -61,6 +61,10 @@ impl Error {
         )
     }
 
+    pub fn internal(e: &dyn std::fmt::Display) -> Self {
+        Error::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, format!("Internal error: {e}"))
+    }
+
     pub fn store(e: &sqlx::Error) -> Self {
         tracing::error!(error = %e, "the schema registry store refused a change");
         Error::new(StatusCode::INTERNAL_SERVER_ERROR, 50001, format!("Error in the backend data store: {e}"))
@@ -148,6 +152,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/config/{subject}", get(get_config).put(put_config).delete(delete_config))
         .route("/mode", get(mode))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(registry)
 }
 
@@ -157,6 +162,10 @@ async fn root() -> Reply {
 
 async fn not_found() -> Error {
     Error::new(StatusCode::NOT_FOUND, 404, "HTTP 404 Not Found")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::new(StatusCode::METHOD_NOT_ALLOWED, 405, "HTTP 405 Method Not Allowed")
 }
 
 async fn mode() -> Reply {
@@ -206,12 +215,14 @@ fn find(state: &super::State, subject: &str, v: Version, deleted: bool) -> Resul
         Version::Latest => visible.next_back(),
         Version::Number(n) => visible.find(|x| x.version == n),
     };
-    found.cloned().ok_or_else(|| {
-        Error::version_not_found(&match v {
-            Version::Latest => "latest".to_string(),
-            Version::Number(n) => n.to_string(),
-        })
-    })
+    found.cloned().ok_or_else(|| Error::version_not_found(&label(v)))
+}
+
+fn label(v: Version) -> String {
+    match v {
+        Version::Latest => "latest".to_string(),
+        Version::Number(n) => n.to_string(),
+    }
 }
 
 fn version_json(state: &super::State, v: &VersionRow) -> Value {
@@ -287,11 +298,12 @@ async fn delete_subject(State(r): Reg, Path(subject): Path<String>, Query(q): Pa
     if permanent {
         changes.push(Change::DeleteConfig { subject: subject.clone() });
     }
-    r.commit(changes, |s| {
+    let subj = subject.clone();
+    r.commit(changes, move |s| {
         if permanent {
-            s.subjects.remove(&subject);
-            s.config.remove(&subject);
-        } else if let Some(vs) = s.subjects.get_mut(&subject) {
+            s.subjects.remove(&subj);
+            s.config.remove(&subj);
+        } else if let Some(vs) = s.subjects.get_mut(&subj) {
             vs.iter_mut().for_each(|v| v.deleted = true);
         }
     })
@@ -307,7 +319,19 @@ async fn delete_version(State(r): Reg, Path((subject, v)): Path<(String, String)
     let row = {
         let state = r.read();
         // A permanent delete names a version that is already soft-deleted.
-        let row = find(&state, &subject, v, permanent)?;
+        let row = match find(&state, &subject, v, permanent) {
+            Err(_) if !permanent && find(&state, &subject, v, true).is_ok_and(|r| r.deleted) => {
+                return Err(Error::new(
+                    StatusCode::NOT_FOUND,
+                    40406,
+                    format!(
+                        "Subject '{subject}' Version {} was soft deleted. Set permanent=true to delete permanently",
+                        label(v)
+                    ),
+                ));
+            }
+            r => r?,
+        };
         if permanent && !row.deleted {
             return Err(Error::new(
                 StatusCode::NOT_FOUND,
@@ -325,11 +349,12 @@ async fn delete_version(State(r): Reg, Path((subject, v)): Path<(String, String)
     } else {
         Change::SoftDelete { subject: subject.clone(), versions: vec![row.version] }
     };
-    r.commit(vec![change], |s| {
+    let version = row.version;
+    r.commit(vec![change], move |s| {
         if let Some(vs) = s.subjects.get_mut(&subject) {
             if permanent {
-                vs.retain(|x| x.version != row.version);
-            } else if let Some(x) = vs.iter_mut().find(|x| x.version == row.version) {
+                vs.retain(|x| x.version != version);
+            } else if let Some(x) = vs.iter_mut().find(|x| x.version == version) {
                 x.deleted = true;
             }
             if vs.is_empty() {
@@ -450,7 +475,7 @@ async fn get_global(State(r): Reg) -> Reply {
 async fn put_global(State(r): Reg, body: Bytes) -> Reply {
     let level = level_body(&body)?;
     let _writer = r.writer.lock().await;
-    r.commit(vec![Change::SetConfig { subject: String::new(), level }], |s| s.global = Some(level)).await?;
+    r.commit(vec![Change::SetConfig { subject: String::new(), level }], move |s| s.global = Some(level)).await?;
     ok(json!({"compatibility": level.as_str()}))
 }
 
@@ -477,7 +502,7 @@ async fn get_config(State(r): Reg, Path(subject): Path<String>, Query(q): Params
 async fn put_config(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> Reply {
     let level = level_body(&body)?;
     let _writer = r.writer.lock().await;
-    r.commit(vec![Change::SetConfig { subject: subject.clone(), level }], |s| {
+    r.commit(vec![Change::SetConfig { subject: subject.clone(), level }], move |s| {
         s.config.insert(subject, level);
     })
     .await?;
@@ -489,7 +514,7 @@ async fn delete_config(State(r): Reg, Path(subject): Path<String>) -> Reply {
     let Some(old) = r.read().config.get(&subject).copied() else {
         return Err(Error::subject_not_found(&subject));
     };
-    r.commit(vec![Change::DeleteConfig { subject: subject.clone() }], |s| {
+    r.commit(vec![Change::DeleteConfig { subject: subject.clone() }], move |s| {
         s.config.remove(&subject);
     })
     .await?;

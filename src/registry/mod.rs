@@ -140,17 +140,18 @@ pub struct Registry {
     writer: tokio::sync::Mutex<()>,
 }
 
-/// A parsed schema and the text it is known by (its compact JSON form, so that
-/// whitespace and key order do not make a different schema).
+/// A parsed schema and the text it is known by: the submitted JSON made
+/// compact, so that whitespace does not make a different schema while every
+/// property (`connect.name`, `java-class`, ...) is kept for the clients.
 pub struct Parsed {
     schema: Schema,
     text: String,
 }
 
 pub fn parse_schema(text: &str) -> Result<Parsed, String> {
-    let schema = Schema::parse_str(text).map_err(|e| format!("Invalid schema: {e}"))?;
-    let text = serde_json::to_string(&schema).map_err(|e| format!("Invalid schema: {e}"))?;
-    Ok(Parsed { schema, text })
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("Invalid schema: {e}"))?;
+    let schema = Schema::parse(&json).map_err(|e| format!("Invalid schema: {e}"))?;
+    Ok(Parsed { schema, text: json.to_string() })
 }
 
 impl Registry {
@@ -165,6 +166,14 @@ impl Registry {
             state.schemas.insert(id, Arc::new(Stored { text, schema }));
         }
         for v in content.versions {
+            if !state.schemas.contains_key(&v.id) {
+                anyhow::bail!(
+                    "the store is inconsistent: {} version {} names schema {}, which is missing",
+                    v.subject,
+                    v.version,
+                    v.id
+                );
+            }
             state.subjects.entry(v.subject.clone()).or_default().push(v);
         }
         for (subject, level) in content.config {
@@ -182,18 +191,28 @@ impl Registry {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits `changes`, then applies `update` to memory.
-    async fn commit(&self, changes: Vec<Change>, update: impl FnOnce(&mut State)) -> Result<(), api::Error> {
-        if !changes.is_empty() {
-            self.store.apply(&changes).await.map_err(|e| api::Error::store(&e))?;
-        }
-        update(&mut self.state.write().unwrap_or_else(|p| p.into_inner()));
-        Ok(())
+    /// Commits `changes`, then applies `update` to memory. Both happen in a task
+    /// of their own: a client that hangs up mid-request cancels its handler, and
+    /// must not leave the store ahead of memory.
+    async fn commit(
+        self: &Arc<Self>,
+        changes: Vec<Change>,
+        update: impl FnOnce(&mut State) + Send + 'static,
+    ) -> Result<(), api::Error> {
+        let registry = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            if !changes.is_empty() {
+                registry.store.apply(&changes).await.map_err(|e| api::Error::store(&e))?;
+            }
+            update(&mut registry.state.write().unwrap_or_else(|p| p.into_inner()));
+            Ok(())
+        });
+        task.await.unwrap_or_else(|e| Err(api::Error::internal(&e)))
     }
 
     /// Registers `parsed` under `subject`: the existing id when the subject has
     /// it already, else a new version after the compatibility check.
-    async fn register(&self, subject: &str, parsed: Parsed) -> Result<u32, api::Error> {
+    async fn register(self: &Arc<Self>, subject: &str, parsed: Parsed) -> Result<u32, api::Error> {
         let _writer = self.writer.lock().await;
         let (id, new_schema, version) = {
             let state = self.read();
@@ -221,7 +240,7 @@ impl Registry {
             changes.push(Change::Schema { id, text: parsed.text.clone() });
         }
         changes.push(Change::Version(row.clone()));
-        self.commit(changes, |s| {
+        self.commit(changes, move |s| {
             if new_schema {
                 s.by_text.insert(parsed.text.clone(), id);
                 s.schemas.insert(id, Arc::new(Stored { text: parsed.text, schema: parsed.schema }));

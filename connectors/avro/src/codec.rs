@@ -68,15 +68,21 @@ enum Node {
         fixed: Option<usize>,
     },
     BigDecimal,
-    Uuid {
-        fixed: bool,
-    },
+    Uuid(UuidRepr),
     Date,
     TimeMillis,
     TimeMicros,
     Timestamp(Unit),
     LocalTimestamp(Unit),
     Duration,
+}
+
+/// How a uuid is stored: as its text, or as 16 bytes (fixed, or length-prefixed bytes).
+#[derive(Clone, Copy, Debug)]
+enum UuidRepr {
+    String,
+    Bytes,
+    Fixed,
 }
 
 #[derive(Debug)]
@@ -237,21 +243,69 @@ impl Codec {
         Ok(())
     }
 
-    /// A default is written per the Avro spec: a union's default is of its first
-    /// branch, and bytes are code points, not base64.
+    /// A default is written per the Avro spec's JSON encoding, at every depth:
+    /// bytes and fixed are code points (not base64), and a union's default is
+    /// of its first branch (a later branch is accepted too, as other tools do).
     fn encode_default(&self, node: &Node, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
+        let latin1 = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect() };
         match (node, v) {
             (Node::Union(branches), _) => {
-                write_long(out, 0);
-                self.encode_default(&branches[0], v, out)
+                let start = out.len();
+                let mut first = None;
+                for (i, b) in branches.iter().enumerate() {
+                    write_long(out, i as i64);
+                    match self.encode_default(b, v, out) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            out.truncate(start);
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(first.unwrap_or_else(|| mismatch(node, self, v)))
             }
             (Node::Bytes, Value::String(s)) => {
-                let b: Vec<u8> = s.chars().map(|c| c as u32 as u8).collect();
-                write_bytes(out, &b);
+                write_bytes(out, &latin1(s).ok_or_else(|| mismatch(node, self, v))?);
                 Ok(())
             }
-            (Node::Fixed { size, .. }, Value::String(s)) if s.chars().count() == *size => {
-                out.extend(s.chars().map(|c| c as u32 as u8));
+            (Node::Fixed { size, .. }, Value::String(s)) => {
+                let b = latin1(s).filter(|b| b.len() == *size).ok_or_else(|| mismatch(node, self, v))?;
+                out.extend_from_slice(&b);
+                Ok(())
+            }
+            (Node::Array(items), Value::Array(a)) => {
+                if !a.is_empty() {
+                    write_long(out, a.len() as i64);
+                    for (i, x) in a.iter().enumerate() {
+                        self.encode_default(items, x, out).map_err(|e| e.at(Segment::Index(i)))?;
+                    }
+                }
+                out.push(0);
+                Ok(())
+            }
+            (Node::Map(values), Value::Object(m)) => {
+                if !m.is_empty() {
+                    write_long(out, m.len() as i64);
+                    for (k, x) in m {
+                        write_bytes(out, k.as_bytes());
+                        self.encode_default(values, x, out).map_err(|e| e.at(Segment::Field(k.clone())))?;
+                    }
+                }
+                out.push(0);
+                Ok(())
+            }
+            (Node::Record(i), Value::Object(m)) => {
+                for f in &self.records[*i].fields {
+                    match (m.get(&f.name), &f.default) {
+                        (Some(x), _) => {
+                            self.encode_default(&f.node, x, out).map_err(|e| e.at(Segment::Field(f.name.clone())))?
+                        }
+                        (None, Some(d)) => out.extend_from_slice(d),
+                        (None, None) => {
+                            return Err(Mismatch::new("missing").at(Segment::Field(f.name.clone())));
+                        }
+                    }
+                }
                 Ok(())
             }
             _ => self.encode(node, v, out),
@@ -262,12 +316,6 @@ impl Codec {
     /// On a mismatch `out` may hold part of the value; the caller discards it.
     pub fn encode_value(&self, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
         self.encode(&self.root, v, out)
-    }
-
-    /// Checks `v` against the schema without keeping the encoding.
-    pub fn validate(&self, v: &Value, scratch: &mut Vec<u8>) -> Result<(), Mismatch> {
-        scratch.clear();
-        self.encode(&self.root, v, scratch)
     }
 
     fn encode(&self, node: &Node, v: &Value, out: &mut Vec<u8>) -> Result<(), Mismatch> {
@@ -289,7 +337,11 @@ impl Codec {
                 Ok(())
             }
             Node::Float => {
-                out.extend_from_slice(&(float(v).ok_or_else(bad)? as f32).to_le_bytes());
+                let f = float(v).ok_or_else(bad)?;
+                if f.is_finite() && f.abs() > f64::from(f32::MAX) {
+                    return Err(bad_range(node, self, v));
+                }
+                out.extend_from_slice(&(f as f32).to_le_bytes());
                 Ok(())
             }
             Node::Double => {
@@ -323,19 +375,19 @@ impl Codec {
                 out.extend_from_slice(&b);
                 Ok(())
             }
-            Node::Uuid { fixed } => {
+            Node::Uuid(repr) => {
                 let s = v.as_str().ok_or_else(bad)?;
                 let bytes = parse_uuid(s).ok_or_else(bad)?;
-                if *fixed {
-                    out.extend_from_slice(&bytes);
-                } else {
-                    write_bytes(out, s.as_bytes());
+                match repr {
+                    UuidRepr::String => write_bytes(out, s.as_bytes()),
+                    UuidRepr::Bytes => write_bytes(out, &bytes),
+                    UuidRepr::Fixed => out.extend_from_slice(&bytes),
                 }
                 Ok(())
             }
             Node::BigDecimal => {
                 // Avro's big-decimal: bytes of the unscaled value, then the scale.
-                let text = decimal_text(v).ok_or_else(bad)?;
+                let text = self.decimal_text(node, v)?;
                 let d = parse_decimal(&text).ok_or_else(bad)?;
                 let mut inner = Vec::new();
                 write_bytes(&mut inner, &twos_complement(&d.digits, d.negative));
@@ -344,7 +396,7 @@ impl Codec {
                 Ok(())
             }
             Node::Decimal { precision, scale, fixed } => {
-                let text = decimal_text(v).ok_or_else(bad)?;
+                let text = self.decimal_text(node, v)?;
                 let d = parse_decimal(&text).ok_or_else(bad)?;
                 let d = d.rescale(*scale).ok_or_else(|| {
                     Mismatch::new(format!("expected {}, got {} (too many decimal places)", self.describe(node), got(v)))
@@ -381,11 +433,18 @@ impl Codec {
                     Value::String(s) => time::parse_time(s).ok_or_else(bad)?,
                     v => {
                         let n = integer(v).ok_or_else(bad)?;
-                        if *node == Node::TimeMillis { n.saturating_mul(1000) } else { n }
+                        if matches!(node, Node::TimeMillis) { n.saturating_mul(1000) } else { n }
                     }
                 };
                 if !(0..86_400_000_000).contains(&micros) {
                     return Err(bad_range(node, self, v));
+                }
+                if matches!(node, Node::TimeMillis) && micros % 1000 != 0 {
+                    return Err(Mismatch::new(format!(
+                        "expected {}, got {} (finer than millis)",
+                        self.describe(node),
+                        got(v)
+                    )));
                 }
                 match node {
                     Node::TimeMillis => write_long(out, micros / 1000),
@@ -398,6 +457,19 @@ impl Codec {
                 let n = match v {
                     Value::String(s) => {
                         let nanos = time::parse_timestamp(s, local).ok_or_else(bad)?;
+                        let step = match unit {
+                            Unit::Millis => 1_000_000,
+                            Unit::Micros => 1000,
+                            Unit::Nanos => 1,
+                        };
+                        if nanos % step != 0 {
+                            return Err(Mismatch::new(format!(
+                                "expected {}, got {} (finer than {})",
+                                self.describe(node),
+                                got(v),
+                                unit_name(*unit)
+                            )));
+                        }
                         match unit {
                             Unit::Millis => nanos.div_euclid(1_000_000),
                             Unit::Micros => nanos.div_euclid(1000),
@@ -459,10 +531,20 @@ impl Codec {
             write_long(out, i as i64);
             return self.encode(&branches[i], v, out);
         }
+        // A number goes to the branch that holds it best: whole numbers to int or
+        // long, others to double before float.
+        let rank = |b: &Node| match (b, v) {
+            (Node::Int | Node::Long, Value::Number(n)) if n.is_i64() || n.is_u64() => 0,
+            (Node::Double, Value::Number(_)) => 1,
+            (Node::Float, Value::Number(_)) => 2,
+            _ => 3,
+        };
+        let mut order: Vec<usize> = (0..branches.len()).collect();
+        order.sort_by_key(|&i| rank(&branches[i]));
         let start = out.len();
-        for (i, b) in branches.iter().enumerate() {
+        for i in order {
             write_long(out, i as i64);
-            if self.encode(b, v, out).is_ok() {
+            if self.encode(&branches[i], v, out).is_ok() {
                 return Ok(());
             }
             out.truncate(start);
@@ -498,6 +580,18 @@ impl Codec {
         Ok(())
     }
 
+    /// A decimal's text, or why the value cannot be one.
+    fn decimal_text<'v>(&self, node: &Node, v: &'v Value) -> Result<std::borrow::Cow<'v, str>, Mismatch> {
+        decimal_text(v).ok_or_else(|| match v {
+            Value::Number(_) => Mismatch::new(format!(
+                "expected {}, got {} (more digits than a JSON number holds exactly; give decimals as strings)",
+                self.describe(node),
+                got(v)
+            )),
+            _ => mismatch(node, self, v),
+        })
+    }
+
     /// What a schema node expects, for messages.
     fn describe(&self, node: &Node) -> String {
         match node {
@@ -521,7 +615,7 @@ impl Codec {
             Node::Fixed { name, size } => format!("fixed `{name}` of {size} bytes (base64)"),
             Node::Decimal { precision, scale, .. } => format!("decimal({precision},{scale})"),
             Node::BigDecimal => "big-decimal".into(),
-            Node::Uuid { .. } => "uuid".into(),
+            Node::Uuid(_) => "uuid".into(),
             Node::Date => "date (YYYY-MM-DD)".into(),
             Node::TimeMillis => "time-millis (HH:MM:SS.fff)".into(),
             Node::TimeMicros => "time-micros (HH:MM:SS.ffffff)".into(),
@@ -552,7 +646,7 @@ impl Codec {
                 float_json(f.to_string().parse::<f64>().unwrap_or(f64::from(f)))
             }
             Node::Double => float_json(f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
-            Node::String | Node::Uuid { fixed: false } => Value::String(r.string()?),
+            Node::String | Node::Uuid(UuidRepr::String) => Value::String(r.string()?),
             Node::Json => {
                 let s = r.string()?;
                 serde_json::from_str(&s).unwrap_or(Value::String(s))
@@ -560,7 +654,14 @@ impl Codec {
             Node::Bytes => Value::String(B64.encode(r.bytes()?)),
             Node::Fixed { size, .. } => Value::String(B64.encode(r.take(*size)?)),
             Node::Duration => Value::String(B64.encode(r.take(12)?)),
-            Node::Uuid { fixed: true } => Value::String(format_uuid(r.take(16)?)),
+            Node::Uuid(UuidRepr::Fixed) => Value::String(format_uuid(r.take(16)?)),
+            Node::Uuid(UuidRepr::Bytes) => {
+                let b = r.bytes()?;
+                if b.len() != 16 {
+                    return Err(DecodeError(format!("a uuid of {} bytes", b.len())));
+                }
+                Value::String(format_uuid(b))
+            }
             Node::Decimal { scale, fixed, .. } => {
                 let b = match fixed {
                     Some(size) => r.take(*size)?,
@@ -633,12 +734,6 @@ impl Codec {
     }
 }
 
-impl PartialEq for Node {
-    fn eq(&self, other: &Self) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
-    }
-}
-
 fn unit_name(u: Unit) -> &'static str {
     match u {
         Unit::Millis => "millis",
@@ -697,8 +792,9 @@ impl Compiler<'_> {
                 },
             },
             Schema::BigDecimal => Node::BigDecimal,
-            Schema::Uuid(UuidSchema::String) => Node::Uuid { fixed: false },
-            Schema::Uuid(UuidSchema::Fixed(_) | UuidSchema::Bytes) => Node::Uuid { fixed: true },
+            Schema::Uuid(UuidSchema::String) => Node::Uuid(UuidRepr::String),
+            Schema::Uuid(UuidSchema::Bytes) => Node::Uuid(UuidRepr::Bytes),
+            Schema::Uuid(UuidSchema::Fixed(_)) => Node::Uuid(UuidRepr::Fixed),
             Schema::Date => Node::Date,
             Schema::TimeMillis => Node::TimeMillis,
             Schema::TimeMicros => Node::TimeMicros,
@@ -761,13 +857,24 @@ fn base64_of(v: &Value) -> Option<Vec<u8>> {
     B64.decode(v.as_str()?).ok()
 }
 
+/// A decimal's text: a string, or a JSON number that a double holds exactly
+/// enough (at most 15 significant digits; longer ones must come as strings).
 fn decimal_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
         Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) if n.is_f64() => {
+            let text = n.to_string();
+            let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+            let digits = mantissa.bytes().filter(u8::is_ascii_digit).skip_while(|&b| b == b'0').count();
+            (digits <= 15).then(|| text.into())
+        }
         Value::Number(n) => Some(n.to_string().into()),
         _ => None,
     }
 }
+
+/// Most digits a decimal may have (Avro itself sets no limit).
+const MAX_DIGITS: usize = 1000;
 
 /// A decimal as its unscaled digits (big-endian base 10, no leading zeros).
 struct Decimal {
@@ -786,6 +893,9 @@ impl Decimal {
             }
             self.digits.pop();
             self.scale -= 1;
+        }
+        if scale - self.scale > MAX_DIGITS {
+            return None;
         }
         if !self.digits.is_empty() {
             self.digits.extend(std::iter::repeat_n(0, scale - self.scale));
@@ -812,6 +922,10 @@ fn parse_decimal(s: &str) -> Option<Decimal> {
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Bounds, so that a hostile value costs no more than a long one.
+    if int.len() + frac.len() > MAX_DIGITS || exp.unsigned_abs() > MAX_DIGITS as u64 {
         return None;
     }
     let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
@@ -982,8 +1096,13 @@ impl<'a> Reader<'a> {
                 return Ok(());
             }
             if n < 0 {
-                n = -n;
+                n = n.checked_neg().ok_or_else(|| DecodeError("a block count out of range".into()))?;
                 self.long()?;
+            }
+            // Items take a byte or more, except nulls and empty records: a count
+            // beyond what is left is a damaged value, not a reason to allocate.
+            if n > self.buf.len() as i64 && n > 65_536 {
+                return Err(DecodeError(format!("a block of {n} items in {} bytes", self.buf.len())));
             }
             for _ in 0..n {
                 item(self)?;
@@ -992,5 +1111,6 @@ impl<'a> Reader<'a> {
     }
 }
 
+mod stream;
 #[cfg(test)]
 mod tests;

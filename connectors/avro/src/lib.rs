@@ -16,7 +16,6 @@ pub use step::{AvroStep, Decoder, Encoder, Failure, Loaded, load, load_file};
 /// then the Avro binary value.
 pub mod wire {
     pub const MAGIC: u8 = 0;
-    pub const HEADER_LEN: usize = 5;
 
     /// Starts a framed value for schema `id` in `out` (cleared first).
     pub fn start(out: &mut Vec<u8>, id: u32) {

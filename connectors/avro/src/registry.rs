@@ -17,14 +17,16 @@ use schema_registry_converter::schema_registry_common::{SchemaType, SrCall, Supp
 use crate::config::RegistryConfig;
 use crate::{Codec, SchemaError};
 
-/// A registry call that failed: `retryable` when the registry was out of reach
-/// or said it is unavailable (the caller waits and tries again).
+/// A registry call that failed: `retryable` when the registry was out of
+/// reach, timed out, or answered with a server error or "too many requests"
+/// (the caller waits and tries again); `status` is the HTTP status, if any.
 #[derive(Debug, thiserror::Error)]
 #[error("schema registry {url}: {message}")]
 pub struct RegistryError {
     pub url: String,
     pub message: String,
     pub retryable: bool,
+    pub status: Option<u16>,
 }
 
 /// A schema the registry knows, ready to use.
@@ -32,6 +34,8 @@ pub struct RegistryError {
 pub struct Registered {
     pub id: u32,
     pub codec: Arc<Codec>,
+    /// The schema as the registry holds it (its properties kept).
+    pub text: String,
 }
 
 pub struct RegistryClient {
@@ -69,7 +73,7 @@ impl RegistryClient {
     }
 
     fn invalid(&self, what: &str, e: SchemaError) -> RegistryError {
-        RegistryError { url: self.url.clone(), message: format!("{what}: {e}"), retryable: false }
+        RegistryError { url: self.url.clone(), message: format!("{what}: {e}"), retryable: false, status: None }
     }
 
     /// The schema with this id (the writer's schema of a framed value).
@@ -88,7 +92,7 @@ impl RegistryClient {
         let s = get_schema_by_subject_and_version(&self.settings, subject, version).await.map_err(|e| self.fail(e))?;
         let codec = Arc::new(Codec::parse(&s.schema).map_err(|e| self.invalid(&format!("subject `{subject}`"), e))?);
         self.by_id.lock().unwrap_or_else(|p| p.into_inner()).entry(s.id).or_insert_with(|| Arc::clone(&codec));
-        Ok(Registered { id: s.id, codec })
+        Ok(Registered { id: s.id, codec, text: s.schema })
     }
 
     /// The id of `schema` under `subject`: registered when `register`, else looked
@@ -110,6 +114,7 @@ impl RegistryClient {
                 url: self.url.clone(),
                 message: format!("the lookup of the schema under `{subject}` gave no id"),
                 retryable: false,
+                status: None,
             })?
         };
         tracing::debug!(subject, id, register, "schema id resolved");
@@ -129,12 +134,19 @@ impl RegistryClient {
     }
 }
 
+/// The crate retries only connection failures, 502 and 503; a registry that
+/// times out, is overloaded (429) or has a store error (5xx) is waited for too.
 fn error(url: &str, e: SRCError) -> RegistryError {
     let message = match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
     };
-    RegistryError { url: url.to_string(), message, retryable: e.retriable }
+    // "HTTP request to schema registry failed with status 500 Internal Server Error"
+    let status = e.error.split("failed with status ").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok());
+    // A response cut off while its body was read.
+    let cut_off = status.is_none() && e.error.starts_with("could not parse") && message.contains("body");
+    let retryable = e.retriable || cut_off || matches!(status, Some(408 | 429 | 500..=599));
+    RegistryError { url: url.to_string(), message, retryable, status }
 }
 
 impl From<RegistryError> for flowgate_sdk::ConnectorError {
@@ -144,5 +156,29 @@ impl From<RegistryError> for flowgate_sdk::ConnectorError {
         } else {
             flowgate_sdk::ConnectorError::fatal_from("the schema registry refused", e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_and_overload_are_waited_for_refusals_are_not() {
+        let status =
+            |s: &str| SRCError::new(&format!("HTTP request to schema registry failed with status {s}"), None, false);
+        for (s, retryable) in [
+            ("500 Internal Server Error", true),
+            ("504 Gateway Timeout", true),
+            ("429 Too Many Requests", true),
+            ("404 Not Found", false),
+            ("409 Conflict", false),
+            ("401 Unauthorized", false),
+        ] {
+            let e = error("http://r", status(s));
+            assert_eq!((e.retryable, e.status), (retryable, s[..3].parse().ok()), "{s}");
+        }
+        let refused = error("http://r", SRCError::new("http call to schema registry failed", None, true));
+        assert!(refused.retryable && refused.status.is_none());
     }
 }

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flowgate_sdk::{Batch, Bytes, ConnectorError, Record, Transform, ValueSchema, async_trait};
-use serde_json::Value;
 
 use crate::config::{AvroSinkConfig, AvroStepConfig, SchemaSource};
 use crate::registry::{RegistryClient, RegistryError};
@@ -40,9 +39,8 @@ pub async fn load(source: &SchemaSource, registry: Option<&RegistryClient>) -> R
     let registry = registry.ok_or_else(|| ConnectorError::fatal("a schema `subject` needs a registry"))?;
     let r = registry.version(subject, source.version.number()).await?;
     tracing::info!(subject, id = r.id, "schema read from the registry");
-    let text = serde_json::to_string(r.codec.schema()).map_err(|e| ConnectorError::fatal(e.to_string()))?;
     let name = r.codec.name().map(Arc::from);
-    Ok(Loaded { codec: r.codec, schema: ValueSchema::new(text, name), id: Some(r.id) })
+    Ok(Loaded { codec: r.codec, schema: ValueSchema::new(r.text, name), id: Some(r.id) })
 }
 
 /// Checks every record's value against a schema; a record that does not fit
@@ -82,11 +80,8 @@ impl Transform for AvroStep {
         let records = std::mem::take(&mut batch.records);
         batch.records.reserve(records.len());
         for mut record in records {
-            let checked = match serde_json::from_slice::<Value>(&record.value) {
-                Ok(v) => codec.validate(&v, &mut self.scratch).map_err(|m| m.to_string()),
-                Err(e) => Err(format!("the value is not JSON: {e}")),
-            };
-            match checked {
+            self.scratch.clear();
+            match codec.encode_json(&record.value, &mut self.scratch) {
                 Ok(()) => {
                     record.schema = Some(Arc::clone(schema));
                     batch.records.push(record);
@@ -144,7 +139,12 @@ impl Encoder {
         {
             let l = load(source, Some(&self.registry)).await.map_err(|e| {
                 let (message, retryable) = (e.chain(), e.is_retryable());
-                Failure::Registry(RegistryError { url: self.registry.url().to_string(), message, retryable })
+                Failure::Registry(RegistryError {
+                    url: self.registry.url().to_string(),
+                    message,
+                    retryable,
+                    status: None,
+                })
             })?;
             self.fixed = Some(l);
         }
@@ -181,10 +181,8 @@ impl Encoder {
                 }
             }
         };
-        let value: Value = serde_json::from_slice(&record.value)
-            .map_err(|e| Failure::Record(format!("the value is not JSON: {e}")))?;
         wire::start(&mut self.buf, id);
-        codec.encode_value(&value, &mut self.buf).map_err(|m| Failure::Record(m.to_string()))?;
+        codec.encode_json(&record.value, &mut self.buf).map_err(Failure::Record)?;
         Ok(Bytes::copy_from_slice(&self.buf))
     }
 }
@@ -210,10 +208,12 @@ impl Decoder {
                 "the value is not in the Confluent Avro format (magic byte 0 and a schema id)".into(),
             ));
         };
+        // Only an id the registry does not know is the record's fault; any other
+        // failure waits (or stops the pipeline), so that no record is dropped for it.
         let codec = match self.registry.schema(id).await {
             Ok(c) => c,
-            Err(e) if e.retryable => return Err(Failure::Registry(e)),
-            Err(e) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
+            Err(e) if e.status == Some(404) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
+            Err(e) => return Err(Failure::Registry(e)),
         };
         let v = codec.decode(avro).map_err(|e| Failure::Record(format!("schema {id}: {e}")))?;
         Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize")))

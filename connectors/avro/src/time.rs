@@ -24,7 +24,9 @@ pub fn format_date(days: i32) -> Option<String> {
 /// `HH:MM:SS[.f]` to microseconds after midnight.
 pub fn parse_time(s: &str) -> Option<i64> {
     let t = NaiveTime::parse_from_str(s, "%H:%M:%S%.f").ok()?;
-    Some(i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
+    // Nanoseconds would be cut: refused instead.
+    (t.nanosecond() % 1000 == 0)
+        .then(|| i64::from(t.num_seconds_from_midnight()) * 1_000_000 + i64::from(t.nanosecond() / 1000))
 }
 
 pub fn format_time(micros: i64) -> String {
@@ -38,7 +40,8 @@ pub fn format_time(micros: i64) -> String {
 /// offset (`2024-05-01T12:00:00`); otherwise an offset is required, except that
 /// text without one is taken as UTC. A space may stand for the `T`.
 pub fn parse_timestamp(s: &str, local: bool) -> Option<i128> {
-    let t = s.replacen(' ', "T", 1);
+    let t: std::borrow::Cow<'_, str> =
+        if s.as_bytes().get(10) == Some(&b' ') { s.replacen(' ', "T", 1).into() } else { s.into() };
     let naive = match DateTime::parse_from_rfc3339(&t) {
         Ok(dt) if !local => dt.naive_utc(),
         Ok(_) => return None,

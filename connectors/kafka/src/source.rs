@@ -235,10 +235,18 @@ pub struct KafkaSource {
     seen_rebalances: u64,
     /// With `format: avro`: decodes each value to JSON.
     avro: Option<flowgate_avro::Decoder>,
-    /// Records read but not decoded yet (the registry was out of reach), with
-    /// their offsets: handed out once they are decoded, never dropped.
-    held: Option<(Vec<Record>, Vec<PartitionOffset>)>,
+    /// Records read but not decoded yet (the registry was out of reach): handed
+    /// out once they are decoded, never dropped.
+    held: Option<Held>,
     stage: Arc<str>,
+}
+
+/// A batch waiting for the registry, with what `drop_revoked` needs should the
+/// group rebalance meanwhile (a long outage can cost the consumer its membership).
+struct Held {
+    records: Vec<Record>,
+    offsets: Vec<PartitionOffset>,
+    gens: Vec<u64>,
 }
 
 /// Consumer settings for a source; also used by `validate --check`.
@@ -391,7 +399,12 @@ impl KafkaSource {
     /// Decodes the batch's values (with `format: avro`) and hands the batch out
     /// with its offsets. While the registry is out of reach the records are
     /// held, and offered again on the next read.
-    async fn hand_out(&mut self, batch: &mut Batch, offsets: Vec<PartitionOffset>) -> Result<Read, ConnectorError> {
+    async fn hand_out(
+        &mut self,
+        batch: &mut Batch,
+        offsets: Vec<PartitionOffset>,
+        gens: Vec<u64>,
+    ) -> Result<Read, ConnectorError> {
         if let Some(avro) = &self.avro {
             let mut decoded = Vec::with_capacity(batch.records.len());
             for r in &batch.records {
@@ -400,7 +413,8 @@ impl KafkaSource {
                     Err(AvroFailure::Record(reason)) => decoded.push(Err(reason)),
                     Err(AvroFailure::Registry(e)) if e.retryable => {
                         tracing::warn!(error = %e, "cannot decode Avro values: the schema registry is out of reach; waiting");
-                        self.held = Some((std::mem::take(&mut batch.records), offsets));
+                        let records = std::mem::take(&mut batch.records);
+                        self.held = Some(Held { records, offsets, gens });
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         return Ok(Read::Idle);
                     }
@@ -426,30 +440,40 @@ impl KafkaSource {
     /// Drops records of partitions revoked (or revoked and assigned again) while
     /// the batch was being read: librdkafka fetches them again from the committed
     /// offset for the partition's current owner.
-    fn drop_revoked(&self, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>, gens: &[u64]) {
+    fn drop_revoked(&self, batch: &mut Batch, offsets: &mut Vec<PartitionOffset>, gens: &mut Vec<u64>) {
         let a = lock(&self.group.assigned);
         let current = |topic: &Arc<str>, partition: i32, generation: u64| {
             a.partitions.get(&(Arc::clone(topic), partition)) == Some(&generation)
         };
         offsets.retain(|p| current(&p.topic, p.partition, p.generation));
-        let mut i = 0;
-        batch.records.retain(|r| {
-            let generation = gens[i];
-            i += 1;
-            match &r.meta {
+        let keep: Vec<bool> = batch
+            .records
+            .iter()
+            .zip(gens.iter())
+            .map(|(r, &generation)| match &r.meta {
                 SourceMeta::Kafka { topic, partition, .. } => current(topic, *partition, generation),
                 _ => true,
-            }
-        });
+            })
+            .collect();
+        let mut k = keep.iter();
+        batch.records.retain(|_| *k.next().expect("a flag per record"));
+        let mut k = keep.iter();
+        gens.retain(|_| *k.next().expect("a flag per record"));
     }
 }
 
 #[async_trait]
 impl Source for KafkaSource {
     async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
-        if let Some((records, offsets)) = self.held.take() {
-            batch.records = records;
-            return self.hand_out(batch, offsets).await;
+        if let Some(held) = self.held.take() {
+            batch.records = held.records;
+            let (mut offsets, mut gens) = (held.offsets, held.gens);
+            // Partitions lost while waiting are read again by their new owner.
+            self.drop_revoked(batch, &mut offsets, &mut gens);
+            if batch.records.is_empty() {
+                return Ok(Read::Idle);
+            }
+            return self.hand_out(batch, offsets, gens).await;
         }
         let consumer = Arc::clone(&self.consumer);
         consumer.context().log.check_fatal()?;
@@ -485,12 +509,12 @@ impl Source for KafkaSource {
             }
         }
         if self.group.rebalances.load(Ordering::Acquire) != rebalances {
-            self.drop_revoked(batch, &mut offsets, &gens);
+            self.drop_revoked(batch, &mut offsets, &mut gens);
         }
         if batch.records.is_empty() {
             return Ok(Read::Idle);
         }
-        self.hand_out(batch, offsets).await
+        self.hand_out(batch, offsets, gens).await
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {

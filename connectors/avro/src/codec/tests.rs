@@ -38,14 +38,46 @@ fn order() -> Value {
     })
 }
 
+/// Encodes with the tree encoder, and checks that the streaming one (from the
+/// JSON text) gives the same bytes or the same reason.
 fn encode(codec: &Codec, v: &Value) -> Result<Vec<u8>, Mismatch> {
     let mut out = Vec::new();
-    codec.encode_value(v, &mut out).map(|()| out)
+    let tree = codec.encode_value(v, &mut out).map(|()| out);
+    let mut streamed = Vec::new();
+    let text = serde_json::to_vec(v).unwrap();
+    match (&tree, codec.encode_json(&text, &mut streamed)) {
+        (Ok(bytes), Ok(())) => assert_eq!(bytes, &streamed, "streamed bytes differ for {v}"),
+        (Err(m), Err(reason)) => assert_eq!(m.to_string(), reason, "streamed reason differs for {v}"),
+        (tree, streamed) => panic!("tree {tree:?} but streamed {streamed:?} for {v}"),
+    }
+    tree
 }
 
 fn reason(schema: &str, v: Value) -> String {
     let codec = Codec::parse(schema).unwrap();
     encode(&codec, &v).unwrap_err().to_string()
+}
+
+#[test]
+fn streaming_takes_fields_in_any_order_and_refuses_bad_json() {
+    let codec = Codec::parse(ORDER).unwrap();
+    let v = order();
+    let mut keys: Vec<(&String, &Value)> = v.as_object().unwrap().iter().collect();
+    keys.reverse();
+    let reversed = format!(
+        "{{{}}}",
+        keys.iter().map(|(k, v)| format!("{}:{v}", Value::String((*k).clone()))).collect::<Vec<_>>().join(",")
+    );
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    codec.encode_value(&v, &mut a).unwrap();
+    codec.encode_json(reversed.as_bytes(), &mut b).unwrap();
+    assert_eq!(a, b);
+    let dup = r#"{"id": 1, "id": 2}"#;
+    assert_eq!(codec.encode_json(dup.as_bytes(), &mut b).unwrap_err(), "$.id: appears twice");
+    let e = codec.encode_json(b"{\"id\": ", &mut b).unwrap_err();
+    assert!(e.starts_with("the value is not JSON: "), "{e}");
+    let e = codec.encode_json(format!("{v} trailing").as_bytes(), &mut b).unwrap_err();
+    assert!(e.starts_with("the value is not JSON: "), "{e}");
 }
 
 /// What apache-avro, an independent reader, makes of our bytes.
@@ -271,4 +303,67 @@ fn damaged_bytes_are_an_error_not_a_panic() {
     }
     assert!(codec.decode(&[bytes.as_slice(), &[0]].concat()).is_err());
     assert!(Codec::parse(r#"{"type": "record"}"#).is_err());
+}
+
+#[test]
+fn values_that_would_lose_information_are_refused() {
+    assert_eq!(reason(r#""float""#, json!(1e300)), "$: expected float, got 1e+300 (out of range)");
+    let dec = r#"{"type": "bytes", "logicalType": "decimal", "precision": 30, "scale": 2}"#;
+    assert!(reason(dec, json!(123456789012345678.91)).ends_with("give decimals as strings)"));
+    let codec = Codec::parse(dec).unwrap();
+    assert_eq!(
+        codec.decode(&encode(&codec, &json!("123456789012345678.91")).unwrap()).unwrap(),
+        json!("123456789012345678.91")
+    );
+    let millis = r#"{"type": "long", "logicalType": "timestamp-millis"}"#;
+    assert_eq!(
+        reason(millis, json!("2024-05-01T12:00:00.0005Z")),
+        r#"$: expected timestamp-millis (ISO 8601), got "2024-05-01T12:00:00.0005Z" (finer than millis)"#
+    );
+    let time = r#"{"type": "int", "logicalType": "time-millis"}"#;
+    assert!(reason(time, json!("12:00:00.0005")).ends_with("(finer than millis)"));
+    // Whole numbers go to long, fractions to double, in either order.
+    let codec = Codec::parse(r#"["float", "double", "long"]"#).unwrap();
+    assert_eq!(encode(&codec, &json!(0.1)).unwrap()[0], 2, "branch 1, double");
+    assert_eq!(encode(&codec, &json!(7)).unwrap()[0], 4, "branch 2, long");
+}
+
+#[test]
+fn uuid_on_bytes_is_length_prefixed() {
+    let codec = Codec::parse(r#"{"type": "bytes", "logicalType": "uuid"}"#).unwrap();
+    let v = json!("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
+    let bytes = encode(&codec, &v).unwrap();
+    assert_eq!((bytes.len(), bytes[0]), (17, 32), "a 16-byte length, then the bytes");
+    assert_eq!(codec.decode(&bytes).unwrap(), v);
+}
+
+#[test]
+fn defaults_use_the_avro_json_encoding_at_every_depth() {
+    let schema = r#"{"type": "record", "name": "D", "fields": [
+        {"name": "blobs", "type": {"type": "array", "items": "bytes"}, "default": ["\u00ff\u0001"]},
+        {"name": "inner", "type": {"type": "record", "name": "I", "fields": [{"name": "b", "type": "bytes"}]},
+         "default": {"b": "A"}},
+        {"name": "late_null", "type": ["string", "null"], "default": null}
+    ]}"#;
+    let codec = Codec::parse(schema).unwrap();
+    let back = codec.decode(&encode(&codec, &json!({})).unwrap()).unwrap();
+    assert_eq!(back, json!({"blobs": ["/wE="], "inner": {"b": "QQ=="}, "late_null": null}));
+}
+
+#[test]
+fn hostile_values_are_refused_without_allocating() {
+    let dec = r#"{"type": "bytes", "logicalType": "big-decimal"}"#;
+    for v in ["1e9223372036854775807", "1e-9223372036854775808", "1e200000000", "0e-99999999999"] {
+        assert!(reason(dec, json!(v)).starts_with("$: expected big-decimal"), "{v}");
+    }
+    let dec = r#"{"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}"#;
+    assert!(reason(dec, json!("0e-99999999999")).starts_with("$: expected decimal(10,2)"));
+    // A block claiming i64::MIN items, and one of 2^40 nulls in a few bytes.
+    let codec = Codec::parse(r#"{"type": "array", "items": "null"}"#).unwrap();
+    let mut huge = Vec::new();
+    write_long(&mut huge, i64::MIN);
+    assert!(codec.decode(&huge).is_err());
+    let mut many = Vec::new();
+    write_long(&mut many, 1 << 40);
+    assert!(codec.decode(&many).is_err());
 }
