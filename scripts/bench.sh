@@ -7,6 +7,7 @@
 #   scripts/bench.sh kafka      Kafka -> PII mask -> Kafka vs raw librdkafka and Python loops
 #   scripts/bench.sh cdc        Postgres CDC -> null / Kafka vs pg_recvlogical; commit-to-Kafka latency
 #   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
+#   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
 # The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,8 @@ source scripts/env.sh
 bash scripts/setup.sh
 cargo build --release --locked
 cargo build --release --locked -p flowgate-wasm --example wasm_bench
+cargo build --release --locked -p flowgate-avro --example avro_bench
+command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 bash scripts/build-plugins.sh
 export FLOWGATE_PEERS="${FLOWGATE_PEERS:-$(cd .. && pwd)/shared/peers}"
 if [[ -d "$FLOWGATE_PEERS/rawkafka" ]]; then

@@ -1,6 +1,6 @@
 //! Validate + encode to Confluent-framed Avro on one thread: `avro_bench N OUT.jsonl`.
-//! Writes the N generated records to OUT.jsonl (the Python peer encodes the same
-//! ones) and prints a Markdown table of records per second.
+//! Writes the N generated records to OUT.jsonl and the schema to OUT.avsc (the
+//! Python peer encodes the same ones) and prints a Markdown table of records per second.
 
 use std::io::Write as _;
 use std::time::Instant;
@@ -56,6 +56,7 @@ fn main() {
         f.write_all(b"\n").unwrap();
     }
     f.flush().unwrap();
+    std::fs::write(out.replace(".jsonl", ".avsc"), SCHEMA).unwrap();
     let codec = Codec::parse(SCHEMA).unwrap();
     let avg = lines.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
     println!("| case | records | seconds | records/s |");

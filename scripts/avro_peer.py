@@ -1,0 +1,50 @@
+"""The peer of the Avro encoding benchmark: confluent-kafka's AvroSerializer
+(fastavro underneath) on the records avro_bench wrote, on one core.
+
+Usage: avro_peer.py RECORDS.jsonl REGISTRY_URL [N]
+Prints Markdown table rows: from ready dicts (Decimal and datetime already
+built: the serializer alone), and from the JSON text (json.loads + conversions).
+"""
+import datetime
+import decimal
+import json
+import sys
+import time
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+SCHEMA = open(sys.argv[1].replace(".jsonl", ".avsc")).read()
+path, url = sys.argv[1], sys.argv[2]
+n = int(sys.argv[3]) if len(sys.argv) > 3 else 300_000
+lines = []
+with open(path) as f:
+    for line in f:
+        lines.append(line)
+        if len(lines) == n:
+            break
+
+
+def typed(d):
+    d["amount"] = decimal.Decimal(d["amount"])
+    d["created"] = datetime.datetime.fromisoformat(d["created"].replace("Z", "+00:00"))
+    return d
+
+
+ser = AvroSerializer(SchemaRegistryClient({"url": url}), SCHEMA, conf={"subject.name.strategy.type": "TOPIC"})
+ctx = SerializationContext("bench", MessageField.VALUE)
+ser(typed(json.loads(lines[0])), ctx)  # registers the schema; later calls are cached
+
+dicts = [typed(json.loads(l)) for l in lines]
+t = time.perf_counter()
+for d in dicts:
+    ser(d, ctx)
+secs = time.perf_counter() - t
+print(f"| python confluent-kafka AvroSerializer, from ready dicts | {n} | {secs:.3f} | {n / secs:.0f} |")
+
+t = time.perf_counter()
+for l in lines:
+    ser(typed(json.loads(l)), ctx)
+secs = time.perf_counter() - t
+print(f"| python: json.loads + types + AvroSerializer | {n} | {secs:.3f} | {n / secs:.0f} |")
