@@ -538,11 +538,36 @@ def bench_avro(work):
     bench = os.path.join(os.environ["CARGO_TARGET_DIR"], "release", "examples", "avro_bench")
     records = os.path.join(work, "avro-records.jsonl")
     n = os.environ.get("AVRO_RECORDS", "1000000")
-    print(f"\n### Validate + encode a 10-field record to Confluent-framed Avro, one core (taskset -c 0)\n", flush=True)
-    subprocess.run(["taskset", "-c", "0", bench, n, records], check=True, stderr=subprocess.DEVNULL)
+    port = free_port()
+    registry = subprocess.Popen([FLOWGATE, "registry", "serve", "--listen", f"127.0.0.1:{port}", "--store",
+                                 f"sqlite:{os.path.join(work, 'registry.db')}", "--log", "warn"], cwd=work)
+    try:
+        wait_port(port)
+        print("\n### Validate + encode a 10-field record to Confluent-framed Avro, one core (taskset -c 0)\n",
+              flush=True)
+        subprocess.run(["taskset", "-c", "0", bench, n, records], check=True, stderr=subprocess.DEVNULL)
+        python = os.path.join(os.environ["FLOWGATE_TOOLS"], "venv", "bin", "python")
+        subprocess.run(["taskset", "-c", "0", python, "scripts/avro_peer.py", records, f"http://127.0.0.1:{port}",
+                        os.environ.get("AVRO_PEER_RECORDS", "300000")], check=True)
+        bench_avro_step(work, records.replace(".jsonl", ".avsc"))
+        print("\n### The registry under wrk (2 threads, 64 connections, 10 s, on the same 2 cores)\n")
+        print("| request | requests/s | mean latency |")
+        print("|---|---:|---:|", flush=True)
+        for name, path in (("schema by id", "/schemas/ids/1"), ("latest version", "/subjects/bench-value/versions/latest")):
+            out = subprocess.run(["wrk", "-t2", "-c64", "-d10s", f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                                 text=True, check=True).stdout
+            rate = next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec"))
+            latency = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("Latency"))
+            assert "Non-2xx" not in out, out
+            print(f"| GET {path} ({name}) | {float(rate):,.0f} | {latency} |", flush=True)
+    finally:
+        registry.terminate()
+        registry.wait()
+
+
+def bench_avro_step(work, schema):
     count = int(os.environ.get("AVRO_PIPELINE_COUNT", "2000000"))
     header(f"generate -> null with and without an `avro` step, {count:,} 10-field records, one core (taskset -c 0)")
-    schema = records.replace(".jsonl", ".avsc")
     template = ('{"id":${seq},"customer":"c-${rand_int(1,5000)}","email":"user${seq}@example.com",'
                 '"amount":"${rand_int(1,999)}.${rand_int(10,99)}","currency":"${pick(EUR,USD,GBP)}",'
                 '"quantity":${rand_int(1,9)},"price":${rand_float(1,500)},"created":"2024-05-01T12:00:00.123456Z",'
@@ -558,28 +583,6 @@ def bench_avro(work):
         run = median_run(runs)
         row("with the avro step" if step else "without (baseline)", count, run, baseline=base)
         base = base or run
-
-    port = free_port()
-    registry = subprocess.Popen([FLOWGATE, "registry", "serve", "--listen", f"127.0.0.1:{port}", "--store",
-                                 f"sqlite:{os.path.join(work, 'registry.db')}", "--log", "warn"], cwd=work)
-    try:
-        wait_port(port)
-        python = os.path.join(os.environ["FLOWGATE_TOOLS"], "venv", "bin", "python")
-        subprocess.run(["taskset", "-c", "0", python, "scripts/avro_peer.py", records, f"http://127.0.0.1:{port}",
-                        os.environ.get("AVRO_PEER_RECORDS", "300000")], check=True)
-        print("\n### The registry under wrk (2 threads, 64 connections, 10 s, on the same 2 cores)\n")
-        print("| request | requests/s | mean latency |")
-        print("|---|---:|---:|", flush=True)
-        for name, path in (("schema by id", "/schemas/ids/1"), ("latest version", "/subjects/bench-value/versions/latest")):
-            out = subprocess.run(["wrk", "-t2", "-c64", "-d10s", f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                                 text=True, check=True).stdout
-            rate = next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec"))
-            latency = next(l.split()[1] for l in out.splitlines() if l.strip().startswith("Latency"))
-            assert "Non-2xx" not in out, out
-            print(f"| GET {path} ({name}) | {float(rate):,.0f} | {latency} |", flush=True)
-    finally:
-        registry.terminate()
-        registry.wait()
 
 
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,

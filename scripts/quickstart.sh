@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds Flowgate and the PII-mask plugin, runs pipelines/quickstart.yaml
-# (synthetic orders -> WebAssembly transform -> SQLite, no external service) and
-# shows what landed in the table.
+# (synthetic orders -> WebAssembly transform -> Avro validation -> SQLite, no
+# external service) and shows what landed in the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -24,7 +24,8 @@ db = sqlite3.connect("quickstart.db")
 rows, customers, masked = db.execute(
     "SELECT count(*), count(DISTINCT customer), sum(masked) FROM orders").fetchone()
 print(f"\nquickstart.db: table orders has {rows} rows from {customers} customers; "
-      f"{masked} had their e-mail masked by the WebAssembly plugin")
+      f"{masked} had their e-mail masked by the WebAssembly plugin; "
+      f"all were checked against pipelines/schemas/order.avsc")
 print("\n  currency  orders    total amount")
 for cur, n, total in db.execute("SELECT currency, count(*), round(sum(amount), 2) FROM orders GROUP BY 1 ORDER BY 1"):
     print(f"  {cur:8}  {n:6}  {total:14,.2f}")

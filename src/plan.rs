@@ -210,13 +210,12 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
             help: Some("dead letters are written at-least-once; remove `delivery`".into()),
         });
     }
-    let avro = avro_problems(config);
-    let avro_ok = avro.is_empty();
-    problems.extend(avro);
+    problems.extend(avro_problems(config));
     for (i, t) in config.transforms.iter().enumerate() {
         let (kind, field) = match t {
             TransformConfig::Wasm(_) => ("wasm", "path"),
-            TransformConfig::Avro(_) if !avro_ok => continue,
+            // Reported above.
+            TransformConfig::Avro(a) if !a.schema.problems().is_empty() => continue,
             TransformConfig::Avro(_) => ("avro", "schema"),
         };
         if let Err(e) = open_transform(t, &config.name, &t.stage(i), None) {

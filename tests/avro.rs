@@ -512,3 +512,34 @@ fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_tabl
     assert_eq!(after[3]["note"], "added");
     assert_eq!(versions, "[1,2]", "a new schema version after ALTER TABLE");
 }
+
+#[test]
+fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
+         CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers,
+           amount numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new', placed_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO shop.customers VALUES (1, 'Ada', 'ada@example.com');
+         INSERT INTO shop.orders (customer, amount, placed_at) VALUES (1, 12.50, '1969-07-20 20:17:40+00')",
+    );
+    let broker = Broker::with_topics(&[("shop.customers", 1), ("shop.orders", 1), ("shop-dead-letters", 1)]);
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let shipped = common::repo().join("pipelines/postgres-to-kafka-avro.yaml");
+    let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr()), ("REGISTRY_LISTEN", listen.clone())];
+    let mut run = Guard(common::spawn_run_with_env(dir.path(), &shipped, &[], &env));
+    pg.wait_streaming("flowgate_shop_avro", dir.path());
+    pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1");
+    let out = run_python("avro_consume.py", &[&broker.addr(), "shop.orders", &format!("http://{listen}"), "2"]);
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    stop(&mut run, dir.path());
+    assert_eq!(events[0]["op"], "r");
+    assert_eq!(events[1]["op"], "u");
+    let after = &events[1]["after"];
+    assert_eq!(after["amount"], "12.50", "decimal(10,2) as Python's Decimal");
+    assert_eq!(after["placed_at"], "1969-07-20T20:17:40+00:00");
+    assert_eq!(after["status"], "paid");
+    assert_eq!(events[1]["source"]["table"], "orders");
+}
