@@ -543,3 +543,75 @@ fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
     assert_eq!(after["status"], "paid");
     assert_eq!(events[1]["source"]["table"], "orders");
 }
+
+#[test]
+fn the_registry_keeps_its_schemas_in_postgres_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let mut registry = Registry::start_with(dir.path(), &pg.url());
+    let out = run_python("registry_suite.py", &[&registry.url()]);
+    assert!(out.contains("python registry suite: ok"), "{out}");
+    registry.stop();
+    registry.start_again();
+    assert_eq!(http(registry.port, "GET", "/subjects/py-value/versions", "").1, "[1,2]");
+    assert_eq!(http(registry.port, "GET", "/config/py-fwd", "").1, r#"{"compatibilityLevel":"FORWARD"}"#);
+    let rows = pg.sql("SELECT count(*) FROM flowgate_registry_versions WHERE subject = 'py-value'");
+    assert_eq!(rows.trim(), "2");
+}
+
+#[test]
+fn a_schema_from_a_registry_subject_and_each_subject_naming() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("named", 1)]);
+    let registry = Registry::start(dir.path());
+    let sr = SrSettings::new(registry.url());
+    let old = r#"{"type":"record","name":"Payment","namespace":"shop","fields":[{"name":"id","type":"long"}]}"#;
+    let rt = runtime();
+    let v1 = rt.block_on(post_schema(&sr, "payments-value".into(), avro(old))).unwrap().id;
+    assert_eq!(http(registry.port, "PUT", "/config/payments-value", r#"{"compatibility":"NONE"}"#).0, 200);
+    let sr = SrSettings::new(registry.url());
+    let v2 = rt.block_on(post_schema(&sr, "payments-value".into(), avro(PAYMENT))).unwrap().id;
+    let input = write_file(dir.path(), "in.jsonl", &format!("{}\n{}\n", payment(1), json!({"id": 2})));
+    let run = |name: &str, version: &str, sink_avro: &str| {
+        let file = write_file(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\nsource:\n  file: {{path: {}}}\ntransforms:\n  - avro: {{schema: {{subject: payments-value, version: {version}}}}}\nsink:\n  kafka:\n    brokers: {}\n    topic: named\n    format: avro\n{sink_avro}errors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\nregistry: {{url: {}}}\n",
+                input.display(),
+                broker.addr(),
+                dir.path().join(format!("{name}-dead.jsonl")).display(),
+                registry.url()
+            ),
+        );
+        let out = flowgate().arg("run").arg(&file).arg("--state-dir").arg(dir.path().join(name)).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // Version 1 has only `id`: the full payment is refused, `{"id": 2}` fits.
+    let (ok, log) = run("pinned", "1", "");
+    assert!(ok, "{log}");
+    let dead = records(&dir.path().join("pinned-dead.jsonl"));
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]["reason"].as_str().unwrap().ends_with("not a field of record `shop.Payment`"), "{dead:?}");
+    // Latest is the full schema; the sink names subjects by record, and by topic and record.
+    let (ok, log) = run("latest", "latest", "    avro: {subject_name: record}\n");
+    assert!(ok, "{log}");
+    let (ok, log) = run("topic-record", "latest", "    avro: {subject_name: topic_record}\n");
+    assert!(ok, "{log}");
+    let subjects: Vec<String> = serde_json::from_str(&http(registry.port, "GET", "/subjects", "").1).unwrap();
+    assert_eq!(subjects, ["named-shop.Payment", "named-value", "payments-value", "shop.Payment"]);
+    // The same schema text keeps its id under every subject.
+    let latest = |s: &str| -> Value {
+        serde_json::from_str(&http(registry.port, "GET", &format!("/subjects/{s}/versions/latest"), "").1).unwrap()
+    };
+    assert_eq!(latest("shop.Payment")["id"], v2);
+    assert_eq!(latest("named-value")["id"], v1);
+    // Without registration a schema the subject lacks is a clear error.
+    let (ok, log) = run("no-register", "latest", "    avro: {subject_name: topic, auto_register: false}\n");
+    assert!(!ok);
+    assert!(log.contains("named-value") && log.contains("40403"), "{log}");
+    let mut reader = Reader::new(&broker.addr(), "named", false);
+    reader.read_until(Duration::from_secs(3), |r| r.total > 3);
+    // One record fits each schema: `{"id": 2}` version 1, the full payment the latest.
+    assert_eq!(reader.total, 3);
+}

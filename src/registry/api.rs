@@ -260,7 +260,7 @@ async fn lookup(State(r): Reg, Path(subject): Path<String>, Query(q): Params, bo
     let row = vs.iter().rev().find(|v| (deleted || !v.deleted) && Some(&v.id) == id);
     match row {
         Some(row) => ok(version_json(&state, row)),
-        None => Err(Error::schema_not_found("")),
+        None => Err(Error::new(StatusCode::NOT_FOUND, 40403, "Schema not found")),
     }
 }
 

@@ -103,13 +103,17 @@ impl RegistryClient {
             return Ok(*id);
         }
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
+        let in_subject = |e: SRCError| {
+            let e = self.fail(e);
+            let what = if register { "registering" } else { "looking up" };
+            RegistryError { message: format!("{what} the schema under subject `{subject}`: {}", e.message), ..e }
+        };
         let id = if register {
-            post_schema(&self.settings, subject.to_string(), supplied).await.map_err(|e| self.fail(e))?.id
+            post_schema(&self.settings, subject.to_string(), supplied).await.map_err(in_subject)?.id
         } else {
             let body = serde_json::json!({"schema": schema.as_ref()}).to_string();
-            let found = perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body))
-                .await
-                .map_err(|e| self.fail(e))?;
+            let found =
+                perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body)).await.map_err(in_subject)?;
             found.id.ok_or_else(|| RegistryError {
                 url: self.url.clone(),
                 message: format!("the lookup of the schema under `{subject}` gave no id"),
