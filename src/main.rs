@@ -101,6 +101,9 @@ enum RegistryCommand {
             value_name = "URL"
         )]
         store: String,
+        /// Serve Prometheus `/metrics` (requests by method and status) and `/health` on this address.
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
 }
 
@@ -161,9 +164,9 @@ fn main() -> ExitCode {
             println!("{:#}", flowgate::config::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Registry(RegistryCommand::Serve { listen, store }) => {
+        Command::Registry(RegistryCommand::Serve { listen, store, metrics_addr }) => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
-            runtime.block_on(run::serve_registry(listen, &store))
+            runtime.block_on(run::serve_registry(listen, &store, metrics_addr))
         }
         Command::Run { files, metrics_addr, progress, state_dir, message_format } => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };

@@ -232,7 +232,20 @@ async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_d
 }
 
 /// `flowgate registry serve`: the registry until a signal.
-pub async fn serve_registry(listen: SocketAddr, store: &str) -> ExitCode {
+pub async fn serve_registry(listen: SocketAddr, store: &str, metrics_addr: Option<SocketAddr>) -> ExitCode {
+    if let Some(addr) = metrics_addr {
+        let served = match server::install_recorder() {
+            Ok(handle) => server::serve(addr, Health::default(), handle).await,
+            Err(e) => Err(e),
+        };
+        match served {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics and /health"),
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Err(e) = crate::registry::serve(listen, store).await {
         tracing::error!("{e:#}");
         return ExitCode::FAILURE;

@@ -137,9 +137,16 @@ fn the_registry_serves_schema_registry_converter_and_keeps_everything_across_a_r
 #[test]
 fn the_registry_passes_the_confluent_python_client_suite_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut registry = Registry::start(dir.path());
+    let metrics = common::free_port();
+    let store = format!("sqlite:{}", dir.path().join("registry.db").display());
+    let mut registry =
+        Registry::start_with_args(dir.path(), &store, &["--metrics-addr", &format!("127.0.0.1:{metrics}")]);
     let out = run_python("registry_suite.py", &[&registry.url()]);
     assert!(out.contains("python registry suite: ok"), "{out}");
+    let (_, body) = common::http_get(metrics, "/metrics").unwrap();
+    let refused = common::metric(&body, r#"flowgate_registry_requests_total{method="POST",status="409"}"#);
+    assert_eq!(refused, Some(4.0), "four refused registrations\n{body}");
+    assert_eq!(common::http_get(metrics, "/health").unwrap().0, 200);
     registry.stop();
     registry.start_again();
     assert_eq!(http(registry.port, "GET", "/subjects/py-value/versions", "").1, "[1,2]");

@@ -153,7 +153,17 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/mode", get(mode))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(count))
         .with_state(registry)
+}
+
+/// `flowgate_registry_requests_total{method, status}`, for `/metrics`.
+async fn count(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("flowgate_registry_requests_total", "method" => method, "status" => status).increment(1);
+    response
 }
 
 async fn root() -> Reply {

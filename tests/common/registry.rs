@@ -13,6 +13,7 @@ pub struct Registry {
     pub port: u16,
     store: String,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Registry {
@@ -22,8 +23,18 @@ impl Registry {
     }
 
     pub fn start_with(dir: &Path, store: &str) -> Registry {
-        let mut r =
-            Registry { child: None, port: free_port(), store: store.to_string(), log: dir.join("registry.log") };
+        Registry::start_with_args(dir, store, &[])
+    }
+
+    /// With further `registry serve` arguments, such as `--metrics-addr`.
+    pub fn start_with_args(dir: &Path, store: &str, extra: &[&str]) -> Registry {
+        let mut r = Registry {
+            child: None,
+            port: free_port(),
+            store: store.to_string(),
+            log: dir.join("registry.log"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         r.start_again();
         r
     }
@@ -36,6 +47,7 @@ impl Registry {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = flowgate()
             .args(["registry", "serve", "--listen", &format!("127.0.0.1:{}", self.port), "--store", &self.store])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
