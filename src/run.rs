@@ -118,18 +118,10 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     };
     let health = Health::default();
-    if let Some(addr) = options.metrics_addr {
-        let served = match server::install_recorder() {
-            Ok(handle) => server::serve(addr, health.clone(), handle).await,
-            Err(e) => Err(e),
-        };
-        match served {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics and /health"),
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return ExitCode::FAILURE;
-            }
-        }
+    if let Some(addr) = options.metrics_addr
+        && !serve_metrics(addr, health.clone()).await
+    {
+        return ExitCode::FAILURE;
     }
     if let Err(e) = serve_embedded_registries(&loaded, &options.state_dir).await {
         tracing::error!("{e:#}");
@@ -194,6 +186,24 @@ pub fn default_state_dir() -> &'static Path {
     Path::new(".flowgate/state")
 }
 
+/// Serves `/metrics` and `/health` on `addr`; false (logged) when it cannot.
+async fn serve_metrics(addr: SocketAddr, health: Health) -> bool {
+    let served = match server::install_recorder() {
+        Ok(handle) => server::serve(addr, health, handle).await,
+        Err(e) => Err(e),
+    };
+    match served {
+        Ok(bound) => {
+            tracing::info!(%bound, "serving /metrics and /health");
+            true
+        }
+        Err(e) => {
+            tracing::error!("{e:#}");
+            false
+        }
+    }
+}
+
 /// The store of an embedded registry: as configured, else `registry.db` in the state directory.
 pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Path) -> anyhow::Result<String> {
     if let Some(store) = &serve.store {
@@ -233,18 +243,10 @@ async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_d
 
 /// `flowgate registry serve`: the registry until a signal.
 pub async fn serve_registry(listen: SocketAddr, store: &str, metrics_addr: Option<SocketAddr>) -> ExitCode {
-    if let Some(addr) = metrics_addr {
-        let served = match server::install_recorder() {
-            Ok(handle) => server::serve(addr, Health::default(), handle).await,
-            Err(e) => Err(e),
-        };
-        match served {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics and /health"),
-            Err(e) => {
-                tracing::error!("{e:#}");
-                return ExitCode::FAILURE;
-            }
-        }
+    if let Some(addr) = metrics_addr
+        && !serve_metrics(addr, Health::default()).await
+    {
+        return ExitCode::FAILURE;
     }
     if let Err(e) = crate::registry::serve(listen, store).await {
         tracing::error!("{e:#}");

@@ -524,14 +524,8 @@ fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_tabl
 fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start();
-    pg.sql(
-        "CREATE SCHEMA shop;
-         CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
-         CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers,
-           amount numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new', placed_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO shop.customers VALUES (1, 'Ada', 'ada@example.com');
-         INSERT INTO shop.orders (customer, amount, placed_at) VALUES (1, 12.50, '1969-07-20 20:17:40+00')",
-    );
+    pg.create_shop();
+    pg.sql("INSERT INTO shop.orders (customer, amount, placed_at) VALUES (1, 12.50, '1969-07-20 20:17:40+00')");
     let broker = Broker::with_topics(&[("shop.customers", 1), ("shop.orders", 1), ("shop-dead-letters", 1)]);
     let listen = format!("127.0.0.1:{}", common::free_port());
     let shipped = common::repo().join("pipelines/postgres-to-kafka-avro.yaml");

@@ -385,14 +385,8 @@ fn an_invalidated_slot_stops_the_pipeline() {
 fn the_shipped_postgres_to_kafka_pipeline_runs() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start();
-    pg.sql(
-        "CREATE SCHEMA shop;
-         CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
-         CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers,
-           amount numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new', placed_at timestamptz NOT NULL DEFAULT now());
-         INSERT INTO shop.customers VALUES (1, 'Ada', 'ada@example.com');
-         INSERT INTO shop.orders (customer, amount) VALUES (1, 12.50), (1, 99.99)",
-    );
+    pg.create_shop();
+    pg.sql("INSERT INTO shop.orders (customer, amount) VALUES (1, 12.50), (1, 99.99)");
     let broker = Broker::with_topics(&[("shop.customers", 3), ("shop.orders", 3), ("shop-dead-letters", 1)]);
     let shipped = common::repo().join("pipelines/postgres-to-kafka.yaml");
     let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr())];

@@ -131,6 +131,18 @@ impl Postgres {
         }
     }
 
+    /// The `shop` tables of the shipped Postgres pipelines, with customer 1.
+    pub fn create_shop(&self) {
+        self.sql(
+            "CREATE SCHEMA shop;
+             CREATE TABLE shop.customers (id int PRIMARY KEY, name text NOT NULL, email text);
+             CREATE TABLE shop.orders (id bigserial PRIMARY KEY, customer int REFERENCES shop.customers,
+               amount numeric(10,2) NOT NULL, status text NOT NULL DEFAULT 'new',
+               placed_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO shop.customers VALUES (1, 'Ada', 'ada@example.com');",
+        );
+    }
+
     /// Runs SQL through psql; returns its unaligned output.
     pub fn sql(&self, sql: &str) -> String {
         self.sql_in("postgres", sql)

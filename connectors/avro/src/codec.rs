@@ -273,27 +273,13 @@ impl Codec {
                 out.extend_from_slice(&b);
                 Ok(())
             }
-            (Node::Array(items), Value::Array(a)) => {
-                if !a.is_empty() {
-                    write_long(out, a.len() as i64);
-                    for (i, x) in a.iter().enumerate() {
-                        self.encode_default(items, x, out).map_err(|e| e.at(Segment::Index(i)))?;
-                    }
-                }
-                out.push(0);
-                Ok(())
-            }
-            (Node::Map(values), Value::Object(m)) => {
-                if !m.is_empty() {
-                    write_long(out, m.len() as i64);
-                    for (k, x) in m {
-                        write_bytes(out, k.as_bytes());
-                        self.encode_default(values, x, out).map_err(|e| e.at(Segment::Field(k.clone())))?;
-                    }
-                }
-                out.push(0);
-                Ok(())
-            }
+            (Node::Array(items), Value::Array(a)) => write_block(out, a.iter().enumerate(), |out, (i, x)| {
+                self.encode_default(items, x, out).map_err(|e| e.at(Segment::Index(i)))
+            }),
+            (Node::Map(values), Value::Object(m)) => write_block(out, m.iter(), |out, (k, x)| {
+                write_bytes(out, k.as_bytes());
+                self.encode_default(values, x, out).map_err(|e| e.at(Segment::Field(k.clone())))
+            }),
             (Node::Record(i), Value::Object(m)) => {
                 for f in &self.records[*i].fields {
                     match (m.get(&f.name), &f.default) {
@@ -489,26 +475,16 @@ impl Codec {
             }
             Node::Array(items) => {
                 let a = v.as_array().ok_or_else(bad)?;
-                if !a.is_empty() {
-                    write_long(out, a.len() as i64);
-                    for (i, item) in a.iter().enumerate() {
-                        self.encode(items, item, out).map_err(|e| e.at(Segment::Index(i)))?;
-                    }
-                }
-                out.push(0);
-                Ok(())
+                write_block(out, a.iter().enumerate(), |out, (i, item)| {
+                    self.encode(items, item, out).map_err(|e| e.at(Segment::Index(i)))
+                })
             }
             Node::Map(values) => {
                 let m = v.as_object().ok_or_else(bad)?;
-                if !m.is_empty() {
-                    write_long(out, m.len() as i64);
-                    for (k, item) in m {
-                        write_bytes(out, k.as_bytes());
-                        self.encode(values, item, out).map_err(|e| e.at(Segment::Field(k.clone())))?;
-                    }
-                }
-                out.push(0);
-                Ok(())
+                write_block(out, m.iter(), |out, (k, item)| {
+                    write_bytes(out, k.as_bytes());
+                    self.encode(values, item, out).map_err(|e| e.at(Segment::Field(k.clone())))
+                })
             }
             Node::Union(branches) => self.encode_union(node, branches, v, out),
             Node::Record(i) => self.encode_record(node, &self.records[*i], v, out),
@@ -1046,6 +1022,23 @@ fn write_long(out: &mut Vec<u8>, n: i64) {
         z >>= 7;
     }
     out.push(z as u8);
+}
+
+/// An array's or a map's items: one block with their count (none when empty),
+/// then the end marker.
+fn write_block<T, E>(
+    out: &mut Vec<u8>,
+    items: impl ExactSizeIterator<Item = T>,
+    mut item: impl FnMut(&mut Vec<u8>, T) -> Result<(), E>,
+) -> Result<(), E> {
+    if items.len() > 0 {
+        write_long(out, items.len() as i64);
+        for x in items {
+            item(out, x)?;
+        }
+    }
+    out.push(0);
+    Ok(())
 }
 
 fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
