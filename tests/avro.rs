@@ -616,3 +616,52 @@ fn a_schema_from_a_registry_subject_and_each_subject_naming() {
     // One record fits each schema: `{"id": 2}` version 1, the full payment the latest.
     assert_eq!(reader.total, 3);
 }
+
+#[test]
+fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("killed", 2)]);
+    let n = 100_000;
+    let lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
+    let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
+    let port = common::free_port();
+    let registry =
+        format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
+    let file = file_to_kafka(dir.path(), &input, &broker, "killed", &registry, "    key: 'k${value.id}'\n");
+    let mut reader = Reader::new(&broker.addr(), "killed", false);
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 5_000), "{}", log(dir.path()));
+    common::kill(&mut run);
+    let at_kill = reader.total;
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == n);
+    assert!(complete, "missing {} keys\n{}", reader.missing(n).len(), log(dir.path()));
+    eprintln!(
+        "{n} distinct of {} records; {} duplicates; {at_kill} read at the kill",
+        reader.total,
+        reader.duplicates()
+    );
+    assert!(at_kill < n, "the kill came after the end");
+
+    // Everything decodes with the ids the restarted registry still has.
+    let output = dir.path().join("decoded.jsonl");
+    let decode = write_file(
+        dir.path(),
+        "decode.yaml",
+        &format!(
+            "name: decode\nsource:\n  kafka:\n    brokers: {}\n    topics: [killed]\n    group: dec\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}, fsync: false}}\nerrors: {{policy: fail}}\nregistry: {{url: 'http://127.0.0.1:{port}'}}\nbatch: {{size: 1000, linger: 20ms}}\n",
+            broker.addr(),
+            output.display()
+        ),
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut decoder = Guard(spawn_run(dir2.path(), &decode, &[]));
+    let all = wait_for(Duration::from_secs(60), || records(&output).len() as u64 >= reader.total);
+    stop(&mut decoder, dir2.path());
+    stop(&mut run, dir.path());
+    assert!(all, "{}", log(dir2.path()));
+    let mut ids: Vec<u64> = records(&output).iter().map(|v| v["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as u64, n);
+}
