@@ -159,7 +159,15 @@ pub fn router(registry: Arc<Registry>) -> Router {
 
 /// `flowgate_registry_requests_total{method, status}`, for `/metrics`.
 async fn count(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let method = req.method().as_str().to_string();
+    // Known methods only: a label per made-up method would grow without bound.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "OTHER",
+    };
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("flowgate_registry_requests_total", "method" => method, "status" => status).increment(1);
@@ -276,7 +284,7 @@ async fn lookup(State(r): Reg, Path(subject): Path<String>, Query(q): Params, bo
 
 async fn delete_subject(State(r): Reg, Path(subject): Path<String>, Query(q): Params) -> Reply {
     let permanent = flag(&q, "permanent");
-    let _writer = r.writer.lock().await;
+    let turn = r.writer().await;
     let (change, versions) = {
         let state = r.read();
         let Some(vs) = state.subjects.get(&subject).filter(|vs| !vs.is_empty()) else {
@@ -309,7 +317,7 @@ async fn delete_subject(State(r): Reg, Path(subject): Path<String>, Query(q): Pa
         changes.push(Change::DeleteConfig { subject: subject.clone() });
     }
     let subj = subject.clone();
-    r.commit(changes, move |s| {
+    r.commit(turn, changes, move |s| {
         if permanent {
             s.subjects.remove(&subj);
             s.config.remove(&subj);
@@ -325,7 +333,7 @@ async fn delete_subject(State(r): Reg, Path(subject): Path<String>, Query(q): Pa
 async fn delete_version(State(r): Reg, Path((subject, v)): Path<(String, String)>, Query(q): Params) -> Reply {
     let v = version(&v)?;
     let permanent = flag(&q, "permanent");
-    let _writer = r.writer.lock().await;
+    let turn = r.writer().await;
     let row = {
         let state = r.read();
         // A permanent delete names a version that is already soft-deleted.
@@ -360,7 +368,7 @@ async fn delete_version(State(r): Reg, Path((subject, v)): Path<(String, String)
         Change::SoftDelete { subject: subject.clone(), versions: vec![row.version] }
     };
     let version = row.version;
-    r.commit(vec![change], move |s| {
+    r.commit(turn, vec![change], move |s| {
         if let Some(vs) = s.subjects.get_mut(&subject) {
             if permanent {
                 vs.retain(|x| x.version != version);
@@ -484,15 +492,15 @@ async fn get_global(State(r): Reg) -> Reply {
 
 async fn put_global(State(r): Reg, body: Bytes) -> Reply {
     let level = level_body(&body)?;
-    let _writer = r.writer.lock().await;
-    r.commit(vec![Change::SetConfig { subject: String::new(), level }], move |s| s.global = Some(level)).await?;
+    let turn = r.writer().await;
+    r.commit(turn, vec![Change::SetConfig { subject: String::new(), level }], move |s| s.global = Some(level)).await?;
     ok(json!({"compatibility": level.as_str()}))
 }
 
 async fn delete_global(State(r): Reg) -> Reply {
-    let _writer = r.writer.lock().await;
+    let turn = r.writer().await;
     let old = r.read().global();
-    r.commit(vec![Change::DeleteConfig { subject: String::new() }], |s| s.global = None).await?;
+    r.commit(turn, vec![Change::DeleteConfig { subject: String::new() }], |s| s.global = None).await?;
     ok(json!({"compatibilityLevel": old.as_str()}))
 }
 
@@ -511,8 +519,8 @@ async fn get_config(State(r): Reg, Path(subject): Path<String>, Query(q): Params
 
 async fn put_config(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> Reply {
     let level = level_body(&body)?;
-    let _writer = r.writer.lock().await;
-    r.commit(vec![Change::SetConfig { subject: subject.clone(), level }], move |s| {
+    let turn = r.writer().await;
+    r.commit(turn, vec![Change::SetConfig { subject: subject.clone(), level }], move |s| {
         s.config.insert(subject, level);
     })
     .await?;
@@ -520,11 +528,11 @@ async fn put_config(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> 
 }
 
 async fn delete_config(State(r): Reg, Path(subject): Path<String>) -> Reply {
-    let _writer = r.writer.lock().await;
+    let turn = r.writer().await;
     let Some(old) = r.read().config.get(&subject).copied() else {
         return Err(Error::subject_not_found(&subject));
     };
-    r.commit(vec![Change::DeleteConfig { subject: subject.clone() }], move |s| {
+    r.commit(turn, vec![Change::DeleteConfig { subject: subject.clone() }], move |s| {
         s.config.remove(&subject);
     })
     .await?;

@@ -132,17 +132,20 @@ impl State {
     }
 }
 
+type Writer = tokio::sync::OwnedMutexGuard<()>;
+
 /// The registry: its state in memory and its store.
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
     /// One change at a time: the store and the memory move together.
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// A parsed schema and the text it is known by: the submitted JSON made
-/// compact, so that whitespace does not make a different schema while every
-/// property (`connect.name`, `java-class`, ...) is kept for the clients.
+/// A parsed schema and the text it is known by: the submitted JSON, compact and
+/// with its object keys sorted, so that neither whitespace nor key order makes
+/// a different schema, while every property (`connect.name`, `java-class`,
+/// ...) is kept for the clients.
 pub struct Parsed {
     schema: Schema,
     text: String,
@@ -151,7 +154,20 @@ pub struct Parsed {
 pub fn parse_schema(text: &str) -> Result<Parsed, String> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("Invalid schema: {e}"))?;
     let schema = Schema::parse(&json).map_err(|e| format!("Invalid schema: {e}"))?;
-    Ok(Parsed { schema, text: json.to_string() })
+    Ok(Parsed { schema, text: sorted(&json).to_string() })
+}
+
+/// `v` with object keys in order (whatever order serde_json's maps keep).
+fn sorted(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            serde_json::Value::Object(keys.into_iter().map(|k| (k.clone(), sorted(&m[k]))).collect())
+        }
+        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+        v => v.clone(),
+    }
 }
 
 impl Registry {
@@ -184,23 +200,32 @@ impl Registry {
             }
         }
         tracing::info!(schemas = state.schemas.len(), subjects = state.subjects.len(), "schema registry store opened");
-        Ok(Arc::new(Registry { state: RwLock::new(state), store, writer: tokio::sync::Mutex::new(()) }))
+        Ok(Arc::new(Registry { state: RwLock::new(state), store, writer: Arc::default() }))
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes the writer's turn: one change at a time, decided on the memory
+    /// that the previous change left.
+    async fn writer(&self) -> Writer {
+        Arc::clone(&self.writer).lock_owned().await
+    }
+
     /// Commits `changes`, then applies `update` to memory. Both happen in a task
-    /// of their own: a client that hangs up mid-request cancels its handler, and
-    /// must not leave the store ahead of memory.
+    /// of their own, which keeps the writer's turn until it is done: a client
+    /// that hangs up mid-request cancels its handler, and must neither leave the
+    /// store ahead of memory nor let the next change start early.
     async fn commit(
         self: &Arc<Self>,
+        turn: Writer,
         changes: Vec<Change>,
         update: impl FnOnce(&mut State) + Send + 'static,
     ) -> Result<(), api::Error> {
         let registry = Arc::clone(self);
         let task = tokio::spawn(async move {
+            let _turn = turn;
             if !changes.is_empty() {
                 registry.store.apply(&changes).await.map_err(|e| api::Error::store(&e))?;
             }
@@ -213,7 +238,7 @@ impl Registry {
     /// Registers `parsed` under `subject`: the existing id when the subject has
     /// it already, else a new version after the compatibility check.
     async fn register(self: &Arc<Self>, subject: &str, parsed: Parsed) -> Result<u32, api::Error> {
-        let _writer = self.writer.lock().await;
+        let turn = self.writer().await;
         let (id, new_schema, version) = {
             let state = self.read();
             let known = state.by_text.get(&parsed.text).copied();
@@ -240,7 +265,7 @@ impl Registry {
             changes.push(Change::Schema { id, text: parsed.text.clone() });
         }
         changes.push(Change::Version(row.clone()));
-        self.commit(changes, move |s| {
+        self.commit(turn, changes, move |s| {
             if new_schema {
                 s.by_text.insert(parsed.text.clone(), id);
                 s.schemas.insert(id, Arc::new(Stored { text: parsed.text, schema: parsed.schema }));

@@ -212,33 +212,41 @@ impl Codec {
 
     fn encode_defaults(&mut self, schema: &Schema, resolved: &ResolvedSchema<'_>) -> Result<(), SchemaError> {
         // Walk the parsed records by name; the compiled ones carry the same names.
-        let mut defaults: Vec<(usize, usize, Vec<u8>)> = Vec::new();
-        let by_name: HashMap<&str, usize> =
-            self.records.iter().enumerate().map(|(i, r)| (r.name.as_str(), i)).collect();
-        let mut visit = |rs: &apache_avro::schema::RecordSchema| -> Result<(), SchemaError> {
-            let full = rs.name.fullname(None);
-            let Some(&ri) = by_name.get(full.as_str()) else { return Ok(()) };
+        let by_name: HashMap<String, usize> =
+            self.records.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        let mut pending: Vec<(usize, usize, String, Value)> = Vec::new();
+        let named = resolved.get_names().values().copied().chain(std::iter::once(schema));
+        for s in named {
+            let Schema::Record(rs) = s else { continue };
+            let Some(&ri) = by_name.get(&rs.name.fullname(None)) else { continue };
             for (fi, f) in rs.fields.iter().enumerate() {
-                let Some(d) = &f.default else { continue };
-                let node = &self.records[ri].fields[fi].node;
+                if let Some(d) = &f.default
+                    && !pending.iter().any(|p| (p.0, p.1) == (ri, fi))
+                {
+                    pending.push((ri, fi, f.name.clone(), d.clone()));
+                }
+            }
+        }
+        // A default may be a record whose own fields take their defaults: those
+        // are encoded in the earlier rounds.
+        while !pending.is_empty() {
+            let mut failed = Vec::new();
+            let before = pending.len();
+            for (ri, fi, name, d) in pending {
                 let mut out = Vec::new();
-                self.encode_default(node, d, &mut out).map_err(|e| {
-                    SchemaError(format!("the default of field `{}` in `{full}` does not fit its type: {e}", f.name))
-                })?;
-                defaults.push((ri, fi, out));
+                match self.encode_default(&self.records[ri].fields[fi].node, &d, &mut out) {
+                    Ok(()) => self.records[ri].fields[fi].default = Some(out),
+                    Err(e) => failed.push((ri, fi, name, d, e)),
+                }
             }
-            Ok(())
-        };
-        for s in resolved.get_names().values() {
-            if let Schema::Record(rs) = s {
-                visit(rs)?;
+            if failed.len() == before {
+                let (ri, _, name, _, e) = &failed[0];
+                return Err(SchemaError(format!(
+                    "the default of field `{name}` in `{}` does not fit its type: {e}",
+                    self.records[*ri].name
+                )));
             }
-        }
-        if let Schema::Record(rs) = schema {
-            visit(rs)?;
-        }
-        for (ri, fi, bytes) in defaults {
-            self.records[ri].fields[fi].default = Some(bytes);
+            pending = failed.into_iter().map(|(ri, fi, name, d, _)| (ri, fi, name, d)).collect();
         }
         Ok(())
     }
@@ -560,7 +568,7 @@ impl Codec {
     fn decimal_text<'v>(&self, node: &Node, v: &'v Value) -> Result<std::borrow::Cow<'v, str>, Mismatch> {
         decimal_text(v).ok_or_else(|| match v {
             Value::Number(_) => Mismatch::new(format!(
-                "expected {}, got {} (more digits than a JSON number holds exactly; give decimals as strings)",
+                "expected {}, got {} (a JSON number with a fraction may have lost digits; give decimals as strings)",
                 self.describe(node),
                 got(v)
             )),
@@ -603,7 +611,7 @@ impl Codec {
 
     /// Reads one Avro datum (the whole of `bytes`) as JSON.
     pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
-        let mut r = Reader { buf: bytes };
+        let mut r = Reader { buf: bytes, items: bytes.len() + 65_536 };
         let v = self.read(&self.root, &mut r)?;
         if !r.buf.is_empty() {
             return Err(DecodeError(format!("{} bytes left after the value", r.buf.len())));
@@ -647,7 +655,7 @@ impl Codec {
             }
             Node::BigDecimal => {
                 let inner = r.bytes()?;
-                let mut ir = Reader { buf: inner };
+                let mut ir = Reader { buf: inner, items: 0 };
                 let digits = ir.bytes()?;
                 let scale =
                     usize::try_from(ir.long()?).map_err(|_| DecodeError("negative big-decimal scale".into()))?;
@@ -833,18 +841,13 @@ fn base64_of(v: &Value) -> Option<Vec<u8>> {
     B64.decode(v.as_str()?).ok()
 }
 
-/// A decimal's text: a string, or a JSON number that a double holds exactly
-/// enough (at most 15 significant digits; longer ones must come as strings).
+/// A decimal's text: a string, or a whole JSON number. A number with a fraction
+/// or an exponent has been through a double, which may have dropped digits
+/// (`1.000000000000000001` reads as `1`), so it is refused rather than trusted.
 fn decimal_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
         Value::String(s) => Some(s.as_str().into()),
-        Value::Number(n) if n.is_f64() => {
-            let text = n.to_string();
-            let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
-            let digits = mantissa.bytes().filter(u8::is_ascii_digit).skip_while(|&b| b == b'0').count();
-            (digits <= 15).then(|| text.into())
-        }
-        Value::Number(n) => Some(n.to_string().into()),
+        Value::Number(n) if !n.is_f64() => Some(n.to_string().into()),
         _ => None,
     }
 }
@@ -1048,6 +1051,9 @@ fn write_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 struct Reader<'a> {
     buf: &'a [u8],
+    /// Array and map items still allowed: nulls and empty records take no
+    /// bytes, so the input's length alone does not bound them.
+    items: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -1092,11 +1098,12 @@ impl<'a> Reader<'a> {
                 n = n.checked_neg().ok_or_else(|| DecodeError("a block count out of range".into()))?;
                 self.long()?;
             }
-            // Items take a byte or more, except nulls and empty records: a count
-            // beyond what is left is a damaged value, not a reason to allocate.
-            if n > self.buf.len() as i64 && n > 65_536 {
+            // More items than the value could hold is damage, not a reason to allocate.
+            let n_items = usize::try_from(n).unwrap_or(usize::MAX);
+            if n_items > self.items {
                 return Err(DecodeError(format!("a block of {n} items in {} bytes", self.buf.len())));
             }
+            self.items -= n_items;
             for _ in 0..n {
                 item(self)?;
             }

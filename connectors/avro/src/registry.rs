@@ -27,6 +27,8 @@ pub struct RegistryError {
     pub message: String,
     pub retryable: bool,
     pub status: Option<u16>,
+    /// The registry's own `error_code` (40403: schema not found), when it sent one.
+    pub code: Option<u32>,
 }
 
 /// A schema the registry knows, ready to use.
@@ -73,7 +75,13 @@ impl RegistryClient {
     }
 
     fn invalid(&self, what: &str, e: SchemaError) -> RegistryError {
-        RegistryError { url: self.url.clone(), message: format!("{what}: {e}"), retryable: false, status: None }
+        RegistryError {
+            url: self.url.clone(),
+            message: format!("{what}: {e}"),
+            retryable: false,
+            status: None,
+            code: None,
+        }
     }
 
     /// The schema with this id (the writer's schema of a framed value).
@@ -119,6 +127,7 @@ impl RegistryClient {
                 message: format!("the lookup of the schema under `{subject}` gave no id"),
                 retryable: false,
                 status: None,
+                code: None,
             })?
         };
         tracing::debug!(subject, id, register, "schema id resolved");
@@ -147,10 +156,13 @@ fn error(url: &str, e: SRCError) -> RegistryError {
     };
     // "HTTP request to schema registry failed with status 500 Internal Server Error"
     let status = e.error.split("failed with status ").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok());
-    // A response cut off while its body was read.
-    let cut_off = status.is_none() && e.error.starts_with("could not parse") && message.contains("body");
+    // A response cut off while its body was read (reqwest's "body error"; a body
+    // that arrived whole but is not the registry's JSON is a refusal).
+    let cut_off = status.is_none() && e.error.starts_with("could not parse") && message.contains("body error");
     let retryable = e.retriable || cut_off || matches!(status, Some(408 | 429 | 500..=599));
-    RegistryError { url: url.to_string(), message, retryable, status }
+    // "error_code: 40403, message: ..."
+    let code = message.split("error_code: ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.parse().ok());
+    RegistryError { url: url.to_string(), message, retryable, status, code }
 }
 
 impl From<RegistryError> for flowgate_sdk::ConnectorError {
@@ -184,5 +196,19 @@ mod tests {
         }
         let refused = error("http://r", SRCError::new("http call to schema registry failed", None, true));
         assert!(refused.retryable && refused.status.is_none());
+        let body = |cause: &str| {
+            error("http://r", SRCError::new("could not parse to RawRegisteredSchema", Some(cause.into()), false))
+        };
+        assert!(body("error decoding response body: request or response body error").retryable);
+        assert!(!body("error decoding response body: expected value at line 1 column 1").retryable);
+        let missing = error(
+            "http://r",
+            SRCError::new(
+                "HTTP request to schema registry failed with status 404 Not Found",
+                Some("error_code: 40403, message: Schema 7 not found".into()),
+                false,
+            ),
+        );
+        assert_eq!((missing.status, missing.code), (Some(404), Some(40403)));
     }
 }

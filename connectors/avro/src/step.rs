@@ -144,6 +144,7 @@ impl Encoder {
                     message,
                     retryable,
                     status: None,
+                    code: None,
                 })
             })?;
             self.fixed = Some(l);
@@ -208,11 +209,12 @@ impl Decoder {
                 "the value is not in the Confluent Avro format (magic byte 0 and a schema id)".into(),
             ));
         };
-        // Only an id the registry does not know is the record's fault; any other
-        // failure waits (or stops the pipeline), so that no record is dropped for it.
+        // Only an id the registry says it does not have (40403) is the record's
+        // fault; any other failure, a bare 404 from a wrong URL included, waits
+        // or stops the pipeline, so that no record is dropped for it.
         let codec = match self.registry.schema(id).await {
             Ok(c) => c,
-            Err(e) if e.status == Some(404) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
+            Err(e) if e.code == Some(40403) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
             Err(e) => return Err(Failure::Registry(e)),
         };
         let v = codec.decode(avro).map_err(|e| Failure::Record(format!("schema {id}: {e}")))?;

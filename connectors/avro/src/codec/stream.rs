@@ -3,8 +3,12 @@
 //! nullable fields). Object keys are borrowed from the input, record fields are
 //! written in place while they arrive in schema order, and only unions of more
 //! than one non-null type and JSON-text fields go through a parsed value.
-//! Mismatches carry the same paths and messages as [`Codec::encode_value`].
+//! Mismatches carry the same paths and messages as [`Codec::encode_value`]
+//! (for a value with several, the first found may differ: this one reads in
+//! input order); a record key given twice is refused here, where a parsed
+//! value would have kept the last; map entries keep the input's order.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
@@ -164,7 +168,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
             Node::Map(values) => {
                 let mut body = Vec::new();
                 let mut n = 0usize;
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(key) = map.next_key_seed(Key)? {
                     write_bytes(&mut body, key.as_bytes());
                     let value = Seed { codec: seed.codec, node: values, out: &mut body, failed: seed.failed };
                     map.next_value_seed(value).map_err(|e| seed.wrap(e, || Segment::Field(key.to_string())))?;
@@ -179,6 +183,34 @@ impl<'de> Visitor<'de> for Seed<'_> {
             }
             node => Err(seed.fail(super::mismatch(node, seed.codec, &Value::Object(Default::default())))),
         }
+    }
+}
+
+/// An object key, borrowed from the input unless it has escapes (serde's own
+/// `Cow<str>` always copies).
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(s))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(s.to_string()))
     }
 }
 
@@ -199,7 +231,7 @@ fn record<'de, A: MapAccess<'de>>(
     let mut in_order = 0;
     let mut aside: Vec<u8> = Vec::new();
     let mut spans: Vec<Option<(usize, usize)>> = Vec::new();
-    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+    while let Some(key) = map.next_key_seed(Key)? {
         let Some(i) = rec.fields.iter().position(|f| f.name == *key) else {
             return Err(fail(
                 Mismatch::new(format!("not a field of record `{}`", rec.name)).at(Segment::Field(key.into_owned())),
