@@ -214,6 +214,35 @@ async fn transient_sink_errors_are_retried_until_they_pass() {
     assert_eq!(h.commits.lock().unwrap().last(), Some(&3));
 }
 
+/// Fails transiently `left` times (as a step whose schema registry is out of
+/// reach), then passes batches through.
+struct Flaky {
+    left: u32,
+}
+
+#[async_trait]
+impl Transform for Flaky {
+    async fn apply(&mut self, _batch: &mut Batch) -> Result<(), ConnectorError> {
+        if self.left == 0 {
+            return Ok(());
+        }
+        self.left -= 1;
+        Err(ConnectorError::transient("registry out of reach", std::io::Error::other("refused")))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_transform_errors_are_retried_with_the_same_batch() {
+    let sink = MemSink::default();
+    let out = Arc::clone(&sink.out);
+    let flaky: Box<dyn Transform> = Box::new(Flaky { left: 4 });
+    let (p, h) = pipeline(3, 4, sink, vec![("transform[0]:flaky".into(), flaky)], ErrorPolicy::Fail, None);
+    p.run(CancellationToken::new()).await.unwrap();
+    let expected: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(*out.lock().unwrap(), expected);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&3));
+}
+
 #[tokio::test]
 async fn a_fatal_sink_error_stops_and_commits_only_what_was_written() {
     let sink = MemSink { fatal_at: Some(4), ..MemSink::default() };
