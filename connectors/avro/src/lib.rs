@@ -10,7 +10,7 @@ mod time;
 pub use codec::{Codec, DecodeError, Mismatch, SchemaError};
 pub use config::{AvroSinkConfig, AvroStepConfig, RegistryConfig, SchemaSource};
 pub use registry::{RegistryClient, RegistryError};
-pub use step::{AvroStep, Decoder, Encoder, Failure, Loaded, load, load_file};
+pub use step::{AvroStep, Decoder, Encoder, Failure, Loaded, load_file};
 
 /// Confluent's framing: a zero magic byte, the schema id (4 bytes, big-endian),
 /// then the Avro binary value.

@@ -1,6 +1,7 @@
 //! The `avro` step, and the encoder and decoder that put Avro on Kafka.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use flowgate_sdk::{Batch, Bytes, ConnectorError, Record, Transform, ValueSchema, async_trait};
@@ -18,29 +19,33 @@ pub struct Loaded {
     pub id: Option<u32>,
 }
 
-fn loaded(codec: Codec, text: String, id: Option<u32>) -> Loaded {
-    let name = codec.name().map(Arc::from);
-    Loaded { codec: Arc::new(codec), schema: ValueSchema::new(text, name), id }
+impl Loaded {
+    fn new(codec: Arc<Codec>, text: String, id: Option<u32>) -> Loaded {
+        let name = codec.name().map(Arc::from);
+        Loaded { codec, schema: ValueSchema::new(text, name), id }
+    }
 }
 
 /// Reads a local schema file; the error says which file and why.
 pub fn load_file(path: &std::path::Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let codec = Codec::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(loaded(codec, text, None))
+    Ok(Loaded::new(Arc::new(codec), text, None))
 }
 
-/// Loads a schema from its file or its registry subject.
-pub async fn load(source: &SchemaSource, registry: Option<&RegistryClient>) -> Result<Loaded, ConnectorError> {
-    if let Some(path) = &source.file {
-        return load_file(path).map_err(ConnectorError::fatal);
-    }
+/// The schema of a local file, read now so that a bad file fails at start;
+/// `None` for a registry subject, read when it is first needed (the registry
+/// may be out of reach at start).
+fn load_file_now(source: Option<&SchemaSource>) -> Result<Option<Loaded>, ConnectorError> {
+    source.and_then(|s| s.file.as_deref()).map(|path| load_file(path).map_err(ConnectorError::fatal)).transpose()
+}
+
+/// A registry subject's schema.
+async fn load_subject(registry: &RegistryClient, source: &SchemaSource) -> Result<Loaded, RegistryError> {
     let subject = source.subject.as_deref().expect("a checked schema source has a file or a subject");
-    let registry = registry.ok_or_else(|| ConnectorError::fatal("a schema `subject` needs a registry"))?;
     let r = registry.version(subject, source.version.number()).await?;
     tracing::info!(subject, id = r.id, "schema read from the registry");
-    let name = r.codec.name().map(Arc::from);
-    Ok(Loaded { codec: r.codec, schema: ValueSchema::new(r.text, name), id: Some(r.id) })
+    Ok(Loaded::new(r.codec, r.text, Some(r.id)))
 }
 
 /// Checks every record's value against a schema; a record that does not fit
@@ -62,10 +67,7 @@ impl AvroStep {
         registry: Option<Arc<RegistryClient>>,
         stage: &str,
     ) -> Result<AvroStep, ConnectorError> {
-        let loaded = match &config.schema.file {
-            Some(path) => Some(load_file(path).map_err(ConnectorError::fatal)?),
-            None => None,
-        };
+        let loaded = load_file_now(Some(&config.schema))?;
         Ok(AvroStep { source: config.schema, registry, loaded, stage: stage.into(), scratch: Vec::new() })
     }
 }
@@ -74,7 +76,9 @@ impl AvroStep {
 impl Transform for AvroStep {
     async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         if self.loaded.is_none() {
-            self.loaded = Some(load(&self.source, self.registry.as_deref()).await?);
+            let registry =
+                self.registry.as_deref().ok_or_else(|| ConnectorError::fatal("a schema `subject` needs a registry"))?;
+            self.loaded = Some(load_subject(registry, &self.source).await?);
         }
         let Loaded { codec, schema, .. } = self.loaded.as_ref().expect("loaded above");
         let records = std::mem::take(&mut batch.records);
@@ -109,23 +113,26 @@ impl From<RegistryError> for Failure {
 }
 
 /// Encodes JSON values to Confluent-framed Avro for a sink: with the configured
-/// schema, or the one each record carries; schema ids by subject, cached.
+/// schema, or the one each record carries.
 pub struct Encoder {
     config: AvroSinkConfig,
     registry: Arc<RegistryClient>,
     fixed: Option<Loaded>,
-    codecs: HashMap<u64, Arc<Codec>>,
-    ids: HashMap<(u64, String), u32>,
+    /// By `ValueSchema::id`: the compiled schema, and its registry id per topic
+    /// (the subject follows from the topic and the schema's name).
+    known: HashMap<u64, Known>,
     buf: Vec<u8>,
+}
+
+struct Known {
+    codec: Arc<Codec>,
+    ids: HashMap<String, u32>,
 }
 
 impl Encoder {
     pub fn new(config: AvroSinkConfig, registry: Arc<RegistryClient>) -> Result<Encoder, ConnectorError> {
-        let fixed = match config.schema.as_ref().and_then(|s| s.file.as_ref()) {
-            Some(path) => Some(load_file(path).map_err(ConnectorError::fatal)?),
-            None => None,
-        };
-        Ok(Encoder { config, registry, fixed, codecs: HashMap::new(), ids: HashMap::new(), buf: Vec::new() })
+        let fixed = load_file_now(config.schema.as_ref())?;
+        Ok(Encoder { config, registry, fixed, known: HashMap::new(), buf: Vec::new() })
     }
 
     /// The framed value of `record` for `topic`. An empty value (a tombstone)
@@ -137,53 +144,39 @@ impl Encoder {
         if self.fixed.is_none()
             && let Some(source) = &self.config.schema
         {
-            let l = load(source, Some(&self.registry)).await.map_err(|e| {
-                let (message, retryable) = (e.chain(), e.is_retryable());
-                Failure::Registry(RegistryError {
-                    url: self.registry.url().to_string(),
-                    message,
-                    retryable,
-                    status: None,
-                    code: None,
-                })
-            })?;
-            self.fixed = Some(l);
+            self.fixed = Some(load_subject(&self.registry, source).await?);
         }
-        let (schema, codec, pinned) = match (&self.fixed, &record.schema) {
-            (Some(l), _) => (Arc::clone(&l.schema), Some(Arc::clone(&l.codec)), l.id),
-            (None, Some(s)) => (Arc::clone(s), self.codecs.get(&s.id).cloned(), None),
+        let (schema, pinned) = match (&self.fixed, &record.schema) {
+            (Some(l), _) => (&l.schema, l.id),
+            (None, Some(s)) => (s, None),
             (None, None) => {
                 return Err(Failure::Record(
                     "the record has no Avro schema: set `avro.schema` on the sink, or add an `avro` step".into(),
                 ));
             }
         };
-        let codec = match codec {
-            Some(c) => c,
-            None => {
-                let c = Arc::new(Codec::parse(&schema.avro).map_err(|e| Failure::Record(e.to_string()))?);
-                self.codecs.insert(schema.id, Arc::clone(&c));
-                c
+        let known = match self.known.entry(schema.id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let codec = match &self.fixed {
+                    Some(l) => Arc::clone(&l.codec),
+                    None => Arc::new(Codec::parse(&schema.avro).map_err(|e| Failure::Record(e.to_string()))?),
+                };
+                e.insert(Known { codec, ids: HashMap::new() })
             }
         };
-        let id = match pinned {
+        let id = match pinned.or_else(|| known.ids.get(topic).copied()) {
             Some(id) => id,
             None => {
                 let subject = self.config.subject(topic, schema.name.as_deref()).map_err(Failure::Record)?;
-                let key = (schema.id, subject);
-                match self.ids.get(&key) {
-                    Some(id) => *id,
-                    None => {
-                        let id = self.registry.id_of(&key.1, &schema.avro, self.config.auto_register).await?;
-                        tracing::info!(subject = %key.1, id, "encoding with registered schema");
-                        self.ids.insert(key, id);
-                        id
-                    }
-                }
+                let id = self.registry.id_of(&subject, &schema.avro, self.config.auto_register).await?;
+                tracing::info!(%subject, id, "encoding with registered schema");
+                known.ids.insert(topic.to_string(), id);
+                id
             }
         };
         wire::start(&mut self.buf, id);
-        codec.encode_json(&record.value, &mut self.buf).map_err(Failure::Record)?;
+        known.codec.encode_json(&record.value, &mut self.buf).map_err(Failure::Record)?;
         Ok(Bytes::copy_from_slice(&self.buf))
     }
 }

@@ -22,10 +22,13 @@ use crate::event::{Column, Table};
 /// The change-event schema of `table`; `None` when a name is not a valid Avro
 /// name (the events then carry no schema, and an Avro sink refuses them).
 pub fn envelope_schema(table: &Table) -> Option<Arc<ValueSchema>> {
-    let namespace = format!("{}.{}", avro_name(&table.schema)?, avro_name(&table.name)?);
+    if !is_avro_name(&table.schema) || !is_avro_name(&table.name) {
+        return None;
+    }
+    let namespace = format!("{}.{}", table.schema, table.name);
     let mut fields = Vec::with_capacity(table.columns.len());
     for c in &table.columns {
-        if avro_name(&c.name).as_deref() != Some(&*c.name) {
+        if !is_avro_name(&c.name) {
             tracing::warn!(
                 table = %format!("{}.{}", table.schema, table.name),
                 column = %c.name,
@@ -130,12 +133,11 @@ fn numeric_typmod(typmod: i32) -> Option<(i32, i32)> {
     (t & 0xffff < 0x400 && scale <= precision).then_some((precision, scale))
 }
 
-/// A valid Avro name made of `s`, or `None` if it cannot be one.
-fn avro_name(s: &str) -> Option<String> {
+/// Whether `s` is a valid Avro name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_avro_name(s: &str) -> bool {
     let mut chars = s.chars();
-    let first = chars.next()?;
-    let ok = (first.is_ascii_alphabetic() || first == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-    ok.then(|| s.to_string())
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

@@ -45,17 +45,11 @@ struct Seed<'a> {
 
 impl Seed<'_> {
     fn fail<E: de::Error>(&self, m: Mismatch) -> E {
-        *self.failed.borrow_mut() = Some(m);
-        E::custom("the value does not fit the schema")
+        fail(self.failed, m)
     }
 
-    /// Adds `segment` to the path of a mismatch coming up from below.
     fn wrap<E: de::Error>(&self, e: E, segment: impl FnOnce() -> Segment) -> E {
-        let mut failed = self.failed.borrow_mut();
-        if let Some(m) = failed.take() {
-            *failed = Some(m.at(segment()));
-        }
-        e
+        wrap(self.failed, e, segment)
     }
 
     /// A scalar, through the tree encoder (which owns the conversions).
@@ -75,6 +69,21 @@ impl Seed<'_> {
             _ => self,
         }
     }
+}
+
+/// Keeps the mismatch behind a parser error (serde's errors carry text only).
+fn fail<E: de::Error>(failed: &RefCell<Option<Mismatch>>, m: Mismatch) -> E {
+    *failed.borrow_mut() = Some(m);
+    E::custom("the value does not fit the schema")
+}
+
+/// Adds `segment` to the path of a mismatch coming up from below.
+fn wrap<E: de::Error>(failed: &RefCell<Option<Mismatch>>, e: E, segment: impl FnOnce() -> Segment) -> E {
+    let mut failed = failed.borrow_mut();
+    if let Some(m) = failed.take() {
+        *failed = Some(m.at(segment()));
+    }
+    e
 }
 
 /// Whether the tree encoder must see the whole value: unions other than
@@ -223,10 +232,6 @@ fn record<'de, A: MapAccess<'de>>(
     failed: &RefCell<Option<Mismatch>>,
     mut map: A,
 ) -> Result<(), A::Error> {
-    let fail = |m: Mismatch| -> A::Error {
-        *failed.borrow_mut() = Some(m);
-        de::Error::custom("the value does not fit the schema")
-    };
     // Fields 0..in_order are in `out`; later ones that arrived are in `aside`.
     let mut in_order = 0;
     let mut aside: Vec<u8> = Vec::new();
@@ -234,30 +239,25 @@ fn record<'de, A: MapAccess<'de>>(
     while let Some(key) = map.next_key_seed(Key)? {
         let Some(i) = rec.fields.iter().position(|f| f.name == *key) else {
             return Err(fail(
+                failed,
                 Mismatch::new(format!("not a field of record `{}`", rec.name)).at(Segment::Field(key.into_owned())),
             ));
         };
         let seen = i < in_order || spans.get(i).is_some_and(Option::is_some);
         if seen {
-            return Err(fail(Mismatch::new("appears twice").at(Segment::Field(key.into_owned()))));
+            return Err(fail(failed, Mismatch::new("appears twice").at(Segment::Field(key.into_owned()))));
         }
         let field = &rec.fields[i];
-        let wrap = |e: A::Error| {
-            let mut f = failed.borrow_mut();
-            if let Some(m) = f.take() {
-                *f = Some(m.at(Segment::Field(field.name.clone())));
-            }
-            e
-        };
+        let in_field = |e: A::Error| wrap(failed, e, || Segment::Field(field.name.clone()));
         if i == in_order && aside.is_empty() {
-            map.next_value_seed(Seed { codec, node: &field.node, out, failed }).map_err(wrap)?;
+            map.next_value_seed(Seed { codec, node: &field.node, out, failed }).map_err(in_field)?;
             in_order += 1;
         } else {
             if spans.len() < rec.fields.len() {
                 spans.resize(rec.fields.len(), None);
             }
             let start = aside.len();
-            map.next_value_seed(Seed { codec, node: &field.node, out: &mut aside, failed }).map_err(wrap)?;
+            map.next_value_seed(Seed { codec, node: &field.node, out: &mut aside, failed }).map_err(in_field)?;
             spans[i] = Some((start, aside.len()));
         }
     }
@@ -267,6 +267,7 @@ fn record<'de, A: MapAccess<'de>>(
             (None, Some(d)) => out.extend_from_slice(d),
             (None, None) => {
                 return Err(fail(
+                    failed,
                     Mismatch::new(format!("missing; expected {} (the field has no default)", codec.describe(&f.node)))
                         .at(Segment::Field(f.name.clone())),
                 ));
