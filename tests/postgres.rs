@@ -485,3 +485,31 @@ fn validate_check_connects_and_names_what_is_missing() {
     assert!(err.contains("user `app` cannot read `public.secret`"), "{err}");
     assert!(err.contains("table `public.missing` does not exist"), "{err}");
 }
+
+#[test]
+fn pipelines_started_together_share_a_publication_created_by_either() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1)");
+    // Another starter creates the publication and has not committed yet: the
+    // pipeline sees none, and its own CREATE waits and then finds it taken.
+    let mut other = pg.session();
+    let mut input = other.stdin.take().unwrap();
+    writeln!(input, "BEGIN; CREATE PUBLICATION items FOR TABLE items;").unwrap();
+    let idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
+    assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "1"));
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "late", &pg, "    tables: [items]\n    publication: items", &file_sink(&out));
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'CREATE PUBLICATION%'";
+    assert!(wait_for(Duration::from_secs(30), || pg.sql(waiting) == "1"), "{}", log(dir.path()));
+    writeln!(input, "COMMIT;").unwrap();
+    drop(input);
+    assert!(other.wait().unwrap().success());
+    pg.wait_streaming("flowgate_late", dir.path());
+    pg.sql("INSERT INTO items VALUES (2)");
+    assert!(wait_for(Duration::from_secs(30), || records(&out).len() == 2), "{}", log(dir.path()));
+    stop(&mut run, dir.path());
+}

@@ -155,6 +155,13 @@ impl Postgres {
         String::from_utf8(out.stdout).unwrap().trim_end().to_string()
     }
 
+    /// A psql session reading statements from its stdin as they are written,
+    /// to hold a transaction open across steps of a test.
+    pub fn session(&self) -> std::process::Child {
+        let mut c = self.psql();
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("psql starts")
+    }
+
     fn psql(&self) -> Command {
         let mut c = Command::new(bin_dir().join("psql"));
         c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])

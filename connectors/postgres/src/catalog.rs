@@ -38,54 +38,62 @@ pub async fn ensure_publication(
     name: &str,
     tables: &[(String, String)],
 ) -> Result<(), PgCdcError> {
-    let published = published_tables(conn, name).await?;
-    match published {
-        Some(have) => {
-            let missing: Vec<String> = tables
-                .iter()
-                .filter(|t| !have.contains(t))
-                .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
-                .collect();
-            if !missing.is_empty() {
-                return Err(PgCdcError::Setup(format!(
-                    "publication `{name}` exists but does not publish {}; add them with `ALTER PUBLICATION {} ADD TABLE {}` \
-                     (rows already in them are not copied), or name another `publication`",
-                    missing.join(", "),
-                    quote_ident(name),
-                    missing.join(", ")
-                )));
-            }
-        }
-        None => {
-            for (schema, table) in tables {
-                let exists: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
-                )
+    if published_tables(conn, name).await?.is_none() && create_publication(conn, name, tables).await? {
+        return Ok(());
+    }
+    // Created by someone else, perhaps a pipeline started at the same moment.
+    let have = published_tables(conn, name).await?.unwrap_or_default();
+    let missing: Vec<String> = tables
+        .iter()
+        .filter(|t| !have.contains(t))
+        .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(PgCdcError::Setup(format!(
+            "publication `{name}` exists but does not publish {}; add them with `ALTER PUBLICATION {} ADD TABLE {}` \
+             (rows already in them are not copied), or name another `publication`",
+            missing.join(", "),
+            quote_ident(name),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// `CREATE PUBLICATION`; false when another session created it first.
+async fn create_publication(
+    conn: &mut PgConnection,
+    name: &str,
+    tables: &[(String, String)],
+) -> Result<bool, PgCdcError> {
+    for (schema, table) in tables {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)")
                 .bind(schema)
                 .bind(table)
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(|e| PgCdcError::db("cannot look the tables up", e))?;
-                if !exists {
-                    return Err(PgCdcError::Setup(format!("table `{schema}.{table}` (in `tables`) does not exist")));
-                }
-            }
-            let list: Vec<String> =
-                tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
-            let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list.join(", "));
-            // Identifiers are quoted by quote_ident; DDL takes no bind parameters.
-            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.map_err(|e| {
-                PgCdcError::db(
-                    format!(
-                        "cannot create publication `{name}` (the user must own the tables, or create it beforehand)"
-                    ),
-                    e,
-                )
-            })?;
-            tracing::info!(publication = name, tables = %list.join(", "), "created the publication");
+        if !exists {
+            return Err(PgCdcError::Setup(format!("table `{schema}.{table}` (in `tables`) does not exist")));
         }
     }
-    Ok(())
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list.join(", "));
+    // Identifiers are quoted by quote_ident; DDL takes no bind parameters.
+    match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
+        Ok(_) => {
+            tracing::info!(publication = name, tables = %list.join(", "), "created the publication");
+            Ok(true)
+        }
+        // 42710 duplicate_object, or 23505 on pg_publication's name index when
+        // both sessions passed the catalog check before either committed.
+        Err(sqlx::Error::Database(d)) if matches!(d.code().as_deref(), Some("42710" | "23505")) => Ok(false),
+        Err(e) => Err(PgCdcError::db(
+            format!("cannot create publication `{name}` (the user must own the tables, or create it beforehand)"),
+            e,
+        )),
+    }
 }
 
 /// The tables a publication covers, or `None` when it does not exist.
