@@ -286,6 +286,55 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
     assert_eq!(pg.sql("SELECT count(*) FROM (SELECT id, n FROM log EXCEPT SELECT id, n FROM copy.applied) x"), "0");
 }
 
+#[test]
+fn sinks_started_together_share_the_tables_either_creates() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let broker = Broker::with_topics(&[("in", 1)]);
+    Writer::new(&broker.addr()).send("in", numbered(0..1000));
+    // Other starters create the position table and the target table, and have
+    // not committed yet: the sink sees neither, and each of its CREATE TABLE IF
+    // NOT EXISTS waits and then collides with the committed one.
+    let hold = |ddl: &str| {
+        let mut session = pg.session();
+        let mut input = session.stdin.take().unwrap();
+        writeln!(input, "BEGIN; {ddl};").unwrap();
+        (session, input)
+    };
+    let positions = hold(
+        "CREATE TABLE flowgate_positions (pipeline TEXT NOT NULL, source TEXT NOT NULL, position BIGINT NOT NULL, \
+         PRIMARY KEY (pipeline, source))",
+    );
+    let events = hold("CREATE TABLE events (id bigint, email text, pad text)");
+    let idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
+    assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "2"));
+    let file = write_file(
+        dir.path(),
+        "together.yaml",
+        &format!(
+            "name: together\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: together\n\
+             sink:\n  postgres:\n    url: {}\n    table: events\n    create_table: true\n    delivery: effectively_once\n",
+            broker.addr(),
+            pg.url()
+        ),
+    );
+    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    for (table, (mut session, mut input)) in [("flowgate_positions", positions), ("events", events)] {
+        let blocked = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE 'CREATE TABLE IF NOT EXISTS %{table}%'"
+        );
+        assert!(wait_for(Duration::from_secs(30), || pg.sql(&blocked) == "1"), "{}", log(dir.path()));
+        writeln!(input, "COMMIT;").unwrap();
+        drop(input);
+        assert!(session.wait().unwrap().success());
+    }
+    let count = || pg.sql("SELECT count(*) FROM events");
+    assert!(wait_for(Duration::from_secs(60), || count() == "1000"), "{}\n{}", count(), log(dir.path()));
+    stop(&mut run, dir.path());
+}
+
 /// Runs a shipped pipeline file with these environment variables.
 fn run_shipped(dir: &Path, name: &str, env: &[(&str, String)]) -> Guard {
     Guard(common::spawn_run_with_env(dir, &common::repo().join("pipelines").join(name), &[], env))

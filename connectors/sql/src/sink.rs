@@ -153,9 +153,7 @@ impl SqlSink {
         // Fail at start-up, not at the first record, when the database cannot be reached.
         sink.conn().await?;
         if sink.config.delivery == Delivery::EffectivelyOnce {
-            let sql = dialect.positions_table();
-            let conn = sink.conn().await?;
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await.map_err(SqlError::write("flowgate_positions"))?;
+            sink.create(dialect.positions_table(), "flowgate_positions").await?;
         }
         Ok(sink)
     }
@@ -199,6 +197,20 @@ impl SqlSink {
         let conn = self.conn().await?;
         let result = sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn).await;
         result.map(drop).map_err(SqlError::write(table))
+    }
+
+    /// Runs a `CREATE TABLE IF NOT EXISTS`. In Postgres that can still fail when
+    /// another session creates the same table at the same moment (23505 on the
+    /// catalog's type names, or 42P07); the table is then there, as wanted.
+    async fn create(&mut self, sql: &str, table: &str) -> Result<(), SqlError> {
+        match self.raw(sql, table).await {
+            Err(SqlError::Write { source: sqlx::Error::Database(d), .. })
+                if self.dialect == Dialect::Postgres && matches!(d.code().as_deref(), Some("23505" | "42P07")) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// The table's columns, or `None` when it does not exist.
@@ -268,7 +280,7 @@ impl SqlSink {
             defs.push(format!("PRIMARY KEY ({})", keys.join(", ")));
         }
         let sql = format!("CREATE TABLE IF NOT EXISTS {} ({})", d.quote_table(table), defs.join(", "));
-        self.raw(&sql, table).await?;
+        self.create(&sql, table).await?;
         tracing::info!(table, "created the table from the first record");
         let info = self.describe(table).await?.ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
         self.tables.insert(table.to_string(), info.clone());
