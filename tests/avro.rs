@@ -405,16 +405,21 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
         ),
     );
     let mut run = Guard(spawn_run(dir.path(), &read_file, &[]));
-    std::thread::sleep(Duration::from_secs(5));
+    // Longer than max.poll.interval.ms: the waiting consumer keeps polling, its
+    // partitions paused, and stays in its group.
+    std::thread::sleep(Duration::from_secs(10));
     assert!(records(&output).is_empty());
     registry.start_again();
     let all = wait_for(Duration::from_secs(60), || records(&output).len() as u64 >= n);
     stop(&mut run, dir.path());
-    assert!(all, "{}", log(dir.path()));
+    let text = log(dir.path());
+    assert!(all, "{text}");
+    assert!(!text.contains("maximum poll interval"), "the consumer left its group while waiting:\n{text}");
     let mut ids: Vec<u64> = records(&output).iter().map(|v| v["id"].as_u64().unwrap()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len() as u64, n);
+    assert_eq!(records(&output).len() as u64, n, "records after the wait were read twice");
 }
 
 #[test]

@@ -238,6 +238,8 @@ pub struct KafkaSource {
     /// Records read but not decoded yet (the registry was out of reach): handed
     /// out once they are decoded, never dropped.
     held: Option<Held>,
+    /// The assignment is paused while records are held.
+    paused: bool,
     stage: Arc<str>,
 }
 
@@ -321,6 +323,7 @@ impl KafkaSource {
             seen_rebalances: u64::MAX,
             avro,
             held: None,
+            paused: false,
             stage: "source".into(),
         })
     }
@@ -345,7 +348,7 @@ impl KafkaSource {
     fn push(
         &mut self,
         m: &BorrowedMessage<'_>,
-        batch: &mut Batch,
+        records: &mut Vec<Record>,
         offsets: &mut Vec<PartitionOffset>,
         gens: &mut Vec<u64>,
     ) {
@@ -364,7 +367,7 @@ impl KafkaSource {
                 offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation })
             }
         }
-        batch.records.push(record_of(m, SourceMeta::Kafka { topic, partition, offset }));
+        records.push(record_of(m, SourceMeta::Kafka { topic, partition, offset }));
     }
 
     /// A consume error: fatal when waiting cannot help, otherwise logged while
@@ -414,8 +417,9 @@ impl KafkaSource {
                     Err(AvroFailure::Registry(e)) if e.retryable => {
                         tracing::warn!(error = %e, "cannot decode Avro values: the schema registry is out of reach; waiting");
                         let records = std::mem::take(&mut batch.records);
-                        self.held = Some(Held { records, offsets, gens });
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let mut held = Held { records, offsets, gens };
+                        self.wait_held(&mut held).await?;
+                        self.held = Some(held);
                         return Ok(Read::Idle);
                     }
                     Err(AvroFailure::Registry(e)) => return Err(e.into()),
@@ -435,6 +439,42 @@ impl KafkaSource {
         batch.position = Some(Position::Kafka(offsets));
         self.group.handed_out.store(batch.seq + 1, Ordering::Release);
         Ok(Read::Data)
+    }
+
+    /// Waits a second for the registry while still polling the consumer: one
+    /// that does not poll for `max.poll.interval.ms` leaves its group, and its
+    /// partitions go elsewhere. The assigned partitions are paused so that
+    /// polling reads nothing new (librdkafka drops what it prefetched and, on
+    /// resume, fetches from after the last record read); a record of a
+    /// partition assigned since the last pause joins the held ones.
+    async fn wait_held(&mut self, held: &mut Held) -> Result<(), ConnectorError> {
+        let consumer = Arc::clone(&self.consumer);
+        let assigned =
+            consumer.assignment().map_err(|e| KafkaConnectorError::client("cannot read the assignment", e))?;
+        consumer.pause(&assigned).map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e))?;
+        self.paused = true;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(Err(e)) => self.consume_error(e)?,
+                Ok(Ok(m)) => {
+                    self.push(&m, &mut held.records, &mut held.offsets, &mut held.gens);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(m.topic(), m.partition());
+                    consumer.pause(&tpl).map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e))?;
+                }
+            }
+        }
+    }
+
+    /// Resumes the partitions [`KafkaSource::wait_held`] paused.
+    fn resume(&mut self) -> Result<(), ConnectorError> {
+        let assigned =
+            self.consumer.assignment().map_err(|e| KafkaConnectorError::client("cannot read the assignment", e))?;
+        self.consumer.resume(&assigned).map_err(|e| KafkaConnectorError::client("cannot resume the partitions", e))?;
+        self.paused = false;
+        Ok(())
     }
 
     /// Drops records of partitions revoked (or revoked and assigned again) while
@@ -470,10 +510,11 @@ impl Source for KafkaSource {
             let (mut offsets, mut gens) = (held.offsets, held.gens);
             // Partitions lost while waiting are read again by their new owner.
             self.drop_revoked(batch, &mut offsets, &mut gens);
-            if batch.records.is_empty() {
-                return Ok(Read::Idle);
+            let read = if batch.records.is_empty() { Read::Idle } else { self.hand_out(batch, offsets, gens).await? };
+            if self.held.is_none() && self.paused {
+                self.resume()?;
             }
-            return self.hand_out(batch, offsets, gens).await;
+            return Ok(read);
         }
         let consumer = Arc::clone(&self.consumer);
         consumer.context().log.check_fatal()?;
@@ -488,7 +529,7 @@ impl Source for KafkaSource {
             }
             Ok(Ok(m)) => m,
         };
-        self.push(&first, batch, &mut offsets, &mut gens);
+        self.push(&first, &mut batch.records, &mut offsets, &mut gens);
         drop(first);
         let deadline = tokio::time::Instant::now() + self.linger;
         while batch.records.len() < self.batch_size {
@@ -501,7 +542,7 @@ impl Source for KafkaSource {
                 },
             };
             match next {
-                Ok(m) => self.push(&m, batch, &mut offsets, &mut gens),
+                Ok(m) => self.push(&m, &mut batch.records, &mut offsets, &mut gens),
                 Err(e) => {
                     self.consume_error(e)?;
                     break;
