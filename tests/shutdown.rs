@@ -51,3 +51,38 @@ fn sigterm_drains_and_a_restart_continues_exactly_where_it_stopped() {
     assert_eq!(lines(&output), expected, "graceful restarts must neither lose nor repeat lines");
     assert!(log(d).contains("resuming file"), "{}", log(d));
 }
+
+#[test]
+fn a_second_run_of_a_running_pipeline_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (input, output) = (d.join("in.jsonl"), d.join("out.jsonl"));
+    std::fs::write(&input, "").unwrap();
+    append(&input, 0, 10);
+    std::fs::write(
+        d.join("tail.yaml"),
+        "name: tail\nsource:\n  file: {path: in.jsonl, follow: true}\nsink:\n  file: {path: out.jsonl}\n",
+    )
+    .unwrap();
+    let mut first = spawn_run(d, &d.join("tail.yaml"), &[]);
+    assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 10), "{}", log(d));
+    // Same pipeline, same state directory: refused before it reads anything.
+    let mut second = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let status = wait_exit(&mut second, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", log(d));
+    assert!(log(d).contains("another run of this pipeline is reading"), "{}", log(d));
+    append(&input, 10, 20);
+    assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 20), "{}", log(d));
+    // Killed, the first run's lock goes with it.
+    signal(&first, libc::SIGKILL);
+    wait_exit(&mut first, Duration::from_secs(20));
+    let mut third = spawn_run(d, &d.join("tail.yaml"), &[]);
+    append(&input, 20, 30);
+    assert!(wait_for(Duration::from_secs(30), || lines(&output).len() >= 30), "{}", log(d));
+    signal(&third, libc::SIGTERM);
+    assert!(wait_exit(&mut third, Duration::from_secs(20)).success(), "{}", log(d));
+    let mut seen: Vec<String> = lines(&output);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 30);
+}

@@ -13,13 +13,20 @@ pub enum FileError {
     Write { path: PathBuf, source: io::Error },
     #[error("cannot store the position of {path}")]
     State { path: PathBuf, source: io::Error },
+    /// Two runs of one pipeline would read the file twice and overwrite each
+    /// other's position.
+    #[error(
+        "another run of this pipeline is reading {path} (it holds the lock in state directory {state_dir}); \
+         stop it first, or give this run its own --state-dir"
+    )]
+    InUse { path: PathBuf, state_dir: PathBuf },
 }
 
 impl FileError {
     /// Opening fails for reasons a retry does not fix (missing file, permissions);
     /// reads and writes fail for reasons that pass (a full disk being cleaned up).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, FileError::Open { .. })
+        !matches!(self, FileError::Open { .. } | FileError::InUse { .. })
     }
 }
 

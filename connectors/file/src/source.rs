@@ -32,6 +32,8 @@ pub struct FileSource {
     max: usize,
     state: StateStore,
     state_key: String,
+    /// Held while the source is open: one reader per stored position.
+    _lock: std::fs::File,
     lines: Lines<File>,
     inode: u64,
     /// Position reached at the end of each batch handed out and not yet committed.
@@ -45,6 +47,12 @@ pub struct FileSource {
 impl FileSource {
     pub async fn open(config: FileSourceConfig, ctx: &SourceContext) -> Result<Self, FileError> {
         let state_key = format!("{}.file-source", ctx.pipeline);
+        let lock = ctx.state.lock(&state_key).map_err(|source| match source.kind() {
+            std::io::ErrorKind::WouldBlock => {
+                FileError::InUse { path: config.path.clone(), state_dir: ctx.state.dir().to_path_buf() }
+            }
+            _ => FileError::State { path: config.path.clone(), source },
+        })?;
         let open_err = |source| FileError::Open { path: config.path.clone(), source };
         let mut file = File::open(&config.path).await.map_err(open_err)?;
         let meta = file.metadata().await.map_err(open_err)?;
@@ -72,6 +80,7 @@ impl FileSource {
             max: ctx.batch_size,
             state: ctx.state.clone(),
             state_key,
+            _lock: lock,
             lines: Lines::new(file, offset, line),
             inode: meta.ino(),
             pending: VecDeque::new(),
@@ -265,6 +274,8 @@ mod tests {
         assert_eq!(all, ["1", "2", "3", "4", "5"]);
         // Only the first two batches (lines 1-4) were committed.
         src.commit(Watermark(2)).await.unwrap();
+        let twice = FileSource::open(config.clone(), &ctx(dir.path(), 2)).await;
+        assert!(matches!(twice, Err(FileError::InUse { .. })), "a second reader of the same position is refused");
         drop(src);
         let mut again = FileSource::open(config, &ctx(dir.path(), 2)).await.unwrap();
         assert_eq!(read_to_end(&mut again, &AckTracker::new()).await, ["5"]);

@@ -39,6 +39,21 @@ impl StateStore {
         }
     }
 
+    /// Locks `<key>.lock` in the directory for as long as the returned file is
+    /// open; `ErrorKind::WouldBlock` when another process (or another open of
+    /// the same key) holds it. The lock is the kernel's, so a killed holder
+    /// frees it.
+    pub fn lock(&self, key: &str) -> io::Result<File> {
+        fs::create_dir_all(&self.dir)?;
+        let file =
+            File::options().create(true).truncate(false).write(true).open(self.path(key).with_extension("lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     pub fn save<T: Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let path = self.path(key);
@@ -66,5 +81,16 @@ mod tests {
         store.save("a/b", &42u64).unwrap();
         assert_eq!(store.load::<u64>("a/b").unwrap(), Some(42));
         assert!(!store.path("a/b").with_extension("json.tmp").exists());
+    }
+
+    #[test]
+    fn a_key_is_locked_once_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("nested"));
+        let held = store.lock("p").unwrap();
+        assert_eq!(store.lock("p").unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(store.lock("q").is_ok());
+        drop(held);
+        assert!(store.lock("p").is_ok());
     }
 }
