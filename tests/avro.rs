@@ -394,16 +394,7 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     // A reader pipeline started while the registry is down waits for it too.
     registry.stop();
     let output = dir.path().join("out.jsonl");
-    let read_file = write_file(
-        dir.path(),
-        "from-kafka.yaml",
-        &format!(
-            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [pay]\n    group: fg\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nerrors: {{policy: fail}}\nregistry: {{url: {}, timeout: 1s}}\nbatch: {{size: 50, linger: 20ms}}\n",
-            broker.addr(),
-            output.display(),
-            registry.url()
-        ),
-    );
+    let read_file = kafka_to_file(dir.path(), &broker, &registry);
     let mut run = Guard(spawn_run(dir.path(), &read_file, &[]));
     // Longer than max.poll.interval.ms: the waiting consumer keeps polling, its
     // partitions paused, and stays in its group.
@@ -420,6 +411,68 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     ids.dedup();
     assert_eq!(ids.len() as u64, n);
     assert_eq!(records(&output).len() as u64, n, "records after the wait were read twice");
+}
+
+/// A Kafka (`format: avro`) -> file pipeline in group `g`.
+fn kafka_to_file(dir: &Path, broker: &Broker, registry: &Registry) -> PathBuf {
+    write_file(
+        dir,
+        "from-kafka.yaml",
+        &format!(
+            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [pay]\n    group: g\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nerrors: {{policy: fail}}\nregistry: {{url: {}, timeout: 1s}}\nbatch: {{size: 50, linger: 20ms}}\n",
+            broker.addr(),
+            dir.join("out.jsonl").display(),
+            registry.url()
+        ),
+    )
+}
+
+#[test]
+fn partitions_paused_for_the_registry_are_read_again_after_a_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let broker = Broker::with_topics(&[("pay", 2)]);
+    let mut registry = Registry::start(dir.path());
+    let input = dir.path().join("in.jsonl");
+    let write = |ids: std::ops::Range<u64>| {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&input).unwrap();
+        for i in ids {
+            std::io::Write::write_all(&mut f, format!("{}\n", payment(i)).as_bytes()).unwrap();
+        }
+    };
+    write(0..200);
+    // Keyed, so that both partitions have records.
+    let registry_yaml = format!("  url: {}\n  timeout: 1s", registry.url());
+    let to_kafka = file_to_kafka(dir.path(), &input, &broker, "pay", &registry_yaml, "    key: 'k${value.id}'\n");
+    let mut writer = Guard(spawn_run(dir.path(), &to_kafka, &[]));
+    let mut reader = Reader::new(&broker.addr(), "pay", false);
+    assert!(reader.read_until(Duration::from_secs(60), |r| r.total >= 200), "{}", log(dir.path()));
+    let ids = |dirs: &[&Path]| {
+        let mut ids: Vec<u64> =
+            dirs.iter().flat_map(|d| records(&d.join("out.jsonl"))).map(|v| v["id"].as_u64().unwrap()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len() as u64
+    };
+    // Both members hold records while the registry is down, each with its
+    // partitions paused; B takes one of A's paused partitions in the rebalance.
+    registry.stop();
+    let mut run_a = Guard(spawn_run(&a, &kafka_to_file(&a, &broker, &registry), &[]));
+    assert!(wait_for(Duration::from_secs(30), || log(&a).contains("out of reach")), "{}", log(&a));
+    let mut run_b = Guard(spawn_run(&b, &kafka_to_file(&b, &broker, &registry), &[]));
+    assert!(wait_for(Duration::from_secs(60), || log(&b).contains("out of reach")), "{}", log(&b));
+    registry.start_again();
+    assert!(wait_for(Duration::from_secs(60), || ids(&[&a, &b]) == 200), "{}\n{}", log(&a), log(&b));
+    // B leaves: its partition goes back to A, which paused it before and must
+    // read it again, including what is written after.
+    stop(&mut run_b, &b);
+    write(200..300);
+    let all = wait_for(Duration::from_secs(60), || ids(&[&a, &b]) == 300);
+    stop(&mut run_a, &a);
+    stop(&mut writer, dir.path());
+    assert!(all, "{} of 300 read\n{}\n{}", ids(&[&a, &b]), log(&a), log(&b));
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! sink) has it. With `delivery: exactly_once` the sink commits the offsets inside
 //! its transaction instead, and the source stores nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -238,13 +238,15 @@ pub struct KafkaSource {
     /// Records read but not decoded yet (the registry was out of reach): handed
     /// out once they are decoded, never dropped.
     held: Option<Held>,
-    /// The assignment is paused while records are held.
-    paused: bool,
+    /// Every partition paused while records were held, resumed together once
+    /// they are handed out: pausing is the partition's own flag, which a
+    /// revocation and a later assignment keep.
+    paused: HashSet<(Arc<str>, i32)>,
     stage: Arc<str>,
 }
 
 /// A batch waiting for the registry, with what `drop_revoked` needs should the
-/// group rebalance meanwhile (a long outage can cost the consumer its membership).
+/// group rebalance meanwhile.
 struct Held {
     records: Vec<Record>,
     offsets: Vec<PartitionOffset>,
@@ -323,7 +325,7 @@ impl KafkaSource {
             seen_rebalances: u64::MAX,
             avro,
             held: None,
-            paused: false,
+            paused: HashSet::new(),
             stage: "source".into(),
         })
     }
@@ -418,8 +420,10 @@ impl KafkaSource {
                         tracing::warn!(error = %e, "cannot decode Avro values: the schema registry is out of reach; waiting");
                         let records = std::mem::take(&mut batch.records);
                         let mut held = Held { records, offsets, gens };
-                        self.wait_held(&mut held).await?;
+                        // Kept whatever the wait returns: nothing held is dropped.
+                        let waited = self.wait_held(&mut held).await;
                         self.held = Some(held);
+                        waited?;
                         return Ok(Read::Idle);
                     }
                     Err(AvroFailure::Registry(e)) => return Err(e.into()),
@@ -451,8 +455,7 @@ impl KafkaSource {
         let consumer = Arc::clone(&self.consumer);
         let assigned =
             consumer.assignment().map_err(|e| KafkaConnectorError::client("cannot read the assignment", e))?;
-        consumer.pause(&assigned).map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e))?;
-        self.paused = true;
+        self.pause(&assigned)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         loop {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -462,19 +465,38 @@ impl KafkaSource {
                     self.push(&m, &mut held.records, &mut held.offsets, &mut held.gens);
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(m.topic(), m.partition());
-                    consumer.pause(&tpl).map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e))?;
+                    self.pause(&tpl)?;
                 }
             }
         }
     }
 
-    /// Resumes the partitions [`KafkaSource::wait_held`] paused.
-    fn resume(&mut self) -> Result<(), ConnectorError> {
-        let assigned =
-            self.consumer.assignment().map_err(|e| KafkaConnectorError::client("cannot read the assignment", e))?;
-        self.consumer.resume(&assigned).map_err(|e| KafkaConnectorError::client("cannot resume the partitions", e))?;
-        self.paused = false;
-        Ok(())
+    fn pause(&mut self, partitions: &TopicPartitionList) -> Result<(), ConnectorError> {
+        // Noted first: a partition the call pauses before failing is resumed too.
+        for p in partitions.elements() {
+            let topic = self.topic(p.topic());
+            self.paused.insert((topic, p.partition()));
+        }
+        self.consumer
+            .pause(partitions)
+            .map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e).into())
+    }
+
+    /// Resumes every partition [`KafkaSource::wait_held`] paused, assigned or
+    /// not. A failure is logged and the resume tried again on the next read: the
+    /// batch just handed out must not be lost to it.
+    fn resume(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &self.paused {
+            tpl.add_partition(topic, *partition);
+        }
+        match self.consumer.resume(&tpl) {
+            Ok(()) => self.paused.clear(),
+            Err(e) => tracing::warn!(error = %e, "cannot resume the partitions paused for the registry; trying again"),
+        }
     }
 
     /// Drops records of partitions revoked (or revoked and assigned again) while
@@ -511,11 +533,12 @@ impl Source for KafkaSource {
             // Partitions lost while waiting are read again by their new owner.
             self.drop_revoked(batch, &mut offsets, &mut gens);
             let read = if batch.records.is_empty() { Read::Idle } else { self.hand_out(batch, offsets, gens).await? };
-            if self.held.is_none() && self.paused {
-                self.resume()?;
+            if self.held.is_none() {
+                self.resume();
             }
             return Ok(read);
         }
+        self.resume();
         let consumer = Arc::clone(&self.consumer);
         consumer.context().log.check_fatal()?;
         let rebalances = self.group.rebalances.load(Ordering::Acquire);
