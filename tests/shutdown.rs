@@ -71,6 +71,7 @@ fn a_second_run_of_a_running_pipeline_is_refused() {
     let status = wait_exit(&mut second, Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", log(d));
     assert!(log(d).contains("another run of this pipeline is reading"), "{}", log(d));
+    assert!(log(d).contains("tail.file-source.lock"), "the message names the lock: {}", log(d));
     append(&input, 10, 20);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 20), "{}", log(d));
     // Killed, the first run's lock goes with it.

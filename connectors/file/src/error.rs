@@ -16,17 +16,19 @@ pub enum FileError {
     /// Two runs of one pipeline would read the file twice and overwrite each
     /// other's position.
     #[error(
-        "another run of this pipeline is reading {path} (it holds the lock in state directory {state_dir}); \
-         stop it first, or give this run its own --state-dir"
+        "another run of this pipeline is reading {path} (it holds {lock}); stop it first. A run with another \
+         --state-dir would read the file again from the start"
     )]
-    InUse { path: PathBuf, state_dir: PathBuf },
+    InUse { path: PathBuf, lock: PathBuf },
+    #[error("cannot lock {lock}, which keeps a second run of this pipeline from reading {path} too")]
+    Lock { path: PathBuf, lock: PathBuf, source: io::Error },
 }
 
 impl FileError {
     /// Opening fails for reasons a retry does not fix (missing file, permissions);
     /// reads and writes fail for reasons that pass (a full disk being cleaned up).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, FileError::Open { .. } | FileError::InUse { .. })
+        !matches!(self, FileError::Open { .. } | FileError::InUse { .. } | FileError::Lock { .. })
     }
 }
 

@@ -47,11 +47,12 @@ pub struct FileSource {
 impl FileSource {
     pub async fn open(config: FileSourceConfig, ctx: &SourceContext) -> Result<Self, FileError> {
         let state_key = format!("{}.file-source", ctx.pipeline);
-        let lock = ctx.state.lock(&state_key).map_err(|source| match source.kind() {
-            std::io::ErrorKind::WouldBlock => {
-                FileError::InUse { path: config.path.clone(), state_dir: ctx.state.dir().to_path_buf() }
+        let lock = ctx.state.lock(&state_key).map_err(|source| {
+            let (path, lock) = (config.path.clone(), ctx.state.lock_path(&state_key));
+            match source.kind() {
+                std::io::ErrorKind::WouldBlock => FileError::InUse { path, lock },
+                _ => FileError::Lock { path, lock, source },
             }
-            _ => FileError::State { path: config.path.clone(), source },
         })?;
         let open_err = |source| FileError::Open { path: config.path.clone(), source };
         let mut file = File::open(&config.path).await.map_err(open_err)?;

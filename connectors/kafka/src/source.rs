@@ -472,7 +472,7 @@ impl KafkaSource {
     }
 
     fn pause(&mut self, partitions: &TopicPartitionList) -> Result<(), ConnectorError> {
-        // Noted first: a partition the call pauses before failing is resumed too.
+        // Noted before the call, so that resume() undoes whatever it did.
         for p in partitions.elements() {
             let topic = self.topic(p.topic());
             self.paused.insert((topic, p.partition()));
@@ -483,8 +483,10 @@ impl KafkaSource {
     }
 
     /// Resumes every partition [`KafkaSource::wait_held`] paused, assigned or
-    /// not. A failure is logged and the resume tried again on the next read: the
-    /// batch just handed out must not be lost to it.
+    /// not (for one the consumer no longer owns, that only clears the flag).
+    /// Never fails: the batch just handed out must not be lost to an error
+    /// here. librdkafka accepts the call as a whole; should it ever refuse, the
+    /// resume is tried again on the next read.
     fn resume(&mut self) {
         if self.paused.is_empty() {
             return;

@@ -39,14 +39,18 @@ impl StateStore {
         }
     }
 
+    /// The file [`StateStore::lock`] locks for `key`.
+    pub fn lock_path(&self, key: &str) -> PathBuf {
+        self.path(key).with_extension("lock")
+    }
+
     /// Locks `<key>.lock` in the directory for as long as the returned file is
     /// open; `ErrorKind::WouldBlock` when another process (or another open of
     /// the same key) holds it. The lock is the kernel's, so a killed holder
     /// frees it.
     pub fn lock(&self, key: &str) -> io::Result<File> {
         fs::create_dir_all(&self.dir)?;
-        let file =
-            File::options().create(true).truncate(false).write(true).open(self.path(key).with_extension("lock"))?;
+        let file = File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
