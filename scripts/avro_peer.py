@@ -1,9 +1,12 @@
-"""The peer of the Avro encoding benchmark: confluent-kafka's AvroSerializer
-(fastavro underneath) on the records avro_bench wrote, on one core.
+"""The peer of the Avro benchmark: confluent-kafka's AvroSerializer and
+AvroDeserializer (fastavro underneath) on the records avro_bench wrote, on one
+core.
 
 Usage: avro_peer.py RECORDS.jsonl REGISTRY_URL [N]
-Prints Markdown table rows: from ready dicts (Decimal and datetime already
-built: the serializer alone), and from the JSON text (json.loads + conversions).
+Prints Markdown table rows: encoding from ready dicts (Decimal and datetime
+already built: the serializer alone) and from the JSON text (json.loads +
+conversions); decoding to dicts (the deserializer alone) and to JSON text
+(+ json.dumps), which is what a consume-transform loop hands on.
 """
 import datetime
 import decimal
@@ -12,7 +15,7 @@ import sys
 import time
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 SCHEMA = open(sys.argv[1].replace(".jsonl", ".avsc")).read()
@@ -48,3 +51,18 @@ for l in lines:
     ser(typed(json.loads(l)), ctx)
 secs = time.perf_counter() - t
 print(f"| python: json.loads + types + AvroSerializer | {n} | {secs:.3f} | {n / secs:.0f} |")
+
+framed = [ser(d, ctx) for d in dicts]
+de = AvroDeserializer(SchemaRegistryClient({"url": url}))
+de(framed[0], ctx)  # fetches the schema by id; later calls are cached
+t = time.perf_counter()
+for b in framed:
+    de(b, ctx)
+secs = time.perf_counter() - t
+print(f"| python confluent-kafka AvroDeserializer, to dicts | {n} | {secs:.3f} | {n / secs:.0f} |")
+
+t = time.perf_counter()
+for b in framed:
+    json.dumps(de(b, ctx), default=str)
+secs = time.perf_counter() - t
+print(f"| python: AvroDeserializer + json.dumps | {n} | {secs:.3f} | {n / secs:.0f} |")

@@ -543,7 +543,7 @@ def bench_avro(work):
                                  f"sqlite:{os.path.join(work, 'registry.db')}", "--log", "warn"], cwd=work)
     try:
         wait_port(port)
-        print("\n### Validate + encode a 10-field record to Confluent-framed Avro, one core (taskset -c 0)\n",
+        print("\n### A 10-field record to Confluent-framed Avro and back, one core (taskset -c 0)\n",
               flush=True)
         subprocess.run(["taskset", "-c", "0", bench, n, records], check=True, stderr=subprocess.DEVNULL)
         python = os.path.join(os.environ["FLOWGATE_TOOLS"], "venv", "bin", "python")

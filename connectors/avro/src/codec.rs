@@ -21,7 +21,7 @@ use std::fmt;
 use apache_avro::Schema;
 use apache_avro::schema::{InnerDecimalSchema, Name, RecordField, ResolvedSchema, UuidSchema};
 use base64::Engine as _;
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 
 use crate::time;
 
@@ -609,49 +609,63 @@ impl Codec {
         }
     }
 
-    /// Reads one Avro datum (the whole of `bytes`) as JSON.
+    /// Reads one Avro datum (the whole of `bytes`) as a JSON value. The Kafka
+    /// source uses [`Codec::decode_json`], which builds no tree.
     pub fn decode(&self, bytes: &[u8]) -> Result<Value, DecodeError> {
+        let mut out = Vec::with_capacity(bytes.len() * 2);
+        self.decode_json(bytes, &mut out)?;
+        Ok(serde_json::from_slice(&out).expect("the decoder writes JSON"))
+    }
+
+    /// Reads one Avro datum (the whole of `bytes`) and appends it to `out` as
+    /// JSON text: record fields in the schema's order, map entries in the
+    /// datum's.
+    pub fn decode_json(&self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
         let mut r = Reader { buf: bytes, items: bytes.len() + 65_536 };
-        let v = self.read(&self.root, &mut r)?;
+        self.write_json(&self.root, &mut r, out)?;
         if !r.buf.is_empty() {
             return Err(DecodeError(format!("{} bytes left after the value", r.buf.len())));
         }
-        Ok(v)
+        Ok(())
     }
 
-    fn read(&self, node: &Node, r: &mut Reader<'_>) -> Result<Value, DecodeError> {
-        Ok(match node {
-            Node::Null => Value::Null,
-            Node::Boolean => Value::Bool(r.take(1)?[0] != 0),
-            Node::Int | Node::Long => Value::from(r.long()?),
+    fn write_json(&self, node: &Node, r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), DecodeError> {
+        match node {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::Boolean => out.extend_from_slice(if r.take(1)?[0] != 0 { b"true" } else { b"false" }),
+            Node::Int | Node::Long => json_text(out, &r.long()?),
             Node::Float => {
                 let f = f32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
                 // Through its shortest text, so that 0.1f32 reads as 0.1.
-                float_json(f.to_string().parse::<f64>().unwrap_or(f64::from(f)))
+                json_float(out, f.to_string().parse::<f64>().unwrap_or(f64::from(f)));
             }
-            Node::Double => float_json(f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
-            Node::String | Node::Uuid(UuidRepr::String) => Value::String(r.string()?),
+            Node::Double => json_float(out, f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"))),
+            Node::String | Node::Uuid(UuidRepr::String) => json_text(out, r.str()?),
             Node::Json => {
-                let s = r.string()?;
-                serde_json::from_str(&s).unwrap_or(Value::String(s))
+                // The document itself (compacted), or the text when it is not JSON.
+                let s = r.str()?;
+                match serde_json::from_str::<Value>(s) {
+                    Ok(v) => json_text(out, &v),
+                    Err(_) => json_text(out, s),
+                }
             }
-            Node::Bytes => Value::String(B64.encode(r.bytes()?)),
-            Node::Fixed { size, .. } => Value::String(B64.encode(r.take(*size)?)),
-            Node::Duration => Value::String(B64.encode(r.take(12)?)),
-            Node::Uuid(UuidRepr::Fixed) => Value::String(format_uuid(r.take(16)?)),
+            Node::Bytes => json_text(out, &B64.encode(r.bytes()?)),
+            Node::Fixed { size, .. } => json_text(out, &B64.encode(r.take(*size)?)),
+            Node::Duration => json_text(out, &B64.encode(r.take(12)?)),
+            Node::Uuid(UuidRepr::Fixed) => json_text(out, &format_uuid(r.take(16)?)),
             Node::Uuid(UuidRepr::Bytes) => {
                 let b = r.bytes()?;
                 if b.len() != 16 {
                     return Err(DecodeError(format!("a uuid of {} bytes", b.len())));
                 }
-                Value::String(format_uuid(b))
+                json_text(out, &format_uuid(b));
             }
             Node::Decimal { scale, fixed, .. } => {
                 let b = match fixed {
                     Some(size) => r.take(*size)?,
                     None => r.bytes()?,
                 };
-                Value::String(decimal_string(b, *scale))
+                json_text(out, &decimal_string(b, *scale));
             }
             Node::BigDecimal => {
                 let inner = r.bytes()?;
@@ -659,14 +673,14 @@ impl Codec {
                 let digits = ir.bytes()?;
                 let scale =
                     usize::try_from(ir.long()?).map_err(|_| DecodeError("negative big-decimal scale".into()))?;
-                Value::String(decimal_string(digits, scale))
+                json_text(out, &decimal_string(digits, scale));
             }
             Node::Date => {
                 let days = i32::try_from(r.long()?).map_err(|_| DecodeError("date out of range".into()))?;
-                Value::String(time::format_date(days).ok_or_else(|| DecodeError("date out of range".into()))?)
+                json_text(out, &time::format_date(days).ok_or_else(|| DecodeError("date out of range".into()))?);
             }
-            Node::TimeMillis => Value::String(time::format_time(r.long()?.saturating_mul(1000))),
-            Node::TimeMicros => Value::String(time::format_time(r.long()?)),
+            Node::TimeMillis => json_text(out, &time::format_time(r.long()?.saturating_mul(1000))),
+            Node::TimeMicros => json_text(out, &time::format_time(r.long()?)),
             Node::Timestamp(u) | Node::LocalTimestamp(u) => {
                 let n = i128::from(r.long()?);
                 let nanos = match u {
@@ -675,46 +689,77 @@ impl Codec {
                     Unit::Nanos => n,
                 };
                 let local = matches!(node, Node::LocalTimestamp(_));
-                Value::String(
-                    time::format_timestamp(nanos, local).ok_or_else(|| DecodeError("timestamp out of range".into()))?,
-                )
+                let text =
+                    time::format_timestamp(nanos, local).ok_or_else(|| DecodeError("timestamp out of range".into()))?;
+                json_text(out, &text);
             }
             Node::Enum { symbols, .. } => {
                 let i = r.long()?;
                 let s = usize::try_from(i).ok().and_then(|i| symbols.get(i));
-                Value::String(s.ok_or_else(|| DecodeError(format!("enum index {i} out of range")))?.clone())
+                json_text(out, s.ok_or_else(|| DecodeError(format!("enum index {i} out of range")))?);
             }
             Node::Array(items) => {
-                let mut a = Vec::new();
+                out.push(b'[');
+                let mut first = true;
                 r.blocks(|r| {
-                    a.push(self.read(items, r)?);
-                    Ok(())
+                    if !std::mem::take(&mut first) {
+                        out.push(b',');
+                    }
+                    self.write_json(items, r, out)
                 })?;
-                Value::Array(a)
+                out.push(b']');
             }
             Node::Map(values) => {
-                let mut m = Map::new();
+                out.push(b'{');
+                let mut first = true;
                 r.blocks(|r| {
-                    let k = r.string()?;
-                    m.insert(k, self.read(values, r)?);
-                    Ok(())
+                    if !std::mem::take(&mut first) {
+                        out.push(b',');
+                    }
+                    json_text(out, r.str()?);
+                    out.push(b':');
+                    self.write_json(values, r, out)
                 })?;
-                Value::Object(m)
+                out.push(b'}');
             }
             Node::Union(branches) => {
                 let i = r.long()?;
                 let b = usize::try_from(i).ok().and_then(|i| branches.get(i));
-                self.read(b.ok_or_else(|| DecodeError(format!("union branch {i} out of range")))?, r)?
+                self.write_json(b.ok_or_else(|| DecodeError(format!("union branch {i} out of range")))?, r, out)?;
             }
             Node::Record(i) => {
-                let rec = &self.records[*i];
-                let mut m = Map::new();
-                for f in &rec.fields {
-                    m.insert(f.name.clone(), self.read(&f.node, r)?);
+                out.push(b'{');
+                for (n, f) in self.records[*i].fields.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    json_text(out, &f.name);
+                    out.push(b':');
+                    self.write_json(&f.node, r, out)?;
                 }
-                Value::Object(m)
+                out.push(b'}');
             }
-        })
+        }
+        Ok(())
+    }
+}
+
+/// Appends `v` as JSON; writing to a `Vec` cannot fail.
+fn json_text<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    serde_json::to_writer(&mut *out, v).expect("JSON to memory");
+}
+
+/// A finite number as a JSON number; NaN and the infinities, which JSON lacks,
+/// as the strings Avro's JSON encoding uses.
+fn json_float(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        json_text(out, &f);
+    } else if f.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if f > 0.0 {
+        out.extend_from_slice(b"\"Infinity\"");
+    } else {
+        out.extend_from_slice(b"\"-Infinity\"");
     }
 }
 
@@ -825,15 +870,6 @@ fn float(v: &Value) -> Option<f64> {
             _ => None,
         },
         _ => None,
-    }
-}
-
-fn float_json(f: f64) -> Value {
-    match Number::from_f64(f) {
-        Some(n) => Value::Number(n),
-        None if f.is_nan() => Value::String("NaN".into()),
-        None if f > 0.0 => Value::String("Infinity".into()),
-        None => Value::String("-Infinity".into()),
     }
 }
 
@@ -1083,8 +1119,8 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, DecodeError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError("a string is not UTF-8".into()))
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError("a string is not UTF-8".into()))
     }
 
     /// Array and map blocks: a count (negative: followed by a byte size), items, until 0.

@@ -210,7 +210,8 @@ impl Decoder {
             Err(e) if e.code == Some(40403) => return Err(Failure::Record(format!("cannot read schema {id}: {e}"))),
             Err(e) => return Err(Failure::Registry(e)),
         };
-        let v = codec.decode(avro).map_err(|e| Failure::Record(format!("schema {id}: {e}")))?;
-        Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize")))
+        let mut out = Vec::with_capacity(avro.len() * 2);
+        codec.decode_json(avro, &mut out).map_err(|e| Failure::Record(format!("schema {id}: {e}")))?;
+        Ok(Bytes::from(out))
     }
 }

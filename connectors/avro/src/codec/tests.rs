@@ -104,6 +104,24 @@ fn encodes_what_apache_avro_reads() {
 }
 
 #[test]
+fn decodes_to_json_text_in_the_schemas_order() {
+    let codec = Codec::parse(
+        r#"{"type": "record", "name": "t", "fields": [
+            {"name": "z", "type": "string"}, {"name": "a", "type": {"type": "map", "values": "float"}},
+            {"name": "m", "type": ["null", "double"]}, {"name": "j", "type": "string", "flowgate.json": true},
+            {"name": "e", "type": {"type": "array", "items": "long"}}]}"#,
+    )
+    .unwrap();
+    let v = json!({"a": {"x": "NaN", "y": 0.1}, "z": "q\"\n\u{e9}", "m": "-Infinity", "j": {"k": [1, 2]}, "e": []});
+    let mut text = Vec::new();
+    codec.decode_json(&encode(&codec, &v).unwrap(), &mut text).unwrap();
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        r#"{"z":"q\"\né","a":{"x":"NaN","y":0.1},"m":"-Infinity","j":{"k":[1,2]},"e":[]}"#
+    );
+}
+
+#[test]
 fn decodes_back_to_the_same_json() {
     let codec = Codec::parse(ORDER).unwrap();
     let mut expected = order();
