@@ -39,30 +39,21 @@ ser = AvroSerializer(SchemaRegistryClient({"url": url}), SCHEMA, conf={"subject.
 ctx = SerializationContext("bench", MessageField.VALUE)
 ser(typed(json.loads(lines[0])), ctx)  # registers the schema; later calls are cached
 
-dicts = [typed(json.loads(l)) for l in lines]
-t = time.perf_counter()
-for d in dicts:
-    ser(d, ctx)
-secs = time.perf_counter() - t
-print(f"| python confluent-kafka AvroSerializer, from ready dicts | {n} | {secs:.3f} | {n / secs:.0f} |")
+def timed(label, items, work):
+    """Runs `work` on each item and prints the Markdown row."""
+    t = time.perf_counter()
+    for item in items:
+        work(item)
+    secs = time.perf_counter() - t
+    print(f"| {label} | {n} | {secs:.3f} | {n / secs:.0f} |")
 
-t = time.perf_counter()
-for l in lines:
-    ser(typed(json.loads(l)), ctx)
-secs = time.perf_counter() - t
-print(f"| python: json.loads + types + AvroSerializer | {n} | {secs:.3f} | {n / secs:.0f} |")
+
+dicts = [typed(json.loads(l)) for l in lines]
+timed("python confluent-kafka AvroSerializer, from ready dicts", dicts, lambda d: ser(d, ctx))
+timed("python: json.loads + types + AvroSerializer", lines, lambda l: ser(typed(json.loads(l)), ctx))
 
 framed = [ser(d, ctx) for d in dicts]
 de = AvroDeserializer(SchemaRegistryClient({"url": url}))
 de(framed[0], ctx)  # fetches the schema by id; later calls are cached
-t = time.perf_counter()
-for b in framed:
-    de(b, ctx)
-secs = time.perf_counter() - t
-print(f"| python confluent-kafka AvroDeserializer, to dicts | {n} | {secs:.3f} | {n / secs:.0f} |")
-
-t = time.perf_counter()
-for b in framed:
-    json.dumps(de(b, ctx), default=str)
-secs = time.perf_counter() - t
-print(f"| python: AvroDeserializer + json.dumps | {n} | {secs:.3f} | {n / secs:.0f} |")
+timed("python confluent-kafka AvroDeserializer, to dicts", framed, lambda b: de(b, ctx))
+timed("python: AvroDeserializer + json.dumps", framed, lambda b: json.dumps(de(b, ctx), default=str))
