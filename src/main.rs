@@ -75,6 +75,10 @@ enum Command {
         /// addresses, credentials and topics are checked too.
         #[arg(long)]
         check: bool,
+        /// Where `run` keeps state; with `--check`, the store of an embedded
+        /// registry started for the check.
+        #[arg(long, env = "FLOWGATE_STATE_DIR", default_value = run::default_state_dir().as_os_str())]
+        state_dir: PathBuf,
     },
     /// Print the JSON Schema of pipeline files, for editor completion and checks.
     Schema,
@@ -157,7 +161,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     match cli.command {
-        Command::Validate { files, message_format, check } => run::validate(&files, message_format, check),
+        Command::Validate { files, message_format, check, state_dir } => {
+            run::validate(&files, message_format, check.then_some(state_dir.as_path()))
+        }
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {

@@ -232,7 +232,7 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
 /// The registry checks of `validate --check`: subjects exist, and a local schema
 /// that a sink will register is accepted by its subject's compatibility level.
 /// The embedded registry is started for the check when nothing listens yet.
-fn check_registry(config: &PipelineConfig) -> Vec<PathProblem> {
+fn check_registry(config: &PipelineConfig, state_dir: &Path) -> Vec<PathProblem> {
     let problem = |at: Vec<String>, message: String, help: Option<String>| PathProblem { at, message, help };
     let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -244,9 +244,7 @@ fn check_registry(config: &PipelineConfig) -> Vec<PathProblem> {
         if let Some(serve) = rc.embedded()
             && tokio::net::TcpStream::connect(serve.listen).await.is_err()
         {
-            let state_dir = std::env::var_os("FLOWGATE_STATE_DIR")
-                .map_or_else(|| crate::run::default_state_dir().to_path_buf(), std::path::PathBuf::from);
-            let started = match crate::run::embedded_store(serve, &state_dir) {
+            let started = match crate::run::embedded_store(serve, state_dir) {
                 Ok(store) => crate::registry::serve(serve.listen, &store).await.map(drop),
                 Err(e) => Err(e),
             };
@@ -331,7 +329,7 @@ fn check_registry(config: &PipelineConfig) -> Vec<PathProblem> {
 }
 
 /// [`check`], then connects to the services the pipeline names (`validate --check`).
-pub fn check_connected(config: &PipelineConfig) -> Vec<PathProblem> {
+pub fn check_connected(config: &PipelineConfig, state_dir: &Path) -> Vec<PathProblem> {
     let mut problems = check(config);
     if !problems.is_empty() {
         return problems;
@@ -355,7 +353,7 @@ pub fn check_connected(config: &PipelineConfig) -> Vec<PathProblem> {
         problems.extend(flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["sink", "kafka"], p)));
     }
     if config.uses_registry() {
-        problems.extend(check_registry(config));
+        problems.extend(check_registry(config, state_dir));
     }
     if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
         problems.extend(

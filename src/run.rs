@@ -49,8 +49,16 @@ pub fn load_all(
 }
 
 /// `connect` also checks that the services a pipeline names answer (`--check`).
-pub fn validate(files: &[PathBuf], format: MessageFormat, connect: bool) -> ExitCode {
-    let check: config::Check<'_> = if connect { &crate::plan::check_connected } else { &crate::plan::check };
+/// `connect`: also check the services, with this state directory.
+pub fn validate(files: &[PathBuf], format: MessageFormat, connect: Option<&Path>) -> ExitCode {
+    let connected;
+    let check: config::Check<'_> = match connect {
+        Some(state_dir) => {
+            connected = move |c: &PipelineConfig| crate::plan::check_connected(c, state_dir);
+            &connected
+        }
+        None => &crate::plan::check,
+    };
     match load_all(files, format, check) {
         Some(loaded) => {
             for (file, c) in loaded {
