@@ -9,7 +9,9 @@ mod ack;
 mod batch;
 mod config;
 mod error;
+pub mod files;
 mod record;
+mod secret;
 mod state;
 mod template;
 mod traits;
@@ -19,6 +21,7 @@ pub use batch::{Batch, LateReject, LateRejects, PartitionOffset, Position, Rejec
 pub use config::{ByteSize, HumanDuration};
 pub use error::{ConnectorError, ErrorKind};
 pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
+pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
 pub use template::RecordTemplate;
 pub use traits::{Read, Sink, Source, SourceContext, Transform};

@@ -49,8 +49,8 @@ impl StateStore {
     /// the same key) holds it. The lock is the kernel's, so a killed holder
     /// frees it.
     pub fn lock(&self, key: &str) -> io::Result<File> {
-        fs::create_dir_all(&self.dir)?;
-        let file = File::options().create(true).truncate(false).write(true).open(self.lock_path(key))?;
+        crate::files::private_dir(&self.dir)?;
+        let file = crate::files::private_file().create(true).truncate(false).write(true).open(self.lock_path(key))?;
         match file.try_lock() {
             Ok(()) => Ok(file),
             Err(fs::TryLockError::WouldBlock) => Err(io::ErrorKind::WouldBlock.into()),
@@ -59,15 +59,13 @@ impl StateStore {
     }
 
     pub fn save<T: Serialize>(&self, key: &str, value: &T) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        let path = self.path(key);
-        let tmp = path.with_extension("json.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &path)?;
+        crate::files::private_dir(&self.dir)?;
+        // A fresh name, created exclusively (0600): a file or link planted
+        // where the temporary file goes is never followed or overwritten.
+        let mut tmp = tempfile::Builder::new().prefix(".state").suffix(".tmp").tempfile_in(&self.dir)?;
+        tmp.write_all(&serde_json::to_vec(value).map_err(io::Error::other)?)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(self.path(key)).map_err(|e| e.error)?;
         File::open(&self.dir)?.sync_all()
     }
 }
@@ -84,7 +82,26 @@ mod tests {
         store.save("a/b", &41u64).unwrap();
         store.save("a/b", &42u64).unwrap();
         assert_eq!(store.load::<u64>("a/b").unwrap(), Some(42));
-        assert!(!store.path("a/b").with_extension("json.tmp").exists());
+        let names: Vec<_> = fs::read_dir(store.dir()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["a_b.json"]);
+    }
+
+    #[test]
+    fn files_are_private_and_planted_links_are_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state"));
+        fs::create_dir_all(store.dir()).unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        // The temporary name the store once used, planted as a link.
+        std::os::unix::fs::symlink(&victim, store.dir().join("p.json.tmp")).unwrap();
+        store.save("p", &1u64).unwrap();
+        let _lock = store.lock("p").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&store.path("p")), 0o600);
+        assert_eq!(mode(&store.lock_path("p")), 0o600);
     }
 
     #[test]

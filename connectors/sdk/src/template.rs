@@ -59,6 +59,12 @@ impl RecordTemplate {
         }
     }
 
+    /// The template as a wildcard pattern: its text kept, each field a `*`
+    /// (`orders_${value.region}` is `orders_*`). What a record can make of it.
+    pub fn pattern(&self) -> String {
+        self.parts.iter().map(|p| if let Part::Text(t) = p { t.as_str() } else { "*" }).collect()
+    }
+
     /// Fills the template from `record`. `parsed` caches the record's value parsed
     /// as JSON, so several templates over one record parse it once.
     pub fn render(&self, record: &Record, parsed: &mut Option<Value>) -> Result<String, String> {
@@ -229,6 +235,8 @@ mod tests {
         assert_eq!(render("${value.items.0.sku}").unwrap(), "a");
         assert_eq!("plain".parse::<RecordTemplate>().unwrap().fixed(), Some("plain"));
         assert_eq!("a${key}".parse::<RecordTemplate>().unwrap().fixed(), None);
+        assert_eq!("orders_${value.region}".parse::<RecordTemplate>().unwrap().pattern(), "orders_*");
+        assert_eq!("${meta.schema}.${meta.table}".parse::<RecordTemplate>().unwrap().pattern(), "*.*");
     }
 
     #[test]
