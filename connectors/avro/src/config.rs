@@ -36,7 +36,7 @@ pub struct RegistryConfig {
     pub username: Option<String>,
     /// Basic authentication: the password (API secret), e.g. `${REGISTRY_SECRET}`.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<flowgate_sdk::Secret>,
 }
 
 impl Default for RegistryConfig {

@@ -41,7 +41,11 @@ pub struct Registered {
 }
 
 pub struct RegistryClient {
+    /// The URL as shown in messages: its credentials redacted.
     url: String,
+    /// Credentials the URL and settings carry, scrubbed from the messages of
+    /// the HTTP client, which quote the URL it called.
+    secrets: Vec<String>,
     settings: SrSettings,
     by_id: Mutex<HashMap<u32, Arc<Codec>>>,
     /// Ids of schemas registered (or looked up) under a subject, by schema text.
@@ -56,14 +60,17 @@ impl std::fmt::Debug for RegistryClient {
 
 impl RegistryClient {
     pub fn new(config: &RegistryConfig) -> Result<RegistryClient, RegistryError> {
-        let url = config.url().trim_end_matches('/').to_string();
-        let mut builder = SrSettings::new_builder(url.clone());
+        let full = config.url().trim_end_matches('/').to_string();
+        let url = flowgate_sdk::redact_url(&full);
+        let mut secrets = flowgate_sdk::url_secrets(&full);
+        secrets.extend(config.password.as_ref().map(|p| p.expose().to_string()));
+        let mut builder = SrSettings::new_builder(full);
         builder.set_timeout(config.timeout.0).no_proxy();
         if let Some(user) = &config.username {
-            builder.set_basic_authorization(user, config.password.as_deref());
+            builder.set_basic_authorization(user, config.password.as_ref().map(flowgate_sdk::Secret::expose));
         }
-        let settings = builder.build().map_err(|e| error(&url, e))?;
-        Ok(RegistryClient { url, settings, by_id: Mutex::default(), ids: Mutex::default() })
+        let settings = builder.build().map_err(|e| error(&url, &secrets, e))?;
+        Ok(RegistryClient { url, secrets, settings, by_id: Mutex::default(), ids: Mutex::default() })
     }
 
     pub fn url(&self) -> &str {
@@ -71,7 +78,7 @@ impl RegistryClient {
     }
 
     fn fail(&self, e: SRCError) -> RegistryError {
-        error(&self.url, e)
+        error(&self.url, &self.secrets, e)
     }
 
     fn invalid(&self, what: &str, e: SchemaError) -> RegistryError {
@@ -149,11 +156,12 @@ impl RegistryClient {
 
 /// The crate retries only connection failures, 502 and 503; a registry that
 /// times out, is overloaded (429) or has a store error (5xx) is waited for too.
-fn error(url: &str, e: SRCError) -> RegistryError {
+fn error(url: &str, secrets: &[String], e: SRCError) -> RegistryError {
     let message = match &e.cause {
         Some(cause) => format!("{}: {cause}", e.error),
         None => e.error.clone(),
     };
+    let message = flowgate_sdk::scrub(&message, secrets);
     // "HTTP request to schema registry failed with status 500 Internal Server Error"
     let status = e.error.split("failed with status ").nth(1).and_then(|s| s.get(..3)).and_then(|s| s.parse().ok());
     // A response cut off while its body was read (reqwest's "body error"; a body
@@ -191,18 +199,19 @@ mod tests {
             ("409 Conflict", false),
             ("401 Unauthorized", false),
         ] {
-            let e = error("http://r", status(s));
+            let e = error("http://r", &[], status(s));
             assert_eq!((e.retryable, e.status), (retryable, s[..3].parse().ok()), "{s}");
         }
-        let refused = error("http://r", SRCError::new("http call to schema registry failed", None, true));
+        let refused = error("http://r", &[], SRCError::new("http call to schema registry failed", None, true));
         assert!(refused.retryable && refused.status.is_none());
         let body = |cause: &str| {
-            error("http://r", SRCError::new("could not parse to RawRegisteredSchema", Some(cause.into()), false))
+            error("http://r", &[], SRCError::new("could not parse to RawRegisteredSchema", Some(cause.into()), false))
         };
         assert!(body("error decoding response body: request or response body error").retryable);
         assert!(!body("error decoding response body: expected value at line 1 column 1").retryable);
         let missing = error(
             "http://r",
+            &[],
             SRCError::new(
                 "HTTP request to schema registry failed with status 404 Not Found",
                 Some("error_code: 40403, message: Schema 7 not found".into()),
@@ -210,5 +219,25 @@ mod tests {
             ),
         );
         assert_eq!((missing.status, missing.code), (Some(404), Some(40403)));
+    }
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        let config = RegistryConfig {
+            url: Some("http://user:url-secret@127.0.0.1:1".into()),
+            username: Some("user".into()),
+            password: Some(flowgate_sdk::Secret::new("field-secret")),
+            ..RegistryConfig::default()
+        };
+        let client = RegistryClient::new(&config).unwrap();
+        let quoted = SRCError::new(
+            "http call to schema registry failed",
+            Some("error sending request for url (http://user:url-secret@127.0.0.1:1/subjects): field-secret".into()),
+            true,
+        );
+        let shown = client.fail(quoted).to_string();
+        assert!(!shown.contains("url-secret") && !shown.contains("field-secret"), "{shown}");
+        assert!(shown.contains("http://user:***@127.0.0.1:1"), "{shown}");
+        assert!(!format!("{client:?} {:?}", config.password).contains("secret"));
     }
 }

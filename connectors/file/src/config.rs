@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use flowgate_sdk::HumanDuration;
+use flowgate_sdk::{ByteSize, HumanDuration};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -28,17 +28,36 @@ pub struct FileSourceConfig {
     /// `json` (default) or `text`.
     #[serde(default)]
     pub format: LineFormat,
+    /// The longest line taken as a record (default 16MiB). A longer one goes to
+    /// the error policy with its size and first bytes, and is never held whole.
+    #[serde(default = "default_max_record_size")]
+    pub max_record_size: ByteSize,
+}
+
+/// Records are held whole, in a few copies, on their way through: a limit keeps
+/// one hostile line from taking the process's memory.
+pub fn default_max_record_size() -> ByteSize {
+    ByteSize(16 << 20)
 }
 
 /// Reads JSON lines from standard input until it closes. Standard input cannot be
 /// replayed, so records in flight when the process dies are lost with it; use a
 /// file source when that matters.
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
     /// `json` (default) or `text`.
     #[serde(default)]
     pub format: LineFormat,
+    /// The longest line taken as a record (default 16MiB), as for `file`.
+    #[serde(default = "default_max_record_size")]
+    pub max_record_size: ByteSize,
+}
+
+impl Default for StdinConfig {
+    fn default() -> Self {
+        StdinConfig { format: LineFormat::default(), max_record_size: default_max_record_size() }
+    }
 }
 
 /// What a line of output holds.

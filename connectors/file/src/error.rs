@@ -27,8 +27,13 @@ pub enum FileError {
 impl FileError {
     /// Opening fails for reasons a retry does not fix (missing file, permissions);
     /// reads and writes fail for reasons that pass (a full disk being cleaned up).
+    /// A closed pipe (standard output whose reader went away) never reopens.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, FileError::Open { .. } | FileError::InUse { .. } | FileError::Lock { .. })
+        match self {
+            FileError::Open { .. } | FileError::InUse { .. } | FileError::Lock { .. } => false,
+            FileError::Write { source, .. } => source.kind() != io::ErrorKind::BrokenPipe,
+            FileError::Read { .. } | FileError::State { .. } => true,
+        }
     }
 }
 

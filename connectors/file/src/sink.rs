@@ -1,19 +1,28 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use flowgate_sdk::{Batch, ConnectorError, Sink, async_trait};
-use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 
 use crate::{FileError, FileSinkConfig, NullSinkConfig, OutputFormat, StdoutSinkConfig};
 
-async fn write_lines<W: AsyncWrite + Unpin>(out: &mut W, batch: &Batch, format: OutputFormat) -> std::io::Result<()> {
+/// The batch as lines, in `out` (cleared first).
+fn encode(out: &mut Vec<u8>, batch: &Batch, format: OutputFormat) -> std::io::Result<()> {
+    out.clear();
     for r in &batch.records {
         match format {
-            OutputFormat::Value => out.write_all(&r.value).await?,
-            OutputFormat::Record => out.write_all(&serde_json::to_vec(&r.to_json())?).await?,
+            OutputFormat::Value => out.extend_from_slice(&r.value),
+            OutputFormat::Record => serde_json::to_writer(&mut *out, &r.to_json())?,
         }
-        out.write_all(b"\n").await?;
+        out.push(b'\n');
     }
+    Ok(())
+}
+
+async fn write_lines<W: AsyncWrite + Unpin>(out: &mut W, batch: &Batch, format: OutputFormat) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    encode(&mut buf, batch, format)?;
+    out.write_all(&buf).await?;
     out.flush().await
 }
 
@@ -21,37 +30,125 @@ pub struct FileSink {
     path: PathBuf,
     fsync: bool,
     format: OutputFormat,
-    out: BufWriter<File>,
+    /// Written with blocking calls on the blocking pool: tokio's `File` reports
+    /// a failed write only at the next operation, by which time the batch it
+    /// belonged to would have been acknowledged.
+    file: Arc<std::fs::File>,
+    /// The batch being written, as bytes: one buffer, reused.
+    buf: Vec<u8>,
+    /// The file's length before a write that failed part-way and could not be
+    /// cut back at once: cut before anything else is appended.
+    torn: Option<u64>,
 }
 
 impl FileSink {
     pub async fn open(config: FileSinkConfig) -> Result<Self, FileError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.path)
-            .await
-            .map_err(|source| FileError::Open { path: config.path.clone(), source })?;
+        let path = config.path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let mut file = flowgate_sdk::files::private_file().create(true).append(true).read(true).open(&path)?;
+            let cut = cut_incomplete_line(&mut file)?;
+            Ok::<_, std::io::Error>((file, cut))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let (file, cut) = opened.map_err(|source| FileError::Open { path: config.path.clone(), source })?;
+        if cut > 0 {
+            tracing::warn!(
+                path = %config.path.display(),
+                bytes = cut,
+                "cut off an incomplete last line (a write the process did not finish); its records are written again"
+            );
+        }
         Ok(FileSink {
             path: config.path,
             fsync: config.fsync,
             format: config.format,
-            out: BufWriter::with_capacity(1 << 20, file),
+            file: Arc::new(file),
+            buf: Vec::new(),
+            torn: None,
         })
     }
+
+    async fn append(&mut self) -> std::io::Result<()> {
+        let (file, buf, torn, fsync) = (Arc::clone(&self.file), std::mem::take(&mut self.buf), self.torn, self.fsync);
+        let (buf, torn, result) = tokio::task::spawn_blocking(move || {
+            let (torn, result) = append_batch(&file, &buf, torn, fsync);
+            (buf, torn, result)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.buf = buf;
+        self.torn = torn;
+        result
+    }
+}
+
+/// Appends `buf` whole or not at all: a write that fails part-way (a full
+/// disk) is cut back off, now or, if that fails too, before the next one (the
+/// returned length to cut to).
+fn append_batch(
+    file: &std::fs::File,
+    buf: &[u8],
+    torn: Option<u64>,
+    fsync: bool,
+) -> (Option<u64>, std::io::Result<()>) {
+    use std::io::Write as _;
+    if let Some(len) = torn
+        && let Err(e) = file.set_len(len)
+    {
+        return (torn, Err(e));
+    }
+    let before = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => return (None, Err(e)),
+    };
+    let mut writer = file;
+    let written = writer.write_all(buf).and_then(|()| if fsync { file.sync_data() } else { Ok(()) });
+    match written {
+        Ok(()) => (None, Ok(())),
+        Err(e) => (file.set_len(before).err().map(|_| before), Err(e)),
+    }
+}
+
+/// Cuts a last line without its newline off the end of `file` (what a crash
+/// in the middle of a write leaves); the bytes cut.
+fn cut_incomplete_line(file: &mut std::fs::File) -> std::io::Result<u64> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let len = file.metadata()?.len();
+    let mut at = len;
+    let mut chunk = vec![0u8; 64 << 10];
+    while at > 0 {
+        let n = chunk.len().min(at as usize);
+        file.seek(SeekFrom::Start(at - n as u64))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = memchr::memrchr(b'\n', &chunk[..n]) {
+            let keep = at - n as u64 + i as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+            }
+            return Ok(len - keep);
+        }
+        at -= n as u64;
+    }
+    // No newline at all: the whole file is one incomplete line.
+    if len > 0 {
+        file.set_len(0)?;
+    }
+    Ok(len)
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        let result = async {
-            write_lines(&mut self.out, batch, self.format).await?;
-            if self.fsync {
-                self.out.get_ref().sync_data().await?;
-            }
-            Ok(())
+        let result = match encode(&mut self.buf, batch, self.format) {
+            Ok(()) => self.append().await,
+            Err(e) => Err(e),
+        };
+        // A batch's bytes are not kept between batches: a large one would stay.
+        if self.buf.capacity() > 16 << 20 {
+            self.buf = Vec::new();
         }
-        .await;
         result.map_err(|source| FileError::Write { path: self.path.clone(), source }.into())
     }
 }
@@ -114,5 +211,17 @@ mod tests {
         b.records.push(Record::from_value("2"));
         sink.write(&mut b).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "0\n1\n2\n");
+    }
+
+    #[tokio::test]
+    async fn an_incomplete_last_line_left_by_a_crash_is_cut_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let config = FileSinkConfig { path: path.clone(), fsync: false, format: OutputFormat::Value };
+        for (before, after) in [("1\n2\n{\"half", "1\n2\n"), ("{\"half", ""), ("1\n", "1\n"), ("", "")] {
+            std::fs::write(&path, before).unwrap();
+            drop(FileSink::open(config.clone()).await.unwrap());
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "{before:?}");
+        }
     }
 }

@@ -82,7 +82,7 @@ impl FileSource {
             state: ctx.state.clone(),
             state_key,
             _lock: lock,
-            lines: Lines::new(file, offset, line),
+            lines: Lines::new(file, offset, line, config.max_record_size.as_usize()),
             inode: meta.ino(),
             pending: VecDeque::new(),
             at_end: false,
@@ -103,13 +103,13 @@ impl FileSource {
         if meta.ino() != self.inode {
             tracing::info!(path = %self.config.path.display(), "file was replaced; reading the new one from the start");
             let file = File::open(&self.config.path).await.map_err(|e| self.read_err(e))?;
-            self.lines = Lines::new(file, 0, 0);
+            self.lines = Lines::new(file, 0, 0, self.config.max_record_size.as_usize());
             self.inode = meta.ino();
         } else if meta.len() < self.lines.offset() {
             tracing::warn!(path = %self.config.path.display(), "file was truncated; reading it from the start");
             let mut file = File::open(&self.config.path).await.map_err(|e| self.read_err(e))?;
             file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| self.read_err(e))?;
-            self.lines = Lines::new(file, 0, 0);
+            self.lines = Lines::new(file, 0, 0, self.config.max_record_size.as_usize());
         }
         Ok(())
     }
@@ -200,7 +200,7 @@ impl StdinSource {
             max: ctx.batch_size,
             label: "<stdin>".into(),
             stage: "source".into(),
-            lines: Lines::new(tokio::io::stdin(), 0, 0),
+            lines: Lines::new(tokio::io::stdin(), 0, 0, config.max_record_size.as_usize()),
             at_end: false,
         }
     }
@@ -268,7 +268,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, "1\n2\n3\n4\n5").unwrap();
-        let config = FileSourceConfig { path: path.clone(), follow: false, format: LineFormat::Json };
+        let config = FileSourceConfig {
+            path: path.clone(),
+            follow: false,
+            format: LineFormat::Json,
+            max_record_size: crate::config::default_max_record_size(),
+        };
         let tracker = AckTracker::new();
         let mut src = FileSource::open(config.clone(), &ctx(dir.path(), 2)).await.unwrap();
         let all = read_to_end(&mut src, &tracker).await;
@@ -287,7 +292,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, "1\n2\n").unwrap();
-        let config = FileSourceConfig { path: path.clone(), follow: false, format: LineFormat::Json };
+        let config = FileSourceConfig {
+            path: path.clone(),
+            follow: false,
+            format: LineFormat::Json,
+            max_record_size: crate::config::default_max_record_size(),
+        };
         let mut src = FileSource::open(config, &ctx(dir.path(), 10)).await.unwrap();
         read_to_end(&mut src, &AckTracker::new()).await;
         // The state directory is a file for a while: saving fails.
@@ -306,7 +316,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.jsonl");
         std::fs::write(&path, "1\n{\"half\":").unwrap();
-        let config = FileSourceConfig { path: path.clone(), follow: true, format: LineFormat::Json };
+        let config = FileSourceConfig {
+            path: path.clone(),
+            follow: true,
+            format: LineFormat::Json,
+            max_record_size: crate::config::default_max_record_size(),
+        };
         let mut src = FileSource::open(config, &ctx(dir.path(), 10)).await.unwrap();
         let mut seen = Vec::new();
         for _ in 0..20 {

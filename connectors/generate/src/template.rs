@@ -17,6 +17,11 @@ enum Part {
     Pick(Vec<String>),
 }
 
+/// The longest record a template may render: what a file source takes as one
+/// record by default. Larger would be refused downstream anyway, and a huge
+/// `rand_str` would take the process's memory before that.
+pub const MAX_RENDERED: usize = 16 << 20;
+
 /// A parsed generator template; parsing happens when the configuration is loaded,
 /// so a bad placeholder is reported by `flowgate validate`.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,13 +57,21 @@ fn placeholder(p: &str) -> Result<Part, String> {
                     return Err("rand_float takes two arguments: rand_float(MIN,MAX)".into());
                 };
                 let (lo, hi): (f64, f64) = (number(lo, "number")?, number(hi, "number")?);
+                // Cents must fit an i64 exactly, or bounds would silently saturate.
+                if !(lo.abs() <= 1e15 && hi.abs() <= 1e15) {
+                    return Err(format!("rand_float({lo},{hi}): bounds must be finite, within ±1e15"));
+                }
                 if lo > hi {
                     return Err(format!("rand_float({lo},{hi}): MIN is above MAX"));
                 }
                 Part::RandCents((lo * 100.0).round() as i64, (hi * 100.0).round() as i64)
             } else if let Some(a) = args(p, "rand_str") {
                 let [n] = a[..] else { return Err("rand_str takes one argument: rand_str(LEN)".into()) };
-                Part::RandStr(number(n, "length")?)
+                let n: usize = number(n, "length")?;
+                if n > MAX_RENDERED {
+                    return Err(format!("rand_str({n}): at most {MAX_RENDERED} characters"));
+                }
+                Part::RandStr(n)
             } else if let Some(a) = args(p, "pick") {
                 if a.iter().any(|s| s.is_empty()) {
                     return Err("pick takes a list of values: pick(a,b,c)".into());
@@ -90,6 +103,18 @@ impl FromStr for Template {
         }
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
+        }
+        let longest: usize = parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.len(),
+                Part::RandStr(n) => *n,
+                Part::Pick(options) => options.iter().map(String::len).max().unwrap_or(0),
+                _ => 40,
+            })
+            .fold(0usize, usize::saturating_add);
+        if longest > MAX_RENDERED {
+            return Err(format!("a record of this template can be {longest} bytes; at most {MAX_RENDERED}"));
         }
         Ok(Template { parts })
     }
@@ -190,6 +215,12 @@ mod tests {
             ("${rand_int(5,1)}", "MIN is above MAX"),
             ("${rand_str(x)}", "not a valid length"),
             ("abc ${seq", "not closed"),
+            ("${rand_str(18446744073709551615)}", "at most 16777216 characters"),
+            ("${rand_str(99999999999)}", "at most"),
+            ("${rand_str(99999999999999999999999)}", "not a valid length"),
+            ("${rand_str(10000000)}${rand_str(10000000)}", "can be 20000000 bytes"),
+            ("${rand_float(-inf,1)}", "finite"),
+            ("${rand_float(1,1e300)}", "finite"),
         ] {
             let err = t.parse::<Template>().unwrap_err();
             assert!(err.contains(msg), "{t}: {err}");

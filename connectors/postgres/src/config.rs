@@ -86,29 +86,7 @@ pub fn check_table(table: &str) -> Result<(), String> {
     }
 }
 
-/// The URL with its password (in the authority or a `password=` parameter)
-/// blanked, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let mut out = match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => {
-            format!("{}{}:***{}", &url[..scheme_end + 3], &authority[..colon], &url[scheme_end + 3 + at..])
-        }
-        _ => url.to_string(),
-    };
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let params: Vec<String> = query
-            .split('&')
-            .map(|p| if p.starts_with("password=") { "password=***".to_string() } else { p.to_string() })
-            .collect();
-        out = format!("{head}{}", params.join("&"));
-    }
-    out
-}
+pub use flowgate_sdk::redact_url;
 
 impl PostgresCdcConfig {
     pub fn slot_name(&self, pipeline: &str) -> String {

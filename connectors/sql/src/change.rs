@@ -26,6 +26,16 @@ pub enum Op {
     Truncate,
 }
 
+impl Op {
+    /// The columns it writes or matches on, if any.
+    pub fn row(&self) -> Option<&Map<String, Value>> {
+        match self {
+            Op::Insert(r) | Op::Upsert(r) | Op::Delete(r) | Op::Move { row: r, .. } => Some(r),
+            Op::Truncate => None,
+        }
+    }
+}
+
 /// The operations one record asks for, or why it cannot be applied.
 pub fn ops(
     value: &[u8],

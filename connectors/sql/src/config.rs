@@ -47,6 +47,19 @@ pub enum Delivery {
     EffectivelyOnce,
 }
 
+/// What happens to a record with fields the table has no column for.
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    /// The record goes to the error policy, with the fields that have no column.
+    #[default]
+    DeadLetter,
+    /// The pipeline stops at the first such record.
+    Fail,
+    /// The fields are left out and the rest of the row is written.
+    Ignore,
+}
+
 /// Which record fields fill which columns.
 #[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(untagged)]
@@ -89,6 +102,18 @@ pub struct SqlSinkConfig {
     /// SQLite only: `full` (default) or `normal`.
     #[serde(default)]
     pub synchronous: Synchronous,
+    /// A record field with no column of that exact name (names are matched
+    /// exactly, case included, in every database): `dead_letter` (default),
+    /// `fail` or `ignore`.
+    #[serde(default)]
+    pub unknown_fields: UnknownFields,
+    /// For a `table` filled from records: the names it may take, as patterns
+    /// where `*` is any run of characters but `.` and `?` any one. Default: the
+    /// template with each field as `*` (`orders_*` for `orders_${value.region}`).
+    /// Flowgate's own tables (`flowgate_*`) and the databases' system schemas and
+    /// tables are never targets.
+    #[serde(default)]
+    pub tables_allowed: Option<Vec<String>>,
 }
 
 impl SqlSinkConfig {
@@ -118,6 +143,30 @@ impl SqlSinkConfig {
         }
         if self.synchronous != Synchronous::Full && kind != "sqlite" {
             out.push(("synchronous", "`synchronous` is a SQLite setting".into(), None));
+        }
+        let dialect = crate::sink::dialect_of(&self.url);
+        if let Some(table) = self.table.fixed()
+            && let Err(reason) = crate::names::check_table(dialect, table)
+        {
+            out.push(("table", reason, None));
+        }
+        if self.table.fixed().is_some() && self.tables_allowed.is_some() {
+            out.push((
+                "tables_allowed",
+                "`tables_allowed` is for a `table` filled from records, such as `orders_${value.region}`".into(),
+                None,
+            ));
+        }
+        let columns = match &self.columns {
+            Some(Columns::Names(n)) => n.iter().collect::<Vec<_>>(),
+            Some(Columns::Map(m)) => m.keys().collect(),
+            None => Vec::new(),
+        };
+        let named = self.key.iter().map(|k| ("key", k)).chain(columns.into_iter().map(|c| ("columns", c)));
+        for (field, name) in named {
+            if let Err(reason) = dialect.check_name(name) {
+                out.push((field, format!("column `{}`: {reason}", name.escape_debug()), None));
+            }
         }
         out
     }

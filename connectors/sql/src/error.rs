@@ -25,17 +25,6 @@ impl SqlError {
     }
 }
 
-/// The URL with its password blanked, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
-            Some(colon) => format!("{}:***{}", &url[..s + 3 + colon], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
-    }
-}
-
 /// An error that concerns one row (a constraint violation, a value of the wrong
 /// type or out of range), so the row goes to the error policy and the rest of
 /// its batch is written.
@@ -76,8 +65,11 @@ fn is_transient(e: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // Postgres/MySQL SQLSTATE: 08 connection, 40 rollback (deadlock,
             // serialization), 53 resources, 57P admin shutdown, 55P03 lock wait.
-            let sqlstate =
-                code.len() == 5 && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
+            // Not 08P01: the server understood the connection and refused the
+            // message itself, which sending it again cannot change.
+            let sqlstate = code.len() == 5
+                && code != "08P01"
+                && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
             // MySQL lock wait timeout (1205) and deadlock come as HY000/40001.
             let mysql = code == "HY000" && db.message().starts_with("Lock wait timeout");
             // SQLite: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.

@@ -18,9 +18,10 @@ use sqlx::any::AnyArguments;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use crate::change::{Op, key_text, ops};
-use crate::config::{Delivery, Mode, SqlSinkConfig, Synchronous};
+use crate::config::{Delivery, Mode, SqlSinkConfig, Synchronous, UnknownFields};
 use crate::dialect::{Dialect, mysql_datetime, pg_array};
 use crate::error::{SqlError, is_row_error};
+use crate::names::{TableFilter, check_fields, unknown_fields};
 use crate::rows::field_names;
 
 /// Rows per statement; beyond a few hundred nothing is gained.
@@ -50,6 +51,8 @@ pub struct SqlSink {
     tables: HashMap<String, TableInfo>,
     /// Key columns per table (configured, or from the first record's key).
     keys: HashMap<String, Vec<String>>,
+    /// The tables a templated `table` may name; `None` when it is fixed.
+    filter: Option<TableFilter>,
     stage: Arc<str>,
 }
 
@@ -110,7 +113,7 @@ impl Dialect {
     }
 }
 
-fn dialect_of(url: &str) -> Dialect {
+pub(crate) fn dialect_of(url: &str) -> Dialect {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Dialect::Postgres
     } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
@@ -129,6 +132,21 @@ fn any_url(url: &str) -> String {
     }
 }
 
+/// Creates the SQLite database file of `url` as a private (0600) file when it
+/// is missing, so that it and the journal files SQLite gives its mode hold
+/// records for their owner only. Not SQLite, in memory, or there: nothing.
+pub fn create_sqlite_file(url: &str) -> std::io::Result<()> {
+    if dialect_of(url) != Dialect::Sqlite {
+        return Ok(());
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    flowgate_sdk::files::create_private(std::path::Path::new(path))
+}
+
 /// One table's share of a batch: its operations in order, with the index of
 /// the record each came from.
 #[derive(Default)]
@@ -140,7 +158,12 @@ impl SqlSink {
     pub async fn open(config: SqlSinkConfig, pipeline: &str) -> Result<Self, SqlError> {
         sqlx::any::install_default_drivers();
         let dialect = dialect_of(&config.url);
+        let filter =
+            config.table.fixed().is_none().then(|| {
+                TableFilter::new(config.tables_allowed.clone().unwrap_or_else(|| vec![config.table.pattern()]))
+            });
         let mut sink = SqlSink {
+            filter,
             dialect,
             pipeline: pipeline.into(),
             conn: None,
@@ -161,9 +184,11 @@ impl SqlSink {
     async fn conn(&mut self) -> Result<&mut AnyConnection, SqlError> {
         if self.conn.is_none() {
             let url = any_url(&self.config.url);
+            create_sqlite_file(&self.config.url)
+                .map_err(|e| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source: e.into() })?;
             let mut conn = AnyConnection::connect(&url)
                 .await
-                .map_err(|source| SqlError::Connect { url: crate::error::redact(&self.config.url), source })?;
+                .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
             let setup = match (self.dialect, self.config.synchronous) {
                 (Dialect::Sqlite, Synchronous::Full) => {
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000"
@@ -179,7 +204,7 @@ impl SqlSink {
             sqlx::raw_sql(AssertSqlSafe(setup))
                 .execute(&mut conn)
                 .await
-                .map_err(|source| SqlError::Connect { url: crate::error::redact(&self.config.url), source })?;
+                .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
             self.conn = Some(conn);
             self.in_transaction = false;
         }
@@ -631,7 +656,12 @@ type Refused = Vec<(usize, String)>;
 /// The records of a batch as runs of consecutive records for one table, in
 /// order: changes to different tables keep their order (a parent row before
 /// the child rows that reference it).
-fn plan(records: &[Record], config: &SqlSinkConfig) -> (Vec<(String, TableOps)>, Refused) {
+fn plan(
+    records: &[Record],
+    config: &SqlSinkConfig,
+    dialect: Dialect,
+    filter: Option<&TableFilter>,
+) -> (Vec<(String, TableOps)>, Refused) {
     let mut tables: Vec<(String, TableOps)> = Vec::new();
     let mut refused = Vec::new();
     for (i, r) in records.iter().enumerate() {
@@ -639,14 +669,24 @@ fn plan(records: &[Record], config: &SqlSinkConfig) -> (Vec<(String, TableOps)>,
         let table = match config.table.fixed() {
             Some(t) => t.to_string(),
             None => match config.table.render(r, &mut parsed) {
-                Ok(t) => t,
+                Ok(t) => match filter.map_or(Ok(()), |f| f.check(dialect, &t)) {
+                    Ok(()) => t,
+                    Err(why) => {
+                        refused.push((i, format!("table `{}` refused: {why}", t.escape_debug())));
+                        continue;
+                    }
+                },
                 Err(e) => {
                     refused.push((i, format!("no table for the record: {e}")));
                     continue;
                 }
             },
         };
-        match ops(&r.value, r.key.as_deref(), config.mode, config.columns.as_ref(), &config.key) {
+        let checked =
+            ops(&r.value, r.key.as_deref(), config.mode, config.columns.as_ref(), &config.key).and_then(|list| {
+                list.iter().try_for_each(|op| op.row().map_or(Ok(()), |row| check_fields(dialect, row))).map(|()| list)
+            });
+        match checked {
             Ok(list) => {
                 if tables.last().is_none_or(|(t, _)| *t != table) {
                     tables.push((table, TableOps::default()));
@@ -673,13 +713,81 @@ fn key_for(config: &SqlSinkConfig, records: &[Record], ops: &TableOps) -> Vec<St
         .unwrap_or_default()
 }
 
+/// A problem `validate --check` found with a database sink: (field, message, hint).
+pub type CheckProblem = (Option<&'static str>, String, Option<String>);
+
+/// Connects as the sink would and checks what can be checked before a record
+/// arrives: the server answers and takes the credentials (within 10 s), and a
+/// fixed table exists (or may be created) with the privileges its mode needs.
+pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProblem> {
+    let url = flowgate_sdk::redact_url(&config.url);
+    // Nothing is created by a check, not even the positions table.
+    let probe = SqlSinkConfig { delivery: Delivery::AtLeastOnce, ..config.clone() };
+    let opened = tokio::time::timeout(std::time::Duration::from_secs(10), SqlSink::open(probe, pipeline)).await;
+    let mut sink = match opened {
+        Err(_) => return vec![(Some("url"), format!("no answer from {url} in 10 s"), None)],
+        Ok(Err(e)) => {
+            let cause = match &e {
+                SqlError::Connect { source, .. } => format!(": {source}"),
+                _ => String::new(),
+            };
+            return vec![(Some("url"), format!("cannot connect to {url}{cause}"), None)];
+        }
+        Ok(Ok(sink)) => sink,
+    };
+    let mut problems = Vec::new();
+    if let Some(table) = config.table.fixed() {
+        match sink.describe(table).await {
+            Ok(None) if !config.create_table => problems.push((
+                Some("table"),
+                format!("table {table} does not exist in {url}"),
+                Some("create it, or set `create_table: true`".into()),
+            )),
+            Ok(Some(_)) if sink.dialect == Dialect::Postgres => {
+                let needs = match config.mode {
+                    Mode::Insert => "INSERT",
+                    Mode::Upsert => "INSERT, UPDATE",
+                    Mode::Cdc => "INSERT, UPDATE, DELETE",
+                };
+                let sql = "SELECT has_table_privilege(to_regclass($1), $2)";
+                let conn = sink.conn.as_mut().expect("opened");
+                for privilege in needs.split(", ") {
+                    let granted = sqlx::query(sql)
+                        .bind(Dialect::Postgres.quote_table(table))
+                        .bind(privilege)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .and_then(|r| r.try_get::<bool, _>(0));
+                    if !matches!(granted, Ok(true)) {
+                        problems.push((
+                            Some("table"),
+                            format!("the user may not {privilege} into table {table} (`mode` needs {needs})"),
+                            None,
+                        ));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => problems.push((Some("table"), format!("cannot read table {table}: {e}"), None)),
+        }
+    }
+    let _ = sink.close().await;
+    problems
+}
+
 #[async_trait]
 impl Sink for SqlSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        let (tables, mut refused) = plan(&batch.records, &self.config);
+        let (tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
         // Tables are described or created first, outside the transaction.
         let mut work = Vec::with_capacity(tables.len());
-        for (table, ops) in tables {
+        for (table, mut ops) in tables {
+            // A field the cached description lacks may be a column added since.
+            if let Some(info) = self.tables.get(&table)
+                && ops.ops.iter().any(|(_, op)| op.row().is_some_and(|r| r.keys().any(|f| info.ty(f).is_none())))
+            {
+                self.tables.remove(&table);
+            }
             let key = match self.keys.get(&table) {
                 Some(k) => k.clone(),
                 None => {
@@ -711,6 +819,27 @@ impl Sink for SqlSink {
                     }
                 },
                 None => {}
+            }
+            if self.config.unknown_fields != UnknownFields::Ignore
+                && let Some(info) = self.tables.get(&table)
+            {
+                let mut bad = Vec::new();
+                for (i, op) in &ops.ops {
+                    let unknown = op.row().map(|r| unknown_fields(r, &info.columns)).unwrap_or_default();
+                    if !unknown.is_empty() && bad.last() != Some(i) {
+                        let reason = format!("fields without a column in table {table}: {}", unknown.join(", "));
+                        if self.config.unknown_fields == UnknownFields::Fail {
+                            return Err(ConnectorError::fatal(format!(
+                                "{reason} (`unknown_fields: fail`; `dead_letter` refuses just the record)"
+                            )));
+                        }
+                        refused.push((*i, reason));
+                        bad.push(*i);
+                    }
+                }
+                if !bad.is_empty() {
+                    ops.ops.retain(|(i, _)| bad.binary_search(i).is_err());
+                }
             }
             work.push((table, ops, key));
         }
@@ -820,6 +949,8 @@ mod tests {
             create_table: true,
             delivery: Delivery::AtLeastOnce,
             synchronous: Synchronous::Normal,
+            unknown_fields: UnknownFields::DeadLetter,
+            tables_allowed: None,
         }
     }
 
@@ -954,6 +1085,95 @@ mod tests {
             Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 0 }]))
         );
         assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["1"]);
+    }
+
+    #[tokio::test]
+    async fn records_whose_names_cannot_be_columns_are_refused_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SqlSink::open(config(&dir, Mode::Insert), "p").await.unwrap();
+        // The first records would have made the table; each is refused alone.
+        let b = put(
+            &mut sink,
+            &[
+                ("", r#"{"id":1,"nul\u0000col":3}"#),
+                ("", r#"{"id":1,"Name":"a","name":"b"}"#),
+                ("", r#"{"":1}"#),
+                ("", r#"{"id":2,"name":"x"}"#),
+            ],
+        )
+        .await;
+        let reasons: Vec<&str> = b.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons[0].contains("control character"), "{reasons:?}");
+        assert!(reasons[1].contains("would be one column"), "{reasons:?}");
+        assert!(reasons[2].contains("empty name"), "{reasons:?}");
+        assert_eq!(rows(&dir, "SELECT group_concat(name, ',') FROM pragma_table_info('t')").await, ["id,name"]);
+        // Fields with no column are refused with their names, never dropped.
+        let b = put(&mut sink, &[("", r#"{"ID2":2}"#), ("", r#"{"id":3,"Name":"y"}"#), ("", r#"{"id":4}"#)]).await;
+        let reasons: Vec<&str> = b.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "fields without a column in table t: `ID2`",
+                "fields without a column in table t: `Name` (the column is `name`)"
+            ]
+        );
+        assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM t").await, ["2,4"]);
+        // A column added since is found, not refused.
+        sqlx::raw_sql("ALTER TABLE t ADD COLUMN extra TEXT").execute(sink.conn().await.unwrap()).await.unwrap();
+        let b = put(&mut sink, &[("", r#"{"id":5,"extra":"e"}"#)]).await;
+        assert!(b.rejected.is_empty(), "{:?}", b.rejected);
+    }
+
+    #[tokio::test]
+    async fn unknown_fields_can_be_ignored_or_stop_the_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir, Mode::Insert);
+        c.unknown_fields = UnknownFields::Ignore;
+        let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
+        put(&mut sink, &[("", r#"{"id":1}"#)]).await;
+        let b = put(&mut sink, &[("", r#"{"id":2,"more":1}"#)]).await;
+        assert!(b.rejected.is_empty());
+        assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM t").await, ["1,2"]);
+        c.unknown_fields = UnknownFields::Fail;
+        let mut sink = SqlSink::open(c, "p").await.unwrap();
+        let err = sink.write(&mut batch(&[("", r#"{"id":3,"more":1}"#)])).await.unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(err.message.contains("`more`"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn a_record_cannot_pick_a_table_outside_the_allowed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir, Mode::Insert);
+        c.delivery = Delivery::EffectivelyOnce;
+        c.table = "t_${value.t}".parse().unwrap();
+        let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
+        let b = put(&mut sink, &[("", r#"{"t":"a","id":1}"#), ("", r#"{"t":"a.b","id":2}"#)]).await;
+        assert_eq!(b.rejected.len(), 1);
+        assert!(b.rejected[0].reason.contains("no schema part"), "{:?}", b.rejected);
+        c.table = "${value.t}".parse().unwrap();
+        let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
+        let b = put(
+            &mut sink,
+            &[
+                ("", r#"{"t":"flowgate_positions","pipeline":"p","source":"x","position":1}"#),
+                ("", r#"{"t":"../../etc","id":1}"#),
+                ("", r#"{"t":"main.orders","id":1}"#),
+                ("", r#"{"t":"sqlite_master","id":1}"#),
+                ("", "{\"t\":\"evil\\nline\",\"id\":1}"),
+                ("", r#"{"t":"ok","id":1}"#),
+            ],
+        )
+        .await;
+        assert_eq!(b.rejected.len(), 5, "{:?}", b.rejected);
+        assert_eq!(b.records.len(), 1);
+        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM flowgate_positions WHERE source = 'x'").await, ["0"]);
+        c.tables_allowed = Some(vec!["t_*".into()]);
+        let mut sink = SqlSink::open(c, "p").await.unwrap();
+        let b = put(&mut sink, &[("", r#"{"t":"t_b","id":1}"#), ("", r#"{"t":"ok","id":1}"#)]).await;
+        assert_eq!(b.rejected.len(), 1);
+        assert!(b.rejected[0].reason.contains("tables_allowed"), "{:?}", b.rejected);
     }
 
     #[tokio::test]

@@ -107,10 +107,13 @@ impl WasmRuntime {
         let compiled = self.engine.precompile_component(bytes).map_err(compile_err)?;
         tracing::info!(plugin = %path.display(), took_ms = started.elapsed().as_millis() as u64, "compiled plugin");
         if let Some(cache) = &cache {
-            let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-            let stored = std::fs::create_dir_all(cache.parent().unwrap_or(Path::new(".")))
-                .and_then(|_| std::fs::write(&tmp, &compiled))
-                .and_then(|_| std::fs::rename(&tmp, cache));
+            // A fresh temporary name created exclusively, then renamed: a link
+            // planted in the cache directory is never written through.
+            let dir = cache.parent().unwrap_or(Path::new("."));
+            let stored = flowgate_sdk::files::private_dir(dir)
+                .and_then(|()| tempfile::NamedTempFile::new_in(dir))
+                .and_then(|mut tmp| std::io::Write::write_all(&mut tmp, &compiled).map(|()| tmp))
+                .and_then(|tmp| tmp.persist(cache).map(drop).map_err(|e| e.error));
             if let Err(e) = stored {
                 tracing::warn!(path = %cache.display(), error = %e, "cannot cache the compiled plugin");
             }
