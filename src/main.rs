@@ -62,6 +62,10 @@ enum Command {
         /// How configuration problems are printed.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
+        /// Stop every pipeline when one fails; by default the others go on and
+        /// the exit code (1) tells that one failed.
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Check pipeline files and report every problem, with its line and column.
     /// Exits with 2 when a file has problems.
@@ -138,14 +142,19 @@ fn init_logging(filter: &str, format: LogFormat) {
     let filter =
         if filter.contains("pg_walstream") { filter.to_string() } else { format!("{filter},pg_walstream=warn") };
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
-        eprintln!("invalid --log filter `{filter}` ({e}); using `info`");
+        flowgate::errln!("invalid --log filter `{filter}` ({e}); using `info`");
         tracing_subscriber::EnvFilter::new("info")
     });
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(color);
+    // A closed stderr (`2>&-`, a reader that went away) must cost the logs only:
+    // the subscriber's own report of a failed write would go to stderr with
+    // `eprintln!`, which panics, and a panic in the signal task leaves SIGINT
+    // and SIGTERM unanswered.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(color).log_internal_errors(false);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_writer(move || flowgate::logs::OneLine::stderr(color)).init(),
+        // JSON strings escape what they hold.
+        LogFormat::Json => builder.with_writer(std::io::stderr).json().init(),
     }
 }
 
@@ -153,7 +162,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .inspect_err(|e| eprintln!("cannot start the runtime: {e}"))
+        .inspect_err(|e| flowgate::errln!("cannot start the runtime: {e}"))
         .ok()
 }
 
@@ -167,16 +176,16 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {
-            println!("{:#}", flowgate::config::json_schema());
+            flowgate::outln!("{:#}", flowgate::config::json_schema());
             ExitCode::SUCCESS
         }
         Command::Registry(RegistryCommand::Serve { listen, store, metrics_addr }) => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
             runtime.block_on(run::serve_registry(listen, &store, metrics_addr))
         }
-        Command::Run { files, metrics_addr, progress, state_dir, message_format } => {
+        Command::Run { files, metrics_addr, progress, state_dir, message_format, fail_fast } => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
-            let options = RunOptions { metrics_addr, progress: Some(progress.0), state_dir, message_format };
+            let options = RunOptions { fail_fast, metrics_addr, progress: Some(progress.0), state_dir, message_format };
             let code = runtime.block_on(run::run(&files, options));
             // A blocking read of standard input cannot be cancelled; do not wait for it.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

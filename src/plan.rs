@@ -24,6 +24,9 @@ pub struct OpenError {
     pub pipeline: String,
     pub stage: &'static str,
     pub message: String,
+    /// The service may be back later (refused connection, timeout); an
+    /// authentication failure or a missing table is not.
+    pub retryable: bool,
 }
 
 fn exactly_once(sink: &SinkConfig) -> bool {
@@ -352,6 +355,25 @@ pub fn check_connected(config: &PipelineConfig, state_dir: &Path) -> Vec<PathPro
     if let SinkConfig::Kafka(c) = &config.sink {
         problems.extend(flowgate_kafka::check_sink(c, &config.name).into_iter().map(|p| at(&["sink", "kafka"], p)));
     }
+    for (prefix, sink) in
+        [(vec!["sink"], Some(&config.sink)), (vec!["errors", "dead_letter"], config.errors.dead_letter.as_ref())]
+    {
+        let (kind, c) = match sink {
+            Some(SinkConfig::Postgres(c)) => ("postgres", c),
+            Some(SinkConfig::Mysql(c)) => ("mysql", c),
+            Some(SinkConfig::Sqlite(c)) => ("sqlite", c),
+            _ => continue,
+        };
+        let found = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(flowgate_sql::check_sink(c, &config.name)),
+            Err(e) => vec![(None, format!("cannot start a runtime: {e}"), None)],
+        };
+        problems.extend(found.into_iter().map(|(field, message, help)| PathProblem {
+            at: prefix.iter().copied().chain([kind]).chain(field).map(String::from).collect(),
+            message,
+            help,
+        }));
+    }
     if config.uses_registry() {
         problems.extend(check_registry(config, state_dir));
     }
@@ -367,7 +389,7 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
     let name: Arc<str> = config.name.as_str().into();
     let fail = |stage: &'static str| {
         let pipeline = config.name.clone();
-        move |e: ConnectorError| OpenError { pipeline, stage, message: e.chain() }
+        move |e: ConnectorError| OpenError { pipeline, stage, retryable: e.is_retryable(), message: e.chain() }
     };
     let mut ctx = SourceContext {
         pipeline: Arc::clone(&name),

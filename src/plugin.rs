@@ -82,12 +82,12 @@ pub fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> ExitCode {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.starts_with(|c: char| c.is_ascii_lowercase());
     if !valid {
-        eprintln!("error: `{name}` is not a valid plugin name; use lower-case letters, digits, `-` and `_`");
+        crate::errln!("error: `{name}` is not a valid plugin name; use lower-case letters, digits, `-` and `_`");
         return ExitCode::from(2);
     }
     let root = dir.unwrap_or_else(|| PathBuf::from(name));
     if root.exists() && root.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
-        eprintln!("error: {} already exists and is not empty", root.display());
+        crate::errln!("error: {} already exists and is not empty", root.display());
         return ExitCode::from(2);
     }
     for (path, contents) in files(lang, name) {
@@ -95,7 +95,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> ExitCode {
         let written = std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
             .and_then(|_| std::fs::write(&path, contents));
         if let Err(e) = written {
-            eprintln!("error: cannot write {}: {e}", path.display());
+            crate::errln!("error: cannot write {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
         #[cfg(unix)]
@@ -104,7 +104,7 @@ pub fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> ExitCode {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
         }
     }
-    println!("created {} ({lang:?} plugin); see {}/README.md", root.display(), root.display());
+    crate::outln!("created {} ({lang:?} plugin); see {}/README.md", root.display(), root.display());
     ExitCode::SUCCESS
 }
 
@@ -112,21 +112,21 @@ pub fn check(path: &Path) -> ExitCode {
     let runtime = match WasmRuntime::global() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     let verdict = runtime.load(path);
     if let Ok((exports, imports)) = runtime.describe(path) {
-        println!("{}\n  exports: {}\n  imports: {}", path.display(), list(&exports), list(&imports));
+        crate::outln!("{}\n  exports: {}\n  imports: {}", path.display(), list(&exports), list(&imports));
     }
     match verdict {
         Ok(_) => {
-            println!("ok: fits {CONTRACT}");
+            crate::outln!("ok: fits {CONTRACT}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            println!("does not fit: {e}");
+            crate::outln!("does not fit: {e}");
             ExitCode::FAILURE
         }
     }

@@ -29,7 +29,7 @@ pub fn load_all(
         match config::load_file_with(file, check) {
             Ok(c) => {
                 if let Some(other) = names.insert(c.name.clone(), file.clone()) {
-                    eprintln!(
+                    crate::errln!(
                         "{}: error: pipeline name `{}` is also used by {}; names key stored positions and must differ",
                         file.display(),
                         c.name,
@@ -40,7 +40,7 @@ pub fn load_all(
                 loaded.push((file.clone(), c));
             }
             Err(e) => {
-                eprint!("{}", e.render(format));
+                crate::errln!(@raw "{}", e.render(format));
                 ok = false;
             }
         }
@@ -62,7 +62,7 @@ pub fn validate(files: &[PathBuf], format: MessageFormat, connect: Option<&Path>
     match load_all(files, format, check) {
         Some(loaded) => {
             for (file, c) in loaded {
-                println!("{}: ok (pipeline `{}`)", file.display(), c.name);
+                crate::outln!("{}: ok (pipeline `{}`)", file.display(), c.name);
             }
             ExitCode::SUCCESS
         }
@@ -71,6 +71,8 @@ pub fn validate(files: &[PathBuf], format: MessageFormat, connect: Option<&Path>
 }
 
 pub struct RunOptions {
+    /// Stop every pipeline when one fails (by default the others go on).
+    pub fail_fast: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub progress: Option<Duration>,
     pub state_dir: PathBuf,
@@ -141,24 +143,32 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
     let mut runs = Vec::new();
     for (file, config) in loaded {
         health.set(&config.name, PipelineState::Starting);
-        let state_dir = options.state_dir.clone();
-        let pipeline = match crate::plan::open(&config, &state_dir).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!("{e}");
-                health.set(&config.name, PipelineState::Failed { error: e.to_string() });
-                shutdown.cancel();
-                continue;
-            }
-        };
-        tracing::info!(pipeline = %config.name, file = %file.display(), "started");
-        health.set(&config.name, PipelineState::Running);
-        let done = CancellationToken::new();
-        if let Some(every) = options.progress.filter(|d| !d.is_zero()) {
-            progress(config.name.clone(), std::sync::Arc::clone(&pipeline.stats), every, done.clone());
-        }
-        let (health, shutdown, name) = (health.clone(), shutdown.clone(), config.name.clone());
+        let (health, shutdown, state_dir) = (health.clone(), shutdown.clone(), options.state_dir.clone());
+        let (progress_every, fail_fast) = (options.progress.filter(|d| !d.is_zero()), options.fail_fast);
         runs.push(tokio::spawn(async move {
+            let name = config.name.clone();
+            let pipeline = match open_with_retry(&config, &state_dir, &health, &shutdown).await {
+                Ok(Some(p)) => p,
+                // Stopped before a service it waited for came back: nothing was read.
+                Ok(None) => {
+                    health.set(&name, PipelineState::Finished);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    health.set(&name, PipelineState::Failed { error: e.to_string() });
+                    if fail_fast {
+                        shutdown.cancel();
+                    }
+                    return false;
+                }
+            };
+            tracing::info!(pipeline = %name, file = %file.display(), "started");
+            health.set(&name, PipelineState::Running);
+            let done = CancellationToken::new();
+            if let Some(every) = progress_every {
+                progress(name.clone(), std::sync::Arc::clone(&pipeline.stats), every, done.clone());
+            }
             let draining = {
                 let (health, shutdown, name) = (health.clone(), shutdown.clone(), name.clone());
                 tokio::spawn(async move {
@@ -166,7 +176,7 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
                     health.set(&name, PipelineState::Draining);
                 })
             };
-            let result = pipeline.run(shutdown).await;
+            let result = pipeline.run(shutdown.clone()).await;
             draining.abort();
             done.cancel();
             match &result {
@@ -177,16 +187,46 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
                 Err(e) => {
                     health.set(&name, PipelineState::Failed { error: e.to_string() });
                     tracing::error!(pipeline = %name, "failed: {e}");
+                    if fail_fast {
+                        shutdown.cancel();
+                    }
                 }
             }
             result.is_ok()
         }));
     }
-    let mut all_ok = runs.len() == files.len();
+    let mut all_ok = true;
     for r in runs {
         all_ok &= r.await.unwrap_or(false);
     }
     if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// Opens a pipeline, waiting with backoff (1 s up to 30 s) while a service it
+/// needs cannot be reached, as a running pipeline waits out an outage.
+/// `Ok(None)`: stopped while waiting.
+async fn open_with_retry(
+    config: &PipelineConfig,
+    state_dir: &std::path::Path,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Option<crate::engine::Pipeline>, crate::plan::OpenError> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match crate::plan::open(config, state_dir).await {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) if e.retryable => {
+                tracing::warn!(pipeline = %config.name, retry_in = ?delay, "{e}; waiting for it");
+                health.set(&config.name, PipelineState::Waiting { error: e.to_string() });
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// Where positions are kept when `--state-dir` is not given.
@@ -217,7 +257,7 @@ pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Pa
     if let Some(store) = &serve.store {
         return Ok(store.clone());
     }
-    std::fs::create_dir_all(state_dir)
+    flowgate_sdk::files::private_dir(state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", state_dir.display()))?;
     Ok(format!("sqlite:{}", state_dir.join("registry.db").display()))
 }

@@ -17,10 +17,16 @@ use serde::Serialize;
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum PipelineState {
     Starting,
+    /// A service it needs could not be reached at start; retried with backoff.
+    Waiting {
+        error: String,
+    },
     Running,
     Draining,
     Finished,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// The state of every pipeline of this process.
@@ -37,8 +43,16 @@ impl Health {
     fn report(&self) -> (StatusCode, String) {
         let pipelines = self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let failing = pipelines.values().any(|s| matches!(s, PipelineState::Failed { .. }));
-        let body = serde_json::json!({ "status": if failing { "failing" } else { "ok" }, "pipelines": pipelines });
-        let code = if failing { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        let waiting = pipelines.values().any(|s| matches!(s, PipelineState::Waiting { .. }));
+        let status = if failing {
+            "failing"
+        } else if waiting {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let body = serde_json::json!({ "status": status, "pipelines": pipelines });
+        let code = if failing || waiting { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         (code, body.to_string())
     }
 }
@@ -71,10 +85,6 @@ pub async fn serve(addr: SocketAddr, health: Health, metrics: PrometheusHandle) 
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics server stopped");
-        }
-    });
+    tokio::spawn(crate::http::serve(listener, app));
     Ok(bound)
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink};
+use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink, SourceMeta};
 use serde_json::json;
 
 use super::{EngineError, Stats, write_with_retry};
@@ -44,21 +44,24 @@ impl ErrorHandler {
                 Err(EngineError::Refused {
                     stage: r.stage.to_string(),
                     reason: r.reason.clone(),
-                    record: preview(&r.record),
+                    record: locate(&r.record),
                 })
             }
             ErrorPolicy::Skip => {
                 let now = Instant::now();
                 if self.last_log.is_none_or(|t| now.duration_since(t) >= SKIP_LOG_EVERY) {
                     let r = &batch.rejected[0];
+                    // Where the record came from, not what it holds: record
+                    // contents (personal data) reach the logs only at debug.
                     tracing::warn!(
                         pipeline = %self.pipeline,
                         stage = %r.stage,
                         reason = %r.reason,
-                        record = %preview(&r.record),
+                        record = %locate(&r.record),
                         also_skipped = self.unlogged + n - 1,
                         "skipped a refused record"
                     );
+                    tracing::debug!(pipeline = %self.pipeline, record = ?preview(&r.record), "the skipped record");
                     self.last_log = Some(now);
                     self.unlogged = 0;
                 } else {
@@ -76,7 +79,7 @@ impl ErrorHandler {
                     return Err(EngineError::Refused {
                         stage: "dead_letter".into(),
                         reason: format!("the dead-letter sink refused a record: {}", r.reason),
-                        record: preview(&r.record),
+                        record: locate(&r.record),
                     });
                 }
                 stats.dead_lettered(n);
@@ -86,7 +89,22 @@ impl ErrorHandler {
     }
 }
 
-/// A short, printable form of a record for messages.
+/// Where a record came from and its size, for messages at info and above,
+/// which must not carry record contents.
+pub fn locate(r: &Record) -> String {
+    let at = match &r.meta {
+        SourceMeta::File { path, line, .. } => format!("{path} line {line}"),
+        SourceMeta::Kafka { topic, partition, offset } => {
+            format!("topic {topic} partition {partition} offset {offset}")
+        }
+        SourceMeta::Table { schema, table, lsn } => format!("{schema}.{table} at LSN {lsn}"),
+        SourceMeta::Sequence { seq } => format!("generated record {seq}"),
+        SourceMeta::None => "a record".to_string(),
+    };
+    format!("{at}, {} bytes (its contents are logged with --log debug)", r.value.len())
+}
+
+/// The first 120 characters of a record's value, for debug logs.
 pub fn preview(r: &Record) -> String {
     let s = String::from_utf8_lossy(&r.value);
     let mut out: String = s.chars().take(120).collect();
@@ -123,8 +141,6 @@ pub fn envelope(pipeline: &str, r: Rejected) -> Record {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::SourceMeta;
-
     use super::*;
 
     #[test]

@@ -287,11 +287,7 @@ pub async fn serve(listen: SocketAddr, store_url: &str) -> anyhow::Result<Socket
         .map_err(|e| anyhow::anyhow!("cannot serve the schema registry on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
     let app = api::router(registry);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the schema registry stopped");
-        }
-    });
+    tokio::spawn(crate::http::serve(listener, app));
     tracing::info!(address = %bound, "schema registry listening");
     Ok(bound)
 }

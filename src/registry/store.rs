@@ -65,6 +65,10 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if !postgres {
+            flowgate_sql::create_sqlite_file(url)
+                .map_err(|e| anyhow::anyhow!("cannot create the registry store {url}: {e}"))?;
+        }
         let url = if !postgres && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_string() };
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 4 } else { 1 })

@@ -1,0 +1,393 @@
+//! Hostile input and a hostile environment, against the binary: a full disk,
+//! closed pipes, services down at start, records that pick their own names.
+//! Each test reproduces a way records were lost, a pipeline wedged or a process
+//! panicked, and checks it no longer happens.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::postgres::Postgres;
+use common::{Guard, flowgate, http_get, log, signal, spawn_run, wait_exit, wait_for, write_file, write_jsonl};
+
+/// The `id`s in a JSON-lines file; panics on a line that does not parse.
+fn ids(path: &Path) -> BTreeSet<u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("a torn line in {}: {e}: {l:.80}", path.display()));
+            v["id"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, 20_000, 100);
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write_file(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: full-disk\nsource:\n  file: {{path: {}}}\nsink:\n  file: {{path: {}}}\nbatch: {{size: 700}}\n",
+            input.display(),
+            out.display()
+        ),
+    );
+    // A file-size limit stands in for a full disk: a write past it fails
+    // part-way (EFBIG) as one on a full disk does (ENOSPC).
+    let stderr = std::fs::File::create(dir.path().join("flowgate.log")).unwrap();
+    let mut cmd = flowgate();
+    cmd.arg("run").arg(&pipeline).arg("--state-dir").arg(dir.path().join("state")).stderr(stderr);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: 1_000_000, rlim_max: 1_000_000 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = Guard(cmd.spawn().unwrap());
+    assert!(
+        wait_for(Duration::from_secs(30), || log(dir.path()).contains("write failed; retrying")),
+        "{}",
+        log(dir.path())
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    run.kill().unwrap();
+    run.wait().unwrap();
+    // The file stops short of the limit with whole lines only.
+    let partial = ids(&out);
+    assert!(!partial.is_empty() && partial.len() < 20_000, "{}", partial.len());
+    assert!(std::fs::read(&out).unwrap().ends_with(b"\n"));
+    // With room again, the rest arrives.
+    let mut again = spawn_run(dir.path(), &pipeline, &[]);
+    assert!(wait_exit(&mut again, Duration::from_secs(60)).success(), "{}", log(dir.path()));
+    assert_eq!(ids(&out), (0..20_000).collect());
+}
+
+#[test]
+fn a_closed_standard_output_stops_the_run_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = write_file(
+        dir.path(),
+        "p.yaml",
+        "name: to-stdout\nsource:\n  generate: {template: '{\"n\": ${seq}}'}\nsink: stdout\n",
+    );
+    let mut run = Guard(
+        flowgate()
+            .arg("run")
+            .arg(&pipeline)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // `| head -1`: one line read, then the pipe is closed.
+    let mut first = String::new();
+    BufReader::new(run.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first, "{\"n\": 0}\n");
+    let status = wait_exit(&mut run, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{}", log(dir.path()));
+    assert!(!log(dir.path()).contains("panicked"), "{}", log(dir.path()));
+    assert!(log(dir.path()).contains("Broken pipe"), "{}", log(dir.path()));
+}
+
+#[test]
+fn with_standard_error_closed_a_signal_still_drains_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write_file(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: closed-stderr\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', rate: 2000}}\nsink:\n  file: {{path: {}}}\n",
+            out.display()
+        ),
+    );
+    let mut run = Guard(
+        flowgate()
+            .args(["--log", "debug", "run", "--progress", "50ms"])
+            .arg(&pipeline)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    drop(run.stderr.take()); // The reader goes away: every log write is EPIPE.
+    assert!(wait_for(Duration::from_secs(20), || ids(&out).len() > 100));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&run, libc::SIGINT);
+    let status = wait_exit(&mut run, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_service_down_at_start_is_waited_for_and_the_other_pipelines_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start();
+    pg.stop();
+    let metrics = common::free_port();
+    let to_pg = write_file(
+        dir.path(),
+        "to-pg.yaml",
+        &format!(
+            "name: to-pg\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', count: 100}}\n\
+             sink:\n  postgres: {{url: '{}', table: items, create_table: true}}\n",
+            pg.url()
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let to_file = write_file(
+        dir.path(),
+        "to-file.yaml",
+        &format!(
+            "name: to-file\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', count: 100}}\nsink:\n  file: {{path: {}}}\n",
+            out.display()
+        ),
+    );
+    let mut run = Guard(
+        flowgate()
+            .arg("run")
+            .arg(&to_pg)
+            .arg(&to_file)
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}"), "--state-dir"])
+            .arg(dir.path().join("state"))
+            .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // The healthy pipeline runs to its end; the other waits, reported as such.
+    assert!(wait_for(Duration::from_secs(20), || ids(&out).len() == 100), "{}", log(dir.path()));
+    assert!(
+        wait_for(Duration::from_secs(10), || http_get(metrics, "/health")
+            .is_some_and(|(code, body)| code == 503 && body.contains("\"waiting\""))),
+        "{:?}",
+        http_get(metrics, "/health")
+    );
+    assert!(run.try_wait().unwrap().is_none(), "{}", log(dir.path()));
+    pg.start_again();
+    let status = wait_exit(&mut run, Duration::from_secs(60));
+    assert!(status.success(), "{}", log(dir.path()));
+    assert_eq!(pg.sql("SELECT count(*) FROM items"), "100");
+}
+
+#[test]
+fn one_pipeline_failing_for_good_leaves_the_others_unless_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write_file(
+        dir.path(),
+        "broken.yaml",
+        &format!(
+            "name: broken\nsource:\n  file: {{path: {}}}\nsink: null\n",
+            dir.path().join("missing.jsonl").display()
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let endless = |name: &str, count: &str| {
+        format!(
+            "name: {name}\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', rate: 200{count}}}\nsink:\n  file: {{path: {}}}\n",
+            out.display()
+        )
+    };
+    let healthy = write_file(dir.path(), "healthy.yaml", &endless("healthy", ", count: 300"));
+    let started = Instant::now();
+    let status = flowgate()
+        .arg("run")
+        .arg(&broken)
+        .arg(&healthy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(ids(&out).len(), 300);
+    assert!(started.elapsed() > Duration::from_millis(1000));
+    // `--fail-fast`: the failure stops the other, which would run for ever.
+    let forever = write_file(dir.path(), "forever.yaml", &endless("forever", ""));
+    let mut run = Guard(
+        flowgate()
+            .args(["run", "--fail-fast"])
+            .arg(&broken)
+            .arg(&forever)
+            .arg("--state-dir")
+            .arg(dir.path().join("state2"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(20)).code(), Some(1));
+}
+
+/// Runs `records` through a Postgres sink with `settings`, dead letters to a
+/// file; the (reason, id) of each dead letter.
+fn refused_by_postgres(pg: &Postgres, dir: &Path, records: &[&str], settings: &str) -> Vec<String> {
+    let input = write_file(dir, "in.jsonl", &(records.join("\n") + "\n"));
+    let dlq = dir.join("dlq.jsonl");
+    let _ = std::fs::remove_file(&dlq);
+    let pipeline = write_file(
+        dir,
+        "p.yaml",
+        &format!(
+            "name: names\nsource:\n  file: {{path: {}}}\nsink:\n  postgres: {{url: '{}', {settings}}}\n\
+             errors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
+            input.display(),
+            pg.url(),
+            dlq.display()
+        ),
+    );
+    let _ = std::fs::remove_dir_all(dir.join("state"));
+    let out = flowgate().arg("run").arg(&pipeline).arg("--state-dir").arg(dir.join("state")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&dlq).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn postgres_refuses_records_whose_names_it_would_cut_or_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    // A NUL in a name, as the first record of a table to create; a 72-byte
+    // name Postgres would cut to 63; a NUL in a value.
+    let reasons = refused_by_postgres(
+        &pg,
+        dir.path(),
+        &[
+            r#"{"id":2,"nul\u0000col":3}"#,
+            r#"{"id":3,"顧客の配送先住所の郵便番号と都道府県名と市区町村":"x"}"#,
+            r#"{"id":4,"name":"a\u0000b"}"#,
+            r#"{"id":5,"name":"ok"}"#,
+            r#"{"ID2":6}"#,
+            r#"{"id":7,"Name":"case"}"#,
+        ],
+        "table: items, create_table: true",
+    );
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert!(reasons[0].contains("control character"), "{reasons:?}");
+    assert!(reasons[1].contains("72 bytes long; Postgres keeps only 63"), "{reasons:?}");
+    assert!(reasons[2].contains("0x00"), "{reasons:?}");
+    assert!(reasons[3].contains("fields without a column in table items: `ID2`"), "{reasons:?}");
+    assert!(reasons[4].contains("`Name` (the column is `name`)"), "{reasons:?}");
+    assert_eq!(pg.sql("SELECT string_agg(id || ':' || name, ',') FROM items"), "5:ok");
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_attribute WHERE attrelid = 'items'::regclass AND attnum > 0"), "2");
+
+    // A record picking its table: never Flowgate's own, a system schema, or
+    // one outside the template's pattern.
+    pg.sql("CREATE TABLE flowgate_positions (pipeline text, source text, position bigint)");
+    let reasons = refused_by_postgres(
+        &pg,
+        dir.path(),
+        &[
+            r#"{"t":"flowgate_positions","pipeline":"x","source":"y","position":1}"#,
+            r#"{"t":"information_schema.evil","id":1}"#,
+            r#"{"t":"pg_catalog.pg_class","id":1}"#,
+            r#"{"t":"items","id":8,"name":"picked"}"#,
+        ],
+        "table: '${value.t}', columns: [id, name, pipeline, source, position]",
+    );
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert_eq!(pg.sql("SELECT count(*) FROM flowgate_positions"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM information_schema.tables WHERE table_name = 'evil'"), "0");
+    assert_eq!(pg.sql("SELECT string_agg(name, ',' ORDER BY id) FROM items"), "ok,picked");
+}
+
+#[test]
+fn validate_check_connects_to_database_sinks_and_never_shows_their_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let down = common::free_port();
+    let check = |name: &str, url: &str, table: &str| {
+        let file = write_file(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "name: {name}\nsource:\n  generate: {{template: '{{}}', count: 1}}\nsink:\n  postgres: {{url: '{url}', table: {table}}}\n"
+            ),
+        );
+        let out = flowgate().args(["validate", "--check"]).arg(&file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    };
+    let (code, text) = check("down", &format!("postgres://app:pw-one@127.0.0.1:{down}/db?password=pw-two"), "items");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains(&format!("cannot connect to postgres://app:***@127.0.0.1:{down}/db?password=***")), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("pw-one") && !text.contains("pw-two"), "{text}");
+    let (code, text) = check("missing", &pg.url(), "items");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("table items does not exist"), "{text}");
+    pg.sql("CREATE TABLE items (id int)");
+    let (code, text) = check("there", &pg.url(), "items");
+    assert_eq!(code, Some(0), "{text}");
+}
+
+#[test]
+fn idle_connections_to_the_metrics_port_cannot_starve_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, 1000, 60);
+    let out = dir.path().join("out.jsonl");
+    let pipeline = write_file(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: flooded\nsource:\n  file: {{path: {}, follow: true}}\nsink:\n  file: {{path: {}}}\n",
+            input.display(),
+            out.display()
+        ),
+    );
+    let port = common::free_port();
+    let mut cmd = flowgate();
+    cmd.arg("run")
+        .arg(&pipeline)
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 300, rlim_max: 300 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut run = Guard(cmd.spawn().unwrap());
+    assert!(wait_for(Duration::from_secs(20), || ids(&out).len() == 1000), "{}", log(dir.path()));
+    // 500 connections that never send a request.
+    let idle: Vec<std::net::TcpStream> =
+        (0..500).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(idle.len() > 300, "{}", idle.len());
+    // The pipeline still opens what it needs: a rotated input file.
+    std::fs::rename(&input, dir.path().join("in.old")).unwrap();
+    write_jsonl(&input, 2000, 60);
+    assert!(wait_for(Duration::from_secs(30), || ids(&out).len() == 2000), "{}", log(dir.path()));
+    // The idle ones are closed by the server after the header timeout.
+    let closed = |mut s: &std::net::TcpStream| {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        matches!(s.read(&mut [0u8; 1]), Ok(0))
+    };
+    assert!(wait_for(Duration::from_secs(30), || http_get(port, "/health").is_some_and(|(c, _)| c == 200)));
+    assert!(closed(&idle[0]));
+    assert!(!log(dir.path()).contains("Too many open files"), "{}", log(dir.path()));
+    signal(&run, libc::SIGINT);
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(20)).code(), Some(0), "{}", log(dir.path()));
+}
