@@ -94,25 +94,54 @@ enum Command {
     Registry(RegistryCommand),
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Where schemas are kept: `sqlite:PATH` (created if missing) or `postgres://...`.
+    #[arg(long, env = "FLOWGATE_REGISTRY_STORE", default_value = "sqlite:flowgate-registry.db", value_name = "URL")]
+    store: String,
+    /// Serve Prometheus `/metrics` (requests by method and status) and `/health` on this address.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Users file (`name:role:hash` lines; roles read, write, admin): every
+    /// request then needs HTTP basic authentication. Required off loopback.
+    #[arg(long, env = "FLOWGATE_REGISTRY_USERS", value_name = "FILE")]
+    users: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse every change: registrations, deletes, configuration.
+    #[arg(long)]
+    read_only: bool,
+    /// A host name clients may address the registry by (repeatable), beside
+    /// the listening address and, on loopback, `localhost`.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
+    /// The longest schema accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_schema_bytes: usize,
+    /// Record fields, enum symbols and union branches accepted in one schema.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_fields: usize,
+    /// Versions one subject may have.
+    #[arg(long, default_value_t = 1_000, value_name = "N")]
+    max_versions: usize,
+}
+
 #[derive(Subcommand)]
 enum RegistryCommand {
     /// Serve the Schema Registry REST API (Avro schemas) until SIGINT or SIGTERM.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8081", value_name = "ADDR")]
-        listen: SocketAddr,
-        /// Where schemas are kept: `sqlite:PATH` (created if missing) or `postgres://...`.
-        #[arg(
-            long,
-            env = "FLOWGATE_REGISTRY_STORE",
-            default_value = "sqlite:flowgate-registry.db",
-            value_name = "URL"
-        )]
-        store: String,
-        /// Serve Prometheus `/metrics` (requests by method and status) and `/health` on this address.
-        #[arg(long, value_name = "ADDR")]
-        metrics_addr: Option<SocketAddr>,
-    },
+    Serve(Box<ServeArgs>),
+    /// Print the hash of a password (read from standard input) for a users file.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -179,9 +208,47 @@ fn main() -> ExitCode {
             flowgate::outln!("{:#}", flowgate::config::json_schema());
             ExitCode::SUCCESS
         }
-        Command::Registry(RegistryCommand::Serve { listen, store, metrics_addr }) => {
+        Command::Registry(RegistryCommand::Serve(args)) => {
+            let ServeArgs {
+                listen,
+                store,
+                metrics_addr,
+                users,
+                tls_cert,
+                tls_key,
+                tls_client_ca,
+                read_only,
+                allowed_hosts,
+                max_schema_bytes,
+                max_fields,
+                max_versions,
+            } = *args;
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
-            runtime.block_on(run::serve_registry(listen, &store, metrics_addr))
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| flowgate_avro::config::TlsServeConfig {
+                cert,
+                key,
+                client_ca: tls_client_ca,
+            });
+            let serve =
+                flowgate_avro::config::ServeConfig { listen, store: None, users, tls, read_only, allowed_hosts };
+            let limits = flowgate::registry::Limits { max_schema_bytes, max_fields, max_versions };
+            runtime.block_on(run::serve_registry(&serve, &store, limits, metrics_addr))
+        }
+        Command::Registry(RegistryCommand::HashPassword) => {
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                return ExitCode::FAILURE;
+            }
+            match flowgate::registry::hash_password(password.trim_end_matches(['\n', '\r'])) {
+                Ok(hash) => {
+                    flowgate::outln!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    flowgate::errln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run { files, metrics_addr, progress, state_dir, message_format, fail_fast } => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };

@@ -179,6 +179,15 @@ pub fn check(config: &PipelineConfig) -> Vec<PathProblem> {
     if let Some(SinkConfig::Kafka(c)) = &config.errors.dead_letter {
         settings(&["errors", "dead_letter", "kafka"], flowgate_kafka::check_sink_settings(c));
     }
+    if config.uses_registry()
+        && let Some((field, message, hint)) = config.registry().embedded().and_then(|s| s.problem())
+    {
+        problems.push(PathProblem {
+            at: ["registry", "serve", field].map(String::from).to_vec(),
+            message,
+            help: Some(hint),
+        });
+    }
     if let SourceConfig::PostgresCdc(c) = &config.source {
         problems.extend(c.problems().into_iter().map(|message| PathProblem {
             at: vec!["source".into(), "postgres_cdc".into()],
@@ -248,7 +257,7 @@ fn check_registry(config: &PipelineConfig, state_dir: &Path) -> Vec<PathProblem>
             && tokio::net::TcpStream::connect(serve.listen).await.is_err()
         {
             let started = match crate::run::embedded_store(serve, state_dir) {
-                Ok(store) => crate::registry::serve(serve.listen, &store).await.map(drop),
+                Ok(store) => crate::registry::serve(serve, &store, Default::default()).await.map(drop),
                 Err(e) => Err(e),
             };
             if let Err(e) = started {

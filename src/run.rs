@@ -277,7 +277,7 @@ async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_d
             }
             None => {}
         }
-        crate::registry::serve(serve.listen, &store).await.map_err(|e| {
+        crate::registry::serve(serve, &store, Default::default()).await.map_err(|e| {
             anyhow::anyhow!(
                 "pipeline {}: {e:#} (to use a registry that is already running there, set `registry: {{url: http://{}}}`)",
                 config.name,
@@ -290,13 +290,22 @@ async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_d
 }
 
 /// `flowgate registry serve`: the registry until a signal.
-pub async fn serve_registry(listen: SocketAddr, store: &str, metrics_addr: Option<SocketAddr>) -> ExitCode {
+pub async fn serve_registry(
+    serve: &flowgate_avro::config::ServeConfig,
+    store: &str,
+    limits: crate::registry::Limits,
+    metrics_addr: Option<SocketAddr>,
+) -> ExitCode {
+    if let Some((_, message, hint)) = serve.problem() {
+        tracing::error!("{message}; {hint}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Some(addr) = metrics_addr
         && !serve_metrics(addr, Health::default()).await
     {
         return ExitCode::FAILURE;
     }
-    if let Err(e) = crate::registry::serve(listen, store).await {
+    if let Err(e) = crate::registry::serve(serve, store, limits).await {
         tracing::error!("{e:#}");
         return ExitCode::FAILURE;
     }

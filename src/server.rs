@@ -85,6 +85,6 @@ pub async fn serve(addr: SocketAddr, health: Health, metrics: PrometheusHandle) 
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(crate::http::serve(listener, app));
+    tokio::spawn(crate::http::serve(listener, app, None));
     Ok(bound)
 }

@@ -391,3 +391,327 @@ fn idle_connections_to_the_metrics_port_cannot_starve_the_pipeline() {
     signal(&run, libc::SIGINT);
     assert_eq!(wait_exit(&mut run, Duration::from_secs(20)).code(), Some(0), "{}", log(dir.path()));
 }
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it, made with the
+/// `openssl` command: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flowgate-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    for name in ["server", "client"] {
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+fn hash(password: &str) -> String {
+    use std::io::Write;
+    let mut c =
+        flowgate().args(["registry", "hash-password"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    writeln!(c.stdin.take().unwrap(), "{password}").unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `curl` against the registry: (status, body).
+fn curl(ca: &Path, args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_registry_takes_users_roles_and_tls_and_refuses_browsers_and_strangers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let users = write_file(
+        dir.path(),
+        "users",
+        &format!("# name:role:hash\nadmin:admin:{}\nreader:read:{}\n", hash("adm1n pw"), hash("r34d")),
+    );
+    let store = format!("sqlite:{}", dir.path().join("registry.db").display());
+    let tls = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let mut args = vec!["--users", users.to_str().unwrap()];
+    args.extend(tls);
+    let registry = common::registry::Registry::start_with_args(dir.path(), &store, &args);
+    let url = format!("https://127.0.0.1:{}", registry.port);
+    let out = common::registry::run_python("registry_access.py", &[&url, ca.to_str().unwrap(), "adm1n pw", "r34d"]);
+    assert!(out.contains("ok"), "{out}");
+    // What a web page could send: a form post, or a request through a name it controls.
+    let (code, _) = curl(
+        &ca,
+        &[
+            "-u",
+            "admin:adm1n pw",
+            "-H",
+            "Content-Type: text/plain",
+            "-d",
+            r#"{"schema":"\"int\""}"#,
+            &format!("{url}/subjects/x-value/versions"),
+        ],
+    );
+    assert_eq!(code, 415);
+    let (code, _) = curl(&ca, &["-u", "admin:adm1n pw", "-H", "Host: evil.example", &format!("{url}/subjects")]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&ca, &["-u", "admin:adm1n pw", &format!("{url}/subjects")]);
+    assert_eq!(code, 200);
+    // No plain HTTP on a TLS port.
+    assert_eq!(curl(&ca, &[&format!("http://127.0.0.1:{}/subjects", registry.port)]).0, 0);
+    drop(registry);
+
+    // Read-only, and mutual TLS: a client without a certificate is not served.
+    let mut args = vec!["--read-only", "--tls-client-ca", ca.to_str().unwrap()];
+    args.extend(tls);
+    let registry = common::registry::Registry::start_with_args(dir.path(), &store, &args);
+    let url = format!("https://127.0.0.1:{}", registry.port);
+    assert_eq!(curl(&ca, &[&format!("{url}/subjects")]).0, 0);
+    let client_cert = dir.path().join("client.pem").display().to_string();
+    let client_key = dir.path().join("client.key").display().to_string();
+    let (subjects, versions) = (format!("{url}/subjects"), format!("{url}/subjects/x-value/versions"));
+    let with_cert = |rest: &[&str]| {
+        let mut args = vec!["--cert", client_cert.as_str(), "--key", client_key.as_str()];
+        args.extend(rest);
+        curl(&ca, &args)
+    };
+    assert_eq!(with_cert(&[&subjects]).0, 200);
+    let (code, body) = with_cert(&["-H", "Content-Type: application/json", "-d", r#"{"schema":"\"int\""}"#, &versions]);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("42205"), "{body}");
+}
+
+#[test]
+fn pipelines_reach_a_protected_registry_and_an_open_one_off_loopback_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let users = write_file(dir.path(), "users", &format!("app:write:{}\n", hash("app-secret")));
+    let store = format!("sqlite:{}", dir.path().join("registry.db").display());
+    let registry = common::registry::Registry::start_with_args(
+        dir.path(),
+        &store,
+        &["--users", users.to_str().unwrap(), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&ca)
+        .args(["-u", "app:app-secret", "-H", "Content-Type: application/json", "-d"])
+        .arg(r#"{"schema":"{\"type\":\"record\",\"name\":\"R\",\"fields\":[{\"name\":\"a\",\"type\":\"int\"}]}"}"#)
+        .arg(format!("https://127.0.0.1:{}/subjects/r-value/versions", registry.port))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"id\""), "{out:?}");
+    let check = |password: &str| {
+        let file = write_file(
+            dir.path(),
+            "p.yaml",
+            &format!(
+                "name: protected\nsource:\n  generate: {{template: '{{\"a\": 1}}', count: 1}}\n\
+                 transforms:\n  - avro: {{schema: {{subject: r-value}}}}\nsink: null\n\
+                 registry:\n  url: https://127.0.0.1:{}\n  ca_cert: {}\n  username: app\n  password: {password}\n",
+                registry.port,
+                ca.display()
+            ),
+        );
+        let out = flowgate().args(["validate", "--check"]).arg(&file).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    };
+    let (code, text) = check("app-secret");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check("wrong-secret");
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("401") && !text.contains("wrong-secret"), "{text}");
+
+    let open = write_file(
+        dir.path(),
+        "open.yaml",
+        "name: open\nsource:\n  generate: {template: '{\"a\": 1}', count: 1}\n\
+         transforms:\n  - avro: {schema: {subject: r-value}}\nsink: null\nregistry:\n  serve: {listen: '0.0.0.0:18081'}\n",
+    );
+    let out = flowgate().args(["validate"]).arg(&open).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"), "{out:?}");
+}
+
+#[test]
+fn an_unreachable_registry_store_is_named_promptly_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = common::free_port();
+    let out = flowgate()
+        .args(["registry", "serve", "--listen", &format!("127.0.0.1:{}", common::free_port()), "--store"])
+        .arg(format!("postgres://app:store-secret@127.0.0.1:{closed}/registry"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // The connection's own error, not a pool timeout after seconds of silence.
+    assert!(text.contains("refused"), "{text}");
+    assert!(text.contains(&format!("postgres://app:***@127.0.0.1:{closed}/registry")), "{text}");
+    assert!(!text.contains("store-secret"), "{text}");
+}
+
+/// Secrets planted in the settings of every connector never reach any output:
+/// logs at debug (text and JSON), `/health`, `/metrics`, `validate` and
+/// `validate --check`, dead letters.
+#[test]
+fn planted_secrets_reach_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = common::free_port();
+    let secrets = ["plantA-pg-src", "plantB-pg-sink", "plantC-mysql", "plantD-sasl", "plantE-reg-url", "plantF-reg-pw"];
+    let generate = "generate: {template: '{\"id\": ${seq}}', count: 5}";
+    let files = [
+        (
+            "cdc",
+            format!(
+                "name: cdc\nsource:\n  postgres_cdc: {{url: 'postgres://app@127.0.0.1:{closed}/db?password={}', tables: [t]}}\nsink: null\n",
+                secrets[0]
+            ),
+        ),
+        (
+            "pg",
+            format!(
+                "name: pg\nsource:\n  {generate}\nsink:\n  postgres: {{url: 'postgres://app:{}@127.0.0.1:{closed}/db', table: t}}\n",
+                secrets[1]
+            ),
+        ),
+        (
+            "my",
+            format!(
+                "name: my\nsource:\n  {generate}\nsink:\n  mysql: {{url: 'mysql://app:{}@127.0.0.1:{closed}/db', table: t}}\n",
+                secrets[2]
+            ),
+        ),
+        (
+            "kafka",
+            format!(
+                // No record in flight: a queue for an unreachable broker
+                // would hold the graceful stop for half a minute.
+                "name: kafka\nsource:\n  {}\nsink:\n  kafka:\n    brokers: 127.0.0.1:{closed}\n    topic: t\n    properties:\n      \
+                 security.protocol: SASL_PLAINTEXT\n      sasl.mechanism: PLAIN\n      sasl.username: app\n      sasl.password: {}\n",
+                generate.replace("count: 5", "count: 0"),
+                secrets[3]
+            ),
+        ),
+        (
+            "reg",
+            format!(
+                "name: reg\nsource:\n  {generate}\ntransforms:\n  - avro: {{schema: {{subject: s-value}}}}\nsink: null\n\
+                 registry:\n  url: 'http://app:{}@127.0.0.1:{closed}'\n  username: app\n  password: {}\n",
+                secrets[4], secrets[5]
+            ),
+        ),
+        (
+            "dlq",
+            format!(
+                "name: dlq\nsource:\n  file: {{path: {}}}\nsink: null\nerrors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
+                write_file(dir.path(), "in.jsonl", "{\"a\":1}\nnot json\n").display(),
+                dir.path().join("dlq.jsonl").display()
+            ),
+        ),
+    ];
+    let paths: Vec<std::path::PathBuf> =
+        files.iter().map(|(name, text)| write_file(dir.path(), &format!("{name}.yaml"), text)).collect();
+    let mut seen = String::new();
+    for check in [&["validate"][..], &["validate", "--check"]] {
+        let out = flowgate().args(check).args(&paths).current_dir(dir.path()).output().unwrap();
+        seen += &String::from_utf8_lossy(&out.stdout);
+        seen += &String::from_utf8_lossy(&out.stderr);
+    }
+    // A typo beside a secret: the diagnostic's excerpt must not show it.
+    let typo = write_file(
+        dir.path(),
+        "typo.yaml",
+        &format!(
+            "name: typo\nsource:\n  {generate}\nsink:\n  kafka:\n    brokers: b:9092\n    topic: t\n    properties:\n      sasl.password: {}\n    linger_typo: 1ms\n",
+            secrets[3]
+        ),
+    );
+    let out = flowgate().arg("validate").arg(&typo).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    seen += &String::from_utf8_lossy(&out.stderr);
+    for format in ["text", "json"] {
+        let port = common::free_port();
+        let log = dir.path().join(format!("{format}.log"));
+        let mut run = Guard(
+            flowgate()
+                .args(["--log", "debug", "--log-format", format, "run", "--progress", "200ms"])
+                .args(&paths)
+                .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--state-dir"])
+                .arg(dir.path().join(format!("state-{format}")))
+                .current_dir(dir.path())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        assert!(
+            wait_for(Duration::from_secs(20), || http_get(port, "/health").is_some_and(|(_, b)| b.contains("waiting")))
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        for path in ["/health", "/metrics"] {
+            seen += &http_get(port, path).unwrap().1;
+        }
+        signal(&run, libc::SIGINT);
+        wait_exit(&mut run, Duration::from_secs(30));
+        seen += &std::fs::read_to_string(&log).unwrap();
+    }
+    seen += &std::fs::read_to_string(dir.path().join("dlq.jsonl")).unwrap();
+    assert!(seen.contains("not json") || seen.contains("dead_letter"), "the outputs were not captured");
+    for s in secrets {
+        assert!(
+            !seen.contains(s),
+            "{s} was shown:\n{}",
+            seen.lines().filter(|l| l.contains(s)).take(5).collect::<Vec<_>>().join("\n")
+        );
+    }
+}

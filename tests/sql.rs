@@ -412,7 +412,7 @@ fn a_database_can_be_the_dead_letter_sink() {
     let pg = Postgres::start();
     pg.sql(
         "CREATE TABLE t (id int PRIMARY KEY);
-         CREATE TABLE dead (pipeline text, stage text, reason text, record jsonb)",
+         CREATE TABLE dead (pipeline text, stage text, reason text, failed_at_ms bigint, record jsonb)",
     );
     write_file(dir.path(), "in.jsonl", "{\"id\":1}\n{\"id\":1}\n{\"id\":2}\n{\"id\":2}\n{\"id\":3}\n");
     let file = write_file(

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::store::{Change, VersionRow};
-use super::{Level, Registry, parse_schema};
+use super::{Level, Registry};
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -30,7 +30,7 @@ pub struct Error {
 }
 
 impl Error {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
         Error { status, code, message: message.into() }
     }
 
@@ -58,6 +58,23 @@ impl Error {
                 "Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]",
                 reasons.join("; ")
             ),
+        )
+    }
+
+    /// A schema refused before any check: not valid, or over a limit.
+    pub fn refused(r: super::Refused) -> Self {
+        match r {
+            super::Refused::Invalid(m) => Error::invalid_schema(m),
+            // Confluent's code for a schema too large to register.
+            super::Refused::TooLarge(m) => Error::new(StatusCode::UNPROCESSABLE_ENTITY, 42209, m),
+        }
+    }
+
+    pub fn too_many_versions(subject: &str, max: usize) -> Self {
+        Error::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            42205,
+            format!("Subject '{subject}' has {max} versions, the most this registry keeps; delete old ones first"),
         )
     }
 
@@ -121,7 +138,7 @@ struct SchemaBody {
     references: Option<Vec<Value>>,
 }
 
-fn schema_body(body: &[u8]) -> Result<super::Parsed, Error> {
+async fn schema_body(r: &Registry, body: &[u8]) -> Result<super::Parsed, Error> {
     let b: SchemaBody = serde_json::from_slice(body)
         .map_err(|e| Error::invalid_schema(format!("The request is not a schema registration: {e}")))?;
     if b.schema_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("AVRO")) {
@@ -130,7 +147,7 @@ fn schema_body(body: &[u8]) -> Result<super::Parsed, Error> {
     if b.references.is_some_and(|r| !r.is_empty()) {
         return Err(Error::invalid_schema("Schema references are not supported by this registry"));
     }
-    parse_schema(&b.schema).map_err(Error::invalid_schema)
+    r.parse(b.schema).await
 }
 
 pub fn router(registry: Arc<Registry>) -> Router {
@@ -258,23 +275,23 @@ async fn get_version_schema(State(r): Reg, Path((subject, v)): Path<(String, Str
     let v = version(&v)?;
     let state = r.read();
     let row = find(&state, &subject, v, flag(&q, "deleted"))?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], state.schemas[&row.id].text.clone()).into_response())
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], state.schemas[&row.id].text.to_string()).into_response())
 }
 
 async fn register(State(r): Reg, Path(subject): Path<String>, body: Bytes) -> Reply {
-    let parsed = schema_body(&body)?;
+    let parsed = schema_body(&r, &body).await?;
     let id = r.register(&subject, parsed).await?;
     ok(json!({"id": id}))
 }
 
 async fn lookup(State(r): Reg, Path(subject): Path<String>, Query(q): Params, body: Bytes) -> Reply {
-    let parsed = schema_body(&body)?;
+    let parsed = schema_body(&r, &body).await?;
     let deleted = flag(&q, "deleted");
     let state = r.read();
     let Some(vs) = state.subjects.get(&subject).filter(|vs| vs.iter().any(|v| deleted || !v.deleted)) else {
         return Err(Error::subject_not_found(&subject));
     };
-    let id = state.by_text.get(&parsed.text);
+    let id = state.by_text.get(&*parsed.text);
     let row = vs.iter().rev().find(|v| (deleted || !v.deleted) && Some(&v.id) == id);
     match row {
         Some(row) => ok(version_json(&state, row)),
@@ -399,7 +416,7 @@ async fn raw_schema_by_id(State(r): Reg, Path(id): Path<String>) -> Reply {
     let id = id_param(&id)?;
     let state = r.read();
     let s = state.schemas.get(&id).ok_or_else(|| Error::schema_not_found(id))?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], s.text.clone()).into_response())
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], s.text.to_string()).into_response())
 }
 
 fn uses(state: &super::State, id: u32, deleted: bool) -> Vec<&VersionRow> {
@@ -439,9 +456,8 @@ fn compatibility(reasons: Vec<String>, verbose: bool) -> Reply {
 }
 
 async fn compatible_with_all(State(r): Reg, Path(subject): Path<String>, Query(q): Params, body: Bytes) -> Reply {
-    let parsed = schema_body(&body)?;
-    let state = r.read();
-    let reasons = state.refusals(&subject, state.level(&subject), &parsed.schema);
+    let parsed = schema_body(&r, &body).await?;
+    let reasons = r.refusals(&subject, Arc::new(parsed.schema)).await?;
     compatibility(reasons, flag(&q, "verbose"))
 }
 
@@ -452,17 +468,16 @@ async fn compatible_with_version(
     body: Bytes,
 ) -> Reply {
     let v = version(&v)?;
-    let parsed = schema_body(&body)?;
-    let state = r.read();
-    if matches!(v, Version::Latest) && state.live(&subject).next().is_none() {
-        return compatibility(Vec::new(), flag(&q, "verbose"));
-    }
-    let row = find(&state, &subject, v, false)?;
-    let level = state.level(&subject);
-    let reasons: Vec<String> = super::incompatibility(level, &state.schemas[&row.id].schema, &parsed.schema)
-        .map(|why| format!("version {}: {why}", row.version))
-        .into_iter()
-        .collect();
+    let parsed = schema_body(&r, &body).await?;
+    let (level, old) = {
+        let state = r.read();
+        if matches!(v, Version::Latest) && state.live(&subject).next().is_none() {
+            return compatibility(Vec::new(), flag(&q, "verbose"));
+        }
+        let row = find(&state, &subject, v, false)?;
+        (state.level(&subject), vec![(row.version, Arc::clone(&state.schemas[&row.id]))])
+    };
+    let reasons = r.blocking(move || super::refusals(level, &old, &parsed.schema)).await?;
     compatibility(reasons, flag(&q, "verbose"))
 }
 

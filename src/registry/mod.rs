@@ -7,7 +7,9 @@
 //! Reads are served from memory; a change is committed to the store before it
 //! is answered. One registry process per store.
 
+mod access;
 mod api;
+mod compat;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,8 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
-use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
+use apache_avro::schema_compatibility::Compatibility;
 
+pub use access::hash_password;
 pub use store::Store;
 use store::{Change, VersionRow};
 
@@ -70,7 +73,7 @@ impl std::str::FromStr for Level {
 /// Why `new` (reader or writer, by level) cannot evolve from `old`; `None` if it can.
 fn incompatibility(level: Level, old: &Schema, new: &Schema) -> Option<String> {
     let check = |writer: &Schema, reader: &Schema, what: &str| -> Option<String> {
-        match SchemaCompatibility::can_read(writer, reader) {
+        match compat::can_read(writer, reader) {
             Ok(Compatibility::Full) => None,
             Ok(_) => Some(format!("{what}: only some values can be read (enum symbols or union branches missing)")),
             Err(e) => Some(format!("{what}: {e}")),
@@ -86,9 +89,35 @@ fn incompatibility(level: Level, old: &Schema, new: &Schema) -> Option<String> {
     }
 }
 
+/// A schema as stored: its text only, shared with the by-text index. The
+/// parsed form costs about fifteen times the text; it is made again for the
+/// rare compatibility check that needs it.
 struct Stored {
-    text: String,
-    schema: Schema,
+    text: Arc<str>,
+}
+
+impl Stored {
+    fn parse(&self) -> Result<Schema, String> {
+        Schema::parse_str(&self.text).map_err(|e| format!("a stored schema does not parse: {e}"))
+    }
+}
+
+/// Bounds on what clients may store, so that neither memory nor the
+/// compatibility checks grow without limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The longest schema text, in bytes.
+    pub max_schema_bytes: usize,
+    /// Record fields, enum symbols and union branches in one schema.
+    pub max_fields: usize,
+    /// Versions one subject may have (soft-deleted ones included).
+    pub max_versions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_schema_bytes: 1 << 20, max_fields: 10_000, max_versions: 1_000 }
+    }
 }
 
 #[derive(Default)]
@@ -96,7 +125,7 @@ struct State {
     /// By id; ids are never reused, even after a permanent delete, so data
     /// written with an old id stays readable.
     schemas: HashMap<u32, Arc<Stored>>,
-    by_text: HashMap<String, u32>,
+    by_text: HashMap<Arc<str>, u32>,
     subjects: BTreeMap<String, Vec<VersionRow>>,
     config: HashMap<String, Level>,
     global: Option<Level>,
@@ -115,21 +144,30 @@ impl State {
         self.subjects.get(subject).into_iter().flatten().filter(|v| !v.deleted)
     }
 
-    /// The reasons `schema` cannot join `subject` under `level`, checked against
-    /// the newest live version, or all of them for transitive levels.
-    fn refusals(&self, subject: &str, level: Level, schema: &Schema) -> Vec<String> {
+    /// What a schema joining `subject` under `level` is checked against: the
+    /// newest live version, or all of them for transitive levels.
+    fn against(&self, subject: &str, level: Level) -> Vec<(u32, Arc<Stored>)> {
         let mut live: Vec<&VersionRow> = self.live(subject).collect();
         live.reverse();
         if !level.transitive() {
             live.truncate(1);
         }
-        live.iter()
-            .filter_map(|v| {
-                let old = &self.schemas[&v.id].schema;
-                incompatibility(level, old, schema).map(|why| format!("version {}: {why}", v.version))
-            })
-            .collect()
+        live.iter().map(|v| (v.version, Arc::clone(&self.schemas[&v.id]))).collect()
     }
+}
+
+/// The reasons `schema` cannot follow `olds` (version, schema) under `level`.
+/// CPU-heavy: run it through [`Registry::blocking`].
+fn refusals(level: Level, olds: &[(u32, Arc<Stored>)], schema: &Schema) -> Vec<String> {
+    olds.iter()
+        .filter_map(|(version, old)| {
+            let why = match old.parse() {
+                Ok(old) => incompatibility(level, &old, schema)?,
+                Err(e) => e,
+            };
+            Some(format!("version {version}: {why}"))
+        })
+        .collect()
 }
 
 type Writer = tokio::sync::OwnedMutexGuard<()>;
@@ -138,6 +176,11 @@ type Writer = tokio::sync::OwnedMutexGuard<()>;
 pub struct Registry {
     state: RwLock<State>,
     store: Store,
+    limits: Limits,
+    /// Parsing and compatibility checks run on the blocking pool, one at a
+    /// time: a flood of large schemas takes one core, never the async threads
+    /// that serve reads (and, inside `run`, move the pipelines).
+    compute: Arc<tokio::sync::Semaphore>,
     /// One change at a time: the store and the memory move together.
     writer: Arc<tokio::sync::Mutex<()>>,
 }
@@ -148,13 +191,46 @@ pub struct Registry {
 /// ...) is kept for the clients.
 pub struct Parsed {
     schema: Schema,
-    text: String,
+    text: Arc<str>,
 }
 
-pub fn parse_schema(text: &str) -> Result<Parsed, String> {
-    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("Invalid schema: {e}"))?;
-    let schema = Schema::parse(&json).map_err(|e| format!("Invalid schema: {e}"))?;
-    Ok(Parsed { schema, text: sorted(&json).to_string() })
+/// Why a schema text cannot be stored: not a schema, or over a limit.
+pub enum Refused {
+    Invalid(String),
+    TooLarge(String),
+}
+
+pub fn parse_schema(text: &str, limits: &Limits) -> Result<Parsed, Refused> {
+    if text.len() > limits.max_schema_bytes {
+        return Err(Refused::TooLarge(format!(
+            "the schema is {} bytes; this registry takes at most {}",
+            text.len(),
+            limits.max_schema_bytes
+        )));
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Refused::Invalid(format!("Invalid schema: {e}")))?;
+    let parts = count_parts(&json);
+    if parts > limits.max_fields {
+        return Err(Refused::TooLarge(format!(
+            "the schema has {parts} fields, symbols and branches; this registry takes at most {}",
+            limits.max_fields
+        )));
+    }
+    let schema = Schema::parse(&json).map_err(|e| Refused::Invalid(format!("Invalid schema: {e}")))?;
+    Ok(Parsed { schema, text: sorted(&json).to_string().into() })
+}
+
+/// Record fields, enum symbols and union branches, anywhere in a schema.
+fn count_parts(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(branches) => branches.len() + branches.iter().map(count_parts).sum::<usize>(),
+        serde_json::Value::Object(m) => {
+            let own = ["fields", "symbols"].iter().filter_map(|k| m.get(*k)?.as_array().map(Vec::len)).sum::<usize>();
+            own + m.values().map(count_parts).sum::<usize>()
+        }
+        _ => 0,
+    }
 }
 
 /// `v` with object keys in order (whatever order serde_json's maps keep).
@@ -171,15 +247,14 @@ fn sorted(v: &serde_json::Value) -> serde_json::Value {
 }
 
 impl Registry {
-    pub async fn open(store_url: &str) -> anyhow::Result<Arc<Registry>> {
+    pub async fn open(store_url: &str, limits: Limits) -> anyhow::Result<Arc<Registry>> {
         let store = Store::open(store_url).await?;
         let content = store.load().await?;
         let mut state = State::default();
         for (id, text) in content.schemas {
-            let schema =
-                Schema::parse_str(&text).map_err(|e| anyhow::anyhow!("stored schema {id} does not parse: {e}"))?;
-            state.by_text.insert(text.clone(), id);
-            state.schemas.insert(id, Arc::new(Stored { text, schema }));
+            let text: Arc<str> = text.into();
+            state.by_text.insert(Arc::clone(&text), id);
+            state.schemas.insert(id, Arc::new(Stored { text }));
         }
         for v in content.versions {
             if !state.schemas.contains_key(&v.id) {
@@ -200,7 +275,45 @@ impl Registry {
             }
         }
         tracing::info!(schemas = state.schemas.len(), subjects = state.subjects.len(), "schema registry store opened");
-        Ok(Arc::new(Registry { state: RwLock::new(state), store, writer: Arc::default() }))
+        Ok(Arc::new(Registry {
+            state: RwLock::new(state),
+            store,
+            limits,
+            compute: Arc::new(tokio::sync::Semaphore::new(1)),
+            writer: Arc::default(),
+        }))
+    }
+
+    /// Runs CPU-heavy `work` on the blocking pool, one such task at a time.
+    /// The permit moves into the task: a client that hangs up does not free it
+    /// before the work is done.
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, api::Error> {
+        let permit = Arc::clone(&self.compute).acquire_owned().await.map_err(|e| api::Error::internal(&e))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| api::Error::internal(&e))
+    }
+
+    /// Parses a schema text off the async threads, within the limits.
+    async fn parse(&self, text: String) -> Result<Parsed, api::Error> {
+        let limits = self.limits;
+        self.blocking(move || parse_schema(&text, &limits)).await?.map_err(api::Error::refused)
+    }
+
+    /// Why `schema` cannot join `subject` under its level, off the async threads.
+    async fn refusals(&self, subject: &str, schema: Arc<Schema>) -> Result<Vec<String>, api::Error> {
+        let (level, olds) = {
+            let state = self.read();
+            let level = state.level(subject);
+            (level, state.against(subject, level))
+        };
+        if olds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move || refusals(level, &olds, &schema)).await
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -239,18 +352,27 @@ impl Registry {
     /// it already, else a new version after the compatibility check.
     async fn register(self: &Arc<Self>, subject: &str, parsed: Parsed) -> Result<u32, api::Error> {
         let turn = self.writer().await;
-        let (id, new_schema, version) = {
+        {
             let state = self.read();
-            let known = state.by_text.get(&parsed.text).copied();
-            if let Some(id) = known
+            if let Some(&id) = state.by_text.get(&parsed.text)
                 && state.live(subject).any(|v| v.id == id)
             {
                 return Ok(id);
             }
-            let refusals = state.refusals(subject, state.level(subject), &parsed.schema);
-            if !refusals.is_empty() {
-                return Err(api::Error::incompatible(subject, &refusals));
+            let versions = state.subjects.get(subject).map_or(0, Vec::len);
+            if versions >= self.limits.max_versions {
+                return Err(api::Error::too_many_versions(subject, self.limits.max_versions));
             }
+        }
+        // The writer's turn is held across the check: the newest version
+        // cannot change under it.
+        let refusals = self.refusals(subject, Arc::new(parsed.schema)).await?;
+        if !refusals.is_empty() {
+            return Err(api::Error::incompatible(subject, &refusals));
+        }
+        let (id, new_schema, version) = {
+            let state = self.read();
+            let known = state.by_text.get(&parsed.text).copied();
             let next_id = state.schemas.keys().max().map_or(1, |m| m + 1);
             let version =
                 state.subjects.get(subject).and_then(|vs| vs.iter().map(|v| v.version).max()).unwrap_or(0) + 1;
@@ -262,13 +384,13 @@ impl Registry {
         let row = VersionRow { subject: subject.to_string(), version, id, deleted: false };
         let mut changes = Vec::new();
         if new_schema {
-            changes.push(Change::Schema { id, text: parsed.text.clone() });
+            changes.push(Change::Schema { id, text: parsed.text.to_string() });
         }
         changes.push(Change::Version(row.clone()));
         self.commit(turn, changes, move |s| {
             if new_schema {
-                s.by_text.insert(parsed.text.clone(), id);
-                s.schemas.insert(id, Arc::new(Stored { text: parsed.text, schema: parsed.schema }));
+                s.by_text.insert(Arc::clone(&parsed.text), id);
+                s.schemas.insert(id, Arc::new(Stored { text: parsed.text }));
             }
             s.subjects.entry(row.subject.clone()).or_default().push(row);
         })
@@ -280,14 +402,24 @@ impl Registry {
 
 /// Starts the registry on `listen` with the store at `store_url`; returns the
 /// bound address (binding happens before this returns, so a taken port fails).
-pub async fn serve(listen: SocketAddr, store_url: &str) -> anyhow::Result<SocketAddr> {
-    let registry = Registry::open(store_url).await?;
+pub async fn serve(
+    config: &flowgate_avro::config::ServeConfig,
+    store_url: &str,
+    limits: Limits,
+) -> anyhow::Result<SocketAddr> {
+    let listen = config.listen;
+    let tls = match &config.tls {
+        Some(t) => Some(crate::http::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref())?),
+        None => None,
+    };
+    let registry = Registry::open(store_url, limits).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot serve the schema registry on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
-    let app = api::router(registry);
-    tokio::spawn(crate::http::serve(listener, app));
+    let access = Arc::new(access::Access::new(config, bound)?);
+    let app = api::router(registry).layer(axum::middleware::from_fn_with_state(access, access::guard));
+    tokio::spawn(crate::http::serve(listener, app, tls));
     tracing::info!(address = %bound, "schema registry listening");
     Ok(bound)
 }

@@ -3,7 +3,7 @@
 //! back; the whole content is read into memory at start and served from there.
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Row};
 
 use super::Level;
 
@@ -70,11 +70,28 @@ impl Store {
                 .map_err(|e| anyhow::anyhow!("cannot create the registry store {url}: {e}"))?;
         }
         let url = if !postgres && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_string() };
+        // An unreachable server is reported at once, naming it and why: the
+        // pool alone retries a refused connection until its timeout and then
+        // says only "pool timed out".
+        let shown = flowgate_sdk::redact_url(&url);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), sqlx::AnyConnection::connect(&url)).await;
+        match first {
+            Err(_) => anyhow::bail!("cannot open the registry store {shown}: no answer within 10 s"),
+            Ok(Err(e)) => anyhow::bail!("cannot open the registry store {shown}: {e}"),
+            Ok(Ok(c)) => drop(c),
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 4 } else { 1 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect(&url)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the registry store: {e}"))?;
+            .map_err(|e| {
+                let why = match e {
+                    sqlx::Error::PoolTimedOut => "no answer within 10 s".to_string(),
+                    e => e.to_string(),
+                };
+                anyhow::anyhow!("cannot open the registry store {shown}: {why}")
+            })?;
         if !postgres {
             // Durable on commit, and readable while written.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;

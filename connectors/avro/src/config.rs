@@ -37,6 +37,11 @@ pub struct RegistryConfig {
     /// Basic authentication: the password (API secret), e.g. `${REGISTRY_SECRET}`.
     #[serde(default)]
     pub password: Option<flowgate_sdk::Secret>,
+    /// A PEM file of the certificate authority an `https` registry's
+    /// certificate is checked against, beside the system's. For the embedded
+    /// registry with `serve.tls`, its own certificate is trusted by default.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
@@ -47,6 +52,7 @@ impl Default for RegistryConfig {
             timeout: default_timeout(),
             username: None,
             password: None,
+            ca_cert: None,
         }
     }
 }
@@ -56,6 +62,7 @@ impl RegistryConfig {
     pub fn url(&self) -> String {
         match &self.url {
             Some(u) => u.clone(),
+            None if self.serve.tls.is_some() => format!("https://{}", self.serve.listen),
             None => format!("http://{}", self.serve.listen),
         }
     }
@@ -63,6 +70,12 @@ impl RegistryConfig {
     /// The embedded registry to start, when no `url` is set.
     pub fn embedded(&self) -> Option<&ServeConfig> {
         self.url.is_none().then_some(&self.serve)
+    }
+
+    /// The CA file the client trusts: `ca_cert`, else the embedded registry's
+    /// own certificate.
+    pub fn trusted_ca(&self) -> Option<&std::path::Path> {
+        self.ca_cert.as_deref().or_else(|| self.embedded()?.tls.as_ref().map(|t| t.cert.as_path()))
     }
 }
 
@@ -81,11 +94,63 @@ pub struct ServeConfig {
     /// SQLite file `registry.db` in the state directory).
     #[serde(default)]
     pub store: Option<String>,
+    /// A users file: one `name:role:hash` line per user, roles `read` (look
+    /// up), `write` (also register) and `admin` (also delete and configure),
+    /// hashes from `flowgate registry hash-password`. With it, every request
+    /// needs HTTP basic authentication; without it, none does, which is
+    /// refused on an address other than loopback.
+    #[serde(default)]
+    pub users: Option<PathBuf>,
+    /// Serve HTTPS with this certificate and key.
+    #[serde(default)]
+    pub tls: Option<TlsServeConfig>,
+    /// Refuse every change (registrations, deletes, configuration).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Host names a request may address (its `Host` header), beside the
+    /// listening address and, on loopback, `localhost`: a web page cannot
+    /// reach the registry through a name it controls (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The certificate of an HTTPS registry.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsServeConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA: when set, clients must present a certificate it signed (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
-        ServeConfig { listen: default_listen(), store: None }
+        ServeConfig {
+            listen: default_listen(),
+            store: None,
+            users: None,
+            tls: None,
+            read_only: false,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Why serving as configured would be unsafe: an API that can delete
+    /// every schema, open to the network without authentication.
+    pub fn problem(&self) -> Option<(&'static str, String, String)> {
+        (self.users.is_none() && !self.listen.ip().is_loopback()).then(|| {
+            (
+                "listen",
+                format!("the registry would serve {} without authentication", self.listen),
+                "set `users` (a file from `flowgate registry hash-password`), or listen on 127.0.0.1".to_string(),
+            )
+        })
     }
 }
 

@@ -69,7 +69,23 @@ impl RegistryClient {
         if let Some(user) = &config.username {
             builder.set_basic_authorization(user, config.password.as_ref().map(flowgate_sdk::Secret::expose));
         }
-        let settings = builder.build().map_err(|e| error(&url, &secrets, e))?;
+        let settings = match config.trusted_ca() {
+            Some(ca) => {
+                let invalid = |m: String| RegistryError {
+                    url: url.clone(),
+                    message: m,
+                    retryable: false,
+                    status: None,
+                    code: None,
+                };
+                let pem = std::fs::read(ca).map_err(|e| invalid(format!("cannot read {}: {e}", ca.display())))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| invalid(format!("{} is not a PEM certificate: {e}", ca.display())))?;
+                builder.build_with(reqwest::Client::builder().add_root_certificate(cert))
+            }
+            None => builder.build(),
+        };
+        let settings = settings.map_err(|e| error(&url, &secrets, e))?;
         Ok(RegistryClient { url, secrets, settings, by_id: Mutex::default(), ids: Mutex::default() })
     }
 

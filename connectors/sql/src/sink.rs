@@ -1176,6 +1176,58 @@ mod tests {
         assert!(b.rejected[0].reason.contains("tables_allowed"), "{:?}", b.rejected);
     }
 
+    fn json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("(op|before|after|id|\\PC{0,70})", inner, 0..5)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 500, failure_persistence: None, ..Default::default() })]
+
+        /// Any JSON record through the row builder of every dialect and mode:
+        /// a plan or a refusal with a reason, never a panic.
+        #[test]
+        fn any_record_is_planned_or_refused(value in json(), key in json(), t in "\\PC{0,70}") {
+            let dir = tempfile::tempdir().unwrap();
+            let mut record = Record::from_value(serde_json::to_vec(&value).unwrap());
+            record.key = Some(serde_json::to_vec(&key).unwrap().into());
+            let records = [record];
+            for dialect in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+                for mode in [Mode::Insert, Mode::Upsert, Mode::Cdc] {
+                    let mut c = config(&dir, mode);
+                    c.key = if mode == Mode::Upsert { vec!["id".into()] } else { Vec::new() };
+                    c.table = "${value.t}".parse().unwrap();
+                    let filter = TableFilter::new(vec![t.clone(), "*".into()]);
+                    let (tables, refused) = plan(&records, &c, dialect, Some(&filter));
+                    proptest::prop_assert_eq!(tables.iter().map(|(_, o)| o.ops.len().min(1)).sum::<usize>() + refused.len().min(1), 1);
+                    for (_, ops) in &tables {
+                        for (_, op) in &ops.ops {
+                            for (column, v) in op.row().into_iter().flatten() {
+                                for ty in ["text", "bigint", "jsonb", "text[]", "bytea", "DATETIME(6)", "LONGBLOB"] {
+                                    let _ = dialect.cell(Some(v), ty);
+                                }
+                                proptest::prop_assert!(dialect.check_name(column).is_ok());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_missing_table_without_create_is_a_clear_fatal_error() {
         let dir = tempfile::tempdir().unwrap();
