@@ -585,8 +585,71 @@ def bench_avro_step(work, schema):
         base = base or run
 
 
+def bench_registry_bounds(work):
+    """The registry with huge schemas: a compatibility check's time, reads
+    while checks run, and memory per stored schema."""
+    import threading
+    import time
+    import urllib.request
+
+    port = free_port()
+    registry = subprocess.Popen([FLOWGATE, "registry", "serve", "--listen", f"127.0.0.1:{port}", "--store",
+                                 f"sqlite:{os.path.join(work, 'bounds.db')}", "--log", "warn",
+                                 "--max-fields", "200000", "--max-schema-bytes", "8000000"], cwd=work)
+
+    def schema(name, n, extra=""):
+        fields = ",".join(f'{{"name":"f{i}","type":"long"}}' for i in range(n)) + extra
+        return json.dumps({"schema": f'{{"type":"record","name":"{name}","fields":[{fields}]}}'}).encode()
+
+    def post(path, body):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
+                                     headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        started = time.monotonic()
+        with urllib.request.urlopen(req, timeout=120) as r:
+            r.read()
+        return time.monotonic() - started
+
+    def rss_mib():
+        with open(f"/proc/{registry.pid}/status") as f:
+            return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
+    try:
+        wait_port(port)
+        n = 50_000
+        print(f"\n### The registry with a {n:,}-field schema ({len(schema('R', n)) / 1e6:.1f} MB)\n")
+        print("| case | result |")
+        print("|---|---:|", flush=True)
+        print(f"| register it | {post('/subjects/big-value/versions', schema('R', n)):.2f} s |", flush=True)
+        v2 = schema("R", n, ',{"name":"added","type":"string","default":""}')
+        print(f"| compatibility check of a new version against it (BACKWARD) | "
+              f"{post('/compatibility/subjects/big-value/versions/latest', v2):.2f} s |", flush=True)
+        stop = threading.Event()
+        checks = [threading.Thread(target=lambda: [post('/compatibility/subjects/big-value/versions/latest', v2)
+                                                   for _ in range(3)]) for _ in range(6)]
+        for t in checks:
+            t.start()
+        worst = 0.0
+        while any(t.is_alive() for t in checks):
+            started = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/subjects", timeout=120) as r:
+                r.read()
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.05)
+        stop.set()
+        print(f"| slowest GET /subjects while 6 clients run 18 such checks | {worst * 1000:.0f} ms |", flush=True)
+        before = rss_mib()
+        for i in range(20):
+            post(f"/subjects/s{i}-value/versions", schema(f"S{i}", n))
+        after = rss_mib()
+        print(f"| RSS before / after storing 20 more such schemas ({20 * len(schema('R', n)) / 1e6:.0f} MB of text) | "
+              f"{before:.0f} / {after:.0f} MiB |", flush=True)
+    finally:
+        registry.terminate()
+        registry.wait()
+
+
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
-         "sql": bench_sql, "avro": bench_avro}
+         "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

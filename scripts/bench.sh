@@ -8,6 +8,7 @@
 #   scripts/bench.sh cdc        Postgres CDC -> null / Kafka vs pg_recvlogical; commit-to-Kafka latency
 #   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
 #   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
+#   scripts/bench.sh registry   the registry with 50k-field schemas: check time, reads meanwhile, memory per schema
 # The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -75,6 +75,14 @@ fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
     let mut again = spawn_run(dir.path(), &pipeline, &[]);
     assert!(wait_exit(&mut again, Duration::from_secs(60)).success(), "{}", log(dir.path()));
     assert_eq!(ids(&out), (0..20_000).collect());
+    // What it created is its user's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o600);
+    assert_eq!(mode(&dir.path().join("state")), 0o700);
+    for entry in std::fs::read_dir(dir.path().join("state")).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
 }
 
 #[test]
