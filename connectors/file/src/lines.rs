@@ -60,6 +60,8 @@ impl<R: AsyncRead + Unpin> Lines<R> {
         // Grow for a line longer than the buffer, but never much past the limit:
         // once a partial line is over it, it is skipped, not kept.
         let want = CHUNK.max(len).min(self.max + 1 - len.min(self.max)).max(1);
+        // Exactly: a doubling Vec would hold twice the longest line.
+        self.buf.reserve_exact(want);
         self.buf.resize(len + want, 0);
         let n = self.reader.read(&mut self.buf[len..]).await;
         self.buf.truncate(len + n.as_ref().map_or(0, |n| *n));
