@@ -723,3 +723,62 @@ fn planted_secrets_reach_no_output() {
         );
     }
 }
+
+#[test]
+fn registry_limits_refuse_oversized_schemas_and_endless_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", dir.path().join("registry.db").display());
+    let registry = common::registry::Registry::start_with_args(
+        dir.path(),
+        &store,
+        &["--max-schema-bytes", "300", "--max-fields", "3", "--max-versions", "2"],
+    );
+    let url = format!("http://127.0.0.1:{}", registry.port);
+    let post = |subject: &str, fields: usize, pad: usize| {
+        let fields: Vec<String> =
+            (0..fields).map(|i| format!(r#"{{\"name\":\"f{i}\",\"type\":\"int\",\"default\":0}}"#)).collect();
+        let body = format!(
+            r#"{{"schema":"{{\"type\":\"record\",\"name\":\"R\",\"doc\":\"{}\",\"fields\":[{}]}}"}}"#,
+            "d".repeat(pad),
+            fields.join(",")
+        );
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-H", "Content-Type: application/json", "-d", &body])
+            .arg(format!("{url}/subjects/{subject}/versions"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(post("big", 1, 400).contains("42209"));
+    assert!(post("wide", 4, 0).contains("42209"));
+    assert!(post("s", 1, 0).ends_with("200"));
+    assert!(post("s", 2, 0).ends_with("200"));
+    let third = post("s", 3, 0);
+    assert!(third.contains("42205"), "{third}");
+}
+
+#[test]
+fn skipped_records_are_located_not_quoted_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(dir.path(), "in.jsonl", "{\"id\":1}\n{\"ssn\":\"PERSONAL-123\",\n");
+    let pipeline = write_file(
+        dir.path(),
+        "p.yaml",
+        &format!("name: skip\nsource:\n  file: {{path: {}}}\nsink: null\nerrors:\n  policy: skip\n", input.display()),
+    );
+    let run = |level: &str| {
+        let out = flowgate()
+            .args(["--log", level, "run"])
+            .arg(&pipeline)
+            .arg("--state-dir")
+            .arg(dir.path().join(format!("state-{level}")))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let info = run("info");
+    assert!(info.contains("skipped a refused record") && info.contains("line 2"), "{info}");
+    assert!(!info.contains("PERSONAL-123"), "{info}");
+    assert!(run("debug").contains("PERSONAL-123"));
+}

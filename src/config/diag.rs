@@ -18,7 +18,7 @@ pub enum MessageFormat {
 
 /// Keys whose values are credentials, wherever they stand (`password`,
 /// `sasl.password`, `ssl.key.password`, `client.secret`, `token`, ...).
-const SECRET_KEY: &str = r#"(?i)[\w.\-]*(?:password|passwd|secret|token|credential)[\w.\-]*["']?\s*:\s*(\S.*)$"#;
+const SECRET_KEY: &str = r#"(?i)^(\s*)(?:-\s+)?.*?[\w.\-]*(?:password|passwd|pwd|secret|token|credential|api_?key|\.pem)[\w.\-]*["']?\s*:(\s*\S.*)?$"#;
 
 /// The file's text as a diagnostic may show it: the value of every
 /// secret-bearing key and the password of every URL replaced by `*`s of the
@@ -29,23 +29,47 @@ pub fn mask_secrets(text: &str) -> (String, Vec<String>) {
     let mut bytes = text.as_bytes().to_vec();
     let mut secrets = Vec::new();
     let mut mask = |range: std::ops::Range<usize>, bytes: &mut Vec<u8>| {
-        let value = text[range.clone()].trim_end();
+        let value = text[range.clone()].trim();
         if !value.is_empty() {
-            secrets.push(value.trim_matches(['"', '\'']).to_string());
-            bytes[range.start..range.start + value.len()].fill(b'*');
+            let start = range.start + text[range.clone()].find(value).unwrap_or(0);
+            // The value as a message may quote it: without quotes, or the
+            // punctuation of a flow mapping (`{password: x}`) after it.
+            secrets.push(value.trim_matches(['"', '\'', '}', ']', ',', ' ']).to_string());
+            bytes[start..start + value.len()].fill(b'*');
         }
     };
+    // A secret key with nothing after it on its line: its value is the lines
+    // indented deeper that follow (a block scalar, a value on the next line).
+    let mut block: Option<usize> = None;
     let mut at = 0;
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
-        if let Some(value) = key.captures(body).and_then(|c| c.get(1)) {
-            mask(at + value.start()..at + value.end(), &mut bytes);
+        let indent = body.len() - body.trim_start().len();
+        match block {
+            Some(level) if indent > level || body.trim().is_empty() => {
+                mask(at..at + body.len(), &mut bytes);
+                at += line.len();
+                continue;
+            }
+            _ => block = None,
+        }
+        if let Some(c) = key.captures(body) {
+            match c.get(2).map(|v| v.as_str().trim()) {
+                Some(v) if !v.is_empty() && !v.starts_with(['|', '>']) => {
+                    let v = c.get(2).expect("matched");
+                    mask(at + v.start()..at + v.end(), &mut bytes);
+                }
+                _ => block = Some(indent),
+            }
         }
         let mut from = 0;
         while let Some(i) = body[from..].find("://") {
             let sep = from + i;
-            let start =
-                body[..sep].rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c))).map_or(0, |p| p + 1);
+            let start = body[..sep]
+                .char_indices()
+                .rev()
+                .find(|(_, c)| !(c.is_ascii_alphanumeric() || "+-.".contains(*c)))
+                .map_or(0, |(p, c)| p + c.len_utf8());
             let end =
                 body[sep..].find(|c: char| c.is_whitespace() || "'\"".contains(c)).map_or(body.len(), |p| sep + p);
             for span in flowgate_sdk::url_secret_spans(&body[start..end]) {
@@ -123,5 +147,17 @@ mod tests {
         assert!(masked.contains("postgres://app:***@db/x?password=***"), "{masked}");
         assert!(masked.contains("sasl.password: ******\n"), "{masked}");
         assert!(masked.contains("name: keep"));
+        assert!(secrets.contains(&"pw4".to_string()), "{secrets:?}");
+    }
+
+    #[test]
+    fn values_on_following_lines_and_odd_text_are_masked_without_a_panic() {
+        let text = "props:\n  sasl.password:\n    hunter2\n  token: |\n    abc\n    def\nname: keep\n# 本番：postgres://u:pw5@h/db\n";
+        let (masked, _) = mask_secrets(text);
+        assert_eq!(masked.len(), text.len());
+        for s in ["hunter2", "abc", "def", "pw5"] {
+            assert!(!masked.contains(s), "{masked}");
+        }
+        assert!(masked.contains("name: keep"), "{masked}");
     }
 }

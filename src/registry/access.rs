@@ -44,6 +44,8 @@ pub struct Access {
     /// One password verification at a time, off the async threads: a flood of
     /// wrong passwords takes one core at most.
     verifying: tokio::sync::Semaphore,
+    /// A hash of a random password, verified for unknown users.
+    decoy: String,
 }
 
 /// Hashes a password for a users file line (`name:role:HASH`).
@@ -98,7 +100,12 @@ impl Access {
             // apart, so names must be listed to be checked.
             hosts.clear();
         }
+        let decoy = match users {
+            Some(_) => hash_password(&format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng)))?,
+            None => String::new(),
+        };
         Ok(Access {
+            decoy,
             users,
             read_only: config.read_only,
             hosts,
@@ -131,8 +138,13 @@ impl Access {
         }
         let decoded = base64::engine::general_purpose::STANDARD.decode(auth.strip_prefix("Basic ")?.trim()).ok()?;
         let (name, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        let user = users.get(name)?;
-        let (hash, password, role) = (user.hash.clone(), password.to_string(), user.role);
+        // An unknown user costs a verification too, against a hash no
+        // password fits: the time of a 401 does not tell which users exist.
+        let (hash, role) = match users.get(name) {
+            Some(user) => (user.hash.clone(), Some(user.role)),
+            None => (self.decoy.clone(), None),
+        };
+        let password = password.to_string();
         let _turn = self.verifying.acquire().await.ok()?;
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
@@ -140,9 +152,7 @@ impl Access {
         })
         .await
         .ok()?;
-        if !ok {
-            return None;
-        }
+        let role = role.filter(|_| ok)?;
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if verified.len() > 1024 {
             verified.clear();

@@ -225,10 +225,17 @@ pub fn parse_schema(text: &str, limits: &Limits) -> Result<Parsed, Refused> {
 fn count_parts(v: &serde_json::Value) -> usize {
     match v {
         serde_json::Value::Array(branches) => branches.len() + branches.iter().map(count_parts).sum::<usize>(),
-        serde_json::Value::Object(m) => {
-            let own = ["fields", "symbols"].iter().filter_map(|k| m.get(*k)?.as_array().map(Vec::len)).sum::<usize>();
-            own + m.values().map(count_parts).sum::<usize>()
-        }
+        // Fields and symbols count once each, here; what a field holds is
+        // walked. Any other array in a schema is a union: its branches count.
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("fields" | "symbols", serde_json::Value::Array(items)) => {
+                    items.len() + items.iter().map(count_parts).sum::<usize>()
+                }
+                _ => count_parts(v),
+            })
+            .sum(),
         _ => 0,
     }
 }
@@ -418,7 +425,11 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("cannot serve the schema registry on {listen}: {e}"))?;
     let bound = listener.local_addr()?;
     let access = Arc::new(access::Access::new(config, bound)?);
-    let app = api::router(registry).layer(axum::middleware::from_fn_with_state(access, access::guard));
+    // Room for a schema at the limit, escaped as a JSON string.
+    let body_limit =
+        axum::extract::DefaultBodyLimit::max(limits.max_schema_bytes.saturating_mul(2).saturating_add(64 << 10));
+    let app =
+        api::router(registry).layer(body_limit).layer(axum::middleware::from_fn_with_state(access, access::guard));
     tokio::spawn(crate::http::serve(listener, app, tls));
     tracing::info!(address = %bound, "schema registry listening");
     Ok(bound)

@@ -39,6 +39,8 @@ pub(crate) struct Lines<R> {
 
 impl<R: AsyncRead + Unpin> Lines<R> {
     pub(crate) fn new(reader: R, offset: u64, line: u64, max: usize) -> Self {
+        // Room for the newline after a line of the limit, without overflow.
+        let max = max.clamp(1, usize::MAX / 2);
         Lines { reader, buf: Vec::with_capacity(CHUNK.min(max + 1)), start: 0, offset, line, max, skipping: None }
     }
 

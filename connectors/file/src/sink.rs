@@ -45,19 +45,19 @@ impl FileSink {
     pub async fn open(config: FileSinkConfig) -> Result<Self, FileError> {
         let path = config.path.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            let mut file = flowgate_sdk::files::private_file().create(true).append(true).read(true).open(&path)?;
-            let cut = cut_incomplete_line(&mut file)?;
-            Ok::<_, std::io::Error>((file, cut))
+            let file = flowgate_sdk::files::private_file().create(true).append(true).open(&path)?;
+            let ended = end_incomplete_line(&file, &path)?;
+            Ok::<_, std::io::Error>((file, ended))
         })
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        let (file, cut) = opened.map_err(|source| FileError::Open { path: config.path.clone(), source })?;
-        if cut > 0 {
+        let (file, ended) = opened.map_err(|source| FileError::Open { path: config.path.clone(), source })?;
+        if ended {
             tracing::warn!(
                 path = %config.path.display(),
-                bytes = cut,
-                "cut off an incomplete last line (a write the process did not finish); its records are written again"
+                "the file ended inside a line (a write cut short by a crash, or text written without a final \
+                 newline); a newline was added so that new records start on lines of their own"
             );
         }
         Ok(FileSink {
@@ -86,8 +86,24 @@ impl FileSink {
 
 /// Appends `buf` whole or not at all: a write that fails part-way (a full
 /// disk) is cut back off, now or, if that fails too, before the next one (the
-/// returned length to cut to).
+/// returned length to cut to). The file is locked meanwhile, so another sink
+/// appending to it (another pipeline's dead letters, here or in another
+/// process) never has its lines cut with ours.
 fn append_batch(
+    file: &std::fs::File,
+    buf: &[u8],
+    torn: Option<u64>,
+    fsync: bool,
+) -> (Option<u64>, std::io::Result<()>) {
+    if let Err(e) = file.lock() {
+        return (torn, Err(e));
+    }
+    let result = append_locked(file, buf, torn, fsync);
+    let _ = file.unlock();
+    result
+}
+
+fn append_locked(
     file: &std::fs::File,
     buf: &[u8],
     torn: Option<u64>,
@@ -111,31 +127,25 @@ fn append_batch(
     }
 }
 
-/// Cuts a last line without its newline off the end of `file` (what a crash
-/// in the middle of a write leaves); the bytes cut.
-fn cut_incomplete_line(file: &mut std::fs::File) -> std::io::Result<u64> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let len = file.metadata()?.len();
-    let mut at = len;
-    let mut chunk = vec![0u8; 64 << 10];
-    while at > 0 {
-        let n = chunk.len().min(at as usize);
-        file.seek(SeekFrom::Start(at - n as u64))?;
-        file.read_exact(&mut chunk[..n])?;
-        if let Some(i) = memchr::memrchr(b'\n', &chunk[..n]) {
-            let keep = at - n as u64 + i as u64 + 1;
-            if keep < len {
-                file.set_len(keep)?;
-            }
-            return Ok(len - keep);
-        }
-        at -= n as u64;
+/// Adds a newline when a regular file ends inside a line (a crash in the
+/// middle of a write): the torn line stays on a line of its own, and nothing
+/// that may be someone else's is removed. True when one was added.
+fn end_incomplete_line(file: &std::fs::File, path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(false); // A pipe or device: nothing to look at.
     }
-    // No newline at all: the whole file is one incomplete line.
-    if len > 0 {
-        file.set_len(0)?;
+    let mut reader = std::fs::File::open(path)?;
+    reader.seek(SeekFrom::Start(meta.len() - 1))?;
+    let mut last = [0u8; 1];
+    reader.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(false);
     }
-    Ok(len)
+    let mut writer = file;
+    writer.write_all(b"\n")?;
+    Ok(true)
 }
 
 #[async_trait]
@@ -214,13 +224,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_incomplete_last_line_left_by_a_crash_is_cut_at_open() {
+    async fn new_records_never_continue_an_incomplete_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         let config = FileSinkConfig { path: path.clone(), fsync: false, format: OutputFormat::Value };
-        for (before, after) in [("1\n2\n{\"half", "1\n2\n"), ("{\"half", ""), ("1\n", "1\n"), ("", "")] {
+        for (before, after) in [("1\n2\n{\"half", "1\n2\n{\"half\n3\n"), ("1\n", "1\n3\n"), ("", "3\n")] {
             std::fs::write(&path, before).unwrap();
-            drop(FileSink::open(config.clone()).await.unwrap());
+            let mut sink = FileSink::open(config.clone()).await.unwrap();
+            let mut b = Batch::with_capacity(0, 1);
+            b.records.push(Record::from_value("3"));
+            sink.write(&mut b).await.unwrap();
             assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "{before:?}");
         }
     }

@@ -15,12 +15,16 @@ pub fn url_secret_spans(url: &str) -> Vec<std::ops::Range<usize>> {
     let mut spans = Vec::new();
     let Some(scheme_end) = url.find("://") else { return spans };
     let start = scheme_end + 3;
-    let end = start + url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
-    // The user part ends at the last `@`: a password may hold `@` itself.
-    if let Some(at) = url[start..end].rfind('@')
+    // The user part ends at the last `@`, wherever it is: a password may hold
+    // `@`, `/`, `?` or `#`. An `@` later in a path or query makes this cover
+    // more than the password; shown text loses a little, a secret never leaks.
+    let mut end = start + url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
+    if let Some(at) = url[start..].rfind('@')
         && let Some(colon) = url[start..start + at].find(':')
     {
         spans.push(start + colon + 1..start + at);
+        let host = start + at;
+        end = host + url[host..].find(['/', '?', '#']).unwrap_or(url.len() - host);
     }
     if let Some(q) = url[end..].find('?') {
         let query_start = end + q + 1;
@@ -149,6 +153,8 @@ mod tests {
             ("http://user:pw@registry:8081", "http://user:***@registry:8081"),
             ("https://registry/?token=abc", "https://registry/?token=***"),
             ("not a url", "not a url"),
+            ("postgres://app:pa#ss@db/shop", "postgres://app:***@db/shop"),
+            ("mysql://app:p/w?x@db/x?password=y", "mysql://app:***@db/x?password=***"),
         ] {
             assert_eq!(redact_url(url), want, "{url}");
         }

@@ -65,11 +65,11 @@ fn is_transient(e: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             // Postgres/MySQL SQLSTATE: 08 connection, 40 rollback (deadlock,
             // serialization), 53 resources, 57P admin shutdown, 55P03 lock wait.
-            // Not 08P01: the server understood the connection and refused the
-            // message itself, which sending it again cannot change.
-            let sqlstate = code.len() == 5
-                && code != "08P01"
-                && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
+            // 08P01 stays among them: PgBouncer reports its pooler outages
+            // with it. The one non-transient cause seen (a NUL in a column
+            // name, which cannot be sent) is refused per record before.
+            let sqlstate =
+                code.len() == 5 && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
             // MySQL lock wait timeout (1205) and deadlock come as HY000/40001.
             let mysql = code == "HY000" && db.message().starts_with("Lock wait timeout");
             // SQLite: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.

@@ -136,15 +136,20 @@ fn any_url(url: &str) -> String {
 /// is missing, so that it and the journal files SQLite gives its mode hold
 /// records for their owner only. Not SQLite, in memory, or there: nothing.
 pub fn create_sqlite_file(url: &str) -> std::io::Result<()> {
+    match sqlite_path(url) {
+        Some(path) => flowgate_sdk::files::create_private(path),
+        None => Ok(()),
+    }
+}
+
+/// The database file of a SQLite URL; `None` for other databases and memory.
+fn sqlite_path(url: &str) -> Option<&std::path::Path> {
     if dialect_of(url) != Dialect::Sqlite {
-        return Ok(());
+        return None;
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path == ":memory:" {
-        return Ok(());
-    }
-    flowgate_sdk::files::create_private(std::path::Path::new(path))
+    (!path.is_empty() && path != ":memory:").then(|| std::path::Path::new(path))
 }
 
 /// One table's share of a batch: its operations in order, with the index of
@@ -721,7 +726,19 @@ pub type CheckProblem = (Option<&'static str>, String, Option<String>);
 /// fixed table exists (or may be created) with the privileges its mode needs.
 pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProblem> {
     let url = flowgate_sdk::redact_url(&config.url);
-    // Nothing is created by a check, not even the positions table.
+    // Nothing is created by a check, not even a SQLite file or the positions table.
+    if let Some(path) = sqlite_path(&config.url)
+        && !path.exists()
+    {
+        return match config.create_table {
+            true => Vec::new(),
+            false => vec![(
+                Some("url"),
+                format!("the SQLite database {} does not exist", path.display()),
+                Some("check the path, or set `create_table: true` to have it created".into()),
+            )],
+        };
+    }
     let probe = SqlSinkConfig { delivery: Delivery::AtLeastOnce, ..config.clone() };
     let opened = tokio::time::timeout(std::time::Duration::from_secs(10), SqlSink::open(probe, pipeline)).await;
     let mut sink = match opened {
