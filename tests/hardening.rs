@@ -27,6 +27,22 @@ fn ids(path: &Path) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Starts `cmd` with a resource limit (and SIGXFSZ ignored, so that a write
+/// past a file-size limit fails with EFBIG instead of killing the process).
+fn limit(cmd: &mut std::process::Command, resource: libc::__rlimit_resource_t, value: libc::rlim_t) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: value, rlim_max: value };
+            if libc::setrlimit(resource, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[test]
 fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,17 +63,7 @@ fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
     let stderr = std::fs::File::create(dir.path().join("flowgate.log")).unwrap();
     let mut cmd = flowgate();
     cmd.arg("run").arg(&pipeline).arg("--state-dir").arg(dir.path().join("state")).stderr(stderr);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let limit = libc::rlimit { rlim_cur: 1_000_000, rlim_max: 1_000_000 };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit(&mut cmd, libc::RLIMIT_FSIZE, 1_000_000);
     let mut run = Guard(cmd.spawn().unwrap());
     assert!(
         wait_for(Duration::from_secs(30), || log(dir.path()).contains("write failed; retrying")),
@@ -367,16 +373,7 @@ fn idle_connections_to_the_metrics_port_cannot_starve_the_pipeline() {
         .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--state-dir"])
         .arg(dir.path().join("state"))
         .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap());
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let limit = libc::rlimit { rlim_cur: 300, rlim_max: 300 };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    limit(&mut cmd, libc::RLIMIT_NOFILE, 300);
     let mut run = Guard(cmd.spawn().unwrap());
     assert!(wait_for(Duration::from_secs(20), || ids(&out).len() == 1000), "{}", log(dir.path()));
     // 500 connections that never send a request.
