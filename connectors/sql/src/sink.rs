@@ -317,6 +317,23 @@ impl SqlSink {
         Ok(info)
     }
 
+    /// The records among `ops` with fields that `table` has no column for,
+    /// each once, with the reason.
+    fn unknown_in(&self, table: &str, ops: &TableOps) -> Vec<(usize, String)> {
+        let Some(info) = self.tables.get(table) else { return Vec::new() };
+        let mut bad: Vec<(usize, String)> = Vec::new();
+        for (i, op) in &ops.ops {
+            if bad.last().is_some_and(|(b, _)| b == i) {
+                continue;
+            }
+            let unknown = op.row().map(|r| unknown_fields(r, &info.columns)).unwrap_or_default();
+            if !unknown.is_empty() {
+                bad.push((*i, format!("fields without a column in table {table}: {}", unknown.join(", "))));
+            }
+        }
+        bad
+    }
+
     /// Applies one table's operations in order; refused records are returned
     /// with the reason. A row moved in place is applied on its own, between
     /// what comes before and after it.
@@ -799,12 +816,6 @@ impl Sink for SqlSink {
         // Tables are described or created first, outside the transaction.
         let mut work = Vec::with_capacity(tables.len());
         for (table, mut ops) in tables {
-            // A field the cached description lacks may be a column added since.
-            if let Some(info) = self.tables.get(&table)
-                && ops.ops.iter().any(|(_, op)| op.row().is_some_and(|r| r.keys().any(|f| info.ty(f).is_none())))
-            {
-                self.tables.remove(&table);
-            }
             let key = match self.keys.get(&table) {
                 Some(k) => k.clone(),
                 None => {
@@ -837,25 +848,34 @@ impl Sink for SqlSink {
                 },
                 None => {}
             }
-            if self.config.unknown_fields != UnknownFields::Ignore
-                && let Some(info) = self.tables.get(&table)
-            {
-                let mut bad = Vec::new();
-                for (i, op) in &ops.ops {
-                    let unknown = op.row().map(|r| unknown_fields(r, &info.columns)).unwrap_or_default();
-                    if !unknown.is_empty() && bad.last() != Some(i) {
-                        let reason = format!("fields without a column in table {table}: {}", unknown.join(", "));
-                        if self.config.unknown_fields == UnknownFields::Fail {
-                            return Err(ConnectorError::fatal(format!(
-                                "{reason} (`unknown_fields: fail`; `dead_letter` refuses just the record)"
-                            )));
+            if self.config.unknown_fields != UnknownFields::Ignore {
+                let mut bad = self.unknown_in(&table, &ops);
+                // A field the cached description lacks may be a column added
+                // since: the table is described again once before refusing.
+                if !bad.is_empty() {
+                    match self.describe(&table).await {
+                        Ok(Some(info)) => {
+                            self.tables.insert(table.clone(), info);
+                            bad = self.unknown_in(&table, &ops);
                         }
-                        refused.push((*i, reason));
-                        bad.push(*i);
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.lost();
+                            return Err(e.into());
+                        }
                     }
                 }
+                if let Some((_, reason)) = bad.first()
+                    && self.config.unknown_fields == UnknownFields::Fail
+                {
+                    return Err(ConnectorError::fatal(format!(
+                        "{reason} (`unknown_fields: fail`; `dead_letter` refuses just the record)"
+                    )));
+                }
                 if !bad.is_empty() {
-                    ops.ops.retain(|(i, _)| bad.binary_search(i).is_err());
+                    // In record order, as the table's operations are.
+                    ops.ops.retain(|(i, _)| bad.binary_search_by_key(i, |(b, _)| *b).is_err());
+                    refused.extend(bad);
                 }
             }
             work.push((table, ops, key));
