@@ -5,10 +5,9 @@
 //! open at once: one more is closed as soon as it is accepted, so a flood
 //! holds a bounded number of file descriptors and clears within the timeout.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::path::Path;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};

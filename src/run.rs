@@ -211,21 +211,20 @@ async fn open_with_retry(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Option<crate::engine::Pipeline>, crate::plan::OpenError> {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = crate::engine::retry_backoff(Duration::from_secs(1));
     loop {
-        match crate::plan::open(config, state_dir).await {
+        let e = match crate::plan::open(config, state_dir).await {
             Ok(p) => return Ok(Some(p)),
-            Err(e) if e.retryable => {
-                tracing::warn!(pipeline = %config.name, retry_in = ?delay, "{e}; waiting for it");
-                health.set(&config.name, PipelineState::Waiting { error: e.to_string() });
-            }
+            Err(e) if e.retryable => e,
             Err(e) => return Err(e),
-        }
+        };
+        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+        tracing::warn!(pipeline = %config.name, retry_in = ?delay, "{e}; waiting for it");
+        health.set(&config.name, PipelineState::Waiting { error: e.to_string() });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Ok(None),
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

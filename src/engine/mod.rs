@@ -43,9 +43,11 @@ impl EngineError {
     }
 }
 
-fn retry_backoff() -> impl Iterator<Item = Duration> {
+/// Exponential backoff from `min` up to 30 s, jittered (pipelines waiting on
+/// one service do not retry in step), without a limit.
+pub(crate) fn retry_backoff(min: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
+        .with_min_delay(min)
         .with_max_delay(Duration::from_secs(30))
         .with_jitter()
         .without_max_times()
@@ -76,7 +78,7 @@ pub async fn write_with_retry(
     pipeline: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut backoff = retry_backoff();
+    let mut backoff = retry_backoff(Duration::from_millis(100));
     let mut attempt = 1u32;
     loop {
         match sink.write(batch).await {
@@ -123,7 +125,7 @@ async fn transform_task(
             }
             // A transient error (a schema registry out of reach) is retried with
             // the same batch: transforms change a batch only once they succeed.
-            let mut backoff = retry_backoff();
+            let mut backoff = retry_backoff(Duration::from_millis(100));
             loop {
                 match t.apply(&mut batch).await {
                     Ok(()) => break,
@@ -159,7 +161,7 @@ async fn deliver(
     name: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut backoff = retry_backoff();
+    let mut backoff = retry_backoff(Duration::from_millis(100));
     loop {
         if !batch.records.is_empty() {
             write_with_retry(sink, batch, "sink", name, shutdown).await?;
