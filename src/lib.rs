@@ -28,6 +28,7 @@ macro_rules! errln {
 }
 
 pub mod config;
+pub mod connectors;
 pub mod engine;
 pub mod http;
 pub mod logs;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use flowgate_sdk::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, MessageFormat, PipelineConfig};
@@ -155,8 +156,9 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
                     return true;
                 }
                 Err(e) => {
-                    tracing::error!("{e}");
-                    health.set(&name, PipelineState::Failed { error: e.to_string() });
+                    let error = error_chain(&e);
+                    tracing::error!("{error}");
+                    health.set(&name, PipelineState::Failed { error });
                     if fail_fast {
                         shutdown.cancel();
                     }
@@ -185,8 +187,9 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
                     tracing::info!(pipeline = %name, elapsed_ms = s.elapsed.as_millis() as u64, "finished: {}", s.line(None));
                 }
                 Err(e) => {
-                    health.set(&name, PipelineState::Failed { error: e.to_string() });
-                    tracing::error!(pipeline = %name, "failed: {e}");
+                    let error = error_chain(e);
+                    tracing::error!(pipeline = %name, "failed: {error}");
+                    health.set(&name, PipelineState::Failed { error });
                     if fail_fast {
                         shutdown.cancel();
                     }
@@ -215,12 +218,13 @@ async fn open_with_retry(
     loop {
         let e = match crate::plan::open(config, state_dir).await {
             Ok(p) => return Ok(Some(p)),
-            Err(e) if e.retryable => e,
+            Err(e) if e.is_retryable() => e,
             Err(e) => return Err(e),
         };
         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-        tracing::warn!(pipeline = %config.name, retry_in = ?delay, "{e}; waiting for it");
-        health.set(&config.name, PipelineState::Waiting { error: e.to_string() });
+        let error = error_chain(&e);
+        tracing::warn!(pipeline = %config.name, retry_in = ?delay, "{error}; waiting for it");
+        health.set(&config.name, PipelineState::Waiting { error });
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => return Ok(None),
@@ -251,16 +255,6 @@ async fn serve_metrics(addr: SocketAddr, health: Health) -> bool {
     }
 }
 
-/// The store of an embedded registry: as configured, else `registry.db` in the state directory.
-pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Path) -> anyhow::Result<String> {
-    if let Some(store) = &serve.store {
-        return Ok(store.clone());
-    }
-    flowgate_sdk::files::private_dir(state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", state_dir.display()))?;
-    Ok(format!("sqlite:{}", state_dir.join("registry.db").display()))
-}
-
 /// Starts the registry of each pipeline that uses the embedded one (one per
 /// address, shared by the pipelines naming it).
 async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_dir: &Path) -> anyhow::Result<()> {
@@ -268,7 +262,7 @@ async fn serve_embedded_registries(loaded: &[(PathBuf, PipelineConfig)], state_d
     for (_, config) in loaded.iter().filter(|(_, c)| c.uses_registry()) {
         let registry = config.registry();
         let Some(serve) = registry.embedded() else { continue };
-        let store = embedded_store(serve, state_dir)?;
+        let store = crate::registry::embedded_store(serve, state_dir)?;
         match served.iter().find(|(addr, _)| *addr == serve.listen) {
             Some((_, s)) if *s == store => continue,
             Some((addr, s)) => {

@@ -4,7 +4,7 @@
 //! `${...}` (such as `${seq}` or `${meta.table}`) is left for the connector that
 //! fills it per record. `$${` writes a literal `${`.
 
-use super::Problem;
+use super::Diagnostic;
 use super::yaml::{Node, NodeKind};
 
 fn is_env_name(s: &str) -> bool {
@@ -68,16 +68,16 @@ pub fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
 }
 
 /// Expands every scalar of the tree in place, collecting a problem per unset variable.
-pub fn expand_tree(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Problem>) {
+pub fn expand_tree(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, problems: &mut Vec<Diagnostic>) {
     match &mut node.kind {
         NodeKind::Scalar { text, .. } => match expand(text, env) {
             Ok(v) => *text = v,
             Err(ExpandError::Unset(name)) => problems.push(
-                Problem::new(node.span.clone(), format!("environment variable {name} is not set"), "used here")
+                Diagnostic::new(node.span.clone(), format!("environment variable {name} is not set"), "used here")
                     .with_help(format!("set {name}, or give a default: ${{{name}:-value}}")),
             ),
             Err(ExpandError::NestedDefault(name)) => problems.push(
-                Problem::new(node.span.clone(), format!("the default of ${{{name}}} holds another `${{`"), "here")
+                Diagnostic::new(node.span.clone(), format!("the default of ${{{name}}} holds another `${{`"), "here")
                     .with_help("defaults are plain text; set the variable instead"),
             ),
         },

@@ -3,6 +3,7 @@
 
 mod diag;
 mod interp;
+mod kinds;
 mod schema;
 mod yaml;
 
@@ -11,17 +12,16 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use flowgate_avro::{AvroStepConfig, RegistryConfig};
-use flowgate_file::{FileSinkConfig, FileSourceConfig, NullSinkConfig, StdinConfig, StdoutSinkConfig};
-use flowgate_generate::{GenerateConfig, Template};
-use flowgate_kafka::config::Format as KafkaFormat;
-use flowgate_kafka::{KafkaSinkConfig, KafkaSourceConfig};
-use flowgate_postgres::PostgresCdcConfig;
-use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate};
-use flowgate_sql::SqlSinkConfig;
-use flowgate_wasm::WasmConfig;
+use flowgate_avro::RegistryConfig;
+use flowgate_generate::Template;
+use flowgate_sdk::{
+    ByteSize, Configured, HumanDuration, PipelineView, RecordTemplate, SinkConnector, SourceConnector,
+    TransformConnector,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::connectors::registry;
 
 pub use diag::MessageFormat;
 pub use interp::{ExpandError, expand};
@@ -57,88 +57,72 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// Whether anything in the pipeline talks to the registry.
     pub fn uses_registry(&self) -> bool {
-        let kafka_avro = |s: &SinkConfig| matches!(s, SinkConfig::Kafka(k) if k.format == KafkaFormat::Avro);
-        matches!(&self.source, SourceConfig::Kafka(k) if k.format == KafkaFormat::Avro)
-            || kafka_avro(&self.sink)
-            || self.errors.dead_letter.as_ref().is_some_and(kafka_avro)
-            || self.transforms.iter().any(|t| matches!(t, TransformConfig::Avro(a) if a.schema.subject.is_some()))
+        self.source.connector.uses_registry()
+            || self.sink.connector.uses_registry()
+            || self.errors.dead_letter.as_ref().is_some_and(|d| d.connector.uses_registry())
+            || self.transforms.iter().any(|t| t.connector.uses_registry())
     }
 
     /// The registry settings in effect (the embedded registry by default).
     pub fn registry(&self) -> RegistryConfig {
         self.registry.clone().unwrap_or_default()
     }
+
+    /// The pipeline as its connectors see it while their settings are checked.
+    pub fn view(&self) -> PipelineView<'_> {
+        PipelineView {
+            name: &self.name,
+            source: &self.source,
+            transforms: self.transforms.iter().map(|t| &t.0).collect(),
+            sink: &self.sink,
+            dead_letter: self.errors.dead_letter.as_deref(),
+        }
+    }
 }
 
-// A new source is a new connector crate and a variant here.
-/// Where records come from: `generate`, `file`, `stdin`, `kafka` or `postgres_cdc`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceConfig {
-    Generate(GenerateConfig),
-    File(FileSourceConfig),
-    Stdin(StdinConfig),
-    Kafka(KafkaSourceConfig),
-    PostgresCdc(PostgresCdcConfig),
+/// A connector of one role, chosen by its kind from the [`registry`]: the
+/// YAML `kind: {settings}` (or a bare `kind` when every setting has a default).
+macro_rules! configured {
+    ($name:ident, $connector:ident, $entries:ident, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Debug)]
+        #[repr(transparent)]
+        pub struct $name(pub Configured<dyn $connector>);
+
+        impl std::ops::Deref for $name {
+            type Target = Configured<dyn $connector>;
+
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                kinds::deserialize(d, stringify!($name), registry().$entries()).map($name)
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                kinds::schema(generator, $doc, registry().$entries())
+            }
+        }
+    };
 }
 
-// A new transform kind is a variant here.
-/// A step applied to every record: `wasm` (a plugin) or `avro` (schema validation).
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TransformConfig {
-    Wasm(WasmConfig),
-    Avro(AvroStepConfig),
-}
+configured!(SourceConfig, SourceConnector, sources, "Where records come from; exactly one kind.");
+configured!(SinkConfig, SinkConnector, sinks, "Where records go; exactly one kind.");
+configured!(TransformConfig, TransformConnector, transforms, "A step applied to every record.");
 
 impl TransformConfig {
     /// The stage name used in logs, metrics and dead-letter records.
     pub fn stage(&self, index: usize) -> String {
-        match self {
-            TransformConfig::Wasm(w) => format!("transform[{index}]:wasm({})", flowgate_wasm::plugin_name(w)),
-            TransformConfig::Avro(a) => match (&a.schema.file, &a.schema.subject) {
-                (Some(f), _) => format!("transform[{index}]:avro({})", f.display()),
-                (None, Some(s)) => format!("transform[{index}]:avro({s})"),
-                (None, None) => format!("transform[{index}]:avro"),
-            },
-        }
-    }
-}
-
-// A new sink is a new connector crate and a variant here.
-/// Where records go: `file`, `stdout`, `null`, `kafka`, or a database:
-/// `postgres`, `mysql` (MySQL and MariaDB), `sqlite`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum SinkConfig {
-    File(FileSinkConfig),
-    Stdout(StdoutSinkConfig),
-    Null(NullSinkConfig),
-    Sqlite(SqlSinkConfig),
-    Postgres(SqlSinkConfig),
-    Mysql(SqlSinkConfig),
-    Kafka(KafkaSinkConfig),
-}
-
-impl SinkConfig {
-    /// The database sinks' shared settings.
-    pub fn sql(&self) -> Option<&SqlSinkConfig> {
-        match self {
-            SinkConfig::Sqlite(c) | SinkConfig::Postgres(c) | SinkConfig::Mysql(c) => Some(c),
-            _ => None,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::File(_) => "file",
-            SinkConfig::Stdout(_) => "stdout",
-            SinkConfig::Null(_) => "null",
-            SinkConfig::Sqlite(_) => "sqlite",
-            SinkConfig::Postgres(_) => "postgres",
-            SinkConfig::Mysql(_) => "mysql",
-            SinkConfig::Kafka(_) => "kafka",
-        }
+        self.connector.stage_name(self.kind, index)
     }
 }
 
@@ -201,18 +185,18 @@ impl Default for BatchConfig {
     }
 }
 
-/// One thing wrong with a pipeline file, with where it is.
+/// One thing wrong with a pipeline file, with where it is in the text.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
+pub struct Diagnostic {
     pub span: Range<usize>,
     pub message: String,
     pub label: String,
     pub help: Option<String>,
 }
 
-impl Problem {
+impl Diagnostic {
     pub fn new(span: Range<usize>, message: impl Into<String>, label: impl Into<String>) -> Self {
-        Problem { span, message: message.into(), label: label.into(), help: None }
+        Diagnostic { span, message: message.into(), label: label.into(), help: None }
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -226,11 +210,11 @@ impl Problem {
 pub struct ConfigError {
     pub path: String,
     pub text: Arc<String>,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Diagnostic>,
 }
 
 impl ConfigError {
-    fn single(path: &str, text: &str, problem: Problem) -> Self {
+    fn single(path: &str, text: &str, problem: Diagnostic) -> Self {
         ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems: vec![problem] }
     }
 }
@@ -264,17 +248,8 @@ fn formats() -> &'static HashMap<&'static str, schema::FormatCheck> {
     })
 }
 
-/// A problem found by a check that runs on the typed configuration (such as
-/// loading a plugin), located by the path of the value it concerns.
-#[derive(Clone, Debug)]
-pub struct PathProblem {
-    pub at: Vec<String>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
 /// A check run on a configuration that has no problems of its own.
-pub type Check<'a> = &'a dyn Fn(&PipelineConfig) -> Vec<PathProblem>;
+pub type Check<'a> = &'a dyn Fn(&PipelineConfig) -> Vec<flowgate_sdk::Problem>;
 
 /// Reads and checks a pipeline file, with variables from the process environment.
 pub fn load_file(path: &Path) -> Result<PipelineConfig, ConfigError> {
@@ -285,7 +260,7 @@ pub fn load_file(path: &Path) -> Result<PipelineConfig, ConfigError> {
 pub fn load_file_with(path: &Path, check: Check<'_>) -> Result<PipelineConfig, ConfigError> {
     let label = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::single(&label, "", Problem::new(0..0, format!("cannot read {label}: {e}"), "here"))
+        ConfigError::single(&label, "", Diagnostic::new(0..0, format!("cannot read {label}: {e}"), "here"))
     })?;
     load_str_with(&label, &text, &|name| std::env::var(name).ok(), check)
 }
@@ -302,7 +277,7 @@ fn load_str_with(
     check: Check<'_>,
 ) -> Result<PipelineConfig, ConfigError> {
     let fail =
-        |problems: Vec<Problem>| ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems };
+        |problems: Vec<Diagnostic>| ConfigError { path: path.to_string(), text: Arc::new(text.to_string()), problems };
     let mut tree = yaml::parse(text).map_err(|p| fail(vec![p]))?;
     let mut problems = Vec::new();
     interp::expand_tree(&mut tree, env, &mut problems);
@@ -329,7 +304,7 @@ fn load_str_with(
             })
             .collect();
         let span = tree.find(&path).map_or(0..0, |n| n.span.clone());
-        fail(vec![Problem::new(span, e.into_inner().to_string(), "here")])
+        fail(vec![Diagnostic::new(span, e.into_inner().to_string(), "here")])
     })?;
 
     let mut problems = Vec::new();
@@ -341,17 +316,21 @@ fn load_str_with(
         && config.name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !name_ok {
         problems.push(
-            Problem::new(at(&["name"]), "invalid pipeline name", "not allowed in a name")
+            Diagnostic::new(at(&["name"]), "invalid pipeline name", "not allowed in a name")
                 .with_help("use letters, digits, `-`, `_` and `.`, starting with a letter or digit"),
         );
     }
     match (config.errors.policy, &config.errors.dead_letter) {
         (ErrorPolicy::DeadLetter, None) => problems.push(
-            Problem::new(at(&["errors", "policy"]), "`policy: dead_letter` needs a dead-letter sink", "no sink for it")
-                .with_help("add `dead_letter: { file: { path: dead-letters.jsonl } }` under `errors`"),
+            Diagnostic::new(
+                at(&["errors", "policy"]),
+                "`policy: dead_letter` needs a dead-letter sink",
+                "no sink for it",
+            )
+            .with_help("add `dead_letter: { file: { path: dead-letters.jsonl } }` under `errors`"),
         ),
         (policy, Some(_)) if policy != ErrorPolicy::DeadLetter => problems.push(
-            Problem::new(at(&["errors", "dead_letter"]), "a dead-letter sink is set but not used", "unused")
+            Diagnostic::new(at(&["errors", "dead_letter"]), "a dead-letter sink is set but not used", "unused")
                 .with_help("set `policy: dead_letter`, or remove `dead_letter`"),
         ),
         _ => {}
@@ -359,10 +338,12 @@ fn load_str_with(
     if problems.is_empty() {
         for p in check(&config) {
             let span = tree.find(&p.at).map_or(0..0, |n| n.span.clone());
-            let mut problem = Problem::new(span, p.message, "here");
+            let mut problem = Diagnostic::new(span, p.message, "here");
             problem.help = p.help;
             problems.push(problem);
         }
+        // In the order of the file, whichever connector found them.
+        problems.sort_by_key(|p| p.span.start);
     }
     if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
 }

@@ -13,7 +13,7 @@ use std::ops::Range;
 use serde_json::{Map, Value as J};
 use serde_yaml::Value as Y;
 
-use super::Problem;
+use super::Diagnostic;
 use super::yaml::{Node, NodeKind};
 
 /// A check for a string `format`, returning a reason when the text does not fit.
@@ -22,7 +22,7 @@ pub type FormatCheck = fn(&str) -> Result<(), String>;
 pub struct Validator<'a> {
     defs: &'a Map<String, J>,
     formats: &'a HashMap<&'static str, FormatCheck>,
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Diagnostic>,
 }
 
 /// The closest candidate to `word`, if one is close enough to be a likely typo.
@@ -192,7 +192,7 @@ impl<'a> Validator<'a> {
         label: impl Into<String>,
         help: Option<String>,
     ) {
-        let mut p = Problem::new(span, message, label);
+        let mut p = Diagnostic::new(span, message, label);
         p.help = help;
         self.problems.push(p);
     }

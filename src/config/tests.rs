@@ -44,9 +44,12 @@ fn loads_a_good_file_with_variables_and_bare_kinds() {
     assert_eq!(c.batch.size, 250);
     assert_eq!(c.batch.linger, HumanDuration::from_millis(20));
     assert_eq!(c.batch.buffer, 4);
-    assert!(matches!(c.sink, SinkConfig::File(ref f) if f.path == Path::new("/tmp/out.jsonl") && f.fsync));
-    assert!(matches!(c.errors.dead_letter, Some(SinkConfig::Stdout(_))));
-    assert!(matches!(c.source, SourceConfig::Generate(ref g) if g.count == Some(10)));
+    let file = c.sink.downcast::<flowgate_file::FileSinkConfig>();
+    assert!(matches!(file, Some(f) if c.sink.kind == "file" && f.path == Path::new("/tmp/out.jsonl") && f.fsync));
+    let dead_letter = c.errors.dead_letter.as_ref().expect("a dead-letter sink");
+    assert!(dead_letter.kind == "stdout" && dead_letter.downcast::<flowgate_file::StdoutSinkConfig>().is_some());
+    let generate = c.source.downcast::<flowgate_generate::GenerateConfig>();
+    assert!(matches!(generate, Some(g) if c.source.kind == "generate" && g.count == Some(10)));
 }
 
 #[test]

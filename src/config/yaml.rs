@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
-use super::Problem;
+use super::Diagnostic;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeKind {
@@ -92,7 +92,7 @@ fn count(node: &Node) -> usize {
 }
 
 /// Parses one YAML document. An empty document is an empty map.
-pub fn parse(text: &str) -> Result<Node, Problem> {
+pub fn parse(text: &str) -> Result<Node, Diagnostic> {
     let offsets = Offsets::new(text);
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut stack: Vec<Frame> = Vec::new();
@@ -103,14 +103,14 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| {
             let at = offsets.byte(e.marker().index());
-            Problem::new(at..at, format!("invalid YAML: {}", e.info()), "here")
+            Diagnostic::new(at..at, format!("invalid YAML: {}", e.info()), "here")
         })?;
         let range = offsets.range(&span);
         let node = match event {
             Event::DocumentStart(_) => {
                 documents += 1;
                 if documents > 1 {
-                    return Err(Problem::new(range, "more than one YAML document", "second document starts here")
+                    return Err(Diagnostic::new(range, "more than one YAML document", "second document starts here")
                         .with_help("put each pipeline in a file of its own"));
                 }
                 continue;
@@ -119,7 +119,7 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
                 if let Some(tag) = tag
                     && !tag.is_yaml_core_schema()
                 {
-                    return Err(Problem::new(
+                    return Err(Diagnostic::new(
                         range,
                         format!("unsupported YAML tag `{}{}`", tag.handle, tag.suffix),
                         "tag",
@@ -137,15 +137,15 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
                 Some(n) => {
                     nodes += count(n);
                     if nodes > MAX_NODES {
-                        return Err(Problem::new(range, "aliases expand this file beyond reason", "expands here")
+                        return Err(Diagnostic::new(range, "aliases expand this file beyond reason", "expands here")
                             .with_help(format!("a pipeline file may expand to at most {MAX_NODES} values")));
                     }
                     Node { kind: n.kind.clone(), span: range }
                 }
-                None => return Err(Problem::new(range, "unknown alias", "no anchor of this name before it")),
+                None => return Err(Diagnostic::new(range, "unknown alias", "no anchor of this name before it")),
             },
             Event::SequenceStart(..) | Event::MappingStart(..) if stack.len() >= MAX_DEPTH => {
-                return Err(Problem::new(range, "nested too deeply", "here")
+                return Err(Diagnostic::new(range, "nested too deeply", "here")
                     .with_help(format!("a pipeline file may nest at most {MAX_DEPTH} levels")));
             }
             Event::SequenceStart(anchor, _) => {
@@ -180,12 +180,12 @@ pub fn parse(text: &str) -> Result<Node, Problem> {
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => {
                     if !matches!(node.kind, NodeKind::Scalar { .. }) {
-                        return Err(Problem::new(node.span, "a key must be a plain value", "complex key"));
+                        return Err(Diagnostic::new(node.span, "a key must be a plain value", "complex key"));
                     }
                     if let Some((first, _)) = entries.iter().find(|(k, _)| k.as_str() == node.as_str()) {
                         let label =
                             format!("`{}` was already set at byte {}", node.as_str().unwrap_or(""), first.span.start);
-                        return Err(Problem::new(node.span, "duplicate key", label)
+                        return Err(Diagnostic::new(node.span, "duplicate key", label)
                             .with_help("each key may appear once in a mapping"));
                     }
                     *key = Some(node);

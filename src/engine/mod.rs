@@ -27,19 +27,32 @@ use crate::config::BatchConfig;
 /// read again after a crash. Commits also happen at the end of input and on shutdown.
 const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
+/// Why a pipeline stopped. Show it with `flowgate_sdk::error_chain`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
-    #[error("{stage} failed: {message}")]
-    Connector { stage: String, message: String },
+    // The connector's error is shown with its causes in the message, so it
+    // is a field rather than a `#[source]`, which would show them twice.
+    #[error("{stage} failed: {}", cause.chain())]
+    Connector { stage: String, cause: ConnectorError },
     #[error("{stage} refused a record and the error policy is `fail`: {reason}\n  record: {record}")]
     Refused { stage: String, reason: String, record: String },
-    #[error("stopped while {stage} was retrying: {message}")]
-    Interrupted { stage: String, message: String },
+    #[error("stopped while {stage} was retrying: {}", cause.chain())]
+    Interrupted { stage: String, cause: ConnectorError },
+    /// A stage's task panicked or was cancelled.
+    #[error("{stage} failed")]
+    Task {
+        stage: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error("batch {seq} was dropped before it was written; positions stay before it")]
+    Dropped { seq: u64 },
 }
 
 impl EngineError {
-    fn connector(stage: &str, e: &ConnectorError) -> Self {
-        EngineError::Connector { stage: stage.to_string(), message: e.chain() }
+    fn connector(stage: &str, cause: ConnectorError) -> Self {
+        EngineError::Connector { stage: stage.to_string(), cause }
     }
 }
 
@@ -54,17 +67,17 @@ pub(crate) fn retry_backoff(min: Duration) -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Waits `delay` before retrying after the transient error `e`, unless the
-/// pipeline is stopped meanwhile.
+/// Waits `delay` before retrying after the transient error `e`; if the
+/// pipeline is stopped meanwhile, `e` comes back as the reason it stopped.
 async fn sleep_unless_stopped(
     delay: Duration,
     stage: &str,
-    e: &ConnectorError,
+    e: ConnectorError,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(()),
-        _ = shutdown.cancelled() => Err(EngineError::Interrupted { stage: stage.into(), message: e.chain() }),
+        _ = shutdown.cancelled() => Err(EngineError::Interrupted { stage: stage.into(), cause: e }),
     }
 }
 
@@ -91,10 +104,10 @@ pub async fn write_with_retry(
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(pipeline, stage, attempt, retry_in = ?delay, error = %e.chain(), "write failed; retrying");
-                sleep_unless_stopped(delay, stage, &e, shutdown).await?;
+                sleep_unless_stopped(delay, stage, e, shutdown).await?;
                 attempt += 1;
             }
-            Err(e) => return Err(EngineError::connector(stage, &e)),
+            Err(e) => return Err(EngineError::connector(stage, e)),
         }
     }
 }
@@ -132,14 +145,14 @@ async fn transform_task(
                     Err(e) if e.is_retryable() => {
                         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                         tracing::warn!(stage = &**stage, retry_in = ?delay, error = %e.chain(), "transform failed; retrying");
-                        if let Err(stopped) = sleep_unless_stopped(delay, stage, &e, &stop).await {
+                        if let Err(stopped) = sleep_unless_stopped(delay, stage, e, &stop).await {
                             stop.cancel();
                             return Err(stopped);
                         }
                     }
                     Err(e) => {
                         stop.cancel();
-                        return Err(EngineError::connector(stage, &e));
+                        return Err(EngineError::connector(stage, e));
                     }
                 }
             }
@@ -172,9 +185,9 @@ async fn deliver(
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(pipeline = name, retry_in = ?delay, error = %e.chain(), "sink commit failed; writing the batch again");
-                sleep_unless_stopped(delay, "sink", &e, shutdown).await?;
+                sleep_unless_stopped(delay, "sink", e, shutdown).await?;
             }
-            Err(e) => return Err(EngineError::connector("sink", &e)),
+            Err(e) => return Err(EngineError::connector("sink", e)),
         }
     }
 }
@@ -229,7 +242,7 @@ async fn sink_task(
     }
     // Closing waits for asynchronous deliveries. Failures among them keep
     // arriving on `late` until every batch handed out is settled.
-    let closed = sink.close().await.map_err(|e| EngineError::connector("sink", &e));
+    let closed = sink.close().await.map_err(|e| EngineError::connector("sink", e));
     let mut late_result = Ok(());
     if result.is_ok() {
         loop {
@@ -245,7 +258,7 @@ async fn sink_task(
         }
     }
     let dlq_closed = match errors.dead_letter.as_mut() {
-        Some(d) => d.close().await.map_err(|e| EngineError::connector("dead_letter", &e)),
+        Some(d) => d.close().await.map_err(|e| EngineError::connector("dead_letter", e)),
         None => Ok(()),
     };
     result.and(late_result).and(closed).and(dlq_closed)
@@ -318,7 +331,7 @@ impl Pipeline {
                     }
                 }
                 Err(e) => {
-                    source_error = Some(EngineError::connector("source", &e));
+                    source_error = Some(EngineError::connector("source", e));
                     break;
                 }
             }
@@ -335,14 +348,11 @@ impl Pipeline {
         // Closing the channel lets the later stages finish what is queued and stop.
         drop(source_tx);
         let transform_result = match transform_handle {
-            Some(h) => h
-                .await
-                .unwrap_or_else(|e| Err(EngineError::Connector { stage: "transform".into(), message: e.to_string() })),
+            Some(h) => h.await.unwrap_or_else(|e| Err(EngineError::Task { stage: "transform".into(), source: e })),
             None => Ok(()),
         };
-        let sink_result = sink_handle
-            .await
-            .unwrap_or_else(|e| Err(EngineError::Connector { stage: "sink".into(), message: e.to_string() }));
+        let sink_result =
+            sink_handle.await.unwrap_or_else(|e| Err(EngineError::Task { stage: "sink".into(), source: e }));
 
         // A sink that finishes records asynchronously may still hold handles of
         // batches it accepted; wait for them (or for one of them to fail).
@@ -360,14 +370,11 @@ impl Pipeline {
         let summary = stats.summary();
         // A batch given up without an error from its stage still stops the pipeline.
         let abandoned = match tracker.failed() {
-            Some(seq) => Err(EngineError::Connector {
-                stage: "sink".into(),
-                message: format!("batch {seq} was dropped before it was written; positions stay before it"),
-            }),
+            Some(seq) => Err(EngineError::Dropped { seq }),
             None => Ok(()),
         };
         match source_error.map_or(Ok(()), Err).and(transform_result).and(sink_result).and(abandoned) {
-            Ok(()) => final_commit.map(|_| summary).map_err(|e| EngineError::connector("source", &e)),
+            Ok(()) => final_commit.map(|_| summary).map_err(|e| EngineError::connector("source", e)),
             Err(e) => Err(e),
         }
     }

@@ -14,6 +14,7 @@ mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
@@ -433,4 +434,14 @@ pub async fn serve(
     tokio::spawn(crate::http::serve(listener, app, tls));
     tracing::info!(address = %bound, "schema registry listening");
     Ok(bound)
+}
+
+/// The store of an embedded registry: as configured, else `registry.db` in the state directory.
+pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Path) -> anyhow::Result<String> {
+    if let Some(store) = &serve.store {
+        return Ok(store.clone());
+    }
+    flowgate_sdk::files::private_dir(state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", state_dir.display()))?;
+    Ok(format!("sqlite:{}", state_dir.join("registry.db").display()))
 }

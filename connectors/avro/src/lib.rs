@@ -3,12 +3,14 @@
 
 pub mod codec;
 pub mod config;
+mod connector;
 pub mod registry;
 mod step;
 mod time;
 
 pub use codec::{Codec, DecodeError, Mismatch, SchemaError};
 pub use config::{AvroSinkConfig, AvroStepConfig, RegistryConfig, SchemaSource};
+pub use connector::register;
 pub use registry::{RegistryClient, RegistryError};
 pub use step::{AvroStep, Decoder, Encoder, Failure, Loaded, load_file};
 

@@ -2,6 +2,7 @@
 //! (`file`, `stdout`, `null`).
 
 pub mod config;
+mod connector;
 mod error;
 mod lines;
 pub mod sink;
@@ -10,6 +11,7 @@ pub mod source;
 pub use config::{
     FileSinkConfig, FileSourceConfig, LineFormat, NullSinkConfig, OutputFormat, StdinConfig, StdoutSinkConfig,
 };
+pub use connector::register;
 pub use error::FileError;
 pub use sink::{FileSink, NullSink, StdoutSink};
 pub use source::{FileSource, StdinSource};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_sdk::{Batch, ConnectorError, Read, Source, SourceContext, StateStore, Watermark, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, OpenContext, Read, Source, StateStore, Watermark, async_trait};
 use serde::{Deserialize, Serialize};
 use tokio::fs::File;
 use tokio::io::{AsyncSeekExt, Stdin};
@@ -45,7 +45,7 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub async fn open(config: FileSourceConfig, ctx: &SourceContext) -> Result<Self, FileError> {
+    pub async fn open(config: FileSourceConfig, ctx: &OpenContext) -> Result<Self, FileError> {
         let state_key = format!("{}.file-source", ctx.pipeline);
         let lock = ctx.state.lock(&state_key).map_err(|source| {
             let (path, lock) = (config.path.clone(), ctx.state.lock_path(&state_key));
@@ -194,7 +194,7 @@ pub struct StdinSource {
 }
 
 impl StdinSource {
-    pub fn new(config: StdinConfig, ctx: &SourceContext) -> Self {
+    pub fn new(config: StdinConfig, ctx: &OpenContext) -> Self {
         StdinSource {
             format: config.format,
             max: ctx.batch_size,
@@ -234,18 +234,13 @@ impl Source for StdinSource {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::AckTracker;
+    use flowgate_sdk::{AckTracker, Role};
 
     use super::*;
 
-    fn ctx(dir: &std::path::Path, batch_size: usize) -> SourceContext {
-        SourceContext {
-            pipeline: "t".into(),
-            batch_size,
-            linger: Duration::from_millis(10),
-            state: StateStore::new(dir.join("state")),
-            resume: None,
-        }
+    fn ctx(dir: &std::path::Path, batch_size: usize) -> OpenContext {
+        OpenContext::new("t", "file", Role::Source, StateStore::new(dir.join("state")))
+            .with_batch(batch_size, Duration::from_millis(10))
     }
 
     async fn read_to_end(src: &mut FileSource, tracker: &Arc<AckTracker>) -> Vec<String> {

@@ -3,7 +3,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use flowgate_sdk::{
-    Batch, Bytes, ConnectorError, Read, Record, Source, SourceContext, SourceMeta, Watermark, async_trait,
+    Batch, Bytes, ConnectorError, OpenContext, Read, Record, Source, SourceMeta, Watermark, async_trait,
 };
 
 use crate::GenerateConfig;
@@ -20,7 +20,7 @@ pub struct GenerateSource {
 }
 
 impl GenerateSource {
-    pub fn new(config: GenerateConfig, ctx: &SourceContext) -> Self {
+    pub fn new(config: GenerateConfig, ctx: &OpenContext) -> Self {
         let rng = config.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         GenerateSource {
             config,
@@ -92,7 +92,7 @@ impl Source for GenerateSource {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::StateStore;
+    use flowgate_sdk::{Role, StateStore};
 
     use super::*;
 
@@ -104,13 +104,8 @@ mod tests {
             rate,
             seed: Some(1),
         };
-        let ctx = SourceContext {
-            pipeline: "t".into(),
-            batch_size,
-            linger: Duration::from_millis(50),
-            state: StateStore::new("/nonexistent"),
-            resume: None,
-        };
+        let ctx = OpenContext::new("t", "generate", Role::Source, StateStore::new("/nonexistent"))
+            .with_batch(batch_size, Duration::from_millis(50));
         GenerateSource::new(config, &ctx)
     }
 

@@ -10,6 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer};
 
+use flowgate_sdk::Problem;
 use rdkafka::error::KafkaError;
 
 use crate::client::{ClientLog, client_context};
@@ -19,15 +20,6 @@ use crate::sink::producer_config;
 use crate::source::consumer_config;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A problem found by a check, located by the path of the setting it concerns,
-/// relative to the connector's own settings (`["topics", "0"]`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckProblem {
-    pub at: Vec<String>,
-    pub message: String,
-    pub help: Option<String>,
-}
 
 struct CheckCtx {
     log: ClientLog,
@@ -53,8 +45,8 @@ impl rdkafka::producer::ProducerContext for CheckCtx {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-fn bad_setting(e: KafkaError) -> CheckProblem {
-    CheckProblem {
+fn bad_setting(e: KafkaError) -> Problem {
+    Problem {
         at: vec!["properties".into()],
         message: format!("invalid Kafka client setting: {}", redacted(&e)),
         help: Some("see https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md".into()),
@@ -63,12 +55,12 @@ fn bad_setting(e: KafkaError) -> CheckProblem {
 
 /// Fetches the cluster's metadata through `client`. The client never joins the
 /// group, commits or produces.
-fn metadata<C: ClientContext + AsRef<ClientLog>>(client: &Client<C>, brokers: &str) -> Result<Metadata, CheckProblem> {
+fn metadata<C: ClientContext + AsRef<ClientLog>>(client: &Client<C>, brokers: &str) -> Result<Metadata, Problem> {
     client.fetch_metadata(None, CHECK_TIMEOUT).map_err(|e| {
         let detail =
             AsRef::<ClientLog>::as_ref(&**client.context()).last_error().map(|d| format!(" ({d})")).unwrap_or_default();
         let auth = detail.to_ascii_lowercase().contains("auth") || detail.contains("SASL");
-        CheckProblem {
+        Problem {
             at: vec!["brokers".into()],
             message: format!("cannot reach the Kafka brokers `{brokers}`: {e}{detail}"),
             help: Some(if auth {
@@ -80,8 +72,8 @@ fn metadata<C: ClientContext + AsRef<ClientLog>>(client: &Client<C>, brokers: &s
     })
 }
 
-fn missing_topic(at: Vec<String>, topic: &str, brokers: &str) -> CheckProblem {
-    CheckProblem {
+fn missing_topic(at: Vec<String>, topic: &str, brokers: &str) -> Problem {
+    Problem {
         at,
         message: format!("topic `{topic}` does not exist on `{brokers}`"),
         help: Some("create it first (Flowgate does not create topics), or fix the name".into()),
@@ -94,7 +86,7 @@ fn has_topic(md: &Metadata, topic: &str) -> bool {
 
 /// Checks a source: brokers reachable with its settings, listed topics present
 /// (regular-expression entries are not checked).
-pub fn check_source(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
+pub fn check_source(config: &KafkaSourceConfig) -> Vec<Problem> {
     let brokers = config.brokers.bootstrap();
     let consumer: Result<BaseConsumer<CheckCtx>, _> =
         consumer_config(config, false).create_with_context(check_ctx()).map_err(bad_setting);
@@ -112,7 +104,7 @@ pub fn check_source(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
 }
 
 /// Checks a sink: brokers reachable with its settings, a fixed topic present.
-pub fn check_sink(config: &KafkaSinkConfig, pipeline: &str) -> Vec<CheckProblem> {
+pub fn check_sink(config: &KafkaSinkConfig, pipeline: &str) -> Vec<Problem> {
     let brokers = config.brokers.bootstrap();
     let mut settings = producer_config(config, pipeline);
     // Connecting is enough; a transactional id would fence a running pipeline.
@@ -151,12 +143,12 @@ const SINK_MANAGED: &[(&str, &str)] = &[
     ("queue.buffering.max.ms", "`linger`"),
 ];
 
-fn managed(properties: &crate::config::Properties, table: &[(&str, &str)]) -> Vec<CheckProblem> {
+fn managed(properties: &crate::config::Properties, table: &[(&str, &str)]) -> Vec<Problem> {
     properties
         .0
         .keys()
         .filter_map(|k| table.iter().find(|(name, _)| name == k))
-        .map(|(name, instead)| CheckProblem {
+        .map(|(name, instead)| Problem {
             at: vec!["properties".into(), name.to_string()],
             message: format!("`{name}` is set by Flowgate"),
             help: Some(format!("use {instead}")),
@@ -165,11 +157,11 @@ fn managed(properties: &crate::config::Properties, table: &[(&str, &str)]) -> Ve
 }
 
 /// Offline checks of a source's settings.
-pub fn check_source_settings(config: &KafkaSourceConfig) -> Vec<CheckProblem> {
+pub fn check_source_settings(config: &KafkaSourceConfig) -> Vec<Problem> {
     managed(&config.properties, SOURCE_MANAGED)
 }
 
 /// Offline checks of a sink's settings.
-pub fn check_sink_settings(config: &KafkaSinkConfig) -> Vec<CheckProblem> {
+pub fn check_sink_settings(config: &KafkaSinkConfig) -> Vec<Problem> {
     managed(&config.properties, SINK_MANAGED)
 }

@@ -14,8 +14,12 @@ pub enum KafkaConnectorError {
         #[source]
         source: KafkaError,
     },
+    /// The pipeline lacks what this connector needs to open (a registry).
     #[error("{0}")]
-    Other(String),
+    Setup(&'static str),
+    /// The Avro encoder could not be set up (its schema file).
+    #[error("cannot set up Avro encoding")]
+    Avro(#[source] ConnectorError),
 }
 
 impl KafkaConnectorError {
@@ -32,7 +36,8 @@ impl KafkaConnectorError {
     pub fn is_retryable(&self) -> bool {
         match self {
             KafkaConnectorError::Client { source, .. } => retryable(source),
-            _ => false,
+            KafkaConnectorError::Avro(e) => e.is_retryable(),
+            KafkaConnectorError::Config(_) | KafkaConnectorError::Setup(_) => false,
         }
     }
 }

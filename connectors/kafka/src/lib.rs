@@ -8,12 +8,13 @@
 mod check;
 mod client;
 pub mod config;
+mod connector;
 mod error;
 mod sink;
 mod source;
 
-pub use check::{CheckProblem, check_sink, check_sink_settings, check_source, check_source_settings};
 pub use config::{KafkaSinkConfig, KafkaSourceConfig};
+pub use connector::register;
 pub use error::KafkaConnectorError;
-pub use sink::KafkaSink;
+pub use sink::{ExactlyOncePairing, KafkaSink};
 pub use source::{KafkaConsumer, KafkaSource};

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, Position, Record, RecordTemplate, Rejected, Sink,
-    SourceMeta, async_trait,
+    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, OpenContext, Position, Record, RecordTemplate,
+    Rejected, Sink, SourceMeta, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -113,7 +113,8 @@ type KafkaProducer = ThreadedProducer<ProducerCtx>;
 
 /// The exactly-once half: the source's consumer and the transaction state.
 struct Transactions {
-    consumer: Arc<KafkaConsumer>,
+    /// Set by the source when it opens, after the sink.
+    consumer: Arc<std::sync::OnceLock<Arc<KafkaConsumer>>>,
     initialized: bool,
     open: bool,
     /// A batch whose commit timed out: librdkafka may still finish it, so the
@@ -190,43 +191,56 @@ pub(crate) fn producer_config(config: &KafkaSinkConfig, pipeline: &str) -> rdkaf
     client_config(&config.brokers.bootstrap(), &defaults, &config.properties)
 }
 
+/// The exactly-once pairing of a Kafka sink with the pipeline's Kafka source:
+/// the sink leaves it in the pipeline's resources when it opens, the source
+/// finds it, hands its offset commits to the sink's transactions and puts its
+/// consumer in it (the sink needs the group's metadata to commit offsets).
+#[derive(Clone, Default)]
+pub struct ExactlyOncePairing(pub Arc<std::sync::OnceLock<Arc<KafkaConsumer>>>);
+
 impl KafkaSink {
-    /// `late` receives records that fail for good after `write` returned; without
-    /// it (a dead-letter sink) every write waits for its delivery reports.
-    /// `consumer` is the source's consumer, required for `delivery: exactly_once`.
-    /// `registry` is required for `format: avro`.
-    pub fn open(
-        config: KafkaSinkConfig,
-        pipeline: &str,
-        late: Option<LateRejects>,
-        consumer: Option<Arc<KafkaConsumer>>,
-        registry: Option<Arc<flowgate_avro::RegistryClient>>,
-    ) -> Result<Self, KafkaConnectorError> {
+    /// Opens a producer. `ctx.late` receives records that fail for good after
+    /// `write` returned; without it (a dead-letter sink) every write waits for
+    /// its delivery reports. `format: avro` takes the registry client from the
+    /// pipeline's resources; `delivery: exactly_once` leaves an
+    /// [`ExactlyOncePairing`] there for the source.
+    pub fn open(config: KafkaSinkConfig, ctx: &OpenContext) -> Result<Self, KafkaConnectorError> {
+        let pipeline = &*ctx.pipeline;
         let stage: Arc<str> = "sink".into();
         let context = ProducerCtx {
             log: ClientLog::new(format!("{pipeline}:sink").into()),
             stage: Arc::clone(&stage),
-            late,
+            late: ctx.late.clone(),
             retry: Mutex::new(Vec::new()),
         };
         let producer: KafkaProducer =
             producer_config(&config, pipeline).create_with_context(context).map_err(KafkaConnectorError::config)?;
-        let txn = match (config.delivery, consumer) {
-            (Delivery::AtLeastOnce, _) => None,
-            (Delivery::ExactlyOnce, Some(consumer)) => {
-                Some(Transactions { consumer, initialized: false, open: false, commit_pending: None, committed: None })
-            }
-            (Delivery::ExactlyOnce, None) => {
-                return Err(KafkaConnectorError::Other("`delivery: exactly_once` needs a `kafka` source".into()));
+        let txn = match config.delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce => {
+                let pairing = ExactlyOncePairing::default();
+                ctx.resources.insert(pairing.clone());
+                Some(Transactions {
+                    consumer: pairing.0,
+                    initialized: false,
+                    open: false,
+                    commit_pending: None,
+                    committed: None,
+                })
             }
         };
-        let avro = match (config.format, registry) {
-            (Format::Bytes, _) => None,
-            (Format::Avro, Some(registry)) => Some(
-                flowgate_avro::Encoder::new(config.avro.clone().unwrap_or_default(), registry)
-                    .map_err(|e| KafkaConnectorError::Other(e.chain()))?,
-            ),
-            (Format::Avro, None) => return Err(KafkaConnectorError::Other("`format: avro` needs a registry".into())),
+        let avro = match config.format {
+            Format::Bytes => None,
+            Format::Avro => {
+                let registry = ctx
+                    .resources
+                    .get::<Arc<flowgate_avro::RegistryClient>>()
+                    .ok_or(KafkaConnectorError::Setup("`format: avro` needs a registry"))?;
+                Some(
+                    flowgate_avro::Encoder::new(config.avro.clone().unwrap_or_default(), registry)
+                        .map_err(KafkaConnectorError::Avro)?,
+                )
+            }
         };
         Ok(KafkaSink { producer, topic: config.topic, key: config.key, keep_headers: config.headers, stage, txn, avro })
     }
@@ -480,7 +494,9 @@ impl Sink for KafkaSink {
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let Some(txn) = self.txn.as_ref() else { return Ok(()) };
-        let consumer = Arc::clone(&txn.consumer);
+        let consumer = txn.consumer.get().cloned().ok_or_else(|| {
+            ConnectorError::fatal("`delivery: exactly_once` needs a `kafka` source to commit offsets through")
+        })?;
         let (resumed, open) = (txn.committed == Some(batch.seq), txn.open);
         let group = Arc::clone(&consumer.context().group);
         let mut offsets = TopicPartitionList::new();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Batch, ConnectorError, PartitionOffset, Position, Read, Record, Source, SourceContext, SourceMeta, Watermark,
+    Batch, ConnectorError, OpenContext, PartitionOffset, Position, Read, Record, Source, SourceMeta, Watermark,
     async_trait,
 };
 use futures::FutureExt;
@@ -26,6 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{Format, KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
+use crate::sink::ExactlyOncePairing;
 use flowgate_avro::Failure as AvroFailure;
 
 /// How long a revocation waits for the exactly-once sink to commit the batches in
@@ -281,19 +282,20 @@ pub(crate) fn consumer_config(config: &KafkaSourceConfig, exactly_once: bool) ->
 }
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes. `exactly_once` hands offset commits to
-    /// an exactly-once Kafka sink (see [`KafkaSource::consumer`]).
-    /// `registry` is required for `format: avro`.
-    pub fn open(
-        config: KafkaSourceConfig,
-        ctx: &SourceContext,
-        exactly_once: bool,
-        registry: Option<Arc<flowgate_avro::RegistryClient>>,
-    ) -> Result<Self, KafkaConnectorError> {
-        let avro = match (config.format, registry) {
-            (Format::Bytes, _) => None,
-            (Format::Avro, Some(r)) => Some(flowgate_avro::Decoder::new(r)),
-            (Format::Avro, None) => return Err(KafkaConnectorError::Other("`format: avro` needs a registry".into())),
+    /// Creates the consumer and subscribes. When an exactly-once Kafka sink
+    /// left an [`ExactlyOncePairing`] in the pipeline's resources, offset
+    /// commits are handed to its transactions and the consumer is put in the
+    /// pairing. `format: avro` takes the registry client from the resources.
+    pub fn open(config: KafkaSourceConfig, ctx: &OpenContext) -> Result<Self, KafkaConnectorError> {
+        let pairing = ctx.resources.get::<ExactlyOncePairing>();
+        let exactly_once = pairing.is_some();
+        let avro = match config.format {
+            Format::Bytes => None,
+            Format::Avro => Some(flowgate_avro::Decoder::new(
+                ctx.resources
+                    .get::<Arc<flowgate_avro::RegistryClient>>()
+                    .ok_or(KafkaConnectorError::Setup("`format: avro` needs a registry"))?,
+            )),
         };
         let group = Arc::new(GroupState::default());
         let context = ConsumerCtx {
@@ -313,8 +315,13 @@ impl KafkaSource {
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(|e| KafkaConnectorError::client("cannot subscribe", e))?;
         tracing::info!(pipeline = %ctx.pipeline, group = %config.group, topics = ?config.topics, "kafka source subscribed");
+        let consumer = Arc::new(consumer);
+        if let Some(pairing) = pairing {
+            // Only one source per pipeline: the cell is empty.
+            let _ = pairing.0.set(Arc::clone(&consumer));
+        }
         Ok(KafkaSource {
-            consumer: Arc::new(consumer),
+            consumer,
             group,
             batch_size: ctx.batch_size,
             linger: ctx.linger,
@@ -328,12 +335,6 @@ impl KafkaSource {
             paused: HashSet::new(),
             stage: "source".into(),
         })
-    }
-
-    /// The consumer, for an exactly-once sink: it needs the group's metadata and
-    /// state to commit offsets in its transactions.
-    pub fn consumer(&self) -> Arc<KafkaConsumer> {
-        Arc::clone(&self.consumer)
     }
 
     fn topic(&mut self, name: &str) -> Arc<str> {
@@ -631,7 +632,7 @@ impl Source for KafkaSource {
 
 #[cfg(test)]
 mod tests {
-    use flowgate_sdk::{Record, StateStore};
+    use flowgate_sdk::{Record, Role, StateStore};
     use rdkafka::ClientConfig;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -653,14 +654,9 @@ mod tests {
             format: Format::Bytes,
             properties: Properties::default(),
         };
-        let ctx = SourceContext {
-            pipeline: "p".into(),
-            batch_size: 100,
-            linger: Duration::from_millis(200),
-            state: StateStore::new(std::env::temp_dir()),
-            resume: None,
-        };
-        KafkaSource::open(config, &ctx, false, None).unwrap()
+        let ctx = OpenContext::new("p", "kafka", Role::Source, StateStore::new(std::env::temp_dir()))
+            .with_batch(100, Duration::from_millis(200));
+        KafkaSource::open(config, &ctx).unwrap()
     }
 
     async fn read_n(source: &mut KafkaSource, n: usize) -> Vec<Record> {
@@ -718,14 +714,9 @@ mod tests {
             properties: Properties::default(),
         };
         let dir = tempfile::tempdir().unwrap();
-        let ctx = SourceContext {
-            pipeline: "p".into(),
-            batch_size: 100,
-            linger: Duration::from_millis(200),
-            state: StateStore::new(dir.path()),
-            resume: None,
-        };
-        let mut source = KafkaSource::open(config, &ctx, false, None).unwrap();
+        let ctx = OpenContext::new("p", "kafka", Role::Source, StateStore::new(dir.path()))
+            .with_batch(100, Duration::from_millis(200));
+        let mut source = KafkaSource::open(config, &ctx).unwrap();
         let mut records = Vec::new();
         let mut position = None;
         for seq in 0..30 {

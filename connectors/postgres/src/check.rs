@@ -3,27 +3,16 @@
 
 use std::time::Duration;
 
+use flowgate_sdk::Problem;
 use sqlx::PgConnection;
 
 use crate::catalog;
 use crate::config::{PostgresCdcConfig, redact_url};
 
-/// A problem found by connecting, with the field it concerns (if any) and a hint.
-#[derive(Debug)]
-pub struct CheckProblem {
-    pub field: Option<&'static str>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
 /// Connects to the database and checks the server settings, the user's
-/// privileges, the tables or publication, and the slot. Blocks.
-pub fn check_source(config: &PostgresCdcConfig, pipeline: &str) -> Vec<CheckProblem> {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return vec![problem(None, format!("cannot start a runtime: {e}"), None)],
-    };
-    runtime.block_on(async {
+/// privileges, the tables or publication, and the slot.
+pub async fn check_source(config: &PostgresCdcConfig, pipeline: &str) -> Vec<Problem> {
+    {
         let connect = tokio::time::timeout(Duration::from_secs(10), catalog::connect(&config.url));
         let mut conn = match connect.await {
             Ok(Ok(conn)) => conn,
@@ -43,18 +32,19 @@ pub fn check_source(config: &PostgresCdcConfig, pipeline: &str) -> Vec<CheckProb
             Ok(found) => found,
             Err(e) => vec![problem(None, e.to_string(), None)],
         }
-    })
+    }
 }
 
-fn problem(field: Option<&'static str>, message: String, help: Option<String>) -> CheckProblem {
-    CheckProblem { field, message, help }
+/// A problem at `field` of the source's settings (or the settings as a whole).
+fn problem(field: Option<&'static str>, message: String, help: Option<String>) -> Problem {
+    Problem { at: field.into_iter().map(String::from).collect(), message, help }
 }
 
 async fn checks(
     conn: &mut PgConnection,
     config: &PostgresCdcConfig,
     pipeline: &str,
-) -> Result<Vec<CheckProblem>, sqlx::Error> {
+) -> Result<Vec<Problem>, sqlx::Error> {
     let mut found = Vec::new();
     if let Err(e) = catalog::check_server(conn).await {
         found.push(problem(Some("url"), e.to_string(), None));

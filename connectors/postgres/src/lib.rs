@@ -7,12 +7,13 @@ mod avro;
 mod catalog;
 mod check;
 pub mod config;
+mod connector;
 mod decode;
 mod error;
 mod event;
 mod source;
 
-pub use check::{CheckProblem, check_source};
 pub use config::PostgresCdcConfig;
+pub use connector::register;
 pub use error::PgCdcError;
 pub use source::PostgresCdcSource;

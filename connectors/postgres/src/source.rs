@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Batch, ConnectorError, Position, Read, Source, SourceContext, StateStore, Watermark, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, OpenContext, Position, Read, Source, StateStore, Watermark, async_trait};
 use pg_walstream::{
     CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicaIdentity, ReplicationStreamConfig,
     RetryConfig, SnapshotOutcome, SnapshotRows, StreamingMode,
@@ -135,7 +135,7 @@ fn state_key(slot: &str) -> String {
 }
 
 impl PostgresCdcSource {
-    pub async fn open(config: PostgresCdcConfig, ctx: &SourceContext) -> Result<Self, PgCdcError> {
+    pub async fn open(config: PostgresCdcConfig, ctx: &OpenContext) -> Result<Self, PgCdcError> {
         let slot = config.slot_name(&ctx.pipeline);
         let publication = config.publication_name(&slot);
         let mut conn = catalog::connect(&config.url).await?;

@@ -43,13 +43,19 @@ impl ConnectorError {
 
     /// The message followed by its chain of causes, for logs.
     pub fn chain(&self) -> String {
-        let mut out = self.message.clone();
-        let mut next: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
-        while let Some(e) = next {
-            out.push_str(": ");
-            out.push_str(&e.to_string());
-            next = e.source();
-        }
-        out
+        error_chain(self)
     }
+}
+
+/// An error's message followed by those of its causes, `: `-separated: the
+/// one line that logs, `/health` and exit messages show.
+pub fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }

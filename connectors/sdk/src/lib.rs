@@ -8,6 +8,7 @@
 mod ack;
 mod batch;
 mod config;
+mod connector;
 mod error;
 pub mod files;
 mod record;
@@ -19,10 +20,14 @@ mod traits;
 pub use ack::{Ack, AckTracker, Watermark};
 pub use batch::{Batch, LateReject, LateRejects, PartitionOffset, Position, Rejected};
 pub use config::{ByteSize, HumanDuration};
-pub use error::{ConnectorError, ErrorKind};
+pub use connector::{
+    AsAny, Configured, Entry, OpenContext, PipelineView, Problem, Registry, Resources, Role, SinkConnector,
+    SourceConnector, Stage, TransformConnector,
+};
+pub use error::{ConnectorError, ErrorKind, error_chain};
 pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
 pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
 pub use template::RecordTemplate;
-pub use traits::{Read, Sink, Source, SourceContext, Transform};
-pub use {async_trait::async_trait, bytes::Bytes};
+pub use traits::{Read, Sink, Source, Transform};
+pub use {async_trait::async_trait, bytes::Bytes, erased_serde, schemars};

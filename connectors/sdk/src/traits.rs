@@ -1,23 +1,6 @@
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
 
-use crate::{Batch, ConnectorError, Position, StateStore, Watermark};
-
-/// What a source learns about the pipeline it runs in.
-#[derive(Clone, Debug)]
-pub struct SourceContext {
-    pub pipeline: Arc<str>,
-    /// Largest number of records to put in one batch.
-    pub batch_size: usize,
-    /// How long to wait for a batch to fill once it has its first record.
-    pub linger: Duration,
-    pub state: StateStore,
-    /// Where to resume, when the sink stored the position with its data
-    /// (effectively-once): it overrides the source's own.
-    pub resume: Option<Position>,
-}
+use crate::{Batch, ConnectorError, Position, Watermark};
 
 /// The outcome of one [`Source::read`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flowgate_sdk::RecordTemplate;
+use flowgate_sdk::{Problem, RecordTemplate};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -118,8 +118,10 @@ pub struct SqlSinkConfig {
 
 impl SqlSinkConfig {
     /// Problems of the settings as written for sink `kind` (`postgres`, `mysql`,
-    /// `sqlite`): (field, message, hint).
-    pub fn problems(&self, kind: &str) -> Vec<(&'static str, String, Option<String>)> {
+    /// `sqlite`).
+    pub fn problems(&self, kind: &str) -> Vec<Problem> {
+        let problem =
+            |field: &str, message: String, help: Option<String>| Problem { at: vec![field.into()], message, help };
         let mut out = Vec::new();
         let url_kind = if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
             "postgres"
@@ -136,22 +138,22 @@ impl SqlSinkConfig {
                 "mysql" => "mysql://user:password@host:3306/database",
                 _ => "a file path such as data/out.db, or sqlite:data/out.db",
             };
-            out.push(("url", format!("not a {kind} URL"), Some(format!("expected {example}"))));
+            out.push(problem("url", format!("not a {kind} URL"), Some(format!("expected {example}"))));
         }
         if self.mode == Mode::Upsert && self.key.is_empty() {
-            out.push(("mode", "`mode: upsert` needs the `key` columns".into(), Some("e.g. `key: [id]`".into())));
+            out.push(problem("mode", "`mode: upsert` needs the `key` columns".into(), Some("e.g. `key: [id]`".into())));
         }
         if self.synchronous != Synchronous::Full && kind != "sqlite" {
-            out.push(("synchronous", "`synchronous` is a SQLite setting".into(), None));
+            out.push(problem("synchronous", "`synchronous` is a SQLite setting".into(), None));
         }
         let dialect = crate::sink::dialect_of(&self.url);
         if let Some(table) = self.table.fixed()
             && let Err(reason) = crate::names::check_table(dialect, table)
         {
-            out.push(("table", reason, None));
+            out.push(problem("table", reason, None));
         }
         if self.table.fixed().is_some() && self.tables_allowed.is_some() {
-            out.push((
+            out.push(problem(
                 "tables_allowed",
                 "`tables_allowed` is for a `table` filled from records, such as `orders_${value.region}`".into(),
                 None,
@@ -165,7 +167,7 @@ impl SqlSinkConfig {
         let named = self.key.iter().map(|k| ("key", k)).chain(columns.into_iter().map(|c| ("columns", c)));
         for (field, name) in named {
             if let Err(reason) = dialect.check_name(name) {
-                out.push((field, format!("column `{}`: {reason}", name.escape_debug()), None));
+                out.push(problem(field, format!("column `{}`: {reason}", name.escape_debug()), None));
             }
         }
         out

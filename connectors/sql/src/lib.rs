@@ -3,6 +3,7 @@
 
 mod change;
 pub mod config;
+mod connector;
 mod dialect;
 mod error;
 mod names;
@@ -10,5 +11,6 @@ mod rows;
 pub mod sink;
 
 pub use config::{Columns, Delivery, Mode, SqlSinkConfig, Synchronous, UnknownFields};
+pub use connector::register;
 pub use error::SqlError;
-pub use sink::{CheckProblem, SqlSink, check_sink, create_sqlite_file};
+pub use sink::{SqlSink, check_sink, create_sqlite_file};

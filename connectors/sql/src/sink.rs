@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, PartitionOffset, Position, Record, Sink, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, PartitionOffset, Position, Problem, Record, Sink, async_trait};
 use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyArguments;
@@ -735,13 +735,15 @@ fn key_for(config: &SqlSinkConfig, records: &[Record], ops: &TableOps) -> Vec<St
         .unwrap_or_default()
 }
 
-/// A problem `validate --check` found with a database sink: (field, message, hint).
-pub type CheckProblem = (Option<&'static str>, String, Option<String>);
+/// A problem at `field` of the sink's settings (or the settings as a whole).
+fn problem(field: Option<&str>, message: String, help: Option<String>) -> Problem {
+    Problem { at: field.into_iter().map(String::from).collect(), message, help }
+}
 
 /// Connects as the sink would and checks what can be checked before a record
 /// arrives: the server answers and takes the credentials (within 10 s), and a
 /// fixed table exists (or may be created) with the privileges its mode needs.
-pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProblem> {
+pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<Problem> {
     let url = flowgate_sdk::redact_url(&config.url);
     // Nothing is created by a check, not even a SQLite file or the positions table.
     if let Some(path) = sqlite_path(&config.url)
@@ -749,7 +751,7 @@ pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProb
     {
         return match config.create_table {
             true => Vec::new(),
-            false => vec![(
+            false => vec![problem(
                 Some("url"),
                 format!("the SQLite database {} does not exist", path.display()),
                 Some("check the path, or set `create_table: true` to have it created".into()),
@@ -759,20 +761,20 @@ pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProb
     let probe = SqlSinkConfig { delivery: Delivery::AtLeastOnce, ..config.clone() };
     let opened = tokio::time::timeout(std::time::Duration::from_secs(10), SqlSink::open(probe, pipeline)).await;
     let mut sink = match opened {
-        Err(_) => return vec![(Some("url"), format!("no answer from {url} in 10 s"), None)],
+        Err(_) => return vec![problem(Some("url"), format!("no answer from {url} in 10 s"), None)],
         Ok(Err(e)) => {
             let cause = match &e {
                 SqlError::Connect { source, .. } => format!(": {source}"),
                 _ => String::new(),
             };
-            return vec![(Some("url"), format!("cannot connect to {url}{cause}"), None)];
+            return vec![problem(Some("url"), format!("cannot connect to {url}{cause}"), None)];
         }
         Ok(Ok(sink)) => sink,
     };
     let mut problems = Vec::new();
     if let Some(table) = config.table.fixed() {
         match sink.describe(table).await {
-            Ok(None) if !config.create_table => problems.push((
+            Ok(None) if !config.create_table => problems.push(problem(
                 Some("table"),
                 format!("table {table} does not exist in {url}"),
                 Some("create it, or set `create_table: true`".into()),
@@ -793,7 +795,7 @@ pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProb
                         .await
                         .and_then(|r| r.try_get::<bool, _>(0));
                     if !matches!(granted, Ok(true)) {
-                        problems.push((
+                        problems.push(problem(
                             Some("table"),
                             format!("the user may not {privilege} into table {table} (`mode` needs {needs})"),
                             None,
@@ -802,7 +804,7 @@ pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<CheckProb
                 }
             }
             Ok(_) => {}
-            Err(e) => problems.push((Some("table"), format!("cannot read table {table}: {e}"), None)),
+            Err(e) => problems.push(problem(Some("table"), format!("cannot read table {table}: {e}"), None)),
         }
     }
     let _ = sink.close().await;
