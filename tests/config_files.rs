@@ -112,3 +112,17 @@ fn garbage_and_missing_files_exit_2_without_a_panic() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The schema `flowgate schema` offers editors accepts every shipped pipeline,
+/// sample and documentation snippet under an independent 2020-12 validator.
+#[test]
+fn the_editors_schema_accepts_every_shipped_file_under_an_independent_validator() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = flowgate().arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let schema = dir.path().join("schema.json");
+    std::fs::write(&schema, &out.stdout).unwrap();
+    let report =
+        common::registry::run_python("editor_schema.py", &[schema.to_str().unwrap(), repo().to_str().unwrap()]);
+    assert!(report.contains(" checked, 0 with problems"), "{report}");
+}

@@ -2,6 +2,7 @@
 //! with a diagnostic for every problem.
 
 mod diag;
+mod editor;
 mod interp;
 mod kinds;
 mod schema;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 use crate::connectors::registry;
 
 pub use diag::MessageFormat;
+pub use editor::editor_schema;
 pub use interp::{ExpandError, expand};
 
 /// A pipeline file: one mapping with `name`, `source`, `sink`, and optionally
@@ -219,7 +221,8 @@ impl ConfigError {
     }
 }
 
-/// The JSON Schema of pipeline files, for editors (`flowgate schema`).
+/// The JSON Schema of pipeline files as the runtime checks them (after `${VAR}`
+/// expansion); editors get [`editor_schema`].
 pub fn json_schema() -> &'static serde_json::Value {
     static SCHEMA: OnceLock<serde_json::Value> = OnceLock::new();
     SCHEMA.get_or_init(|| {

@@ -76,6 +76,7 @@ impl JsonSchema for Start {
         schemars::json_schema!({
             "type": "string",
             "format": "kafka-start",
+            "pattern": r"^(earliest|latest|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?)?Z?)$",
             "description": "`earliest`, `latest`, or a time such as `2026-01-31T12:00:00Z`.",
         })
     }

@@ -12,12 +12,12 @@ pub struct PostgresCdcConfig {
     /// Connection URL, `postgres://user:password@host:5432/database`. The user needs
     /// the `REPLICATION` attribute and `SELECT` on the tables (and ownership of them
     /// or `CREATE` on the database if Flowgate is to create the publication).
-    #[schemars(extend("format" = "postgres-url"))]
+    #[schemars(extend("format" = "postgres-url", "pattern" = "^postgres(ql)?://"))]
     pub url: String,
     /// Tables to capture, `schema.table` or `table` (schema `public`). Flowgate
     /// creates the publication for them if it does not exist.
     #[serde(default)]
-    #[schemars(extend("items" = {"type": "string", "format": "postgres-table"}))]
+    #[schemars(extend("items" = {"type": "string", "format": "postgres-table", "pattern": "^[^.]+(\\.[^.]+)?$"}))]
     pub tables: Vec<String>,
     /// The publication to stream. Without `tables` it must exist already; with
     /// `tables` it is created when missing. Default: the slot's name.
@@ -26,7 +26,7 @@ pub struct PostgresCdcConfig {
     /// Replication slot name (lower-case letters, digits, `_`). Created when
     /// missing. Default: `flowgate_<pipeline name>`.
     #[serde(default)]
-    #[schemars(extend("format" = "postgres-slot"))]
+    #[schemars(extend("format" = "postgres-slot", "pattern" = "^[a-z0-9_]{1,63}$"))]
     pub slot: Option<String>,
     /// `initial` (default): copy the tables' current rows, then stream changes;
     /// `never`: stream changes only; `initial_only`: copy the rows and stop.

@@ -8,6 +8,9 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer};
 
+/// What `humantime::parse_duration` accepts, for editors.
+const DURATION_PATTERN: &str = r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+)$";
+
 /// A duration written the way people write them: `250ms`, `5s`, `1m 30s`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -49,7 +52,11 @@ impl JsonSchema for HumanDuration {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
+            // Flowgate's own format (checked by the runtime); the pattern,
+            // humantime's syntax, is what editors check. Not JSON Schema's
+            // `duration`, which is ISO 8601 (`PT0.25S`).
             "format": "duration",
+            "pattern": DURATION_PATTERN,
             "description": "A duration such as `250ms`, `5s` or `2m`.",
         })
     }
@@ -130,6 +137,7 @@ impl JsonSchema for ByteSize {
         json_schema!({
             "type": ["string", "integer"],
             "format": "byte-size",
+            "pattern": r"^\s*[0-9]+\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$",
             "minimum": 0,
             "description": "A size such as `64MiB`, `512KiB` or `1GB`, or a number of bytes.",
         })
