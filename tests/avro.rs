@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::kafka::{Broker, Reader};
 use common::postgres::Postgres;
 use common::registry::{Registry, run_python};
-use common::{Guard, flowgate, log, records, spawn_run, stop, wait_for, write_file};
+use common::{Guard, flowgate, log, records, records_so_far, spawn_run, stop, wait_for, write_file};
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::{
     SrSettings, get_all_subjects, get_all_versions, get_schema_by_id, get_schema_by_subject_and_version,
@@ -241,7 +241,7 @@ fn avro_written_by_flowgate_is_read_by_the_python_client_with_the_embedded_regis
     let registry =
         format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
     let file = file_to_kafka(dir.path(), &input, &broker, "payments", &registry, "");
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let url = format!("http://127.0.0.1:{port}");
     let out = run_python("avro_consume.py", &[&broker.addr(), "payments", &url, &n.to_string()]);
     let mut got: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -291,8 +291,8 @@ fn avro_written_by_the_python_client_is_read_by_flowgate() {
             registry.url()
         ),
     );
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
-    let arrived = wait_for(Duration::from_secs(60), || records(&output).len() >= 30);
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    let arrived = wait_for(Duration::from_secs(60), || records_so_far(&output).len() >= 30);
     stop(&mut run, dir.path());
     assert!(arrived, "{}", log(dir.path()));
     let got = records(&output);
@@ -382,7 +382,7 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let file =
         file_to_kafka(dir.path(), &input, &broker, "pay", &format!("  url: {}\n  timeout: 1s", registry.url()), "");
-    let mut writer = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut writer = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "pay", false);
     // Down: nothing goes out, nothing is dropped.
     assert!(!reader.read_until(Duration::from_secs(4), |r| r.total > 0));
@@ -395,13 +395,13 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     registry.stop();
     let output = dir.path().join("out.jsonl");
     let read_file = kafka_to_file(dir.path(), &broker, &registry);
-    let mut run = Guard(spawn_run(dir.path(), &read_file, &[]));
+    let mut run = spawn_run(dir.path(), &read_file, &[]);
     // Longer than max.poll.interval.ms: the waiting consumer keeps polling, its
     // partitions paused, and stays in its group.
     std::thread::sleep(Duration::from_secs(10));
     assert!(records(&output).is_empty());
     registry.start_again();
-    let all = wait_for(Duration::from_secs(60), || records(&output).len() as u64 >= n);
+    let all = wait_for(Duration::from_secs(60), || records_so_far(&output).len() as u64 >= n);
     stop(&mut run, dir.path());
     let text = log(dir.path());
     assert!(all, "{text}");
@@ -446,7 +446,7 @@ fn partitions_paused_for_the_registry_are_read_again_after_a_rebalance() {
     // Keyed, so that both partitions have records.
     let registry_yaml = format!("  url: {}\n  timeout: 1s", registry.url());
     let to_kafka = file_to_kafka(dir.path(), &input, &broker, "pay", &registry_yaml, "    key: 'k${value.id}'\n");
-    let mut writer = Guard(spawn_run(dir.path(), &to_kafka, &[]));
+    let mut writer = spawn_run(dir.path(), &to_kafka, &[]);
     let mut reader = Reader::new(&broker.addr(), "pay", false);
     assert!(reader.read_until(Duration::from_secs(60), |r| r.total >= 200), "{}", log(dir.path()));
     let ids = |dirs: &[&Path]| {
@@ -459,9 +459,9 @@ fn partitions_paused_for_the_registry_are_read_again_after_a_rebalance() {
     // Both members hold records while the registry is down, each with its
     // partitions paused; B takes one of A's paused partitions in the rebalance.
     registry.stop();
-    let mut run_a = Guard(spawn_run(&a, &kafka_to_file(&a, &broker, &registry), &[]));
+    let mut run_a = spawn_run(&a, &kafka_to_file(&a, &broker, &registry), &[]);
     assert!(wait_for(Duration::from_secs(30), || log(&a).contains("out of reach")), "{}", log(&a));
-    let mut run_b = Guard(spawn_run(&b, &kafka_to_file(&b, &broker, &registry), &[]));
+    let mut run_b = spawn_run(&b, &kafka_to_file(&b, &broker, &registry), &[]);
     assert!(wait_for(Duration::from_secs(60), || log(&b).contains("out of reach")), "{}", log(&b));
     registry.start_again();
     assert!(wait_for(Duration::from_secs(60), || ids(&[&a, &b]) == 200), "{}\n{}", log(&a), log(&b));
@@ -491,7 +491,7 @@ fn an_incompatible_schema_is_refused_at_validate_and_at_registration() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is incompatible with subject `inc-value` in the registry"), "{err}");
 
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let exited = wait_for(Duration::from_secs(30), || run.try_wait().unwrap().is_some());
     assert!(exited, "the pipeline should stop\n{}", log(dir.path()));
     assert!(!run.try_wait().unwrap().unwrap().success());
@@ -553,9 +553,9 @@ fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_tabl
             .spawn()
             .unwrap(),
     );
-    assert!(wait_for(Duration::from_secs(60), || records(&out_path).len() >= 3), "{}", log(dir.path()));
+    assert!(wait_for(Duration::from_secs(60), || records_so_far(&out_path).len() >= 3), "{}", log(dir.path()));
     pg.sql("ALTER TABLE edge ADD COLUMN note text; INSERT INTO edge (id, note) VALUES (4, 'added');");
-    assert!(wait_for(Duration::from_secs(60), || records(&out_path).len() >= 4), "{}", log(dir.path()));
+    assert!(wait_for(Duration::from_secs(60), || records_so_far(&out_path).len() >= 4), "{}", log(dir.path()));
     let versions = http(port, "GET", "/subjects/public.edge-value/versions", "").1;
     stop(&mut run, dir.path());
 
@@ -588,7 +588,7 @@ fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
     let listen = format!("127.0.0.1:{}", common::free_port());
     let shipped = common::repo().join("pipelines/postgres-to-kafka-avro.yaml");
     let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr()), ("REGISTRY_LISTEN", listen.clone())];
-    let mut run = Guard(common::spawn_run_with_env(dir.path(), &shipped, &[], &env));
+    let mut run = common::spawn_run_with_env(dir.path(), &shipped, &[], &env);
     pg.wait_streaming("flowgate_shop_avro", dir.path());
     pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1");
     let out = run_python("avro_consume.py", &[&broker.addr(), "shop.orders", &format!("http://{listen}"), "2"]);
@@ -687,11 +687,11 @@ fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids(
         format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
     let file = file_to_kafka(dir.path(), &input, &broker, "killed", &registry, "    key: 'k${value.id}'\n");
     let mut reader = Reader::new(&broker.addr(), "killed", false);
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 5_000), "{}", log(dir.path()));
     common::kill(&mut run);
     let at_kill = reader.total;
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == n);
     assert!(complete, "missing {} keys\n{}", reader.missing(n).len(), log(dir.path()));
     eprintln!(
@@ -713,8 +713,8 @@ fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids(
         ),
     );
     let dir2 = tempfile::tempdir().unwrap();
-    let mut decoder = Guard(spawn_run(dir2.path(), &decode, &[]));
-    let all = wait_for(Duration::from_secs(60), || records(&output).len() as u64 >= reader.total);
+    let mut decoder = spawn_run(dir2.path(), &decode, &[]);
+    let all = wait_for(Duration::from_secs(60), || records_so_far(&output).len() as u64 >= reader.total);
     stop(&mut decoder, dir2.path());
     stop(&mut run, dir.path());
     assert!(all, "{}", log(dir2.path()));

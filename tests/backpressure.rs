@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, log, metric, rss_kib, signal, spawn_run, wait_exit, wait_for};
+use common::{expect_metric, http_get, log, metrics_port, rss_kib, signal, spawn_run, wait_exit, wait_for};
 
 #[test]
 fn a_slow_sink_holds_memory_flat() {
@@ -25,25 +25,29 @@ batch: {size: 1000, buffer: 4}
 "#,
     )
     .unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = spawn_run(d, &d.join("slow.yaml"), &["--metrics-addr", &addr, "--progress", "1s"]);
+    let mut child = spawn_run(d, &d.join("slow.yaml"), &["--metrics-addr", "127.0.0.1:0", "--progress", "1s"]);
+    let port = metrics_port(d);
     assert!(wait_for(Duration::from_secs(30), || http_get(port, "/health").is_some()), "{}", log(d));
 
     std::thread::sleep(Duration::from_secs(1));
     let baseline = rss_kib(child.id());
     let mut peak = baseline;
     let mut max_in_flight = 0.0f64;
+    let (mut samples, mut written) = (0, 0.0);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
         peak = peak.max(rss_kib(child.id()));
         if let Some((200, body)) = http_get(port, "/metrics") {
-            let read = metric(&body, "flowgate_records_in_total").unwrap_or(0.0);
-            let written = metric(&body, "flowgate_records_out_total").unwrap_or(0.0);
+            let read = expect_metric(&body, "flowgate_records_in_total");
+            written = expect_metric(&body, "flowgate_records_out_total");
             max_in_flight = max_in_flight.max(read - written);
+            samples += 1;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The bounds below mean something only if the pipeline was measured, and moving.
+    assert!(samples >= 30, "only {samples} readings of /metrics");
+    assert!(written >= 20_000.0, "the sink wrote only {written} records in 6 s");
     let (code, health) = http_get(port, "/health").unwrap();
     assert_eq!(code, 200, "{health}");
     assert!(health.contains(r#""slow":{"state":"running"}"#), "{health}");

@@ -155,7 +155,6 @@ fn a_service_down_at_start_is_waited_for_and_the_other_pipelines_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut pg = Postgres::start();
     pg.stop();
-    let metrics = common::free_port();
     let to_pg = write_file(
         dir.path(),
         "to-pg.yaml",
@@ -179,12 +178,13 @@ fn a_service_down_at_start_is_waited_for_and_the_other_pipelines_run() {
             .arg("run")
             .arg(&to_pg)
             .arg(&to_file)
-            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}"), "--state-dir"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
             .arg(dir.path().join("state"))
             .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
             .spawn()
             .unwrap(),
     );
+    let metrics = common::metrics_port(dir.path());
     // The healthy pipeline runs to its end; the other waits, reported as such.
     assert!(wait_for(Duration::from_secs(20), || ids(&out).len() == 100), "{}", log(dir.path()));
     assert!(
@@ -366,15 +366,15 @@ fn idle_connections_to_the_metrics_port_cannot_starve_the_pipeline() {
             out.display()
         ),
     );
-    let port = common::free_port();
     let mut cmd = flowgate();
     cmd.arg("run")
         .arg(&pipeline)
-        .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
         .arg(dir.path().join("state"))
         .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap());
     limit(&mut cmd, libc::RLIMIT_NOFILE, 300);
     let mut run = Guard(cmd.spawn().unwrap());
+    let port = common::metrics_port(dir.path());
     assert!(wait_for(Duration::from_secs(20), || ids(&out).len() == 1000), "{}", log(dir.path()));
     // 500 connections that never send a request.
     let idle: Vec<std::net::TcpStream> =
@@ -473,8 +473,10 @@ fn curl(ca: &Path, args: &[&str]) -> (u16, String) {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    // `-w` always prints the status last: `000` when nothing answered.
+    let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl printed no status: {text}"));
+    let code = code.trim().parse().unwrap_or_else(|e| panic!("curl status `{code}`: {e}"));
+    (code, body.to_string())
 }
 
 #[test]

@@ -48,14 +48,14 @@ fn kill_and_restart(name: &str, sink_extra: &str, read_committed: bool, kill_aft
     let file = pipeline(dir.path(), name, &broker.addr(), "in", "out", sink_extra);
 
     let mut reader = Reader::new(&broker.addr(), "out", read_committed);
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     // Kill once some output exists but well before the end.
     let started = reader.read_until(Duration::from_secs(30), |r| r.total >= kill_after);
     assert!(started, "no output\n{}", log(dir.path()));
     kill(&mut run);
     let at_kill = reader.total;
 
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let complete = reader.read_until(Duration::from_secs(60), |r| r.counts.len() as u64 == N);
     // Anything repeated late would show up within this time.
     reader.read_until(Duration::from_secs(2), |_| false);
@@ -82,7 +82,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
     let broker = Broker::with_topics(&[("in", 3), ("out", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..20_000));
     let file = pipeline(dir.path(), "eos", &broker.addr(), "in", "out", "    delivery: exactly_once");
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", true);
     let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() == 20_000);
     // Anything repeated would show up within this second.
@@ -91,7 +91,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
     assert!(complete, "missing: {}\n{}", reader.missing(20_000).len(), log(dir.path()));
     assert_eq!(reader.total, 20_000, "each record exactly once");
     // Offsets were committed in the transactions: a restart reads nothing again.
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     reader.read_until(Duration::from_secs(5), |_| false);
     stop(&mut run, dir.path());
     assert_eq!(reader.total, 20_000, "a restart repeated records");
@@ -105,9 +105,9 @@ fn two_runners_share_the_partitions_and_the_survivor_finishes() {
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
-    let mut a = Guard(spawn_run(&dir_a, &file, &[]));
+    let mut a = spawn_run(&dir_a, &file, &[]);
     assert!(wait_for(Duration::from_secs(20), || log(&dir_a).contains("partitions assigned")));
-    let mut b = Guard(spawn_run(&dir_b, &file, &[]));
+    let mut b = spawn_run(&dir_b, &file, &[]);
     // The second member joins: both hold part of the topic.
     assert!(
         wait_for(Duration::from_secs(30), || log(&dir_b).contains("partitions assigned")
@@ -155,7 +155,7 @@ fn a_broker_outage_makes_the_pipeline_wait_then_resume() {
     const M: u64 = 20_000;
     Writer::new(&broker.addr()).send("in", numbered(0..M / 2));
     let file = pipeline(dir.path(), "outage", &broker.addr(), "in", "out", "");
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", false);
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 1_000), "no output\n{}", log(dir.path()));
     eprintln!("outage: {} of {} written when the broker stops", reader.total, M / 2);
@@ -206,7 +206,7 @@ fn validate_check_reports_bad_brokers_missing_topics_and_credentials() {
     assert!(out.status.success());
 
     // At run time a missing source topic stops the pipeline with the reason.
-    let mut run = Guard(spawn_run(dir.path(), &missing, &[]));
+    let mut run = spawn_run(dir.path(), &missing, &[]);
     let status = wait_exit(&mut run, Duration::from_secs(60));
     assert!(!status.success());
     assert!(log(dir.path()).contains("a subscribed topic does not exist"), "{}", log(dir.path()));
@@ -376,7 +376,7 @@ fn a_group_without_offsets_can_start_at_a_time() {
         .replace("    session_timeout: 2s", &format!("    session_timeout: 2s\n    start: {since}"));
     std::fs::write(&file, text).unwrap();
 
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", false);
     let complete = reader.read_until(Duration::from_secs(30), |r| r.total >= 100);
     reader.read_until(Duration::from_secs(2), |_| false);
@@ -403,7 +403,7 @@ fn exactly_once_holds_across_rebalances() {
     }
     let writer = Writer::new(&broker.addr());
     let mut reader = Reader::new(&broker.addr(), "out", true);
-    let mut a = Guard(spawn_run(&dir_a, &runners[0], &[]));
+    let mut a = spawn_run(&dir_a, &runners[0], &[]);
     assert!(wait_for(Duration::from_secs(20), || log(&dir_a).contains("partitions assigned")));
     let mut b = None;
     for chunk in 0..10 {
@@ -411,7 +411,7 @@ fn exactly_once_holds_across_rebalances() {
         reader.read_until(Duration::from_millis(300), |_| false);
         match chunk {
             2 => {
-                b = Some(Guard(spawn_run(&dir_b, &runners[1], &[])));
+                b = Some(spawn_run(&dir_b, &runners[1], &[]));
                 let joined = wait_for(Duration::from_secs(30), || log(&dir_b).contains("partitions assigned"));
                 assert!(joined, "B did not join\n{}", log(&dir_b));
             }
@@ -437,7 +437,7 @@ fn a_failed_exactly_once_pipeline_exits_without_waiting_for_its_lost_batches() {
     Writer::new(&broker.addr()).send("in", numbered(0..10));
     let extra = "    delivery: exactly_once\n    key: '${value.customer}'";
     let file = pipeline(dir.path(), "eos-fail", &broker.addr(), "in", "out", extra);
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(wait_for(Duration::from_secs(30), || log(dir.path()).contains("partitions assigned")));
     let refused = std::time::Instant::now();
     let status = wait_exit(&mut run, Duration::from_secs(60));

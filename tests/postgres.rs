@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{Broker, Reader};
 use common::postgres::Postgres;
-use common::{Guard, kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for, write_file};
+use common::{kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for, write_file};
 use serde_json::{Value, json};
 
 fn pipeline(dir: &Path, name: &str, pg: &Postgres, source_extra: &str, sink: &str) -> PathBuf {
@@ -77,7 +77,7 @@ fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
     let mut writer = pg.pgbench(&writes, 2, 10);
     std::thread::sleep(Duration::from_millis(500)); // Writes are under way when the snapshot starts.
     let file = pipeline(dir.path(), "snap", &pg, "    tables: [items]", &kafka_sink(&broker));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(writer.wait().unwrap().success(), "pgbench failed");
     pg.wait_caught_up("flowgate_snap", dir.path());
 
@@ -112,7 +112,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
          INSERT INTO log (counter) VALUES (:id);\nEND;\n",
     );
     let file = pipeline(dir.path(), "kills", &pg, "    tables: [counters, log]", &kafka_sink(&broker));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let mut writer = pg.pgbench(&writes, 2, 16);
     // Kills during streaming: one during the snapshot would, by design, take the snapshot again.
     assert!(
@@ -127,7 +127,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
         std::thread::sleep(Duration::from_millis(pause));
         kill(&mut run);
         eprintln!("killed after {pause} ms");
-        run = Guard(spawn_run(dir.path(), &file, &[]));
+        run = spawn_run(dir.path(), &file, &[]);
     }
     assert!(writer.wait().unwrap().success(), "pgbench failed");
     pg.wait_caught_up("flowgate_kills", dir.path());
@@ -178,7 +178,7 @@ fn an_idle_slot_keeps_up_with_writes_to_unpublished_tables() {
     let pg = Postgres::start();
     pg.sql("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE other (id serial PRIMARY KEY, pad text)");
     let file = pipeline(dir.path(), "idle", &pg, "    tables: [watched]\n    snapshot: never", "  null: {}");
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_idle", dir.path());
     let start = pg.current_lsn();
     let writes = write_file(
@@ -220,7 +220,7 @@ fn types_toast_values_and_schema_changes_come_through() {
     );
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "types", &pg, "    tables: [every_type, docs, docs_full]", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_types", dir.path());
     pg.sql(
         r#"INSERT INTO every_type VALUES (1, -32768, 9007199254740993, 123.450, 1e-30, 1.5, 'NaN', true,
@@ -287,8 +287,8 @@ fn a_million_row_transaction_streams_in_bounded_memory() {
     let pg = Postgres::start_with(&["logical_decoding_work_mem = 64kB"]);
     pg.sql("CREATE TABLE big (id int PRIMARY KEY, pad text)");
     let file = pipeline(dir.path(), "big", &pg, "    tables: [big]\n    snapshot: never", "  null: {}");
-    let port = common::free_port();
-    let mut run = Guard(spawn_run(dir.path(), &file, &["--metrics-addr", &format!("127.0.0.1:{port}")]));
+    let mut run = spawn_run(dir.path(), &file, &["--metrics-addr", "127.0.0.1:0"]);
+    let port = common::metrics_port(dir.path());
     pg.wait_streaming("flowgate_big", dir.path());
     pg.sql("INSERT INTO big SELECT g, repeat('x', 60) FROM generate_series(1, 1000000) g");
     let target = pg.current_lsn();
@@ -313,7 +313,7 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     pg.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "restart", &pg, "    tables: [t]\n    snapshot: never", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_restart", dir.path());
     for i in 0..50 {
         pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
@@ -340,13 +340,13 @@ fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
     pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "lost", &pg, "    tables: [t]", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_caught_up("flowgate_lost", dir.path());
     stop(&mut run, dir.path());
     let inactive = "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'flowgate_lost' AND NOT active";
     assert!(wait_for(Duration::from_secs(10), || pg.sql(inactive) == "1"));
     pg.sql("SELECT pg_drop_replication_slot('flowgate_lost')");
-    let mut again = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut again = spawn_run(dir.path(), &file, &[]);
     let status = wait_exit(&mut again, Duration::from_secs(30));
     assert!(!status.success());
     assert!(log(dir.path()).contains("replication slot `flowgate_lost` is gone"), "{}", log(dir.path()));
@@ -354,7 +354,7 @@ fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
     let replica = Postgres::start_with(&["wal_level = replica"]);
     replica.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let file = pipeline(dir.path(), "nolog", &replica, "    tables: [t]", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let status = wait_exit(&mut run, Duration::from_secs(30));
     assert!(!status.success());
     assert!(log(dir.path()).contains("needs `wal_level = logical`"), "{}", log(dir.path()));
@@ -367,7 +367,7 @@ fn an_invalidated_slot_stops_the_pipeline() {
     pg.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (pad text)");
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "inval", &pg, "    tables: [t]", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_caught_up("flowgate_inval", dir.path());
     stop(&mut run, dir.path());
     // While the pipeline is stopped, more WAL than the slot may keep.
@@ -376,7 +376,7 @@ fn an_invalidated_slot_stops_the_pipeline() {
     }
     let status = pg.sql("SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'flowgate_inval'");
     assert_eq!(status, "lost", "the server did not invalidate the slot");
-    let mut again = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut again = spawn_run(dir.path(), &file, &[]);
     assert!(!wait_exit(&mut again, Duration::from_secs(30)).success());
     assert!(log(dir.path()).contains("is invalidated (wal_status = lost)"), "{}", log(dir.path()));
 }
@@ -390,7 +390,7 @@ fn the_shipped_postgres_to_kafka_pipeline_runs() {
     let broker = Broker::with_topics(&[("shop.customers", 3), ("shop.orders", 3), ("shop-dead-letters", 1)]);
     let shipped = common::repo().join("pipelines/postgres-to-kafka.yaml");
     let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr())];
-    let mut child = Guard(common::spawn_run_with_env(dir.path(), &shipped, &[], &env));
+    let mut child = common::spawn_run_with_env(dir.path(), &shipped, &[], &env);
     pg.wait_streaming("flowgate_shop", dir.path());
     pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1; DELETE FROM shop.orders WHERE id = 2");
     pg.wait_caught_up("flowgate_shop", dir.path());
@@ -432,19 +432,19 @@ fn an_interrupted_snapshot_is_taken_again_from_the_start() {
         })
     };
     // Killed during the copy: the slot stays behind, with the snapshot unfinished.
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(mid_snapshot("taking the initial snapshot", 1), "{}", log(dir.path()));
     kill(&mut run);
     assert!(!log(dir.path()).contains("initial snapshot written"), "the snapshot finished before the kill");
     std::fs::remove_file(&out).unwrap();
     // Stopped gracefully during the copy: pg_walstream drops the slot.
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(mid_snapshot("taking the initial snapshot", 2), "{}", log(dir.path()));
     stop(&mut run, dir.path());
     assert_eq!(log(dir.path()).matches("initial snapshot written").count(), 0, "{}", log(dir.path()));
     std::fs::remove_file(&out).unwrap();
     // The third run copies everything, then streams.
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_caught_up("flowgate_again", dir.path());
     pg.sql("INSERT INTO t VALUES (0, 'after')");
     pg.wait_caught_up("flowgate_again", dir.path());
@@ -501,7 +501,7 @@ fn pipelines_started_together_share_a_publication_created_by_either() {
     assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "1"));
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "late", &pg, "    tables: [items]\n    publication: items", &file_sink(&out));
-    let mut run = Guard(spawn_run(dir.path(), &file, &[]));
+    let mut run = spawn_run(dir.path(), &file, &[]);
     let waiting =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'CREATE PUBLICATION%'";
     assert!(wait_for(Duration::from_secs(30), || pg.sql(waiting) == "1"), "{}", log(dir.path()));
@@ -510,6 +510,6 @@ fn pipelines_started_together_share_a_publication_created_by_either() {
     assert!(other.wait().unwrap().success());
     pg.wait_streaming("flowgate_late", dir.path());
     pg.sql("INSERT INTO items VALUES (2)");
-    assert!(wait_for(Duration::from_secs(30), || records(&out).len() == 2), "{}", log(dir.path()));
+    assert!(wait_for(Duration::from_secs(30), || common::records_so_far(&out).len() == 2), "{}", log(dir.path()));
     stop(&mut run, dir.path());
 }

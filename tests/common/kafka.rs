@@ -81,9 +81,9 @@ impl Broker {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("tansu starts");
-        wait_listening(self.port, &mut child, "tansu");
-        self.child = Some(child);
+        // Kept before waiting, so that a broker that never listens is still stopped.
+        let child = self.child.insert(cmd.spawn().expect("tansu starts"));
+        wait_listening(self.port, child, "tansu");
     }
 
     pub fn addr(&self) -> String {
@@ -148,7 +148,7 @@ pub fn create_topic(addr: &str, name: &str, partitions: i32) {
 /// A local S3 endpoint (moto) with a `tansu` bucket, for a broker whose data
 /// survives a restart; stopped when dropped.
 pub struct S3 {
-    child: Child,
+    child: super::Guard,
     pub port: u16,
 }
 
@@ -160,6 +160,7 @@ impl S3 {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(super::Guard)
             .expect("moto_server starts");
         wait_listening(port, &mut child, "moto_server");
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -181,13 +182,6 @@ impl S3 {
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
             ("AWS_DEFAULT_REGION", "us-east-1".into()),
         ]
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

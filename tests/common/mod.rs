@@ -22,13 +22,14 @@ pub fn flowgate() -> Command {
     c
 }
 
-/// Starts `flowgate run` on a pipeline file, with state kept in `dir/state`.
-pub fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> Child {
+/// Starts `flowgate run` on a pipeline file, with state kept in `dir/state`;
+/// killed when the guard drops (a failing test leaves no process behind).
+pub fn spawn_run(dir: &Path, pipeline: &Path, extra: &[&str]) -> Guard {
     spawn_run_with_env(dir, pipeline, extra, &[])
 }
 
 /// [`spawn_run`] with environment variables (a shipped pipeline's `${...}`).
-pub fn spawn_run_with_env(dir: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, String)]) -> Child {
+pub fn spawn_run_with_env(dir: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, String)]) -> Guard {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("flowgate.log")).unwrap();
     flowgate()
         .arg("run")
@@ -41,6 +42,7 @@ pub fn spawn_run_with_env(dir: &Path, pipeline: &Path, extra: &[&str], env: &[(&
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(Guard)
         .expect("flowgate starts")
 }
 
@@ -88,18 +90,38 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Resident memory of a process, in KiB.
+/// Resident memory of a running process, in KiB. Panics when it cannot be
+/// read (the process is gone), so that a memory bound cannot pass on a zero.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let kib: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status:\n{status}"));
+    assert!(kib > 0, "process {pid} has no resident memory");
+    kib
 }
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The port `flowgate run --metrics-addr 127.0.0.1:0` bound, read from its log
+/// in `dir` (no port is picked and released: another test could take it).
+pub fn metrics_port(dir: &Path) -> u16 {
+    let mut port = None;
+    let found = wait_for(Duration::from_secs(30), || {
+        port = log(dir).lines().filter(|l| l.contains("serving /metrics and /health")).find_map(|l| {
+            let at = l.split_once("bound=").or_else(|| l.split_once("\"bound\":\""))?.1;
+            let addr: String = at.chars().take_while(|c| c.is_ascii_digit() || ".:[]".contains(*c)).collect();
+            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        });
+        port.is_some()
+    });
+    assert!(found, "no metrics address in the log:\n{}", log(dir));
+    port.expect("found")
 }
 
 /// A plain HTTP/1.0 GET: (status code, body).
@@ -114,9 +136,17 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// The value of a Prometheus sample such as `flowgate_records_in_total{pipeline="x"}`.
+/// The value of a Prometheus sample such as `flowgate_records_in_total{pipeline="x"}`:
+/// `name` itself, not a longer name that starts with it.
 pub fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines().filter(|l| l.starts_with(name)).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// [`metric`], which must be there: panics with the page otherwise.
+pub fn expect_metric(body: &str, name: &str) -> f64 {
+    metric(body, name).unwrap_or_else(|| panic!("no `{name}` sample in /metrics:\n{body}"))
 }
 
 /// Writes `n` JSON lines `{"id":i,...}` with a payload of about `size` bytes.
@@ -129,13 +159,28 @@ pub fn write_jsonl(path: &Path, n: u64, size: usize) {
     f.flush().unwrap();
 }
 
-/// Integer columns of a query against a SQLite file (empty when the table is not there yet).
+/// Integer columns of a query against a SQLite file: empty while the file or
+/// the table is not there yet; any other failure panics.
 pub async fn sqlite_rows(db: &Path, sql: &str) -> Vec<Vec<Option<i64>>> {
     use sqlx::{Connection, Row};
+    if !db.exists() {
+        return Vec::new();
+    }
     let url = format!("sqlite:{}?mode=ro", db.display());
-    let Ok(mut conn) = sqlx::SqliteConnection::connect(&url).await else { return Vec::new() };
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap_or_default();
-    rows.iter().map(|r| (0..r.len()).map(|i| r.try_get::<Option<i64>, _>(i).unwrap_or(None)).collect()).collect()
+    let mut conn =
+        sqlx::SqliteConnection::connect(&url).await.unwrap_or_else(|e| panic!("cannot open {}: {e}", db.display()));
+    let rows = match sqlx::query(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(e)) if e.message().starts_with("no such table") => return Vec::new(),
+        Err(e) => panic!("{sql}: {e}"),
+    };
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.try_get::<Option<i64>, _>(i).unwrap_or_else(|e| panic!("{sql}, column {i}: {e}")))
+                .collect()
+        })
+        .collect()
 }
 
 /// Where `scripts/build-plugins.sh` puts plugins (`scripts/test.sh` runs it first).
@@ -155,17 +200,42 @@ pub fn plugin(name: &str) -> PathBuf {
     path
 }
 
-/// Records written by a file sink with `format: record`, as JSON.
+/// Records written by a file sink with `format: record`, as JSON. The file
+/// must exist (a file sink creates it when the pipeline starts): a wrong path
+/// fails instead of reading as "no records".
 pub fn records(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
 }
 
-/// A running `flowgate`, killed if the test fails before stopping it.
+/// [`records`] while a pipeline may still be starting: none before the file exists.
+pub fn records_so_far(path: &Path) -> Vec<serde_json::Value> {
+    if path.exists() { records(path) } else { Vec::new() }
+}
+
+/// A running process (`flowgate`, a service), killed if the test fails
+/// before stopping it.
 pub struct Guard(pub Child);
+
+impl Guard {
+    /// Waits for the process to finish, with its output (like
+    /// `Child::wait_with_output`, which would take the child out of the guard).
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(mut p) = pipe {
+                    p.read_to_end(&mut out)?;
+                }
+                Ok(out)
+            })
+        }
+        let (stdout, stderr) = (drain(self.0.stdout.take()), drain(self.0.stderr.take()));
+        let status = self.0.wait()?;
+        let joined = |h: std::thread::JoinHandle<std::io::Result<Vec<u8>>>| h.join().expect("reader thread");
+        Ok(std::process::Output { status, stdout: joined(stdout)?, stderr: joined(stderr)? })
+    }
+}
 
 impl std::ops::Deref for Guard {
     type Target = Child;
