@@ -303,7 +303,7 @@ fn sinks_started_together_share_the_tables_either_creates() {
         (session, input)
     };
     let positions = hold(
-        "CREATE TABLE flowgate_positions (pipeline TEXT NOT NULL, source TEXT NOT NULL, position BIGINT NOT NULL, \
+        "CREATE TABLE flowgate_source_positions (pipeline TEXT NOT NULL, source TEXT NOT NULL, position TEXT NOT NULL, \
          PRIMARY KEY (pipeline, source))",
     );
     let events = hold("CREATE TABLE events (id bigint, email text, pad text)");
@@ -320,7 +320,7 @@ fn sinks_started_together_share_the_tables_either_creates() {
         ),
     );
     let mut run = spawn_run(dir.path(), &file, &[]);
-    for (table, (mut session, mut input)) in [("flowgate_positions", positions), ("events", events)] {
+    for (table, (mut session, mut input)) in [("flowgate_source_positions", positions), ("events", events)] {
         let blocked = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
              AND query LIKE 'CREATE TABLE IF NOT EXISTS %{table}%'"
@@ -404,7 +404,7 @@ fn the_shipped_kafka_to_postgres_pipeline_dead_letters_what_the_database_refuses
     assert!(dead.read_until(Duration::from_secs(20), |r| r.total >= 1));
     assert!(dead.messages[0].value.contains("violates check constraint"), "{}", dead.messages[0].value);
     stop(&mut run, dir.path());
-    assert_eq!(pg.sql("SELECT count(*) FROM flowgate_positions WHERE pipeline = 'kafka-to-postgres'"), "3");
+    assert_eq!(pg.sql("SELECT count(*) FROM flowgate_source_positions WHERE pipeline = 'kafka-to-postgres'"), "3");
 }
 
 #[test]

@@ -1,10 +1,11 @@
-use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowgate_sdk::{Batch, ConnectorError, OpenContext, Read, Source, StateStore, Watermark, async_trait};
+use flowgate_sdk::{
+    Batch, ConnectorError, OpenContext, PendingPositions, Read, Source, StateStore, Watermark, async_trait,
+};
 use serde::{Deserialize, Serialize};
 use tokio::fs::File;
 use tokio::io::{AsyncSeekExt, Stdin};
@@ -37,7 +38,7 @@ pub struct FileSource {
     lines: Lines<File>,
     inode: u64,
     /// Position reached at the end of each batch handed out and not yet committed.
-    pending: VecDeque<(u64, FilePosition)>,
+    pending: PendingPositions<FilePosition>,
     at_end: bool,
     /// A read error met after part of a batch was read: that part is handed
     /// over first, and the error reported on the next call.
@@ -84,7 +85,7 @@ impl FileSource {
             _lock: lock,
             lines: Lines::new(file, offset, line, config.max_record_size.as_usize()),
             inode: meta.ino(),
-            pending: VecDeque::new(),
+            pending: PendingPositions::default(),
             at_end: false,
             deferred: None,
             config,
@@ -159,7 +160,7 @@ impl Source for FileSource {
                 return Ok(Read::Idle);
             }
         }
-        self.pending.push_back((
+        self.pending.push(
             batch.seq,
             FilePosition {
                 path: self.config.path.clone(),
@@ -167,18 +168,17 @@ impl Source for FileSource {
                 offset: self.lines.offset(),
                 line: self.lines.line(),
             },
-        ));
+        );
         Ok(Read::Data)
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
-        let covered = self.pending.iter().take_while(|(seq, _)| *seq < done.0).count();
-        let Some((_, position)) = covered.checked_sub(1).map(|i| &self.pending[i]) else { return Ok(()) };
+        let Some((_, position)) = self.pending.covered(done).last() else { return Ok(()) };
         // Saved first, forgotten after: a failed save is retried by the next commit.
         self.state
             .save(&self.state_key, position)
             .map_err(|source| FileError::State { path: self.config.path.clone(), source })?;
-        self.pending.drain(..covered);
+        self.pending.release(done);
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ mod client;
 pub mod config;
 mod connector;
 mod error;
+mod position;
 mod sink;
 mod source;
 

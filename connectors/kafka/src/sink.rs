@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, OpenContext, Position, Record, RecordTemplate,
-    Rejected, Sink, SourceMeta, async_trait,
+    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, OpenContext, Record, RecordTemplate, Rejected, Sink,
+    SourceMeta, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -500,9 +500,9 @@ impl Sink for KafkaSink {
         let (resumed, open) = (txn.committed == Some(batch.seq), txn.open);
         let group = Arc::clone(&consumer.context().group);
         let mut offsets = TopicPartitionList::new();
-        if let Some(Position::Kafka(ps)) = &batch.position {
-            for p in ps {
-                if group.is_current(p) {
+        if let Some(stored) = &batch.position {
+            for p in crate::position::decode(stored) {
+                if group.is_current(&p) {
                     offsets
                         .add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
                         .map_err(|e| KafkaConnectorError::client("bad offset", e))?;

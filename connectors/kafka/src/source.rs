@@ -7,14 +7,13 @@
 //! sink) has it. With `delivery: exactly_once` the sink commits the offsets inside
 //! its transaction instead, and the source stores nothing.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Batch, ConnectorError, OpenContext, PartitionOffset, Position, Read, Record, Source, SourceMeta, Watermark,
-    async_trait,
+    Batch, ConnectorError, OpenContext, PendingPositions, Read, Record, Source, SourceMeta, Watermark, async_trait,
 };
 use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
@@ -26,6 +25,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{Format, KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
+use crate::position::{self, PartitionOffset};
 use crate::sink::ExactlyOncePairing;
 use flowgate_avro::Failure as AvroFailure;
 
@@ -229,7 +229,7 @@ pub struct KafkaSource {
     linger: Duration,
     exactly_once: bool,
     /// Batches handed out and not yet below the watermark, with their positions.
-    pending: VecDeque<(u64, Vec<PartitionOffset>)>,
+    pending: PendingPositions<Vec<PartitionOffset>>,
     topics: Vec<Arc<str>>,
     /// A copy of the assignment's generations, refreshed after each rebalance.
     generations: HashMap<(Arc<str>, i32), u64>,
@@ -304,10 +304,10 @@ impl KafkaSource {
             start: config.start.clone(),
             exactly_once,
             resume: Mutex::new(match &ctx.resume {
-                Some(Position::Kafka(parts)) => {
-                    parts.iter().map(|p| ((p.topic.to_string(), p.partition), p.next)).collect()
+                Some(stored) => {
+                    position::decode(stored).into_iter().map(|p| ((p.topic.to_string(), p.partition), p.next)).collect()
                 }
-                _ => HashMap::new(),
+                None => HashMap::new(),
             }),
         };
         let consumer: KafkaConsumer =
@@ -326,7 +326,7 @@ impl KafkaSource {
             batch_size: ctx.batch_size,
             linger: ctx.linger,
             exactly_once,
-            pending: VecDeque::new(),
+            pending: PendingPositions::default(),
             topics: Vec::new(),
             generations: HashMap::new(),
             seen_rebalances: u64::MAX,
@@ -440,8 +440,8 @@ impl KafkaSource {
                 }
             }
         }
-        self.pending.push_back((batch.seq, offsets.clone()));
-        batch.position = Some(Position::Kafka(offsets));
+        batch.position = Some(position::encode(&offsets));
+        self.pending.push(batch.seq, offsets);
         self.group.handed_out.store(batch.seq + 1, Ordering::Release);
         Ok(Read::Data)
     }
@@ -585,18 +585,10 @@ impl Source for KafkaSource {
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
-        let mut latest: Vec<PartitionOffset> = Vec::new();
-        while self.pending.front().is_some_and(|(seq, _)| *seq < done.0) {
-            let (_, offsets) = self.pending.pop_front().expect("checked above");
-            for p in offsets {
-                match latest.iter_mut().find(|l| l.partition == p.partition && l.topic == p.topic) {
-                    Some(l) if l.generation == p.generation => l.next = l.next.max(p.next),
-                    Some(l) => *l = p,
-                    None => latest.push(p),
-                }
-            }
-        }
+        let latest = position::merge(self.pending.covered(done).flat_map(|(_, offsets)| offsets));
         if self.exactly_once || latest.is_empty() {
+            // The exactly-once sink committed them in its transactions.
+            self.pending.release(done);
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
@@ -604,15 +596,20 @@ impl Source for KafkaSource {
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
                 .map_err(|e| KafkaConnectorError::client("bad offset", e))?;
         }
-        if tpl.count() == 0 {
-            return Ok(());
+        let stored = match tpl.count() {
+            0 => Ok(()),
+            _ => match self.consumer.store_offsets(&tpl) {
+                Ok(()) => Ok(()),
+                // Revoked between the check and the store: the next owner reads them again.
+                Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
+                Err(e) => Err(KafkaConnectorError::client("cannot store offsets", e).into()),
+            },
+        };
+        // Kept when storing failed, for the next commit to store them.
+        if stored.is_ok() {
+            self.pending.release(done);
         }
-        match self.consumer.store_offsets(&tpl) {
-            Ok(()) => Ok(()),
-            // Revoked between the check and the store: the next owner reads them again.
-            Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
-            Err(e) => Err(KafkaConnectorError::client("cannot store offsets", e).into()),
-        }
+        stored
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
@@ -731,7 +728,7 @@ mod tests {
         }
         assert_eq!(records.len(), 10);
         assert!(matches!(&records[0].meta, SourceMeta::Kafka { topic, .. } if &**topic == "t"));
-        let Some(Position::Kafka(offsets)) = position else { panic!("no position") };
+        let offsets = position::decode(&position.expect("no position"));
         assert!(offsets.iter().all(|p| p.next == 5 && p.generation == 1), "{offsets:?}");
     }
 }

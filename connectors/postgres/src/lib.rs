@@ -11,6 +11,7 @@ mod connector;
 mod decode;
 mod error;
 mod event;
+mod position;
 mod source;
 
 pub use config::PostgresCdcConfig;

@@ -8,11 +8,13 @@
 //! server's WAL end (from keepalives), so an idle or unpublished workload does
 //! not make it hold WAL.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Batch, ConnectorError, OpenContext, Position, Read, Source, StateStore, Watermark, async_trait};
+use flowgate_sdk::{
+    Batch, ConnectorError, OpenContext, PendingPositions, Read, Source, StateStore, Watermark, async_trait,
+};
 use pg_walstream::{
     CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicaIdentity, ReplicationStreamConfig,
     RetryConfig, SnapshotOutcome, SnapshotRows, StreamingMode,
@@ -111,7 +113,7 @@ pub struct PostgresCdcSource {
     phase: Phase,
     decoder: Decoder,
     /// Batches read but not yet acknowledged, in order.
-    pending: VecDeque<(u64, Mark)>,
+    pending: PendingPositions<Mark>,
     /// The last LSN reported to the server as flushed.
     confirmed: u64,
     snapshot: SnapshotProgress,
@@ -176,7 +178,7 @@ impl PostgresCdcSource {
             state: ctx.state.clone(),
             phase: Phase::Finished,
             decoder,
-            pending: VecDeque::new(),
+            pending: PendingPositions::default(),
             confirmed: 0,
             snapshot: SnapshotProgress::Idle,
             reconnect_delay: Duration::from_millis(100),
@@ -184,7 +186,7 @@ impl PostgresCdcSource {
         };
         // A sink that stores the position with its data (effectively-once) may
         // be ahead of the slot: what it has is not sent again.
-        if let Some(Position::Lsn { end, within }) = ctx.resume {
+        if let Some((end, within)) = ctx.resume.as_ref().and_then(crate::position::decode) {
             source.decoder.last_end = end;
             source.decoder.skip = within;
         }
@@ -390,7 +392,7 @@ impl PostgresCdcSource {
             ));
         }
         if !batch.records.is_empty() {
-            self.pending.push_back((batch.seq, Mark::Snapshot));
+            self.pending.push(batch.seq, Mark::Snapshot);
             if let SnapshotProgress::Reading { last_seq } = &mut self.snapshot {
                 *last_seq = Some(batch.seq);
             }
@@ -467,8 +469,8 @@ impl PostgresCdcSource {
         let read = if batch.records.is_empty() {
             Read::Idle
         } else {
-            self.pending.push_back((batch.seq, Mark::Lsn(self.decoder.last_end)));
-            batch.position = Some(Position::Lsn { end: self.decoder.last_end, within: self.decoder.within() });
+            self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end));
+            batch.position = Some(crate::position::encode(self.decoder.last_end, self.decoder.within()));
             Read::Data
         };
         if matches!(self.phase, Phase::Disconnected { .. }) {
@@ -717,20 +719,23 @@ impl Source for PostgresCdcSource {
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {
-        let mut target = None;
-        while let Some((seq, mark)) = self.pending.front() {
-            if *seq >= done.0 {
-                break;
-            }
-            if let Mark::Lsn(lsn) = mark {
-                target = Some(*lsn);
-            }
-            let last = matches!(self.snapshot, SnapshotProgress::Unacked { last_seq } if last_seq == *seq);
-            self.pending.pop_front();
-            if last {
-                self.snapshot_done()?;
-            }
+        let target = self
+            .pending
+            .covered(done)
+            .filter_map(|(_, mark)| match mark {
+                Mark::Lsn(lsn) => Some(*lsn),
+                Mark::Snapshot => None,
+            })
+            .last();
+        let snapshot_acked = match self.snapshot {
+            SnapshotProgress::Unacked { last_seq } => self.pending.covered(done).any(|(seq, _)| *seq == last_seq),
+            _ => false,
+        };
+        // Saved before the batches are forgotten: a failed save is retried by the next commit.
+        if snapshot_acked {
+            self.snapshot_done()?;
         }
+        self.pending.release(done);
         let Some(target) = target.filter(|t| *t > self.confirmed) else { return Ok(()) };
         self.confirmed = target;
         if let Phase::Streaming(stream) = &mut self.phase {

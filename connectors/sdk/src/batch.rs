@@ -31,28 +31,101 @@ pub struct Batch {
     pub position: Option<Position>,
 }
 
-/// Where a source stands after a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Position {
-    /// Per partition read in the batch, the offset of the next record after it.
-    Kafka(Vec<PartitionOffset>),
-    /// A Postgres change feed: `end` is the end LSN of the last transaction
-    /// the batch completes; `within`, when the batch stops inside the next
-    /// transaction, that transaction's id and how many of its changes the
-    /// batches up to this one hold. A feed resumes after `end`, skipping those
-    /// changes if the first transaction it meets is that one. (Counted, not
-    /// compared by LSN: the rows of one multi-row insert share an LSN.)
-    Lsn { end: u64, within: Option<(u32, u64)> },
+/// Where a source stands after a batch, in the source's own encoding.
+///
+/// A position is made of parts, each keyed by what it covers (`kafka:orders:3`
+/// for one partition, `postgres` for a change feed) with a text value only
+/// the source reads. A part replaces the stored part of the same key, so a
+/// source whose batches cover some of its partitions hands out only those.
+/// Sinks that keep positions with their data store `(pipeline, key, value)`
+/// and never look inside; at start they give the parts back
+/// ([`OpenContext::resume`](crate::OpenContext)) and the source decodes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    parts: Vec<(String, String)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionOffset {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub next: i64,
-    /// The source's assignment generation of the partition when it was read; the
-    /// position is stale once the partition was revoked since.
-    pub generation: u64,
+impl Position {
+    /// Sets part `key`, replacing one already there.
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        match self.parts.iter_mut().find(|(k, _)| *k == key) {
+            Some(part) => part.1 = value,
+            None => self.parts.push((key, value)),
+        }
+    }
+
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.set(key, value);
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.parts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The parts, in the order they were set.
+    pub fn parts(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.parts.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Position {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut p = Position::default();
+        for (k, v) in iter {
+            p.set(k, v);
+        }
+        p
+    }
+}
+
+/// What a source remembers of the batches it handed out and the engine has
+/// not acknowledged yet, oldest first: their sequence numbers with the source's
+/// own record of where each leaves it. On `commit`, the source reads the
+/// batches below the watermark, makes their position durable, then releases them,
+/// so that a failed save is tried again at the next commit.
+#[derive(Debug)]
+pub struct PendingPositions<P> {
+    batches: std::collections::VecDeque<(u64, P)>,
+}
+
+impl<P> Default for PendingPositions<P> {
+    fn default() -> Self {
+        PendingPositions { batches: std::collections::VecDeque::new() }
+    }
+}
+
+impl<P> PendingPositions<P> {
+    /// Remembers batch `seq`; sequence numbers never go down.
+    pub fn push(&mut self, seq: u64, position: P) {
+        debug_assert!(self.batches.back().is_none_or(|(s, _)| *s <= seq), "batch {seq} out of order");
+        self.batches.push_back((seq, position));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    /// The batches every record of which is durably handled (below `done`).
+    pub fn covered(&self, done: crate::Watermark) -> impl Iterator<Item = &(u64, P)> {
+        self.batches.iter().take_while(move |(seq, _)| *seq < done.0)
+    }
+
+    /// Forgets the batches below `done`, once what they lead to is saved.
+    pub fn release(&mut self, done: crate::Watermark) {
+        let n = self.covered(done).count();
+        self.batches.drain(..n);
+    }
+
+    /// All remembered batches, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, P)> {
+        self.batches.iter()
+    }
 }
 
 /// A record a sink refused after its `write` returned (a Kafka delivery that failed

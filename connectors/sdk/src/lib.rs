@@ -18,7 +18,7 @@ mod template;
 mod traits;
 
 pub use ack::{Ack, AckTracker, Watermark};
-pub use batch::{Batch, LateReject, LateRejects, PartitionOffset, Position, Rejected};
+pub use batch::{Batch, LateReject, LateRejects, PendingPositions, Position, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use connector::{
     AsAny, Configured, Entry, OpenContext, PipelineView, Problem, Registry, Resources, Role, SinkConnector,

@@ -42,7 +42,7 @@ pub enum Delivery {
     #[default]
     AtLeastOnce,
     /// The source position (Kafka offsets, Postgres LSN) is committed in the same
-    /// transaction as the rows, in table `flowgate_positions`; on restart the
+    /// transaction as the rows, in table `flowgate_source_positions`; on restart the
     /// source resumes from it, so nothing is applied twice.
     EffectivelyOnce,
 }

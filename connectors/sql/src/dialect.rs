@@ -118,17 +118,19 @@ impl Dialect {
         }
     }
 
-    /// Creates `flowgate_positions`, where effectively-once sinks keep the
-    /// source position with the rows.
+    /// Creates `flowgate_source_positions`, where effectively-once sinks keep
+    /// the source's position with the rows: its parts, opaque text keyed by
+    /// what each covers (see `flowgate_sdk::Position`). MySQL keys are sized
+    /// to fit InnoDB's 3072-byte index limit in utf8mb4.
     pub fn positions_table(self) -> &'static str {
         match self {
             Dialect::MySql => {
-                "CREATE TABLE IF NOT EXISTS flowgate_positions (pipeline VARCHAR(255) NOT NULL, \
-                 source VARCHAR(255) NOT NULL, position BIGINT NOT NULL, PRIMARY KEY (pipeline, source))"
+                "CREATE TABLE IF NOT EXISTS flowgate_source_positions (pipeline VARCHAR(255) NOT NULL, \
+                 source VARCHAR(512) NOT NULL, position TEXT NOT NULL, PRIMARY KEY (pipeline, source))"
             }
             _ => {
-                "CREATE TABLE IF NOT EXISTS flowgate_positions (pipeline TEXT NOT NULL, source TEXT NOT NULL, \
-                 position BIGINT NOT NULL, PRIMARY KEY (pipeline, source))"
+                "CREATE TABLE IF NOT EXISTS flowgate_source_positions (pipeline TEXT NOT NULL, source TEXT NOT NULL, \
+                 position TEXT NOT NULL, PRIMARY KEY (pipeline, source))"
             }
         }
     }
@@ -136,21 +138,30 @@ impl Dialect {
     pub fn save_position(self) -> &'static str {
         match self {
             Dialect::Postgres => {
-                "INSERT INTO flowgate_positions (pipeline, source, position) VALUES ($1, $2, $3) \
+                "INSERT INTO flowgate_source_positions (pipeline, source, position) VALUES ($1, $2, $3) \
                  ON CONFLICT (pipeline, source) DO UPDATE SET position = EXCLUDED.position"
             }
             Dialect::MySql => {
-                "INSERT INTO flowgate_positions (pipeline, source, position) VALUES (?, ?, ?) \
+                "INSERT INTO flowgate_source_positions (pipeline, source, position) VALUES (?, ?, ?) \
                  ON DUPLICATE KEY UPDATE position = VALUES(position)"
             }
             Dialect::Sqlite => {
-                "INSERT INTO flowgate_positions (pipeline, source, position) VALUES (?, ?, ?) \
+                "INSERT INTO flowgate_source_positions (pipeline, source, position) VALUES (?, ?, ?) \
                  ON CONFLICT (pipeline, source) DO UPDATE SET position = excluded.position"
             }
         }
     }
 
     pub fn load_positions(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "SELECT source, position FROM flowgate_source_positions WHERE pipeline = $1",
+            _ => "SELECT source, position FROM flowgate_source_positions WHERE pipeline = ?",
+        }
+    }
+
+    /// Positions as 0.1 stored them (`flowgate_positions`, a BIGINT per part),
+    /// read when a pipeline has none in `flowgate_source_positions` yet.
+    pub fn load_legacy_positions(self) -> &'static str {
         match self {
             Dialect::Postgres => "SELECT source, position FROM flowgate_positions WHERE pipeline = $1",
             _ => "SELECT source, position FROM flowgate_positions WHERE pipeline = ?",

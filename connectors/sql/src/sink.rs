@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, PartitionOffset, Position, Problem, Record, Sink, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, Position, Problem, Record, Sink, async_trait};
 use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyArguments;
@@ -181,7 +181,7 @@ impl SqlSink {
         // Fail at start-up, not at the first record, when the database cannot be reached.
         sink.conn().await?;
         if sink.config.delivery == Delivery::EffectivelyOnce {
-            sink.create(dialect.positions_table(), "flowgate_positions").await?;
+            sink.create(dialect.positions_table(), "flowgate_source_positions").await?;
         }
         Ok(sink)
     }
@@ -597,29 +597,19 @@ impl SqlSink {
         Ok(())
     }
 
+    /// Stores each part of the source's position, in the batch's transaction.
     async fn save_position(&mut self, position: &Position) -> Result<(), SqlError> {
-        let entries: Vec<(String, i64)> = match position {
-            Position::Kafka(parts) => {
-                parts.iter().map(|p| (format!("kafka:{}:{}", p.topic, p.partition), p.next)).collect()
-            }
-            // -1: the batch ended at a transaction boundary.
-            Position::Lsn { end, within } => vec![
-                ("postgres".to_string(), *end as i64),
-                ("postgres.within_xid".to_string(), within.map_or(-1, |(xid, _)| i64::from(xid))),
-                ("postgres.within_count".to_string(), within.map_or(-1, |(_, n)| n as i64)),
-            ],
-        };
         let sql = self.dialect.save_position();
         let pipeline = self.pipeline.to_string();
         let conn = self.conn().await?;
-        for (source, at) in entries {
+        for (source, at) in position.parts() {
             sqlx::query(AssertSqlSafe(sql))
                 .bind(pipeline.clone())
-                .bind(source)
-                .bind(at)
+                .bind(source.to_string())
+                .bind(at.to_string())
                 .execute(&mut *conn)
                 .await
-                .map_err(SqlError::write("flowgate_positions"))?;
+                .map_err(SqlError::write("flowgate_source_positions"))?;
         }
         Ok(())
     }
@@ -926,36 +916,35 @@ impl Sink for SqlSink {
         if self.config.delivery != Delivery::EffectivelyOnce {
             return Ok(None);
         }
-        let sql = self.dialect.load_positions();
         let pipeline = self.pipeline.to_string();
+        let (table, dialect) = ("flowgate_source_positions", self.dialect);
         let conn = self.conn().await?;
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(pipeline)
+        let rows = sqlx::query(AssertSqlSafe(dialect.load_positions()))
+            .bind(pipeline.clone())
             .fetch_all(conn)
             .await
-            .map_err(SqlError::write("flowgate_positions"))?;
-        let mut kafka = Vec::new();
-        let (mut end, mut xid, mut count) = (None, None, None);
+            .map_err(SqlError::write(table))?;
+        let mut position = Position::default();
         for r in rows {
-            let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
-            let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
-            if source == "postgres" {
-                end = Some(at as u64);
-            } else if source == "postgres.within_xid" {
-                xid = u32::try_from(at).ok();
-            } else if source == "postgres.within_count" {
-                count = u64::try_from(at).ok();
-            } else if let Some(rest) = source.strip_prefix("kafka:")
-                && let Some((topic, partition)) = rest.rsplit_once(':')
-                && let Ok(partition) = partition.parse()
-            {
-                kafka.push(PartitionOffset { topic: topic.into(), partition, next: at, generation: 0 });
+            let source: String = r.try_get(0).map_err(SqlError::write(table))?;
+            let at: String = r.try_get(1).map_err(SqlError::write(table))?;
+            position.set(source, at);
+        }
+        if position.is_empty() && self.describe("flowgate_positions").await?.is_some() {
+            // Stored by 0.1: the same parts, as numbers.
+            let conn = self.conn().await?;
+            let rows = sqlx::query(AssertSqlSafe(dialect.load_legacy_positions()))
+                .bind(pipeline)
+                .fetch_all(conn)
+                .await
+                .map_err(SqlError::write("flowgate_positions"))?;
+            for r in rows {
+                let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
+                let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
+                position.set(source, at.to_string());
             }
         }
-        Ok(match end {
-            Some(end) if kafka.is_empty() => Some(Position::Lsn { end, within: xid.zip(count) }),
-            _ => (!kafka.is_empty()).then_some(Position::Kafka(kafka)),
-        })
+        Ok((!position.is_empty()).then_some(position))
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
@@ -1109,8 +1098,9 @@ mod tests {
         let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
         assert_eq!(sink.stored_position().await.unwrap(), None);
         let mut b = batch(&[("", r#"{"id":1}"#)]);
-        b.position =
-            Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 7 }]));
+        // Opaque to the sink: a source's parts, stored and given back as they are.
+        let position = Position::default().with("kafka:in:2", "41@7").with("postgres", "0/1:2");
+        b.position = Some(position.clone());
         // A pipeline batch (it has an acknowledgement) is committed by `commit`.
         let tracker = flowgate_sdk::AckTracker::new();
         b.ack = Some(tracker.begin());
@@ -1119,11 +1109,40 @@ mod tests {
         assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["0"]);
         sink.commit(&mut b).await.unwrap();
         let mut again = SqlSink::open(c, "p").await.unwrap();
-        assert_eq!(
-            again.stored_position().await.unwrap(),
-            Some(Position::Kafka(vec![PartitionOffset { topic: "in".into(), partition: 2, next: 41, generation: 0 }]))
-        );
+        assert_eq!(again.stored_position().await.unwrap(), Some(position));
         assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM t").await, ["1"]);
+    }
+
+    #[tokio::test]
+    async fn positions_stored_by_0_1_are_read_until_new_ones_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(&dir, Mode::Insert);
+        c.delivery = Delivery::EffectivelyOnce;
+        // The table and rows as 0.1 left them (tests/fixtures/0.1/flowgate_positions.sql).
+        let fixture = include_str!("../../../tests/fixtures/0.1/flowgate_positions.sql");
+        let url = format!("sqlite:{}?mode=rwc", dir.path().join("t.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(fixture)).execute(&mut conn).await.unwrap();
+        drop(conn);
+        let mut sink = SqlSink::open(c.clone(), "orders-to-db").await.unwrap();
+        let stored = sink.stored_position().await.unwrap().expect("the 0.1 rows");
+        let parts: Vec<(&str, &str)> = stored.parts().collect();
+        assert_eq!(parts, [("kafka:orders:0", "1042"), ("kafka:orders:3", "877")]);
+        let mut b = batch(&[("", r#"{"id":1}"#)]);
+        b.position = Some(Position::default().with("kafka:orders:0", "1043@1"));
+        sink.write(&mut b).await.unwrap();
+        sink.commit(&mut b).await.unwrap();
+        // Once the pipeline stores a position of its own, that is the one.
+        let mut again = SqlSink::open(c, "orders-to-db").await.unwrap();
+        let parts: Vec<(String, String)> = again
+            .stored_position()
+            .await
+            .unwrap()
+            .expect("stored")
+            .parts()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(parts, [("kafka:orders:0".to_string(), "1043@1".to_string())]);
     }
 
     #[tokio::test]
@@ -1196,7 +1215,7 @@ mod tests {
         let b = put(
             &mut sink,
             &[
-                ("", r#"{"t":"flowgate_positions","pipeline":"p","source":"x","position":1}"#),
+                ("", r#"{"t":"flowgate_source_positions","pipeline":"p","source":"x","position":"1"}"#),
                 ("", r#"{"t":"../../etc","id":1}"#),
                 ("", r#"{"t":"main.orders","id":1}"#),
                 ("", r#"{"t":"sqlite_master","id":1}"#),
@@ -1207,7 +1226,10 @@ mod tests {
         .await;
         assert_eq!(b.rejected.len(), 5, "{:?}", b.rejected);
         assert_eq!(b.records.len(), 1);
-        assert_eq!(rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM flowgate_positions WHERE source = 'x'").await, ["0"]);
+        assert_eq!(
+            rows(&dir, "SELECT CAST(count(*) AS TEXT) FROM flowgate_source_positions WHERE source = 'x'").await,
+            ["0"]
+        );
         c.tables_allowed = Some(vec!["t_*".into()]);
         let mut sink = SqlSink::open(c, "p").await.unwrap();
         let b = put(&mut sink, &[("", r#"{"t":"t_b","id":1}"#), ("", r#"{"t":"ok","id":1}"#)]).await;
