@@ -17,6 +17,7 @@ pub fn registry() -> &'static Registry {
         flowgate_sql::register(&mut r);
         flowgate_wasm::register(&mut r);
         flowgate_avro::register(&mut r);
+        flowgate_http::register(&mut r);
         r
     })
 }
