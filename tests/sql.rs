@@ -155,6 +155,47 @@ fn effectively_once_applies_each_kafka_record_once_across_kills() {
     assert!(log(dir.path()).contains("resuming from the position stored with the sink's data"), "{}", log(dir.path()));
 }
 
+/// A Kafka source held back by a sink that is down keeps polling, its
+/// partitions paused, and stays in its group: no rebalance, nothing read twice.
+#[test]
+fn a_kafka_source_behind_a_failed_sink_stays_in_its_group() {
+    const N: u64 = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start();
+    pg.sql("CREATE TABLE events (id bigint NOT NULL, email text, pad text)");
+    let broker = Broker::with_topics(&[("in", 2)]);
+    let writer = Writer::new(&broker.addr());
+    writer.send("in", numbered(0..N / 2));
+    let file = write_file(
+        dir.path(),
+        "held.yaml",
+        &format!(
+            "name: held\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: held\n    session_timeout: 2s\n\
+             \x20   properties:\n      max.poll.interval.ms: \"6000\"\n\
+             sink:\n  postgres:\n    url: {}\n    table: events\n    columns: [id, email, pad]\n\
+             batch:\n  size: 100\n  linger: 10ms\n  buffer: 2\n",
+            broker.addr(),
+            pg.url()
+        ),
+    );
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    let count = |pg: &Postgres| pg.sql("SELECT count(*) FROM events").parse::<u64>().unwrap();
+    assert!(wait_for(Duration::from_secs(60), || count(&pg) >= N / 2), "{}", log(dir.path()));
+    pg.stop();
+    // Read while the sink is down: the source fills the pipeline, then waits.
+    writer.send("in", numbered(N / 2..N));
+    std::thread::sleep(Duration::from_secs(18)); // Three times max.poll.interval.ms.
+    pg.start_again();
+    assert!(wait_for(Duration::from_secs(90), || count(&pg) >= N), "{}", log(dir.path()));
+    std::thread::sleep(Duration::from_secs(2)); // Anything read twice would show up now.
+    stop(&mut run, dir.path());
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || count(DISTINCT id) FROM events"), format!("{N} {N}"));
+    let log = log(dir.path());
+    assert_eq!(log.matches("partitions assigned").count(), 1, "the group rebalanced:\n{log}");
+    let stopping = log.find("stopping; draining").expect("a graceful stop");
+    assert!(!log[..stopping].contains("partitions revoked"), "the group rebalanced:\n{log}");
+}
+
 #[test]
 fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written() {
     let dir = tempfile::tempdir().unwrap();

@@ -304,16 +304,31 @@ impl Pipeline {
             match read {
                 Ok(Read::Data) => {
                     // Wait for room downstream, committing meanwhile: a sink that is
-                    // slow or waiting out an outage holds the source here.
+                    // slow or waiting out an outage holds the source here, and the
+                    // source keeps its session with its service alive.
                     let permit = loop {
                         tokio::select! {
-                            permit = source_tx.reserve() => break permit.ok(),
+                            permit = source_tx.reserve() => break Ok(permit.ok()),
                             _ = tokio::time::sleep(COMMIT_EVERY) => {
                                 commit(&mut source, &tracker, &mut committed, &mut last_commit, &name).await;
+                                match source.keep_alive().await {
+                                    Ok(()) => {}
+                                    Err(e) if e.is_retryable() => {
+                                        tracing::warn!(pipeline = %name, error = %e.chain(), "source keep-alive failed; trying again");
+                                    }
+                                    Err(e) => break Err(e),
+                                }
                             }
                         }
                     };
-                    let Some(permit) = permit else { break }; // The sink task stopped.
+                    let permit = match permit {
+                        Ok(Some(permit)) => permit,
+                        Ok(None) => break, // The sink task stopped.
+                        Err(e) => {
+                            source_error = Some(EngineError::connector("source", e));
+                            break;
+                        }
+                    };
                     batch.ack = Some(tracker.begin());
                     stats.read(batch.records.len() as u64 + batch.rejected.len() as u64);
                     permit.send(batch);

@@ -239,9 +239,9 @@ pub struct KafkaSource {
     /// Records read but not decoded yet (the registry was out of reach): handed
     /// out once they are decoded, never dropped.
     held: Option<Held>,
-    /// Every partition paused while records were held, resumed together once
-    /// they are handed out: pausing is the partition's own flag, which a
-    /// revocation and a later assignment keep.
+    /// Every partition paused while the engine was not reading or records were
+    /// held, resumed together at the next read once nothing is held: pausing
+    /// is the partition's own flag, which a revocation and a later assignment keep.
     paused: HashSet<(Arc<str>, i32)>,
     stage: Arc<str>,
 }
@@ -446,18 +446,24 @@ impl KafkaSource {
         Ok(Read::Data)
     }
 
-    /// Waits a second for the registry while still polling the consumer: one
-    /// that does not poll for `max.poll.interval.ms` leaves its group, and its
-    /// partitions go elsewhere. The assigned partitions are paused so that
-    /// polling reads nothing new (librdkafka drops what it prefetched and, on
-    /// resume, fetches from after the last record read); a record of a
-    /// partition assigned since the last pause joins the held ones.
+    /// Waits a second for the registry while still polling the consumer (see
+    /// [`KafkaSource::poll_paused`]).
     async fn wait_held(&mut self, held: &mut Held) -> Result<(), ConnectorError> {
+        self.poll_paused(held, Duration::from_secs(1)).await
+    }
+
+    /// Polls the consumer for `wait` without taking new records: one that does
+    /// not poll for `max.poll.interval.ms` leaves its group, and its partitions
+    /// go elsewhere. The assigned partitions are paused so that polling reads
+    /// nothing new (librdkafka drops what it prefetched and, on resume, fetches
+    /// from after the last record read); a record of a partition assigned since
+    /// the last pause joins the held ones.
+    async fn poll_paused(&mut self, held: &mut Held, wait: Duration) -> Result<(), ConnectorError> {
         let consumer = Arc::clone(&self.consumer);
         let assigned =
             consumer.assignment().map_err(|e| KafkaConnectorError::client("cannot read the assignment", e))?;
         self.pause(&assigned)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
                 Err(_) => return Ok(()),
@@ -498,7 +504,7 @@ impl KafkaSource {
         }
         match self.consumer.resume(&tpl) {
             Ok(()) => self.paused.clear(),
-            Err(e) => tracing::warn!(error = %e, "cannot resume the partitions paused for the registry; trying again"),
+            Err(e) => tracing::warn!(error = %e, "cannot resume the paused partitions; trying again"),
         }
     }
 
@@ -582,6 +588,18 @@ impl Source for KafkaSource {
             return Ok(Read::Idle);
         }
         self.hand_out(batch, offsets, gens).await
+    }
+
+    /// The engine is not reading (the sink is slow or down): stay in the group,
+    /// partitions paused, until it reads again. Records that arrive anyway (of
+    /// a partition assigned meanwhile) are held for the next read.
+    async fn keep_alive(&mut self) -> Result<(), ConnectorError> {
+        let mut held = self.held.take().unwrap_or(Held { records: Vec::new(), offsets: Vec::new(), gens: Vec::new() });
+        let polled = self.poll_paused(&mut held, Duration::from_millis(50)).await;
+        if !held.records.is_empty() {
+            self.held = Some(held);
+        }
+        polled
     }
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError> {

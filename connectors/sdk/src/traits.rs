@@ -28,6 +28,16 @@ pub trait Source: Send {
 
     async fn commit(&mut self, done: Watermark) -> Result<(), ConnectorError>;
 
+    /// Called about every 250 ms while the engine holds the source back (the
+    /// stages after it are full: a slow sink, or one waiting out an outage).
+    /// A source whose service expels a silent client keeps its session here
+    /// without taking new records: a Kafka consumer that does not poll for
+    /// `max.poll.interval.ms` leaves its group, and its partitions are read
+    /// again by another member.
+    async fn keep_alive(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     /// Releases connections; called once after the final commit.
     async fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())
