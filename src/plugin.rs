@@ -126,7 +126,7 @@ pub fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            crate::outln!("does not fit: {e}");
+            crate::outln!("does not fit: {}", flowgate_sdk::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -39,7 +39,6 @@ impl FileError {
 
 impl From<FileError> for ConnectorError {
     fn from(e: FileError) -> Self {
-        let message = e.to_string();
-        if e.is_retryable() { ConnectorError::transient(message, e) } else { ConnectorError::fatal_from(message, e) }
+        if e.is_retryable() { ConnectorError::transient("file", e) } else { ConnectorError::fatal_from("file", e) }
     }
 }

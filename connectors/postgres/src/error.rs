@@ -43,9 +43,10 @@ impl PgCdcError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PgCdcError::Database { source, .. } => db_retryable(source),
-            // A slot still held by the walsender of a process that just died.
-            PgCdcError::Replication { source, .. } if source.to_string().contains("is active for PID") => true,
-            PgCdcError::Replication { source, .. } => !source.is_permanent() && !is_slot_problem(source),
+            // pg_walstream classifies by SQLSTATE: 55006, a slot still held by
+            // the walsender of a process that just died, is transient; a lost or
+            // invalidated slot (55000, 42704) is permanent.
+            PgCdcError::Replication { source, .. } => !source.is_permanent(),
             PgCdcError::Setup(_) | PgCdcError::Snapshot(_) => false,
             PgCdcError::State(_) => true,
         }
@@ -64,11 +65,10 @@ fn db_retryable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The server's word that the slot is unusable (dropped, invalidated), which
-/// can arrive classified as a plain server error.
+/// The server's word that the slot is unusable (dropped, invalidated:
+/// SQLSTATE 55000 or 42704, which pg_walstream reports as `ReplicationSlot`).
 pub(crate) fn is_slot_problem(e: &ReplicationError) -> bool {
-    let text = e.to_string();
-    text.contains("replication slot") && (text.contains("does not exist") || text.contains("invalidated"))
+    matches!(e, ReplicationError::ReplicationSlot(_))
 }
 
 impl From<PgCdcError> for ConnectorError {

@@ -43,10 +43,10 @@ pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
     if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) {
         return true;
     }
-    // MySQL files some bad values under the generic HY000.
-    if code == "HY000" {
-        let m = db.message();
-        return m.starts_with("Incorrect") || m.starts_with("Data truncated") || m.starts_with("Out of range");
+    // MySQL files some bad values under the generic HY000: incorrect value
+    // (1366, 1292), data truncated (1265), out of range (1264), too long (1406).
+    if mysql_number(db.as_ref()).is_some_and(|n| matches!(n, 1264 | 1265 | 1292 | 1366 | 1406)) {
+        return true;
     }
     // SQLite result codes: SQLITE_CONSTRAINT (19), SQLITE_TOOBIG (18), SQLITE_MISMATCH (20).
     sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 18..=20))
@@ -70,14 +70,19 @@ fn is_transient(e: &sqlx::Error) -> bool {
             // name, which cannot be sent) is refused per record before.
             let sqlstate =
                 code.len() == 5 && (["08", "40", "53", "57P"].iter().any(|c| code.starts_with(c)) || code == "55P03");
-            // MySQL lock wait timeout (1205) and deadlock come as HY000/40001.
-            let mysql = code == "HY000" && db.message().starts_with("Lock wait timeout");
+            // MySQL lock wait timeout (1205, under HY000) and deadlock (1213).
+            let mysql = mysql_number(db.as_ref()).is_some_and(|n| matches!(n, 1205 | 1213));
             // SQLite: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.
             let sqlite = sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14));
             sqlstate || mysql || sqlite
         }
         _ => false,
     }
+}
+
+/// MySQL's (and MariaDB's) error number; `None` for the other databases.
+fn mysql_number(db: &dyn sqlx::error::DatabaseError) -> Option<u16> {
+    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().map(|e| e.number())
 }
 
 /// SQLite's (extended) result code; `None` for the other databases, whose

@@ -11,8 +11,12 @@ pub enum WasmError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is a core WebAssembly module, not a component: {hint}")]
     NotAComponent { path: PathBuf, hint: &'static str },
-    #[error("cannot compile plugin {path}: {message}")]
-    Compile { path: PathBuf, message: String },
+    #[error("cannot compile plugin {path}")]
+    Compile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("plugin {path} does not fit the contract flowgate:transform@0.1.0: {message}")]
     Contract { path: PathBuf, message: String },
     #[error("plugin {plugin} failed to start: {message}")]
@@ -31,6 +35,6 @@ impl WasmError {
 
 impl From<WasmError> for ConnectorError {
     fn from(e: WasmError) -> Self {
-        ConnectorError::fatal(e.to_string())
+        ConnectorError::fatal_from("WebAssembly plugin", e)
     }
 }

@@ -92,7 +92,7 @@ impl WasmRuntime {
     }
 
     fn compile(&self, path: &Path, bytes: &[u8]) -> Result<(Component, bool), WasmError> {
-        let compile_err = |e: wasmtime::Error| WasmError::Compile { path: path.to_owned(), message: format!("{e:#}") };
+        let compile_err = |e: wasmtime::Error| WasmError::Compile { path: path.to_owned(), source: e.into() };
         let cache = self.cache_path(bytes);
         if let Some(cache) = cache.as_ref().filter(|c| c.exists()) {
             // SAFETY: the file is one this process family wrote from
