@@ -2,7 +2,8 @@
 //! Kafka clients use (subjects, versions, schemas by id, compatibility checks,
 //! global and per-subject compatibility), for Avro schemas, stored in SQLite or
 //! Postgres. `flowgate registry serve` runs it alone; a pipeline's
-//! `registry: {serve: ...}` runs it inside `flowgate run`.
+//! `registry: {serve: ...}` runs it inside `flowgate run` (`src/registry.rs`
+//! binds and serves it).
 //!
 //! Reads are served from memory; a change is committed to the store before it
 //! is answered. One registry process per store.
@@ -14,7 +15,6 @@ mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
@@ -408,40 +408,19 @@ impl Registry {
     }
 }
 
-/// Starts the registry on `listen` with the store at `store_url`; returns the
-/// bound address (binding happens before this returns, so a taken port fails).
-pub async fn serve(
+/// The registry's HTTP service for `config` (its users, roles, allowed
+/// hosts, read-only mode) on the address it is bound to: the API behind the
+/// access check, with a body limit that fits the largest schema allowed. The
+/// runtime serves it on its own accept loop (timeouts, connection cap, TLS).
+pub fn service(
     config: &flowgate_avro::config::ServeConfig,
-    store_url: &str,
+    registry: Arc<Registry>,
+    bound: SocketAddr,
     limits: Limits,
-) -> anyhow::Result<SocketAddr> {
-    let listen = config.listen;
-    let tls = match &config.tls {
-        Some(t) => Some(crate::http::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref())?),
-        None => None,
-    };
-    let registry = Registry::open(store_url, limits).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot serve the schema registry on {listen}: {e}"))?;
-    let bound = listener.local_addr()?;
+) -> anyhow::Result<axum::Router> {
     let access = Arc::new(access::Access::new(config, bound)?);
     // Room for a schema at the limit, escaped as a JSON string.
     let body_limit =
         axum::extract::DefaultBodyLimit::max(limits.max_schema_bytes.saturating_mul(2).saturating_add(64 << 10));
-    let app =
-        api::router(registry).layer(body_limit).layer(axum::middleware::from_fn_with_state(access, access::guard));
-    tokio::spawn(crate::http::serve(listener, app, tls));
-    tracing::info!(address = %bound, "schema registry listening");
-    Ok(bound)
-}
-
-/// The store of an embedded registry: as configured, else `registry.db` in the state directory.
-pub fn embedded_store(serve: &flowgate_avro::config::ServeConfig, state_dir: &Path) -> anyhow::Result<String> {
-    if let Some(store) = &serve.store {
-        return Ok(store.clone());
-    }
-    flowgate_sdk::files::private_dir(state_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", state_dir.display()))?;
-    Ok(format!("sqlite:{}", state_dir.join("registry.db").display()))
+    Ok(api::router(registry).layer(body_limit).layer(axum::middleware::from_fn_with_state(access, access::guard)))
 }
