@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Batch, Bytes, Record, Rejected, Sink, SourceMeta};
+use flowgate_sdk::{Ack, Batch, Bytes, DeliveryMode, Record, Rejected, Sink, SourceMeta};
 use serde_json::json;
 
-use super::{EngineError, Stats, write_with_retry};
+use super::{EngineError, Refusals, Stats, deliver};
 use crate::config::ErrorPolicy;
 
 pub struct ErrorHandler {
@@ -74,13 +74,18 @@ impl ErrorHandler {
                 let sink = self.dead_letter.as_mut().expect("the config check requires a dead-letter sink");
                 let mut dlq = Batch::with_capacity(batch.seq, batch.rejected.len());
                 dlq.records.extend(batch.rejected.drain(..).map(|r| envelope(&self.pipeline, r)));
-                write_with_retry(sink.as_mut(), &mut dlq, "dead_letter", &self.pipeline, shutdown).await?;
-                if let Some(r) = dlq.rejected.first() {
-                    return Err(EngineError::Refused {
-                        stage: "dead_letter".into(),
-                        reason: format!("the dead-letter sink refused a record: {}", r.reason),
-                        record: locate(&r.record),
-                    });
+                // An asynchronous dead-letter sink holds a share of the refusing
+                // batch: it is acknowledged only once its dead letters are durable.
+                if sink.delivery() == DeliveryMode::Asynchronous {
+                    dlq.ack = batch.ack.as_ref().map(Ack::split);
+                }
+                // Boxed: `deliver` of the pipeline's sink calls this function (the
+                // type is recursive, the calls are not: dead letters refuse nothing).
+                let delivered =
+                    deliver(sink.as_mut(), "dead_letter", Refusals::DeadLetters, &mut dlq, &self.pipeline, shutdown);
+                Box::pin(delivered).await?;
+                if let Some(ack) = dlq.ack.take() {
+                    ack.ack();
                 }
                 stats.dead_lettered(n);
                 Ok(())

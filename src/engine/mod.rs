@@ -164,30 +164,51 @@ async fn transform_task(
     Ok(())
 }
 
-/// Writes, disposes of refused records, then commits one batch; a transient
-/// commit failure (an aborted transaction) writes the batch again.
-async fn deliver(
+/// What happens to the records a sink refuses while a batch is delivered.
+pub(crate) enum Refusals<'a> {
+    /// The pipeline's error policy (the pipeline's sink).
+    Policy(&'a mut ErrorHandler, &'a Stats),
+    /// None may be refused: a dead letter that cannot be written stops the pipeline.
+    DeadLetters,
+}
+
+/// Delivers one batch to a sink, the same way for records and dead letters:
+/// writes, disposes of refused records, then commits; a transient commit
+/// failure (an aborted transaction) writes the batch again. Durable on return
+/// for a synchronous sink; an asynchronous one acknowledges through `batch.ack`.
+pub(crate) async fn deliver(
     sink: &mut dyn Sink,
-    errors: &mut ErrorHandler,
+    stage: &str,
+    mut refusals: Refusals<'_>,
     batch: &mut Batch,
-    stats: &Stats,
     name: &str,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
     let mut backoff = retry_backoff(Duration::from_millis(100));
     loop {
         if !batch.records.is_empty() {
-            write_with_retry(sink, batch, "sink", name, shutdown).await?;
+            write_with_retry(sink, batch, stage, name, shutdown).await?;
         }
-        errors.handle(batch, stats, shutdown).await?;
+        match &mut refusals {
+            Refusals::Policy(errors, stats) => errors.handle(batch, stats, shutdown).await?,
+            Refusals::DeadLetters => {
+                if let Some(r) = batch.rejected.first() {
+                    return Err(EngineError::Refused {
+                        stage: stage.into(),
+                        reason: format!("the dead-letter sink refused a record: {}", r.reason),
+                        record: errors::locate(&r.record),
+                    });
+                }
+            }
+        }
         match sink.commit(batch).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(pipeline = name, retry_in = ?delay, error = %e.chain(), "sink commit failed; writing the batch again");
-                sleep_unless_stopped(delay, "sink", e, shutdown).await?;
+                tracing::warn!(pipeline = name, stage, retry_in = ?delay, error = %e.chain(), "commit failed; writing the batch again");
+                sleep_unless_stopped(delay, stage, e, shutdown).await?;
             }
-            Err(e) => return Err(EngineError::connector("sink", e)),
+            Err(e) => return Err(EngineError::connector(stage, e)),
         }
     }
 }
@@ -202,8 +223,12 @@ async fn handle_late(
 ) -> Result<(), EngineError> {
     let mut batch = Batch::with_capacity(late.ack.seq(), 0);
     batch.rejected.push(late.rejected);
+    // Its share of the batch goes with it, for an asynchronous dead-letter sink to split.
+    batch.ack = Some(late.ack);
     errors.handle(&mut batch, stats, shutdown).await?;
-    late.ack.ack();
+    if let Some(ack) = batch.ack.take() {
+        ack.ack();
+    }
     Ok(())
 }
 
@@ -226,7 +251,8 @@ async fn sink_task(
                 batch = rx.recv() => {
                     let Some(mut batch) = batch else { break };
                     let started = Instant::now();
-                    deliver(sink.as_mut(), &mut errors, &mut batch, &stats, &name, &shutdown).await?;
+                    let refusals = Refusals::Policy(&mut errors, &stats);
+                    deliver(sink.as_mut(), "sink", refusals, &mut batch, &name, &shutdown).await?;
                     stats.written(batch.records.len() as u64, started.elapsed());
                     if let Some(ack) = batch.ack.take() {
                         ack.ack();

@@ -134,20 +134,33 @@ impl Sink for AsyncSink {
 }
 
 /// Stages records in `write` and makes them visible in `commit`, failing the
-/// first `abort` commits transiently (an aborted transaction).
+/// first `abort` commits transiently (an aborted transaction). With `held`,
+/// asynchronous: it keeps a share of each batch's acknowledgement until the
+/// test acknowledges it.
 #[derive(Default)]
 struct TxSink {
     staged: Vec<String>,
     committed: Arc<Mutex<Vec<String>>>,
     events: Arc<Mutex<Vec<&'static str>>>,
     abort: u32,
+    held: Option<Arc<Mutex<Vec<flowgate_sdk::Ack>>>>,
 }
 
 #[async_trait]
 impl Sink for TxSink {
+    fn delivery(&self) -> flowgate_sdk::DeliveryMode {
+        match self.held {
+            Some(_) => flowgate_sdk::DeliveryMode::Asynchronous,
+            None => flowgate_sdk::DeliveryMode::Synchronous,
+        }
+    }
+
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         self.events.lock().unwrap().push("write");
         self.staged = batch.records.iter().map(|r| String::from_utf8(r.value.to_vec()).unwrap()).collect();
+        if let Some(held) = &self.held {
+            held.lock().unwrap().push(batch.ack.as_ref().expect("an asynchronous sink gets the ack").split());
+        }
         Ok(())
     }
 
@@ -358,4 +371,43 @@ async fn a_failed_commit_writes_the_batch_again_after_its_refusals_are_handled()
     assert_eq!(events[..6], ["write", "commit", "write", "commit", "write", "commit"]);
     assert_eq!(events.len(), 10);
     assert_eq!(h.commits.lock().unwrap().last(), Some(&3));
+}
+
+fn with_dead_letters(sink: MemSink, dead_letter: TxSink) -> (Pipeline, Harness) {
+    let (mut p, h) = pipeline(10, 10, sink, vec![], ErrorPolicy::DeadLetter, None);
+    p.errors = ErrorHandler::new(ErrorPolicy::DeadLetter, Some(Box::new(dead_letter)), Arc::clone(&p.name));
+    (p, h)
+}
+
+#[tokio::test]
+async fn dead_letters_are_delivered_like_records_write_then_commit() {
+    let dlq = TxSink::default();
+    let committed = Arc::clone(&dlq.committed);
+    let (p, h) = with_dead_letters(MemSink { refuse_digit: Some('3'), ..MemSink::default() }, dlq);
+    let summary = p.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(summary.dead_lettered, 10);
+    // Written and never committed, they would be lost with the transaction.
+    assert_eq!(committed.lock().unwrap().len(), 10);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&10));
+}
+
+#[tokio::test]
+async fn a_batch_is_acknowledged_only_once_an_asynchronous_dead_letter_sink_acknowledges() {
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let dlq = TxSink { held: Some(Arc::clone(&held)), ..TxSink::default() };
+    let (p, h) = with_dead_letters(MemSink { refuse_digit: Some('3'), ..MemSink::default() }, dlq);
+    let run = tokio::spawn(p.run(CancellationToken::new()));
+    // Every batch refuses one record; while the dead-letter sink holds their
+    // acknowledgements, the source's position stays at the start.
+    while held.lock().unwrap().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.commits.lock().unwrap().iter().all(|&c| c == 0), "{:?}", h.commits.lock().unwrap());
+    for ack in held.lock().unwrap().drain(..) {
+        ack.ack();
+    }
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.dead_lettered, 10);
+    assert_eq!(h.commits.lock().unwrap().last(), Some(&10));
 }

@@ -1,9 +1,13 @@
 //! What a posted body holds: JSON lines, or one JSON array. A body is checked
 //! whole before any of it is taken, so a request is kept entirely or not at all.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
+use flowgate_sdk::Record;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 /// The JSON documents of `body`, each as the text it was sent as: the elements
 /// of a body that is one JSON array, else its non-blank lines. The error says
@@ -50,6 +54,24 @@ fn located(line: usize, column: usize, e: &serde_json::Error) -> String {
     let message = e.to_string();
     let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
     format!("line {line}, column {column}: {message}")
+}
+
+/// A request whose body was checked, waiting to be read: its records and
+/// where to say how many were written.
+pub(crate) struct Submission {
+    pub records: Vec<Record>,
+    pub reply: oneshot::Sender<usize>,
+}
+
+/// Milliseconds since the Unix epoch, the records' timestamp: when they arrived.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The records of a checked body, as the server queues them.
+pub(crate) fn records(documents: Vec<Bytes>) -> Vec<Record> {
+    let timestamp = Some(now_ms());
+    documents.into_iter().map(|value| Record { value, timestamp, ..Record::default() }).collect()
 }
 
 #[cfg(test)]

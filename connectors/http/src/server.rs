@@ -30,9 +30,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_openssl::SslStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::body::{Submission, records};
 use crate::config::{HttpSourceConfig, TlsConfig};
 use crate::error::HttpError;
-use crate::source::{Submission, records};
 
 /// How long a connection may take to send a request head (or the TLS
 /// handshake), or stay idle.

@@ -13,26 +13,20 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flowgate_sdk::{Batch, ConnectorError, OpenContext, Read, Record, Source, Watermark, async_trait};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::HttpSourceConfig;
+use crate::body::Submission;
 use crate::error::HttpError;
 use crate::server;
 
 /// How long `read` waits for a first request before returning `Idle`, so
 /// that the engine commits meanwhile.
 const IDLE: Duration = Duration::from_secs(1);
-
-/// A request whose body was checked, waiting to be read: its records and
-/// where to say how many were written.
-pub(crate) struct Submission {
-    pub records: Vec<Record>,
-    pub reply: oneshot::Sender<usize>,
-}
 
 /// A request all of whose records are in batches.
 struct Filed {
@@ -187,17 +181,6 @@ impl Source for HttpSource {
         }
         Ok(())
     }
-}
-
-/// Milliseconds since the Unix epoch, the records' timestamp: when they arrived.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// The records of a checked body, as the server queues them.
-pub(crate) fn records(documents: Vec<bytes::Bytes>) -> Vec<Record> {
-    let timestamp = Some(now_ms());
-    documents.into_iter().map(|value| Record { value, timestamp, ..Record::default() }).collect()
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, LateReject, LateRejects, OpenContext, Record, RecordTemplate, Rejected, Sink,
-    SourceMeta, async_trait,
+    Ack, Batch, Bytes, ConnectorError, DeliveryMode, LateReject, LateRejects, OpenContext, Record, RecordTemplate,
+    Rejected, Sink, SourceMeta, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -28,7 +28,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{Delivery, Format, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
-use crate::source::KafkaConsumer;
+use crate::group::KafkaConsumer;
+use crate::pairing::ExactlyOncePairing;
 use flowgate_avro::Failure as AvroFailure;
 
 /// How long closing waits for records still in flight (a broker that is down at
@@ -190,13 +191,6 @@ pub(crate) fn producer_config(config: &KafkaSinkConfig, pipeline: &str) -> rdkaf
     }
     client_config(&config.brokers.bootstrap(), &defaults, &config.properties)
 }
-
-/// The exactly-once pairing of a Kafka sink with the pipeline's Kafka source:
-/// the sink leaves it in the pipeline's resources when it opens, the source
-/// finds it, hands its offset commits to the sink's transactions and puts its
-/// consumer in it (the sink needs the group's metadata to commit offsets).
-#[derive(Clone, Default)]
-pub struct ExactlyOncePairing(pub Arc<std::sync::OnceLock<Arc<KafkaConsumer>>>);
 
 impl KafkaSink {
     /// Opens a producer. `ctx.late` receives records that fail for good after
@@ -464,6 +458,16 @@ impl KafkaSink {
 
 #[async_trait]
 impl Sink for KafkaSink {
+    /// Asynchronous when opened with a late-reject channel (a pipeline's sink),
+    /// except with transactions, which commit in `commit`; a dead-letter sink
+    /// waits for its delivery reports in `write`.
+    fn delivery(&self) -> DeliveryMode {
+        match (&self.txn, &self.producer.context().late) {
+            (None, Some(_)) => DeliveryMode::Asynchronous,
+            _ => DeliveryMode::Synchronous,
+        }
+    }
+
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         self.producer.context().log.check_fatal()?;
         if let Some(txn) = &self.txn {
@@ -475,9 +479,17 @@ impl Sink for KafkaSink {
             return self.write_and_wait(batch).await;
         }
         self.resend().await?;
-        let async_ack = match (&batch.ack, &self.producer.context().late) {
-            (Some(ack), Some(_)) => Some(ack.split()),
-            _ => None,
+        let async_ack = match self.delivery() {
+            DeliveryMode::Asynchronous => Some(
+                batch
+                    .ack
+                    .as_ref()
+                    .ok_or_else(|| {
+                        ConnectorError::fatal("an asynchronous sink was given a batch without its acknowledgement")
+                    })?
+                    .split(),
+            ),
+            DeliveryMode::Synchronous => None,
         };
         match async_ack {
             // The engine releases its own share after the refused records are handled.

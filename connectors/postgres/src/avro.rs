@@ -17,7 +17,7 @@ use std::sync::Arc;
 use flowgate_sdk::ValueSchema;
 use serde_json::{Value, json};
 
-use crate::event::{Column, Table};
+use crate::table::{Column, Table};
 
 /// The change-event schema of `table`; `None` when a name is not a valid Avro
 /// name (the events then carry no schema, and an Avro sink refuses them).
@@ -65,6 +65,12 @@ pub fn envelope_schema(table: &Table) -> Option<Arc<ValueSchema>> {
         ],
     });
     Some(ValueSchema::new(envelope.to_string(), Some(format!("{namespace}.Envelope").into())))
+}
+
+/// `table` with the schema of its change events (see [`envelope_schema`]).
+pub fn with_schema(mut table: Table) -> Table {
+    table.avro = envelope_schema(&table);
+    table
 }
 
 fn column_field(c: &Column) -> Value {

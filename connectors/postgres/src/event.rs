@@ -4,57 +4,12 @@
 //! "ts_ms", "snapshot"}, "op", "ts_ms"}`; the key is the primary key columns as
 //! a JSON object.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use flowgate_sdk::{Record, SourceMeta, ValueSchema};
+use flowgate_sdk::{Record, SourceMeta};
 use pg_walstream::{ColumnValue, RowData};
 
-use crate::decode::{Kind, kind_of, write_str, write_value};
-
-/// A captured table's shape, from a Relation message or the catalog.
-#[derive(Debug)]
-pub struct Table {
-    pub schema: Arc<str>,
-    pub name: Arc<str>,
-    pub columns: Vec<Column>,
-    /// `REPLICA IDENTITY FULL`: an update's old row is whole, so it can fill in
-    /// unchanged TOAST values. (Otherwise its non-key columns are nulls.)
-    pub full_identity: bool,
-    /// The Avro schema of this table's change events.
-    pub avro: Option<Arc<ValueSchema>>,
-}
-
-#[derive(Debug)]
-pub struct Column {
-    pub name: Arc<str>,
-    pub kind: Kind,
-    pub oid: u32,
-    /// The type modifier (`numeric(10,2)`, `varchar(20)`), -1 when none.
-    pub typmod: i32,
-    pub key: bool,
-}
-
-impl Table {
-    pub fn new(
-        schema: Arc<str>,
-        name: Arc<str>,
-        full_identity: bool,
-        columns: impl IntoIterator<Item = (Arc<str>, u32, i32, bool)>,
-    ) -> Self {
-        let columns = columns
-            .into_iter()
-            .map(|(name, oid, typmod, key)| Column { name, kind: kind_of(oid), oid, typmod, key })
-            .collect();
-        let mut table = Table { schema, name, columns, full_identity, avro: None };
-        table.avro = crate::avro::envelope_schema(&table);
-        table
-    }
-
-    fn has_key(&self) -> bool {
-        self.columns.iter().any(|c| c.key)
-    }
-}
+use crate::decode::{Kind, write_str, write_value};
+use crate::table::Table;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -282,7 +237,7 @@ mod tests {
     #[test]
     fn events_fit_the_tables_avro_schema_and_decode_unchanged() {
         let numeric_10_2 = (10 << 16 | 2) + 4;
-        let t = Table::new(
+        let t = crate::avro::with_schema(Table::new(
             "public".into(),
             "edge".into(),
             false,
@@ -303,7 +258,7 @@ mod tests {
                 ("ints".into(), 1007, -1, false),
                 ("ref".into(), 2950, -1, false),
             ],
-        );
+        ));
         let codec = flowgate_avro::Codec::parse(&t.avro.as_ref().unwrap().avro).unwrap();
         let mut enc = Encoder::default();
         let specs: [&[(&str, Option<&str>)]; 3] = [

@@ -13,6 +13,7 @@ mod error;
 mod event;
 mod position;
 mod source;
+mod table;
 
 pub use config::PostgresCdcConfig;
 pub use connector::register;

@@ -22,9 +22,9 @@ pub struct Batch {
     pub seq: u64,
     pub records: Vec<Record>,
     pub rejected: Vec<Rejected>,
-    /// Taken by the engine when the batch is done, or by a sink that finishes records
-    /// asynchronously and acknowledges them itself. A batch without one (such as a
-    /// dead-letter batch) must be durable when `write` returns.
+    /// The batch's acknowledgement: taken by the engine when the batch is done;
+    /// an asynchronous sink ([`DeliveryMode`](crate::DeliveryMode)) splits
+    /// handles from it for the records it finishes later.
     pub ack: Option<Ack>,
     /// The source's position once this batch is handled, for sinks that commit it
     /// atomically with the records (exactly-once). Set by sources that have one.

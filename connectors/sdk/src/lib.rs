@@ -29,5 +29,5 @@ pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
 pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
 pub use template::RecordTemplate;
-pub use traits::{Read, Sink, Source, Transform};
+pub use traits::{DeliveryMode, Read, Sink, Source, Transform};
 pub use {async_trait::async_trait, bytes::Bytes, erased_serde, schemars};

@@ -51,20 +51,38 @@ pub trait Transform: Send {
     async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
 }
 
-/// Where records go.
+/// How a sink tells the engine that a batch is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Once `write` and then `commit` returned. The sink leaves `batch.ack`
+    /// alone; the engine acknowledges.
+    Synchronous,
+    /// By acknowledgement: `write` hands records on and splits handles from
+    /// `batch.ack` (always set) that it acknowledges as records become durable
+    /// (delivery reports); records that fail after `write` returned go to its
+    /// [`LateRejects`](crate::LateRejects). Only a sink opened with a
+    /// late-reject channel may be asynchronous.
+    Asynchronous,
+}
+
+/// Where records go, and where dead letters go: the engine delivers a batch
+/// of either the same way, `write` then `commit`, each retried on a transient
+/// error until it succeeds or the pipeline stops.
 ///
-/// `write` returns once every record of `batch.records` is durable, or moved to
-/// `batch.rejected` because it can never be written (a constraint violation, a
-/// value of the wrong shape). A transient error makes the engine call `write` again
-/// with the same batch, so a sink must either write a batch atomically or accept
-/// that a retry may repeat records (at-least-once).
-///
-/// A sink that finishes records asynchronously (delivery reports) may instead take
-/// `batch.ack`, return at once, and acknowledge when the records are durable;
-/// records that then fail for good go to its [`LateRejects`](crate::LateRejects).
+/// `write` moves records that can never be written (a constraint violation, a
+/// value of the wrong shape) to `batch.rejected` with the reason, and the
+/// engine applies the error policy to them before `commit`. A transient error
+/// makes the engine call `write` again with the same batch, so a sink must
+/// either write a batch atomically or accept that a retry may repeat records
+/// (at-least-once).
 #[async_trait]
 pub trait Sink: Send {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
+
+    /// Whether a batch is durable when `commit` returns or when it is acknowledged.
+    fn delivery(&self) -> DeliveryMode {
+        DeliveryMode::Synchronous
+    }
 
     /// Called after `write` and after the batch's refused records are handled,
     /// before it is acknowledged: sinks that store `batch.position` with their

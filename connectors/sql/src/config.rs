@@ -146,7 +146,7 @@ impl SqlSinkConfig {
         if self.synchronous != Synchronous::Full && kind != "sqlite" {
             out.push(problem("synchronous", "`synchronous` is a SQLite setting".into(), None));
         }
-        let dialect = crate::sink::dialect_of(&self.url);
+        let dialect = crate::dialect::dialect_of(&self.url);
         if let Some(table) = self.table.fixed()
             && let Err(reason) = crate::names::check_table(dialect, table)
         {

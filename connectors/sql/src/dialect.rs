@@ -169,6 +169,26 @@ impl Dialect {
     }
 }
 
+pub(crate) fn dialect_of(url: &str) -> Dialect {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Dialect::Postgres
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Dialect::MySql
+    } else {
+        Dialect::Sqlite
+    }
+}
+
+/// The database file of a SQLite URL; `None` for other databases and memory.
+pub(crate) fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+    if dialect_of(url) != Dialect::Sqlite {
+        return None;
+    }
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && path != ":memory:").then(|| std::path::Path::new(path))
+}
+
 fn is_mysql_binary(ty: &str) -> bool {
     let ty = ty.to_ascii_lowercase();
     ty.contains("blob") || ty.starts_with("binary") || ty.starts_with("varbinary")

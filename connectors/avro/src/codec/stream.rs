@@ -16,7 +16,9 @@ use serde::Deserialize as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::{Codec, Mismatch, Node, RecordNode, Segment, write_bytes, write_long};
+use super::binary::{write_bytes, write_long};
+use super::schema::{Node, RecordNode};
+use super::{Codec, Mismatch, Segment};
 
 impl Codec {
     /// Parses `json` and encodes it in one pass; on a mismatch or invalid JSON,

@@ -1,6 +1,8 @@
 use apache_avro::types::Value as AvroValue;
 use serde_json::json;
 
+use super::binary::write_long;
+use super::decimal::decimal_string;
 use super::*;
 
 const ORDER: &str = r#"{

@@ -1,0 +1,160 @@
+//! Creating the slot with an exported snapshot, and reading the initial
+//! snapshot through it.
+
+use std::sync::Arc;
+
+use flowgate_sdk::{Batch, Read};
+use pg_walstream::SnapshotOutcome;
+use tokio::time::Instant;
+
+use super::{Mark, Phase, PostgresCdcSource, SnapshotProgress, now_ms};
+use crate::avro;
+use crate::catalog;
+use crate::config::SnapshotMode;
+use crate::error::PgCdcError;
+use crate::event::{Op, Origin};
+use crate::table::Table;
+
+impl PostgresCdcSource {
+    pub(super) async fn create_slot(&mut self) -> Result<(), PgCdcError> {
+        let stream = self.connect().await?;
+        if self.config.snapshot == SnapshotMode::Never {
+            let mut stream = stream;
+            stream
+                .ensure_replication_slot()
+                .await
+                .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
+            tracing::info!(slot = %self.slot, publication = %self.publication, "created the replication slot");
+            self.save(true)?;
+            stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
+            self.phase = Phase::Streaming(Box::new(stream));
+            return Ok(());
+        }
+        // Recorded first, so a crash during the copy is known to have left an
+        // unfinished snapshot behind.
+        self.save(false)?;
+        for attempt in 1..=5 {
+            let mut locks = catalog::connect(&self.config.url).await?;
+            let before = catalog::filenodes(&mut locks, &self.publication).await?;
+            let stream = self.connect().await?;
+            let outcome = stream
+                .snapshot()
+                .await
+                .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
+            let SnapshotOutcome::Available(snapshot) = outcome else {
+                return Err(PgCdcError::Setup(format!(
+                    "replication slot `{}` appeared while Flowgate was creating it; is another pipeline using the same slot?",
+                    self.slot
+                )));
+            };
+            // Locked only now, so that slot creation (which waits for running
+            // transactions) cannot wait on a transaction waiting on the lock.
+            // A rewrite between the two looks at a different file: start over.
+            catalog::lock_published(&mut locks, &self.publication).await?;
+            if catalog::filenodes(&mut locks, &self.publication).await? != before {
+                tracing::warn!(slot = %self.slot, attempt, "a captured table was rewritten while the slot was created; taking the snapshot again");
+                drop(snapshot); // Drops the slot (pg_walstream), best effort.
+                catalog::drop_slot(&mut locks, &self.slot).await?;
+                continue;
+            }
+            let tables: Vec<String> = snapshot.tables().iter().map(|t| t.qualified_name()).collect();
+            tracing::info!(
+                slot = %self.slot,
+                publication = %self.publication,
+                consistent_point = %snapshot.consistent_point(),
+                tables = %tables.join(", "),
+                "created the replication slot; taking the initial snapshot"
+            );
+            self.snapshot = SnapshotProgress::Reading { last_seq: None };
+            self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), _locks: locks };
+            return Ok(());
+        }
+        Err(PgCdcError::Setup(
+            "the captured tables were rewritten (ALTER TABLE, TRUNCATE, VACUUM FULL) each time the snapshot started; \
+             run again once that DDL is done"
+                .to_string(),
+        ))
+    }
+
+    pub(super) async fn read_snapshot(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
+        let Phase::Snapshot { rows, started_ms, .. } = &mut self.phase else { unreachable!() };
+        let origin = Origin {
+            pipeline: &self.decoder.pipeline,
+            db: &self.decoder.db,
+            commit_ms: *started_ms,
+            now_ms: now_ms(),
+            tx_id: None,
+            snapshot: true,
+        };
+        let mut done = false;
+        while batch.records.len() < self.batch_size {
+            // pg_walstream cannot resume a failed copy (the exported snapshot is
+            // gone with its connection), so the pipeline stops; the next start
+            // finds the snapshot unfinished and takes it again.
+            let row = rows.next_row().await.map_err(PgCdcError::Snapshot)?;
+            let Some(row) = row else {
+                done = true;
+                break;
+            };
+            let keys = &self.decoder.keys;
+            let table = self.decoder.snapshot_tables.entry(row.relation.relation_id).or_insert_with(|| {
+                let r = &row.relation;
+                let keys = keys.get(&(r.namespace.to_string(), r.relation_name.to_string()));
+                let is_key = |name: &str| keys.is_some_and(|k| k.iter().any(|c| c == name));
+                Arc::new(avro::with_schema(Table::new(
+                    r.namespace.clone(),
+                    r.relation_name.clone(),
+                    false,
+                    r.columns.iter().map(|c| (c.name.clone(), c.type_id, c.type_modifier, is_key(&c.name))),
+                )))
+            });
+            batch.records.push(self.decoder.encoder.change(
+                &origin,
+                table,
+                Op::Read,
+                row.lsn.value(),
+                None,
+                Some(&row.data),
+            ));
+        }
+        if !batch.records.is_empty() {
+            self.pending.push(batch.seq, Mark::Snapshot);
+            if let SnapshotProgress::Reading { last_seq } = &mut self.snapshot {
+                *last_seq = Some(batch.seq);
+            }
+        }
+        if done {
+            let Phase::Snapshot { rows, .. } = std::mem::replace(&mut self.phase, Phase::Finished) else {
+                unreachable!()
+            };
+            let mut stream = rows.finish().await.map_err(PgCdcError::Snapshot)?;
+            tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
+            let unacked = self.pending.iter().any(|(_, m)| matches!(m, Mark::Snapshot));
+            match self.snapshot {
+                SnapshotProgress::Reading { last_seq: Some(last_seq) } if unacked => {
+                    self.snapshot = SnapshotProgress::Unacked { last_seq };
+                }
+                _ => self.snapshot_done()?, // Empty tables, or every row already acknowledged.
+            }
+            if self.config.snapshot != SnapshotMode::InitialOnly {
+                match stream.start(None).await {
+                    Ok(()) => self.phase = Phase::Streaming(Box::new(stream)),
+                    Err(e) => {
+                        tracing::warn!(slot = %self.slot, error = %e, "cannot start streaming yet; retrying");
+                        self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
+                    }
+                }
+            }
+        }
+        Ok(if batch.records.is_empty() { Read::Idle } else { Read::Data })
+    }
+
+    pub(super) fn snapshot_done(&mut self) -> Result<(), PgCdcError> {
+        if self.config.snapshot != SnapshotMode::InitialOnly {
+            self.save(true)?;
+        }
+        tracing::info!(slot = %self.slot, "initial snapshot written");
+        self.snapshot = SnapshotProgress::Idle;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! One table's operations applied in the batch's transaction, in order: a row
+//! moved in place on its own, the rest batched. A batch refused for a
+//! row-level reason is rolled back to a savepoint and applied row by row, so
+//! that only the offending rows are refused.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use sqlx::AssertSqlSafe;
+
+use super::SqlSink;
+use super::cell::{Cell, bind};
+use crate::change::{Op, key_text};
+use crate::error::{SqlError, is_row_error};
+
+impl SqlSink {
+    /// Applies one table's operations in order; refused records are returned
+    /// with the reason. A row moved in place is applied on its own, between
+    /// what comes before and after it.
+    pub(super) async fn apply(
+        &mut self,
+        table: &str,
+        ops: Vec<(usize, Op)>,
+        key: &[String],
+    ) -> Result<Vec<(usize, String)>, SqlError> {
+        let mut refused = Vec::new();
+        let mut segment = Vec::with_capacity(ops.len());
+        for (i, op) in ops {
+            match op {
+                Op::Move { from, row } => {
+                    refused.extend(self.apply_segment(table, std::mem::take(&mut segment), key).await?);
+                    if let Some(reason) = self.apply_move(table, &from, &row, key).await? {
+                        refused.push((i, reason));
+                    }
+                }
+                op => segment.push((i, op)),
+            }
+        }
+        refused.extend(self.apply_segment(table, segment, key).await?);
+        Ok(refused)
+    }
+
+    /// `UPDATE ... SET <row> WHERE <key> = <from>`, or an insert of `row` when
+    /// there was no such row; `Some(reason)` when the database refused it.
+    async fn apply_move(
+        &mut self,
+        table: &str,
+        from: &Map<String, Value>,
+        row: &Map<String, Value>,
+        key: &[String],
+    ) -> Result<Option<String>, SqlError> {
+        let info = self.tables.get(table).cloned().ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
+        let d = self.dialect;
+        let columns: Vec<String> =
+            info.columns.iter().filter(|(c, _)| row.contains_key(c)).map(|(c, _)| c.clone()).collect();
+        let mut n = 0;
+        let mut param = |c: &str| {
+            n += 1;
+            d.param(n, info.ty(c).unwrap_or("text"))
+        };
+        let sets: Vec<String> = columns.iter().map(|c| format!("{} = {}", d.quote(c), param(c))).collect();
+        let wheres: Vec<String> = key.iter().map(|k| format!("{} = {}", d.quote(k), param(k))).collect();
+        let sql = format!("UPDATE {} SET {} WHERE {}", info.quoted, sets.join(", "), wheres.join(" AND "));
+        let cells: Vec<Cell> = columns
+            .iter()
+            .map(|c| d.cell(row.get(c), info.ty(c).unwrap_or("text")))
+            .chain(key.iter().map(|k| d.cell(from.get(k), info.ty(k).unwrap_or("text"))))
+            .collect();
+        self.savepoint("flowgate_row", table).await?;
+        let conn = self.conn.as_mut().expect("connected");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for cell in cells {
+            q = bind(q, cell);
+        }
+        let moved = match q.execute(&mut *conn).await {
+            Ok(done) => done.rows_affected() > 0,
+            Err(e) if is_row_error(&e) => {
+                self.raw("ROLLBACK TO SAVEPOINT flowgate_row", table).await?;
+                return Ok(Some(e.to_string()));
+            }
+            Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+        };
+        if moved {
+            return Ok(None);
+        }
+        // The old row was not there: write the new one as it came.
+        let insert = vec![(0, Op::Upsert(row.clone()))];
+        Ok(self.apply_segment(table, insert, key).await?.pop().map(|(_, reason)| reason))
+    }
+
+    /// Applies operations other than moves, batched; refused records are
+    /// returned with the reason.
+    async fn apply_segment(
+        &mut self,
+        table: &str,
+        ops: Vec<(usize, Op)>,
+        key: &[String],
+    ) -> Result<Vec<(usize, String)>, SqlError> {
+        // Only the last operation per key counts (an upsert carries the whole row,
+        // a delete removes it), which also keeps one statement from touching a
+        // row twice. A truncate drops what came before it.
+        let start = ops.iter().rposition(|(_, op)| *op == Op::Truncate);
+        let truncate = start.map(|t| ops[t].0);
+        let mut last: Vec<(usize, Op)> = Vec::with_capacity(ops.len());
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, op) in ops.into_iter().skip(start.map_or(0, |t| t + 1)) {
+            match op {
+                Op::Insert(_) => last.push((i, op)),
+                // None after the last truncate; moves are applied on their own.
+                Op::Truncate | Op::Move { .. } => {}
+                Op::Upsert(ref row) | Op::Delete(ref row) => {
+                    let k = key_text(row, key);
+                    match index.get(&k) {
+                        Some(&at) => {
+                            // An upsert lacking unchanged TOAST values takes them
+                            // from the one before it in the batch.
+                            let mut op = op;
+                            if let (Op::Upsert(new), (_, Op::Upsert(old))) = (&mut op, &last[at]) {
+                                for (c, v) in old {
+                                    new.entry(c.clone()).or_insert_with(|| v.clone());
+                                }
+                            }
+                            last[at] = (i, op);
+                        }
+                        None => {
+                            index.insert(k, last.len());
+                            last.push((i, op));
+                        }
+                    }
+                }
+            }
+        }
+        let info = self.tables.get(table).cloned().ok_or_else(|| SqlError::NoColumns { table: table.to_string() })?;
+        let mut refused = Vec::new();
+        self.savepoint("flowgate_batch", table).await?;
+        match self.apply_grouped(&info, truncate, &last, key).await {
+            Ok(()) => {}
+            Err(e) if is_row_error(&e) => {
+                tracing::debug!(table, error = %e, "a row was refused; applying the batch row by row");
+                self.raw("ROLLBACK TO SAVEPOINT flowgate_batch", table).await?;
+                if let Some(i) = truncate
+                    && let Err(e) = self.apply_grouped(&info, Some(i), &[], key).await
+                {
+                    return Err(SqlError::Write { table: table.to_string(), source: e });
+                }
+                for (i, op) in &last {
+                    self.savepoint("flowgate_row", table).await?;
+                    match self.apply_grouped(&info, None, std::slice::from_ref(&(*i, op.clone())), key).await {
+                        Ok(()) => {}
+                        Err(e) if is_row_error(&e) => {
+                            self.raw("ROLLBACK TO SAVEPOINT flowgate_row", table).await?;
+                            refused.push((*i, e.to_string()));
+                        }
+                        Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+                    }
+                }
+            }
+            Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
+        }
+        Ok(refused)
+    }
+
+    async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
+        self.raw(&format!("SAVEPOINT {name}"), table).await
+    }
+}

@@ -1,0 +1,312 @@
+//! The database sinks: one implementation over sqlx's `Any` driver, with the
+//! differences between Postgres, MySQL/MariaDB and SQLite in [`Dialect`].
+//!
+//! A batch is one transaction. `write` applies the batch's rows inside it and
+//! leaves it open; `commit` (after the engine has dead-lettered the refused
+//! records) adds the source position when effectively-once, and commits. A
+//! statement refused for a row-level reason (a constraint, a bad value) is
+//! rolled back to a savepoint and the batch retried row by row, so only the
+//! offending rows are refused.
+
+mod apply;
+mod cell;
+mod check;
+mod ddl;
+mod plan;
+mod positions;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use flowgate_sdk::{Batch, ConnectorError, Position, Sink, async_trait};
+use sqlx::AnyConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use crate::change::Op;
+use crate::config::{Delivery, SqlSinkConfig, Synchronous, UnknownFields};
+use crate::dialect::{Dialect, dialect_of, sqlite_path};
+use crate::error::SqlError;
+use crate::names::TableFilter;
+use crate::rows::field_names;
+use plan::{key_for, plan};
+
+pub use check::check_sink;
+
+/// A target table: its columns and their types, in table order.
+#[derive(Clone, Debug)]
+struct TableInfo {
+    quoted: String,
+    columns: Vec<(String, String)>,
+}
+
+impl TableInfo {
+    fn ty(&self, column: &str) -> Option<&str> {
+        self.columns.iter().find(|(c, _)| c == column).map(|(_, t)| t.as_str())
+    }
+}
+
+pub struct SqlSink {
+    config: SqlSinkConfig,
+    dialect: Dialect,
+    pipeline: Arc<str>,
+    conn: Option<AnyConnection>,
+    in_transaction: bool,
+    tables: HashMap<String, TableInfo>,
+    /// Key columns per table (configured, or from the first record's key).
+    keys: HashMap<String, Vec<String>>,
+    /// The tables a templated `table` may name; `None` when it is fixed.
+    filter: Option<TableFilter>,
+    stage: Arc<str>,
+}
+
+fn any_url(url: &str) -> String {
+    match dialect_of(url) {
+        Dialect::Sqlite if !url.starts_with("sqlite:") => format!("sqlite:{url}?mode=rwc"),
+        Dialect::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+        _ if url.starts_with("mariadb://") => url.replacen("mariadb://", "mysql://", 1),
+        _ => url.to_string(),
+    }
+}
+
+/// Creates the SQLite database file of `url` as a private (0600) file when it
+/// is missing, so that it and the journal files SQLite gives its mode hold
+/// records for their owner only. Not SQLite, in memory, or there: nothing.
+pub fn create_sqlite_file(url: &str) -> std::io::Result<()> {
+    match sqlite_path(url) {
+        Some(path) => flowgate_sdk::files::create_private(path),
+        None => Ok(()),
+    }
+}
+
+/// One table's share of a batch: its operations in order, with the index of
+/// the record each came from.
+#[derive(Default)]
+struct TableOps {
+    ops: Vec<(usize, Op)>,
+}
+
+impl SqlSink {
+    pub async fn open(config: SqlSinkConfig, pipeline: &str) -> Result<Self, SqlError> {
+        sqlx::any::install_default_drivers();
+        let dialect = dialect_of(&config.url);
+        let filter =
+            config.table.fixed().is_none().then(|| {
+                TableFilter::new(config.tables_allowed.clone().unwrap_or_else(|| vec![config.table.pattern()]))
+            });
+        let mut sink = SqlSink {
+            filter,
+            dialect,
+            pipeline: pipeline.into(),
+            conn: None,
+            in_transaction: false,
+            tables: HashMap::new(),
+            keys: HashMap::new(),
+            stage: "sink".into(),
+            config,
+        };
+        // Fail at start-up, not at the first record, when the database cannot be reached.
+        sink.conn().await?;
+        if sink.config.delivery == Delivery::EffectivelyOnce {
+            sink.create(dialect.positions_table(), "flowgate_source_positions").await?;
+        }
+        Ok(sink)
+    }
+
+    async fn conn(&mut self) -> Result<&mut AnyConnection, SqlError> {
+        if self.conn.is_none() {
+            let url = any_url(&self.config.url);
+            create_sqlite_file(&self.config.url)
+                .map_err(|e| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source: e.into() })?;
+            let mut conn = AnyConnection::connect(&url)
+                .await
+                .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
+            let setup = match (self.dialect, self.config.synchronous) {
+                (Dialect::Sqlite, Synchronous::Full) => {
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000"
+                }
+                (Dialect::Sqlite, Synchronous::Normal) => {
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000"
+                }
+                // Timestamps without a zone are read and written as UTC.
+                // Strict: a value that does not fit is refused, not cut to fit.
+                (Dialect::MySql, _) => "SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
+                (Dialect::Postgres, _) => "SET TIME ZONE 'UTC'",
+            };
+            sqlx::raw_sql(AssertSqlSafe(setup))
+                .execute(&mut conn)
+                .await
+                .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
+            self.conn = Some(conn);
+            self.in_transaction = false;
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Forgets a connection that failed: the next attempt starts afresh, and an
+    /// open transaction is gone with it.
+    fn lost(&mut self) {
+        self.conn = None;
+        self.in_transaction = false;
+    }
+
+    async fn raw(&mut self, sql: &str, table: &str) -> Result<(), SqlError> {
+        let conn = self.conn().await?;
+        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn).await;
+        result.map(drop).map_err(SqlError::write(table))
+    }
+
+    /// Commits the batch's transaction, with `position` when effectively-once.
+    /// A batch whose records were all filtered out still stores its position,
+    /// or the source would move past what the table says.
+    async fn finish(&mut self, position: Option<&Position>) -> Result<(), ConnectorError> {
+        let position = position.filter(|_| self.config.delivery == Delivery::EffectivelyOnce);
+        if !self.in_transaction && position.is_none() {
+            return Ok(());
+        }
+        let result: Result<(), SqlError> = async {
+            if !self.in_transaction {
+                self.raw("BEGIN", "").await?;
+                self.in_transaction = true;
+            }
+            if let Some(position) = position {
+                self.save_position(position).await?;
+            }
+            self.raw("COMMIT", "").await?;
+            self.in_transaction = false;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // The transaction is gone; the engine writes the batch again.
+            self.lost();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let (tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+        // Tables are described or created first, outside the transaction.
+        let mut work = Vec::with_capacity(tables.len());
+        for (table, mut ops) in tables {
+            let key = match self.keys.get(&table) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = key_for(&self.config, &batch.records, &ops);
+                    self.keys.insert(table.clone(), k.clone());
+                    k
+                }
+            };
+            let sample = ops.ops.iter().find_map(|(i, op)| match op {
+                Op::Insert(r) | Op::Upsert(r) | Op::Move { row: r, .. } => Some((*i, r.clone())),
+                _ => None,
+            });
+            match sample {
+                Some((i, sample)) => {
+                    let order = field_names(&batch.records[i].value);
+                    self.table(&table, &sample, &order, &key).await.inspect_err(|_| self.lost())?;
+                }
+                None if !self.tables.contains_key(&table) => match self.describe(&table).await {
+                    Ok(Some(info)) => {
+                        self.tables.insert(table.clone(), info);
+                    }
+                    Ok(None) => {
+                        // Deletes for a table that does not exist: nothing to delete.
+                        continue;
+                    }
+                    Err(e) => {
+                        self.lost();
+                        return Err(e.into());
+                    }
+                },
+                None => {}
+            }
+            if self.config.unknown_fields != UnknownFields::Ignore {
+                let mut bad = self.unknown_in(&table, &ops);
+                // A field the cached description lacks may be a column added
+                // since: the table is described again once before refusing.
+                if !bad.is_empty() {
+                    match self.describe(&table).await {
+                        Ok(Some(info)) => {
+                            self.tables.insert(table.clone(), info);
+                            bad = self.unknown_in(&table, &ops);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.lost();
+                            return Err(e.into());
+                        }
+                    }
+                }
+                if let Some((_, reason)) = bad.first()
+                    && self.config.unknown_fields == UnknownFields::Fail
+                {
+                    return Err(ConnectorError::fatal(format!(
+                        "{reason} (`unknown_fields: fail`; `dead_letter` refuses just the record)"
+                    )));
+                }
+                if !bad.is_empty() {
+                    // In record order, as the table's operations are.
+                    ops.ops.retain(|(i, _)| bad.binary_search_by_key(i, |(b, _)| *b).is_err());
+                    refused.extend(bad);
+                }
+            }
+            work.push((table, ops, key));
+        }
+        let result: Result<(), SqlError> = async {
+            if !self.in_transaction {
+                self.raw("BEGIN", "").await?;
+                self.in_transaction = true;
+            }
+            for (table, ops, key) in work {
+                refused.extend(self.apply(&table, ops.ops, &key).await?);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.lost();
+            return Err(e.into());
+        }
+        if !refused.is_empty() {
+            refused.sort_unstable_by_key(|(i, _)| *i);
+            refused.dedup_by_key(|(i, _)| *i);
+            let mut reasons = refused.into_iter().peekable();
+            let records = std::mem::take(&mut batch.records);
+            for (i, record) in records.into_iter().enumerate() {
+                match reasons.next_if(|(r, _)| *r == i) {
+                    Some((_, reason)) => batch.reject(record, reason, &self.stage),
+                    None => batch.records.push(record),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        let position = batch.position.clone();
+        self.finish(position.as_ref()).await
+    }
+
+    async fn stored_position(&mut self) -> Result<Option<Position>, ConnectorError> {
+        self.load_position().await
+    }
+
+    async fn close(&mut self) -> Result<(), ConnectorError> {
+        if self.in_transaction {
+            // A batch written but never committed (the pipeline stopped on an
+            // error): its records were not acknowledged.
+            let _ = self.raw("ROLLBACK", "").await;
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close().await.map_err(SqlError::write(""))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,74 @@
+//! A batch's records as row operations, in runs per target table, with the
+//! records that cannot be applied and why.
+
+use flowgate_sdk::Record;
+use serde_json::Value;
+
+use super::TableOps;
+use crate::change::ops;
+use crate::config::{Mode, SqlSinkConfig};
+use crate::dialect::Dialect;
+use crate::names::{TableFilter, check_fields};
+
+/// Records refused, by index, with the reason.
+type Refused = Vec<(usize, String)>;
+
+/// The records of a batch as runs of consecutive records for one table, in
+/// order: changes to different tables keep their order (a parent row before
+/// the child rows that reference it).
+pub(super) fn plan(
+    records: &[Record],
+    config: &SqlSinkConfig,
+    dialect: Dialect,
+    filter: Option<&TableFilter>,
+) -> (Vec<(String, TableOps)>, Refused) {
+    let mut tables: Vec<(String, TableOps)> = Vec::new();
+    let mut refused = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let mut parsed = None;
+        let table = match config.table.fixed() {
+            Some(t) => t.to_string(),
+            None => match config.table.render(r, &mut parsed) {
+                Ok(t) => match filter.map_or(Ok(()), |f| f.check(dialect, &t)) {
+                    Ok(()) => t,
+                    Err(why) => {
+                        refused.push((i, format!("table `{}` refused: {why}", t.escape_debug())));
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    refused.push((i, format!("no table for the record: {e}")));
+                    continue;
+                }
+            },
+        };
+        let checked =
+            ops(&r.value, r.key.as_deref(), config.mode, config.columns.as_ref(), &config.key).and_then(|list| {
+                list.iter().try_for_each(|op| op.row().map_or(Ok(()), |row| check_fields(dialect, row))).map(|()| list)
+            });
+        match checked {
+            Ok(list) => {
+                if tables.last().is_none_or(|(t, _)| *t != table) {
+                    tables.push((table, TableOps::default()));
+                }
+                let run = tables.last_mut().expect("pushed above");
+                run.1.ops.extend(list.into_iter().map(|op| (i, op)));
+            }
+            Err(reason) => refused.push((i, reason)),
+        }
+    }
+    (tables, refused)
+}
+
+/// The key columns for a table: configured, or the fields of a record's key.
+pub(super) fn key_for(config: &SqlSinkConfig, records: &[Record], ops: &TableOps) -> Vec<String> {
+    if !config.key.is_empty() || config.mode == Mode::Insert {
+        return config.key.clone();
+    }
+    ops.ops
+        .first()
+        .and_then(|(i, _)| records[*i].key.as_deref())
+        .and_then(|k| serde_json::from_slice::<Value>(k).ok())
+        .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,147 @@
+//! Operations as multi-row statements: a truncate, then deletes, then upserts
+//! and inserts grouped by the columns they fill, each in as few statements as
+//! the parameter limit allows.
+
+use serde_json::{Map, Value};
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::cell::{Cell, bind};
+use super::{SqlSink, TableInfo};
+use crate::change::Op;
+use crate::dialect::Dialect;
+
+/// Rows per statement; beyond a few hundred nothing is gained.
+const MAX_ROWS_PER_STATEMENT: usize = 500;
+
+impl SqlSink {
+    /// Truncate, then deletes, then upserts and inserts, each as multi-row statements.
+    pub(super) async fn apply_grouped(
+        &mut self,
+        info: &TableInfo,
+        truncate: Option<usize>,
+        ops: &[(usize, Op)],
+        key: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let d = self.dialect;
+        if truncate.is_some() {
+            let conn = self.conn.as_mut().expect("connected");
+            sqlx::raw_sql(AssertSqlSafe(format!("DELETE FROM {}", info.quoted))).execute(conn).await?;
+        }
+        let deletes: Vec<&Map<String, Value>> =
+            ops.iter().filter_map(|(_, op)| if let Op::Delete(r) = op { Some(r) } else { None }).collect();
+        if !deletes.is_empty() {
+            let mut cells = Vec::with_capacity(deletes.len() * key.len());
+            for row in &deletes {
+                cells.extend(key.iter().map(|k| d.cell(row.get(k), info.ty(k).unwrap_or("text"))));
+            }
+            let cols: Vec<String> = key.iter().map(|k| d.quote(k)).collect();
+            let target = if key.len() == 1 { cols[0].clone() } else { format!("({})", cols.join(", ")) };
+            let sql = |n: usize| {
+                format!("DELETE FROM {} WHERE {target} IN ({})", info.quoted, value_list(d, info, key, n, true))
+            };
+            let conn = self.conn.as_mut().expect("connected");
+            run(conn, d, sql, cells, key.len()).await?;
+        }
+        // Rows with the same columns go together: (upsert?, which of the table's
+        // columns the rows have, rows). Rows nearly always share one shape, so a
+        // row is first compared with the last group without allocating.
+        type Group<'a> = (bool, Vec<bool>, Vec<&'a Map<String, Value>>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        let fits = |row: &Map<String, Value>, mask: &[bool]| {
+            info.columns.iter().zip(mask).all(|((c, _), &has)| row.contains_key(c) == has)
+        };
+        for (_, op) in ops {
+            let (upsert, row) = match op {
+                Op::Upsert(r) => (true, r),
+                Op::Insert(r) => (false, r),
+                _ => continue,
+            };
+            if let Some((u, mask, rows)) = groups.last_mut()
+                && *u == upsert
+                && fits(row, mask)
+            {
+                rows.push(row);
+                continue;
+            }
+            match groups.iter_mut().find(|(u, mask, _)| *u == upsert && fits(row, mask)) {
+                Some((_, _, rows)) => rows.push(row),
+                None => {
+                    let mask = info.columns.iter().map(|(c, _)| row.contains_key(c)).collect();
+                    groups.push((upsert, mask, vec![row]));
+                }
+            }
+        }
+        for (upsert, mask, rows) in groups {
+            let (columns, types): (Vec<String>, Vec<&str>) = info
+                .columns
+                .iter()
+                .zip(&mask)
+                .filter(|(_, has)| **has)
+                .map(|((c, t), _)| (c.clone(), t.as_str()))
+                .unzip();
+            if columns.is_empty() {
+                continue;
+            }
+            let mut cells = Vec::with_capacity(rows.len() * columns.len());
+            for row in &rows {
+                cells.extend(columns.iter().zip(&types).map(|(c, ty)| d.cell(row.get(c), ty)));
+            }
+            let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+            let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
+            let sql = |n: usize| {
+                let values = value_list(d, info, &columns, n, false);
+                format!("INSERT INTO {} ({}) VALUES {values}{suffix}", info.quoted, names.join(", "))
+            };
+            let conn = self.conn.as_mut().expect("connected");
+            run(conn, d, sql, cells, columns.len()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Executes one statement shape over `cells` (`per_row` a row) in as few
+/// statements as the parameter limit allows; `Err` carries the database's message.
+async fn run(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    sql_for: impl Fn(usize) -> String,
+    cells: Vec<Cell>,
+    per_row: usize,
+) -> Result<(), sqlx::Error> {
+    if per_row == 0 {
+        return Ok(());
+    }
+    let rows = cells.len() / per_row;
+    let chunk = (dialect.max_params() / per_row).clamp(1, MAX_ROWS_PER_STATEMENT);
+    let mut cells = cells.into_iter();
+    let mut done = 0;
+    while done < rows {
+        let n = chunk.min(rows - done);
+        let mut q = sqlx::query(AssertSqlSafe(sql_for(n)));
+        for cell in cells.by_ref().take(n * per_row) {
+            q = bind(q, cell);
+        }
+        q.execute(&mut *conn).await?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// `(p1, p2), (p3, p4)`: `rows` rows of parameters for `columns`, each cast
+/// (where the dialect needs it) to its column's type. `bare` leaves out the
+/// parentheses around a single column, for `k IN (p1, p2)`.
+fn value_list(dialect: Dialect, info: &TableInfo, columns: &[String], rows: usize, bare: bool) -> String {
+    let mut n = 0;
+    let mut out = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let vals: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                n += 1;
+                dialect.param(n, info.ty(c).unwrap_or("text"))
+            })
+            .collect();
+        out.push(if bare && columns.len() == 1 { vals.join(", ") } else { format!("({})", vals.join(", ")) });
+    }
+    out.join(", ")
+}
