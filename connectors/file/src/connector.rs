@@ -18,6 +18,10 @@ pub fn register(registry: &mut Registry) {
 
 #[async_trait]
 impl SourceConnector for FileSourceConfig {
+    fn metadata(&self) -> &'static [&'static str] {
+        &["path"]
+    }
+
     async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(FileSource::open(self.clone(), ctx).await?))
     }

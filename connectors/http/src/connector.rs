@@ -73,8 +73,8 @@ impl SourceConnector for HttpSourceConfig {
 
 #[async_trait]
 impl SinkConnector for HttpSinkConfig {
-    fn problems(&self, _: &Stage<'_>) -> Vec<Problem> {
-        let mut problems = Vec::new();
+    fn problems(&self, stage: &Stage<'_>) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = stage.template_problem(["url"], &self.url).into_iter().collect();
         match self.url.fixed() {
             Some(url) => {
                 if let Err(message) = parse_url(url) {
@@ -93,6 +93,7 @@ impl SinkConnector for HttpSinkConfig {
             }
         }
         for (name, template) in &self.headers {
+            problems.extend(stage.template_problem(["headers", name.as_str()], template));
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 problems.push(Problem::new(["headers", name.as_str()], format!("`{name}` is not a valid header name")));
             }

@@ -44,6 +44,10 @@ impl SourceConnector for KafkaSourceConfig {
         true
     }
 
+    fn metadata(&self) -> &'static [&'static str] {
+        &["topic", "partition", "offset"]
+    }
+
     fn uses_registry(&self) -> bool {
         self.format == Format::Avro
     }
@@ -65,6 +69,10 @@ impl SinkConnector for KafkaSinkConfig {
                         "the consumer offsets are committed in the sink's transaction; use `at_least_once`",
                     ));
             }
+        }
+        problems.extend(stage.template_problem(["topic"], &self.topic));
+        if let Some(key) = &self.key {
+            problems.extend(stage.template_problem(["key"], key));
         }
         problems.extend(self.avro_problems(stage));
         problems

@@ -30,4 +30,8 @@ impl SourceConnector for PostgresCdcConfig {
     fn carries_schema(&self) -> bool {
         true
     }
+
+    fn metadata(&self) -> &'static [&'static str] {
+        &["schema", "table"]
+    }
 }

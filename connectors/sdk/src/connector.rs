@@ -133,6 +133,33 @@ pub struct Stage<'a> {
     pub pipeline: &'a PipelineView<'a>,
 }
 
+impl Stage<'_> {
+    /// A problem at `at` when `template` reads `${meta.NAME}` fields that the
+    /// pipeline's source does not set: the template could fill for no record.
+    /// (Dead letters keep the metadata of the record they wrap.)
+    pub fn template_problem<S: AsRef<str>>(
+        &self,
+        at: impl IntoIterator<Item = S>,
+        template: &crate::RecordTemplate,
+    ) -> Option<Problem> {
+        let source = self.pipeline.source;
+        let declared = source.connector.metadata();
+        let first = template.meta_fields().find(|f| !declared.contains(f))?;
+        let has = match declared {
+            [] => format!("the `{}` source sets no `meta` fields", source.kind),
+            fields => format!(
+                "the `{}` source sets {}",
+                source.kind,
+                fields.iter().map(|f| format!("`meta.{f}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        Some(
+            Problem::new(at, format!("`${{meta.{first}}}` can never be filled: {has}"))
+                .with_help("use a field the source sets, a `value.FIELD` or a `header.NAME`"),
+        )
+    }
+}
+
 /// Things the stages of one pipeline share, by type: the schema registry
 /// client, or a handle one connector leaves for its partner (the Kafka sink's
 /// exactly-once pairing with the Kafka source).
@@ -225,6 +252,12 @@ pub trait SourceConnector: Debug + Send + Sync + AsAny {
     /// Whether its records carry a schema (`Record::schema`).
     fn carries_schema(&self) -> bool {
         false
+    }
+
+    /// The `${meta.NAME}` fields its records have, for templates of the
+    /// stages after it (`orders.${meta.table}`), checked when the file is.
+    fn metadata(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Whether it needs the schema registry client in [`Resources`].

@@ -65,6 +65,14 @@ impl RecordTemplate {
         self.parts.iter().map(|p| if let Part::Text(t) = p { t.as_str() } else { "*" }).collect()
     }
 
+    /// The `${meta.NAME}` fields it reads, by name.
+    pub fn meta_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Meta(field) => Some(field.name()),
+            _ => None,
+        })
+    }
+
     /// Fills the template from `record`. `parsed` caches the record's value parsed
     /// as JSON, so several templates over one record parse it once.
     pub fn render(&self, record: &Record, parsed: &mut Option<Value>) -> Result<String, String> {

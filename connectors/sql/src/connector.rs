@@ -16,6 +16,7 @@ pub fn register(registry: &mut Registry) {
 impl SinkConnector for SqlSinkConfig {
     fn problems(&self, stage: &Stage<'_>) -> Vec<Problem> {
         let mut problems = SqlSinkConfig::problems(self, stage.kind);
+        problems.extend(stage.template_problem(["table"], &self.table));
         if self.delivery == Delivery::EffectivelyOnce && !stage.pipeline.source.connector.resumable() {
             problems.push(
                 Problem::new(["delivery"], "`delivery: effectively_once` needs a `kafka` or `postgres_cdc` source")
