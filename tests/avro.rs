@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::kafka::{Broker, Reader};
+use common::pipeline::{Pipeline, sink, source, transform};
 use common::postgres::Postgres;
 use common::registry::{Registry, run_python};
 use common::{Guard, flowgate, log, records, records_so_far, spawn_run, stop, wait_for, write_file};
@@ -191,39 +192,25 @@ fn payment(i: u64) -> Value {
     })
 }
 
-/// A file -> avro step -> Kafka (Avro) pipeline; `registry` is the YAML of the
-/// `registry:` block.
-fn file_to_kafka(dir: &Path, input: &Path, broker: &Broker, topic: &str, registry: &str, sink_extra: &str) -> PathBuf {
+/// A file -> avro step -> Kafka (Avro) pipeline; `registry` is the `registry:`
+/// settings, `sink_extra` settings added to the Kafka sink's.
+fn file_to_kafka(
+    dir: &Path,
+    input: &Path,
+    broker: &Broker,
+    topic: &str,
+    registry: Value,
+    sink_extra: Value,
+) -> PathBuf {
     let schema = write_file(dir, "payment.avsc", PAYMENT);
-    write_file(
-        dir,
-        "to-kafka.yaml",
-        &format!(
-            r#"name: to-kafka
-source:
-  file: {{path: {}, follow: true}}
-transforms:
-  - avro: {{schema: {{file: {}}}}}
-sink:
-  kafka:
-    brokers: {}
-    topic: {topic}
-    format: avro
-{sink_extra}
-errors:
-  policy: dead_letter
-  dead_letter:
-    file: {{path: {}}}
-registry:
-{registry}
-batch: {{size: 100, linger: 20ms}}
-"#,
-            input.display(),
-            schema.display(),
-            broker.addr(),
-            dir.join("dead.jsonl").display()
-        ),
-    )
+    Pipeline::new("to-kafka")
+        .source(source::file(input).with("follow", true))
+        .transform(transform::avro(json!({"file": schema.display().to_string()})))
+        .sink(sink::kafka(&broker.addr(), topic).with("format", "avro").extend(sink_extra))
+        .dead_letter(sink::file(dir.join("dead.jsonl")))
+        .registry(registry)
+        .batch(json!({"size": 100, "linger": "20ms"}))
+        .write(dir, "to-kafka.yaml")
 }
 
 #[test]
@@ -238,9 +225,11 @@ fn avro_written_by_flowgate_is_read_by_the_python_client_with_the_embedded_regis
     lines.insert(10, bad.to_string());
     let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
     let port = common::free_port();
-    let registry =
-        format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
-    let file = file_to_kafka(dir.path(), &input, &broker, "payments", &registry, "");
+    let registry = json!({"serve": {
+        "listen": format!("127.0.0.1:{port}"),
+        "store": format!("sqlite:{}", dir.path().join("reg.db").display()),
+    }});
+    let file = file_to_kafka(dir.path(), &input, &broker, "payments", registry, json!({}));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let url = format!("http://127.0.0.1:{port}");
     let out = run_python("avro_consume.py", &[&broker.addr(), "payments", &url, &n.to_string()]);
@@ -281,16 +270,12 @@ fn avro_written_by_the_python_client_is_read_by_flowgate() {
     let registry = Registry::start(dir.path());
     run_python("avro_produce.py", &[&broker.addr(), "py-payments", &registry.url(), "30"]);
     let output = dir.path().join("out.jsonl");
-    let file = write_file(
-        dir.path(),
-        "from-kafka.yaml",
-        &format!(
-            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [py-payments]\n    group: fg\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nregistry:\n  url: {}\nbatch: {{size: 10, linger: 20ms}}\n",
-            broker.addr(),
-            output.display(),
-            registry.url()
-        ),
-    );
+    let file = Pipeline::new("from-kafka")
+        .source(source::kafka_quick_group(&broker.addr(), &["py-payments"], "fg").with("format", "avro"))
+        .sink(sink::file(&output))
+        .registry(json!({"url": registry.url()}))
+        .batch(json!({"size": 10, "linger": "20ms"}))
+        .write(dir.path(), "from-kafka.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     let arrived = wait_for(Duration::from_secs(60), || records_so_far(&output).len() >= 30);
     stop(&mut run, dir.path());
@@ -348,17 +333,12 @@ fn each_kind_of_mismatch_reaches_the_dead_letters_with_its_field_path() {
     lines.push("not json".into());
     lines.push(good.to_string());
     let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
-    let file = write_file(
-        dir.path(),
-        "check.yaml",
-        &format!(
-            "name: check\nsource:\n  file: {{path: {}, format: text}}\ntransforms:\n  - avro: {{schema: {{file: {}}}}}\nsink:\n  file: {{path: {}}}\nerrors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
-            input.display(),
-            schema.display(),
-            dir.path().join("out.jsonl").display(),
-            dir.path().join("dead.jsonl").display()
-        ),
-    );
+    let file = Pipeline::new("check")
+        .source(source::file(input).with("format", "text"))
+        .transform(transform::avro(json!({"file": schema.display().to_string()})))
+        .sink(sink::file(dir.path().join("out.jsonl")))
+        .dead_letter(sink::file(dir.path().join("dead.jsonl")))
+        .write(dir.path(), "check.yaml");
     let out = flowgate().arg("run").arg(&file).arg("--state-dir").arg(dir.path().join("state")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dead = records(&dir.path().join("dead.jsonl"));
@@ -381,7 +361,7 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     let lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let file =
-        file_to_kafka(dir.path(), &input, &broker, "pay", &format!("  url: {}\n  timeout: 1s", registry.url()), "");
+        file_to_kafka(dir.path(), &input, &broker, "pay", json!({"url": registry.url(), "timeout": "1s"}), json!({}));
     let mut writer = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "pay", false);
     // Down: nothing goes out, nothing is dropped.
@@ -415,16 +395,13 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
 
 /// A Kafka (`format: avro`) -> file pipeline in group `g`.
 fn kafka_to_file(dir: &Path, broker: &Broker, registry: &Registry) -> PathBuf {
-    write_file(
-        dir,
-        "from-kafka.yaml",
-        &format!(
-            "name: from-kafka\nsource:\n  kafka:\n    brokers: {}\n    topics: [pay]\n    group: g\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\nerrors: {{policy: fail}}\nregistry: {{url: {}, timeout: 1s}}\nbatch: {{size: 50, linger: 20ms}}\n",
-            broker.addr(),
-            dir.join("out.jsonl").display(),
-            registry.url()
-        ),
-    )
+    Pipeline::new("from-kafka")
+        .source(source::kafka_quick_group(&broker.addr(), &["pay"], "g").with("format", "avro"))
+        .sink(sink::file(dir.join("out.jsonl")))
+        .policy("fail")
+        .registry(json!({"url": registry.url(), "timeout": "1s"}))
+        .batch(json!({"size": 50, "linger": "20ms"}))
+        .write(dir, "from-kafka.yaml")
 }
 
 #[test]
@@ -444,8 +421,8 @@ fn partitions_paused_for_the_registry_are_read_again_after_a_rebalance() {
     };
     write(0..200);
     // Keyed, so that both partitions have records.
-    let registry_yaml = format!("  url: {}\n  timeout: 1s", registry.url());
-    let to_kafka = file_to_kafka(dir.path(), &input, &broker, "pay", &registry_yaml, "    key: 'k${value.id}'\n");
+    let registry_settings = json!({"url": registry.url(), "timeout": "1s"});
+    let to_kafka = file_to_kafka(dir.path(), &input, &broker, "pay", registry_settings, json!({"key": "k${value.id}"}));
     let mut writer = spawn_run(dir.path(), &to_kafka, &[]);
     let mut reader = Reader::new(&broker.addr(), "pay", false);
     assert!(reader.read_until(Duration::from_secs(60), |r| r.total >= 200), "{}", log(dir.path()));
@@ -485,7 +462,7 @@ fn an_incompatible_schema_is_refused_at_validate_and_at_registration() {
     let old = r#"{"type":"record","name":"Payment","namespace":"shop","fields":[{"name":"id","type":"long"}]}"#;
     runtime().block_on(post_schema(&SrSettings::new(registry.url()), "inc-value".into(), avro(old))).unwrap();
     let input = write_file(dir.path(), "in.jsonl", &(payment(1).to_string() + "\n"));
-    let file = file_to_kafka(dir.path(), &input, &broker, "inc", &format!("  url: {}", registry.url()), "");
+    let file = file_to_kafka(dir.path(), &input, &broker, "inc", json!({"url": registry.url()}), json!({}));
     let out = flowgate().args(["validate", "--check", "--message-format", "short"]).arg(&file).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -517,29 +494,23 @@ fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_tabl
           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     );
     let port = common::free_port();
-    let registry = format!(
-        "registry:\n  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}\n",
-        dir.path().join("reg.db").display()
-    );
+    let registry = json!({"serve": {
+        "listen": format!("127.0.0.1:{port}"),
+        "store": format!("sqlite:{}", dir.path().join("reg.db").display()),
+    }});
     let out_path = dir.path().join("decoded.jsonl");
-    let cdc = write_file(
-        dir.path(),
-        "cdc.yaml",
-        &format!(
-            "name: cdc-avro\nsource:\n  postgres_cdc:\n    url: {}\n    tables: [edge]\nsink:\n  kafka:\n    brokers: {}\n    topic: '${{meta.schema}}.${{meta.table}}'\n    format: avro\n{registry}batch: {{size: 100, linger: 20ms}}\n",
-            pg.url(),
-            broker.addr()
-        ),
-    );
-    let decode = write_file(
-        dir.path(),
-        "decode.yaml",
-        &format!(
-            "name: decode\nsource:\n  kafka:\n    brokers: {}\n    topics: [public.edge]\n    group: dec\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}}}\n{registry}batch: {{size: 100, linger: 20ms}}\n",
-            broker.addr(),
-            out_path.display()
-        ),
-    );
+    let cdc = Pipeline::new("cdc-avro")
+        .source(source::postgres_cdc(pg.url(), &["edge"]))
+        .sink(sink::kafka(&broker.addr(), "${meta.schema}.${meta.table}").with("format", "avro"))
+        .registry(registry.clone())
+        .batch(json!({"size": 100, "linger": "20ms"}))
+        .write(dir.path(), "cdc.yaml");
+    let decode = Pipeline::new("decode")
+        .source(source::kafka_quick_group(&broker.addr(), &["public.edge"], "dec").with("format", "avro"))
+        .sink(sink::file(&out_path))
+        .registry(registry)
+        .batch(json!({"size": 100, "linger": "20ms"}))
+        .write(dir.path(), "decode.yaml");
     // Both pipelines in one process share the embedded registry.
     let mut run = Guard(
         common::flowgate()
@@ -631,31 +602,27 @@ fn a_schema_from_a_registry_subject_and_each_subject_naming() {
     let sr = SrSettings::new(registry.url());
     let v2 = rt.block_on(post_schema(&sr, "payments-value".into(), avro(PAYMENT))).unwrap().id;
     let input = write_file(dir.path(), "in.jsonl", &format!("{}\n{}\n", payment(1), json!({"id": 2})));
-    let run = |name: &str, version: &str, sink_avro: &str| {
-        let file = write_file(
-            dir.path(),
-            &format!("{name}.yaml"),
-            &format!(
-                "name: {name}\nsource:\n  file: {{path: {}}}\ntransforms:\n  - avro: {{schema: {{subject: payments-value, version: {version}}}}}\nsink:\n  kafka:\n    brokers: {}\n    topic: named\n    format: avro\n{sink_avro}errors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\nregistry: {{url: {}}}\n",
-                input.display(),
-                broker.addr(),
-                dir.path().join(format!("{name}-dead.jsonl")).display(),
-                registry.url()
-            ),
-        );
+    let run = |name: &str, version: Value, sink_extra: Value| {
+        let file = Pipeline::new(name)
+            .source(source::file(&input))
+            .transform(transform::avro(json!({"subject": "payments-value", "version": version})))
+            .sink(sink::kafka(&broker.addr(), "named").with("format", "avro").extend(sink_extra))
+            .dead_letter(sink::file(dir.path().join(format!("{name}-dead.jsonl"))))
+            .registry(json!({"url": registry.url()}))
+            .write(dir.path(), &format!("{name}.yaml"));
         let out = flowgate().arg("run").arg(&file).arg("--state-dir").arg(dir.path().join(name)).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     // Version 1 has only `id`: the full payment is refused, `{"id": 2}` fits.
-    let (ok, log) = run("pinned", "1", "");
+    let (ok, log) = run("pinned", json!(1), json!({}));
     assert!(ok, "{log}");
     let dead = records(&dir.path().join("pinned-dead.jsonl"));
     assert_eq!(dead.len(), 1);
     assert!(dead[0]["reason"].as_str().unwrap().ends_with("not a field of record `shop.Payment`"), "{dead:?}");
     // Latest is the full schema; the sink names subjects by record, and by topic and record.
-    let (ok, log) = run("latest", "latest", "    avro: {subject_name: record}\n");
+    let (ok, log) = run("latest", json!("latest"), json!({"avro": {"subject_name": "record"}}));
     assert!(ok, "{log}");
-    let (ok, log) = run("topic-record", "latest", "    avro: {subject_name: topic_record}\n");
+    let (ok, log) = run("topic-record", json!("latest"), json!({"avro": {"subject_name": "topic_record"}}));
     assert!(ok, "{log}");
     let subjects: Vec<String> = serde_json::from_str(&http(registry.port, "GET", "/subjects", "").1).unwrap();
     assert_eq!(subjects, ["named-shop.Payment", "named-value", "payments-value", "shop.Payment"]);
@@ -666,7 +633,8 @@ fn a_schema_from_a_registry_subject_and_each_subject_naming() {
     assert_eq!(latest("shop.Payment")["id"], v2);
     assert_eq!(latest("named-value")["id"], v1);
     // Without registration a schema the subject lacks is a clear error.
-    let (ok, log) = run("no-register", "latest", "    avro: {subject_name: topic, auto_register: false}\n");
+    let (ok, log) =
+        run("no-register", json!("latest"), json!({"avro": {"subject_name": "topic", "auto_register": false}}));
     assert!(!ok);
     assert!(log.contains("named-value") && log.contains("40403"), "{log}");
     let mut reader = Reader::new(&broker.addr(), "named", false);
@@ -683,9 +651,11 @@ fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids(
     let lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
     let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
     let port = common::free_port();
-    let registry =
-        format!("  serve: {{listen: 127.0.0.1:{port}, store: sqlite:{}}}", dir.path().join("reg.db").display());
-    let file = file_to_kafka(dir.path(), &input, &broker, "killed", &registry, "    key: 'k${value.id}'\n");
+    let registry = json!({"serve": {
+        "listen": format!("127.0.0.1:{port}"),
+        "store": format!("sqlite:{}", dir.path().join("reg.db").display()),
+    }});
+    let file = file_to_kafka(dir.path(), &input, &broker, "killed", registry, json!({"key": "k${value.id}"}));
     let mut reader = Reader::new(&broker.addr(), "killed", false);
     let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 5_000), "{}", log(dir.path()));
@@ -703,15 +673,13 @@ fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids(
 
     // Everything decodes with the ids the restarted registry still has.
     let output = dir.path().join("decoded.jsonl");
-    let decode = write_file(
-        dir.path(),
-        "decode.yaml",
-        &format!(
-            "name: decode\nsource:\n  kafka:\n    brokers: {}\n    topics: [killed]\n    group: dec\n    format: avro\n    session_timeout: 2s\n    properties: {{max.poll.interval.ms: '6000'}}\nsink:\n  file: {{path: {}, fsync: false}}\nerrors: {{policy: fail}}\nregistry: {{url: 'http://127.0.0.1:{port}'}}\nbatch: {{size: 1000, linger: 20ms}}\n",
-            broker.addr(),
-            output.display()
-        ),
-    );
+    let decode = Pipeline::new("decode")
+        .source(source::kafka_quick_group(&broker.addr(), &["killed"], "dec").with("format", "avro"))
+        .sink(sink::file(&output).with("fsync", false))
+        .policy("fail")
+        .registry(json!({"url": format!("http://127.0.0.1:{port}")}))
+        .batch(json!({"size": 1000, "linger": "20ms"}))
+        .write(dir.path(), "decode.yaml");
     let dir2 = tempfile::tempdir().unwrap();
     let mut decoder = spawn_run(dir2.path(), &decode, &[]);
     let all = wait_for(Duration::from_secs(60), || records_so_far(&output).len() as u64 >= reader.total);

@@ -7,25 +7,20 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::pipeline::{Pipeline, sink, source};
 use common::{expect_metric, http_get, log, metrics_port, rss_kib, signal, spawn_run, wait_exit, wait_for};
+use serde_json::json;
 
 #[test]
 fn a_slow_sink_holds_memory_flat() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(
-        d.join("slow.yaml"),
-        r#"name: slow
-source:
-  generate:
-    template: '{"id":${seq},"pad":"${rand_str(200)}"}'
-sink:
-  null: {delay: 50ms}
-batch: {size: 1000, buffer: 4}
-"#,
-    )
-    .unwrap();
-    let mut child = spawn_run(d, &d.join("slow.yaml"), &["--metrics-addr", "127.0.0.1:0", "--progress", "1s"]);
+    let file = Pipeline::new("slow")
+        .source(source::generate(r#"{"id":${seq},"pad":"${rand_str(200)}"}"#))
+        .sink(sink::null().with("delay", "50ms"))
+        .batch(json!({"size": 1000, "buffer": 4}))
+        .write(d, "slow.yaml");
+    let mut child = spawn_run(d, &file, &["--metrics-addr", "127.0.0.1:0", "--progress", "1s"]);
     let port = metrics_port(d);
     assert!(wait_for(Duration::from_secs(30), || http_get(port, "/health").is_some()), "{}", log(d));
 

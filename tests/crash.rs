@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::pipeline::{Pipeline, sink, source};
 use common::{log, signal, spawn_run, sqlite_rows, wait_exit, wait_for, write_jsonl};
+use serde_json::json;
 
 const LINES: u64 = 200_000;
 
@@ -17,18 +19,18 @@ async fn sigkill_mid_run_then_restart_loses_no_line() {
     let d = dir.path();
     write_jsonl(&d.join("input.jsonl"), LINES, 100);
     let db = d.join("out.db");
-    std::fs::write(
-        d.join("load.yaml"),
-        "name: load\nsource:\n  file: {path: input.jsonl}\nsink:\n  sqlite: {url: out.db, table: t, create_table: true}\nbatch: {size: 2000}\n",
-    )
-    .unwrap();
+    let file = Pipeline::new("load")
+        .source(source::file("input.jsonl"))
+        .sink(sink::sqlite("out.db", "t").with("create_table", true))
+        .batch(json!({"size": 2000}))
+        .write(d, "load.yaml");
 
     let count = |db: std::path::PathBuf| async move {
         sqlite_rows(&db, "SELECT count(*) FROM t").await.first().and_then(|r| r[0]).unwrap_or(0) as u64
     };
     let mut kills = 0;
     for round in 1..=3u64 {
-        let mut child = spawn_run(d, &d.join("load.yaml"), &["--progress", "0s"]);
+        let mut child = spawn_run(d, &file, &["--progress", "0s"]);
         // Kill at a random point once a further quarter of the input is written.
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let target = round * LINES / 4 + u64::from(nanos) % (LINES / 8);
@@ -50,7 +52,7 @@ async fn sigkill_mid_run_then_restart_loses_no_line() {
     }
     assert!(kills >= 2, "the runs finished before they could be killed");
 
-    let mut child = spawn_run(d, &d.join("load.yaml"), &["--progress", "0s"]);
+    let mut child = spawn_run(d, &file, &["--progress", "0s"]);
     let status = wait_exit(&mut child, Duration::from_secs(300));
     assert!(status.success(), "final run failed:\n{}", log(d));
 

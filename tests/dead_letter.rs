@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::pipeline::{Pipeline, sink, source};
 use common::{flowgate, log, spawn_run, sqlite_rows, wait_exit};
 
 const INPUT: &str = r#"{"id":1,"v":"a"}
@@ -20,14 +21,10 @@ fn setup(policy: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), INPUT).unwrap();
-    let dead_letter = if policy == "dead_letter" { "\n  dead_letter: {file: {path: dlq.jsonl}}" } else { "" };
-    std::fs::write(
-        d.join("p.yaml"),
-        format!(
-            "name: p\nsource:\n  file: {{path: in.jsonl}}\nsink:\n  sqlite: {{url: out.db, table: t}}\nerrors:\n  policy: {policy}{dead_letter}\n"
-        ),
-    )
-    .unwrap();
+    let pipeline = Pipeline::new("p").source(source::file("in.jsonl")).sink(sink::sqlite("out.db", "t"));
+    let pipeline =
+        if policy == "dead_letter" { pipeline.dead_letter(sink::file("dlq.jsonl")) } else { pipeline.policy(policy) };
+    pipeline.write(d, "p.yaml");
     // A unique key, so that the second id 1 violates a constraint.
     let db = d.join("out.db");
     std::process::Command::new("python3")
@@ -80,8 +77,11 @@ async fn policy_fail_stops_with_the_reason() {
 fn stdin_to_stdout_passes_lines_through() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pipe.yaml");
-    std::fs::write(&p, "name: pipe\nsource: stdin\nsink: stdout\nerrors: {policy: skip}\n").unwrap();
+    let p = Pipeline::new("pipe")
+        .source(source::stdin())
+        .sink(sink::stdout())
+        .policy("skip")
+        .write(dir.path(), "pipe.yaml");
     let mut child = flowgate()
         .args(["run", "--state-dir"])
         .arg(dir.path())

@@ -12,8 +12,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::pipeline::{Part, Pipeline, sink, source, transform};
 use common::postgres::Postgres;
 use common::{Guard, flowgate, http_get, log, signal, spawn_run, wait_exit, wait_for, write_file, write_jsonl};
+use serde_json::json;
 
 /// The `id`s in a JSON-lines file; panics on a line that does not parse.
 fn ids(path: &Path) -> BTreeSet<u64> {
@@ -49,15 +51,11 @@ fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, 20_000, 100);
     let out = dir.path().join("out.jsonl");
-    let pipeline = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "name: full-disk\nsource:\n  file: {{path: {}}}\nsink:\n  file: {{path: {}}}\nbatch: {{size: 700}}\n",
-            input.display(),
-            out.display()
-        ),
-    );
+    let pipeline = Pipeline::new("full-disk")
+        .source(source::file(&input))
+        .sink(sink::file(&out))
+        .batch(json!({"size": 700}))
+        .write(dir.path(), "p.yaml");
     // A file-size limit stands in for a full disk: a write past it fails
     // part-way (EFBIG) as one on a full disk does (ENOSPC).
     let stderr = std::fs::File::create(dir.path().join("flowgate.log")).unwrap();
@@ -94,11 +92,10 @@ fn a_full_disk_leaves_no_torn_line_and_loses_nothing() {
 #[test]
 fn a_closed_standard_output_stops_the_run_without_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = write_file(
-        dir.path(),
-        "p.yaml",
-        "name: to-stdout\nsource:\n  generate: {template: '{\"n\": ${seq}}'}\nsink: stdout\n",
-    );
+    let pipeline = Pipeline::new("to-stdout")
+        .source(source::generate(r#"{"n": ${seq}}"#))
+        .sink(sink::stdout())
+        .write(dir.path(), "p.yaml");
     let mut run = Guard(
         flowgate()
             .arg("run")
@@ -124,14 +121,10 @@ fn a_closed_standard_output_stops_the_run_without_a_panic() {
 fn with_standard_error_closed_a_signal_still_drains_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
-    let pipeline = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "name: closed-stderr\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', rate: 2000}}\nsink:\n  file: {{path: {}}}\n",
-            out.display()
-        ),
-    );
+    let pipeline = Pipeline::new("closed-stderr")
+        .source(source::generate(r#"{"id": ${seq}}"#).with("rate", 2000))
+        .sink(sink::file(&out))
+        .write(dir.path(), "p.yaml");
     let mut run = Guard(
         flowgate()
             .args(["--log", "debug", "run", "--progress", "50ms"])
@@ -155,24 +148,15 @@ fn a_service_down_at_start_is_waited_for_and_the_other_pipelines_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut pg = Postgres::start();
     pg.stop();
-    let to_pg = write_file(
-        dir.path(),
-        "to-pg.yaml",
-        &format!(
-            "name: to-pg\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', count: 100}}\n\
-             sink:\n  postgres: {{url: '{}', table: items, create_table: true}}\n",
-            pg.url()
-        ),
-    );
+    let to_pg = Pipeline::new("to-pg")
+        .source(source::generate(r#"{"id": ${seq}}"#).with("count", 100))
+        .sink(sink::postgres(pg.url(), "items").with("create_table", true))
+        .write(dir.path(), "to-pg.yaml");
     let out = dir.path().join("out.jsonl");
-    let to_file = write_file(
-        dir.path(),
-        "to-file.yaml",
-        &format!(
-            "name: to-file\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', count: 100}}\nsink:\n  file: {{path: {}}}\n",
-            out.display()
-        ),
-    );
+    let to_file = Pipeline::new("to-file")
+        .source(source::generate(r#"{"id": ${seq}}"#).with("count", 100))
+        .sink(sink::file(&out))
+        .write(dir.path(), "to-file.yaml");
     let mut run = Guard(
         flowgate()
             .arg("run")
@@ -203,22 +187,17 @@ fn a_service_down_at_start_is_waited_for_and_the_other_pipelines_run() {
 #[test]
 fn one_pipeline_failing_for_good_leaves_the_others_unless_fail_fast() {
     let dir = tempfile::tempdir().unwrap();
-    let broken = write_file(
-        dir.path(),
-        "broken.yaml",
-        &format!(
-            "name: broken\nsource:\n  file: {{path: {}}}\nsink: null\n",
-            dir.path().join("missing.jsonl").display()
-        ),
-    );
+    let broken = Pipeline::new("broken")
+        .source(source::file(dir.path().join("missing.jsonl")))
+        .sink(sink::null())
+        .write(dir.path(), "broken.yaml");
     let out = dir.path().join("out.jsonl");
-    let endless = |name: &str, count: &str| {
-        format!(
-            "name: {name}\nsource:\n  generate: {{template: '{{\"id\": ${{seq}}}}', rate: 200{count}}}\nsink:\n  file: {{path: {}}}\n",
-            out.display()
-        )
+    let endless = |name: &str, extra: serde_json::Value| {
+        Pipeline::new(name)
+            .source(source::generate(r#"{"id": ${seq}}"#).with("rate", 200).extend(extra))
+            .sink(sink::file(&out))
     };
-    let healthy = write_file(dir.path(), "healthy.yaml", &endless("healthy", ", count: 300"));
+    let healthy = endless("healthy", json!({"count": 300})).write(dir.path(), "healthy.yaml");
     let started = Instant::now();
     let status = flowgate()
         .arg("run")
@@ -233,7 +212,7 @@ fn one_pipeline_failing_for_good_leaves_the_others_unless_fail_fast() {
     assert_eq!(ids(&out).len(), 300);
     assert!(started.elapsed() > Duration::from_millis(1000));
     // `--fail-fast`: the failure stops the other, which would run for ever.
-    let forever = write_file(dir.path(), "forever.yaml", &endless("forever", ""));
+    let forever = endless("forever", json!({})).write(dir.path(), "forever.yaml");
     let mut run = Guard(
         flowgate()
             .args(["run", "--fail-fast"])
@@ -248,23 +227,17 @@ fn one_pipeline_failing_for_good_leaves_the_others_unless_fail_fast() {
     assert_eq!(wait_exit(&mut run, Duration::from_secs(20)).code(), Some(1));
 }
 
-/// Runs `records` through a Postgres sink with `settings`, dead letters to a
-/// file; the (reason, id) of each dead letter.
-fn refused_by_postgres(pg: &Postgres, dir: &Path, records: &[&str], settings: &str) -> Vec<String> {
+/// Runs `records` through a Postgres sink with `settings` (beside its `url`),
+/// dead letters to a file; the (reason, id) of each dead letter.
+fn refused_by_postgres(pg: &Postgres, dir: &Path, records: &[&str], settings: serde_json::Value) -> Vec<String> {
     let input = write_file(dir, "in.jsonl", &(records.join("\n") + "\n"));
     let dlq = dir.join("dlq.jsonl");
     let _ = std::fs::remove_file(&dlq);
-    let pipeline = write_file(
-        dir,
-        "p.yaml",
-        &format!(
-            "name: names\nsource:\n  file: {{path: {}}}\nsink:\n  postgres: {{url: '{}', {settings}}}\n\
-             errors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
-            input.display(),
-            pg.url(),
-            dlq.display()
-        ),
-    );
+    let pipeline = Pipeline::new("names")
+        .source(source::file(input))
+        .sink(Part::new("postgres", json!({"url": pg.url()})).extend(settings))
+        .dead_letter(sink::file(&dlq))
+        .write(dir, "p.yaml");
     let _ = std::fs::remove_dir_all(dir.join("state"));
     let out = flowgate().arg("run").arg(&pipeline).arg("--state-dir").arg(dir.join("state")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -291,7 +264,7 @@ fn postgres_refuses_records_whose_names_it_would_cut_or_cannot_hold() {
             r#"{"ID2":6}"#,
             r#"{"id":7,"Name":"case"}"#,
         ],
-        "table: items, create_table: true",
+        json!({"table": "items", "create_table": true}),
     );
     assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert!(reasons[0].contains("control character"), "{reasons:?}");
@@ -314,7 +287,7 @@ fn postgres_refuses_records_whose_names_it_would_cut_or_cannot_hold() {
             r#"{"t":"pg_catalog.pg_class","id":1}"#,
             r#"{"t":"items","id":8,"name":"picked"}"#,
         ],
-        "table: '${value.t}', columns: [id, name, pipeline, source, position]",
+        json!({"table": "${value.t}", "columns": ["id", "name", "pipeline", "source", "position"]}),
     );
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert_eq!(pg.sql("SELECT count(*) FROM flowgate_positions"), "0");
@@ -326,15 +299,13 @@ fn postgres_refuses_records_whose_names_it_would_cut_or_cannot_hold() {
 fn validate_check_connects_to_database_sinks_and_never_shows_their_passwords() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start();
-    let down = common::free_port();
+    let down_port = common::closed_port();
+    let down = down_port.port;
     let check = |name: &str, url: &str, table: &str| {
-        let file = write_file(
-            dir.path(),
-            &format!("{name}.yaml"),
-            &format!(
-                "name: {name}\nsource:\n  generate: {{template: '{{}}', count: 1}}\nsink:\n  postgres: {{url: '{url}', table: {table}}}\n"
-            ),
-        );
+        let file = Pipeline::new(name)
+            .source(source::generate("{}").with("count", 1))
+            .sink(sink::postgres(url, table))
+            .write(dir.path(), &format!("{name}.yaml"));
         let out = flowgate().args(["validate", "--check"]).arg(&file).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
     };
@@ -357,15 +328,10 @@ fn idle_connections_to_the_metrics_port_cannot_starve_the_pipeline() {
     let input = dir.path().join("in.jsonl");
     write_jsonl(&input, 1000, 60);
     let out = dir.path().join("out.jsonl");
-    let pipeline = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "name: flooded\nsource:\n  file: {{path: {}, follow: true}}\nsink:\n  file: {{path: {}}}\n",
-            input.display(),
-            out.display()
-        ),
-    );
+    let pipeline = Pipeline::new("flooded")
+        .source(source::file(&input).with("follow", true))
+        .sink(sink::file(&out))
+        .write(dir.path(), "p.yaml");
     let mut cmd = flowgate();
     cmd.arg("run")
         .arg(&pipeline)
@@ -559,17 +525,17 @@ fn pipelines_reach_a_protected_registry_and_an_open_one_off_loopback_is_refused(
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"id\""), "{out:?}");
     let check = |password: &str| {
-        let file = write_file(
-            dir.path(),
-            "p.yaml",
-            &format!(
-                "name: protected\nsource:\n  generate: {{template: '{{\"a\": 1}}', count: 1}}\n\
-                 transforms:\n  - avro: {{schema: {{subject: r-value}}}}\nsink: null\n\
-                 registry:\n  url: https://127.0.0.1:{}\n  ca_cert: {}\n  username: app\n  password: {password}\n",
-                registry.port,
-                ca.display()
-            ),
-        );
+        let file = Pipeline::new("protected")
+            .source(source::generate(r#"{"a": 1}"#).with("count", 1))
+            .transform(transform::avro(json!({"subject": "r-value"})))
+            .sink(sink::null())
+            .registry(json!({
+                "url": format!("https://127.0.0.1:{}", registry.port),
+                "ca_cert": ca.display().to_string(),
+                "username": "app",
+                "password": password,
+            }))
+            .write(dir.path(), "p.yaml");
         let out = flowgate().args(["validate", "--check"]).arg(&file).output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
     };
@@ -579,12 +545,12 @@ fn pipelines_reach_a_protected_registry_and_an_open_one_off_loopback_is_refused(
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("401") && !text.contains("wrong-secret"), "{text}");
 
-    let open = write_file(
-        dir.path(),
-        "open.yaml",
-        "name: open\nsource:\n  generate: {template: '{\"a\": 1}', count: 1}\n\
-         transforms:\n  - avro: {schema: {subject: r-value}}\nsink: null\nregistry:\n  serve: {listen: '0.0.0.0:18081'}\n",
-    );
+    let open = Pipeline::new("open")
+        .source(source::generate(r#"{"a": 1}"#).with("count", 1))
+        .transform(transform::avro(json!({"subject": "r-value"})))
+        .sink(sink::null())
+        .registry(json!({"serve": {"listen": "0.0.0.0:18081"}}))
+        .write(dir.path(), "open.yaml");
     let out = flowgate().args(["validate"]).arg(&open).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without authentication"), "{out:?}");
@@ -593,9 +559,10 @@ fn pipelines_reach_a_protected_registry_and_an_open_one_off_loopback_is_refused(
 #[test]
 fn an_unreachable_registry_store_is_named_promptly_without_its_password() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = common::free_port();
+    let closed_port = common::closed_port();
+    let closed = closed_port.port;
     let out = flowgate()
-        .args(["registry", "serve", "--listen", &format!("127.0.0.1:{}", common::free_port()), "--store"])
+        .args(["registry", "serve", "--listen", "127.0.0.1:0", "--store"])
         .arg(format!("postgres://app:store-secret@127.0.0.1:{closed}/registry"))
         .current_dir(dir.path())
         .output()
@@ -614,61 +581,68 @@ fn an_unreachable_registry_store_is_named_promptly_without_its_password() {
 #[test]
 fn planted_secrets_reach_no_output() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = common::free_port();
+    let closed_port = common::closed_port();
+    let closed = closed_port.port;
     let secrets = ["plantA-pg-src", "plantB-pg-sink", "plantC-mysql", "plantD-sasl", "plantE-reg-url", "plantF-reg-pw"];
-    let generate = "generate: {template: '{\"id\": ${seq}}', count: 5}";
+    let generate = |count: u64| source::generate(r#"{"id": ${seq}}"#).with("count", count);
     let files = [
         (
             "cdc",
-            format!(
-                "name: cdc\nsource:\n  postgres_cdc: {{url: 'postgres://app@127.0.0.1:{closed}/db?password={}', tables: [t]}}\nsink: null\n",
-                secrets[0]
-            ),
+            Pipeline::new("cdc")
+                .source(source::postgres_cdc(
+                    format!("postgres://app@127.0.0.1:{closed}/db?password={}", secrets[0]),
+                    &["t"],
+                ))
+                .sink(sink::null()),
         ),
         (
             "pg",
-            format!(
-                "name: pg\nsource:\n  {generate}\nsink:\n  postgres: {{url: 'postgres://app:{}@127.0.0.1:{closed}/db', table: t}}\n",
-                secrets[1]
-            ),
+            Pipeline::new("pg")
+                .source(generate(5))
+                .sink(sink::postgres(format!("postgres://app:{}@127.0.0.1:{closed}/db", secrets[1]), "t")),
         ),
         (
             "my",
-            format!(
-                "name: my\nsource:\n  {generate}\nsink:\n  mysql: {{url: 'mysql://app:{}@127.0.0.1:{closed}/db', table: t}}\n",
-                secrets[2]
-            ),
+            Pipeline::new("my")
+                .source(generate(5))
+                .sink(sink::mysql(format!("mysql://app:{}@127.0.0.1:{closed}/db", secrets[2]), "t")),
         ),
         (
             "kafka",
-            format!(
-                // No record in flight: a queue for an unreachable broker
-                // would hold the graceful stop for half a minute.
-                "name: kafka\nsource:\n  {}\nsink:\n  kafka:\n    brokers: 127.0.0.1:{closed}\n    topic: t\n    properties:\n      \
-                 security.protocol: SASL_PLAINTEXT\n      sasl.mechanism: PLAIN\n      sasl.username: app\n      sasl.password: {}\n",
-                generate.replace("count: 5", "count: 0"),
-                secrets[3]
-            ),
+            // No record in flight: a queue for an unreachable broker
+            // would hold the graceful stop for half a minute.
+            Pipeline::new("kafka").source(generate(0)).sink(sink::kafka(&format!("127.0.0.1:{closed}"), "t").with(
+                "properties",
+                json!({
+                    "security.protocol": "SASL_PLAINTEXT",
+                    "sasl.mechanism": "PLAIN",
+                    "sasl.username": "app",
+                    "sasl.password": secrets[3],
+                }),
+            )),
         ),
         (
             "reg",
-            format!(
-                "name: reg\nsource:\n  {generate}\ntransforms:\n  - avro: {{schema: {{subject: s-value}}}}\nsink: null\n\
-                 registry:\n  url: 'http://app:{}@127.0.0.1:{closed}'\n  username: app\n  password: {}\n",
-                secrets[4], secrets[5]
-            ),
+            Pipeline::new("reg")
+                .source(generate(5))
+                .transform(transform::avro(json!({"subject": "s-value"})))
+                .sink(sink::null())
+                .registry(json!({
+                    "url": format!("http://app:{}@127.0.0.1:{closed}", secrets[4]),
+                    "username": "app",
+                    "password": secrets[5],
+                })),
         ),
         (
             "dlq",
-            format!(
-                "name: dlq\nsource:\n  file: {{path: {}}}\nsink: null\nerrors:\n  policy: dead_letter\n  dead_letter:\n    file: {{path: {}}}\n",
-                write_file(dir.path(), "in.jsonl", "{\"a\":1}\nnot json\n").display(),
-                dir.path().join("dlq.jsonl").display()
-            ),
+            Pipeline::new("dlq")
+                .source(source::file(write_file(dir.path(), "in.jsonl", "{\"a\":1}\nnot json\n")))
+                .sink(sink::null())
+                .dead_letter(sink::file(dir.path().join("dlq.jsonl"))),
         ),
     ];
     let paths: Vec<std::path::PathBuf> =
-        files.iter().map(|(name, text)| write_file(dir.path(), &format!("{name}.yaml"), text)).collect();
+        files.iter().map(|(name, pipeline)| pipeline.write(dir.path(), &format!("{name}.yaml"))).collect();
     let mut seen = String::new();
     for check in [&["validate"][..], &["validate", "--check"]] {
         let out = flowgate().args(check).args(&paths).current_dir(dir.path()).output().unwrap();
@@ -676,14 +650,14 @@ fn planted_secrets_reach_no_output() {
         seen += &String::from_utf8_lossy(&out.stderr);
     }
     // A typo beside a secret: the diagnostic's excerpt must not show it.
-    let typo = write_file(
-        dir.path(),
-        "typo.yaml",
-        &format!(
-            "name: typo\nsource:\n  {generate}\nsink:\n  kafka:\n    brokers: b:9092\n    topic: t\n    properties:\n      sasl.password: {}\n    linger_typo: 1ms\n",
-            secrets[3]
-        ),
-    );
+    let typo = Pipeline::new("typo")
+        .source(generate(5))
+        .sink(
+            sink::kafka("b:9092", "t")
+                .with("properties", json!({"sasl.password": secrets[3]}))
+                .with("linger_typo", "1ms"),
+        )
+        .write(dir.path(), "typo.yaml");
     let out = flowgate().arg("validate").arg(&typo).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     seen += &String::from_utf8_lossy(&out.stderr);
@@ -760,11 +734,8 @@ fn registry_limits_refuse_oversized_schemas_and_endless_versions() {
 fn skipped_records_are_located_not_quoted_in_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_file(dir.path(), "in.jsonl", "{\"id\":1}\n{\"ssn\":\"PERSONAL-123\",\n");
-    let pipeline = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!("name: skip\nsource:\n  file: {{path: {}}}\nsink: null\nerrors:\n  policy: skip\n", input.display()),
-    );
+    let pipeline =
+        Pipeline::new("skip").source(source::file(input)).sink(sink::null()).policy("skip").write(dir.path(), "p.yaml");
     let run = |level: &str| {
         let out = flowgate()
             .args(["--log", level, "run"])

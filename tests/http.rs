@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Guard, kill, log, spawn_run, stop, wait_exit, wait_for, write_file};
+use common::pipeline::{Part, Pipeline, sink, source};
+use common::{Guard, kill, log, spawn_run, stop, wait_exit, wait_for};
+use serde_json::json;
 
 /// The port the `http` source bound, read from the runner's log in `dir`
 /// (the source listens on port 0). Only lines after `skip` bytes of log count.
@@ -57,12 +59,11 @@ fn ids_in(path: &Path) -> Vec<u64> {
 #[test]
 fn every_acknowledged_request_is_in_the_sink_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write_file(
-        dir.path(),
-        "in.yaml",
-        "name: http-in\nsource:\n  http: {listen: 127.0.0.1:0, path: /in, token: s3cret, queue: 8}\n\
-         sink:\n  file: {path: out.jsonl, fsync: true}\nbatch: {size: 50, linger: 5ms}\n",
-    );
+    let file = Pipeline::new("http-in")
+        .source(Part::new("http", json!({"listen": "127.0.0.1:0", "path": "/in", "token": "s3cret", "queue": 8})))
+        .sink(sink::file("out.jsonl").with("fsync", true))
+        .batch(json!({"size": 50, "linger": "5ms"}))
+        .write(dir.path(), "in.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     let port = Arc::new(Mutex::new(source_port(dir.path(), 0)));
     // Refused without the token, and nothing of it kept.
@@ -197,18 +198,19 @@ fn the_sink_retries_outages_and_sends_refused_requests_to_dead_letters() {
         })
         .collect();
     std::fs::write(dir.path().join("in.jsonl"), lines).unwrap();
-    let file = write_file(
-        dir.path(),
-        "out.yaml",
-        &format!(
-            "name: http-out\nsource:\n  file: {{path: in.jsonl}}\n\
-             sink:\n  http:\n    url: 'http://user:pa55@127.0.0.1:{}/groups/${{value.group}}'\n    \
-             headers: {{X-Token: 'secret-${{value.group}}'}}\n    encoding: json_lines\n\
-             errors:\n  policy: dead_letter\n  dead_letter: {{file: {{path: dead.jsonl}}}}\n\
-             batch: {{size: 20, linger: 5ms}}\n",
-            endpoint.port
-        ),
-    );
+    let file = Pipeline::new("http-out")
+        .source(source::file("in.jsonl"))
+        .sink(Part::new(
+            "http",
+            json!({
+                "url": format!("http://user:pa55@127.0.0.1:{}/groups/${{value.group}}", endpoint.port),
+                "headers": {"X-Token": "secret-${value.group}"},
+                "encoding": "json_lines",
+            }),
+        ))
+        .dead_letter(sink::file("dead.jsonl"))
+        .batch(json!({"size": 20, "linger": "5ms"}))
+        .write(dir.path(), "out.yaml");
     let mut run = Guard(
         common::flowgate()
             .args(["--log", "debug", "run"])

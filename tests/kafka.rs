@@ -7,10 +7,28 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::kafka::{Broker, Reader, S3, Writer, numbered};
+use common::pipeline::{Pipeline, sink, source};
 use common::{Guard, flowgate, kill, log, plugins_dir, records, repo, spawn_run, stop, wait_exit, wait_for};
+use serde_json::{Value, json};
 
-/// A Kafka -> Kafka pipeline file. Test settings keep group joins short.
-fn pipeline(dir: &Path, name: &str, broker: &str, input: &str, output: &str, sink_extra: &str) -> PathBuf {
+/// A Kafka -> Kafka pipeline, `sink_extra` settings added to the sink's. Test
+/// settings keep group joins short.
+fn kafka_to_kafka(name: &str, broker: &str, input: &str, output: &str, sink_extra: Value) -> Pipeline {
+    Pipeline::new(name)
+        .source(source::kafka_quick_group(broker, &[input], &format!("{name}-group")))
+        .sink(sink::kafka(broker, output).extend(sink_extra))
+        .batch(json!({"size": 500, "linger": "20ms"}))
+}
+
+/// [`kafka_to_kafka`] written to `dir/<name>.yaml`.
+fn pipeline(dir: &Path, name: &str, broker: &str, input: &str, output: &str, sink_extra: Value) -> PathBuf {
+    kafka_to_kafka(name, broker, input, output, sink_extra).write(dir, &format!("{name}.yaml"))
+}
+
+/// [`pipeline`] without sink settings, as hand-written text: for the test that
+/// checks the line and column a diagnostic points at (`brokers`, line 4,
+/// column 14), which the text must keep.
+fn hand_written_pipeline(dir: &Path, name: &str, broker: &str, input: &str, output: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));
     let text = format!(
         r#"name: {name}
@@ -26,7 +44,6 @@ sink:
   kafka:
     brokers: {broker}
     topic: {output}
-{sink_extra}
 batch:
   size: 500
   linger: 20ms
@@ -41,7 +58,7 @@ const N: u64 = 100_000;
 /// Runs a 3-partition Kafka -> Kafka pipeline over N records, SIGKILLs it once
 /// `kill_after` records are out, starts it again and reads until every input key
 /// is in the output. Returns the reader and what it had read before the kill.
-fn kill_and_restart(name: &str, sink_extra: &str, read_committed: bool, kill_after: u64) -> (Reader, u64) {
+fn kill_and_restart(name: &str, sink_extra: Value, read_committed: bool, kill_after: u64) -> (Reader, u64) {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::with_topics(&[("in", 3), ("out", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..N));
@@ -66,7 +83,7 @@ fn kill_and_restart(name: &str, sink_extra: &str, read_committed: bool, kill_aft
 
 #[test]
 fn at_least_once_survives_sigkill_mid_run() {
-    let (reader, at_kill) = kill_and_restart("alo", "", false, 5_000);
+    let (reader, at_kill) = kill_and_restart("alo", json!({}), false, 5_000);
     eprintln!(
         "at-least-once: {N} distinct of {} records; {} duplicates ({at_kill} read before the kill)",
         reader.total,
@@ -81,7 +98,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::with_topics(&[("in", 3), ("out", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..20_000));
-    let file = pipeline(dir.path(), "eos", &broker.addr(), "in", "out", "    delivery: exactly_once");
+    let file = pipeline(dir.path(), "eos", &broker.addr(), "in", "out", json!({"delivery": "exactly_once"}));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", true);
     let complete = reader.read_until(Duration::from_secs(30), |r| r.counts.len() == 20_000);
@@ -101,7 +118,7 @@ fn exactly_once_against_the_broker_commits_each_record_once() {
 fn two_runners_share_the_partitions_and_the_survivor_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::with_topics(&[("in", 4), ("out", 4)]);
-    let file = pipeline(dir.path(), "scale", &broker.addr(), "in", "out", "");
+    let file = pipeline(dir.path(), "scale", &broker.addr(), "in", "out", json!({}));
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
@@ -154,7 +171,7 @@ fn a_broker_outage_makes_the_pipeline_wait_then_resume() {
     broker.create_topic("out", 3);
     const M: u64 = 20_000;
     Writer::new(&broker.addr()).send("in", numbered(0..M / 2));
-    let file = pipeline(dir.path(), "outage", &broker.addr(), "in", "out", "");
+    let file = pipeline(dir.path(), "outage", &broker.addr(), "in", "out", json!({}));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", false);
     assert!(reader.read_until(Duration::from_secs(30), |r| r.total >= 1_000), "no output\n{}", log(dir.path()));
@@ -184,18 +201,19 @@ fn validate_check_reports_bad_brokers_missing_topics_and_credentials() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::with_topics(&[("in", 1), ("out", 1)]);
 
-    let ok = pipeline(dir.path(), "ok", &broker.addr(), "in", "out", "");
+    let ok = hand_written_pipeline(dir.path(), "ok", &broker.addr(), "in", "out");
     let out = flowgate().arg("validate").arg("--check").arg(&ok).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let closed = format!("127.0.0.1:{}", common::free_port());
-    let bad = pipeline(dir.path(), "bad-address", &closed, "in", "out", "");
+    let closed_port = common::closed_port();
+    let closed = format!("127.0.0.1:{}", closed_port.port);
+    let bad = hand_written_pipeline(dir.path(), "bad-address", &closed, "in", "out");
     let (code, err) = validate_check(dir.path(), &bad);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot reach the Kafka brokers") && err.contains(&closed), "{err}");
     assert!(err.contains("bad-address.yaml:4:14"), "points at `brokers`: {err}");
 
-    let missing = pipeline(dir.path(), "missing", &broker.addr(), "nope", "also-nope", "");
+    let missing = hand_written_pipeline(dir.path(), "missing", &broker.addr(), "nope", "also-nope");
     let (code, err) = validate_check(dir.path(), &missing);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("topic `nope` does not exist"), "{err}");
@@ -216,25 +234,16 @@ fn validate_check_reports_bad_brokers_missing_topics_and_credentials() {
 fn wrong_credentials_are_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_with("memory://tansu/", &[], &["--authentication"]);
-    let file = dir.path().join("auth.yaml");
-    let text = format!(
-        r#"name: auth
-source:
-  kafka:
-    brokers: {addr}
-    topics: [in]
-    group: g
-    properties:
-      security.protocol: SASL_PLAINTEXT
-      sasl.mechanism: SCRAM-SHA-512
-      sasl.username: alice
-      sasl.password: ${{KAFKA_PASSWORD}}
-sink:
-  stdout: {{}}
-"#,
-        addr = broker.addr()
-    );
-    std::fs::write(&file, text).unwrap();
+    let properties = json!({
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": "${KAFKA_PASSWORD}",
+    });
+    let file = Pipeline::new("auth")
+        .source(source::kafka(&broker.addr(), &["in"], "g").with("properties", properties))
+        .sink(sink::stdout())
+        .write(dir.path(), "auth.yaml");
     let out = flowgate()
         .arg("validate")
         .arg("--check")
@@ -275,7 +284,7 @@ sink:
 /// transactional offset commits without storing them.
 #[test]
 fn exactly_once_survives_sigkill_mid_run() {
-    let (reader, at_kill) = kill_and_restart("eos-kill", "    delivery: exactly_once", true, 20_000);
+    let (reader, at_kill) = kill_and_restart("eos-kill", json!({"delivery": "exactly_once"}), true, 20_000);
     eprintln!(
         "exactly-once: {} records read_committed for {N} inputs, {} repeats ({at_kill} read before the kill)",
         reader.total,
@@ -370,11 +379,10 @@ fn a_group_without_offsets_can_start_at_a_time() {
     let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     std::thread::sleep(Duration::from_millis(100));
     writer.send("in", numbered(100..200));
-    let file = pipeline(dir.path(), "since", &broker.addr(), "in", "out", "");
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace("    session_timeout: 2s", &format!("    session_timeout: 2s\n    start: {since}"));
-    std::fs::write(&file, text).unwrap();
+    let starting = source::kafka_quick_group(&broker.addr(), &["in"], "since-group").with("start", since.as_str());
+    let file = kafka_to_kafka("since", &broker.addr(), "in", "out", json!({}))
+        .source(starting)
+        .write(dir.path(), "since.yaml");
 
     let mut run = spawn_run(dir.path(), &file, &[]);
     let mut reader = Reader::new(&broker.addr(), "out", false);
@@ -398,8 +406,8 @@ fn exactly_once_holds_across_rebalances() {
     let mut runners = Vec::new();
     for (d, id) in [(&dir_a, "a"), (&dir_b, "b")] {
         std::fs::create_dir_all(d).unwrap();
-        let extra = format!("    delivery: exactly_once\n    transactional_id: eos-scale-{id}");
-        runners.push(pipeline(d, "eos-scale", &broker.addr(), "in", "out", &extra));
+        let extra = json!({"delivery": "exactly_once", "transactional_id": format!("eos-scale-{id}")});
+        runners.push(pipeline(d, "eos-scale", &broker.addr(), "in", "out", extra));
     }
     let writer = Writer::new(&broker.addr());
     let mut reader = Reader::new(&broker.addr(), "out", true);
@@ -435,7 +443,7 @@ fn a_failed_exactly_once_pipeline_exits_without_waiting_for_its_lost_batches() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::with_topics(&[("in", 1), ("out", 1)]);
     Writer::new(&broker.addr()).send("in", numbered(0..10));
-    let extra = "    delivery: exactly_once\n    key: '${value.customer}'";
+    let extra = json!({"delivery": "exactly_once", "key": "${value.customer}"});
     let file = pipeline(dir.path(), "eos-fail", &broker.addr(), "in", "out", extra);
     let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(wait_for(Duration::from_secs(30), || log(dir.path()).contains("partitions assigned")));

@@ -8,26 +8,27 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::kafka::{Broker, Reader};
+use common::pipeline::{Part, Pipeline, sink};
 use common::postgres::Postgres;
 use common::{kill, log, records, rss_kib, spawn_run, stop, wait_exit, wait_for, write_file};
 use serde_json::{Value, json};
 
-fn pipeline(dir: &Path, name: &str, pg: &Postgres, source_extra: &str, sink: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
-    let text = format!(
-        "name: {name}\nsource:\n  postgres_cdc:\n    url: {}\n{source_extra}\nsink:\n{sink}\nbatch:\n  size: 1000\n  linger: 20ms\n",
-        pg.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+/// A `postgres_cdc` pipeline from `pg`, with `source_extra` settings beside the
+/// source's `url`, into `target`.
+fn pipeline(dir: &Path, name: &str, pg: &Postgres, source_extra: Value, target: Part) -> PathBuf {
+    Pipeline::new(name)
+        .source(Part::new("postgres_cdc", json!({"url": pg.url()})).extend(source_extra))
+        .sink(target)
+        .batch(json!({"size": 1000, "linger": "20ms"}))
+        .write(dir, &format!("{name}.yaml"))
 }
 
-fn kafka_sink(broker: &Broker) -> String {
-    format!("  kafka:\n    brokers: {}\n    topic: '${{meta.schema}}.${{meta.table}}'\n    linger: 5ms", broker.addr())
+fn kafka_sink(broker: &Broker) -> Part {
+    sink::kafka(&broker.addr(), "${meta.schema}.${meta.table}").with("linger", "5ms")
 }
 
-fn file_sink(path: &Path) -> String {
-    format!("  file:\n    path: {}\n    fsync: false", path.display())
+fn file_sink(path: &Path) -> Part {
+    sink::file(path).with("fsync", false)
 }
 
 fn json_of(m: &common::kafka::Msg) -> Option<Value> {
@@ -76,7 +77,7 @@ fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
     );
     let mut writer = pg.pgbench(&writes, 2, 10);
     std::thread::sleep(Duration::from_millis(500)); // Writes are under way when the snapshot starts.
-    let file = pipeline(dir.path(), "snap", &pg, "    tables: [items]", &kafka_sink(&broker));
+    let file = pipeline(dir.path(), "snap", &pg, json!({"tables": ["items"]}), kafka_sink(&broker));
     let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(writer.wait().unwrap().success(), "pgbench failed");
     pg.wait_caught_up("flowgate_snap", dir.path());
@@ -111,7 +112,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
         "\\set id random(1, 500)\nBEGIN;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n\
          INSERT INTO log (counter) VALUES (:id);\nEND;\n",
     );
-    let file = pipeline(dir.path(), "kills", &pg, "    tables: [counters, log]", &kafka_sink(&broker));
+    let file = pipeline(dir.path(), "kills", &pg, json!({"tables": ["counters", "log"]}), kafka_sink(&broker));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let mut writer = pg.pgbench(&writes, 2, 16);
     // Kills during streaming: one during the snapshot would, by design, take the snapshot again.
@@ -177,7 +178,7 @@ fn an_idle_slot_keeps_up_with_writes_to_unpublished_tables() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start();
     pg.sql("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE other (id serial PRIMARY KEY, pad text)");
-    let file = pipeline(dir.path(), "idle", &pg, "    tables: [watched]\n    snapshot: never", "  null: {}");
+    let file = pipeline(dir.path(), "idle", &pg, json!({"tables": ["watched"], "snapshot": "never"}), sink::null());
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_idle", dir.path());
     let start = pg.current_lsn();
@@ -219,7 +220,8 @@ fn types_toast_values_and_schema_changes_come_through() {
          INSERT INTO docs_full VALUES (1, repeat('y', 10000), 1);",
     );
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "types", &pg, "    tables: [every_type, docs, docs_full]", &file_sink(&out));
+    let file =
+        pipeline(dir.path(), "types", &pg, json!({"tables": ["every_type", "docs", "docs_full"]}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_types", dir.path());
     pg.sql(
@@ -286,7 +288,7 @@ fn a_million_row_transaction_streams_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let pg = Postgres::start_with(&["logical_decoding_work_mem = 64kB"]);
     pg.sql("CREATE TABLE big (id int PRIMARY KEY, pad text)");
-    let file = pipeline(dir.path(), "big", &pg, "    tables: [big]\n    snapshot: never", "  null: {}");
+    let file = pipeline(dir.path(), "big", &pg, json!({"tables": ["big"], "snapshot": "never"}), sink::null());
     let mut run = spawn_run(dir.path(), &file, &["--metrics-addr", "127.0.0.1:0"]);
     let port = common::metrics_port(dir.path());
     pg.wait_streaming("flowgate_big", dir.path());
@@ -312,7 +314,7 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     let mut pg = Postgres::start();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "restart", &pg, "    tables: [t]\n    snapshot: never", &file_sink(&out));
+    let file = pipeline(dir.path(), "restart", &pg, json!({"tables": ["t"], "snapshot": "never"}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_restart", dir.path());
     for i in 0..50 {
@@ -339,7 +341,7 @@ fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
     let pg = Postgres::start();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)");
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "lost", &pg, "    tables: [t]", &file_sink(&out));
+    let file = pipeline(dir.path(), "lost", &pg, json!({"tables": ["t"]}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_caught_up("flowgate_lost", dir.path());
     stop(&mut run, dir.path());
@@ -353,7 +355,7 @@ fn a_lost_slot_or_a_server_without_logical_wal_stops_with_the_reason() {
 
     let replica = Postgres::start_with(&["wal_level = replica"]);
     replica.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    let file = pipeline(dir.path(), "nolog", &replica, "    tables: [t]", &file_sink(&out));
+    let file = pipeline(dir.path(), "nolog", &replica, json!({"tables": ["t"]}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let status = wait_exit(&mut run, Duration::from_secs(30));
     assert!(!status.success());
@@ -366,7 +368,7 @@ fn an_invalidated_slot_stops_the_pipeline() {
     let pg = Postgres::start_with(&["max_slot_wal_keep_size = 1MB", "max_wal_size = 32MB", "min_wal_size = 32MB"]);
     pg.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (pad text)");
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "inval", &pg, "    tables: [t]", &file_sink(&out));
+    let file = pipeline(dir.path(), "inval", &pg, json!({"tables": ["t"]}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_caught_up("flowgate_inval", dir.path());
     stop(&mut run, dir.path());
@@ -424,7 +426,7 @@ fn an_interrupted_snapshot_is_taken_again_from_the_start() {
     let pg = Postgres::start();
     pg.sql("CREATE TABLE t (id int PRIMARY KEY, pad text); INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g");
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "again", &pg, "    tables: [t]", &file_sink(&out));
+    let file = pipeline(dir.path(), "again", &pg, json!({"tables": ["t"]}), file_sink(&out));
     let mid_snapshot = |marker: &str, seen: usize| {
         wait_for(Duration::from_secs(30), || {
             log(dir.path()).matches(marker).count() >= seen
@@ -474,7 +476,8 @@ fn validate_check_connects_and_names_what_is_missing() {
     };
     let (code, err) = check("ok", &pg.url(), "t");
     assert_eq!(code, Some(0), "{err}");
-    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", common::free_port());
+    let closed_port = common::closed_port();
+    let closed = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port.port);
     let (code, err) = check("closed", &closed, "t");
     assert_eq!(code, Some(2));
     assert!(err.contains(":4:10: error: cannot connect to postgres://postgres@127.0.0.1"), "{err}");
@@ -500,7 +503,7 @@ fn pipelines_started_together_share_a_publication_created_by_either() {
     let idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
     assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "1"));
     let out = dir.path().join("out.jsonl");
-    let file = pipeline(dir.path(), "late", &pg, "    tables: [items]\n    publication: items", &file_sink(&out));
+    let file = pipeline(dir.path(), "late", &pg, json!({"tables": ["items"], "publication": "items"}), file_sink(&out));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let waiting =
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'CREATE PUBLICATION%'";

@@ -6,7 +6,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
+use common::pipeline::{Pipeline, sink, source};
 use common::{log, signal, spawn_run, wait_exit, wait_for};
+use serde_json::json;
 
 fn append(path: &std::path::Path, from: u64, to: u64) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -26,13 +28,13 @@ fn sigterm_drains_and_a_restart_continues_exactly_where_it_stopped() {
     let (input, output) = (d.join("in.jsonl"), d.join("out.jsonl"));
     std::fs::write(&input, "").unwrap();
     append(&input, 0, 1000);
-    std::fs::write(
-        d.join("tail.yaml"),
-        "name: tail\nsource:\n  file: {path: in.jsonl, follow: true}\nsink:\n  file: {path: out.jsonl}\nbatch: {size: 100, linger: 10ms}\n",
-    )
-    .unwrap();
+    let file = Pipeline::new("tail")
+        .source(source::file("in.jsonl").with("follow", true))
+        .sink(sink::file("out.jsonl"))
+        .batch(json!({"size": 100, "linger": "10ms"}))
+        .write(d, "tail.yaml");
 
-    let mut child = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let mut child = spawn_run(d, &file, &[]);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 1000), "{}", log(d));
     append(&input, 1000, 1500);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 1500), "{}", log(d));
@@ -41,7 +43,7 @@ fn sigterm_drains_and_a_restart_continues_exactly_where_it_stopped() {
 
     // Lines written while it was down are picked up after the restart.
     append(&input, 1500, 1700);
-    let mut child = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let mut child = spawn_run(d, &file, &[]);
     append(&input, 1700, 2000);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() >= 2000), "{}", log(d));
     signal(&child, libc::SIGINT);
@@ -59,15 +61,14 @@ fn a_second_run_of_a_running_pipeline_is_refused() {
     let (input, output) = (d.join("in.jsonl"), d.join("out.jsonl"));
     std::fs::write(&input, "").unwrap();
     append(&input, 0, 10);
-    std::fs::write(
-        d.join("tail.yaml"),
-        "name: tail\nsource:\n  file: {path: in.jsonl, follow: true}\nsink:\n  file: {path: out.jsonl}\n",
-    )
-    .unwrap();
-    let mut first = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let file = Pipeline::new("tail")
+        .source(source::file("in.jsonl").with("follow", true))
+        .sink(sink::file("out.jsonl"))
+        .write(d, "tail.yaml");
+    let mut first = spawn_run(d, &file, &[]);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() == 10), "{}", log(d));
     // Same pipeline, same state directory: refused before it reads anything.
-    let mut second = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let mut second = spawn_run(d, &file, &[]);
     let status = wait_exit(&mut second, Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{}", log(d));
     assert!(log(d).contains("another run of this pipeline is reading"), "{}", log(d));
@@ -77,7 +78,7 @@ fn a_second_run_of_a_running_pipeline_is_refused() {
     // Killed, the first run's lock goes with it.
     signal(&first, libc::SIGKILL);
     wait_exit(&mut first, Duration::from_secs(20));
-    let mut third = spawn_run(d, &d.join("tail.yaml"), &[]);
+    let mut third = spawn_run(d, &file, &[]);
     append(&input, 20, 30);
     assert!(wait_for(Duration::from_secs(30), || lines(&output).len() >= 30), "{}", log(d));
     signal(&third, libc::SIGTERM);

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use common::kafka::{Broker, Writer, numbered};
 use common::mariadb::MariaDb;
+use common::pipeline::{Pipeline, sink, source};
 use common::postgres::Postgres;
 use common::{Guard, kill, log, spawn_run, stop, wait_for, write_file, write_jsonl};
+use serde_json::json;
 
 /// Runs a pipeline file to the end of its input; its stderr on failure.
 fn run_to_end(dir: &Path, file: &Path) {
@@ -47,27 +49,20 @@ fn postgres_changes_replicate_into_postgres_mariadb_and_sqlite() {
         "CREATE TABLE items (id INT PRIMARY KEY, v INT NOT NULL, note TEXT, amount DECIMAL(10,2), at DATETIME(6), doc JSON)",
     );
     let sinks = [
-        ("to-pg", format!("  postgres:\n    url: {}\n    table: replica.items\n    mode: cdc", pg.url())),
-        ("to-maria", format!("  mysql:\n    url: {}\n    table: '${{meta.table}}'\n    mode: cdc", maria.url())),
+        ("to-pg", sink::postgres(pg.url(), "replica.items").with("mode", "cdc")),
+        ("to-maria", sink::mysql(maria.url(), "${meta.table}").with("mode", "cdc")),
         (
             "to-sqlite",
-            format!(
-                "  sqlite:\n    url: {}\n    table: items\n    mode: cdc\n    create_table: true",
-                dir.path().join("r.db").display()
-            ),
+            sink::sqlite(dir.path().join("r.db").display(), "items").with("mode", "cdc").with("create_table", true),
         ),
     ];
     let mut runs = Vec::new();
-    for (name, sink) in &sinks {
-        let file = write_file(
-            dir.path(),
-            &format!("{name}.yaml"),
-            &format!(
-                "name: {name}\nsource:\n  postgres_cdc:\n    url: {}\n    tables: [items]\n    publication: items\n\
-                 sink:\n{sink}\nbatch:\n  size: 500\n  linger: 20ms\n",
-                pg.url()
-            ),
-        );
+    for (name, target) in &sinks {
+        let file = Pipeline::new(name)
+            .source(source::postgres_cdc(pg.url(), &["items"]).with("publication", "items"))
+            .sink(target.clone())
+            .batch(json!({"size": 500, "linger": "20ms"}))
+            .write(dir.path(), &format!("{name}.yaml"));
         runs.push(spawn_run(dir.path(), &file, &[]));
     }
     let writes = write_file(
@@ -121,18 +116,15 @@ fn effectively_once_applies_each_kafka_record_once_across_kills() {
     pg.sql("CREATE TABLE events (id bigint NOT NULL, email text, pad text)");
     let broker = Broker::with_topics(&[("in", 3)]);
     Writer::new(&broker.addr()).send("in", numbered(0..N));
-    let file = write_file(
-        dir.path(),
-        "eo.yaml",
-        &format!(
-            "name: eo\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: eo\n    session_timeout: 2s\n\
-             \x20   properties:\n      max.poll.interval.ms: \"6000\"\n\
-             sink:\n  postgres:\n    url: {}\n    table: events\n    columns: [id, email, pad]\n    delivery: effectively_once\n\
-             batch:\n  size: 500\n  linger: 10ms\n",
-            broker.addr(),
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("eo")
+        .source(source::kafka_quick_group(&broker.addr(), &["in"], "eo"))
+        .sink(
+            sink::postgres(pg.url(), "events")
+                .with("columns", json!(["id", "email", "pad"]))
+                .with("delivery", "effectively_once"),
+        )
+        .batch(json!({"size": 500, "linger": "10ms"}))
+        .write(dir.path(), "eo.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     for at in [15_000, 35_000] {
         assert!(
@@ -166,18 +158,11 @@ fn a_kafka_source_behind_a_failed_sink_stays_in_its_group() {
     let broker = Broker::with_topics(&[("in", 2)]);
     let writer = Writer::new(&broker.addr());
     writer.send("in", numbered(0..N / 2));
-    let file = write_file(
-        dir.path(),
-        "held.yaml",
-        &format!(
-            "name: held\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: held\n    session_timeout: 2s\n\
-             \x20   properties:\n      max.poll.interval.ms: \"6000\"\n\
-             sink:\n  postgres:\n    url: {}\n    table: events\n    columns: [id, email, pad]\n\
-             batch:\n  size: 100\n  linger: 10ms\n  buffer: 2\n",
-            broker.addr(),
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("held")
+        .source(source::kafka_quick_group(&broker.addr(), &["in"], "held"))
+        .sink(sink::postgres(pg.url(), "events").with("columns", json!(["id", "email", "pad"])))
+        .batch(json!({"size": 100, "linger": "10ms", "buffer": 2}))
+        .write(dir.path(), "held.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     let count = |pg: &Postgres| pg.sql("SELECT count(*) FROM events").parse::<u64>().unwrap();
     assert!(wait_for(Duration::from_secs(60), || count(&pg) >= N / 2), "{}", log(dir.path()));
@@ -212,15 +197,11 @@ fn a_row_refused_by_the_database_goes_to_dead_letters_and_its_batch_is_written()
         })
         .collect();
     write_file(dir.path(), "in.jsonl", &(input.join("\n") + "\n"));
-    let file = write_file(
-        dir.path(),
-        "dl.yaml",
-        &format!(
-            "name: dl\nsource:\n  file:\n    path: in.jsonl\nsink:\n  postgres:\n    url: {}\n    table: orders\n\
-             errors:\n  policy: dead_letter\n  dead_letter:\n    file:\n      path: dead.jsonl\n",
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("dl")
+        .source(source::file("in.jsonl"))
+        .sink(sink::postgres(pg.url(), "orders"))
+        .dead_letter(sink::file("dead.jsonl"))
+        .write(dir.path(), "dl.yaml");
     run_to_end(dir.path(), &file);
     // 1..100 without 13 and 42, plus .5 for the 88 that are not multiples of ten.
     assert_eq!(pg.sql("SELECT count(*) || ' ' || sum(amount) FROM orders"), "98 5039.00");
@@ -247,18 +228,12 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
     let half = all.lines().take(N as usize / 2).map(|l| format!("{l}\n")).collect::<String>();
     std::fs::write(&input, &half).unwrap();
     let mut runs = Vec::new();
-    for (name, sink) in [
-        ("to-pg", format!("postgres:\n    url: {}", pg.url())),
-        ("to-maria", format!("mysql:\n    url: {}", maria.url())),
-    ] {
-        let file = write_file(
-            dir.path(),
-            &format!("{name}.yaml"),
-            &format!(
-                "name: {name}\nsource:\n  file:\n    path: in.jsonl\n    follow: true\nsink:\n  {sink}\n    table: t\n    mode: upsert\n    key: [id]\n\
-                 batch:\n  size: 200\n  linger: 10ms\n"
-            ),
-        );
+    for (name, target) in [("to-pg", sink::postgres(pg.url(), "t")), ("to-maria", sink::mysql(maria.url(), "t"))] {
+        let file = Pipeline::new(name)
+            .source(source::file("in.jsonl").with("follow", true))
+            .sink(target.with("mode", "upsert").with("key", json!(["id"])))
+            .batch(json!({"size": 200, "linger": "10ms"}))
+            .write(dir.path(), &format!("{name}.yaml"));
         runs.push(spawn_run(dir.path(), &file, &[]));
     }
     let half_in = |pg: &Postgres, maria: &MariaDb| {
@@ -293,16 +268,15 @@ fn effectively_once_applies_each_postgres_change_once_across_kills() {
          CREATE SCHEMA copy; CREATE TABLE copy.applied (id bigint NOT NULL, n int NOT NULL)",
     );
     // Each change is inserted as a new row: one applied twice is a second row.
-    let file = write_file(
-        dir.path(),
-        "eo-cdc.yaml",
-        &format!(
-            "name: eo-cdc\nsource:\n  postgres_cdc:\n    url: {0}\n    tables: [log]\n\
-             sink:\n  postgres:\n    url: {0}\n    table: copy.applied\n    columns: {{id: after.id, n: after.n}}\n\
-             \x20   delivery: effectively_once\nbatch:\n  size: 300\n  linger: 10ms\n",
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("eo-cdc")
+        .source(source::postgres_cdc(pg.url(), &["log"]))
+        .sink(
+            sink::postgres(pg.url(), "copy.applied")
+                .with("columns", json!({"id": "after.id", "n": "after.n"}))
+                .with("delivery", "effectively_once"),
+        )
+        .batch(json!({"size": 300, "linger": "10ms"}))
+        .write(dir.path(), "eo-cdc.yaml");
     // Transactions of 7 rows, so that batches of 300 end inside them; COPY writes
     // its rows as one multi-row insert, whose rows share an LSN.
     let writes = write_file(
@@ -350,16 +324,10 @@ fn sinks_started_together_share_the_tables_either_creates() {
     let events = hold("CREATE TABLE events (id bigint, email text, pad text)");
     let idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
     assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "2"));
-    let file = write_file(
-        dir.path(),
-        "together.yaml",
-        &format!(
-            "name: together\nsource:\n  kafka:\n    brokers: {}\n    topics: [in]\n    group: together\n\
-             sink:\n  postgres:\n    url: {}\n    table: events\n    create_table: true\n    delivery: effectively_once\n",
-            broker.addr(),
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("together")
+        .source(source::kafka(&broker.addr(), &["in"], "together"))
+        .sink(sink::postgres(pg.url(), "events").with("create_table", true).with("delivery", "effectively_once"))
+        .write(dir.path(), "together.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     for (table, (mut session, mut input)) in [("flowgate_source_positions", positions), ("events", events)] {
         let blocked = format!(
@@ -457,15 +425,11 @@ fn a_database_can_be_the_dead_letter_sink() {
          CREATE TABLE dead (pipeline text, stage text, reason text, failed_at_ms bigint, record jsonb)",
     );
     write_file(dir.path(), "in.jsonl", "{\"id\":1}\n{\"id\":1}\n{\"id\":2}\n{\"id\":2}\n{\"id\":3}\n");
-    let file = write_file(
-        dir.path(),
-        "dlq.yaml",
-        &format!(
-            "name: dlq\nsource:\n  file:\n    path: in.jsonl\nsink:\n  postgres:\n    url: {0}\n    table: t\n\
-             errors:\n  policy: dead_letter\n  dead_letter:\n    postgres:\n      url: {0}\n      table: dead\n",
-            pg.url()
-        ),
-    );
+    let file = Pipeline::new("dlq")
+        .source(source::file("in.jsonl"))
+        .sink(sink::postgres(pg.url(), "t"))
+        .dead_letter(sink::postgres(pg.url(), "dead"))
+        .write(dir.path(), "dlq.yaml");
     run_to_end(dir.path(), &file);
     assert_eq!(pg.sql("SELECT count(*) FROM t"), "3");
     // Committed, not left in an open transaction.

@@ -8,7 +8,8 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::kafka::{Broker, Writer, numbered};
-use common::{log, repo, spawn_run, sqlite_rows, stop, wait_exit, wait_for, write_file};
+use common::pipeline::{Pipeline, sink, source};
+use common::{log, repo, spawn_run, sqlite_rows, stop, wait_exit, wait_for};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(repo().join("tests/fixtures/0.1").join(name)).unwrap()
@@ -27,11 +28,8 @@ fn a_file_source_resumes_from_a_state_file_written_by_0_1() {
         .replace("@OFFSET@", &offset.to_string());
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     std::fs::write(dir.path().join("state/upgrade.file-source.json"), state).unwrap();
-    let file = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!("name: upgrade\nsource:\n  file: {{path: {}}}\nsink:\n  file: {{path: out.jsonl}}\n", input.display()),
-    );
+    let file =
+        Pipeline::new("upgrade").source(source::file(&input)).sink(sink::file("out.jsonl")).write(dir.path(), "p.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(wait_exit(&mut run, Duration::from_secs(30)).success(), "{}", log(dir.path()));
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
@@ -51,16 +49,10 @@ fn an_effectively_once_sql_sink_resumes_from_positions_stored_by_0_1() {
         sqlx::raw_sql(sqlx::AssertSqlSafe(fixture("upgrade-kafka.sql"))).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     });
-    let file = write_file(
-        dir.path(),
-        "p.yaml",
-        &format!(
-            "name: upgrade\nsource:\n  kafka: {{brokers: {}, topics: [orders], group: upgrade}}\n\
-             sink:\n  sqlite: {{url: {}, table: events, create_table: true, delivery: effectively_once}}\n",
-            broker.addr(),
-            db.display()
-        ),
-    );
+    let file = Pipeline::new("upgrade")
+        .source(source::kafka(&broker.addr(), &["orders"], "upgrade"))
+        .sink(sink::sqlite(db.display(), "events").with("create_table", true).with("delivery", "effectively_once"))
+        .write(dir.path(), "p.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     let ids = || rt.block_on(sqlite_rows(&db, "SELECT id FROM events ORDER BY id"));
     assert!(wait_for(Duration::from_secs(30), || ids().len() >= 5), "{}", log(dir.path()));

@@ -7,22 +7,24 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::pipeline::{Part, Pipeline, sink, source, transform};
 use common::{flowgate, log, plugin, records, spawn_run, wait_exit};
 use serde_json::{Value, json};
 
 /// Runs `transforms` over `input` lines (as text, so that non-JSON reaches the
 /// plugin): (records written, dead-lettered records, log).
-fn run_pipeline(input: &str, transforms: &str, batch: usize) -> (Vec<Value>, Vec<Value>, String) {
+fn run_pipeline(input: &str, transforms: Vec<Part>, batch: usize) -> (Vec<Value>, Vec<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), input).unwrap();
-    let pipeline = format!(
-        "name: t\nsource:\n  file: {{path: in.jsonl, format: text}}\ntransforms:\n{transforms}\n\
-         sink:\n  file: {{path: out.jsonl, format: record}}\nerrors:\n  policy: dead_letter\n  \
-         dead_letter: {{file: {{path: dlq.jsonl}}}}\nbatch: {{size: {batch}}}\n"
-    );
-    std::fs::write(d.join("p.yaml"), pipeline).unwrap();
-    let mut child = spawn_run(d, &d.join("p.yaml"), &["--progress", "0s"]);
+    let pipeline = Pipeline::new("t")
+        .source(source::file("in.jsonl").with("format", "text"))
+        .transforms(transforms)
+        .sink(sink::file("out.jsonl").with("format", "record"))
+        .dead_letter(sink::file("dlq.jsonl"))
+        .batch(json!({"size": batch}))
+        .write(d, "p.yaml");
+    let mut child = spawn_run(d, &pipeline, &["--progress", "0s"]);
     let status = wait_exit(&mut child, Duration::from_secs(180));
     assert!(status.success(), "{}", log(d));
     (records(&d.join("out.jsonl")), records(&d.join("dlq.jsonl")), log(d))
@@ -43,11 +45,11 @@ fn reasons(dlq: &[Value]) -> Vec<String> {
 }
 
 fn check_examples(lang: &str) {
-    let wasm = |name: &str| plugin(&format!("{lang}-{name}.wasm")).display().to_string();
+    let wasm = |name: &str| transform::wasm(plugin(&format!("{lang}-{name}.wasm")));
 
     let (out, dlq, log) = run_pipeline(
         INPUT,
-        &format!("  - wasm: {{path: {}, config: {{fields: [email], flag: processed}}}}", wasm("pii-mask")),
+        vec![wasm("pii-mask").with("config", json!({"fields": ["email"], "flag": "processed"}))],
         10,
     );
     assert_eq!(
@@ -66,7 +68,7 @@ fn check_examples(lang: &str) {
 
     let (out, dlq, _) = run_pipeline(
         INPUT,
-        &format!("  - wasm: {{path: {}, config: {{field: amount, op: gt, value: 10}}}}", wasm("filter")),
+        vec![wasm("filter").with("config", json!({"field": "amount", "op": "gt", "value": 10}))],
         10,
     );
     let ids: Vec<&Value> = out.iter().map(|r| &r["value"]["id"]).collect();
@@ -75,8 +77,7 @@ fn check_examples(lang: &str) {
     assert_eq!(out[0]["value"], json!({"id":2,"email":"b@x.io","items":[],"amount":50}));
     assert_eq!(reasons(&dlq).len(), 1, "{lang}");
 
-    let (out, dlq, _) =
-        run_pipeline(INPUT, &format!("  - wasm: {{path: {}, config: {{field: items}}}}", wasm("split")), 10);
+    let (out, dlq, _) = run_pipeline(INPUT, vec![wasm("split").with("config", json!({"field": "items"}))], 10);
     assert_eq!(
         values(&out),
         [json!({"id":1,"email":"a@x.io","items":1,"amount":5}), json!({"id":1,"email":"a@x.io","items":2,"amount":5})],
@@ -92,11 +93,8 @@ fn check_examples(lang: &str) {
     // A dead-lettered record keeps where it came from.
     assert!(dlq.iter().all(|d| d["record"]["source"]["file"] == "in.jsonl"));
 
-    let (out, dlq, _) = run_pipeline(
-        INPUT,
-        &format!("  - wasm: {{path: {}, config: {{name: x-src, value: flowgate}}}}", wasm("add-header")),
-        10,
-    );
+    let (out, dlq, _) =
+        run_pipeline(INPUT, vec![wasm("add-header").with("config", json!({"name": "x-src", "value": "flowgate"}))], 10);
     assert_eq!(out.len(), 4, "{lang} add-header");
     assert!(dlq.is_empty());
     assert!(out.iter().all(|r| r["headers"]["x-src"] == "flowgate"), "{lang}: {out:?}");
@@ -122,12 +120,12 @@ fn js_examples_transform_records_end_to_end() {
 fn plugins_chain_in_order() {
     let (out, _, _) = run_pipeline(
         INPUT,
-        &format!(
-            "  - wasm: {{path: {}, config: {{field: amount, op: lt, value: 100}}}}\n  - wasm: {{path: {}}}\n  - wasm: {{path: {}, config: {{name: h, value: v}}}}",
-            plugin("rust-filter.wasm").display(),
-            plugin("python-pii-mask.wasm").display(),
-            plugin("js-add-header.wasm").display()
-        ),
+        vec![
+            transform::wasm(plugin("rust-filter.wasm"))
+                .with("config", json!({"field": "amount", "op": "lt", "value": 100})),
+            transform::wasm(plugin("python-pii-mask.wasm")),
+            transform::wasm(plugin("js-add-header.wasm")).with("config", json!({"name": "h", "value": "v"})),
+        ],
         2,
     );
     assert_eq!(
@@ -137,17 +135,19 @@ fn plugins_chain_in_order() {
     assert!(out.iter().all(|r| r["headers"]["h"] == "v"));
 }
 
-/// 1000 records, one of them poisoned, through the hostile plugin in `mode`.
-fn hostile(mode: &str, extra: &str) -> (Vec<Value>, Vec<Value>, String, Duration) {
+/// 1000 records, one of them poisoned, through the hostile plugin in `mode`,
+/// with `extra` settings (limits) beside its `path` and `config`.
+fn hostile(mode: &str, extra: Value) -> (Vec<Value>, Vec<Value>, String, Duration) {
     let input: String =
         (0..1000).map(|i| format!("{{\"id\":{i}{}}}\n", if i == 600 { ",\"p\":\"POISON\"" } else { "" })).collect();
     let started = Instant::now();
     let (out, dlq, log) = run_pipeline(
         &input,
-        &format!(
-            "  - wasm: {{path: {}, config: {{mode: {mode}, poison: POISON}}{extra}}}",
-            plugin("hostile.wasm").display()
-        ),
+        vec![
+            transform::wasm(plugin("hostile.wasm"))
+                .with("config", json!({"mode": mode, "poison": "POISON"}))
+                .extend(extra),
+        ],
         256,
     );
     (out, dlq, log, started.elapsed())
@@ -165,7 +165,7 @@ fn assert_contained(mode: &str, out: &[Value], dlq: &[Value], log: &str, why: &s
 
 #[test]
 fn an_infinite_loop_is_cut_off_at_the_timeout() {
-    let (out, dlq, log, took) = hostile("loop", ", timeout: 50ms");
+    let (out, dlq, log, took) = hostile("loop", json!({"timeout": "50ms"}));
     assert_contained("loop", &out, &dlq, &log, "ran past its timeout of 50ms");
     // Bisecting 256 records around the loop: about log2(256) timeouts, not one per record.
     assert!(took < Duration::from_secs(30), "{took:?}");
@@ -173,19 +173,19 @@ fn an_infinite_loop_is_cut_off_at_the_timeout() {
 
 #[test]
 fn unbounded_memory_growth_is_capped() {
-    let (out, dlq, log, _) = hostile("grow", ", max_memory: 16MiB");
+    let (out, dlq, log, _) = hostile("grow", json!({"max_memory": "16MiB"}));
     assert_contained("grow", &out, &dlq, &log, "exceeded its memory limit of 16MiB");
 }
 
 #[test]
 fn a_panic_on_one_record_fails_only_that_record() {
-    let (out, dlq, log, _) = hostile("panic", "");
+    let (out, dlq, log, _) = hostile("panic", json!({}));
     assert_contained("panic", &out, &dlq, &log, "trapped");
 }
 
 #[test]
 fn plugin_output_goes_to_the_log_under_its_name() {
-    let (out, _, log, _) = hostile("print", "");
+    let (out, _, log, _) = hostile("print", json!({}));
     assert_eq!(out.len(), 1000);
     for line in ["stdout line from the plugin", "stderr line from the plugin", "a host log line"] {
         assert!(log.contains(line), "{line} missing:\n{log}");

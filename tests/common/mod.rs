@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod mariadb;
+pub mod pipeline;
 pub mod postgres;
 pub mod registry;
 
@@ -104,8 +105,41 @@ pub fn rss_kib(pid: u32) -> u64 {
     kib
 }
 
+/// A free port for a server that must be given its port before it starts
+/// (tansu, moto, MariaDB, Postgres, an embedded registry): picked and
+/// released, so another process could take it in between. Flowgate's own
+/// listeners bind port 0 instead and report the port (see [`metrics_port`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A port nothing answers on, for as long as the value lives: a socket bound
+/// to it that never listens, so a connection is refused and no other test can
+/// take the port meanwhile (a port picked and released could be reused).
+pub struct ClosedPort {
+    _socket: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address structure is zeroed and fully initialised before use.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(fd, (&raw const addr).cast(), len);
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        let rc = libc::getsockname(fd, (&raw mut addr).cast(), &mut len);
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        ClosedPort { _socket: socket, port: u16::from_be(addr.sin_port) }
+    }
 }
 
 /// The port `flowgate run --metrics-addr 127.0.0.1:0` bound, read from its log
