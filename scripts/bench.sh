@@ -9,11 +9,30 @@
 #   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
 #   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
 #   scripts/bench.sh registry   the registry with 50k-field schemas: check time, reads meanwhile, memory per schema
+#   scripts/bench.sh compare REV [engine wasm avro kafka cdc]
+#                               before/after: the release binary of REV and of the
+#                               working tree, run by run on the same cases
 # The Kafka peers come from ../shared/peers (override with FLOWGATE_PEERS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 bash scripts/setup.sh
+if [[ "${1:-}" == compare ]]; then
+  rev="${2:?usage: scripts/bench.sh compare REV [case...]}"
+  shift 2
+  before="$CARGO_TARGET_DIR/compare/flowgate-$(git rev-parse --short "$rev")"
+  if [[ ! -x "$before" ]]; then
+    tree="$(mktemp -d)"
+    git worktree add --detach -f "$tree" "$rev" >/dev/null
+    (cd "$tree" && cargo build --release --locked --bin flowgate)
+    mkdir -p "$(dirname "$before")"
+    cp "$CARGO_TARGET_DIR/release/flowgate" "$before"
+    git worktree remove --force "$tree"
+  fi
+  cargo build --release --locked --bin flowgate
+  bash scripts/build-plugins.sh
+  exec python3 scripts/bench_compare.py "$before" "$FLOWGATE_BIN" "$@"
+fi
 cargo build --release --locked
 cargo build --release --locked -p flowgate-wasm --example wasm_bench
 cargo build --release --locked -p flowgate-avro --example avro_bench
