@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pipeline::{Part, Pipeline, sink, source};
-use common::{Guard, kill, log, spawn_run, stop, wait_exit, wait_for};
+use common::{kill, log, spawn_run, stop, wait_exit, wait_for};
 use serde_json::json;
 
 /// The port the `http` source bound, read from the runner's log in `dir`
@@ -211,17 +211,7 @@ fn the_sink_retries_outages_and_sends_refused_requests_to_dead_letters() {
         .dead_letter(sink::file("dead.jsonl"))
         .batch(json!({"size": 20, "linger": "5ms"}))
         .write(dir.path(), "out.yaml");
-    let mut run = Guard(
-        common::flowgate()
-            .args(["--log", "debug", "run"])
-            .arg(&file)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .current_dir(dir.path())
-            .stderr(std::fs::File::create(dir.path().join("flowgate.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = spawn_run(dir.path(), &file, &["--log", "debug"]);
     assert!(wait_exit(&mut run, Duration::from_secs(60)).success(), "{}", log(dir.path()));
     // Every good record arrived, each exactly once: no request that succeeded was sent again.
     let taken = endpoint.taken.lock().unwrap().clone();

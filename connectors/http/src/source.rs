@@ -11,11 +11,12 @@
 //! Requests not answered that way (the pipeline stops, a batch fails) get
 //! `503` when the source closes or is dropped: their answer channels close.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flowgate_sdk::{Batch, ConnectorError, OpenContext, Read, Record, Source, Watermark, async_trait};
+use flowgate_sdk::{
+    Batch, ConnectorError, OpenContext, PendingPositions, Read, Record, Source, Watermark, async_trait,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -28,37 +29,28 @@ use crate::server;
 /// that the engine commits meanwhile.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// A request all of whose records are in batches.
-struct Filed {
-    /// The `seq` of the last batch holding one of its records.
-    last_seq: u64,
-    accepted: usize,
-    reply: oneshot::Sender<usize>,
-}
-
-/// Requests waiting for their batches to be acknowledged, in `seq` order.
+/// Requests waiting for their batches to be acknowledged, each filed under
+/// the `seq` of the last batch holding one of its records, with how many
+/// records it had and where to answer.
 #[derive(Default)]
 struct Ledger {
-    filed: VecDeque<Filed>,
+    filed: PendingPositions<(usize, oneshot::Sender<usize>)>,
 }
 
 impl Ledger {
     /// Files a request whose last record went into batch `last_seq`. Batches
     /// are filled in `seq` order, so this keeps the ledger ordered.
     fn file(&mut self, last_seq: u64, accepted: usize, reply: oneshot::Sender<usize>) {
-        debug_assert!(self.filed.back().is_none_or(|f| f.last_seq <= last_seq));
-        self.filed.push_back(Filed { last_seq, accepted, reply });
+        self.filed.push(last_seq, (accepted, reply));
     }
 
     /// Answers every request whose batches are all below `done`; how many.
     fn commit(&mut self, done: Watermark) -> usize {
         let mut answered = 0;
-        while self.filed.front().is_some_and(|f| f.last_seq < done.0) {
-            if let Some(f) = self.filed.pop_front() {
-                // A client that went away does not care; its records are written anyway.
-                let _ = f.reply.send(f.accepted);
-                answered += 1;
-            }
+        for (_, (accepted, reply)) in self.filed.take_covered(done) {
+            // A client that went away does not care; its records are written anyway.
+            let _ = reply.send(accepted);
+            answered += 1;
         }
         answered
     }

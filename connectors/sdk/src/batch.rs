@@ -118,8 +118,19 @@ impl<P> PendingPositions<P> {
 
     /// Forgets the batches below `done`, once what they lead to is saved.
     pub fn release(&mut self, done: crate::Watermark) {
+        self.take_covered(done);
+    }
+
+    /// Removes the batches below `done` and hands them over, oldest first:
+    /// for a source whose entries are answered rather than saved (a request
+    /// waiting for its records to be written).
+    pub fn take_covered(&mut self, done: crate::Watermark) -> std::collections::vec_deque::Drain<'_, (u64, P)> {
         let n = self.covered(done).count();
-        self.batches.drain(..n);
+        self.batches.drain(..n)
+    }
+
+    pub fn len(&self) -> usize {
+        self.batches.len()
     }
 
     /// All remembered batches, oldest first.
