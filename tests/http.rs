@@ -1,6 +1,6 @@
 //! The `http` source and sink against real HTTP peers: clients that post and
-//! retry what was not acknowledged while the runner is killed, and a server
-//! that fails on purpose.
+//! retry what was not acknowledged while the runner is killed, a server that
+//! fails on purpose, and Avro values with the embedded registry.
 
 mod common;
 
@@ -11,8 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::pipeline::{Part, Pipeline, sink, source};
-use common::{kill, log, spawn_run, stop, wait_exit, wait_for};
+use common::pipeline::{Part, Pipeline, sink, source, transform};
+use common::registry::Registry;
+use common::{kill, log, spawn_run, stop, wait_exit, wait_for, write_file};
 use serde_json::json;
 
 /// The port the `http` source bound, read from the runner's log in `dir`
@@ -124,10 +125,10 @@ fn every_acknowledged_request_is_in_the_sink_after_kill_9() {
 
 /// A server that answers the first `unavailable` requests 503, refuses with
 /// 422 any request holding a `"bad"` record, and takes the rest; it keeps the
-/// bodies it took.
+/// bodies it took, as bytes (Avro bodies are binary).
 struct Endpoint {
     port: u16,
-    taken: Arc<Mutex<Vec<String>>>,
+    taken: Arc<Mutex<Vec<Vec<u8>>>>,
     requests: Arc<Mutex<u64>>,
 }
 
@@ -148,7 +149,7 @@ impl Endpoint {
     }
 }
 
-fn serve(conn: TcpStream, unavailable: u64, taken: &Mutex<Vec<String>>, requests: &Mutex<u64>) {
+fn serve(conn: TcpStream, unavailable: u64, taken: &Mutex<Vec<Vec<u8>>>, requests: &Mutex<u64>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -169,7 +170,6 @@ fn serve(conn: TcpStream, unavailable: u64, taken: &Mutex<Vec<String>>, requests
         }
         let mut body = vec![0; length];
         reader.read_exact(&mut body).unwrap();
-        let body = String::from_utf8(body).unwrap();
         let n = {
             let mut r = requests.lock().unwrap();
             *r += 1;
@@ -177,7 +177,7 @@ fn serve(conn: TcpStream, unavailable: u64, taken: &Mutex<Vec<String>>, requests
         };
         let (status, answer) = if n <= unavailable {
             ("503 Service Unavailable", "try later")
-        } else if body.contains("\"bad\"") {
+        } else if String::from_utf8_lossy(&body).contains("\"bad\"") {
             ("422 Unprocessable Entity", "{\"error\":\"field bad is not allowed\"}")
         } else {
             taken.lock().unwrap().push(body);
@@ -217,7 +217,8 @@ fn the_sink_retries_outages_and_sends_refused_requests_to_dead_letters() {
     let taken = endpoint.taken.lock().unwrap().clone();
     let mut ids: Vec<u64> = taken
         .iter()
-        .flat_map(|b| b.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap()))
+        .flat_map(|b| std::str::from_utf8(b).unwrap().lines())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
         .collect();
     ids.sort();
     // A group holding a bad record is refused whole: its good records are dead letters too.
@@ -237,4 +238,41 @@ fn the_sink_retries_outages_and_sends_refused_requests_to_dead_letters() {
         assert!(!log.contains(secret), "`{secret}` reached the log:\n{log}");
         assert!(!std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap().contains(secret));
     }
+}
+
+#[test]
+fn format_avro_sends_framed_values_under_a_subject_named_after_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = Endpoint::start(0);
+    let lines: String = (0..5).map(|i| format!("{{\"id\":{i},\"name\":\"n{i}\"}}\n")).collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines).unwrap();
+    let schema = write_file(
+        dir.path(),
+        "point.avsc",
+        r#"{"type":"record","name":"Point","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#,
+    );
+    let store = format!("sqlite:{}", dir.path().join("reg.db").display());
+    let file = Pipeline::new("http-avro")
+        .source(source::file("in.jsonl"))
+        .transform(transform::avro(json!({"file": schema.display().to_string()})))
+        .sink(Part::new(
+            "http",
+            json!({
+                "url": format!("http://127.0.0.1:{}/points", endpoint.port),
+                "encoding": "per_record",
+                "format": "avro",
+            }),
+        ))
+        .registry(json!({"serve": {"listen": format!("127.0.0.1:{}", common::free_port()), "store": store.as_str()}}))
+        .write(dir.path(), "avro.yaml");
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    assert!(wait_exit(&mut run, Duration::from_secs(60)).success(), "{}", log(dir.path()));
+    // The embedded registry is gone with the run: its store, served again, names the id.
+    let registry = Registry::start_with(dir.path(), &store);
+    let (_, latest) = common::http_get(registry.port, "/subjects/http-avro-value/versions/latest").expect("an answer");
+    let id = serde_json::from_str::<serde_json::Value>(&latest).unwrap()["id"].as_u64().expect(&latest) as u32;
+    // Magic byte, schema id, then the Avro binary: `id` zigzag-encoded, the name's length and bytes.
+    let want: Vec<Vec<u8>> =
+        (0..5u8).map(|i| [&[0u8][..], &id.to_be_bytes()[..], &[2 * i, 4, b'n', b'0' + i][..]].concat()).collect();
+    assert_eq!(*endpoint.taken.lock().unwrap(), want);
 }

@@ -454,3 +454,30 @@ fn a_failed_exactly_once_pipeline_exits_without_waiting_for_its_lost_batches() {
     // The revocation at close used to wait 30 s for batches that could no longer commit.
     assert!(refused.elapsed() < Duration::from_secs(15), "exit took {:?}", refused.elapsed());
 }
+
+#[test]
+fn a_json_source_refuses_what_is_not_json_in_its_decode_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::with_topics(&[("mixed", 1)]);
+    let writer = Writer::new(&broker.addr());
+    writer.send("mixed", numbered(0..100));
+    writer.send("mixed", [("bad".to_string(), "id=100,csv".to_string())]);
+    writer.send("mixed", numbered(101..200));
+    let (out, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
+    let file = Pipeline::new("json-in")
+        .source(source::kafka_quick_group(&broker.addr(), &["mixed"], "json-in").with("format", "json"))
+        .sink(sink::file(&out))
+        .dead_letter(sink::file(&dead))
+        .batch(json!({"size": 50, "linger": "20ms"}))
+        .write(dir.path(), "json-in.yaml");
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    let all = wait_for(Duration::from_secs(60), || common::records_so_far(&out).len() >= 199);
+    stop(&mut run, dir.path());
+    assert!(all, "{}", log(dir.path()));
+    assert_eq!(records(&out).len(), 199, "every JSON value written once");
+    let dead = records(&dead);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["stage"], "decode:json", "{dead:?}");
+    assert!(dead[0]["reason"].as_str().unwrap().starts_with("the value is not JSON"), "{dead:?}");
+    assert_eq!(dead[0]["record"]["value"], "id=100,csv", "{dead:?}");
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flowgate_avro::RegistryClient;
-use flowgate_sdk::{OpenContext, PipelineView, Problem, Resources, Role, Stage, StateStore};
+use flowgate_sdk::{OpenContext, PipelineView, Problem, Resources, Role, Stage, StateStore, ValueFormat};
 
 use crate::config::PipelineConfig;
 
@@ -31,15 +31,32 @@ fn stage_problems(
 ) -> Vec<Problem> {
     let stage = Stage { kind, role, pipeline: view };
     let found = match role {
-        Role::Source => config.source.connector.problems(&stage),
+        Role::Source => with_format(config.source.connector.problems(&stage), config.source.connector.format(), |f| {
+            f.problems(&stage)
+        }),
         Role::Transform(i) => config.transforms[i].connector.problems(&stage),
-        Role::Sink => config.sink.connector.problems(&stage),
-        Role::DeadLetter => {
-            config.errors.dead_letter.as_ref().map(|d| d.connector.problems(&stage)).unwrap_or_default()
+        Role::Sink => {
+            with_format(config.sink.connector.problems(&stage), config.sink.connector.format(), |f| f.problems(&stage))
         }
+        Role::DeadLetter => match &config.errors.dead_letter {
+            Some(d) => with_format(d.connector.problems(&stage), d.connector.format(), |f| f.problems(&stage)),
+            None => Vec::new(),
+        },
     };
     let prefix: Vec<&str> = at.iter().map(String::as_str).chain([kind]).collect();
     found.into_iter().map(|p| p.under(&prefix)).collect()
+}
+
+/// A connector's problems followed by its value format's.
+fn with_format(
+    mut problems: Vec<Problem>,
+    format: Option<Box<dyn ValueFormat + '_>>,
+    of: impl FnOnce(&dyn ValueFormat) -> Vec<Problem>,
+) -> Vec<Problem> {
+    if let Some(f) = format {
+        problems.extend(of(&*f));
+    }
+    problems
 }
 
 /// Checks that need more than the file: each connector's settings, alone and
@@ -86,7 +103,7 @@ async fn connected(config: &PipelineConfig, state_dir: &Path) -> Vec<Problem> {
         let mut ctx = OpenContext::new(config.name.as_str(), kind, role, StateStore::new(state_dir));
         ctx.resources = resources.clone();
         let stage = Stage { kind, role, pipeline: &view };
-        let found = match role {
+        let mut found = match role {
             Role::Source => config.source.connector.check(&ctx, &stage).await,
             Role::Transform(i) => config.transforms[i].connector.check(&ctx, &stage).await,
             Role::Sink => config.sink.connector.check(&ctx, &stage).await,
@@ -95,6 +112,15 @@ async fn connected(config: &PipelineConfig, state_dir: &Path) -> Vec<Problem> {
                 None => Vec::new(),
             },
         };
+        let format = match role {
+            Role::Source => config.source.connector.format(),
+            Role::Transform(_) => None,
+            Role::Sink => config.sink.connector.format(),
+            Role::DeadLetter => config.errors.dead_letter.as_ref().and_then(|d| d.connector.format()),
+        };
+        if let Some(f) = format {
+            found.extend(f.check(&ctx, &stage).await);
+        }
         let prefix: Vec<&str> = at.iter().map(String::as_str).chain([kind]).collect();
         problems.extend(found.into_iter().map(|p| p.under(&prefix)));
     }

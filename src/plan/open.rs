@@ -63,6 +63,13 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         tracing::info!(pipeline = %name, position = ?p, "resuming from the position stored with the sink's data");
     }
     let source = config.source.connector.open(&source_ctx).await.map_err(fail("source"))?;
+    // The source's values are decoded by a stage of their own, before any step.
+    if let Some(format) = config.source.connector.format() {
+        let stage = format!("decode:{}", format.name());
+        if let Some(decode) = format.decoder(&source_ctx, &stage).map_err(fail("source"))? {
+            transforms.insert(0, (Arc::from(stage), decode));
+        }
+    }
     let dead_letter = match &config.errors.dead_letter {
         Some(d) => Some(d.connector.open(&context(d.kind, Role::DeadLetter)).await.map_err(fail("dead-letter sink"))?),
         None => None,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use flowgate_formats::{AvroSinkConfig, Format};
 use flowgate_sdk::{ByteSize, HumanDuration, RecordTemplate, Secret, redact_url};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -107,8 +108,9 @@ pub enum Encoding {
     /// One request per batch and distinct URL, its body a JSON array of the
     /// values (`application/json`).
     JsonArray,
-    /// One request per record, its body the value as it is (`application/json`
-    /// when it is JSON, else `application/octet-stream`).
+    /// One request per record, its body the value as it is, or as `format`
+    /// encodes it (`application/json` when it is JSON, else
+    /// `application/octet-stream`).
     PerRecord,
 }
 
@@ -143,6 +145,17 @@ pub struct HttpSinkConfig {
     /// `json_lines` (default), `json_array` or `per_record`.
     #[serde(default)]
     pub encoding: Encoding,
+    /// `bytes` (default: values as they are), `json` (values that are not JSON
+    /// are refused) or `avro`: JSON values encoded to Confluent-framed Avro
+    /// with schemas in the pipeline's registry, subjects named after the
+    /// pipeline (see `avro`); `avro` needs `encoding: per_record`, since Avro
+    /// values are binary.
+    #[serde(default)]
+    pub format: Format,
+    /// With `format: avro`: the schema (default: the one records carry, from an
+    /// `avro` step or a `postgres_cdc` source), subject naming and registration.
+    #[serde(default)]
+    pub avro: Option<AvroSinkConfig>,
     /// How long one request may take, answer included (default 30s).
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
@@ -165,6 +178,7 @@ impl fmt::Debug for HttpSinkConfig {
             .field("method", &self.method)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("encoding", &self.encoding)
+            .field("format", &self.format)
             .field("timeout", &self.timeout)
             .field("ca_cert", &self.ca_cert)
             .finish()
@@ -190,7 +204,7 @@ mod tests {
             "headers": {"Authorization": "Bearer t0ken"},
         }))
         .unwrap();
-        assert_eq!((sink.method, sink.encoding), (HttpMethod::Post, Encoding::JsonLines));
+        assert_eq!((sink.method, sink.encoding, sink.format), (HttpMethod::Post, Encoding::JsonLines, Format::Bytes));
         let shown = format!("{sink:?}");
         assert!(!shown.contains("pw") && !shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("Authorization"), "{shown}");

@@ -1,14 +1,17 @@
 //! The `http` source and sink, as the runtime sees them: their settings'
-//! problems, the checks of `validate --check`, and opening.
+//! problems, the checks of `validate --check`, the sink's value format, and
+//! opening.
 
 use std::path::Path;
 
+use flowgate_formats::{Format, Formatting};
 use flowgate_sdk::{
-    ConnectorError, OpenContext, Problem, Registry, Sink, SinkConnector, Source, SourceConnector, Stage, async_trait,
-    error_chain, redact_url, scrub, url_secrets,
+    ConnectorError, OpenContext, Problem, Registry, Sink, SinkConnector, Source, SourceConnector, Stage, ValueFormat,
+    async_trait, error_chain, redact_url, scrub, url_secrets,
 };
 use http::{HeaderName, HeaderValue};
 
+use crate::config::Encoding;
 use crate::sink::{client, parse_url};
 use crate::{HttpSink, HttpSinkConfig, HttpSource, HttpSourceConfig};
 
@@ -107,6 +110,16 @@ impl SinkConnector for HttpSinkConfig {
         if self.timeout.0.is_zero() {
             problems.push(Problem::new(["timeout"], "`timeout` must be more than 0"));
         }
+        // Lines and arrays are JSON text; an Avro value can only be a body of its own.
+        if self.format == Format::Avro && self.encoding != Encoding::PerRecord {
+            problems.push(
+                Problem::new(
+                    ["encoding"],
+                    "`format: avro` writes binary values, which `encoding: json_lines`/`json_array` cannot carry",
+                )
+                .with_help("set `encoding: per_record` (one request per record, its body the Avro value)"),
+            );
+        }
         if let Some(ca) = &self.ca_cert {
             match std::fs::read(ca) {
                 Ok(pem) => {
@@ -138,7 +151,43 @@ impl SinkConnector for HttpSinkConfig {
         }
     }
 
-    async fn open(&self, _: &OpenContext) -> Result<Box<dyn Sink>, ConnectorError> {
-        Ok(Box::new(HttpSink::open(self.clone())?))
+    async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Sink>, ConnectorError> {
+        Ok(Box::new(HttpSink::open(self.clone(), ctx)?))
+    }
+
+    /// Subjects are named after the pipeline: the URL may be filled per record,
+    /// and names no stream the way a Kafka topic does.
+    fn format(&self) -> Option<Box<dyn ValueFormat + '_>> {
+        Formatting::sink(self.format, self.avro.as_ref(), None).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use flowgate_sdk::{Configured, PipelineView, Role};
+    use serde_json::json;
+
+    use super::*;
+
+    /// The problems of the sink `settings`, behind an `http` source.
+    fn sink_problems(settings: serde_json::Value) -> Vec<Problem> {
+        let source: HttpSourceConfig = serde_json::from_value(json!({"listen": "127.0.0.1:0"})).unwrap();
+        let config: HttpSinkConfig = serde_json::from_value(settings).unwrap();
+        let source = Configured { kind: "http", connector: Arc::new(source) as Arc<dyn SourceConnector> };
+        let sink = Configured { kind: "http", connector: Arc::new(config.clone()) as Arc<dyn SinkConnector> };
+        let view = PipelineView { name: "p", source: &source, transforms: Vec::new(), sink: &sink, dead_letter: None };
+        config.problems(&Stage { kind: "http", role: Role::Sink, pipeline: &view })
+    }
+
+    #[test]
+    fn avro_values_need_a_request_each() {
+        let problems = sink_problems(json!({"url": "http://127.0.0.1:9/", "format": "avro"}));
+        let at: Vec<String> = problems.iter().map(|p| p.at.join(".")).collect();
+        assert_eq!(at, ["encoding"], "{problems:?}");
+        assert!(problems[0].help.as_deref().unwrap_or_default().contains("per_record"), "{problems:?}");
+        let fine = sink_problems(json!({"url": "http://127.0.0.1:9/", "format": "avro", "encoding": "per_record"}));
+        assert!(fine.is_empty(), "{fine:?}");
     }
 }

@@ -25,6 +25,9 @@ pub enum HttpError {
     /// the records instead, see the sink).
     #[error("{method} {url} answered HTTP {status}: {body}")]
     Status { method: http::Method, url: String, status: u16, body: String },
+    /// The sink's value format could not be set up (its schema file, no registry).
+    #[error("cannot set up the value format")]
+    Format(#[source] ConnectorError),
 }
 
 /// Answers worth waiting for: the server timed the request out, is
@@ -42,6 +45,7 @@ impl HttpError {
             HttpError::Bind { source, .. } => source.kind() == io::ErrorKind::AddrInUse,
             HttpError::Request { .. } => true,
             HttpError::Status { status, .. } => retryable_status(*status),
+            HttpError::Format(e) => e.is_retryable(),
             HttpError::ReadFile { .. }
             | HttpError::Tls { .. }
             | HttpError::Client { .. }

@@ -9,6 +9,11 @@
 //! refused records are moved to `batch.rejected` only when the batch is done,
 //! so the retried batch splits into the same requests. Progress is forgotten
 //! once a batch is done, and whenever another batch arrives.
+//!
+//! Values: with a `format`, each record's value is encoded before the batch is
+//! planned (Avro subjects named after the pipeline); a value the format refuses
+//! is refused like a record whose URL cannot be filled. Templates still read
+//! the record's own (JSON) value.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -16,8 +21,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flowgate_formats::Formatting;
 use flowgate_sdk::{
-    Batch, ConnectorError, Record, RecordTemplate, Sink, async_trait, error_chain, redact_url, scrub, url_secrets,
+    Batch, ConnectorError, EncodeError, OpenContext, Record, RecordTemplate, Sink, ValueEncoder, async_trait,
+    error_chain, redact_url, scrub, url_secrets,
 };
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -97,10 +104,15 @@ pub struct HttpSink {
     secrets: Vec<String>,
     stage: Arc<str>,
     progress: Option<Progress>,
+    /// With a `format`: encodes each value before it is sent.
+    encoder: Option<Box<dyn ValueEncoder>>,
+    /// What the encoder names subjects after: the pipeline.
+    destination: Arc<str>,
 }
 
 impl HttpSink {
-    pub fn open(config: HttpSinkConfig) -> Result<Self, HttpError> {
+    /// The encoder of `format` takes the registry client from `ctx`'s resources.
+    pub fn open(config: HttpSinkConfig, ctx: &OpenContext) -> Result<Self, HttpError> {
         let fixed_url = match config.url.fixed() {
             Some(u) => Some(parse_url(u).map_err(|message| HttpError::Client { message })?),
             None => None,
@@ -111,6 +123,8 @@ impl HttpSink {
                 .map_err(|_| HttpError::Client { message: format!("`{name}` is not a valid header name") })?;
             headers.push((name, template.clone()));
         }
+        let encoder =
+            Formatting::sink(config.format, config.avro.as_ref(), None).open_encoder(ctx).map_err(HttpError::Format)?;
         Ok(HttpSink {
             client: client(&config)?,
             method: config.method.as_http(),
@@ -121,7 +135,33 @@ impl HttpSink {
             encoding: config.encoding,
             stage: "sink".into(),
             progress: None,
+            encoder,
+            destination: Arc::clone(&ctx.pipeline),
         })
+    }
+
+    /// The bytes each record is sent as (its value, or the format's encoding
+    /// of it), and the records the format refused, by index (their payload is
+    /// empty and never sent). A service error (the registry out of reach)
+    /// fails the write before anything is sent: the batch and the progress
+    /// stay as they were for the engine's retry.
+    async fn encode(&mut self, records: &[Record]) -> Result<(Vec<Bytes>, Vec<(usize, String)>), ConnectorError> {
+        let Some(encoder) = self.encoder.as_mut() else {
+            return Ok((records.iter().map(|r| r.value.clone()).collect(), Vec::new()));
+        };
+        let (mut payloads, mut refused) = (Vec::with_capacity(records.len()), Vec::new());
+        for (i, record) in records.iter().enumerate() {
+            match encoder.encode(record, &self.destination).await {
+                Ok(p) => payloads.push(p),
+                Err(EncodeError::Record(reason)) => {
+                    refused.push((i, reason));
+                    payloads.push(Bytes::new());
+                }
+                Err(EncodeError::Service(e)) => return Err(e),
+                Err(other) => return Err(ConnectorError::fatal(other.to_string())),
+            }
+        }
+        Ok((payloads, refused))
     }
 
     /// Where `record` goes and with which header values, or why it cannot go.
@@ -153,11 +193,17 @@ impl HttpSink {
         Ok((url, values))
     }
 
-    /// Splits `records` into requests, in the order of their first records.
-    fn plan(&self, records: &[Record]) -> Plan {
+    /// Splits `records` into requests, in the order of their first records;
+    /// `refused` (by index, in order) are refused already.
+    fn plan(&self, records: &[Record], refused: Vec<(usize, String)>) -> Plan {
         let mut plan = Plan::default();
+        let mut refused = refused.into_iter().peekable();
         let mut index: HashMap<(Url, Vec<HeaderValue>), usize> = HashMap::new();
         for (i, record) in records.iter().enumerate() {
+            if let Some(r) = refused.next_if(|(at, _)| *at == i) {
+                plan.refused.push(r);
+                continue;
+            }
             let (url, headers) = match self.target(record) {
                 Ok(t) => t,
                 Err(reason) => {
@@ -181,9 +227,9 @@ impl HttpSink {
         plan
     }
 
-    /// The body of a request and its content type.
-    fn body(&self, group: &Group, records: &[Record]) -> (Bytes, &'static str) {
-        let values = || group.members.iter().map(|&i| &records[i].value);
+    /// The body of a request and its content type, from the records' payloads.
+    fn body(&self, group: &Group, payloads: &[Bytes]) -> (Bytes, &'static str) {
+        let values = || group.members.iter().map(|&i| &payloads[i]);
         match self.encoding {
             Encoding::PerRecord => {
                 let value = values().next().cloned().unwrap_or_default();
@@ -217,8 +263,8 @@ impl HttpSink {
 
     /// Sends one request: `Ok(None)` when written, `Ok(Some(reason))` when
     /// refused for good, an error when worth retrying.
-    async fn send(&self, group: &Group, records: &[Record]) -> Result<Option<String>, HttpError> {
-        let (body, content_type) = self.body(group, records);
+    async fn send(&self, group: &Group, payloads: &[Bytes]) -> Result<Option<String>, HttpError> {
+        let (body, content_type) = self.body(group, payloads);
         let mut headers = HeaderMap::with_capacity(self.headers.len() + 1);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         // After the content type: a `Content-Type` of the settings replaces it.
@@ -259,8 +305,9 @@ impl HttpSink {
 #[async_trait]
 impl Sink for HttpSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        let plan = self.plan(&batch.records);
-        let fingerprint = fingerprint(&batch.records);
+        let (payloads, refused) = self.encode(&batch.records).await?;
+        let plan = self.plan(&batch.records, refused);
+        let fingerprint = fingerprint(&batch.records, &plan.refused);
         let mut progress = match self.progress.take() {
             Some(p) if p.seq == batch.seq && p.fingerprint == fingerprint && p.sent.len() == plan.groups.len() => {
                 let done = p.sent.iter().filter(|s| **s != Sent::Pending).count();
@@ -273,7 +320,7 @@ impl Sink for HttpSink {
             if progress.sent[i] != Sent::Pending {
                 continue;
             }
-            match self.send(group, &batch.records).await {
+            match self.send(group, &payloads).await {
                 Ok(None) => progress.sent[i] = Sent::Written,
                 Ok(Some(reason)) => progress.sent[i] = Sent::Refused(reason),
                 // Stop at the first failure: the service is likely down for
@@ -352,13 +399,18 @@ async fn quote(mut response: reqwest::Response) -> String {
 }
 
 /// Tells the batch a retry is about from another one with the same `seq`
-/// (dead-letter batches may share theirs).
-fn fingerprint(records: &[Record]) -> u64 {
+/// (dead-letter batches may share theirs), and from a retry whose records
+/// split into other requests (the format refusing a value it took before, the
+/// registry's schema changed meanwhile): progress would not match its requests.
+fn fingerprint(records: &[Record], refused: &[(usize, String)]) -> u64 {
     let mut h = DefaultHasher::new();
     records.len().hash(&mut h);
     for r in records {
         r.key.hash(&mut h);
         r.value.hash(&mut h);
+    }
+    for (i, _) in refused {
+        i.hash(&mut h);
     }
     h.finish()
 }
@@ -369,7 +421,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::Mutex;
 
-    use flowgate_sdk::Rejected;
+    use flowgate_sdk::{Rejected, Role, StateStore};
     use http_body_util::{BodyExt as _, Full};
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
@@ -435,7 +487,8 @@ mod tests {
     }
 
     fn sink(settings: serde_json::Value) -> HttpSink {
-        HttpSink::open(serde_json::from_value(settings).unwrap()).unwrap()
+        let ctx = OpenContext::new("p", "http", Role::Sink, StateStore::new(std::env::temp_dir()));
+        HttpSink::open(serde_json::from_value(settings).unwrap(), &ctx).unwrap()
     }
 
     fn batch(seq: u64, values: &[&str]) -> Batch {
@@ -513,11 +566,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn format_json_refuses_what_is_not_json_and_sends_the_rest() {
+        let (address, seen) = server(|_, _| (200, "")).await;
+        let mut sink = sink(json!({"url": format!("http://{address}/r"), "encoding": "per_record", "format": "json"}));
+        let mut b = batch(0, &["plain text", r#"{"a":1}"#]);
+        sink.write(&mut b).await.unwrap();
+        let bodies: Vec<String> = seen.lock().unwrap().iter().map(|(_, b)| b.clone()).collect();
+        assert_eq!(bodies, [r#"{"a":1}"#], "the refused value is not sent");
+        let written: Vec<_> = b.records.iter().map(|r| r.value.clone()).collect();
+        assert_eq!(written, [r#"{"a":1}"#]);
+        let refused = reasons(&b.rejected);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, "plain text");
+        assert!(refused[0].1.starts_with("the value is not JSON"), "{}", refused[0].1);
+    }
+
+    #[tokio::test]
     async fn json_lines_bodies_keep_one_value_per_line() {
         let sink = sink(json!({"url": "http://127.0.0.1:9/"}));
-        let records = [Record::from_value("{\n  \"a\": 1\n}"), Record::from_value("2")];
+        let payloads = [Bytes::from("{\n  \"a\": 1\n}"), Bytes::from("2")];
         let group = Group { url: Url::parse("http://127.0.0.1:9/").unwrap(), headers: Vec::new(), members: vec![0, 1] };
-        let (body, kind) = sink.body(&group, &records);
+        let (body, kind) = sink.body(&group, &payloads);
         assert_eq!((&body[..], kind), (&b"{   \"a\": 1 }\n2\n"[..], "application/x-ndjson"));
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use flowgate_avro::AvroSinkConfig;
+use flowgate_formats::{AvroSinkConfig, Format};
 use flowgate_sdk::{HumanDuration, RecordTemplate};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -90,19 +90,6 @@ fn default_session_timeout() -> HumanDuration {
     HumanDuration::from_millis(10_000)
 }
 
-/// How record values are written to and read from Kafka.
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// As they are (default): the bytes of the record's value.
-    #[default]
-    Bytes,
-    /// Avro in the Confluent wire format (magic byte, schema id, Avro binary),
-    /// with schemas in the pipeline's `registry`. A source decodes values to
-    /// JSON; a sink encodes JSON values.
-    Avro,
-}
-
 /// Reads topics as a member of a consumer group.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -124,8 +111,9 @@ pub struct KafkaSourceConfig {
     /// to the others (default 10s).
     #[serde(default = "default_session_timeout")]
     pub session_timeout: HumanDuration,
-    /// `bytes` (default) or `avro`: Confluent-framed Avro values, decoded to JSON
-    /// with the writer's schema from the registry.
+    /// `bytes` (default), `json` (values that are not JSON are refused) or
+    /// `avro`: Confluent-framed Avro values, decoded to JSON with the writer's
+    /// schema from the registry.
     #[serde(default)]
     pub format: Format,
     /// Further librdkafka consumer settings, such as `security.protocol`,
@@ -203,8 +191,9 @@ pub struct KafkaSinkConfig {
     /// `${value.customer_id}`.
     #[serde(default)]
     pub key: Option<RecordTemplate>,
-    /// `bytes` (default: values as they are) or `avro`: JSON values encoded to
-    /// Confluent-framed Avro (see `avro`).
+    /// `bytes` (default: values as they are), `json` (values that are not
+    /// JSON are refused) or `avro`: JSON values encoded to Confluent-framed
+    /// Avro (see `avro`).
     #[serde(default)]
     pub format: Format,
     /// With `format: avro`: the schema (default: the one records carry, from an

@@ -14,12 +14,9 @@ pub enum KafkaConnectorError {
         #[source]
         source: KafkaError,
     },
-    /// The pipeline lacks what this connector needs to open (a registry).
-    #[error("{0}")]
-    Setup(&'static str),
-    /// The Avro encoder could not be set up (its schema file).
-    #[error("cannot set up Avro encoding")]
-    Avro(#[source] ConnectorError),
+    /// The value format's encoder could not be set up (its schema file, no registry).
+    #[error("cannot set up the value format")]
+    Format(#[source] ConnectorError),
 }
 
 impl KafkaConnectorError {
@@ -36,8 +33,8 @@ impl KafkaConnectorError {
     pub fn is_retryable(&self) -> bool {
         match self {
             KafkaConnectorError::Client { source, .. } => retryable(source),
-            KafkaConnectorError::Avro(e) => e.is_retryable(),
-            KafkaConnectorError::Config(_) | KafkaConnectorError::Setup(_) => false,
+            KafkaConnectorError::Format(e) => e.is_retryable(),
+            KafkaConnectorError::Config(_) => false,
         }
     }
 }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, DeliveryMode, LateReject, LateRejects, OpenContext, Record, RecordTemplate,
-    Rejected, Sink, SourceMeta, async_trait,
+    Ack, Batch, Bytes, ConnectorError, DeliveryMode, EncodeError, LateReject, LateRejects, OpenContext, Record,
+    RecordTemplate, Rejected, Sink, SourceMeta, ValueEncoder, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,11 +26,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
-use crate::config::{Delivery, Format, KafkaSinkConfig};
+use crate::config::{Delivery, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
 use crate::group::KafkaConsumer;
 use crate::pairing::ExactlyOncePairing;
-use flowgate_avro::Failure as AvroFailure;
+use flowgate_formats::Formatting;
 
 /// How long closing waits for records still in flight (a broker that is down at
 /// shutdown). Records not delivered by then stay unacknowledged and are read again.
@@ -158,8 +158,8 @@ pub struct KafkaSink {
     keep_headers: bool,
     stage: Arc<str>,
     txn: Option<Transactions>,
-    /// With `format: avro`: encodes each value to Confluent-framed Avro.
-    avro: Option<flowgate_avro::Encoder>,
+    /// With a `format`: encodes each value (subjects named after the topic).
+    encoder: Option<Box<dyn ValueEncoder>>,
 }
 
 /// Producer settings for a sink; also used by `validate --check`.
@@ -195,8 +195,8 @@ pub(crate) fn producer_config(config: &KafkaSinkConfig, pipeline: &str) -> rdkaf
 impl KafkaSink {
     /// Opens a producer. `ctx.late` receives records that fail for good after
     /// `write` returned; without it (a dead-letter sink) every write waits for
-    /// its delivery reports. `format: avro` takes the registry client from the
-    /// pipeline's resources; `delivery: exactly_once` leaves an
+    /// its delivery reports. The encoder of `format` takes the registry client
+    /// from the pipeline's resources; `delivery: exactly_once` leaves an
     /// [`ExactlyOncePairing`] there for the source.
     pub fn open(config: KafkaSinkConfig, ctx: &OpenContext) -> Result<Self, KafkaConnectorError> {
         let pipeline = &*ctx.pipeline;
@@ -223,20 +223,18 @@ impl KafkaSink {
                 })
             }
         };
-        let avro = match config.format {
-            Format::Bytes => None,
-            Format::Avro => {
-                let registry = ctx
-                    .resources
-                    .get::<Arc<flowgate_avro::RegistryClient>>()
-                    .ok_or(KafkaConnectorError::Setup("`format: avro` needs a registry"))?;
-                Some(
-                    flowgate_avro::Encoder::new(config.avro.clone().unwrap_or_default(), registry)
-                        .map_err(KafkaConnectorError::Avro)?,
-                )
-            }
-        };
-        Ok(KafkaSink { producer, topic: config.topic, key: config.key, keep_headers: config.headers, stage, txn, avro })
+        let encoder = Formatting::sink(config.format, config.avro.as_ref(), None)
+            .open_encoder(ctx)
+            .map_err(KafkaConnectorError::Format)?;
+        Ok(KafkaSink {
+            producer,
+            topic: config.topic,
+            key: config.key,
+            keep_headers: config.headers,
+            stage,
+            txn,
+            encoder,
+        })
     }
 
     /// Hands one record to librdkafka, waiting while its queue is full.
@@ -380,20 +378,24 @@ impl KafkaSink {
                     }
                 },
             };
-            let payload = match self.avro.as_mut() {
+            let payload = match self.encoder.as_mut() {
                 None => record.value.clone(),
                 Some(encoder) => match encoder.encode(&record, &topic).await {
                     Ok(p) => p,
-                    Err(AvroFailure::Record(reason)) => {
+                    Err(EncodeError::Record(reason)) => {
                         batch.reject(record, reason, &self.stage);
                         continue;
                     }
-                    Err(AvroFailure::Registry(e)) => {
-                        // Out of reach: the batch waits and is written again;
-                        // refused (an incompatible schema): the pipeline stops.
+                    Err(e) => {
+                        // The registry out of reach: the batch waits and is
+                        // written again; refusing (an incompatible schema):
+                        // the pipeline stops.
                         batch.records.push(record);
                         batch.records.extend(records);
-                        return Err(e.into());
+                        return Err(match e {
+                            EncodeError::Service(e) => e,
+                            other => ConnectorError::fatal(other.to_string()),
+                        });
                     }
                 },
             };

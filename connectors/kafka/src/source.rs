@@ -22,12 +22,11 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_config, record_of};
-use crate::config::{Format, KafkaSourceConfig, Start};
+use crate::config::{KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
 use crate::group::{ConsumerCtx, GroupState, KafkaConsumer, lock};
 use crate::pairing::ExactlyOncePairing;
 use crate::position::{self, PartitionOffset};
-use flowgate_avro::Failure as AvroFailure;
 
 pub struct KafkaSource {
     consumer: Arc<KafkaConsumer>,
@@ -41,20 +40,17 @@ pub struct KafkaSource {
     /// A copy of the assignment's generations, refreshed after each rebalance.
     generations: HashMap<(Arc<str>, i32), u64>,
     seen_rebalances: u64,
-    /// With `format: avro`: decodes each value to JSON.
-    avro: Option<flowgate_avro::Decoder>,
-    /// Records read but not decoded yet (the registry was out of reach): handed
-    /// out once they are decoded, never dropped.
+    /// Records that arrived while the engine was not reading (of a partition
+    /// assigned meanwhile): handed out at the next read, never dropped.
     held: Option<Held>,
-    /// Every partition paused while the engine was not reading or records were
-    /// held, resumed together at the next read once nothing is held: pausing
-    /// is the partition's own flag, which a revocation and a later assignment keep.
+    /// Every partition paused while the engine was not reading, resumed
+    /// together at the next read: pausing is the partition's own flag, which
+    /// a revocation and a later assignment keep.
     paused: HashSet<(Arc<str>, i32)>,
-    stage: Arc<str>,
 }
 
-/// A batch waiting for the registry, with what `drop_revoked` needs should the
-/// group rebalance meanwhile.
+/// Records read while paused, with what `drop_revoked` needs should the
+/// group rebalance before they are handed out.
 struct Held {
     records: Vec<Record>,
     offsets: Vec<PartitionOffset>,
@@ -92,18 +88,11 @@ impl KafkaSource {
     /// Creates the consumer and subscribes. When an exactly-once Kafka sink
     /// left an [`ExactlyOncePairing`] in the pipeline's resources, offset
     /// commits are handed to its transactions and the consumer is put in the
-    /// pairing. `format: avro` takes the registry client from the resources.
+    /// pairing. Values are handed out as they are; the runtime places the
+    /// decoding stage of `format` after the source.
     pub fn open(config: KafkaSourceConfig, ctx: &OpenContext) -> Result<Self, KafkaConnectorError> {
         let pairing = ctx.resources.get::<ExactlyOncePairing>();
         let exactly_once = pairing.is_some();
-        let avro = match config.format {
-            Format::Bytes => None,
-            Format::Avro => Some(flowgate_avro::Decoder::new(
-                ctx.resources
-                    .get::<Arc<flowgate_avro::RegistryClient>>()
-                    .ok_or(KafkaConnectorError::Setup("`format: avro` needs a registry"))?,
-            )),
-        };
         let group = Arc::new(GroupState::default());
         let context = ConsumerCtx {
             log: ClientLog::new(format!("{}:source", ctx.pipeline).into()),
@@ -137,10 +126,8 @@ impl KafkaSource {
             topics: Vec::new(),
             generations: HashMap::new(),
             seen_rebalances: u64::MAX,
-            avro,
             held: None,
             paused: HashSet::new(),
-            stage: "source".into(),
         })
     }
 
@@ -209,54 +196,12 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// Decodes the batch's values (with `format: avro`) and hands the batch out
-    /// with its offsets. While the registry is out of reach the records are
-    /// held, and offered again on the next read.
-    async fn hand_out(
-        &mut self,
-        batch: &mut Batch,
-        offsets: Vec<PartitionOffset>,
-        gens: Vec<u64>,
-    ) -> Result<Read, ConnectorError> {
-        if let Some(avro) = &self.avro {
-            let mut decoded = Vec::with_capacity(batch.records.len());
-            for r in &batch.records {
-                match avro.decode(&r.value).await {
-                    Ok(v) => decoded.push(Ok(v)),
-                    Err(AvroFailure::Record(reason)) => decoded.push(Err(reason)),
-                    Err(AvroFailure::Registry(e)) if e.retryable => {
-                        tracing::warn!(error = %e, "cannot decode Avro values: the schema registry is out of reach; waiting");
-                        let records = std::mem::take(&mut batch.records);
-                        let mut held = Held { records, offsets, gens };
-                        // Kept whatever the wait returns: nothing held is dropped.
-                        let waited = self.wait_held(&mut held).await;
-                        self.held = Some(held);
-                        waited?;
-                        return Ok(Read::Idle);
-                    }
-                    Err(AvroFailure::Registry(e)) => return Err(e.into()),
-                }
-            }
-            for (mut r, v) in std::mem::take(&mut batch.records).into_iter().zip(decoded) {
-                match v {
-                    Ok(v) => {
-                        r.value = v;
-                        batch.records.push(r);
-                    }
-                    Err(reason) => batch.reject(r, reason, &self.stage),
-                }
-            }
-        }
+    /// Hands the batch out with its offsets.
+    fn hand_out(&mut self, batch: &mut Batch, offsets: Vec<PartitionOffset>) -> Read {
         batch.position = Some(position::encode(&offsets));
         self.pending.push(batch.seq, offsets);
         self.group.handed_out.store(batch.seq + 1, Ordering::Release);
-        Ok(Read::Data)
-    }
-
-    /// Waits a second for the registry while still polling the consumer (see
-    /// [`KafkaSource::poll_paused`]).
-    async fn wait_held(&mut self, held: &mut Held) -> Result<(), ConnectorError> {
-        self.poll_paused(held, Duration::from_secs(1)).await
+        Read::Data
     }
 
     /// Polls the consumer for `wait` without taking new records: one that does
@@ -296,7 +241,7 @@ impl KafkaSource {
             .map_err(|e| KafkaConnectorError::client("cannot pause the partitions", e).into())
     }
 
-    /// Resumes every partition [`KafkaSource::wait_held`] paused, assigned or
+    /// Resumes every partition [`KafkaSource::poll_paused`] paused, assigned or
     /// not (for one the consumer no longer owns, that only clears the flag).
     /// Never fails: the batch just handed out must not be lost to an error
     /// here. librdkafka accepts the call as a whole; should it ever refuse, the
@@ -343,18 +288,14 @@ impl KafkaSource {
 #[async_trait]
 impl Source for KafkaSource {
     async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        self.resume();
         if let Some(held) = self.held.take() {
             batch.records = held.records;
             let (mut offsets, mut gens) = (held.offsets, held.gens);
-            // Partitions lost while waiting are read again by their new owner.
+            // Partitions lost while paused are read again by their new owner.
             self.drop_revoked(batch, &mut offsets, &mut gens);
-            let read = if batch.records.is_empty() { Read::Idle } else { self.hand_out(batch, offsets, gens).await? };
-            if self.held.is_none() {
-                self.resume();
-            }
-            return Ok(read);
+            return Ok(if batch.records.is_empty() { Read::Idle } else { self.hand_out(batch, offsets) });
         }
-        self.resume();
         let consumer = Arc::clone(&self.consumer);
         consumer.context().log.check_fatal()?;
         let rebalances = self.group.rebalances.load(Ordering::Acquire);
@@ -394,7 +335,7 @@ impl Source for KafkaSource {
         if batch.records.is_empty() {
             return Ok(Read::Idle);
         }
-        self.hand_out(batch, offsets, gens).await
+        Ok(self.hand_out(batch, offsets))
     }
 
     /// The engine is not reading (the sink is slow or down): stay in the group,
@@ -473,7 +414,7 @@ mod tests {
             group: "g".into(),
             start,
             session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
-            format: Format::Bytes,
+            format: flowgate_formats::Format::Bytes,
             properties: Properties::default(),
         };
         let ctx = OpenContext::new("p", "kafka", Role::Source, StateStore::new(std::env::temp_dir()))
@@ -532,7 +473,7 @@ mod tests {
             group: "g".into(),
             start: Start::Earliest,
             session_timeout: flowgate_sdk::HumanDuration::from_millis(6000),
-            format: Format::Bytes,
+            format: flowgate_formats::Format::Bytes,
             properties: Properties::default(),
         };
         let dir = tempfile::tempdir().unwrap();

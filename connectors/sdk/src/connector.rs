@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 
-use crate::{ConnectorError, LateRejects, Position, Sink, Source, StateStore, Transform};
+use crate::{ConnectorError, LateRejects, Position, Sink, Source, StateStore, Transform, ValueFormat};
 
 /// One thing wrong with a connector's settings, located by the path of the
 /// value it concerns, relative to the connector's own settings (`["topic"]`,
@@ -260,9 +260,16 @@ pub trait SourceConnector: Debug + Send + Sync + AsAny {
         &[]
     }
 
-    /// Whether it needs the schema registry client in [`Resources`].
+    /// Whether it needs the schema registry client in [`Resources`] (by
+    /// default: whether its format does).
     fn uses_registry(&self) -> bool {
-        false
+        self.format().is_some_and(|f| f.uses_registry())
+    }
+
+    /// The format its values are decoded from, when its settings name one:
+    /// the runtime places the decoding stage right after it.
+    fn format(&self) -> Option<Box<dyn ValueFormat + '_>> {
+        None
     }
 }
 
@@ -279,8 +286,17 @@ pub trait SinkConnector: Debug + Send + Sync + AsAny {
 
     async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Sink>, ConnectorError>;
 
+    /// Whether it needs the schema registry client (by default: whether its
+    /// format does).
     fn uses_registry(&self) -> bool {
-        false
+        self.format().is_some_and(|f| f.uses_registry())
+    }
+
+    /// The format its values are encoded to, when its settings name one; the
+    /// sink opens its encoder itself ([`ValueFormat::encoder`]), and the
+    /// runtime checks the format's settings and services with the sink's.
+    fn format(&self) -> Option<Box<dyn ValueFormat + '_>> {
+        None
     }
 }
 

@@ -11,6 +11,7 @@ mod config;
 mod connector;
 mod error;
 pub mod files;
+mod format;
 mod record;
 mod secret;
 mod state;
@@ -25,6 +26,7 @@ pub use connector::{
     SourceConnector, Stage, TransformConnector,
 };
 pub use error::{ConnectorError, ErrorKind, error_chain};
+pub use format::{EncodeError, ValueEncoder, ValueFormat};
 pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
 pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
