@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use flowgate_wasm::{CONTRACT, WasmRuntime};
+use flowgate_wasm::{CONTRACT, Contract, WasmRuntime};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
@@ -121,8 +121,17 @@ pub fn check(path: &Path) -> ExitCode {
         crate::outln!("{}\n  exports: {}\n  imports: {}", path.display(), list(&exports), list(&imports));
     }
     match verdict {
-        Ok(_) => {
+        Ok(plugin) if plugin.contract == Contract::CURRENT => {
             crate::outln!("ok: fits {CONTRACT}");
+            ExitCode::SUCCESS
+        }
+        // Still runs; say so, and what a rebuild gains.
+        Ok(plugin) => {
+            crate::outln!(
+                "ok: fits {} (an earlier version, still run; rebuild against {CONTRACT} for named metadata and \
+                 checked outcomes)",
+                plugin.contract.name()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -55,8 +55,10 @@ proptest! {
     #[test]
     fn plugin_batch_outputs(bytes in framed_bytes(), n in 0usize..4) {
         let inputs: Vec<flowgate_sdk::Record> = (0..n).map(|i| flowgate_sdk::Record::from_value(i.to_string())).collect();
-        if let Ok(outcomes) = flowgate_wasm::format::decode_outcomes(bytes.clone(), &inputs, 10) {
-            prop_assert_eq!(outcomes.len(), n);
+        for contract in [flowgate_wasm::Contract::V0_1, flowgate_wasm::Contract::V0_2] {
+            if let Ok(outcomes) = flowgate_wasm::format::decode_outcomes(contract, bytes.clone(), &inputs, 10) {
+                prop_assert_eq!(outcomes.len(), n);
+            }
         }
     }
 

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::pipeline::{Part, Pipeline, sink, source, transform};
-use common::{flowgate, log, plugin, records, spawn_run, wait_exit};
+use common::{flowgate, log, plugin, records, repo, spawn_run, wait_exit};
 use serde_json::{Value, json};
 
 /// Runs `transforms` over `input` lines (as text, so that non-JSON reaches the
@@ -91,7 +91,7 @@ fn check_examples(lang: &str) {
     assert!(why.iter().any(|r| r.contains("is not an array")), "{lang}: {why:?}");
     assert!(why.iter().any(|r| r.contains("not a JSON object")), "{lang}: {why:?}");
     // A dead-lettered record keeps where it came from.
-    assert!(dlq.iter().all(|d| d["record"]["source"]["file"] == "in.jsonl"));
+    assert!(dlq.iter().all(|d| d["record"]["source"]["path"] == "in.jsonl"));
 
     let (out, dlq, _) =
         run_pipeline(INPUT, vec![wasm("add-header").with("config", json!({"name": "x-src", "value": "flowgate"}))], 10);
@@ -114,6 +114,55 @@ fn python_examples_transform_records_end_to_end() {
 #[test]
 fn js_examples_transform_records_end_to_end() {
     check_examples("js");
+}
+
+/// An example component as the first release built it, against `flowgate:transform@0.1.0`.
+fn first_contract(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/0.1/plugins").join(name)
+}
+
+/// Dead letters without the time they failed at.
+fn dead(dlq: &[Value]) -> Vec<(&Value, &Value)> {
+    dlq.iter().map(|d| (&d["reason"], &d["record"])).collect()
+}
+
+#[test]
+fn plugins_built_against_the_first_contract_keep_working() {
+    let pii_mask =
+        |path: PathBuf| vec![transform::wasm(path).with("config", json!({"fields": ["email"], "flag": "processed"}))];
+    let (out, dlq, _) = run_pipeline(INPUT, pii_mask(first_contract("rust-pii-mask.wasm")), 10);
+    assert_eq!(
+        values(&out),
+        [
+            json!({"id":1,"email":"***","items":[1,2],"amount":5,"processed":true}),
+            json!({"id":2,"email":"***","items":[],"amount":50,"processed":true}),
+            json!({"id":3,"items":"nope","amount":500,"processed":true}),
+        ]
+    );
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert!(reasons(&dlq)[0].contains("not a JSON object"), "{dlq:?}");
+    let (now, now_dlq, _) = run_pipeline(INPUT, pii_mask(plugin("rust-pii-mask.wasm")), 10);
+    assert_eq!(out, now, "records differ from the current build's");
+    assert_eq!(dead(&dlq), dead(&now_dlq));
+
+    // Emitted records, headers and KEEP, with plugins of both contracts in one pipeline.
+    let chain = |split: PathBuf, add_header: PathBuf, filter: PathBuf| {
+        let parts = vec![
+            transform::wasm(split).with("config", json!({"field": "items"})),
+            transform::wasm(add_header).with("config", json!({"name": "x-src", "value": "flowgate"})),
+            transform::wasm(filter).with("config", json!({"field": "items", "op": "gt", "value": 1})),
+        ];
+        run_pipeline(INPUT, parts, 10)
+    };
+    let (out, dlq, _) =
+        chain(first_contract("rust-split.wasm"), plugin("rust-add-header.wasm"), first_contract("rust-filter.wasm"));
+    assert_eq!(values(&out), [json!({"id":1,"email":"a@x.io","items":2,"amount":5})]);
+    assert_eq!(out[0]["headers"], json!({"flowgate.split.index": "1", "x-src": "flowgate"}));
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    let (now, now_dlq, _) =
+        chain(plugin("rust-split.wasm"), first_contract("rust-add-header.wasm"), plugin("rust-filter.wasm"));
+    assert_eq!(out, now);
+    assert_eq!(dead(&dlq), dead(&now_dlq));
 }
 
 #[test]
@@ -161,6 +210,28 @@ fn assert_contained(mode: &str, out: &[Value], dlq: &[Value], log: &str, why: &s
     let reason = dlq[0]["reason"].as_str().unwrap();
     assert!(reason.contains("plugin hostile") && reason.contains(why), "{mode}: {reason}");
     assert!(log.contains("plugin failed on a record"), "{mode}: {log}");
+}
+
+#[test]
+fn a_plugin_that_answers_a_record_twice_is_caught_and_the_record_isolated() {
+    // Batches of 16: one poisoned record claims its neighbour's index, the other
+    // (the last of its batch, if batches fill) an index past the end.
+    let bad = [7, 31];
+    let input: String =
+        (0..50).map(|i| format!("{{\"id\":{i}{}}}\n", if bad.contains(&i) { ",\"p\":\"bad\"" } else { "" })).collect();
+    let (out, dlq, _) = run_pipeline(
+        &input,
+        vec![transform::wasm(plugin("misanswer.wasm")).with("config", json!({"poison": "bad"}))],
+        16,
+    );
+    let ids: Vec<&Value> = out.iter().map(|r| &r["value"]["id"]).collect();
+    assert_eq!(ids, (0..50).filter(|i| !bad.contains(i)).collect::<Vec<_>>());
+    let mut isolated: Vec<i64> = dlq.iter().map(|d| d["record"]["value"]["id"].as_i64().unwrap()).collect();
+    isolated.sort();
+    assert_eq!(isolated, bad);
+    for reason in reasons(&dlq) {
+        assert!(reason.contains("plugin misanswer") && reason.contains("malformed"), "{reason}");
+    }
 }
 
 #[test]
@@ -255,6 +326,12 @@ fn plugin_check_says_whether_a_component_fits() {
     let ok = flowgate().args(["plugin", "check"]).arg(plugin("js-split.wasm")).output().unwrap();
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{stdout}");
+    assert!(stdout.contains("exports: flowgate:transform/transformer@0.2.0"), "{stdout}");
+    assert!(stdout.contains("ok: fits flowgate:transform@0.2.0"), "{stdout}");
+    // The first contract still fits, and is named as what the component was built against.
+    let old = flowgate().args(["plugin", "check"]).arg(first_contract("rust-split.wasm")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&old.stdout);
+    assert!(old.status.success(), "{stdout}");
     assert!(stdout.contains("exports: flowgate:transform/transformer@0.1.0"), "{stdout}");
     assert!(stdout.contains("ok: fits flowgate:transform@0.1.0"), "{stdout}");
     let bad = flowgate().args(["plugin", "check"]).arg(plugin("old_contract.wasm")).output().unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Ack, Batch, Bytes, DeliveryMode, Record, Rejected, Sink, SourceMeta};
+use flowgate_sdk::{Ack, Batch, Bytes, DeliveryMode, Record, Rejected, Sink};
 use serde_json::json;
 
 use super::{EngineError, Refusals, Stats, deliver};
@@ -97,14 +97,11 @@ impl ErrorHandler {
 /// Where a record came from and its size, for messages at info and above,
 /// which must not carry record contents.
 pub fn locate(r: &Record) -> String {
-    let at = match &r.meta {
-        SourceMeta::File { path, line, .. } => format!("{path} line {line}"),
-        SourceMeta::Kafka { topic, partition, offset } => {
-            format!("topic {topic} partition {partition} offset {offset}")
-        }
-        SourceMeta::Table { schema, table, lsn } => format!("{schema}.{table} at LSN {lsn}"),
-        SourceMeta::Sequence { seq } => format!("generated record {seq}"),
-        SourceMeta::None => "a record".to_string(),
+    // `topic orders partition 2 offset 17`: the source's metadata, which
+    // says where the record is and never what it holds.
+    let at = match r.meta.is_empty() {
+        true => "a record".to_string(),
+        false => r.meta.iter().map(|(name, value)| format!("{name} {value}")).collect::<Vec<_>>().join(" "),
     };
     format!("{at}, {} bytes (its contents are logged with --log debug)", r.value.len())
 }
@@ -146,6 +143,8 @@ pub fn envelope(pipeline: &str, r: Rejected) -> Record {
 
 #[cfg(test)]
 mod tests {
+    use flowgate_sdk::Metadata;
+
     use super::*;
 
     #[test]
@@ -153,7 +152,7 @@ mod tests {
         let mut rec = Record::from_value(&b"\xff\x00"[..]);
         rec.key = Some(Bytes::from_static(br#"{"id":7}"#));
         rec.set_header("h", "v");
-        rec.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
+        rec.meta = Metadata::default().with("path", Arc::from("in.jsonl")).with("line", 3i64).with("offset", 40i64);
         let out = envelope("p", Rejected { record: rec, reason: "bad".into(), stage: "sink".into() });
         let doc: serde_json::Value = serde_json::from_slice(&out.value).unwrap();
         assert_eq!(doc["reason"], "bad");

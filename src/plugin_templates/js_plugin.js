@@ -1,5 +1,5 @@
 // {{name}}: a Flowgate transform plugin.
-import { log, counter } from 'flowgate:transform/host@0.1.0';
+import { log, counter } from 'flowgate:transform/host@0.2.0';
 import { makeTransformer, parseConfig, isString } from './flowgate-guest.js';
 
 // Config keys: [check, description, default or REQUIRED].

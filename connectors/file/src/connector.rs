@@ -19,7 +19,7 @@ pub fn register(registry: &mut Registry) {
 #[async_trait]
 impl SourceConnector for FileSourceConfig {
     fn metadata(&self) -> &'static [&'static str] {
-        &["path"]
+        &["path", "line", "offset"]
     }
 
     async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Source>, ConnectorError> {

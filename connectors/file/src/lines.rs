@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, Bytes, Record, SourceMeta};
+use flowgate_sdk::{Batch, Bytes, Metadata, Record};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::LineFormat;
@@ -94,11 +94,7 @@ impl<R: AsyncRead + Unpin> Lines<R> {
             self.max,
             head.len()
         );
-        let record = Record {
-            value: Bytes::from(head),
-            meta: SourceMeta::File { path: Arc::clone(path), line: self.line, offset },
-            ..Record::default()
-        };
+        let record = Record { value: Bytes::from(head), meta: meta(path, self.line, offset), ..Record::default() };
         batch.reject(record, reason, stage);
     }
 
@@ -159,7 +155,7 @@ impl<R: AsyncRead + Unpin> Lines<R> {
             }
             let record = Record {
                 value: Bytes::copy_from_slice(line),
-                meta: SourceMeta::File { path: Arc::clone(path), line: self.line, offset },
+                meta: meta(path, self.line, offset),
                 ..Record::default()
             };
             if format == LineFormat::Json
@@ -171,6 +167,15 @@ impl<R: AsyncRead + Unpin> Lines<R> {
             batch.records.push(record);
         }
     }
+}
+
+/// A line's metadata: the file, its line number (from 1) and the byte offset
+/// of its start.
+fn meta(path: &Arc<str>, line: u64, offset: u64) -> Metadata {
+    Metadata::default()
+        .with("path", Arc::clone(path))
+        .with("line", i64::try_from(line).unwrap_or(i64::MAX))
+        .with("offset", i64::try_from(offset).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
@@ -215,7 +220,7 @@ mod tests {
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].value.as_ref(), b"{\"a\":1}");
         assert_eq!(records[1].value.as_ref(), b"{\"b\":2}");
-        assert_eq!(records[1].meta, SourceMeta::File { path: "t".into(), line: 5, offset: 22 });
+        assert_eq!(records[1].meta, meta(&"t".into(), 5, 22));
         assert_eq!(rejected.len(), 1);
         assert!(rejected[0].reason.starts_with("line 4: not JSON"), "{}", rejected[0].reason);
     }
@@ -241,10 +246,7 @@ mod tests {
             assert!(rejected[0].record.value.starts_with(b"{\"pad\":\"xxx"));
             assert!(rejected[1].reason.starts_with("line 4: 5000 bytes"), "{}", rejected[1].reason);
             assert!(rejected[2].reason.starts_with("line 6: 3010 bytes"), "{}", rejected[2].reason);
-            assert_eq!(
-                rejected[2].record.meta,
-                SourceMeta::File { path: "t".into(), line: 6, offset: (input.len() - 3010) as u64 }
-            );
+            assert_eq!(rejected[2].record.meta, meta(&"t".into(), 6, (input.len() - 3010) as u64));
         }
     }
 

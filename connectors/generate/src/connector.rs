@@ -13,4 +13,8 @@ impl SourceConnector for GenerateConfig {
     async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Source>, ConnectorError> {
         Ok(Box::new(GenerateSource::new(self.clone(), ctx)))
     }
+
+    fn metadata(&self) -> &'static [&'static str] {
+        &["seq"]
+    }
 }

@@ -2,9 +2,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use flowgate_sdk::{
-    Batch, Bytes, ConnectorError, OpenContext, Read, Record, Source, SourceMeta, Watermark, async_trait,
-};
+use flowgate_sdk::{Batch, Bytes, ConnectorError, Metadata, OpenContext, Read, Record, Source, Watermark, async_trait};
 
 use crate::GenerateConfig;
 
@@ -77,7 +75,7 @@ impl Source for GenerateSource {
                 value: Bytes::from(value),
                 headers: Vec::new(),
                 timestamp: Some(now_ms),
-                meta: SourceMeta::Sequence { seq },
+                meta: Metadata::default().with("seq", i64::try_from(seq).unwrap_or(i64::MAX)),
                 schema: None,
             });
         }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use flowgate_sdk::{Bytes, Header, Record, SourceMeta};
+use flowgate_sdk::{Bytes, Header, Metadata, Record};
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -114,7 +114,7 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// A record from a consumed message, or from a failed delivery (to dead-letter it).
-pub(crate) fn record_of(m: &BorrowedMessage<'_>, meta: SourceMeta) -> Record {
+pub(crate) fn record_of(m: &BorrowedMessage<'_>, meta: Metadata) -> Record {
     let headers = m
         .headers()
         .map(|hs| {

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Ack, Batch, Bytes, ConnectorError, DeliveryMode, EncodeError, LateReject, LateRejects, OpenContext, Record,
-    RecordTemplate, Rejected, Sink, SourceMeta, ValueEncoder, async_trait,
+    Ack, Batch, Bytes, ConnectorError, DeliveryMode, EncodeError, LateReject, LateRejects, Metadata, OpenContext,
+    Record, RecordTemplate, Rejected, Sink, ValueEncoder, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -45,7 +45,7 @@ const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);
 pub struct Pending {
     /// This record's share of its batch's acknowledgement (at-least-once, async).
     ack: Option<Ack>,
-    meta: SourceMeta,
+    meta: Metadata,
     /// Where a synchronous write collects failures instead of the late channel,
     /// with the record's index in its batch.
     failures: Option<(Arc<Mutex<Vec<Failure>>>, usize)>,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowgate_sdk::{
-    Batch, ConnectorError, OpenContext, PendingPositions, Read, Record, Source, SourceMeta, Watermark, async_trait,
+    Batch, ConnectorError, Metadata, OpenContext, PendingPositions, Read, Record, Source, Watermark, async_trait,
 };
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -164,7 +164,9 @@ impl KafkaSource {
                 offsets.push(PartitionOffset { topic: Arc::clone(&topic), partition, next: offset + 1, generation })
             }
         }
-        records.push(record_of(m, SourceMeta::Kafka { topic, partition, offset }));
+        let meta =
+            Metadata::default().with("topic", topic).with("partition", i64::from(partition)).with("offset", offset);
+        records.push(record_of(m, meta));
     }
 
     /// A consume error: fatal when waiting cannot help, otherwise logged while
@@ -273,8 +275,8 @@ impl KafkaSource {
             .records
             .iter()
             .zip(gens.iter())
-            .map(|(r, &generation)| match &r.meta {
-                SourceMeta::Kafka { topic, partition, .. } => current(topic, *partition, generation),
+            .map(|(r, &generation)| match (r.meta.text("topic"), r.meta.int("partition")) {
+                (Some(topic), Some(partition)) => current(topic, partition as i32, generation),
                 _ => true,
             })
             .collect();
@@ -493,7 +495,7 @@ mod tests {
             }
         }
         assert_eq!(records.len(), 10);
-        assert!(matches!(&records[0].meta, SourceMeta::Kafka { topic, .. } if &**topic == "t"));
+        assert_eq!(records[0].meta.text("topic").map(|t| &**t), Some("t"));
         let offsets = position::decode(&position.expect("no position"));
         assert!(offsets.iter().all(|p| p.next == 5 && p.generation == 1), "{offsets:?}");
     }

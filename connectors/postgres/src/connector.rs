@@ -32,6 +32,6 @@ impl SourceConnector for PostgresCdcConfig {
     }
 
     fn metadata(&self) -> &'static [&'static str] {
-        &["schema", "table"]
+        &["schema", "table", "lsn"]
     }
 }

@@ -4,8 +4,10 @@
 //! "ts_ms", "snapshot"}, "op", "ts_ms"}`; the key is the primary key columns as
 //! a JSON object.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use flowgate_sdk::{Record, SourceMeta};
+use flowgate_sdk::{Metadata, Record};
 use pg_walstream::{ColumnValue, RowData};
 
 use crate::decode::{Kind, write_str, write_value};
@@ -88,7 +90,7 @@ impl Encoder {
             value,
             headers: Vec::new(),
             timestamp: Some(origin.commit_ms),
-            meta: SourceMeta::Table { schema: table.schema.clone(), table: table.name.clone(), lsn },
+            meta: meta(&table.schema, &table.name, lsn),
             schema: table.avro.clone(),
         }
     }
@@ -184,6 +186,14 @@ fn key_of(buf: &mut Vec<u8>, table: &Table, row: &RowData, old: Option<&RowData>
     Some(Bytes::copy_from_slice(buf))
 }
 
+/// A change's metadata: its table and the LSN it was read at.
+pub(crate) fn meta(schema: &Arc<str>, table: &Arc<str>, lsn: u64) -> Metadata {
+    Metadata::default()
+        .with("schema", Arc::clone(schema))
+        .with("table", Arc::clone(table))
+        .with("lsn", i64::try_from(lsn).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +241,7 @@ mod tests {
                    "schema": "public", "table": "orders", "txId": 7, "lsn": 99})
         );
         assert_eq!(&r.key.unwrap()[..], br#"{"id":1}"#);
-        assert_eq!(r.meta, SourceMeta::Table { schema: "public".into(), table: "orders".into(), lsn: 99 });
+        assert_eq!(r.meta, meta(&"public".into(), &"orders".into(), 99));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use connector::{
 };
 pub use error::{ConnectorError, ErrorKind, error_chain};
 pub use format::{EncodeError, ValueEncoder, ValueFormat};
-pub use record::{Header, Record, SourceMeta, ValueSchema, bytes_json};
+pub use record::{Header, MetaValue, Metadata, Record, ValueSchema, bytes_json};
 pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
 pub use template::RecordTemplate;

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
+use smallvec::SmallVec;
 
 /// One header of a record: Kafka-style, a name and raw bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,20 +12,97 @@ pub struct Header {
     pub value: Bytes,
 }
 
-/// Where a record came from. Read-only for transforms and sinks: sources set it,
-/// sinks may use it (e.g. to store positions next to the rows they write).
+/// One metadata field's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaValue {
+    Int(i64),
+    Text(Arc<str>),
+}
+
+impl From<i64> for MetaValue {
+    fn from(n: i64) -> Self {
+        MetaValue::Int(n)
+    }
+}
+
+impl From<Arc<str>> for MetaValue {
+    fn from(s: Arc<str>) -> Self {
+        MetaValue::Text(s)
+    }
+}
+
+impl std::fmt::Display for MetaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaValue::Int(n) => write!(f, "{n}"),
+            MetaValue::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Where a record came from, as named fields its source declares
+/// ([`SourceConnector::metadata`](crate::SourceConnector::metadata)): `topic`,
+/// `partition` and `offset` for Kafka, `path`, `line` and `offset` for a file.
+/// Read-only for transforms and sinks: sources set it; templates
+/// (`${meta.topic}`), plugins and dead letters read it by name, so a new
+/// source adds fields without a change anywhere else.
+///
+/// Names are `&'static str` and the first three fields are stored inline: a
+/// record's metadata costs no allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SourceMeta {
-    #[default]
-    None,
-    /// A line of a file (`offset` is the byte offset of the line's start).
-    File { path: Arc<str>, line: u64, offset: u64 },
-    /// A record of a Kafka partition.
-    Kafka { topic: Arc<str>, partition: i32, offset: i64 },
-    /// A row change read from a database's change stream.
-    Table { schema: Arc<str>, table: Arc<str>, lsn: u64 },
-    /// The n-th record of a synthetic source.
-    Sequence { seq: u64 },
+pub struct Metadata(SmallVec<[(&'static str, MetaValue); 3]>);
+
+impl Metadata {
+    /// Adds a field (sources set each name once).
+    pub fn with(mut self, name: &'static str, value: impl Into<MetaValue>) -> Self {
+        self.0.push((name, value.into()));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&MetaValue> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&Arc<str>> {
+        match self.get(name)? {
+            MetaValue::Text(s) => Some(s),
+            MetaValue::Int(_) => None,
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name)? {
+            MetaValue::Int(n) => Some(*n),
+            MetaValue::Text(_) => None,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &MetaValue)> {
+        self.0.iter().map(|(n, v)| (*n, v))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The fields as a JSON object (`null` when there are none).
+    pub fn to_json(&self) -> Value {
+        if self.is_empty() {
+            return Value::Null;
+        }
+        let fields = self.iter().map(|(n, v)| {
+            let v = match v {
+                MetaValue::Int(i) => Value::from(*i),
+                MetaValue::Text(s) => Value::from(s.as_ref()),
+            };
+            (n.to_string(), v)
+        });
+        Value::Object(fields.collect())
+    }
 }
 
 /// The unit of data. Values are opaque bytes; most connectors exchange JSON.
@@ -38,7 +116,7 @@ pub struct Record {
     pub headers: Vec<Header>,
     /// Milliseconds since the Unix epoch, when known.
     pub timestamp: Option<i64>,
-    pub meta: SourceMeta,
+    pub meta: Metadata,
     /// The Avro schema of the value, when a step or the source knows it (an
     /// `avro` step, a table of a change stream); Avro sinks encode with it.
     pub schema: Option<Arc<ValueSchema>>,
@@ -102,22 +180,6 @@ pub fn bytes_json(b: &[u8]) -> (Value, &'static str) {
     }
 }
 
-impl SourceMeta {
-    pub fn to_json(&self) -> Value {
-        match self {
-            SourceMeta::None => Value::Null,
-            SourceMeta::File { path, line, offset } => json!({"file": path.as_ref(), "line": line, "offset": offset}),
-            SourceMeta::Kafka { topic, partition, offset } => {
-                json!({"topic": topic.as_ref(), "partition": partition, "offset": offset})
-            }
-            SourceMeta::Table { schema, table, lsn } => {
-                json!({"schema": schema.as_ref(), "table": table.as_ref(), "lsn": lsn})
-            }
-            SourceMeta::Sequence { seq } => json!({"seq": seq}),
-        }
-    }
-}
-
 impl Record {
     /// The whole record as one JSON document: key and value embedded as JSON
     /// when they are JSON (else text or base64, said by `key_encoding` and
@@ -151,7 +213,7 @@ mod tests {
         let mut r = Record::from_value(&b"\xff\x00"[..]);
         r.key = Some(Bytes::from_static(br#"{"id":7}"#));
         r.set_header("h", "v");
-        r.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
+        r.meta = Metadata::default().with("path", Arc::from("in.jsonl")).with("line", 3i64).with("offset", 40i64);
         let j = r.to_json();
         assert_eq!(j["key"], json!({"id": 7}));
         assert_eq!((j["value"].as_str(), j["value_encoding"].as_str()), (Some("/wA="), Some("base64")));

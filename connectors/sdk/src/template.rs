@@ -3,10 +3,11 @@
 //! a JSON field, a table name).
 //!
 //! Fields: `${key}`, `${value.a.b}` (a field of the JSON value; `value.items.0`
-//! indexes an array), `${header.NAME}`, `${meta.topic}`, `${meta.partition}`,
-//! `${meta.offset}`, `${meta.schema}`, `${meta.table}`, `${meta.path}`. Upper-case
-//! `${VAR}` is taken by environment variables when the file is loaded, so fields
-//! are lower-case.
+//! indexes an array), `${header.NAME}`, `${meta.NAME}` (a metadata field of
+//! the pipeline's source, such as `${meta.topic}` or `${meta.table}`; checked
+//! against the fields the source declares when the file is). Upper-case
+//! `${VAR}` is taken by environment variables when the file is loaded, so
+//! fields are lower-case.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,7 +17,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use crate::{Record, SourceMeta};
+use crate::{Metadata, Record};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
@@ -24,17 +25,7 @@ enum Part {
     Key,
     Value(Vec<String>),
     Header(String),
-    Meta(MetaField),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MetaField {
-    Topic,
-    Partition,
-    Offset,
-    Schema,
-    Table,
-    Path,
+    Meta(String),
 }
 
 /// A parsed record template.
@@ -66,9 +57,9 @@ impl RecordTemplate {
     }
 
     /// The `${meta.NAME}` fields it reads, by name.
-    pub fn meta_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+    pub fn meta_fields(&self) -> impl Iterator<Item = &str> + '_ {
         self.parts.iter().filter_map(|p| match p {
-            Part::Meta(field) => Some(field.name()),
+            Part::Meta(field) => Some(field.as_str()),
             _ => None,
         })
     }
@@ -88,7 +79,7 @@ impl RecordTemplate {
                     let v = record.header(name).ok_or_else(|| format!("the record has no header `{name}`"))?;
                     out.push_str(std::str::from_utf8(v).map_err(|_| format!("header `{name}` is not UTF-8 text"))?);
                 }
-                Part::Meta(field) => push_meta(&mut out, *field, &record.meta)?,
+                Part::Meta(field) => push_meta(&mut out, field, &record.meta)?,
                 Part::Value(path) => {
                     if parsed.is_none() {
                         let v = serde_json::from_slice(&record.value)
@@ -118,35 +109,23 @@ impl RecordTemplate {
     }
 }
 
-fn push_meta(out: &mut String, field: MetaField, meta: &SourceMeta) -> Result<(), String> {
-    let value: Cow<'_, str> = match (field, meta) {
-        (MetaField::Topic, SourceMeta::Kafka { topic, .. }) => Cow::Borrowed(topic),
-        (MetaField::Partition, SourceMeta::Kafka { partition, .. }) => Cow::Owned(partition.to_string()),
-        (MetaField::Offset, SourceMeta::Kafka { offset, .. }) => Cow::Owned(offset.to_string()),
-        (MetaField::Schema, SourceMeta::Table { schema, .. }) => Cow::Borrowed(schema),
-        (MetaField::Table, SourceMeta::Table { table, .. }) => Cow::Borrowed(table),
-        (MetaField::Path, SourceMeta::File { path, .. }) => Cow::Borrowed(path),
-        _ => return Err(format!("the record's source has no `meta.{}`", field.name())),
-    };
-    out.push_str(&value);
-    Ok(())
-}
-
-impl MetaField {
-    fn name(self) -> &'static str {
-        match self {
-            MetaField::Topic => "topic",
-            MetaField::Partition => "partition",
-            MetaField::Offset => "offset",
-            MetaField::Schema => "schema",
-            MetaField::Table => "table",
-            MetaField::Path => "path",
+fn push_meta(out: &mut String, field: &str, meta: &Metadata) -> Result<(), String> {
+    match meta.get(field) {
+        Some(v) => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v}"); // Writing to a String cannot fail.
+            Ok(())
         }
+        None => Err(format!("the record's source has no `meta.{field}`")),
     }
 }
 
-const FIELDS_HELP: &str = "fields are `key`, `value.FIELD`, `header.NAME`, `meta.topic`, `meta.partition`, \
-                           `meta.offset`, `meta.schema`, `meta.table` and `meta.path`";
+const FIELDS_HELP: &str = "fields are `key`, `value.FIELD`, `header.NAME` and `meta.NAME` (a field the source sets)";
+
+/// A metadata name as sources declare them: lower-case letters, digits and `_`.
+fn is_meta_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 impl FromStr for RecordTemplate {
     type Err = String;
@@ -164,15 +143,7 @@ impl FromStr for RecordTemplate {
                 None if field == "key" => Part::Key,
                 Some(("value", path)) if !path.is_empty() => Part::Value(path.split('.').map(str::to_string).collect()),
                 Some(("header", name)) if !name.is_empty() => Part::Header(name.to_string()),
-                Some(("meta", name)) => Part::Meta(match name {
-                    "topic" => MetaField::Topic,
-                    "partition" => MetaField::Partition,
-                    "offset" => MetaField::Offset,
-                    "schema" => MetaField::Schema,
-                    "table" => MetaField::Table,
-                    "path" => MetaField::Path,
-                    _ => return Err(format!("unknown field `${{{field}}}`; {FIELDS_HELP}")),
-                }),
+                Some(("meta", name)) if is_meta_name(name) => Part::Meta(name.to_string()),
                 _ => return Err(format!("unknown field `${{{field}}}`; {FIELDS_HELP}")),
             };
             if !text.is_empty() {
@@ -227,7 +198,10 @@ mod tests {
         let mut r = Record::from_value(r#"{"region":"eu","id":7,"items":[{"sku":"a"}],"gone":null}"#);
         r.key = Some(Bytes::from_static(b"k1"));
         r.set_header("tenant", "acme");
-        r.meta = SourceMeta::Table { schema: "public".into(), table: "orders".into(), lsn: 1 };
+        r.meta = Metadata::default()
+            .with("schema", std::sync::Arc::from("public"))
+            .with("table", std::sync::Arc::from("orders"))
+            .with("lsn", 1i64);
         r
     }
 
@@ -262,7 +236,11 @@ mod tests {
     #[test]
     fn refuses_unknown_fields_and_open_braces() {
         assert!("${values.a}".parse::<RecordTemplate>().unwrap_err().contains("unknown field"));
-        assert!("${meta.lsn}".parse::<RecordTemplate>().unwrap_err().contains("unknown field"));
+        // Any source's field parses; whether the pipeline's source sets it is
+        // checked with the pipeline (`Stage::template_problem`).
+        assert_eq!(render("${meta.lsn}").unwrap(), "1");
+        assert!("${meta.Topic}".parse::<RecordTemplate>().unwrap_err().contains("unknown field"));
+        assert!("${meta.}".parse::<RecordTemplate>().unwrap_err().contains("unknown field"));
         assert!("a.${key".parse::<RecordTemplate>().unwrap_err().contains("closing"));
     }
 }

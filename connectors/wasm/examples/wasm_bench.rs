@@ -11,7 +11,7 @@ mod mask;
 use std::path::Path;
 use std::time::Instant;
 
-use flowgate_sdk::{Batch, Bytes, HumanDuration, Record, SourceMeta, Transform};
+use flowgate_sdk::{Batch, Bytes, HumanDuration, Metadata, Record, Transform};
 
 // The runtime's allocator, so that the native side is measured as it would run.
 #[global_allocator]
@@ -38,7 +38,7 @@ fn records(n: usize) -> Vec<Record> {
             r.timestamp = Some(1_700_000_000_000 + i as i64);
             r.set_header("trace-id", format!("{:016x}", next()));
             r.set_header("source", "bench");
-            r.meta = SourceMeta::Sequence { seq: i as u64 };
+            r.meta = Metadata::default().with("seq", i as i64);
             r
         })
         .collect()

@@ -1,11 +1,62 @@
-//! The packed batch format of `flowgate:transform@0.1.0` (wit/BATCH-FORMAT.md).
+//! The packed batch formats: `flowgate:transform@0.2.0` (wit/BATCH-FORMAT.md)
+//! and, for plugins built against it, `@0.1.0`
+//! (connectors/wasm/wit-0.1.0/BATCH-FORMAT.md). They differ in two places:
+//! how metadata is carried, and whether outcomes carry the index of the record
+//! they answer.
 
 use std::sync::Arc;
 
-use flowgate_sdk::{Bytes, Header, Record, SourceMeta};
+use flowgate_sdk::{Bytes, Header, MetaValue, Metadata, Record};
 
 const HAS_KEY: u8 = 1;
 const HAS_TIMESTAMP: u8 = 2;
+
+/// A version of the plugin contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contract {
+    /// Metadata as a kind byte with two strings and two integers; outcomes
+    /// without an index.
+    V0_1,
+    /// Metadata as named fields; each outcome starts with its record's index.
+    V0_2,
+}
+
+impl Contract {
+    pub const CURRENT: Contract = Contract::V0_2;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "flowgate:transform@0.1.0",
+            Contract::V0_2 => "flowgate:transform@0.2.0",
+        }
+    }
+
+    /// The interface a plugin of this version exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "flowgate:transform/transformer@0.1.0",
+            Contract::V0_2 => "flowgate:transform/transformer@0.2.0",
+        }
+    }
+
+    /// The host interface a plugin of this version imports.
+    pub fn host_import(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "flowgate:transform/host@0.1.0",
+            Contract::V0_2 => "flowgate:transform/host@0.2.0",
+        }
+    }
+
+    /// The version whose interface `export` is, if any.
+    pub fn exported_by(export: &str) -> Option<Contract> {
+        [Contract::V0_2, Contract::V0_1].into_iter().find(|c| c.export() == export)
+    }
+}
+
+/// Records one input record may be answered with (EMIT), whatever the batch
+/// size: a host record is far larger than its packed form, so fan-out is
+/// bounded by the host, not by the plugin's memory.
+pub const MAX_EMITTED_PER_RECORD: usize = 1000;
 
 /// What a plugin decided for one input record.
 #[derive(Debug, PartialEq)]
@@ -47,13 +98,42 @@ fn put_record(out: &mut Vec<u8>, r: &Record) {
     }
 }
 
-fn put_meta(out: &mut Vec<u8>, meta: &SourceMeta) {
-    let (kind, a, b, n1, n2): (u8, &str, &str, i64, i64) = match meta {
-        SourceMeta::None => (0, "", "", 0, 0),
-        SourceMeta::File { path, line, offset } => (1, path, "", *line as i64, *offset as i64),
-        SourceMeta::Kafka { topic, partition, offset } => (2, topic, "", i64::from(*partition), *offset),
-        SourceMeta::Table { schema, table, lsn } => (3, schema, table, 0, *lsn as i64),
-        SourceMeta::Sequence { seq } => (4, "", "", 0, *seq as i64),
+/// 0.2.0: each field by name and type; names and text longer than the
+/// format allows are cut rather than corrupt the frame (sources use short names).
+fn put_meta(out: &mut Vec<u8>, meta: &Metadata) {
+    out.push(meta.len().min(u8::MAX as usize) as u8);
+    for (name, value) in meta.iter().take(u8::MAX as usize) {
+        let name = &name.as_bytes()[..name.len().min(u8::MAX as usize)];
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        match value {
+            MetaValue::Int(n) => {
+                out.push(0);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            MetaValue::Text(t) => {
+                out.push(1);
+                put_bytes32(out, t.as_bytes());
+            }
+        }
+    }
+}
+
+/// 0.1.0: a kind byte per source, told from the fields the sources of that
+/// release set. Frozen: sources added since are kind 0 to such plugins.
+fn put_meta_v1(out: &mut Vec<u8>, meta: &Metadata) {
+    let text = |name| meta.text(name).map_or("", |t| &**t);
+    let int = |name| meta.int(name).unwrap_or(0);
+    let (kind, a, b, n1, n2) = if meta.get("topic").is_some() {
+        (2, text("topic"), "", int("partition"), int("offset"))
+    } else if meta.get("table").is_some() {
+        (3, text("schema"), text("table"), 0, int("lsn"))
+    } else if meta.get("path").is_some() {
+        (1, text("path"), "", int("line"), int("offset"))
+    } else if meta.get("seq").is_some() {
+        (4, "", "", 0, int("seq"))
+    } else {
+        (0, "", "", 0, 0)
     };
     out.push(kind);
     put_str16(out, a);
@@ -63,12 +143,15 @@ fn put_meta(out: &mut Vec<u8>, meta: &SourceMeta) {
 }
 
 /// Packs records (with their metadata) into `out`, which is cleared first.
-pub fn encode_batch(records: &[Record], out: &mut Vec<u8>) {
+pub fn encode_batch(contract: Contract, records: &[Record], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for r in records {
         put_record(out, r);
-        put_meta(out, &r.meta);
+        match contract {
+            Contract::V0_1 => put_meta_v1(out, &r.meta),
+            Contract::V0_2 => put_meta(out, &r.meta),
+        }
     }
 }
 
@@ -137,10 +220,16 @@ impl Reader {
 }
 
 /// Unpacks one outcome per input record. Any deviation from the format is an
-/// error: the host then treats the batch as failed. At most `max_emitted`
-/// records may be emitted in all: a host record is far larger than its packed
-/// form, so fan-out is bounded by the host, not by the plugin's memory.
-pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record], max_emitted: usize) -> Result<Vec<Outcome>, String> {
+/// error: the host then treats the batch as failed. Besides the limit per
+/// record, the call may emit at most `max_total` records in all (bounded by
+/// the plugin's memory allowance): a batch over it is split, and each record
+/// alone stays within it.
+pub fn decode_outcomes(
+    contract: Contract,
+    output: Vec<u8>,
+    inputs: &[Record],
+    max_total: usize,
+) -> Result<Vec<Outcome>, String> {
     let mut emitted = 0usize;
     let mut r = Reader { buf: Bytes::from(output), pos: 0 };
     let count = r.u32()?;
@@ -148,16 +237,30 @@ pub fn decode_outcomes(output: Vec<u8>, inputs: &[Record], max_emitted: usize) -
         return Err(format!("returned {count} outcomes for {} records", inputs.len()));
     }
     let mut outcomes = Vec::with_capacity(count);
-    for input in inputs {
+    for (i, input) in inputs.iter().enumerate() {
+        // With 0.2.0 each outcome names its record: an answer given twice, or
+        // one skipped, shows.
+        if contract == Contract::V0_2 {
+            let at = r.pos;
+            let index = r.u32()?;
+            if index != i {
+                return Err(format!("outcome {i} (at byte {at}) answers record {index}; outcomes go in input order"));
+            }
+        }
         outcomes.push(match r.u8()? {
             0 => Outcome::Keep,
             1 => {
                 let n = r.u32()?;
-                emitted = emitted.saturating_add(n);
-                if emitted > max_emitted {
-                    return Err(format!("emitted more than {max_emitted} records for one batch"));
+                if n > MAX_EMITTED_PER_RECORD {
+                    return Err(format!(
+                        "emitted {n} records for record {i}; at most {MAX_EMITTED_PER_RECORD} per record"
+                    ));
                 }
-                let mut records = Vec::with_capacity(n.min(1024));
+                emitted += n;
+                if emitted > max_total {
+                    return Err(format!("emitted more than {max_total} records for one batch"));
+                }
+                let mut records = Vec::with_capacity(n);
                 for _ in 0..n {
                     records.push(r.record(input)?);
                 }
@@ -186,24 +289,34 @@ mod tests {
         let mut r = Record::from_value(r#"{"a":1}"#);
         r.timestamp = Some(5);
         r.set_header("h", "v");
-        r.meta = SourceMeta::File { path: "in.jsonl".into(), line: 3, offset: 40 };
+        r.meta = Metadata::default().with("path", Arc::from("in.jsonl")).with("line", 3i64).with("offset", 40i64);
         r
+    }
+
+    /// The bytes of `sample()` before its metadata (flags, value, timestamp, header).
+    fn sample_head() -> Vec<u8> {
+        [&[1, 0, 0, 0, 2][..], &[7, 0, 0, 0], br#"{"a":1}"#, &5i64.to_le_bytes(), &[1, 0, 1, 0, b'h', 1, 0, 0, 0, b'v']]
+            .concat()
     }
 
     #[test]
     fn encodes_the_documented_example() {
         let mut out = Vec::new();
-        encode_batch(&[sample()], &mut out);
+        encode_batch(Contract::V0_2, &[sample()], &mut out);
         let expected: Vec<u8> = [
-            &[1, 0, 0, 0, 2][..],
-            &[7, 0, 0, 0],
-            br#"{"a":1}"#,
-            &5i64.to_le_bytes(),
-            &[1, 0, 1, 0, b'h', 1, 0, 0, 0, b'v'],
-            &[1, 8, 0],
+            &sample_head()[..],
+            &[3],
+            &[4],
+            b"path",
+            &[1, 8, 0, 0, 0],
             b"in.jsonl",
-            &[0, 0],
+            &[4],
+            b"line",
+            &[0],
             &3i64.to_le_bytes(),
+            &[6],
+            b"offset",
+            &[0],
             &40i64.to_le_bytes(),
         ]
         .concat();
@@ -211,29 +324,74 @@ mod tests {
     }
 
     #[test]
-    fn decodes_keep_emit_and_fail_and_keeps_metadata() {
-        let mut out = 3u32.to_le_bytes().to_vec();
-        out.push(0);
-        out.push(1);
+    fn encodes_the_first_contract_example_for_plugins_built_against_it() {
+        let mut out = Vec::new();
+        encode_batch(Contract::V0_1, &[sample()], &mut out);
+        let expected: Vec<u8> =
+            [&sample_head()[..], &[1, 8, 0], b"in.jsonl", &[0, 0], &3i64.to_le_bytes(), &40i64.to_le_bytes()].concat();
+        assert_eq!(out, expected);
+    }
+
+    /// Outcomes keep, emit two, fail, value; with indices for 0.2.0.
+    fn outcomes(contract: Contract, indices: [u32; 4]) -> Vec<u8> {
+        let mut out = 4u32.to_le_bytes().to_vec();
+        let start = |out: &mut Vec<u8>, i: usize, tag: u8| {
+            if contract == Contract::V0_2 {
+                out.extend_from_slice(&indices[i].to_le_bytes());
+            }
+            out.push(tag);
+        };
+        start(&mut out, 0, 0);
+        start(&mut out, 1, 1);
         out.extend_from_slice(&2u32.to_le_bytes());
         let mut emitted = Record::from_value("x");
         emitted.key = Some(Bytes::from_static(b"k"));
         put_record(&mut out, &emitted);
         put_record(&mut out, &Record::from_value("y"));
-        out.push(2);
+        start(&mut out, 2, 2);
         put_bytes32(&mut out, b"bad");
-        out.push(3);
+        start(&mut out, 3, 3);
         put_bytes32(&mut out, b"new");
+        out
+    }
+
+    #[test]
+    fn decodes_keep_emit_and_fail_and_keeps_metadata() {
         let inputs = vec![sample(), sample(), sample(), sample()];
-        out[..4].copy_from_slice(&4u32.to_le_bytes());
-        let outcomes = decode_outcomes(out, &inputs, 10).unwrap();
-        assert_eq!(outcomes[0], Outcome::Keep);
-        let Outcome::Emit(records) = &outcomes[1] else { panic!() };
-        assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
-        assert_eq!(records[1].value.as_ref(), b"y");
-        assert_eq!(records[1].meta, inputs[1].meta);
-        assert_eq!(outcomes[2], Outcome::Fail("bad".into()));
-        assert_eq!(outcomes[3], Outcome::Value(Bytes::from_static(b"new")));
+        for contract in [Contract::V0_1, Contract::V0_2] {
+            let decoded = decode_outcomes(contract, outcomes(contract, [0, 1, 2, 3]), &inputs, 10).unwrap();
+            assert_eq!(decoded[0], Outcome::Keep);
+            let Outcome::Emit(records) = &decoded[1] else { panic!() };
+            assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+            assert_eq!(records[1].value.as_ref(), b"y");
+            assert_eq!(records[1].meta, inputs[1].meta);
+            assert_eq!(decoded[2], Outcome::Fail("bad".into()));
+            assert_eq!(decoded[3], Outcome::Value(Bytes::from_static(b"new")));
+        }
+    }
+
+    #[test]
+    fn an_answer_given_twice_and_one_skipped_is_caught() {
+        let inputs = vec![sample(), sample(), sample(), sample()];
+        let err = decode_outcomes(Contract::V0_2, outcomes(Contract::V0_2, [0, 2, 2, 3]), &inputs, 10).unwrap_err();
+        assert!(err.contains("outcome 1 (at byte 9) answers record 2"), "{err}");
+    }
+
+    #[test]
+    fn a_record_may_emit_a_thousand_records_in_a_batch_of_any_size() {
+        let emit = |n: u32| {
+            let mut out = 1u32.to_le_bytes().to_vec();
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.push(1);
+            out.extend_from_slice(&n.to_le_bytes());
+            for _ in 0..n {
+                put_record(&mut out, &Record::from_value("x"));
+            }
+            out
+        };
+        assert!(decode_outcomes(Contract::V0_2, emit(1000), &[sample()], 1_000_000).is_ok());
+        let err = decode_outcomes(Contract::V0_2, emit(1001), &[sample()], 1_000_000).unwrap_err();
+        assert!(err.contains("at most 1000 per record"), "{err}");
     }
 
     #[test]
@@ -248,8 +406,10 @@ mod tests {
             (vec![1, 0, 0, 0, 1, 1, 0, 0, 0, 0x80], "flags"),
             (vec![1, 0, 0, 0, 1, 11, 0, 0, 0], "more than 10 records"),
         ] {
-            let err = decode_outcomes(bytes, &inputs, 10).unwrap_err();
+            let err = decode_outcomes(Contract::V0_1, bytes, &inputs, 10).unwrap_err();
             assert!(err.contains(msg), "{err}");
         }
+        let err = decode_outcomes(Contract::V0_2, vec![1, 0, 0, 0, 0, 0], &inputs, 10).unwrap_err();
+        assert!(err.contains("ends early"), "an outcome without its index: {err}");
     }
 }

@@ -16,7 +16,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::flowgate::transform::host::{Host, Level};
+use crate::bindings::{v1, v2};
 
 /// Lines a plugin may log per second (stdout, stderr and `log` together); the
 /// rest are counted and reported once logging is allowed again.
@@ -51,7 +51,7 @@ impl PluginInfo {
         })
     }
 
-    pub fn log(&self, level: Level, message: &str) {
+    pub fn log(&self, level: tracing::Level, message: &str) {
         let suppressed = {
             let mut b = self.log.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
@@ -70,11 +70,11 @@ impl PluginInfo {
             tracing::warn!(%plugin, %pipeline, suppressed, "plugin log lines dropped by the rate limit");
         }
         match level {
-            Level::Trace => tracing::trace!(%plugin, %pipeline, "{message}"),
-            Level::Debug => tracing::debug!(%plugin, %pipeline, "{message}"),
-            Level::Info => tracing::info!(%plugin, %pipeline, "{message}"),
-            Level::Warn => tracing::warn!(%plugin, %pipeline, "{message}"),
-            Level::Error => tracing::error!(%plugin, %pipeline, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(%plugin, %pipeline, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(%plugin, %pipeline, "{message}"),
+            tracing::Level::INFO => tracing::info!(%plugin, %pipeline, "{message}"),
+            tracing::Level::WARN => tracing::warn!(%plugin, %pipeline, "{message}"),
+            _ => tracing::error!(%plugin, %pipeline, "{message}"),
         }
     }
 
@@ -82,7 +82,7 @@ impl PluginInfo {
         let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         if !counters.contains_key(&name) && (counters.len() >= MAX_COUNTERS || name.len() > MAX_COUNTER_NAME) {
             self.log(
-                Level::Warn,
+                tracing::Level::WARN,
                 &format!(
                     "counter `{}` ignored: at most {MAX_COUNTERS} names of up to {MAX_COUNTER_NAME} bytes",
                     name.chars().take(80).collect::<String>()
@@ -140,8 +140,8 @@ impl HostState {
         // No preopened directories, no arguments, no network: the sandbox grants
         // nothing but what the pipeline lists.
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
-        wasi.stdout(LogStream { info: Arc::clone(&info), level: Level::Info, line: Default::default() });
-        wasi.stderr(LogStream { info: Arc::clone(&info), level: Level::Warn, line: Default::default() });
+        wasi.stdout(LogStream { info: Arc::clone(&info), level: tracing::Level::INFO, line: Default::default() });
+        wasi.stderr(LogStream { info: Arc::clone(&info), level: tracing::Level::WARN, line: Default::default() });
         for (k, v) in env {
             wasi.env(k, v);
         }
@@ -160,8 +160,35 @@ impl WasiView for HostState {
     }
 }
 
-impl Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
+// The same host for both contract versions; only the level type differs.
+impl v2::flowgate::transform::host::Host for HostState {
+    fn log(&mut self, level: v2::flowgate::transform::host::Level, message: String) {
+        use v2::flowgate::transform::host::Level as L;
+        let level = match level {
+            L::Trace => tracing::Level::TRACE,
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
+        self.info.log(level, &message);
+    }
+
+    fn counter(&mut self, name: String, delta: u64) {
+        self.info.count(name, delta);
+    }
+}
+
+impl v1::flowgate::transform::host::Host for HostState {
+    fn log(&mut self, level: v1::flowgate::transform::host::Level, message: String) {
+        use v1::flowgate::transform::host::Level as L;
+        let level = match level {
+            L::Trace => tracing::Level::TRACE,
+            L::Debug => tracing::Level::DEBUG,
+            L::Info => tracing::Level::INFO,
+            L::Warn => tracing::Level::WARN,
+            L::Error => tracing::Level::ERROR,
+        };
         self.info.log(level, &message);
     }
 
@@ -174,7 +201,7 @@ impl Host for HostState {
 #[derive(Clone)]
 struct LogStream {
     info: Arc<PluginInfo>,
-    level: Level,
+    level: tracing::Level,
     line: Arc<Mutex<Vec<u8>>>,
 }
 

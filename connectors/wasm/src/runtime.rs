@@ -13,15 +13,15 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, OptLevel};
 
 use crate::WasmError;
-use crate::bindings::{Transform, TransformPre};
+use crate::bindings::{v1, v2};
+use crate::format::Contract;
 use crate::host::HostState;
 
 /// Granularity of plugin deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-pub const CONTRACT: &str = "flowgate:transform@0.1.0";
-const EXPORT: &str = "flowgate:transform/transformer@0.1.0";
-const HOST_IMPORT: &str = "flowgate:transform/host@0.1.0";
+/// The contract new plugins are built against (`wit/transform.wit`).
+pub const CONTRACT: &str = "flowgate:transform@0.2.0";
 
 pub struct WasmRuntime {
     pub engine: Engine,
@@ -34,9 +34,26 @@ pub struct WasmRuntime {
 /// A compiled plugin that fits the contract, ready to instantiate.
 pub struct LoadedPlugin {
     pub path: PathBuf,
-    pub pre: TransformPre<HostState>,
+    pub pre: Pre,
+    /// The contract version it was built against, whose batch format it speaks.
+    pub contract: Contract,
     /// Whether the compiled code came from the on-disk cache.
     pub cached: bool,
+}
+
+/// A plugin ready to instantiate, by the contract version it exports.
+pub enum Pre {
+    V1(v1::TransformPre<HostState>),
+    V2(v2::TransformPre<HostState>),
+}
+
+impl Pre {
+    pub fn engine(&self) -> &Engine {
+        match self {
+            Pre::V1(p) => p.engine(),
+            Pre::V2(p) => p.engine(),
+        }
+    }
 }
 
 /// Where compiled plugins are kept: `$FLOWGATE_CACHE_DIR`, else
@@ -78,7 +95,9 @@ impl WasmRuntime {
             }
         })?;
         let mut linker = Linker::new(&engine);
-        Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
+        // Both versions of the host interface: a plugin imports the one it was built against.
+        v2::Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
+        v1::Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Ok(WasmRuntime { engine, linker, cache_dir: cache_dir(), loaded: Mutex::new(HashMap::new()) })
     }
@@ -137,36 +156,45 @@ impl WasmRuntime {
             });
         }
         let (component, cached) = self.compile(path, &bytes)?;
-        self.check_contract(path, &component)?;
+        let version = self.check_contract(path, &component)?;
         let contract = |message: String| WasmError::Contract { path: path.to_owned(), message };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| contract(format!("{e:#}")))?;
-        let pre = TransformPre::new(instance_pre).map_err(|e| contract(format!("{e:#}")))?;
-        let plugin = Arc::new(LoadedPlugin { path: path.to_owned(), pre, cached });
+        let pre = match version {
+            Contract::V0_1 => v1::TransformPre::new(instance_pre).map(Pre::V1),
+            Contract::V0_2 => v2::TransformPre::new(instance_pre).map(Pre::V2),
+        }
+        .map_err(|e| contract(format!("{e:#}")))?;
+        let plugin = Arc::new(LoadedPlugin { path: path.to_owned(), pre, contract: version, cached });
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), Arc::clone(&plugin));
         Ok(plugin)
     }
 
-    /// Names what does not fit, in the plugin author's terms, before wasmtime's
-    /// own (more technical) type check runs.
-    fn check_contract(&self, path: &Path, component: &Component) -> Result<(), WasmError> {
+    /// The contract version the component was built against; names what does
+    /// not fit, in the plugin author's terms, before wasmtime's own (more
+    /// technical) type check runs.
+    fn check_contract(&self, path: &Path, component: &Component) -> Result<Contract, WasmError> {
         let ty = component.component_type();
         let contract = |message: String| Err(WasmError::Contract { path: path.to_owned(), message });
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        if !exports.iter().any(|e| e == EXPORT) {
-            let older = exports.iter().find(|e| e.starts_with("flowgate:transform/transformer@"));
-            return contract(match older {
+        let Some(version) = exports.iter().find_map(|e| Contract::exported_by(e)) else {
+            let other = exports.iter().find(|e| e.starts_with("flowgate:transform/transformer@"));
+            let current = Contract::CURRENT.export();
+            return contract(match other {
                 Some(e) => format!(
-                    "it was built against {}, this Flowgate speaks {CONTRACT}; rebuild it against wit/transform.wit",
-                    e.replace("/transformer", "")
+                    "it was built against {}, this Flowgate speaks {CONTRACT} (and {}); rebuild it against \
+                     wit/transform.wit",
+                    e.replace("/transformer", ""),
+                    Contract::V0_1.name()
                 ),
                 None => format!(
-                    "it exports {}, not the interface {EXPORT}",
+                    "it exports {}, not the interface {current}",
                     if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
                 ),
             });
-        }
+        };
+        let host = version.host_import();
         for (name, item) in ty.imports(&self.engine) {
-            let provided = name == HOST_IMPORT || name.starts_with("wasi:");
+            let provided = name == host || name.starts_with("wasi:");
             if !provided {
                 let what = match item.ty {
                     ComponentItem::ComponentInstance(_) => "interface",
@@ -174,17 +202,19 @@ impl WasmRuntime {
                 };
                 return contract(if name.starts_with("flowgate:transform/host@") {
                     format!(
-                        "it imports {name}, but this Flowgate provides {HOST_IMPORT}; rebuild it against wit/transform.wit"
+                        "it imports {name}, but exports {}, whose host is {host}; rebuild it against \
+                         wit/transform.wit",
+                        version.export()
                     )
                 } else {
                     format!(
-                        "it imports the {what} `{name}`, which Flowgate does not grant; plugins get {HOST_IMPORT} \
+                        "it imports the {what} `{name}`, which Flowgate does not grant; plugins get {host} \
                          and a WASI sandbox without files, network or environment"
                     )
                 });
             }
         }
-        Ok(())
+        Ok(version)
     }
 
     /// What the component exports and imports, for `flowgate plugin check`.

@@ -7,15 +7,37 @@ use std::sync::Arc;
 use flowgate_sdk::{Batch, ConnectorError, Record, Transform, async_trait};
 use wasmtime::{Store, Trap};
 
-use crate::bindings::Transform as Bindings;
-use crate::format::{Outcome, decode_outcomes, encode_batch};
+use crate::bindings::{v1, v2};
+use crate::format::{MAX_EMITTED_PER_RECORD, Outcome, decode_outcomes, encode_batch};
 use crate::host::{HostState, PluginInfo};
-use crate::runtime::{EPOCH_TICK, LoadedPlugin, WasmRuntime};
+use crate::runtime::{EPOCH_TICK, LoadedPlugin, Pre, WasmRuntime};
 use crate::{WasmConfig, WasmError};
 
 struct Live {
     store: Store<HostState>,
     bindings: Bindings,
+}
+
+/// An instance's exports, by the contract version it was built against.
+enum Bindings {
+    V1(v1::Transform),
+    V2(v2::Transform),
+}
+
+impl Bindings {
+    fn init(&self, store: &mut Store<HostState>, config: &str) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Bindings::V1(b) => b.flowgate_transform_transformer().call_init(store, config),
+            Bindings::V2(b) => b.flowgate_transform_transformer().call_init(store, config),
+        }
+    }
+
+    fn process(&self, store: &mut Store<HostState>, batch: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        match self {
+            Bindings::V1(b) => b.flowgate_transform_transformer().call_process(store, batch),
+            Bindings::V2(b) => b.flowgate_transform_transformer().call_process(store, batch),
+        }
+    }
 }
 
 pub struct WasmTransform {
@@ -64,8 +86,12 @@ impl WasmTransform {
         let mut store = Store::new(self.plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(self.deadline_ticks);
-        let bindings = self.plugin.pre.instantiate(&mut store).map_err(|e| start_err(self.describe(&e, &store)))?;
-        match bindings.flowgate_transform_transformer().call_init(&mut store, &self.config_json) {
+        let bindings = match &self.plugin.pre {
+            Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
+            Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
+        }
+        .map_err(|e| start_err(self.describe(&e, &store)))?;
+        match bindings.init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Live { store, bindings }),
             Ok(Err(message)) => Err(WasmError::Init { plugin: self.info.name.to_string(), message }),
             Err(e) => Err(start_err(self.describe(&e, &store))),
@@ -90,11 +116,12 @@ impl WasmTransform {
             self.live = Some(self.instantiate()?);
         }
         let live = self.live.as_mut().expect("instantiated above");
-        encode_batch(records, &mut self.packed);
+        let contract = self.plugin.contract;
+        encode_batch(contract, records, &mut self.packed);
         live.store.set_epoch_deadline(self.deadline_ticks);
-        let result = live.bindings.flowgate_transform_transformer().call_process(&mut live.store, &self.packed);
+        let result = live.bindings.process(&mut live.store, &self.packed);
         let outcome = match result {
-            Ok(output) => decode_outcomes(output, records, max_emitted(&self.config, records.len()))
+            Ok(output) => decode_outcomes(contract, output, records, max_emitted(&self.config, records.len()))
                 .map_err(|e| format!("it returned a malformed batch: {e}")),
             Err(e) => Err(self.describe(&e, &self.live.as_ref().expect("live").store)),
         };
@@ -150,10 +177,15 @@ impl WasmTransform {
     }
 }
 
-/// Records a call may emit: a generous fan-out per input, and at most one per 64
-/// bytes of the plugin's memory allowance (a host record costs about 150 bytes).
+/// Records a call may emit in all: at most one per 64 bytes of the plugin's
+/// memory allowance (a host record costs about 150 bytes), and never less
+/// than one record's own limit, so that a record alone is held to that alone.
 fn max_emitted(config: &WasmConfig, inputs: usize) -> usize {
-    inputs.saturating_mul(1000).min((config.max_memory.0 / 64) as usize).max(inputs)
+    inputs
+        .saturating_mul(MAX_EMITTED_PER_RECORD)
+        .min((config.max_memory.0 / 64) as usize)
+        .max(MAX_EMITTED_PER_RECORD)
+        .max(inputs)
 }
 
 fn live_memory(live: &Option<Live>) -> usize {

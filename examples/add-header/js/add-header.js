@@ -1,5 +1,5 @@
 // add-header: sets one header on every record; never looks at the value.
-import { log, counter } from 'flowgate:transform/host@0.1.0';
+import { log, counter } from 'flowgate:transform/host@0.2.0';
 import { makeTransformer, parseConfig, isString, REQUIRED } from '../../../wit/guest/js/flowgate-guest.js';
 
 const SCHEMA = { name: [isString, 'a string', REQUIRED], value: [isString, 'a string', REQUIRED] };

@@ -1,5 +1,5 @@
 // filter: keeps a record when a predicate on one top-level field holds, drops it otherwise.
-import { log, counter } from 'flowgate:transform/host@0.1.0';
+import { log, counter } from 'flowgate:transform/host@0.2.0';
 import { makeTransformer, parseConfig, isString, REQUIRED, ConfigError } from '../../../wit/guest/js/flowgate-guest.js';
 
 const OPS = ['eq', 'ne', 'gt', 'gte', 'lt', 'lte', 'exists'];

@@ -1,5 +1,5 @@
 // pii-mask: replaces the listed top-level fields of a JSON object with a mask.
-import { log, counter } from 'flowgate:transform/host@0.1.0';
+import { log, counter } from 'flowgate:transform/host@0.2.0';
 import { makeTransformer, parseConfig, isString } from '../../../wit/guest/js/flowgate-guest.js';
 
 const SCHEMA = {

@@ -1,5 +1,5 @@
 // split: emits one record per element of an array field.
-import { log, counter } from 'flowgate:transform/host@0.1.0';
+import { log, counter } from 'flowgate:transform/host@0.2.0';
 import { makeTransformer, parseConfig, isString, Reject } from '../../../wit/guest/js/flowgate-guest.js';
 
 function setup(config) {

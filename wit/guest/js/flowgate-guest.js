@@ -10,7 +10,9 @@
 //
 // Record fields: key (Uint8Array|null), value (Uint8Array), headers ([name, Uint8Array][]),
 // timestamp (number|null, milliseconds since the Unix epoch; kept exactly as the i64
-// it came in as unless assigned), meta (frozen {kind, a, b, n1, n2}, n1/n2 numbers).
+// it came in as unless assigned), meta (where it came from: a frozen object of the fields
+// its source sets, e.g. {path: 'in.jsonl', line: 3, offset: 40}; INT fields are numbers,
+// TEXT fields strings; BATCH-FORMAT.md lists them).
 //
 // JSON is JavaScript's: numbers are doubles (integers beyond 2^53 lose precision, 1.0
 // is written back as 1) and integer-like keys ("1", "2") move to the front of an object
@@ -32,7 +34,7 @@ export class ConfigError extends Error {
   constructor(message) { super(message); this.name = 'ConfigError'; }
 }
 
-export const NO_META = Object.freeze({ kind: 0, a: '', b: '', n1: 0, n2: 0 });
+export const NO_META = Object.freeze({});
 
 const UNPARSED = Symbol('unparsed');
 
@@ -40,7 +42,7 @@ export class Record {
   constructor(value = new Uint8Array(0), key = null, headers = [], timestamp = null, meta = NO_META) {
     this._key = key; this._value = value; this._headers = headers;
     this._ts = timestamp == null ? null : BigInt(timestamp);
-    this._meta = meta; this._json = UNPARSED; this._dirty = true;
+    this._meta = meta; this._batch = null; this._json = UNPARSED; this._dirty = true;
   }
   get key() { return this._key; }
   set key(v) { this._key = v; this._dirty = true; }
@@ -51,7 +53,12 @@ export class Record {
   set headers(v) { this._headers = v; this._dirty = true; }
   get timestamp() { return this._ts === null ? null : Number(this._ts); }
   set timestamp(v) { this._ts = v == null ? null : BigInt(typeof v === 'number' ? Math.trunc(v) : v); this._dirty = true; }
-  get meta() { return this._meta; }
+  // A decoded record holds the offset of its meta in `_batch` until it is first read:
+  // most transforms never look.
+  get meta() {
+    if (this._batch !== null) { this._meta = decodeMeta(this._batch, this._meta); this._batch = null; }
+    return this._meta;
+  }
 
   /** The value (Uint8Array) of the first header called `name`, or null. */
   header(name) {
@@ -88,7 +95,7 @@ export class Record {
   /** A modified copy (same key, headers, timestamp and meta). */
   copy() {
     const r = new Record(this._value, this._key, this._headers.slice(), null, this._meta);
-    r._ts = this._ts;
+    r._ts = this._ts; r._batch = this._batch;
     return r;
   }
 }
@@ -116,18 +123,35 @@ export function decodeBatch(batch) {
       const hv = dv.getUint32(p, true); p += 4;
       headers[h] = [name, bytes(hv)];
     }
-    const kind = b[p++];
-    const an = dv.getUint16(p, true); p += 2;
-    const a = an ? dec.decode(bytes(an)) : '';
-    const bn = dv.getUint16(p, true); p += 2;
-    const bs = bn ? dec.decode(bytes(bn)) : '';
-    const n1 = Number(dv.getBigInt64(p, true)), n2 = Number(dv.getBigInt64(p + 8, true)); p += 16;
-    const r = new Record(value, key, headers, null, Object.freeze({ kind, a, b: bs, n1, n2 }));
+    const mp = p, mc = b[p++];
+    for (let f = 0; f < mc; f++) {
+      p += 1 + b[p];
+      const t = b[p++];
+      if (t === 0) p += 8;
+      else if (t === 1) { const n = dv.getUint32(p, true); p += 4; bytes(n); }
+      else throw new RangeError(`unknown metadata type ${t}`);
+    }
+    const r = new Record(value, key, headers, null, mc ? mp : NO_META);
+    if (mc) r._batch = b;
     r._ts = ts; r._dirty = false;
     out[i] = r;
   }
   if (p !== b.length) throw new RangeError(`batch has ${b.length - p} bytes left over`);
   return out;
+}
+
+/** The metadata at offset `p` of batch `b` (count, then fields) as a frozen object. */
+function decodeMeta(b, p) {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const m = {};
+  const count = b[p++];
+  for (let f = 0; f < count; f++) {
+    const n = b[p];
+    const name = dec.decode(b.subarray(p + 1, p + 1 + n)); p += 1 + n;
+    if (b[p++] === 0) { m[name] = Number(dv.getBigInt64(p, true)); p += 8; }
+    else { const l = dv.getUint32(p, true); m[name] = dec.decode(b.subarray(p + 4, p + 4 + l)); p += 4 + l; }
+  }
+  return Object.freeze(m);
 }
 
 /** Growable little-endian byte buffer. */
@@ -167,7 +191,8 @@ export const KEEP = 0;
 export function encodeOutcomes(outcomes) {
   const w = new Writer();
   w.u32(outcomes.length);
-  for (const o of outcomes) {
+  for (const [i, o] of outcomes.entries()) {
+    w.u32(i);
     if (o === KEEP) w.u8(0);
     else if (Array.isArray(o)) { w.u8(1); w.u32(o.length); for (const r of o) putRecord(w, r); }
     else {
@@ -189,7 +214,9 @@ function checkRecord(x) {
 export function processRecords(records, f) {
   const w = new Writer();
   w.u32(records.length);
-  for (const r of records) {
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i];
+    w.u32(i);
     const start = w.p;
     let reason;
     try {
@@ -240,7 +267,7 @@ export const isString = (v) => typeof v === 'string';
 /** The object to export as `transformer`. `setup(configText) -> [f, summary]`
  *  (summary: a string, or anything JSON-serializable such as the parsed config); a
  *  thrown ConfigError makes init return err(message). `host` is {log, counter} as
- *  imported from 'flowgate:transform/host@0.1.0'. init logs "<name> ready: <summary>",
+ *  imported from 'flowgate:transform/host@0.2.0'. init logs "<name> ready: <summary>",
  *  process counts the batch's records in the counter "records". */
 export function makeTransformer(name, setup, host) {
   let f = () => { throw new Reject('plugin not initialized'); };

@@ -22,19 +22,17 @@ refused) and ``set_json`` writes compact UTF-8 JSON, key order preserved.
 
 import json
 import struct
-from collections import namedtuple
+from types import MappingProxyType
 
-__all__ = ["Record", "Meta", "NO_META", "Reject", "ConfigError", "KEEP", "decode_batch",
+__all__ = ["Record", "NO_META", "Reject", "ConfigError", "KEEP", "decode_batch",
            "encode_outcomes", "process_batch", "process_records", "parse_config",
            "export", "REQUIRED"]
 
-Meta = namedtuple("Meta", "kind a b n1 n2")
-"""Where a record came from (read-only): see the table in BATCH-FORMAT.md."""
-NO_META = Meta(0, "", "", 0, 0)
+NO_META = MappingProxyType({})
+"""The ``meta`` of a record whose source sets no fields."""
 
 _u16, _u32, _i64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<q")
 _u16u, _u32u, _i64u = _u16.unpack_from, _u32.unpack_from, _i64.unpack_from
-_meta_tail = struct.Struct("<qq").unpack_from
 
 
 class Reject(Exception):
@@ -46,8 +44,10 @@ class ConfigError(Exception):
 
 
 class Record:
-    """One record. ``key``, ``value`` and ``timestamp`` are plain attributes; ``meta`` is
-    read-only. A record counts as modified (EMIT rather than KEEP) once one of them is
+    """One record. ``key``, ``value`` and ``timestamp`` are plain attributes; ``meta``,
+    where the record came from, is a read-only mapping of the fields its source sets
+    (``{"path": "in.jsonl", "line": 3, "offset": 40}``: int or str values, see
+    BATCH-FORMAT.md). A record counts as modified (EMIT rather than KEEP) once one of them is
     assigned another object, ``headers`` is assigned or read (the list may then be
     changed in place), or ``set_json``/``set_header`` is called."""
 
@@ -56,7 +56,7 @@ class Record:
     def __init__(self, value=b"", key=None, headers=None, timestamp=None, meta=NO_META):
         self.key, self.value, self.timestamp = key, value, timestamp
         self._headers = [] if headers is None else headers
-        self._meta, self._json, self._dirty, self._orig = tuple(meta), None, True, None
+        self._meta, self._json, self._dirty, self._orig = MappingProxyType(dict(meta)), None, True, None
 
     @property
     def headers(self):
@@ -70,8 +70,8 @@ class Record:
     @property
     def meta(self):
         m = self._meta
-        if type(m) is not Meta:
-            m = self._meta = Meta._make(m)
+        if type(m) is tuple:  # (batch, offset, count) until first read: most transforms never look
+            m = self._meta = _decode_meta(*m)
         return m
 
     def _unmodified(self):
@@ -121,11 +121,13 @@ class Record:
 
     def copy(self):
         """A modified copy (same key, headers, timestamp and meta)."""
-        return Record(self.value, self.key, list(self._headers), self.timestamp, self._meta)
+        r = Record(self.value, self.key, list(self._headers), self.timestamp)
+        r._meta = self._meta
+        return r
 
     def __repr__(self):
         return (f"Record(value={self.value!r}, key={self.key!r}, headers={self._headers!r}, "
-                f"timestamp={self.timestamp!r}, meta={self.meta!r})")
+                f"timestamp={self.timestamp!r}, meta={dict(self.meta)!r})")
 
 
 def _no_constant(c):
@@ -162,22 +164,43 @@ def decode_batch(batch):
             (n,) = _u32u(m, p)
             headers.append((name, bytes(m[p + 4:p + 4 + n])))
             p += 4 + n
-        kind = m[p]
-        (n,) = _u16u(m, p + 1)
-        a = str(m[p + 3:p + 3 + n], "utf-8")
-        p += 3 + n
-        (n,) = _u16u(m, p)
-        b = str(m[p + 2:p + 2 + n], "utf-8")
-        p += 2 + n
-        n1, n2 = _meta_tail(m, p)
-        p += 16
+        mc = m[p]
+        meta = (m, p + 1, mc) if mc else NO_META
+        p += 1
+        for _ in range(mc):
+            p += 1 + m[p]
+            t = m[p]
+            if t == 0:
+                p += 9
+            elif t == 1:
+                (n,) = _u32u(m, p + 1)
+                p += 5 + n
+            else:
+                raise ValueError(f"unknown metadata type {t}")
         r = new(Record)
         r.key, r.value, r.timestamp, r._headers = key, value, ts, headers
-        r._meta, r._json, r._dirty, r._orig = (kind, a, b, n1, n2), None, False, (key, value, ts)
+        r._meta, r._json, r._dirty, r._orig = meta, None, False, (key, value, ts)
         append(r)
     if p != len(m):
         raise ValueError(f"batch has {len(m) - p} bytes left over")
     return out
+
+
+def _decode_meta(m, p, count):
+    """The ``count`` metadata fields at offset ``p`` of batch ``m``, as a read-only mapping."""
+    out = {}
+    for _ in range(count):
+        n = m[p]
+        name = str(m[p + 1:p + 1 + n], "utf-8")
+        p += 1 + n
+        if m[p] == 0:
+            (out[name],) = _i64u(m, p + 1)
+            p += 9
+        else:
+            (n,) = _u32u(m, p + 1)
+            out[name] = str(m[p + 5:p + 5 + n], "utf-8")
+            p += 5 + n
+    return MappingProxyType(out)
 
 
 KEEP = 0
@@ -207,7 +230,8 @@ def encode_outcomes(outcomes):
     """Outcomes -> packed bytes. Each outcome is ``KEEP``, a list of Record (EMIT;
     ``[]`` drops) or a ``Reject`` / str (FAIL with that reason)."""
     out = bytearray(_u32.pack(len(outcomes)))
-    for o in outcomes:
+    for i, o in enumerate(outcomes):
+        out += _u32.pack(i)
         if o is KEEP:
             out.append(0)
         elif isinstance(o, list):
@@ -224,7 +248,7 @@ def encode_outcomes(outcomes):
 
 
 def _outcome(r, f):
-    """One packed outcome; the record (not the batch) fails on any exception."""
+    """The tag and payload of one outcome; the record (not the batch) fails on any exception."""
     try:
         res = f(r)
         if res is r and r._orig is not None and r._unmodified():
@@ -252,7 +276,12 @@ def _outcome(r, f):
 
 def process_records(records, f):
     """Runs ``f`` on each decoded record and returns the packed outcomes."""
-    return b"".join([_u32.pack(len(records))] + [_outcome(r, f) for r in records])
+    parts = [_u32.pack(len(records))]
+    append, index = parts.append, _u32.pack
+    for i, r in enumerate(records):
+        append(index(i))
+        append(_outcome(r, f))
+    return b"".join(parts)
 
 
 def process_batch(batch, f):

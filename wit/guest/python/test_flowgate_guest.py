@@ -14,12 +14,14 @@ import flowgate_guest as fg  # noqa: E402
 # The example of BATCH-FORMAT.md: value {"a":1}, no key, timestamp 5, header h: v,
 # from line 3 at offset 40 of in.jsonl.
 EXAMPLE = bytes.fromhex(
-    "01000000" "02" "07000000" "7b2261223a317d" "0500000000000000" "0100" "0100680100000076"
-    "010800" + b"in.jsonl".hex() + "0000" "0300000000000000" "2800000000000000")
+    "01000000" "02" "07000000" "7b2261223a317d" "0500000000000000" "0100" "0100680100000076" "03"
+    "04" + b"path".hex() + "01" "08000000" + b"in.jsonl".hex()
+    + "04" + b"line".hex() + "00" "0300000000000000"
+    + "06" + b"offset".hex() + "00" "2800000000000000")
 
 
-def rec(value, key=None, ts=None, headers=(), meta=(0, b"", b"", 0, 0), with_meta=True):
-    """Packs one record independently of the helper."""
+def rec(value, key=None, ts=None, headers=(), meta=(), with_meta=True):
+    """Packs one record independently of the helper; ``meta``: (name, int or str) pairs."""
     out = bytes([(key is not None) | ((ts is not None) << 1)])
     if key is not None:
         out += struct.pack("<I", len(key)) + key
@@ -30,14 +32,23 @@ def rec(value, key=None, ts=None, headers=(), meta=(0, b"", b"", 0, 0), with_met
     for n, v in headers:
         out += struct.pack("<H", len(n)) + n + struct.pack("<I", len(v)) + v
     if with_meta:
-        kind, a, b, n1, n2 = meta
-        out += bytes([kind]) + struct.pack("<H", len(a)) + a + struct.pack("<H", len(b)) + b
-        out += struct.pack("<qq", n1, n2)
+        out += bytes([len(meta)])
+        for n, v in meta:
+            out += bytes([len(n.encode())]) + n.encode()
+            if isinstance(v, int):
+                out += b"\x00" + struct.pack("<q", v)
+            else:
+                out += b"\x01" + struct.pack("<I", len(v.encode())) + v.encode()
     return out
 
 
 def batch(*records):
     return struct.pack("<I", len(records)) + b"".join(records)
+
+
+def outcomes(*bodies):
+    """Packs outcomes, each given as its tag and payload, with their indices."""
+    return struct.pack("<I", len(bodies)) + b"".join(struct.pack("<I", i) + o for i, o in enumerate(bodies))
 
 
 def fail(reason):
@@ -53,18 +64,19 @@ class DecodeTest(unittest.TestCase):
         self.assertEqual(r.timestamp, 5)
         self.assertEqual(r.header("h"), b"v")
         self.assertIsNone(r.header("x"))
-        self.assertEqual(r.meta, fg.Meta(1, "in.jsonl", "", 3, 40))
+        self.assertEqual(r.meta, {"path": "in.jsonl", "line": 3, "offset": 40})
+        self.assertEqual(list(r.meta), ["path", "line", "offset"])
         self.assertEqual(r.json(), {"a": 1})
 
     def test_all_fields(self):
         data = batch(rec(b"v1", key=b"k", ts=-(2**63), headers=[(b"a", b""), ("é".encode(), b"\xff")],
-                         meta=(3, b"public", b"users", 0, 2**63 - 1)),
+                         meta=[("schema", "public"), ("table", "ü"), ("lsn", 2**63 - 1), ("n", -1), ("", "")]),
                      rec(b"", key=b""))
         r1, r2 = fg.decode_batch(data)
         self.assertEqual((r1.key, r1.value, r1.timestamp), (b"k", b"v1", -(2**63)))
         self.assertEqual(r1.headers, [("a", b""), ("é", b"\xff")])
-        self.assertEqual(r1.meta, fg.Meta(3, "public", "users", 0, 2**63 - 1))
-        self.assertEqual((r2.key, r2.value, r2.timestamp, r2.headers), (b"", b"", None, []))
+        self.assertEqual(r1.meta, {"schema": "public", "table": "ü", "lsn": 2**63 - 1, "n": -1, "": ""})
+        self.assertEqual((r2.key, r2.value, r2.timestamp, r2.headers, r2.meta), (b"", b"", None, [], {}))
         self.assertEqual(fg.decode_batch(b"\0\0\0\0"), [])
 
     def test_malformed(self):
@@ -72,21 +84,29 @@ class DecodeTest(unittest.TestCase):
             fg.decode_batch(EXAMPLE + b"\0")
         with self.assertRaises(Exception):
             fg.decode_batch(EXAMPLE[:-1])
+        with self.assertRaisesRegex(ValueError, "unknown metadata type 2"):
+            fg.decode_batch(batch(rec(b"v")[:-1] + b"\x01\x01x\x02" + bytes(8)))
 
     def test_meta_read_only(self):
         [r] = fg.decode_batch(EXAMPLE)
         with self.assertRaises(AttributeError):
             r.meta = fg.NO_META
+        with self.assertRaises(TypeError):
+            r.meta["line"] = 4
+        # A copy, made before or after the meta is first read, has the same.
+        self.assertEqual(r.copy().meta, r.meta)
+        self.assertEqual(r.copy().meta, {"path": "in.jsonl", "line": 3, "offset": 40})
+        self.assertEqual(fg.Record(b"", meta={"seq": 1}).copy().meta, {"seq": 1})
 
 
 class ProcessTest(unittest.TestCase):
     def test_doc_answers(self):
-        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: r).hex(), "0100000000")
-        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: None).hex(), "010000000100000000")
+        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: r).hex(), "010000000000000000")
+        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: None).hex(), "01000000000000000100000000")
 
     def test_keep_only_when_unmodified(self):
         def emits(f):
-            return fg.process_batch(EXAMPLE, f)[4] == 1
+            return fg.process_batch(EXAMPLE, f)[8] == 1
 
         self.assertFalse(emits(lambda r: (r.json(), r.header("h"), r.meta, r.value, r)[-1]))
         self.assertTrue(emits(lambda r: (setattr(r, "value", b"{}"), r)[1]))
@@ -99,7 +119,8 @@ class ProcessTest(unittest.TestCase):
         self.assertTrue(emits(lambda r: [r]))
 
     def test_emit_bytes(self):
-        data = batch(rec(b'{"a":1,"b":"\xc3\xa9"}', key=b"k", ts=7, headers=[(b"h", b"v")], meta=(2, b"t", b"", 1, 2)))
+        data = batch(rec(b'{"a":1,"b":"\xc3\xa9"}', key=b"k", ts=7, headers=[(b"h", b"v")],
+                         meta=[("topic", "t"), ("partition", 1), ("offset", 2)]))
 
         def f(r):
             obj = r.json()
@@ -110,10 +131,10 @@ class ProcessTest(unittest.TestCase):
             c.key, c.timestamp, c.headers = None, None, []
             return [r, c]
 
-        want = struct.pack("<I", 1) + b"\x01" + struct.pack("<I", 2)
-        want += rec('{"a":2,"b":"é"}'.encode(), key=b"k", ts=7, headers=[(b"h", b"v"), (b"x", b"1")], with_meta=False)
-        want += rec('{"a":2,"b":"é"}'.encode(), with_meta=False)
-        self.assertEqual(fg.process_batch(data, f), want)
+        emit = b"\x01" + struct.pack("<I", 2)
+        emit += rec('{"a":2,"b":"é"}'.encode(), key=b"k", ts=7, headers=[(b"h", b"v"), (b"x", b"1")], with_meta=False)
+        emit += rec('{"a":2,"b":"é"}'.encode(), with_meta=False)
+        self.assertEqual(fg.process_batch(data, f), outcomes(emit))
 
     def test_failures_stay_with_their_record(self):
         data = batch(rec(b"1"), rec(b"2"), rec(b"3"), rec(b"4"), rec(b"[]"))
@@ -130,17 +151,16 @@ class ProcessTest(unittest.TestCase):
             r.json_object()
 
         out = fg.process_batch(data, f)
-        want = struct.pack("<I", 5) + fail("no thanks") + fail("ZeroDivisionError: division by zero")
-        want += fail("TypeError: transform returned dict, not None, Record or list of Record")
-        want += b"\x00" + fail("value is not a JSON object")
+        want = outcomes(fail("no thanks"), fail("ZeroDivisionError: division by zero"),
+                        fail("TypeError: transform returned dict, not None, Record or list of Record"),
+                        b"\x00", fail("value is not a JSON object"))
         self.assertEqual(out, want)
 
     def test_encode_outcomes(self):
         r = fg.Record(b"v", key=b"k", headers=[("n", b"x")], timestamp=1)
         out = fg.encode_outcomes([fg.KEEP, [], [r], fg.Reject("why"), "because"])
-        want = struct.pack("<I", 5) + b"\x00" + b"\x01" + struct.pack("<I", 0)
-        want += b"\x01" + struct.pack("<I", 1) + rec(b"v", key=b"k", ts=1, headers=[(b"n", b"x")], with_meta=False)
-        want += fail("why") + fail("because")
+        one = b"\x01" + struct.pack("<I", 1) + rec(b"v", key=b"k", ts=1, headers=[(b"n", b"x")], with_meta=False)
+        want = outcomes(b"\x00", b"\x01" + struct.pack("<I", 0), one, fail("why"), fail("because"))
         self.assertEqual(out, want)
 
 

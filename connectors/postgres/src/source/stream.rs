@@ -476,10 +476,7 @@ mod tests {
         d.handle(insert(120), 0, &mut batch);
         let lsns: Vec<_> = batch.records.iter().map(|r| r.meta.clone()).collect();
         assert_eq!(lsns.len(), 2, "{lsns:?}");
-        assert_eq!(
-            batch.records[0].meta,
-            flowgate_sdk::SourceMeta::Table { schema: "public".into(), table: "t".into(), lsn: 200 }
-        );
+        assert_eq!(batch.records[0].meta, crate::event::meta(&"public".into(), &"t".into(), 200));
         assert_eq!(d.within(), Some((1, 1)));
     }
 

@@ -7,7 +7,7 @@
 // Node with a `host` import that records logs and counters, and fed packed batches
 // (BATCH-FORMAT.md, encoded here independently of the guest helpers). Outcomes are
 // compared per record: KEEP and EMIT byte for byte, FAIL by a substring of the reason.
-// Also checks that the component imports only flowgate:transform/host@0.1.0 (WASI
+// Also checks that the component imports only flowgate:transform/host@0.2.0 (WASI
 // imports are allowed with --allow-wasi and then served by jco's preview2-shim),
 // and runs a few unit checks of wit/guest/js/flowgate-guest.js itself.
 // Exits non-zero on any failure. Needs jco from scripts/guest-toolchains.sh.
@@ -25,7 +25,7 @@ v8.setFlagsFromString('--experimental-wasm-extended-const');
 const HERE = dirname(fileURLToPath(import.meta.url));
 const TOOLS = process.env.FLOWGATE_TOOLS || join(homedir(), '.cache/flowgate-tools');
 const NM = join(TOOLS, 'node/node_modules');
-const HOST = 'flowgate:transform/host@0.1.0';
+const HOST = 'flowgate:transform/host@0.2.0';
 const te = new TextEncoder();
 const td = new TextDecoder();
 
@@ -46,7 +46,7 @@ class Buf {
   raw(v) { this.parts.push(b(v)); return this; }
   bytes() { return Buffer.concat(this.parts); }
 }
-// rec: { value, key?, ts?, headers?: [[name, value]], meta?: {kind, a, b, n1, n2} }
+// rec: { value, key?, ts?, headers?: [[name, value]], meta?: [[name, number (INT) or string (TEXT)]] }
 function putRecord(w, r, withMeta) {
   w.u8((r.key != null ? 1 : 0) | (r.ts != null ? 2 : 0));
   if (r.key != null) w.u32(b(r.key).length).raw(r.key);
@@ -56,8 +56,13 @@ function putRecord(w, r, withMeta) {
   w.u16(hs.length);
   for (const [n, v] of hs) w.u16(b(n).length).raw(n).u32(b(v).length).raw(v);
   if (withMeta) {
-    const m = r.meta || { kind: 0, a: '', b: '', n1: 0, n2: 0 };
-    w.u8(m.kind).u16(b(m.a).length).raw(m.a).u16(b(m.b).length).raw(m.b).i64(m.n1).i64(m.n2);
+    const m = r.meta || [];
+    w.u8(m.length);
+    for (const [n, v] of m) {
+      w.u8(b(n).length).raw(n);
+      if (typeof v === 'string') w.u8(1).u32(b(v).length).raw(v);
+      else w.u8(0).i64(v);
+    }
   }
 }
 function encodeBatch(recs) {
@@ -67,7 +72,8 @@ function encodeBatch(recs) {
 }
 const encodeOut = (recs) => { const w = new Buf(); for (const r of recs) putRecord(w, r, false); return w.bytes(); };
 
-/** Splits packed outcomes into [{tag, n, body (raw record bytes), reason}]; throws if malformed. */
+/** Splits packed outcomes into [{tag, n, body (raw record bytes), reason}]; throws if malformed
+ *  (an outcome's index must be its position). */
 function parseOutcomes(out) {
   const u = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   let p = 0;
@@ -76,7 +82,9 @@ function parseOutcomes(out) {
   const count = u.readUInt32LE(0); p = 4;
   const res = [];
   for (let i = 0; i < count; i++) {
-    need(1);
+    need(5);
+    const index = u.readUInt32LE(p); p += 4;
+    if (index !== i) throw new Error(`outcome ${i} answers record ${index}`);
     const tag = u[p++];
     if (tag === 0) res.push({ tag });
     else if (tag === 1) {
@@ -133,8 +141,8 @@ const showExpected = (e) => (e === 'keep' ? 'KEEP' : e.fail !== undefined ? `FAI
 // A case: { config, batches: [[{in: rec, out: 'keep' | {emit: [rec]} | {fail: substring}}]] }
 // or { config, initError: substring or RegExp }.
 const FULL = { key: 'k1', ts: 1700000000123n, headers: [['h1', 'v1'], ['h2', 'v2']],
-  meta: { kind: 1, a: 'in.jsonl', b: '', n1: 3, n2: 40 } };
-const KAFKA = { kind: 2, a: 'orders', b: '', n1: 7, n2: 123456789012 };
+  meta: [['path', 'in.jsonl'], ['line', 3], ['offset', 40]] };
+const KAFKA = [['topic', 'orders'], ['partition', 7], ['offset', 123456789012]];
 const keep = 'keep';
 const drop = { emit: [] };
 const emit = (...recs) => ({ emit: recs });
@@ -302,7 +310,7 @@ async function load(wasm, work, allowWasi) {
       },
     });
     const inst = await instantiate(getCoreModule, imports);
-    return { t: inst.transformer || inst['flowgate:transform/transformer@0.1.0'], events };
+    return { t: inst.transformer || inst['flowgate:transform/transformer@0.2.0'], events };
   };
 }
 
@@ -356,17 +364,28 @@ async function runCase(fresh, example, c, label) {
 async function helperChecks() {
   const fg = await import(pathToFileURL(join(HERE, '..', 'flowgate-guest.js')));
   // The example of BATCH-FORMAT.md.
+  const hexOf = (s) => Buffer.from(s).toString('hex');
   const ex = Uint8Array.from(Buffer.from('01000000' + '02' + '07000000' + '7b2261223a317d' + '0500000000000000' +
-    '0100' + '0100680100000076' + '010800' + Buffer.from('in.jsonl').toString('hex') + '0000' +
-    '0300000000000000' + '2800000000000000', 'hex'));
+    '0100' + '0100680100000076' + '03' + '04' + hexOf('path') + '01' + '08000000' + hexOf('in.jsonl') +
+    '04' + hexOf('line') + '00' + '0300000000000000' + '06' + hexOf('offset') + '00' + '2800000000000000', 'hex'));
   const [r] = fg.decodeBatch(ex);
   check(r.key === null && td.decode(r.value) === '{"a":1}' && r.timestamp === 5 && r.headers.length === 1 &&
-    td.decode(r.header('h')) === 'v' && r.meta.kind === 1 && r.meta.a === 'in.jsonl' && r.meta.n1 === 3 && r.meta.n2 === 40,
+    td.decode(r.header('h')) === 'v' && js(r.meta) === '{"path":"in.jsonl","line":3,"offset":40}' && Object.isFrozen(r.meta),
   'helper: decodes the BATCH-FORMAT.md example');
+  check(js(r.copy().meta) === js(r.meta) && js(fg.decodeBatch(ex)[0].copy().meta) === js(r.meta),
+    'helper: a copy has the same meta, made before or after it is first read');
+  const [m1, m2] = fg.decodeBatch(encodeBatch([
+    { value: '', meta: [['schema', 'public'], ['table', 'ü'], ['lsn', -1], ['', '']] }, { value: '' }]));
+  check(js(m1.meta) === '{"schema":"public","table":"ü","lsn":-1,"":""}' && js(m2.meta) === '{}',
+    'helper: decodes INT and TEXT metadata, and none');
+  const unknown = Buffer.concat([encodeBatch([{ value: '' }]).subarray(0, -1), Buffer.from('01017802' + '00'.repeat(8), 'hex')]);
+  try { fg.decodeBatch(unknown); check(false, 'helper: an unknown metadata type throws'); } catch (e) {
+    check(/unknown metadata type 2/.test(e.message), 'helper: an unknown metadata type throws', e.message);
+  }
   const hex = (f) => Buffer.from(fg.processBatch(ex, f)).toString('hex');
-  check(hex((x) => x) === '0100000000', 'helper: identity is KEEP (01 00 00 00 00)');
-  check(hex(() => null) === '010000000100000000', 'helper: null drops (01 00 00 00 01 00 00 00 00)');
-  check(hex((x) => { x.setHeader('h', 'v'); return x; }).startsWith('0100000001'), 'helper: a modified record is EMIT');
+  check(hex((x) => x) === '010000000000000000', 'helper: identity is KEEP (01 00 00 00 00 00 00 00 00)');
+  check(hex(() => null) === '01000000000000000100000000', 'helper: null drops (01 00 00 00 00 00 00 00 01 00 00 00 00)');
+  check(hex((x) => { x.setHeader('h', 'v'); return x; }).startsWith('010000000000000001'), 'helper: a modified record is EMIT');
   const reason = (f) => { const o = parseOutcomes(fg.processBatch(ex, f))[0]; return o.tag === 2 ? o.reason : null; };
   check(reason(() => { throw new fg.Reject('no thanks'); }) === 'no thanks', 'helper: Reject fails the record with its reason');
   check(reason((x) => x.nope.nope)?.startsWith('TypeError: '), 'helper: another exception fails only that record');
@@ -380,6 +399,8 @@ async function helperChecks() {
   check(out2.length === 2 && out2[0].tag === 2 && out2[0].reason.startsWith('TypeError: ') && out2[1].tag === 0,
     'helper: a record half packed when its transform result turns out bad fails alone');
   try { fg.decodeBatch(Uint8Array.of(1, 0, 0, 0, 0, 9, 0, 0, 0)); check(false, 'helper: a truncated batch throws'); } catch { check(true); }
+  const enc = parseOutcomes(fg.encodeOutcomes([fg.KEEP, [], new fg.Reject('why')]));
+  check(enc.map((o) => o.tag).join() === '0,1,2' && enc[2].reason === 'why', 'helper: encodeOutcomes numbers its outcomes');
 }
 
 // ---- main ---------------------------------------------------------------------------

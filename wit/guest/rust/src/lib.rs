@@ -88,16 +88,6 @@ pub fn config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     })
 }
 
-/// Where a record came from (read-only).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source<'a> {
-    None,
-    File { path: &'a str, line: i64, offset: i64 },
-    Kafka { topic: &'a str, partition: i64, offset: i64 },
-    Table { schema: &'a str, table: &'a str, lsn: i64 },
-    Sequence { seq: i64 },
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header<'a> {
     pub name: &'a str,
@@ -135,6 +125,57 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// The value of a metadata field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Meta<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+impl<'a> Meta<'a> {
+    fn read(kind: u8, value: &'a [u8]) -> Self {
+        match kind {
+            0 => Meta::Int(i64::from_le_bytes(value.try_into().unwrap())),
+            _ => Meta::Text(utf8(value)),
+        }
+    }
+}
+
+/// Where an input record came from (read-only): the named fields its source
+/// declares (BATCH-FORMAT.md lists them), read from the batch as they are iterated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metadata<'a> {
+    count: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> Metadata<'a> {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'a str, Meta<'a>)> + 'a {
+        let mut input = Input { buf: self.raw, pos: 0 };
+        (0..self.count).map(move |_| {
+            let (name, kind, value) = input.field();
+            (utf8(name), Meta::read(kind, value))
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Meta<'a>> {
+        let mut input = Input { buf: self.raw, pos: 0 };
+        // Names compare as bytes: only the value found is decoded.
+        (0..self.count)
+            .map(|_| input.field())
+            .find(|f| f.0 == name.as_bytes())
+            .map(|(_, kind, value)| Meta::read(kind, value))
+    }
+}
+
 /// An input record, borrowed from the batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
@@ -143,12 +184,18 @@ pub struct Record<'a> {
     /// Milliseconds since the Unix epoch.
     pub timestamp: Option<i64>,
     pub headers: Headers<'a>,
-    pub source: Source<'a>,
+    pub metadata: Metadata<'a>,
 }
 
 impl Record<'_> {
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.get(name)
+    }
+
+    /// The metadata field `name` (`path`, `line`, `offset`, `topic`, ...), if the
+    /// record's source sets it.
+    pub fn meta(&self, name: &str) -> Option<Meta<'_>> {
+        self.metadata.get(name)
     }
 
     /// An owned copy with a new value (key, timestamp and headers copied).
@@ -202,7 +249,8 @@ impl OwnedRecord {
 pub enum Outcome {
     /// The input record, unchanged (the cheapest answer: nothing is copied back).
     Keep,
-    /// These records in its place; none drops it.
+    /// These records in its place; none drops it. At most 1000: the host fails the
+    /// input record past that.
     Emit(Vec<OwnedRecord>),
     /// Refuse it; the reason goes with it to the pipeline's error policy.
     Fail(String),
@@ -263,8 +311,24 @@ impl<'a> Input<'a> {
 
     fn str16(&mut self) -> &'a str {
         let n = self.u16();
-        // The host writes UTF-8; a broken string is a host bug worth a trap.
-        std::str::from_utf8(self.take(n)).unwrap()
+        utf8(self.take(n))
+    }
+
+    /// One metadata field: its name, type and value, undecoded.
+    fn field(&mut self) -> (&'a [u8], u8, &'a [u8]) {
+        let n = self.take(1)[0] as usize;
+        let name = self.take(n);
+        let kind = self.take(1)[0];
+        let value = match kind {
+            0 => self.take(8),
+            1 => {
+                let n = self.u32();
+                self.take(n)
+            }
+            // Only the type tells a value's length: past an unknown one the batch cannot be read.
+            _ => panic!("unknown metadata type {kind}"),
+        };
+        (name, kind, value)
     }
 
     fn record(&mut self) -> Record<'a> {
@@ -287,17 +351,19 @@ impl<'a> Input<'a> {
             self.take(n);
         }
         let headers = Headers { count, raw: &self.buf[start..self.pos] };
-        let kind = self.take(1)[0];
-        let (a, b, n1, n2) = (self.str16(), self.str16(), self.i64(), self.i64());
-        let source = match kind {
-            1 => Source::File { path: a, line: n1, offset: n2 },
-            2 => Source::Kafka { topic: a, partition: n1, offset: n2 },
-            3 => Source::Table { schema: a, table: b, lsn: n2 },
-            4 => Source::Sequence { seq: n2 },
-            _ => Source::None,
-        };
-        Record { key, value, timestamp, headers, source }
+        let count = self.take(1)[0] as usize;
+        let start = self.pos;
+        for _ in 0..count {
+            self.field();
+        }
+        let metadata = Metadata { count, raw: &self.buf[start..self.pos] };
+        Record { key, value, timestamp, headers, metadata }
     }
+}
+
+fn utf8(b: &[u8]) -> &str {
+    // The host writes UTF-8; a broken string is a host bug worth a trap.
+    std::str::from_utf8(b).unwrap()
 }
 
 fn put32(out: &mut Vec<u8>, b: &[u8]) {
@@ -330,8 +396,9 @@ pub fn process_batch<T: Transform>(t: &mut T, batch: &[u8]) -> Vec<u8> {
     // Outcomes are usually about as large as the input: one allocation, no regrowth.
     let mut out = Vec::with_capacity(batch.len() + 64);
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    for _ in 0..count {
+    for index in 0..count as u32 {
         let record = input.record();
+        out.extend_from_slice(&index.to_le_bytes());
         match t.process(&record) {
             Outcome::Keep => out.push(0),
             Outcome::Emit(records) => {
