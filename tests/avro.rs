@@ -138,7 +138,8 @@ fn the_registry_serves_schema_registry_converter_and_keeps_everything_across_a_r
 #[test]
 fn the_registry_passes_the_confluent_python_client_suite_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = common::free_port();
+    let metrics_port = common::reserve_port();
+    let metrics = metrics_port.port;
     let store = format!("sqlite:{}", dir.path().join("registry.db").display());
     let mut registry =
         Registry::start_with_args(dir.path(), &store, &["--metrics-addr", &format!("127.0.0.1:{metrics}")]);
@@ -224,7 +225,8 @@ fn avro_written_by_flowgate_is_read_by_the_python_client_with_the_embedded_regis
     bad["items"][1]["price"] = json!("abc");
     lines.insert(10, bad.to_string());
     let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
-    let port = common::free_port();
+    let listen = common::reserve_port();
+    let port = listen.port;
     let registry = json!({"serve": {
         "listen": format!("127.0.0.1:{port}"),
         "store": format!("sqlite:{}", dir.path().join("reg.db").display()),
@@ -493,7 +495,8 @@ fn postgres_changes_round_trip_through_avro_on_kafka_with_a_new_version_per_tabl
            0.1, '', 'null', '{}', NULL),
           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);",
     );
-    let port = common::free_port();
+    let listen = common::reserve_port();
+    let port = listen.port;
     let registry = json!({"serve": {
         "listen": format!("127.0.0.1:{port}"),
         "store": format!("sqlite:{}", dir.path().join("reg.db").display()),
@@ -556,7 +559,8 @@ fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
     pg.create_shop();
     pg.sql("INSERT INTO shop.orders (customer, amount, placed_at) VALUES (1, 12.50, '1969-07-20 20:17:40+00')");
     let broker = Broker::with_topics(&[("shop.customers", 1), ("shop.orders", 1), ("shop-dead-letters", 1)]);
-    let listen = format!("127.0.0.1:{}", common::free_port());
+    let listen_port = common::reserve_port();
+    let listen = format!("127.0.0.1:{}", listen_port.port);
     let shipped = common::repo().join("pipelines/postgres-to-kafka-avro.yaml");
     let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr()), ("REGISTRY_LISTEN", listen.clone())];
     let mut run = common::spawn_run_with_env(dir.path(), &shipped, &[], &env);
@@ -650,7 +654,8 @@ fn a_killed_avro_pipeline_loses_nothing_and_its_embedded_registry_keeps_the_ids(
     let n = 100_000;
     let lines: Vec<String> = (0..n).map(|i| payment(i).to_string()).collect();
     let input = write_file(dir.path(), "in.jsonl", &(lines.join("\n") + "\n"));
-    let port = common::free_port();
+    let listen = common::reserve_port();
+    let port = listen.port;
     let registry = json!({"serve": {
         "listen": format!("127.0.0.1:{port}"),
         "store": format!("sqlite:{}", dir.path().join("reg.db").display()),

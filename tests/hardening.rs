@@ -662,7 +662,8 @@ fn planted_secrets_reach_no_output() {
     assert_eq!(out.status.code(), Some(2));
     seen += &String::from_utf8_lossy(&out.stderr);
     for format in ["text", "json"] {
-        let port = common::free_port();
+        let reserved = common::reserve_port();
+        let port = reserved.port;
         let log = dir.path().join(format!("{format}.log"));
         let mut run = Guard(
             flowgate()

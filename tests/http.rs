@@ -252,6 +252,7 @@ fn format_avro_sends_framed_values_under_a_subject_named_after_the_pipeline() {
         r#"{"type":"record","name":"Point","fields":[{"name":"id","type":"long"},{"name":"name","type":"string"}]}"#,
     );
     let store = format!("sqlite:{}", dir.path().join("reg.db").display());
+    let listen = common::reserve_port();
     let file = Pipeline::new("http-avro")
         .source(source::file("in.jsonl"))
         .transform(transform::avro(json!({"file": schema.display().to_string()})))
@@ -263,7 +264,7 @@ fn format_avro_sends_framed_values_under_a_subject_named_after_the_pipeline() {
                 "format": "avro",
             }),
         ))
-        .registry(json!({"serve": {"listen": format!("127.0.0.1:{}", common::free_port()), "store": store.as_str()}}))
+        .registry(json!({"serve": {"listen": format!("127.0.0.1:{}", listen.port), "store": store.as_str()}}))
         .write(dir.path(), "avro.yaml");
     let mut run = spawn_run(dir.path(), &file, &[]);
     assert!(wait_exit(&mut run, Duration::from_secs(60)).success(), "{}", log(dir.path()));

@@ -16,7 +16,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::free_port;
+use super::{Port, reserve_port};
 
 fn tool(name: &str) -> PathBuf {
     let tools = std::env::var_os("FLOWGATE_TOOLS")
@@ -48,6 +48,9 @@ pub struct Broker {
     storage: String,
     env: Vec<(String, String)>,
     extra: Vec<String>,
+    /// Kept across [`Broker::restart`], and released only after the broker is
+    /// stopped (fields drop after `Drop::drop`).
+    _reserved: Port,
 }
 
 impl Broker {
@@ -57,12 +60,14 @@ impl Broker {
     }
 
     pub fn start_with(storage: &str, env: &[(&str, &str)], extra: &[&str]) -> Broker {
+        let reserved = reserve_port();
         let mut b = Broker {
             child: None,
-            port: free_port(),
+            port: reserved.port,
             storage: storage.to_string(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _reserved: reserved,
         };
         b.run();
         b
@@ -150,11 +155,14 @@ pub fn create_topic(addr: &str, name: &str, partitions: i32) {
 pub struct S3 {
     child: super::Guard,
     pub port: u16,
+    /// Released after `child` (fields drop in order), once moto is stopped.
+    _reserved: Port,
 }
 
 impl S3 {
     pub fn start() -> S3 {
-        let port = free_port();
+        let reserved = reserve_port();
+        let port = reserved.port;
         let mut child = Command::new(tool("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -170,7 +178,7 @@ impl S3 {
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "creating the bucket: {reply}");
-        S3 { child, port }
+        S3 { child, port, _reserved: reserved }
     }
 
     /// Environment for a tansu broker with `s3://tansu/` storage.

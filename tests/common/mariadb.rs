@@ -5,12 +5,15 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{Port, reserve_port};
 
 pub struct MariaDb {
     dir: tempfile::TempDir,
     pub port: u16,
     child: Option<Child>,
+    /// Kept across [`MariaDb::start_again`], and released only after the
+    /// server is stopped (fields drop after `Drop::drop`).
+    _reserved: Port,
 }
 
 impl MariaDb {
@@ -23,7 +26,8 @@ impl MariaDb {
             .output()
             .expect("mariadb-install-db is missing: run scripts/setup.sh (or scripts/test.sh)");
         assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut db = MariaDb { port: free_port(), dir, child: None };
+        let reserved = reserve_port();
+        let mut db = MariaDb { port: reserved.port, dir, child: None, _reserved: reserved };
         db.start_again();
         db.sql("CREATE DATABASE flowgate");
         db

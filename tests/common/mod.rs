@@ -105,12 +105,97 @@ pub fn rss_kib(pid: u32) -> u64 {
     kib
 }
 
-/// A free port for a server that must be given its port before it starts
-/// (tansu, moto, MariaDB, Postgres, an embedded registry): picked and
-/// released, so another process could take it in between. Flowgate's own
+/// A loopback port kept for one server that must be given its port before it
+/// starts (tansu, moto, MariaDB, Postgres, an embedded registry), for as long
+/// as the value lives: keep it beside the server, across its restarts. A port
+/// picked by binding port 0 and released could be handed to another test
+/// process in between; this one comes from outside the kernel's ephemeral
+/// range (see [`port_range`]), so the kernel gives it to no one, and a lock on
+/// a file per port keeps the other test processes off it. Flowgate's own
 /// listeners bind port 0 instead and report the port (see [`metrics_port`]).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+#[derive(Debug)]
+pub struct Port {
+    pub port: u16,
+    /// Held open for the reservation; the OS drops the lock with the process,
+    /// so a killed test leaves no stale reservation behind.
+    _lock: std::fs::File,
+}
+
+/// Reserves a [`Port`]: the first candidate, from a random point of
+/// [`port_range`], that no other test process has locked and that nothing
+/// listens on (a server left over from a killed run keeps its port but not the
+/// lock, which children do not inherit).
+pub fn reserve_port() -> Port {
+    use std::hash::BuildHasher;
+    let range = port_range();
+    let dir = std::env::temp_dir().join("flowgate-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let first = u32::from(*range.start());
+    let count = u32::from(*range.end()) - first + 1;
+    // Parallel test processes start at different points, so they seldom try the
+    // same candidates (RandomState is seeded by the OS in each process).
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let seed = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+    let offset = (seed % u64::from(count)) as u32;
+    for i in 0..count {
+        let port = (first + (offset + i) % count) as u16;
+        let path = dir.join(format!("port-{port}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => panic!("cannot lock {}: {e}", path.display()),
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Port { port, _lock: lock };
+        }
+    }
+    panic!(
+        "no port of {range:?} is free: other tests hold them all (locks in {}), or other servers listen on them",
+        dir.display()
+    );
+}
+
+/// Where [`reserve_port`] looks: 20000-29999, unless the kernel's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, where it picks the ports of binds to
+/// port 0 and of outgoing connections) overlaps it; then the larger space
+/// beside that range, above 10000 (below are the usual ports of services).
+fn port_range() -> std::ops::RangeInclusive<u16> {
+    const PREFERRED: (u32, u32) = (20_000, 29_999);
+    const FLOOR: u32 = 10_000;
+    const MIN_PORTS: u32 = 1_000;
+    let file = "/proc/sys/net/ipv4/ip_local_port_range";
+    let (lo, hi) = match std::fs::read_to_string(file) {
+        Ok(text) => {
+            let bounds: Result<Vec<u32>, _> = text.split_whitespace().map(str::parse::<u32>).collect();
+            match bounds.as_deref() {
+                Ok(&[lo, hi]) => (lo, hi),
+                _ => panic!("cannot read the ephemeral port range in {file}: {text:?}"),
+            }
+        }
+        // Linux's default.
+        Err(_) => (32_768, 60_999),
+    };
+    let size = |(a, b): (u32, u32)| (b + 1).saturating_sub(a);
+    let (start, end) = if PREFERRED.1 < lo || hi < PREFERRED.0 {
+        PREFERRED
+    } else {
+        let below = (FLOOR, lo.saturating_sub(1));
+        let above = (hi + 1, 65_535);
+        let (a, b) = if size(below) >= size(above) { below } else { above };
+        assert!(
+            size((a, b)) >= MIN_PORTS,
+            "the ephemeral port range {lo}-{hi} ({file}) leaves no {MIN_PORTS} ports above {FLOOR} for test servers: \
+             narrow it (sysctl net.ipv4.ip_local_port_range)"
+        );
+        (a, b.min(a + PREFERRED.1 - PREFERRED.0))
+    };
+    start as u16..=end as u16
 }
 
 /// A port nothing answers on, for as long as the value lives: a socket bound

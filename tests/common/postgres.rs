@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{free_port, log, wait_for};
+use super::{Port, log, reserve_port, wait_for};
 
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FLOWGATE_PG_BIN") {
@@ -53,6 +53,9 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
+    /// Kept across [`Postgres::start_again`], and released only after the
+    /// server is stopped (fields drop after `Drop::drop`).
+    _reserved: Port,
 }
 
 impl Postgres {
@@ -81,7 +84,8 @@ impl Postgres {
             "--locale=C.UTF-8",
         ]);
         run(initdb, "initdb");
-        let port = free_port();
+        let reserved = reserve_port();
+        let port = reserved.port;
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\n\
              wal_level = logical\nmax_wal_senders = 10\nmax_replication_slots = 10\n\
@@ -96,7 +100,7 @@ impl Postgres {
         let mut text = std::fs::read_to_string(&conf_path).unwrap();
         text.push_str(&conf);
         std::fs::write(&conf_path, text).unwrap();
-        let mut pg = Postgres { dir, port, running: false };
+        let mut pg = Postgres { dir, port, running: false, _reserved: reserved };
         pg.start_again();
         pg
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{flowgate, free_port, wait_for};
+use super::{Port, flowgate, reserve_port, wait_for};
 
 /// A registry process on a loopback port of its own, storing in `store`.
 pub struct Registry {
@@ -14,6 +14,9 @@ pub struct Registry {
     store: String,
     log: PathBuf,
     extra: Vec<String>,
+    /// Kept across [`Registry::start_again`], and released only after the
+    /// process is stopped (fields drop after `Drop::drop`).
+    _reserved: Port,
 }
 
 impl Registry {
@@ -28,12 +31,14 @@ impl Registry {
 
     /// With further `registry serve` arguments, such as `--metrics-addr`.
     pub fn start_with_args(dir: &Path, store: &str, extra: &[&str]) -> Registry {
+        let reserved = reserve_port();
         let mut r = Registry {
             child: None,
-            port: free_port(),
+            port: reserved.port,
             store: store.to_string(),
             log: dir.join("registry.log"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            _reserved: reserved,
         };
         r.start_again();
         r
