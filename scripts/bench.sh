@@ -21,12 +21,17 @@ if [[ "${1:-}" == compare ]]; then
   rev="${2:?usage: scripts/bench.sh compare REV [case...]}"
   shift 2
   before="$CARGO_TARGET_DIR/compare/flowgate-$(git rev-parse --short "$rev")"
-  if [[ ! -x "$before" ]]; then
+  # The plugins as built at REV: a plugin speaks the contract of its tree.
+  export FLOWGATE_PLUGINS_BEFORE="$CARGO_TARGET_DIR/compare/plugins-$(git rev-parse --short "$rev")"
+  if [[ ! -x "$before" || ! -d "$FLOWGATE_PLUGINS_BEFORE" ]]; then
     tree="$(mktemp -d)"
     git worktree add --detach -f "$tree" "$rev" >/dev/null
-    (cd "$tree" && cargo build --release --locked --bin flowgate)
-    mkdir -p "$(dirname "$before")"
-    cp "$CARGO_TARGET_DIR/release/flowgate" "$before"
+    if [[ ! -x "$before" ]]; then
+      (cd "$tree" && cargo build --release --locked --bin flowgate)
+      mkdir -p "$(dirname "$before")"
+      cp "$CARGO_TARGET_DIR/release/flowgate" "$before"
+    fi
+    (cd "$tree" && FLOWGATE_PLUGINS="$FLOWGATE_PLUGINS_BEFORE" bash scripts/build-plugins.sh)
     git worktree remove --force "$tree"
   fi
   cargo build --release --locked --bin flowgate

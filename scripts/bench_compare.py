@@ -19,6 +19,15 @@ import bench  # noqa: E402  (its helpers; FLOWGATE_BIN is set by bench.sh)
 REPEAT = int(os.environ.get("REPEAT", "3"))
 
 
+def plugins_for(binary):
+    """The plugins a binary runs: the `before` binary's as built at its
+    revision (FLOWGATE_PLUGINS_BEFORE), since a plugin speaks the contract of
+    the tree it was built in."""
+    if binary == sys.argv[1]:
+        return os.environ.get("FLOWGATE_PLUGINS_BEFORE", os.environ["FLOWGATE_PLUGINS"])
+    return os.environ["FLOWGATE_PLUGINS"]
+
+
 def compare(title, n, run_with):
     """Runs `run_with(binary)` REPEAT times for each binary, alternating."""
     before, after = sys.argv[1], sys.argv[2]
@@ -50,13 +59,13 @@ def case_engine(work):
 
 def case_wasm(work):
     n = int(os.environ.get("WASM_COUNT", "1000000"))
-    plugins = os.environ["FLOWGATE_PLUGINS"]
     template = '{"id":${seq},"name":"user ${seq}","email":"user${seq}@example.com","note":"${rand_str(120)}"}'
     for plugin, config in (("identity.wasm", "{}"), ("rust-pii-mask.wasm", "{fields: [email], flag: masked}")):
-        text = (f"name: wasm\nsource:\n  generate: {{template: '{template}', count: {n}, seed: 1}}\n"
-                f"transforms:\n  - wasm: {{path: {os.path.join(plugins, plugin)}, config: {config}}}\n"
-                "sink: null\nbatch: {size: 1000}\n")
-        compare(f"Wasm {plugin}: generate -> plugin -> null (one core)", n, lambda b: run(b, work, text, "wasm"))
+        def text(binary):
+            return (f"name: wasm\nsource:\n  generate: {{template: '{template}', count: {n}, seed: 1}}\n"
+                    f"transforms:\n  - wasm: {{path: {os.path.join(plugins_for(binary), plugin)}, "
+                    f"config: {config}}}\nsink: null\nbatch: {{size: 1000}}\n")
+        compare(f"Wasm {plugin}: generate -> plugin -> null (one core)", n, lambda b: run(b, work, text(b), "wasm"))
 
 
 def case_avro(work):
@@ -73,7 +82,6 @@ def case_avro(work):
 
 def case_kafka(work):
     n = int(os.environ.get("KAFKA_COUNT", "1000000"))
-    plugins = os.environ["FLOWGATE_PLUGINS"]
     broker, brokers, topic = bench.start_broker()
     try:
         topic("in")
@@ -88,7 +96,7 @@ def case_kafka(work):
             r = next(runs)
             topic(f"out{r}")
             text = (f"name: k{r}\nsource:\n  kafka: {{brokers: {brokers}, topics: [in], group: g{r}}}\n"
-                    f"transforms:\n  - wasm: {{path: {os.path.join(plugins, 'rust-pii-mask.wasm')}, "
+                    f"transforms:\n  - wasm: {{path: {os.path.join(plugins_for(binary), 'rust-pii-mask.wasm')}, "
                     "config: {fields: [email], flag: masked}}\n"
                     f"sink:\n  kafka: {{brokers: {brokers}, topic: out{r}, compression: lz4}}\n"
                     "batch: {size: 2000, linger: 5ms}\n")
