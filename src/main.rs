@@ -12,9 +12,11 @@ use flowgate_sdk::HumanDuration;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Flowgate runs declarative data pipelines, one YAML file each: a source (Kafka, a
-/// file, standard input, a generator) through WebAssembly transform plugins into a
-/// sink (Kafka, SQLite, a file, standard output), without losing a record on a crash.
+/// Flowgate runs declarative data pipelines, one YAML file each: a source (Kafka,
+/// Postgres changes `postgres_cdc`, HTTP, a file, standard input, a generator)
+/// through WebAssembly transform plugins and Avro into a sink (Kafka, Postgres,
+/// MySQL/MariaDB, SQLite, HTTP, a file, standard output), without losing a
+/// record on a crash.
 #[derive(Parser)]
 #[command(
     name = "flowgate",

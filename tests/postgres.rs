@@ -96,22 +96,70 @@ fn a_snapshot_taken_under_writes_and_the_stream_after_it_rebuild_the_table() {
     stop(&mut run, dir.path());
 }
 
-#[test]
-fn a_runner_killed_again_and_again_loses_no_committed_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let pg = Postgres::start();
+/// Every counter's updates in the topic, in commit order and without a gap
+/// (n at the snapshot, n + 1, ...), and every committed `log` insert: what
+/// the counters workload (`counters` and `log` tables) must leave in Kafka.
+fn assert_counters_complete(pg: &Postgres, broker: &Broker, what: &str) {
+    let mut counters = Reader::new(&broker.addr(), "public.counters", false).keep_all();
+    counters.read_until(Duration::from_secs(5), |_| false);
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut events = HashSet::new();
+    let mut repeats = 0;
+    for m in &counters.messages {
+        let v = json_of(m).unwrap();
+        let id = v["after"]["id"].as_i64().unwrap();
+        // A change is identified by its LSN; snapshot rows all carry the consistent
+        // point, which a change right after it can start at too.
+        if !events.insert((id, v["op"] == "r", v["source"]["lsn"].as_u64().unwrap())) {
+            repeats += 1;
+            continue;
+        }
+        seen.entry(id).or_default().push(v["after"]["n"].as_i64().unwrap());
+    }
+    let finals = table_rows(pg, "counters");
+    for (id, row) in &finals {
+        let got = seen.get(id).unwrap_or_else(|| panic!("no events for counter {id}"));
+        let want: Vec<i64> = (got[0]..=row["n"].as_i64().unwrap()).collect();
+        assert_eq!(got, &want, "counter {id}: changes missing or out of order");
+    }
+    // Every committed insert is there.
+    let mut logged = Reader::new(&broker.addr(), "public.log", false).keep_all();
+    logged.read_until(Duration::from_secs(5), |_| false);
+    let ids: HashSet<i64> =
+        logged.messages.iter().map(|m| json_of(m).unwrap()["after"]["id"].as_i64().unwrap()).collect();
+    let expected = table_rows(pg, "log");
+    let missing = expected.keys().filter(|id| !ids.contains(id)).count();
+    assert_eq!(missing, 0, "log rows missing from the topic");
+    let log_repeats = logged.messages.len() - ids.len();
+    eprintln!(
+        "{what}: {} counter updates and {} inserts out; repeated after restarts: {repeats} and {log_repeats}",
+        events.len(),
+        ids.len()
+    );
+}
+
+/// The counters workload: 500 counters and a log of their updates, written
+/// by pgbench transactions (`writes.sql` in `dir`).
+fn counters_workload(pg: &Postgres, dir: &Path) -> PathBuf {
     pg.sql(
         "CREATE TABLE counters (id int PRIMARY KEY, n int NOT NULL);
          INSERT INTO counters SELECT g, 0 FROM generate_series(1, 500) g;
          CREATE TABLE log (id bigserial PRIMARY KEY, counter int NOT NULL)",
     );
-    let broker = Broker::with_topics(&[("public.counters", 3), ("public.log", 3)]);
-    let writes = write_file(
-        dir.path(),
+    write_file(
+        dir,
         "writes.sql",
         "\\set id random(1, 500)\nBEGIN;\nUPDATE counters SET n = n + 1 WHERE id = :id;\n\
          INSERT INTO log (counter) VALUES (:id);\nEND;\n",
-    );
+    )
+}
+
+#[test]
+fn a_runner_killed_again_and_again_loses_no_committed_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let writes = counters_workload(&pg, dir.path());
+    let broker = Broker::with_topics(&[("public.counters", 3), ("public.log", 3)]);
     let file = pipeline(dir.path(), "kills", &pg, json!({"tables": ["counters", "log"]}), kafka_sink(&broker));
     let mut run = spawn_run(dir.path(), &file, &[]);
     let mut writer = pg.pgbench(&writes, 2, 16);
@@ -132,44 +180,7 @@ fn a_runner_killed_again_and_again_loses_no_committed_change() {
     }
     assert!(writer.wait().unwrap().success(), "pgbench failed");
     pg.wait_caught_up("flowgate_kills", dir.path());
-
-    // Every counter's updates, in commit order, without a gap: n at the snapshot, n + 1, ...
-    let mut counters = Reader::new(&broker.addr(), "public.counters", false).keep_all();
-    counters.read_until(Duration::from_secs(5), |_| false);
-    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
-    let mut events = HashSet::new();
-    let mut repeats = 0;
-    for m in &counters.messages {
-        let v = json_of(m).unwrap();
-        let id = v["after"]["id"].as_i64().unwrap();
-        // A change is identified by its LSN; snapshot rows all carry the consistent
-        // point, which a change right after it can start at too.
-        if !events.insert((id, v["op"] == "r", v["source"]["lsn"].as_u64().unwrap())) {
-            repeats += 1;
-            continue;
-        }
-        seen.entry(id).or_default().push(v["after"]["n"].as_i64().unwrap());
-    }
-    let finals = table_rows(&pg, "counters");
-    for (id, row) in &finals {
-        let got = seen.get(id).unwrap_or_else(|| panic!("no events for counter {id}"));
-        let want: Vec<i64> = (got[0]..=row["n"].as_i64().unwrap()).collect();
-        assert_eq!(got, &want, "counter {id}: changes missing or out of order");
-    }
-    // Every committed insert is there.
-    let mut logged = Reader::new(&broker.addr(), "public.log", false).keep_all();
-    logged.read_until(Duration::from_secs(5), |_| false);
-    let ids: HashSet<i64> =
-        logged.messages.iter().map(|m| json_of(m).unwrap()["after"]["id"].as_i64().unwrap()).collect();
-    let expected = table_rows(&pg, "log");
-    let missing = expected.keys().filter(|id| !ids.contains(id)).count();
-    assert_eq!(missing, 0, "log rows missing from the topic");
-    let log_repeats = logged.messages.len() - ids.len();
-    eprintln!(
-        "4 kills: {} counter updates and {} inserts out; repeated after restarts: {repeats} and {log_repeats}",
-        events.len(),
-        ids.len()
-    );
+    assert_counters_complete(&pg, &broker, "4 kills");
     stop(&mut run, dir.path());
 }
 
@@ -515,4 +526,258 @@ fn pipelines_started_together_share_a_publication_created_by_either() {
     pg.sql("INSERT INTO items VALUES (2)");
     assert!(wait_for(Duration::from_secs(30), || common::records_so_far(&out).len() == 2), "{}", log(dir.path()));
     stop(&mut run, dir.path());
+}
+
+/// `validate --check` of `file`: its exit code and standard error.
+fn validate_check(file: &Path) -> (Option<i32>, String) {
+    let out = common::flowgate().args(["validate", "--check", "--message-format", "short"]).arg(file).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `file` in `dir` until it exits by itself (it must, within 30 s); its log.
+fn run_refused(dir: &Path, file: &Path) -> String {
+    let mut run = spawn_run(dir, file, &[]);
+    let status = wait_exit(&mut run, Duration::from_secs(30));
+    assert!(!status.success(), "the run was not refused: {}", log(dir));
+    log(dir)
+}
+
+#[test]
+fn a_keyless_table_is_refused_and_the_application_keeps_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE nopk (id int, v int); INSERT INTO nopk VALUES (1, 1), (2, 2)");
+    let file = pipeline(dir.path(), "nopk", &pg, json!({"tables": ["nopk"]}), file_sink(&dir.path().join("o.jsonl")));
+    let (code, err) = validate_check(&file);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`public.nopk` has no replica identity"), "{err}");
+    assert!(err.contains("REPLICA IDENTITY FULL"), "{err}");
+    let text = run_refused(dir.path(), &file);
+    assert!(text.contains("`public.nopk` has no replica identity"), "{text}");
+    // Nothing was published, so the application's writes still work.
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_publication"), "0");
+    pg.sql("UPDATE nopk SET v = 10 WHERE id = 1; DELETE FROM nopk WHERE id = 2");
+    assert_eq!(pg.sql("SELECT string_agg(id || ':' || v, ',') FROM nopk"), "1:10");
+}
+
+#[test]
+fn a_full_identity_table_is_keyed_by_the_columns_named_in_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE ev (device int NOT NULL, seq int NOT NULL, v text); ALTER TABLE ev REPLICA IDENTITY FULL;
+         INSERT INTO ev VALUES (1, 1, 'a'), (2, 1, 'b')",
+    );
+    let out = dir.path().join("out.jsonl");
+    let keyed = json!({"tables": ["ev"], "keys": {"public.ev": ["device", "seq"]}});
+    let file = pipeline(dir.path(), "ev", &pg, keyed, file_sink(&out).with("format", "record"));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    pg.wait_streaming("flowgate_ev", dir.path());
+    pg.sql(
+        "INSERT INTO ev VALUES (3, 1, 'c'); UPDATE ev SET v = 'z' WHERE device = 1; DELETE FROM ev WHERE device = 2",
+    );
+    pg.wait_caught_up("flowgate_ev", dir.path());
+    stop(&mut run, dir.path());
+    let keys: Vec<(Value, String)> =
+        records(&out).iter().map(|r| (r["key"].clone(), r["value"]["op"].as_str().unwrap().to_string())).collect();
+    let key = |device: i64| json!({"device": device, "seq": 1});
+    assert_eq!(
+        keys,
+        [(key(1), "r".into()), (key(2), "r".into()), (key(3), "c".into()), (key(1), "u".into()), (key(2), "d".into())]
+    );
+    assert!(!log(dir.path()).contains("its records have no key"), "{}", log(dir.path()));
+
+    // Without `keys` the records have none, and the log says so.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let file =
+        pipeline(dir.path(), "unkeyed", &pg, json!({"tables": ["ev"]}), file_sink(&out).with("format", "record"));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    pg.wait_caught_up("flowgate_unkeyed", dir.path());
+    stop(&mut run, dir.path());
+    assert!(log(dir.path()).contains("its records have no key"), "{}", log(dir.path()));
+    assert!(records(&out).iter().all(|r| r["key"].is_null()));
+}
+
+#[test]
+fn partitioned_tables_are_captured_under_their_own_name_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE events (id int, at int, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (100);
+         CREATE TABLE events_2 PARTITION OF events FOR VALUES FROM (100) TO (200);
+         INSERT INTO events SELECT g, g % 200, 'v' FROM generate_series(1, 400) g",
+    );
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "parts", &pg, json!({"tables": ["events"]}), file_sink(&out));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    pg.wait_streaming("flowgate_parts", dir.path());
+    // A partition attached mid-stream, and restarts around changes to all of them.
+    pg.sql("CREATE TABLE events_3 PARTITION OF events FOR VALUES FROM (200) TO (300)");
+    for round in 0..3 {
+        pg.sql(&format!(
+            "INSERT INTO events VALUES ({i}, 250, 'new'), ({j}, 50, 'new');
+             UPDATE events SET v = 'u{round}' WHERE id % 7 = {round}; DELETE FROM events WHERE id % 11 = {round}",
+            i = 1000 + round,
+            j = 2000 + round
+        ));
+        pg.wait_caught_up("flowgate_parts", dir.path());
+        stop(&mut run, dir.path());
+        run = spawn_run(dir.path(), &file, &[]);
+        pg.wait_streaming("flowgate_parts", dir.path());
+    }
+    pg.sql("INSERT INTO events VALUES (3000, 299, 'last')");
+    pg.wait_caught_up("flowgate_parts", dir.path());
+    stop(&mut run, dir.path());
+    let events = records(&out);
+    assert!(events.iter().all(|e| e["source"]["table"] == "events"), "named after a partition");
+    let mut image: BTreeMap<(i64, i64), Value> = BTreeMap::new();
+    for e in &events {
+        let row = if e["op"] == "d" { &e["before"] } else { &e["after"] };
+        let id = (row["id"].as_i64().unwrap(), row["at"].as_i64().unwrap());
+        if e["op"] == "d" {
+            image.remove(&id);
+        } else {
+            image.insert(id, e["after"].clone());
+        }
+    }
+    let text = pg.sql("SELECT coalesce(json_agg(t), '[]') FROM events t");
+    let rows: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let table: BTreeMap<(i64, i64), Value> =
+        rows.into_iter().map(|r| ((r["id"].as_i64().unwrap(), r["at"].as_i64().unwrap()), r)).collect();
+    assert_eq!(image, table);
+    assert!(image.contains_key(&(3000, 299)), "the attached partition's rows arrive");
+}
+
+#[test]
+fn the_state_is_kept_in_the_database_so_another_directory_resumes() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)");
+    let out = a.path().join("out.jsonl");
+    let file = pipeline(a.path(), "moved", &pg, json!({"tables": ["t"]}), file_sink(&out));
+    let mut run = spawn_run(a.path(), &file, &[]);
+    let written = || log(a.path()).contains("initial snapshot written");
+    assert!(wait_for(Duration::from_secs(30), written), "{}", log(a.path()));
+    kill(&mut run);
+    pg.sql("INSERT INTO t VALUES (1001)");
+    // Another working directory and state directory: the record is in the database.
+    let mut run = spawn_run(b.path(), &file, &[]);
+    pg.wait_caught_up("flowgate_moved", b.path());
+    stop(&mut run, b.path());
+    let text = log(b.path());
+    assert!(!text.contains("taking the initial snapshot"), "a second snapshot: {text}");
+    assert!(text.contains("resuming from the replication slot"), "{text}");
+    assert!(!text.contains("from=0/0"), "{text}");
+    assert_eq!(pg.sql("SELECT snapshot_done FROM flowgate.cdc_slots WHERE slot = 'flowgate_moved'"), "t");
+    let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 1001, "every row, the one written while it was down included");
+}
+
+#[test]
+fn quoted_table_names_and_an_initial_only_pipeline_that_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    pg.sql(r#"CREATE TABLE "MixedCase" (id int PRIMARY KEY); INSERT INTO "MixedCase" VALUES (1), (2)"#);
+    let out = dir.path().join("out.jsonl");
+    let settings = json!({"tables": [r#"public."MixedCase""#], "snapshot": "initial_only"});
+    let file = pipeline(dir.path(), "once", &pg, settings, file_sink(&out));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    assert!(wait_exit(&mut run, Duration::from_secs(60)).success(), "{}", log(dir.path()));
+    assert_eq!(records(&out).len(), 2);
+    assert!(records(&out).iter().all(|e| e["source"]["table"] == "MixedCase"));
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_replication_slots"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM pg_publication"), "0", "the publication it created is dropped");
+    assert_eq!(pg.sql("SELECT count(*) FROM flowgate.cdc_slots"), "0");
+    assert!(!log(dir.path()).contains("streaming changes"), "{}", log(dir.path()));
+}
+
+#[test]
+fn every_refusal_at_start_is_a_refusal_of_validate_check() {
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE nopk (v int);
+         CREATE TABLE p (id int, at int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM (0) TO (10);
+         CREATE PUBLICATION only_a FOR TABLE a; CREATE PUBLICATION leaves FOR TABLE p;
+         CREATE SCHEMA flowgate;
+         CREATE TABLE flowgate.cdc_slots (slot text PRIMARY KEY, snapshot_done boolean NOT NULL,
+           publication_created boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO flowgate.cdc_slots VALUES ('gone', true)",
+    );
+    // Alone: a slot cannot be created in a transaction that has written.
+    pg.sql("SELECT pg_create_logical_replication_slot('used', 'pgoutput')");
+    let cases = [
+        ("keyless", json!({"tables": ["nopk"]}), "`public.nopk` has no replica identity"),
+        ("missing", json!({"tables": ["a", "b"], "publication": "only_a"}), "does not publish \"public\".\"b\""),
+        ("leaves", json!({"publication": "leaves"}), "publishes partitions under their own names"),
+        ("gone", json!({"tables": ["a"], "slot": "gone"}), "replication slot `gone` is gone"),
+        ("unknown", json!({"tables": ["a"], "slot": "used"}), "replication slot `used` already exists"),
+        ("nocolumn", json!({"tables": ["a"], "keys": {"a": ["nope"]}}), "`public.a` has no column `nope`"),
+    ];
+    for (name, settings, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipeline(dir.path(), name, &pg, settings, file_sink(&dir.path().join("o.jsonl")));
+        let (code, err) = validate_check(&file);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(err.contains(message), "{name}: `--check` says {err}");
+        let text = run_refused(dir.path(), &file);
+        assert!(text.contains(message), "{name}: `run` says {text}");
+    }
+}
+
+#[test]
+fn a_standby_takes_over_when_the_active_process_dies() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let pg = Postgres::start();
+    let writes = counters_workload(&pg, a.path());
+    let broker = Broker::with_topics(&[("public.counters", 3), ("public.log", 3)]);
+    let file = pipeline(a.path(), "pair", &pg, json!({"tables": ["counters", "log"]}), kafka_sink(&broker));
+    let dirs = [a.path(), b.path()];
+    let count = |d: &Path, what: &str| log(d).matches(what).count();
+    let mut runs = [spawn_run(dirs[0], &file, &[]), spawn_run(dirs[1], &file, &[])];
+    // The first to take the lock runs the slot; the other stands by.
+    assert!(
+        wait_for(Duration::from_secs(30), || dirs.iter().any(|d| log(d).contains("initial snapshot written"))
+            && dirs.iter().any(|d| count(d, "standby: another process runs") == 1)),
+        "{}\n{}",
+        log(dirs[0]),
+        log(dirs[1])
+    );
+    let mut active = if log(dirs[0]).contains("initial snapshot written") { 0 } else { 1 };
+    let mut writer = pg.pgbench(&writes, 2, 15);
+    let mut takeovers = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let standby = 1 - active;
+        let before = count(dirs[standby], "taking over");
+        kill(&mut runs[active]);
+        let killed = Instant::now();
+        assert!(
+            wait_for(Duration::from_secs(60), || count(dirs[standby], "taking over") > before),
+            "no takeover:\n{}",
+            log(dirs[standby])
+        );
+        takeovers.push(killed.elapsed());
+        // Back as the standby.
+        let stood_by = count(dirs[active], "standby: another process runs");
+        runs[active] = spawn_run(dirs[active], &file, &[]);
+        assert!(wait_for(Duration::from_secs(30), || count(dirs[active], "standby: another process runs") > stood_by));
+        active = standby;
+    }
+    assert!(writer.wait().unwrap().success(), "pgbench failed");
+    pg.wait_caught_up("flowgate_pair", dirs[active]);
+    assert_eq!(
+        log(dirs[0]).matches("taking the initial snapshot").count()
+            + log(dirs[1]).matches("taking the initial snapshot").count(),
+        1,
+        "one snapshot in all"
+    );
+    assert_counters_complete(&pg, &broker, "3 takeovers");
+    eprintln!("takeover after kill -9: {takeovers:?}");
+    assert!(takeovers.iter().all(|t| *t < Duration::from_secs(30)), "{takeovers:?}");
+    for run in &mut runs {
+        stop(run, dirs[0]);
+    }
 }

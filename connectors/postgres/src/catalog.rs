@@ -1,7 +1,7 @@
 //! Setup and catalog queries over an ordinary connection (sqlx): server
 //! settings, the publication, the slot's state, key columns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, PgConnection, Row};
 
@@ -31,37 +31,41 @@ pub async fn check_server(conn: &mut PgConnection) -> Result<String, PgCdcError>
     Ok(row.get(1))
 }
 
-/// Creates the publication for `tables` when it is missing; an existing one
-/// must already cover them.
-pub async fn ensure_publication(
-    conn: &mut PgConnection,
-    name: &str,
-    tables: &[(String, String)],
-) -> Result<(), PgCdcError> {
-    if published_tables(conn, name).await?.is_none() && create_publication(conn, name, tables).await? {
-        return Ok(());
-    }
-    // Created by someone else, perhaps a pipeline started at the same moment.
-    let have = published_tables(conn, name).await?.unwrap_or_default();
-    let missing: Vec<String> = tables
-        .iter()
-        .filter(|t| !have.contains(t))
-        .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
-        .collect();
-    if !missing.is_empty() {
-        return Err(PgCdcError::Setup(format!(
-            "publication `{name}` exists but does not publish {}; add them with `ALTER PUBLICATION {} ADD TABLE {}` \
-             (rows already in them are not copied), or name another `publication`",
-            missing.join(", "),
-            quote_ident(name),
-            missing.join(", ")
-        )));
-    }
-    Ok(())
+/// A publication as the checks need it.
+pub struct Publication {
+    /// The tables it publishes changes under: the partitioned tables
+    /// themselves with `publish_via_partition_root`, else their partitions.
+    pub tables: Vec<(String, String)>,
+    pub via_root: bool,
+    /// Whether it publishes UPDATE or DELETE, which need a replica identity.
+    pub updates_or_deletes: bool,
+    /// Whether it holds a partitioned table or a partition.
+    pub has_partitions: bool,
 }
 
-/// `CREATE PUBLICATION`; false when another session created it first.
-async fn create_publication(
+/// The publication `name`, or `None` when it does not exist.
+pub async fn publication(conn: &mut PgConnection, name: &str) -> Result<Option<Publication>, PgCdcError> {
+    let Some(row) = sqlx::query(
+        "SELECT p.pubviaroot, p.pubupdate OR p.pubdelete,
+                EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_class c ON c.oid = r.prrelid
+                         WHERE r.prpubid = p.oid AND (c.relkind = 'p' OR c.relispartition))
+           FROM pg_publication p WHERE p.pubname = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| PgCdcError::db("cannot read the publications", e))?
+    else {
+        return Ok(None);
+    };
+    let tables = published_tables(conn, name).await?.unwrap_or_default();
+    Ok(Some(Publication { tables, via_root: row.get(0), updates_or_deletes: row.get(1), has_partitions: row.get(2) }))
+}
+
+/// `CREATE PUBLICATION` for `tables`, publishing the changes of partitioned
+/// tables under their own names (`publish_via_partition_root`): so do
+/// partitions attached later. False when another session created it first.
+pub async fn create_publication(
     conn: &mut PgConnection,
     name: &str,
     tables: &[(String, String)],
@@ -79,7 +83,11 @@ async fn create_publication(
         }
     }
     let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
-    let sql = format!("CREATE PUBLICATION {} FOR TABLE {}", quote_ident(name), list.join(", "));
+    let sql = format!(
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+        quote_ident(name),
+        list.join(", ")
+    );
     // Identifiers are quoted by quote_ident; DDL takes no bind parameters.
     match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await {
         Ok(_) => {
@@ -191,17 +199,56 @@ pub struct SlotInfo {
     pub plugin: Option<String>,
     pub database: Option<String>,
     pub wal_status: Option<String>,
+    /// Where the slot stands (`0/16B3748`).
+    pub confirmed_flush: Option<String>,
 }
 
 pub async fn slot(conn: &mut PgConnection, name: &str) -> Result<Option<SlotInfo>, PgCdcError> {
     let row = sqlx::query(
-        "SELECT plugin::text, database::text, wal_status::text FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT plugin::text, database::text, wal_status::text, confirmed_flush_lsn::text
+           FROM pg_replication_slots WHERE slot_name = $1",
     )
     .bind(name)
     .fetch_optional(&mut *conn)
     .await
     .map_err(|e| PgCdcError::db("cannot read the replication slots", e))?;
-    Ok(row.map(|r| SlotInfo { plugin: r.get(0), database: r.get(1), wal_status: r.get(2) }))
+    Ok(row.map(|r| SlotInfo { plugin: r.get(0), database: r.get(1), wal_status: r.get(2), confirmed_flush: r.get(3) }))
+}
+
+pub async fn drop_publication(conn: &mut PgConnection, name: &str) -> Result<(), PgCdcError> {
+    // The name is quoted by quote_ident.
+    let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db(format!("cannot drop publication `{name}`"), e))?;
+    Ok(())
+}
+
+/// The record key of each published table: the catalog's ([`key_columns`])
+/// with `keys` from the settings over it; those are also returned apart,
+/// since they hold whatever the replica identity says. A table left without
+/// a key is warned about: its records have none, so one row's changes may
+/// spread over partitions downstream.
+pub async fn record_keys(
+    conn: &mut PgConnection,
+    publication: &str,
+    overrides: Vec<((String, String), Vec<String>)>,
+) -> Result<(HashMap<(String, String), Vec<String>>, HashSet<(String, String)>), PgCdcError> {
+    let mut keys = key_columns(conn, publication).await?;
+    let mut pinned = HashSet::new();
+    for (table, columns) in overrides {
+        pinned.insert(table.clone());
+        keys.insert(table, columns);
+    }
+    for (schema, table) in published_tables(conn, publication).await?.unwrap_or_default() {
+        if !keys.contains_key(&(schema.clone(), table.clone())) {
+            tracing::warn!(table = %format!("{schema}.{table}"),
+                "the table has no primary key or replica identity index, so its records have no key; name its key \
+                 columns in `keys`");
+        }
+    }
+    Ok((keys, pinned))
 }
 
 /// Drops a slot, waiting for a walsender that still holds it to let go.

@@ -1,5 +1,6 @@
 //! The YAML contract of the `postgres_cdc` source.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -14,10 +15,12 @@ pub struct PostgresCdcConfig {
     /// or `CREATE` on the database if Flowgate is to create the publication).
     #[schemars(extend("format" = "postgres-url", "pattern" = "^postgres(ql)?://"))]
     pub url: String,
-    /// Tables to capture, `schema.table` or `table` (schema `public`). Flowgate
+    /// Tables to capture, `schema.table` or `table` (schema `public`). Names
+    /// are taken as written, case included (`public.MixedCase`); SQL quotes
+    /// are accepted too (`public."MixedCase"`, `"my.schema"."t"`). Flowgate
     /// creates the publication for them if it does not exist.
     #[serde(default)]
-    #[schemars(extend("items" = {"type": "string", "format": "postgres-table", "pattern": "^[^.]+(\\.[^.]+)?$"}))]
+    #[schemars(extend("items" = {"type": "string", "format": "postgres-table", "pattern": TABLE_PATTERN}))]
     pub tables: Vec<String>,
     /// The publication to stream. Without `tables` it must exist already; with
     /// `tables` it is created when missing. Default: the slot's name.
@@ -36,7 +39,30 @@ pub struct PostgresCdcConfig {
     /// (a Kafka tombstone, so that log compaction removes the key).
     #[serde(default)]
     pub tombstones: bool,
+    /// The record key of a table, by column, where its primary key (or replica
+    /// identity index) is not the key wanted, or it has none (a table under
+    /// `REPLICA IDENTITY FULL`): `{"shop.events": [device_id, seq]}`, like
+    /// Debezium's `message.key.columns`. Without one, such a table's records
+    /// have no key, and a warning says so at start.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"format": "postgres-table", "pattern": TABLE_PATTERN}))]
+    pub keys: BTreeMap<String, Vec<String>>,
+    /// The schema of the source's state in the source database (default
+    /// `flowgate`): a table `cdc_slots` with one row per slot, saying whether
+    /// its snapshot is written. Kept with the slot, so a restart from any
+    /// directory or machine continues correctly. Created when missing (the
+    /// user needs `CREATE` on the database, or the schema made for it).
+    #[serde(default = "default_state_schema")]
+    pub state_schema: String,
 }
+
+fn default_state_schema() -> String {
+    "flowgate".to_string()
+}
+
+/// A table name in `tables` and `keys`: one or two parts, each plain (no dot,
+/// no quote) or SQL-quoted.
+const TABLE_PATTERN: &str = r#"^("([^"]|"")+"|[^."]+)(\.("([^"]|"")+"|[^."]+))?$"#;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +82,8 @@ impl fmt::Debug for PostgresCdcConfig {
             .field("slot", &self.slot)
             .field("snapshot", &self.snapshot)
             .field("tombstones", &self.tombstones)
+            .field("keys", &self.keys)
+            .field("state_schema", &self.state_schema)
             .finish()
     }
 }
@@ -79,10 +107,56 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 /// The `postgres-table` format: `table` or `schema.table`.
 pub fn check_table(table: &str) -> Result<(), String> {
-    if table.is_empty() || table.split('.').count() > 2 || table.split('.').any(str::is_empty) {
-        Err(format!("`{table}` is not `table` or `schema.table`"))
-    } else {
-        Ok(())
+    parse_table(table).map(drop)
+}
+
+/// `table` or `schema.table` as (schema, table), schema `public` by default.
+/// A part in double quotes is taken without them (`""` is a quote, and dots
+/// are part of the name); one without is taken as written.
+pub fn parse_table(text: &str) -> Result<(String, String), String> {
+    let bad = || format!("`{text}` is not `table` or `schema.table`");
+    let mut parts = Vec::new();
+    let mut rest = text;
+    loop {
+        let (part, after) = match rest.strip_prefix('"') {
+            Some(quoted) => {
+                let mut name = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((i, '"')) if quoted[i + 1..].starts_with('"') => {
+                            name.push('"');
+                            chars.next();
+                        }
+                        Some((i, '"')) => break i + 1,
+                        Some((_, c)) => name.push(c),
+                        None => return Err(format!("{}: a quote is not closed", bad())),
+                    }
+                };
+                (name, &quoted[end..])
+            }
+            None => {
+                let end = rest.find('.').unwrap_or(rest.len());
+                if rest[..end].contains('"') {
+                    return Err(format!("{}: quote a whole name, as in `\"MixedCase\"`", bad()));
+                }
+                (rest[..end].to_string(), &rest[end..])
+            }
+        };
+        if part.is_empty() {
+            return Err(bad());
+        }
+        parts.push(part);
+        match after.strip_prefix('.') {
+            Some(next) => rest = next,
+            None if after.is_empty() => break,
+            None => return Err(bad()),
+        }
+    }
+    match <[String; 2]>::try_from(parts) {
+        Ok([schema, table]) => Ok((schema, table)),
+        Err(parts) if parts.len() == 1 => Ok(("public".to_string(), parts.into_iter().next().unwrap_or_default())),
+        Err(_) => Err(bad()),
     }
 }
 
@@ -112,18 +186,29 @@ impl PostgresCdcConfig {
         if self.tables.is_empty() && self.publication.is_none() {
             out.push("list the `tables` to capture, or name an existing `publication`".to_string());
         }
+        let tables = self.qualified_tables();
+        for (name, columns) in &self.keys {
+            match parse_table(name) {
+                Err(e) => out.push(format!("`keys`: {e}")),
+                Ok(t) if !self.tables.is_empty() && !tables.contains(&t) => {
+                    out.push(format!("`keys` names `{name}`, which is not in `tables`"))
+                }
+                Ok(_) if columns.is_empty() => out.push(format!("`keys` gives `{name}` no columns")),
+                Ok(_) => {}
+            }
+        }
         out
     }
 
-    /// The tables as (schema, table).
+    /// The tables as (schema, table); names that do not parse are left out
+    /// (they are refused when the file is checked).
     pub fn qualified_tables(&self) -> Vec<(String, String)> {
-        self.tables
-            .iter()
-            .map(|t| match t.split_once('.') {
-                Some((s, n)) => (s.to_string(), n.to_string()),
-                None => ("public".to_string(), t.clone()),
-            })
-            .collect()
+        self.tables.iter().filter_map(|t| parse_table(t).ok()).collect()
+    }
+
+    /// The `keys` by (schema, table).
+    pub fn key_overrides(&self) -> Vec<((String, String), Vec<String>)> {
+        self.keys.iter().filter_map(|(t, columns)| Some((parse_table(t).ok()?, columns.clone()))).collect()
     }
 }
 
@@ -156,6 +241,34 @@ mod tests {
         assert_eq!(c.publication_name("flowgate_orders_cdc"), "flowgate_orders_cdc");
         assert_eq!(c.qualified_tables(), vec![("public".into(), "orders".into()), ("audit".into(), "log".into())]);
         assert!(c.problems().is_empty());
+    }
+
+    #[test]
+    fn table_names_are_taken_as_written_or_unquoted() {
+        let t = |s: &str| parse_table(s);
+        assert_eq!(t("orders"), Ok(("public".into(), "orders".into())));
+        assert_eq!(t("public.MixedCase"), Ok(("public".into(), "MixedCase".into())));
+        assert_eq!(t(r#"public."MixedCase""#), Ok(("public".into(), "MixedCase".into())));
+        assert_eq!(t(r#""my.schema"."a""b""#), Ok(("my.schema".into(), r#"a"b"#.into())));
+        for bad in ["", "a.b.c", "a.", r#""open"#, r#"a"b"#, r#""x"y"#, r#""""#] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+        let pattern = regex_lite::Regex::new(TABLE_PATTERN).unwrap();
+        for good in ["orders", "public.MixedCase", r#"public."MixedCase""#, r#""my.schema"."a""b""#] {
+            assert!(pattern.is_match(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn keys_name_captured_tables_and_columns() {
+        let c = config(
+            r#"{"url": "postgres://db/shop", "tables": ["shop.events"],
+                "keys": {"shop.events": ["device", "seq"], "shop.other": ["id"], "public.e": []}}"#,
+        );
+        let problems = c.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("`shop.other`, which is not in `tables`")), "{problems:?}");
+        assert_eq!(c.key_overrides()[1], (("shop".into(), "events".into()), vec!["device".into(), "seq".into()]));
     }
 
     #[test]

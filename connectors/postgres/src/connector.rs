@@ -15,7 +15,7 @@ impl SourceConnector for PostgresCdcConfig {
     }
 
     async fn check(&self, ctx: &OpenContext, _: &Stage<'_>) -> Vec<Problem> {
-        check::check_source(self, &ctx.pipeline).await
+        check::check_source(self, &ctx.pipeline, &ctx.state).await
     }
 
     async fn open(&self, ctx: &OpenContext) -> Result<Box<dyn Source>, ConnectorError> {

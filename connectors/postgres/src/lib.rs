@@ -12,7 +12,9 @@ mod decode;
 mod error;
 mod event;
 mod position;
+mod preflight;
 mod source;
+mod state;
 mod table;
 
 pub use config::PostgresCdcConfig;

@@ -8,28 +8,28 @@
 //! server's WAL end (from keepalives), so an idle or unpublished workload does
 //! not make it hold WAL.
 //!
-//! Layout: `start` decides, from the slot and the state directory's record of
-//! it, how the source starts; `snapshot` creates the slot with an exported
+//! Layout: `start` decides, from the slot and the pipeline's record of it
+//! (kept in the source database, `crate::state`), how the source starts; `snapshot` creates the slot with an exported
 //! snapshot and reads the snapshot through it; `stream` reads the change
 //! stream (reconnecting when the connection is lost) and holds the decoder
 //! that turns its events into records.
 
+mod leader;
 mod snapshot;
 mod start;
 mod stream;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{
-    Batch, ConnectorError, OpenContext, PendingPositions, Read, Source, StateStore, Watermark, async_trait,
-};
+use flowgate_sdk::{Batch, ConnectorError, OpenContext, PendingPositions, Read, Source, Watermark, async_trait};
 use pg_walstream::{LogicalReplicationStream, SnapshotRows};
 use tokio::time::Instant;
 
-use crate::catalog;
 use crate::config::{PostgresCdcConfig, SnapshotMode};
 use crate::error::PgCdcError;
-use start::{SlotRecord, StartPlan, plan_start, state_key};
+use crate::state::{self, SlotState};
+use crate::{catalog, preflight};
+pub(crate) use start::{StartPlan, plan_start, state_key};
 use stream::Decoder;
 
 /// Where the initial snapshot stands.
@@ -55,6 +55,12 @@ enum Phase {
     Disconnected {
         retry_at: Instant,
     },
+    /// Another process runs this pipeline's slot: wait, and take over when
+    /// it stops (see `leader`).
+    Standby {
+        since: Instant,
+        next_try: Instant,
+    },
     /// `initial_only`: the snapshot is out; the input ends here.
     Finished,
 }
@@ -73,7 +79,16 @@ pub struct PostgresCdcSource {
     conninfo: String,
     batch_size: usize,
     linger: Duration,
-    state: StateStore,
+    pipeline: std::sync::Arc<str>,
+    /// The state directory, where release 0.1 kept the slot's record.
+    legacy: flowgate_sdk::StateStore,
+    /// Where an effectively-once sink says the pipeline stands.
+    resume: Option<flowgate_sdk::Position>,
+    /// What is recorded of the slot (in `<state_schema>.cdc_slots`).
+    record: SlotState,
+    /// The session holding the slot's leader lock, while this process is
+    /// the one that runs the slot.
+    leader: Option<leader::Leader>,
     phase: Phase,
     decoder: Decoder,
     /// Batches read but not yet acknowledged, in order.
@@ -96,47 +111,49 @@ fn replication_conninfo(url: &str) -> String {
     format!("{url}{sep}replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO")
 }
 
+/// [`preflight::check`], refusing to start on any problem it finds.
+async fn preflight(
+    conn: &mut sqlx::PgConnection,
+    config: &PostgresCdcConfig,
+    pipeline: &str,
+    legacy: &flowgate_sdk::StateStore,
+) -> Result<preflight::Facts, PgCdcError> {
+    let (problems, facts) = preflight::check(conn, config, pipeline, legacy).await?;
+    if problems.is_empty() {
+        return Ok(facts);
+    }
+    let each: Vec<String> = problems
+        .iter()
+        .map(|p| match &p.help {
+            Some(help) => format!("{} (help: {help})", p.message),
+            None => p.message.clone(),
+        })
+        .collect();
+    Err(PgCdcError::Setup(each.join("; ")))
+}
+
 impl PostgresCdcSource {
+    /// Checks what `validate --check` checks (and refuses to start on any of
+    /// it), then runs the slot, or waits as a standby while another process
+    /// of the same pipeline runs it.
     pub async fn open(config: PostgresCdcConfig, ctx: &OpenContext) -> Result<Self, PgCdcError> {
         let slot = config.slot_name(&ctx.pipeline);
         let publication = config.publication_name(&slot);
         let mut conn = catalog::connect(&config.url).await?;
-        let db = catalog::check_server(&mut conn).await?;
-        if config.tables.is_empty() {
-            if catalog::published_tables(&mut conn, &publication).await?.is_none() {
-                return Err(PgCdcError::Setup(format!(
-                    "publication `{publication}` does not exist; create it or list the `tables` to capture"
-                )));
-            }
-        } else {
-            catalog::ensure_publication(&mut conn, &publication, &config.qualified_tables()).await?;
-        }
-        let keys = catalog::key_columns(&mut conn, &publication).await?;
-        let existing = catalog::slot(&mut conn, &slot).await?;
-        if let Some(info) = &existing {
-            if info.wal_status.as_deref() == Some("lost") {
-                return Err(PgCdcError::Setup(format!(
-                    "replication slot `{slot}` is invalidated (wal_status = lost): the server removed WAL it still \
-                     needed, so changes were lost. Drop the slot and start over with a new snapshot"
-                )));
-            }
-            if info.plugin.as_deref() != Some("pgoutput") || info.database.as_deref() != Some(db.as_str()) {
-                return Err(PgCdcError::Setup(format!(
-                    "replication slot `{slot}` exists but is not a pgoutput slot of database `{db}`; choose another `slot`"
-                )));
-            }
-        }
-        let key = state_key(&slot);
-        let record: Option<SlotRecord> = ctx.state.load(&key).map_err(PgCdcError::State)?;
-        let decoder = Decoder::new(ctx.pipeline.clone(), db.into(), config.tombstones, keys);
+        let decoder = Decoder::new(ctx.pipeline.clone(), "".into(), config.tombstones, Default::default());
+        let now = Instant::now();
         let mut source = PostgresCdcSource {
             conninfo: replication_conninfo(&config.url),
             slot,
             publication,
             batch_size: ctx.batch_size,
             linger: ctx.linger,
-            state: ctx.state.clone(),
-            phase: Phase::Finished,
+            pipeline: ctx.pipeline.clone(),
+            legacy: ctx.state.clone(),
+            resume: ctx.resume.clone(),
+            record: SlotState::default(),
+            leader: None,
+            phase: Phase::Standby { since: now, next_try: now },
             decoder,
             pending: PendingPositions::default(),
             confirmed: 0,
@@ -144,46 +161,150 @@ impl PostgresCdcSource {
             reconnect_delay: Duration::from_millis(100),
             config,
         };
-        // A sink that stores the position with its data (effectively-once) may
-        // be ahead of the slot: what it has is not sent again.
-        if let Some((end, within)) = ctx.resume.as_ref().and_then(crate::position::decode) {
-            source.decoder.last_end = end;
-            source.decoder.skip = within;
-        }
-        let wants_snapshot = source.config.snapshot != SnapshotMode::Never;
-        let slot = source.slot.clone();
-        let state_file = source.state.dir().join(format!("{key}.json"));
-        match plan_start(existing.is_some(), record.as_ref(), wants_snapshot, &slot, &state_file) {
-            StartPlan::Resume => {
-                tracing::info!(slot = %slot, from = source.decoder.last_end, "resuming from the replication slot");
-                source.start_streaming().await?;
+        match leader::Leader::try_acquire(&source.config.url, &source.slot).await? {
+            Some(lead) => {
+                source.leader = Some(lead);
+                leader::report(&source.pipeline, &source.slot, true);
+                source.start(conn).await?;
             }
-            StartPlan::RetakeSnapshot => {
-                tracing::warn!(slot = %slot, "the initial snapshot did not finish last time; dropping the slot and taking it again");
-                catalog::drop_slot(&mut conn, &slot).await?;
-                source.create_slot().await?;
+            None => {
+                // A standby refuses what the active one would (see `start`).
+                preflight(&mut conn, &source.config, &source.pipeline, &source.legacy).await?;
+                leader::report(&source.pipeline, &source.slot, false);
+                tracing::info!(
+                    slot = %source.slot,
+                    "standby: another process runs this pipeline's replication slot; taking over when it stops"
+                );
             }
-            StartPlan::StreamExisting => {
-                tracing::info!(slot = %slot, "streaming from the existing replication slot");
-                source.save(true)?;
-                source.start_streaming().await?;
-            }
-            StartPlan::Create => source.create_slot().await?,
-            StartPlan::Refuse(message) => return Err(PgCdcError::Setup(message)),
         }
         Ok(source)
     }
 
-    fn save(&self, snapshot_done: bool) -> Result<(), PgCdcError> {
-        let record = SlotRecord { snapshot_done };
-        self.state.save(&state_key(&self.slot), &record).map_err(PgCdcError::State)
+    /// Runs the slot, now that this process leads it: creates the
+    /// publication and the slot as needed and starts the snapshot or the
+    /// stream. The checks run again first: after a takeover, the other
+    /// process may have changed what they found.
+    async fn start(&mut self, mut conn: sqlx::PgConnection) -> Result<(), PgCdcError> {
+        let facts = preflight(&mut conn, &self.config, &self.pipeline, &self.legacy).await?;
+        let (config, slot, publication) = (&self.config, self.slot.clone(), self.publication.clone());
+        let mut record = facts.record.clone();
+        // Kept in the database from now on (a record of release 0.1 was read
+        // from the state directory).
+        if let Some(r) = &record {
+            state::save(&mut conn, &config.state_schema, &slot, r).await?;
+        }
+        if !config.tables.is_empty()
+            && catalog::publication(&mut conn, &publication).await?.is_none()
+            && catalog::create_publication(&mut conn, &publication, &config.qualified_tables()).await?
+        {
+            let r = record.get_or_insert_with(SlotState::default);
+            r.publication_created = true;
+            state::save(&mut conn, &config.state_schema, &slot, r).await?;
+        }
+        let (keys, pinned) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
+        let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
+        decoder.pinned = pinned;
+        // A sink that stores the position with its data (effectively-once) may
+        // be ahead of the slot: what it has is not sent again.
+        if let Some((end, within)) = self.resume.as_ref().and_then(crate::position::decode) {
+            decoder.last_end = end;
+            decoder.skip = within;
+        }
+        self.decoder = decoder;
+        self.record = record.clone().unwrap_or_default();
+        let wants_snapshot = self.config.snapshot != SnapshotMode::Never;
+        let forget = state::forget(&self.config.state_schema, &slot);
+        match plan_start(facts.slot_exists, record.as_ref(), wants_snapshot, &slot, &forget) {
+            StartPlan::Resume => {
+                let from = catalog::slot(&mut conn, &slot).await?.and_then(|s| s.confirmed_flush).unwrap_or_default();
+                tracing::info!(slot = %slot, from = %from, "resuming from the replication slot");
+                self.start_streaming().await?;
+            }
+            StartPlan::RetakeSnapshot => {
+                tracing::warn!(slot = %slot, "the initial snapshot did not finish last time; dropping the slot and taking it again");
+                catalog::drop_slot(&mut conn, &slot).await?;
+                self.create_slot().await?;
+            }
+            StartPlan::StreamExisting => {
+                tracing::info!(slot = %slot, "streaming from the existing replication slot");
+                self.save(true).await?;
+                self.start_streaming().await?;
+            }
+            StartPlan::Create => self.create_slot().await?,
+            StartPlan::Refuse(message) => return Err(PgCdcError::Setup(message)),
+        }
+        Ok(())
+    }
+
+    /// As a standby: tries to take the slot over, twice a second.
+    async fn wait_as_standby(&mut self) -> Result<Read, PgCdcError> {
+        let Phase::Standby { since, next_try } = self.phase else { unreachable!("called in standby") };
+        tokio::time::sleep_until(next_try).await;
+        match leader::Leader::try_acquire(&self.config.url, &self.slot).await? {
+            Some(lead) => {
+                self.leader = Some(lead);
+                leader::report(&self.pipeline, &self.slot, true);
+                tracing::info!(
+                    slot = %self.slot,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "taking over: this process now runs the replication slot"
+                );
+                let conn = catalog::connect(&self.config.url).await?;
+                self.phase = Phase::Finished;
+                if let Err(e) = self.start(conn).await {
+                    // Let go, so that this or another process tries again.
+                    self.leader = None;
+                    leader::report(&self.pipeline, &self.slot, false);
+                    self.phase = Phase::Standby { since, next_try: Instant::now() + leader::STANDBY_POLL };
+                    return Err(e);
+                }
+            }
+            None => self.phase = Phase::Standby { since, next_try: Instant::now() + leader::STANDBY_POLL },
+        }
+        Ok(Read::Idle)
+    }
+
+    /// Records whether the snapshot through the slot is written, in the
+    /// source database.
+    async fn save(&mut self, snapshot_done: bool) -> Result<(), PgCdcError> {
+        self.record.snapshot_done = snapshot_done;
+        let mut conn = catalog::connect(&self.config.url).await?;
+        state::save(&mut conn, &self.config.state_schema, &self.slot, &self.record).await
     }
 }
 
 #[async_trait]
 impl Source for PostgresCdcSource {
     async fn read(&mut self, batch: &mut Batch) -> Result<Read, ConnectorError> {
+        // A leader whose lock session is gone takes the lock again before it
+        // goes on; if another process took it meanwhile, it steps down rather
+        // than compete for the slot. (The database out of reach: the stream
+        // is down too, and both are tried again.)
+        let mut step_down = false;
+        if let Some(lead) = &mut self.leader
+            && !lead.still_held().await
+        {
+            match leader::Leader::try_acquire(&self.config.url, &self.slot).await {
+                Ok(Some(again)) => {
+                    *lead = again;
+                    tracing::info!(slot = %self.slot, "the leader lock's session was lost; took the lock again");
+                }
+                Ok(None) => step_down = true,
+                Err(e) => tracing::debug!(slot = %self.slot, error = %e, "cannot take the leader lock again yet"),
+            }
+        }
+        if step_down {
+            tracing::warn!(slot = %self.slot, "another process took over the replication slot; standing by");
+            self.leader = None;
+            leader::report(&self.pipeline, &self.slot, false);
+            if let Phase::Streaming(mut stream) = std::mem::replace(&mut self.phase, Phase::Finished) {
+                let _ = stream.stop().await;
+            }
+            let now = Instant::now();
+            self.phase = Phase::Standby { since: now, next_try: now + leader::STANDBY_POLL };
+        }
         let result = match self.phase {
+            Phase::Standby { .. } => self.wait_as_standby().await,
             Phase::Snapshot { .. } => self.read_snapshot(batch).await,
             Phase::Streaming(_) => self.read_stream(batch).await,
             Phase::Disconnected { .. } => self.reconnect().await.map(|()| Read::Idle),
@@ -212,7 +333,7 @@ impl Source for PostgresCdcSource {
         };
         // Saved before the batches are forgotten: a failed save is retried by the next commit.
         if snapshot_acked {
-            self.snapshot_done()?;
+            self.snapshot_done().await?;
         }
         self.pending.release(done);
         let Some(target) = target.filter(|t| *t > self.confirmed) else { return Ok(()) };
@@ -236,9 +357,16 @@ impl Source for PostgresCdcSource {
             Phase::Finished
                 if self.config.snapshot == SnapshotMode::InitialOnly && self.snapshot == SnapshotProgress::Idle =>
             {
+                // Nothing of an `initial_only` pipeline stays behind: its slot,
+                // the publication it created, and its record.
                 let mut conn = catalog::connect(&self.config.url).await?;
                 catalog::drop_slot(&mut conn, &self.slot).await?;
-                tracing::info!(slot = %self.slot, "snapshot done; dropped the replication slot");
+                if self.record.publication_created {
+                    catalog::drop_publication(&mut conn, &self.publication).await?;
+                }
+                state::delete(&mut conn, &self.config.state_schema, &self.slot).await?;
+                tracing::info!(slot = %self.slot, publication_dropped = self.record.publication_created,
+                    "snapshot done; dropped the replication slot");
             }
             _ => {}
         }

@@ -25,14 +25,14 @@ impl PostgresCdcSource {
                 .await
                 .map_err(|e| PgCdcError::replication(format!("cannot create replication slot `{}`", self.slot), e))?;
             tracing::info!(slot = %self.slot, publication = %self.publication, "created the replication slot");
-            self.save(true)?;
+            self.save(true).await?;
             stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
             self.phase = Phase::Streaming(Box::new(stream));
             return Ok(());
         }
         // Recorded first, so a crash during the copy is known to have left an
         // unfinished snapshot behind.
-        self.save(false)?;
+        self.save(false).await?;
         for attempt in 1..=5 {
             let mut locks = catalog::connect(&self.config.url).await?;
             let before = catalog::filenodes(&mut locks, &self.publication).await?;
@@ -128,13 +128,17 @@ impl PostgresCdcSource {
                 unreachable!()
             };
             let mut stream = rows.finish().await.map_err(PgCdcError::Snapshot)?;
-            tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
+            if self.config.snapshot == SnapshotMode::InitialOnly {
+                tracing::info!(slot = %self.slot, "snapshot read");
+            } else {
+                tracing::info!(slot = %self.slot, "initial snapshot read; streaming changes from its consistent point");
+            }
             let unacked = self.pending.iter().any(|(_, m)| matches!(m, Mark::Snapshot));
             match self.snapshot {
                 SnapshotProgress::Reading { last_seq: Some(last_seq) } if unacked => {
                     self.snapshot = SnapshotProgress::Unacked { last_seq };
                 }
-                _ => self.snapshot_done()?, // Empty tables, or every row already acknowledged.
+                _ => self.snapshot_done().await?, // Empty tables, or every row already acknowledged.
             }
             if self.config.snapshot != SnapshotMode::InitialOnly {
                 match stream.start(None).await {
@@ -149,9 +153,9 @@ impl PostgresCdcSource {
         Ok(if batch.records.is_empty() { Read::Idle } else { Read::Data })
     }
 
-    pub(super) fn snapshot_done(&mut self) -> Result<(), PgCdcError> {
+    pub(super) async fn snapshot_done(&mut self) -> Result<(), PgCdcError> {
         if self.config.snapshot != SnapshotMode::InitialOnly {
-            self.save(true)?;
+            self.save(true).await?;
         }
         tracing::info!(slot = %self.slot, "initial snapshot written");
         self.snapshot = SnapshotProgress::Idle;

@@ -1,22 +1,13 @@
 //! How the source starts, decided from what is known before anything is done:
-//! whether the slot exists, what the state directory says was done with it,
+//! whether the slot exists, what the pipeline recorded of it (`crate::state`),
 //! and whether the configuration asks for a snapshot. Pure, so every case is
-//! tested without a server; `PostgresCdcSource::open` carries the plan out.
+//! tested without a server; `PostgresCdcSource::open` carries the plan out,
+//! and `validate --check` reports its refusals.
 
-use std::path::Path;
+use crate::state::SlotState;
 
-use serde::{Deserialize, Serialize};
-
-/// What this pipeline has done with its slot, kept in the state directory: a
-/// slot that disappears after it was used means lost changes, which must stop
-/// the pipeline rather than be papered over with a new slot.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct SlotRecord {
-    /// The initial snapshot was written in full (or none was asked for).
-    pub(crate) snapshot_done: bool,
-}
-
-/// The state key under which the record of `slot` is kept.
+/// The key under which release 0.1 kept the record of `slot` in the state
+/// directory; read once, when the database has no record yet.
 pub(crate) fn state_key(slot: &str) -> String {
     format!("postgres_cdc.{slot}")
 }
@@ -38,14 +29,14 @@ pub(crate) enum StartPlan {
 }
 
 /// The plan for starting with the slot `slot` (which exists or not) and the
-/// `record` kept for it in `state_file` (named in the message that asks for it
-/// to be deleted).
+/// `record` kept for it; `forget` is the statement that deletes the record,
+/// named in the message that asks for it.
 pub(crate) fn plan_start(
     slot_exists: bool,
-    record: Option<&SlotRecord>,
+    record: Option<&SlotState>,
     wants_snapshot: bool,
     slot: &str,
-    state_file: &Path,
+    forget: &str,
 ) -> StartPlan {
     match (slot_exists, record) {
         (true, Some(r)) if r.snapshot_done => StartPlan::Resume,
@@ -59,9 +50,8 @@ pub(crate) fn plan_start(
         )),
         (false, Some(r)) if r.snapshot_done => StartPlan::Refuse(format!(
             "replication slot `{slot}` is gone (dropped, or lost in a failover), so changes made since it \
-             was last read cannot be streamed. To start over with a new snapshot, delete {} in the state \
-             directory and run again",
-            state_file.display()
+             was last read cannot be streamed. To start over with a new snapshot, forget its record \
+             (`{forget}`) and run again"
         )),
         (false, _) => StartPlan::Create,
     }
@@ -71,17 +61,12 @@ pub(crate) fn plan_start(
 mod tests {
     use super::*;
 
-    const DONE: SlotRecord = SlotRecord { snapshot_done: true };
-    const UNFINISHED: SlotRecord = SlotRecord { snapshot_done: false };
+    const DONE: SlotState = SlotState { snapshot_done: true, publication_created: false };
+    const UNFINISHED: SlotState = SlotState { snapshot_done: false, publication_created: false };
 
-    fn plan(slot_exists: bool, record: Option<&SlotRecord>, wants_snapshot: bool) -> StartPlan {
-        plan_start(
-            slot_exists,
-            record,
-            wants_snapshot,
-            "flowgate_orders",
-            Path::new("/state/postgres_cdc.flowgate_orders.json"),
-        )
+    fn plan(slot_exists: bool, record: Option<&SlotState>, wants_snapshot: bool) -> StartPlan {
+        let forget = crate::state::forget("flowgate", "flowgate_orders");
+        plan_start(slot_exists, record, wants_snapshot, "flowgate_orders", &forget)
     }
 
     #[test]
@@ -112,12 +97,12 @@ mod tests {
     }
 
     #[test]
-    fn a_used_slot_that_is_gone_is_refused_naming_the_state_file() {
+    fn a_used_slot_that_is_gone_is_refused_naming_its_record() {
         for wants_snapshot in [true, false] {
             let StartPlan::Refuse(message) = plan(false, Some(&DONE), wants_snapshot) else { panic!("not refused") };
             assert!(message.starts_with("replication slot `flowgate_orders` is gone"), "{message}");
             assert!(
-                message.contains("delete /state/postgres_cdc.flowgate_orders.json in the state directory"),
+                message.contains(r#"(`DELETE FROM "flowgate".cdc_slots WHERE slot = 'flowgate_orders'`)"#),
                 "{message}"
             );
         }
@@ -133,10 +118,11 @@ mod tests {
     }
 
     #[test]
-    fn the_record_is_kept_under_the_slot_name_in_its_on_disk_shape() {
+    fn the_record_of_release_0_1_is_read_from_its_state_file_shape() {
         assert_eq!(state_key("flowgate_orders"), "postgres_cdc.flowgate_orders");
-        assert_eq!(serde_json::to_string(&DONE).unwrap(), r#"{"snapshot_done":true}"#);
-        let r: SlotRecord = serde_json::from_str(r#"{"snapshot_done":false}"#).unwrap();
-        assert!(!r.snapshot_done);
+        let r: SlotState = serde_json::from_str(r#"{"snapshot_done":false}"#).unwrap();
+        assert_eq!(r, UNFINISHED);
+        let r: SlotState = serde_json::from_str(r#"{"snapshot_done":true}"#).unwrap();
+        assert_eq!(r, DONE);
     }
 }

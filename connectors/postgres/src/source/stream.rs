@@ -1,7 +1,7 @@
 //! Reading the slot's change stream: the replication connection, reconnecting
 //! after it is lost, and the decoder that turns its events into records.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub(super) struct Decoder {
     /// Snapshot tables by relation id, from the catalog.
     pub(super) snapshot_tables: HashMap<u32, Arc<Table>>,
     pub(super) keys: HashMap<(String, String), Vec<String>>,
+    /// Tables whose key the settings name (`keys`): it holds under any
+    /// replica identity.
+    pub(super) pinned: HashSet<(String, String)>,
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     pub(super) last_end: u64,
@@ -239,6 +242,7 @@ impl Decoder {
             tables: HashMap::new(),
             snapshot_tables: HashMap::new(),
             keys,
+            pinned: HashSet::new(),
             txn: None,
             last_end: 0,
             txn_count: 0,
@@ -269,8 +273,10 @@ impl Decoder {
             EventType::Relation { relation_id, namespace, relation_name, replica_identity, columns } => {
                 // Under FULL every column is flagged as part of the identity, and
                 // under NOTHING none: the primary key is the record's key there.
-                let catalog_keys = matches!(replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing)
-                    .then(|| self.keys.get(&(namespace.to_string(), relation_name.to_string())));
+                let id = (namespace.to_string(), relation_name.to_string());
+                let catalog_keys = (self.pinned.contains(&id)
+                    || matches!(replica_identity, ReplicaIdentity::Full | ReplicaIdentity::Nothing))
+                .then(|| self.keys.get(&id));
                 let is_key = |name: &str, flagged: bool| match catalog_keys {
                     Some(keys) => keys.is_some_and(|k| k.iter().any(|c| c == name)),
                     None => flagged,
