@@ -215,6 +215,24 @@ pub async fn slot(conn: &mut PgConnection, name: &str) -> Result<Option<SlotInfo
     Ok(row.map(|r| SlotInfo { plugin: r.get(0), database: r.get(1), wal_status: r.get(2), confirmed_flush: r.get(3) }))
 }
 
+/// `ALTER PUBLICATION name ADD|DROP TABLE tables`.
+pub async fn alter_publication(
+    conn: &mut PgConnection,
+    name: &str,
+    action: &str,
+    tables: &[(String, String)],
+) -> Result<(), PgCdcError> {
+    let list: Vec<String> = tables.iter().map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t))).collect();
+    // Identifiers are quoted by quote_ident; `action` is one of two words.
+    let sql = format!("ALTER PUBLICATION {} {action} TABLE {}", quote_ident(name), list.join(", "));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db(format!("cannot change publication `{name}`"), e))?;
+    tracing::info!(publication = name, action, tables = %list.join(", "), "changed the publication");
+    Ok(())
+}
+
 pub async fn drop_publication(conn: &mut PgConnection, name: &str) -> Result<(), PgCdcError> {
     // The name is quoted by quote_ident.
     let sql = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name));

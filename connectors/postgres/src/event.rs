@@ -42,7 +42,10 @@ pub struct Origin<'a> {
     pub commit_ms: i64,
     pub now_ms: i64,
     pub tx_id: Option<u32>,
-    pub snapshot: bool,
+    /// `source.snapshot` as Debezium writes it: `false` for a streamed
+    /// change, `true` for a row of the initial snapshot, `incremental` for
+    /// one of an incremental snapshot.
+    pub snapshot: &'static str,
 }
 
 /// Builds change records, reusing its buffers.
@@ -108,7 +111,9 @@ fn write_source(b: &mut Vec<u8>, o: &Origin<'_>, table: &Table, lsn: u64) {
     write_str(b, o.pipeline);
     b.extend_from_slice(b",\"ts_ms\":");
     b.extend_from_slice(o.commit_ms.to_string().as_bytes());
-    b.extend_from_slice(if o.snapshot { b",\"snapshot\":\"true\"" } else { b",\"snapshot\":\"false\"" });
+    b.extend_from_slice(b",\"snapshot\":\"");
+    b.extend_from_slice(o.snapshot.as_bytes());
+    b.push(b'"');
     b.extend_from_slice(b",\"db\":");
     write_str(b, o.db);
     b.extend_from_slice(b",\"schema\":");
@@ -219,7 +224,7 @@ mod tests {
             commit_ms: 1_700_000_000_000,
             now_ms: 1_700_000_000_005,
             tx_id: Some(7),
-            snapshot: false,
+            snapshot: "false",
         }
     }
 

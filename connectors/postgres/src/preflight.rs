@@ -205,7 +205,33 @@ pub async fn check(
                 .filter(|t| !p.tables.contains(t))
                 .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
                 .collect();
-            if !missing.is_empty() {
+            if config.publication.is_none() {
+                // Flowgate's own publication: a table added to `tables` is
+                // published at start and snapshotted in key order.
+                for (schema, name) in tables.iter().filter(|t| !p.tables.contains(t)) {
+                    let overridden = config.key_overrides().iter().any(|(t, _)| *t == (schema.clone(), name.clone()));
+                    let keyed: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                           JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))",
+                    )
+                    .bind(schema)
+                    .bind(name)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(q)?;
+                    if !keyed && !overridden {
+                        found.push(problem(
+                            Some("tables"),
+                            format!(
+                                "`{schema}.{name}` is added to a running pipeline, and its snapshot reads it in key \
+                                 order, but it has no primary key"
+                            ),
+                            Some("give it a primary key, or name its key columns in `keys`".into()),
+                        ));
+                    }
+                }
+            } else if !missing.is_empty() {
                 found.push(problem(
                     Some("tables"),
                     format!("publication `{publication}` exists but does not publish {}", missing.join(", ")),

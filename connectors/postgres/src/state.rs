@@ -26,6 +26,19 @@ fn table(schema: &str) -> String {
     format!("{}.cdc_slots", quote_ident(schema))
 }
 
+fn snapshots_table(schema: &str) -> String {
+    format!("{}.cdc_snapshots", quote_ident(schema))
+}
+
+/// A table still to be snapshotted incrementally, from after `after` (its
+/// key values, as text) or from the start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Todo {
+    pub schema: String,
+    pub table: String,
+    pub after: Option<Vec<String>>,
+}
+
 /// The record of `slot`; `None` when there is none (or no table yet).
 pub async fn load(conn: &mut PgConnection, schema: &str, slot: &str) -> Result<Option<SlotState>, PgCdcError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -51,8 +64,9 @@ pub async fn load(conn: &mut PgConnection, schema: &str, slot: &str) -> Result<O
 pub async fn ensure(conn: &mut PgConnection, schema: &str) -> Result<(), PgCdcError> {
     // Looked up first: `IF NOT EXISTS` on an existing one sends a notice,
     // which would be logged on every save.
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL")
         .bind(table(schema))
+        .bind(snapshots_table(schema))
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| PgCdcError::db("cannot look for the source's state", e))?;
@@ -65,6 +79,14 @@ pub async fn ensure(conn: &mut PgConnection, schema: &str) -> Result<(), PgCdcEr
             "CREATE TABLE IF NOT EXISTS {} (slot text PRIMARY KEY, snapshot_done boolean NOT NULL, \
              publication_created boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now())",
             table(schema)
+        ),
+        // Incremental snapshots: per table, the last key of the last chunk
+        // acknowledged.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (slot text NOT NULL, table_schema text NOT NULL, table_name text NOT NULL, \
+             after text[], done boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (slot, table_schema, table_name))",
+            snapshots_table(schema)
         ),
     ];
     for sql in statements {
@@ -122,4 +144,106 @@ pub async fn delete(conn: &mut PgConnection, schema: &str, slot: &str) -> Result
 /// The statement that forgets `slot`'s record, for messages that ask for it.
 pub fn forget(schema: &str, slot: &str) -> String {
     format!("DELETE FROM {} WHERE slot = '{slot}'", table(schema))
+}
+
+/// The tables of `slot` whose incremental snapshot is not done, in the order
+/// they were queued.
+pub async fn pending_snapshots(conn: &mut PgConnection, schema: &str, slot: &str) -> Result<Vec<Todo>, PgCdcError> {
+    ensure(conn, schema).await?;
+    let sql = format!(
+        "SELECT table_schema, table_name, after FROM {} WHERE slot = $1 AND NOT done ORDER BY updated_at, table_schema, \
+         table_name",
+        snapshots_table(schema)
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(slot)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot read the snapshots in progress", e))?;
+    Ok(rows.iter().map(|r| Todo { schema: r.get(0), table: r.get(1), after: r.get(2) }).collect())
+}
+
+/// Queues incremental snapshots of `tables` (again from the start, for one
+/// queued before).
+pub async fn queue_snapshots(
+    conn: &mut PgConnection,
+    schema: &str,
+    slot: &str,
+    tables: &[(String, String)],
+) -> Result<(), PgCdcError> {
+    ensure(conn, schema).await?;
+    let sql = format!(
+        "INSERT INTO {} (slot, table_schema, table_name) VALUES ($1, $2, $3) ON CONFLICT (slot, table_schema, \
+         table_name) DO UPDATE SET after = NULL, done = false, updated_at = now()",
+        snapshots_table(schema)
+    );
+    for (s, t) in tables {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(slot)
+            .bind(s)
+            .bind(t)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| PgCdcError::db("cannot queue a snapshot", e))?;
+    }
+    Ok(())
+}
+
+/// Records a chunk as acknowledged: the table's snapshot continues after it.
+pub async fn save_chunk(
+    conn: &mut PgConnection,
+    schema: &str,
+    slot: &str,
+    todo: &Todo,
+    complete: bool,
+) -> Result<(), PgCdcError> {
+    let sql = format!(
+        "UPDATE {} SET after = $4, done = $5, updated_at = updated_at WHERE slot = $1 AND table_schema = $2 \
+         AND table_name = $3",
+        snapshots_table(schema)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(slot)
+        .bind(&todo.schema)
+        .bind(&todo.table)
+        .bind(&todo.after)
+        .bind(complete)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot save the snapshot's progress", e))?;
+    Ok(())
+}
+
+/// Forgets the incremental snapshots of `slot`: of `tables`, or all of them.
+pub async fn forget_snapshots(
+    conn: &mut PgConnection,
+    schema: &str,
+    slot: &str,
+    tables: Option<&[(String, String)]>,
+) -> Result<(), PgCdcError> {
+    ensure(conn, schema).await?;
+    match tables {
+        None => {
+            let sql = format!("DELETE FROM {} WHERE slot = $1", snapshots_table(schema));
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(slot).execute(&mut *conn).await
+        }
+        Some(tables) => {
+            let sql = format!(
+                "DELETE FROM {} WHERE slot = $1 AND table_schema = $2 AND table_name = $3",
+                snapshots_table(schema)
+            );
+            for (s, t) in tables {
+                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .bind(slot)
+                    .bind(s)
+                    .bind(t)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| PgCdcError::db("cannot forget a snapshot", e))?;
+            }
+            return Ok(());
+        }
+    }
+    .map_err(|e| PgCdcError::db("cannot forget the snapshots", e))?;
+    Ok(())
 }

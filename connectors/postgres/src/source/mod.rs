@@ -14,6 +14,7 @@
 //! stream (reconnecting when the connection is lost) and holds the decoder
 //! that turns its events into records.
 
+mod incremental;
 mod leader;
 mod snapshot;
 mod start;
@@ -65,11 +66,13 @@ enum Phase {
     Finished,
 }
 
-/// A batch's position for the acknowledgement queue.
+/// A batch's position for the acknowledgement queue: the end of the last
+/// transaction it completes, and the chunk of an incremental snapshot it
+/// holds the end of, if any.
 #[derive(Debug)]
 enum Mark {
     Snapshot,
-    Lsn(u64),
+    Lsn(u64, Option<incremental::ChunkDone>),
 }
 
 pub struct PostgresCdcSource {
@@ -89,6 +92,8 @@ pub struct PostgresCdcSource {
     /// The session holding the slot's leader lock, while this process is
     /// the one that runs the slot.
     leader: Option<leader::Leader>,
+    /// The connection incremental snapshots read their chunks through.
+    chunks: Option<sqlx::PgConnection>,
     phase: Phase,
     decoder: Decoder,
     /// Batches read but not yet acknowledged, in order.
@@ -153,6 +158,7 @@ impl PostgresCdcSource {
             resume: ctx.resume.clone(),
             record: SlotState::default(),
             leader: None,
+            chunks: None,
             phase: Phase::Standby { since: now, next_try: now },
             decoder,
             pending: PendingPositions::default(),
@@ -193,13 +199,30 @@ impl PostgresCdcSource {
         if let Some(r) = &record {
             state::save(&mut conn, &config.state_schema, &slot, r).await?;
         }
+        let existing = catalog::publication(&mut conn, &publication).await?;
         if !config.tables.is_empty()
-            && catalog::publication(&mut conn, &publication).await?.is_none()
+            && existing.is_none()
             && catalog::create_publication(&mut conn, &publication, &config.qualified_tables()).await?
         {
             let r = record.get_or_insert_with(SlotState::default);
             r.publication_created = true;
             state::save(&mut conn, &config.state_schema, &slot, r).await?;
+        }
+        // Flowgate's own publication (named after the slot) follows `tables`:
+        // a table added is published and snapshotted incrementally while the
+        // others stream; one removed is no longer published.
+        if let Some(p) = existing.filter(|_| config.publication.is_none() && !config.tables.is_empty()) {
+            let wanted = config.qualified_tables();
+            let added: Vec<_> = wanted.iter().filter(|t| !p.tables.contains(t)).cloned().collect();
+            let removed: Vec<_> = p.tables.iter().filter(|t| !wanted.contains(t)).cloned().collect();
+            if !added.is_empty() {
+                catalog::alter_publication(&mut conn, &publication, "ADD", &added).await?;
+                state::queue_snapshots(&mut conn, &config.state_schema, &slot, &added).await?;
+            }
+            if !removed.is_empty() {
+                catalog::alter_publication(&mut conn, &publication, "DROP", &removed).await?;
+                state::forget_snapshots(&mut conn, &config.state_schema, &slot, Some(&removed)).await?;
+            }
         }
         let (keys, pinned) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
         let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
@@ -209,6 +232,12 @@ impl PostgresCdcSource {
         if let Some((end, within)) = self.resume.as_ref().and_then(crate::position::decode) {
             decoder.last_end = end;
             decoder.skip = within;
+        }
+        decoder.incremental.slot = slot.clone();
+        decoder.incremental.queue = state::pending_snapshots(&mut conn, &config.state_schema, &slot).await?.into();
+        for t in &decoder.incremental.queue {
+            tracing::info!(table = %format!("{}.{}", t.schema, t.table), after = ?t.after,
+                "taking an incremental snapshot of the table while the others stream");
         }
         self.decoder = decoder;
         self.record = record.clone().unwrap_or_default();
@@ -223,6 +252,9 @@ impl PostgresCdcSource {
             StartPlan::RetakeSnapshot => {
                 tracing::warn!(slot = %slot, "the initial snapshot did not finish last time; dropping the slot and taking it again");
                 catalog::drop_slot(&mut conn, &slot).await?;
+                // The initial snapshot reads every table.
+                state::forget_snapshots(&mut conn, &self.config.state_schema, &slot, None).await?;
+                self.decoder.incremental.queue.clear();
                 self.create_slot().await?;
             }
             StartPlan::StreamExisting => {
@@ -230,7 +262,11 @@ impl PostgresCdcSource {
                 self.save(true).await?;
                 self.start_streaming().await?;
             }
-            StartPlan::Create => self.create_slot().await?,
+            StartPlan::Create => {
+                state::forget_snapshots(&mut conn, &self.config.state_schema, &slot, None).await?;
+                self.decoder.incremental.queue.clear();
+                self.create_slot().await?
+            }
             StartPlan::Refuse(message) => return Err(PgCdcError::Setup(message)),
         }
         Ok(())
@@ -262,6 +298,19 @@ impl PostgresCdcSource {
             None => self.phase = Phase::Standby { since, next_try: Instant::now() + leader::STANDBY_POLL },
         }
         Ok(Read::Idle)
+    }
+
+    /// Records a chunk of an incremental snapshot as written.
+    async fn save_chunk(&mut self, chunk: &incremental::ChunkDone) -> Result<(), PgCdcError> {
+        let conn = match &mut self.chunks {
+            Some(conn) => conn,
+            None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+        };
+        let saved = state::save_chunk(conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
+        if saved.is_err() {
+            self.chunks = None;
+        }
+        saved
     }
 
     /// Records whether the snapshot through the slot is written, in the
@@ -323,10 +372,22 @@ impl Source for PostgresCdcSource {
             .pending
             .covered(done)
             .filter_map(|(_, mark)| match mark {
-                Mark::Lsn(lsn) => Some(*lsn),
+                Mark::Lsn(lsn, _) => Some(*lsn),
                 Mark::Snapshot => None,
             })
             .last();
+        let chunks: Vec<incremental::ChunkDone> = self
+            .pending
+            .covered(done)
+            .filter_map(|(_, mark)| match mark {
+                Mark::Lsn(_, chunk) => chunk.clone(),
+                Mark::Snapshot => None,
+            })
+            .collect();
+        // Saved before the batches are forgotten: a failed save is retried by the next commit.
+        for chunk in &chunks {
+            self.save_chunk(chunk).await?;
+        }
         let snapshot_acked = match self.snapshot {
             SnapshotProgress::Unacked { last_seq } => self.pending.covered(done).any(|(seq, _)| *seq == last_seq),
             _ => false,

@@ -84,7 +84,7 @@ impl PostgresCdcSource {
             commit_ms: *started_ms,
             now_ms: now_ms(),
             tx_id: None,
-            snapshot: true,
+            snapshot: "true",
         };
         let mut done = false;
         while batch.records.len() < self.batch_size {

@@ -12,12 +12,13 @@ use pg_walstream::{
 };
 use tokio::time::Instant;
 
+use super::incremental::{self, Incremental};
 use super::{Mark, Phase, PostgresCdcSource, now_ms};
-use crate::avro;
 use crate::config::redact_url;
 use crate::error::{PgCdcError, is_slot_problem};
 use crate::event::{Encoder, Op, Origin};
 use crate::table::Table;
+use crate::{avro, catalog};
 
 /// How long `read` waits for a change before reporting the source idle.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
@@ -52,6 +53,8 @@ pub(super) struct Decoder {
     /// Changes of the current transaction still to skip.
     skip_left: u64,
     pub(super) encoder: Encoder,
+    /// Snapshots of tables added later, taken between the stream's events.
+    pub(super) incremental: Incremental,
 }
 
 impl PostgresCdcSource {
@@ -79,6 +82,8 @@ impl PostgresCdcSource {
             .with_streaming_mode(StreamingMode::Off)
             // Reconnecting must never create the slot anew: that would skip changes.
             .with_existing_slot_required(true)
+            // The watermarks of incremental snapshots (`incremental`).
+            .with_messages(true)
             .with_feedback_interval(Duration::from_secs(1))
             .with_connection_timeout(CONNECT_TIMEOUT)
             .with_retry_config(RetryConfig { max_attempts: 1, max_duration: CONNECT_TIMEOUT, ..RetryConfig::default() })
@@ -113,6 +118,16 @@ impl PostgresCdcSource {
     }
 
     pub(super) async fn read_stream(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
+        if self.decoder.incremental.wants_chunk() {
+            let conn = match &mut self.chunks {
+                Some(conn) => conn,
+                None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+            };
+            if let Err(e) = self.decoder.incremental.read_chunk(conn, &self.decoder.keys).await {
+                self.chunks = None; // A broken connection is made anew on the next read.
+                return Err(e);
+            }
+        }
         let Phase::Streaming(stream) = &mut self.phase else { unreachable!() };
         let token = CancellationToken::new();
         let deadline = tokio::time::sleep(IDLE_AFTER);
@@ -155,10 +170,16 @@ impl PostgresCdcSource {
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
+        let chunk = self.decoder.incremental.done.take();
         let read = if batch.records.is_empty() {
+            // A chunk whose rows all gave way to streamed changes: nothing of it
+            // waits for an acknowledgement (the changes come again from the slot).
+            if let Some(done) = chunk {
+                self.save_chunk(&done).await?;
+            }
             Read::Idle
         } else {
-            self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end));
+            self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end, chunk));
             batch.position = Some(crate::position::encode(self.decoder.last_end, self.decoder.within()));
             Read::Data
         };
@@ -167,6 +188,7 @@ impl PostgresCdcSource {
             // the changes of it already handed out are skipped then.
             self.decoder.skip = self.decoder.within();
             self.decoder.txn = None;
+            self.decoder.incremental.restart_chunk();
         } else if read == Read::Idle {
             self.advance_idle().await;
         }
@@ -249,6 +271,7 @@ impl Decoder {
             skip: None,
             skip_left: 0,
             encoder: Encoder::default(),
+            incremental: Incremental::default(),
         }
     }
 
@@ -332,7 +355,11 @@ impl Decoder {
                     batch.records.push(self.encoder.change(&origin, &table, Op::Truncate, lsn, None, None));
                 }
             }
-            // Types, origins, logical messages: nothing to emit.
+            EventType::Message { prefix, content, .. } if &*prefix == incremental::PREFIX => {
+                let origin = Origin { snapshot: "incremental", ..streamed(&self.pipeline, &self.db, None, now_ms) };
+                self.incremental.watermark(&content, lsn, &origin, &mut self.encoder, batch);
+            }
+            // Types, origins, other logical messages: nothing to emit.
             _ => {}
         }
     }
@@ -373,6 +400,7 @@ impl Decoder {
             tracing::error!(relation, "change for a table without a Relation message; skipped");
             return;
         };
+        self.incremental.touched(&table, before, after);
         let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
         let record = self.encoder.change(&origin, &table, op, lsn, before, after);
         if op == Op::Delete && self.tombstones {
@@ -387,7 +415,7 @@ impl Decoder {
 
 fn streamed<'a>(pipeline: &'a str, db: &'a str, txn: Option<(u32, i64)>, now_ms: i64) -> Origin<'a> {
     let (tx_id, commit_ms) = txn.map_or((None, now_ms), |(x, t)| (Some(x), t));
-    Origin { pipeline, db, commit_ms, now_ms, tx_id, snapshot: false }
+    Origin { pipeline, db, commit_ms, now_ms, tx_id, snapshot: "false" }
 }
 
 #[cfg(test)]
