@@ -863,3 +863,59 @@ fn a_table_added_later_is_snapshotted_in_chunks_while_the_others_stream() {
     assert!(text.contains("changed the publication"), "{text}");
     assert_eq!(text.matches("taking the initial snapshot").count(), 1, "the first run's only: {text}");
 }
+
+#[test]
+fn an_incremental_snapshot_killed_three_times_goes_on_from_its_last_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let rows = 300_000;
+    pg.sql(&format!(
+        "CREATE TABLE big (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL);
+         CREATE SEQUENCE big_ids START 10000000;
+         INSERT INTO big SELECT g, 0, repeat('x', 80) FROM generate_series(1, {rows}) g"
+    ));
+    let writes = write_file(
+        dir.path(),
+        "writes.sql",
+        &format!(
+            "\\set id random(1, {rows})\nUPDATE big SET v = v + 1 WHERE id = :id;\nDELETE FROM big WHERE id = :id + 7;\n\
+             INSERT INTO big VALUES (nextval('big_ids'), 0, 'new');\n"
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let file =
+        pipeline(dir.path(), "chunks", &pg, json!({"tables": ["big"], "snapshot": "incremental"}), file_sink(&out));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut writer = pg.pgbench(&writes, 2, 15);
+    let snapshot_rows = || records_so_far(&out).iter().filter(|e| e["source"]["snapshot"] == "incremental").count();
+    for kill_at in [rows / 5, rows * 2 / 5, rows * 3 / 5] {
+        assert!(wait_for(Duration::from_secs(60), || snapshot_rows() >= kill_at), "{}", log(dir.path()));
+        kill(&mut run);
+        run = spawn_run(dir.path(), &file, &[]);
+    }
+    assert!(writer.wait().unwrap().success(), "pgbench failed");
+    let written = || log(dir.path()).contains("incremental snapshot written");
+    assert!(wait_for(Duration::from_secs(180), written), "{}", log(dir.path()));
+    pg.wait_caught_up("flowgate_chunks", dir.path());
+    stop(&mut run, dir.path());
+
+    let events = records(&out);
+    let image = images(&events);
+    let text = pg.sql("SELECT coalesce(json_agg(t), '[]') FROM big t");
+    let table: BTreeMap<(String, i64), Value> = serde_json::from_str::<Vec<Value>>(&text)
+        .unwrap()
+        .into_iter()
+        .map(|r| (("big".to_string(), r["id"].as_i64().unwrap()), r))
+        .collect();
+    let stale = image.keys().filter(|k| !table.contains_key(k)).count();
+    let missing = table.keys().filter(|k| !image.contains_key(k)).count();
+    assert_eq!((stale, missing), (0, 0), "stale and missing rows");
+    assert_eq!(image, table);
+    let read = events.iter().filter(|e| e["source"]["snapshot"] == "incremental").count();
+    let text = log(dir.path());
+    // Never from scratch: one snapshot, continued after each kill.
+    assert_eq!(text.matches("taking an incremental snapshot of the tables while streaming").count(), 1, "{text}");
+    assert!(!text.contains("taking the initial snapshot"), "{text}");
+    eprintln!("3 kills: {read} snapshot rows read for {rows} rows ({} read again)", read.saturating_sub(rows));
+    assert!(read < rows + 3 * 20 * 2048, "read {read} rows for {rows}");
+}

@@ -31,8 +31,13 @@ pub struct PostgresCdcConfig {
     #[serde(default)]
     #[schemars(extend("format" = "postgres-slot", "pattern" = "^[a-z0-9_]{1,63}$"))]
     pub slot: Option<String>,
-    /// `initial` (default): copy the tables' current rows, then stream changes;
-    /// `never`: stream changes only; `initial_only`: copy the rows and stop.
+    /// `initial` (default): copy the tables' current rows through the slot's
+    /// exported snapshot (one point in time across tables; an interrupted copy
+    /// is taken again from the start), then stream changes; `incremental`:
+    /// stream at once, and read the tables in key-ordered chunks meanwhile
+    /// (no long transaction; a restart goes on from the last chunk
+    /// acknowledged; the tables need primary keys or `keys`); `never`: stream
+    /// changes only; `initial_only`: copy the rows and stop.
     #[serde(default)]
     pub snapshot: SnapshotMode,
     /// After each delete, also emit a record with the same key and an empty value
@@ -69,6 +74,7 @@ const TABLE_PATTERN: &str = r#"^("([^"]|"")+"|[^."]+)(\.("([^"]|"")+"|[^."]+))?$
 pub enum SnapshotMode {
     #[default]
     Initial,
+    Incremental,
     Never,
     InitialOnly,
 }

@@ -75,6 +75,28 @@ async fn table_info(conn: &mut PgConnection, schema: &str, name: &str) -> Result
     Ok(Some(TableInfo { schema: schema.into(), name: name.into(), kind: row.get(1), readable: row.get(2), keyless }))
 }
 
+/// Whether a table has a key to read it in chunks by: a primary key, a
+/// replica identity index, or columns named in `keys`.
+async fn keyed(
+    conn: &mut PgConnection,
+    config: &PostgresCdcConfig,
+    schema: &str,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    if config.key_overrides().iter().any(|((s, t), _)| s == schema && t == name) {
+        return Ok(true);
+    }
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))",
+    )
+    .bind(schema)
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+}
+
 /// Runs every check; `Err` only when the database could not be asked.
 /// `legacy` is the state directory, where release 0.1 kept the slot's record.
 pub async fn check(
@@ -150,6 +172,15 @@ pub async fn check(
         if info.kind == "p" {
             partitioned.insert((info.schema.clone(), info.name.clone()));
         }
+        if config.snapshot == crate::config::SnapshotMode::Incremental
+            && !keyed(conn, config, schema, name).await.map_err(q)?
+        {
+            found.push(problem(
+                Some("tables"),
+                format!("`snapshot: incremental` reads `{shown}` in key order, but it has no primary key"),
+                Some("give it a primary key, name its key columns in `keys`, or use `snapshot: initial`".into()),
+            ));
+        }
         if let Some((_, columns)) =
             config.key_overrides().into_iter().find(|(t, _)| *t == (schema.clone(), name.clone()))
         {
@@ -209,18 +240,7 @@ pub async fn check(
                 // Flowgate's own publication: a table added to `tables` is
                 // published at start and snapshotted in key order.
                 for (schema, name) in tables.iter().filter(|t| !p.tables.contains(t)) {
-                    let overridden = config.key_overrides().iter().any(|(t, _)| *t == (schema.clone(), name.clone()));
-                    let keyed: bool = sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-                           JOIN pg_namespace n ON n.oid = c.relnamespace
-                          WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))",
-                    )
-                    .bind(schema)
-                    .bind(name)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(q)?;
-                    if !keyed && !overridden {
+                    if !keyed(conn, config, schema, name).await.map_err(q)? {
                         found.push(problem(
                             Some("tables"),
                             format!(

@@ -387,6 +387,10 @@ impl Source for PostgresCdcSource {
         // Saved before the batches are forgotten: a failed save is retried by the next commit.
         for chunk in &chunks {
             self.save_chunk(chunk).await?;
+            if chunk.complete {
+                let t = &chunk.todo;
+                tracing::info!(table = %format!("{}.{}", t.schema, t.table), "incremental snapshot written");
+            }
         }
         let snapshot_acked = match self.snapshot {
             SnapshotProgress::Unacked { last_seq } => self.pending.covered(done).any(|(seq, _)| *seq == last_seq),

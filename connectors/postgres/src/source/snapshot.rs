@@ -13,13 +13,26 @@ use crate::catalog;
 use crate::config::SnapshotMode;
 use crate::error::PgCdcError;
 use crate::event::{Op, Origin};
+use crate::state;
 use crate::table::Table;
 
 impl PostgresCdcSource {
     pub(super) async fn create_slot(&mut self) -> Result<(), PgCdcError> {
         let stream = self.connect().await?;
-        if self.config.snapshot == SnapshotMode::Never {
+        if matches!(self.config.snapshot, SnapshotMode::Never | SnapshotMode::Incremental) {
             let mut stream = stream;
+            if self.config.snapshot == SnapshotMode::Incremental {
+                // Queued before the slot exists: a crash in between leaves the
+                // record unfinished, and the next start begins again.
+                self.save(false).await?;
+                let mut conn = catalog::connect(&self.config.url).await?;
+                let tables = catalog::published_tables(&mut conn, &self.publication).await?.unwrap_or_default();
+                state::queue_snapshots(&mut conn, &self.config.state_schema, &self.slot, &tables).await?;
+                self.decoder.incremental.queue =
+                    state::pending_snapshots(&mut conn, &self.config.state_schema, &self.slot).await?.into();
+                tracing::info!(slot = %self.slot, tables = tables.len(),
+                    "taking an incremental snapshot of the tables while streaming");
+            }
             stream
                 .ensure_replication_slot()
                 .await
