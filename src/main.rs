@@ -86,6 +86,18 @@ enum Command {
         #[arg(long, env = "FLOWGATE_STATE_DIR", default_value = run::default_state_dir().as_os_str())]
         state_dir: PathBuf,
     },
+    /// Ask a running pipeline to read tables again (a `postgres_cdc` source:
+    /// an incremental snapshot, in chunks, while it streams).
+    Snapshot {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// A table to read again, `schema.table`; repeat for several.
+        #[arg(long = "table", required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+        /// How configuration problems are printed.
+        #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
+        message_format: MessageFormat,
+    },
     /// Print the JSON Schema of pipeline files, for editor completion and checks.
     Schema,
     /// Write and check WebAssembly transform plugins.
@@ -204,6 +216,7 @@ fn main() -> ExitCode {
         Command::Validate { files, message_format, check, state_dir } => {
             run::validate(&files, message_format, check.then_some(state_dir.as_path()))
         }
+        Command::Snapshot { file, tables, message_format } => run::snapshot(&file, &tables, message_format),
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
         Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
         Command::Schema => {

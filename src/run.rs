@@ -71,6 +71,47 @@ pub fn validate(files: &[PathBuf], format: MessageFormat, connect: Option<&Path>
     }
 }
 
+/// `flowgate snapshot FILE --table T`: asks the running pipeline of `file`
+/// to read `tables` again, through its source (a `postgres_cdc` source writes
+/// the request into the WAL, where whichever process runs it reads it).
+pub fn snapshot(file: &Path, tables: &[String], format: MessageFormat) -> ExitCode {
+    let Some(loaded) = load_all(&[file.to_path_buf()], format, &crate::plan::check) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some((_, config)) = loaded.into_iter().next() else { return ExitCode::from(EXIT_CONFIG) };
+    let ctx = flowgate_sdk::OpenContext::new(
+        config.name.as_str(),
+        config.source.kind,
+        flowgate_sdk::Role::Source,
+        flowgate_sdk::StateStore::new(default_state_dir()),
+    );
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            crate::errln!("error: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(config.source.connector.request_snapshot(&ctx, tables)) {
+        None => {
+            crate::errln!(
+                "error: the `{}` source of pipeline `{}` takes no snapshots on demand",
+                config.source.kind,
+                config.name
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Some(Ok(done)) => {
+            crate::outln!("{done}");
+            ExitCode::SUCCESS
+        }
+        Some(Err(e)) => {
+            crate::errln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub struct RunOptions {
     /// Stop every pipeline when one fails (by default the others go on).
     pub fail_fast: bool,

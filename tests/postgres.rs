@@ -919,3 +919,53 @@ fn an_incremental_snapshot_killed_three_times_goes_on_from_its_last_chunk() {
     eprintln!("3 kills: {read} snapshot rows read for {rows} rows ({} read again)", read.saturating_sub(rows));
     assert!(read < rows + 3 * 20 * 2048, "read {read} rows for {rows}");
 }
+
+#[test]
+fn an_on_demand_snapshot_while_streaming_under_load_keeps_the_image_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let rows = 50_000;
+    pg.sql(&format!(
+        "CREATE TABLE t (id bigint PRIMARY KEY, v int NOT NULL); CREATE TABLE other (id int PRIMARY KEY);
+         CREATE SEQUENCE t_ids START 1000000; INSERT INTO t SELECT g, 0 FROM generate_series(1, {rows}) g"
+    ));
+    let writes = write_file(
+        dir.path(),
+        "writes.sql",
+        &format!(
+            "\\set id random(1, {rows})\nUPDATE t SET v = v + 1 WHERE id = :id;\nDELETE FROM t WHERE id = :id + 3;\n\
+             INSERT INTO t VALUES (nextval('t_ids'), 0);\n"
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "again", &pg, json!({"tables": ["t"]}), file_sink(&out));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    assert!(wait_for(Duration::from_secs(30), || log(dir.path()).contains("initial snapshot written")));
+    let mut writer = pg.pgbench(&writes, 2, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let ask = |table: &str| common::flowgate().args(["snapshot"]).arg(&file).args(["--table", table]).output().unwrap();
+    let asked = ask("t");
+    let said = String::from_utf8_lossy(&asked.stdout).into_owned() + &String::from_utf8_lossy(&asked.stderr);
+    assert!(asked.status.success(), "{said}");
+    assert!(said.contains("to snapshot public.t again"), "{said}");
+    let refused = ask("other");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("`other` is not captured"));
+    let written = || log(dir.path()).contains("incremental snapshot written");
+    assert!(wait_for(Duration::from_secs(120), written), "{}", log(dir.path()));
+    assert!(writer.wait().unwrap().success(), "pgbench failed");
+    pg.wait_caught_up("flowgate_again", dir.path());
+    stop(&mut run, dir.path());
+
+    let events = records(&out);
+    let read = events.iter().filter(|e| e["source"]["snapshot"] == "incremental").count();
+    assert!(read > rows / 2, "the table was read again ({read} rows)");
+    let image = images(&events);
+    let text = pg.sql("SELECT coalesce(json_agg(t), '[]') FROM t");
+    let table: BTreeMap<(String, i64), Value> = serde_json::from_str::<Vec<Value>>(&text)
+        .unwrap()
+        .into_iter()
+        .map(|r| (("t".to_string(), r["id"].as_i64().unwrap()), r))
+        .collect();
+    assert_eq!(image, table);
+}

@@ -34,4 +34,11 @@ impl SourceConnector for PostgresCdcConfig {
     fn metadata(&self) -> &'static [&'static str] {
         &["schema", "table", "lsn"]
     }
+
+    /// Writes the request into the WAL, where the running pipeline reads it in
+    /// its stream (whichever process runs the slot) and snapshots the tables
+    /// incrementally.
+    async fn request_snapshot(&self, ctx: &OpenContext, tables: &[String]) -> Option<Result<String, ConnectorError>> {
+        Some(crate::source::request_snapshot(self, &ctx.pipeline, tables).await.map_err(Into::into))
+    }
 }

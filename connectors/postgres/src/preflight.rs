@@ -77,7 +77,7 @@ async fn table_info(conn: &mut PgConnection, schema: &str, name: &str) -> Result
 
 /// Whether a table has a key to read it in chunks by: a primary key, a
 /// replica identity index, or columns named in `keys`.
-async fn keyed(
+pub(crate) async fn keyed(
     conn: &mut PgConnection,
     config: &PostgresCdcConfig,
     schema: &str,

@@ -271,6 +271,13 @@ pub trait SourceConnector: Debug + Send + Sync + AsAny {
     fn format(&self) -> Option<Box<dyn ValueFormat + '_>> {
         None
     }
+
+    /// `flowgate snapshot FILE --table T`: asks the running pipeline's source
+    /// to read `tables` again while it runs. `None`: it takes no snapshots on
+    /// demand.
+    async fn request_snapshot(&self, _ctx: &OpenContext, _tables: &[String]) -> Option<Result<String, ConnectorError>> {
+        None
+    }
 }
 
 /// A sink connector: its settings, checked and opened.

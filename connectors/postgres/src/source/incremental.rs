@@ -30,6 +30,16 @@ use crate::table::Table;
 /// that pipelines sharing the database ignore each other's.
 pub(super) const PREFIX: &str = "flowgate.snapshot";
 
+/// The prefix of requests to snapshot tables again (`flowgate snapshot`).
+pub(super) const SIGNAL: &str = "flowgate.signal";
+
+/// A request written by `flowgate snapshot`, for the pipeline of `slot`.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) struct Signal {
+    pub slot: String,
+    pub snapshot: Vec<(String, String)>,
+}
+
 /// Rows read per chunk (and held while it waits for its high watermark).
 pub(super) const CHUNK_ROWS: usize = 2048;
 

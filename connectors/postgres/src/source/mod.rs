@@ -116,6 +116,50 @@ fn replication_conninfo(url: &str) -> String {
     format!("{url}{sep}replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO")
 }
 
+/// `flowgate snapshot`: writes a request to read `tables` again into the WAL,
+/// for the process that runs the pipeline's slot. The tables must be
+/// captured and have a key to be read in chunks by.
+pub(crate) async fn request_snapshot(
+    config: &PostgresCdcConfig,
+    pipeline: &str,
+    tables: &[String],
+) -> Result<String, PgCdcError> {
+    let slot = config.slot_name(pipeline);
+    let publication = config.publication_name(&slot);
+    let mut conn = catalog::connect(&config.url).await?;
+    let captured = catalog::published_tables(&mut conn, &publication).await?.unwrap_or_default();
+    let mut wanted = Vec::new();
+    for text in tables {
+        let table = crate::config::parse_table(text).map_err(PgCdcError::Setup)?;
+        if !captured.contains(&table) {
+            return Err(PgCdcError::Setup(format!("`{text}` is not captured by publication `{publication}`")));
+        }
+        let keyed = preflight::keyed(&mut conn, config, &table.0, &table.1)
+            .await
+            .map_err(|e| PgCdcError::db("cannot look the table's key up", e))?;
+        if !keyed {
+            return Err(PgCdcError::Setup(format!(
+                "`{text}` has no primary key to read it in chunks by; name its key columns in `keys`"
+            )));
+        }
+        wanted.push(table);
+    }
+    let signal = serde_json::to_string(&incremental::Signal { slot: slot.clone(), snapshot: wanted.clone() })
+        .expect("a signal serializes");
+    sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+        .bind(incremental::SIGNAL)
+        .bind(signal)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot write the request into the WAL", e))?;
+    let names: Vec<String> = wanted.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+    Ok(format!(
+        "asked the pipeline of slot `{slot}` to snapshot {} again: it reads the request from its stream (once it \
+         runs) and the table in chunks while it streams",
+        names.join(", ")
+    ))
+}
+
 /// [`preflight::check`], refusing to start on any problem it finds.
 async fn preflight(
     conn: &mut sqlx::PgConnection,
@@ -298,6 +342,28 @@ impl PostgresCdcSource {
             None => self.phase = Phase::Standby { since, next_try: Instant::now() + leader::STANDBY_POLL },
         }
         Ok(Read::Idle)
+    }
+
+    /// Queues the tables `flowgate snapshot` asked for: read again from the
+    /// start, in chunks (one being read now goes on, since it started after
+    /// the request was written).
+    async fn queue_requested(&mut self) -> Result<(), PgCdcError> {
+        let tables = std::mem::take(&mut self.decoder.requested);
+        let conn = match &mut self.chunks {
+            Some(conn) => conn,
+            None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+        };
+        state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await?;
+        let queue = &mut self.decoder.incremental.queue;
+        for (schema, table) in tables {
+            tracing::info!(table = %format!("{schema}.{table}"), "snapshot requested; reading the table again in chunks");
+            match queue.iter().position(|t| t.schema == schema && t.table == table) {
+                Some(0) => {}
+                Some(i) => queue[i].after = None,
+                None => queue.push_back(state::Todo { schema, table, after: None }),
+            }
+        }
+        Ok(())
     }
 
     /// Records a chunk of an incremental snapshot as written.

@@ -55,6 +55,8 @@ pub(super) struct Decoder {
     pub(super) encoder: Encoder,
     /// Snapshots of tables added later, taken between the stream's events.
     pub(super) incremental: Incremental,
+    /// Tables `flowgate snapshot` asked to read again, not queued yet.
+    pub(super) requested: Vec<(String, String)>,
 }
 
 impl PostgresCdcSource {
@@ -170,6 +172,9 @@ impl PostgresCdcSource {
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
+        if !self.decoder.requested.is_empty() {
+            self.queue_requested().await?;
+        }
         let chunk = self.decoder.incremental.done.take();
         let read = if batch.records.is_empty() {
             // A chunk whose rows all gave way to streamed changes: nothing of it
@@ -272,6 +277,7 @@ impl Decoder {
             skip_left: 0,
             encoder: Encoder::default(),
             incremental: Incremental::default(),
+            requested: Vec::new(),
         }
     }
 
@@ -353,6 +359,13 @@ impl Decoder {
                     };
                     let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
                     batch.records.push(self.encoder.change(&origin, &table, Op::Truncate, lsn, None, None));
+                }
+            }
+            EventType::Message { prefix, content, .. } if &*prefix == incremental::SIGNAL => {
+                match serde_json::from_slice::<incremental::Signal>(&content) {
+                    Ok(signal) if signal.slot == self.incremental.slot => self.requested.extend(signal.snapshot),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "a snapshot request that cannot be read; ignored"),
                 }
             }
             EventType::Message { prefix, content, .. } if &*prefix == incremental::PREFIX => {
