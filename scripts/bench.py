@@ -648,8 +648,60 @@ def bench_registry_bounds(work):
         registry.wait()
 
 
+def bench_snapshot(work):
+    """A table's snapshot, side by side with `COPY (SELECT ...) TO STDOUT` of the
+    same table (the limit: the server reading and sending every row): the
+    exported snapshot (`initial_only`, one pass, one point in time) and the
+    incremental one (key-ordered chunks while streaming), to null and to Kafka."""
+    n = int(os.environ.get("SNAPSHOT_COUNT", "2000000"))
+    pg = Postgres(work)
+    broker, brokers, topic = start_broker()
+    try:
+        pg.sql("CREATE TABLE snap (id bigint PRIMARY KEY, customer int, note text, amount numeric(10,2), "
+               f"at timestamptz); INSERT INTO snap SELECT g, g % 100000, 'order note for customer ' || g || "
+               f"' shipped by express courier', g / 100.0, now() FROM generate_series(1, {n}) g")
+        pg.sql("VACUUM ANALYZE snap")  # Alone: VACUUM cannot run in the transaction of a statement list.
+        pg.sql("CHECKPOINT")
+        row_bytes = pg.sql("SELECT avg(pg_column_size(snap.*))::int FROM snap")
+        header(f"Postgres snapshot: one table of {n:,} rows (~{row_bytes} bytes a row)")
+        copy = median_run([measure(pg.client("psql") + ["-X", "-q", "-c", "COPY (SELECT * FROM snap) TO STDOUT",
+                                                         "-o", "/dev/null", "postgres"], work)
+                           for _ in range(REPEAT)])
+        row("`COPY (SELECT * FROM snap) TO STDOUT` to /dev/null: the limit", n, copy)
+        runs = iter(range(1000))
+
+        def exported(sink):
+            r = next(runs)
+            text = (f"name: snap{r}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    tables: [snap]\n"
+                    f"    snapshot: initial_only\nsink:\n{sink}\nbatch: {{size: 2000, linger: 5ms}}\n")
+            path = os.path.join(work, f"snap{r}.yaml")
+            with open(path, "w") as f:
+                f.write(text)
+            return measure([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                            os.path.join(work, f"state-snap{r}"), path], work)
+
+        def incremental(sink):
+            r = next(runs)
+            return run_until_out(work, f"inc{r}",
+                                 f"name: inc{r}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    tables: [snap]\n"
+                                 f"    snapshot: incremental\nsink:\n{sink}\nbatch: {{size: 2000, linger: 5ms}}\n", n)
+
+        row("flowgate exported snapshot (`initial_only`) -> null", n, median_run([exported("  null: {}")
+                                                                                   for _ in range(REPEAT)]), copy)
+        row("flowgate incremental snapshot (chunks of 2,048) -> null", n,
+            median_run([incremental("  null: {}") for _ in range(REPEAT)]), copy)
+        topic("snap")
+        kafka_sink = f"  kafka:\n    brokers: {brokers}\n    topic: snap\n    linger: 5ms"
+        row("flowgate exported snapshot (`initial_only`) -> Kafka (tansu)", n, exported(kafka_sink), copy)
+        row("flowgate incremental snapshot -> Kafka (tansu)", n, incremental(kafka_sink), copy)
+    finally:
+        broker.terminate()
+        broker.wait()
+        pg.stop()
+
+
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
-         "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds}
+         "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

@@ -160,42 +160,32 @@ impl WasiView for HostState {
     }
 }
 
-// The same host for both contract versions; only the level type differs.
-impl v2::flowgate::transform::host::Host for HostState {
-    fn log(&mut self, level: v2::flowgate::transform::host::Level, message: String) {
-        use v2::flowgate::transform::host::Level as L;
-        let level = match level {
-            L::Trace => tracing::Level::TRACE,
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        self.info.log(level, &message);
-    }
+/// The host interface of a contract version: the same host for each, only
+/// the generated types differ.
+macro_rules! host_interface {
+    ($version:ident) => {
+        impl $version::flowgate::transform::host::Host for HostState {
+            fn log(&mut self, level: $version::flowgate::transform::host::Level, message: String) {
+                use $version::flowgate::transform::host::Level as L;
+                let level = match level {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                };
+                self.info.log(level, &message);
+            }
 
-    fn counter(&mut self, name: String, delta: u64) {
-        self.info.count(name, delta);
-    }
+            fn counter(&mut self, name: String, delta: u64) {
+                self.info.count(name, delta);
+            }
+        }
+    };
 }
 
-impl v1::flowgate::transform::host::Host for HostState {
-    fn log(&mut self, level: v1::flowgate::transform::host::Level, message: String) {
-        use v1::flowgate::transform::host::Level as L;
-        let level = match level {
-            L::Trace => tracing::Level::TRACE,
-            L::Debug => tracing::Level::DEBUG,
-            L::Info => tracing::Level::INFO,
-            L::Warn => tracing::Level::WARN,
-            L::Error => tracing::Level::ERROR,
-        };
-        self.info.log(level, &message);
-    }
-
-    fn counter(&mut self, name: String, delta: u64) {
-        self.info.count(name, delta);
-    }
-}
+host_interface!(v1);
+host_interface!(v2);
 
 /// A plugin's stdout or stderr: complete lines become log lines.
 #[derive(Clone)]

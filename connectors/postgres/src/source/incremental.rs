@@ -2,8 +2,8 @@
 //! DBLog algorithm, as Debezium's incremental snapshots): the table is read in
 //! key-ordered chunks while the stream goes on. Each chunk is read between a
 //! low and a high watermark written into the WAL with
-//! `pg_logical_emit_message` (non-transactional, so each arrives in the stream
-//! at its place among the commits). A row that a transaction delivered between
+//! `pg_logical_emit_message`, each in a transaction of its own, so each
+//! arrives in the stream at its commit's place among the other commits. A row that a transaction delivered between
 //! the two watermarks touched is dropped from the chunk, since the streamed
 //! change is as new or newer; the chunk's other rows are emitted where the high
 //! watermark arrives, ordered with the stream. No transaction stays open, so
@@ -192,7 +192,11 @@ impl Incremental {
     }
 
     async fn emit(&self, conn: &mut PgConnection, kind: &str, id: u64) -> Result<(), PgCdcError> {
-        sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+        // Transactional: its commit flushes the WAL, so the walsender sends it
+        // at once (a non-transactional one waits for the WAL writer, 200 ms a
+        // chunk), and it arrives at its commit's place among the other
+        // commits, which is the order the stream's changes have.
+        sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
             .bind(PREFIX)
             .bind(watermark(&self.slot, kind, id))
             .execute(&mut *conn)

@@ -146,7 +146,7 @@ pub(crate) async fn request_snapshot(
     }
     let signal = serde_json::to_string(&incremental::Signal { slot: slot.clone(), snapshot: wanted.clone() })
         .expect("a signal serializes");
-    sqlx::query("SELECT pg_logical_emit_message(false, $1, $2)")
+    sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
         .bind(incremental::SIGNAL)
         .bind(signal)
         .execute(&mut conn)
