@@ -11,6 +11,20 @@ pub async fn connect(url: &str) -> Result<PgConnection, PgCdcError> {
     PgConnection::connect(url).await.map_err(|e| PgCdcError::db("cannot connect to Postgres", e))
 }
 
+/// A connection whose values print as the replication stream's do (UTC ISO
+/// timestamps): chunk rows are compared with streamed rows by key text.
+pub async fn connect_as_stream(url: &str) -> Result<PgConnection, PgCdcError> {
+    let mut conn = connect(url).await?;
+    sqlx::query(
+        "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO', false),
+                set_config('IntervalStyle', 'postgres', false), set_config('bytea_output', 'hex', false)",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(|e| PgCdcError::db("cannot set up the snapshot session", e))?;
+    Ok(conn)
+}
+
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -243,20 +257,28 @@ pub async fn drop_publication(conn: &mut PgConnection, name: &str) -> Result<(),
     Ok(())
 }
 
+/// Keys by table.
+pub type Keys = HashMap<(String, String), Vec<String>>;
+
 /// The record key of each published table: the catalog's ([`key_columns`])
 /// with `keys` from the settings over it; those are also returned apart,
-/// since they hold whatever the replica identity says. A table left without
-/// a key is warned about: its records have none, so one row's changes may
-/// spread over partitions downstream.
+/// since they hold whatever the replica identity says. Third, the key chunks
+/// of incremental snapshots are read by: the catalog's where there is one
+/// (streamed deletes and key changes carry it), else `keys`, which the
+/// checks allow only under `REPLICA IDENTITY FULL` (whose old rows are whole).
+/// A table left without a key is warned about: its records have none, so one
+/// row's changes may spread over partitions downstream.
 pub async fn record_keys(
     conn: &mut PgConnection,
     publication: &str,
     overrides: Vec<((String, String), Vec<String>)>,
-) -> Result<(HashMap<(String, String), Vec<String>>, HashSet<(String, String)>), PgCdcError> {
+) -> Result<(Keys, HashSet<(String, String)>, Keys), PgCdcError> {
     let mut keys = key_columns(conn, publication).await?;
+    let mut chunk_keys = keys.clone();
     let mut pinned = HashSet::new();
     for (table, columns) in overrides {
         pinned.insert(table.clone());
+        chunk_keys.entry(table.clone()).or_insert_with(|| columns.clone());
         keys.insert(table, columns);
     }
     for (schema, table) in published_tables(conn, publication).await?.unwrap_or_default() {
@@ -266,7 +288,7 @@ pub async fn record_keys(
                  columns in `keys`");
         }
     }
-    Ok((keys, pinned))
+    Ok((keys, pinned, chunk_keys))
 }
 
 /// Drops a slot, waiting for a walsender that still holds it to let go.

@@ -57,10 +57,11 @@ fn db_retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_) => true,
         // Class 08 connection exception, 53 insufficient resources, 57P admin
-        // shutdown / cannot connect now, 40 transaction rollback.
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c.starts_with("40")),
+        // shutdown / cannot connect now, 40 transaction rollback; 55006 an
+        // object in use (a slot whose old walsender has not ended yet).
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") || c.starts_with("40") || c == "55006"
+        }),
         _ => false,
     }
 }

@@ -76,23 +76,26 @@ async fn table_info(conn: &mut PgConnection, schema: &str, name: &str) -> Result
 }
 
 /// Whether a table has a key to read it in chunks by: a primary key, a
-/// replica identity index, or columns named in `keys`.
+/// replica identity index, or columns named in `keys` under `REPLICA
+/// IDENTITY FULL` (other identities send deletes and key changes without
+/// them, so a chunk's row could not give way to those).
 pub(crate) async fn keyed(
     conn: &mut PgConnection,
     config: &PostgresCdcConfig,
     schema: &str,
     name: &str,
 ) -> Result<bool, sqlx::Error> {
-    if config.key_overrides().iter().any(|((s, t), _)| s == schema && t == name) {
-        return Ok(true);
-    }
+    let overridden = config.key_overrides().iter().any(|((s, t), _)| s == schema && t == name);
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))",
+          WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))
+         OR ($3 AND EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = $1 AND c.relname = $2 AND c.relreplident = 'f'))",
     )
     .bind(schema)
     .bind(name)
+    .bind(overridden)
     .fetch_one(&mut *conn)
     .await
 }

@@ -77,8 +77,16 @@ pub(super) struct Incremental {
     pub(super) done: Option<ChunkDone>,
 }
 
+/// A watermark's text: the slot, and an id unique to this run, so that the
+/// watermarks of an earlier run (replayed from the slot after a crash or a
+/// takeover) never match a chunk of this one.
 fn watermark(slot: &str, kind: &str, id: u64) -> String {
-    format!("{kind} {slot} {id}")
+    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        t ^ u128::from(std::process::id())
+    });
+    format!("{kind} {slot} {run:x}.{id}")
 }
 
 fn text(v: Option<&ColumnValue>) -> Option<String> {
@@ -252,6 +260,16 @@ impl Incremental {
                 front.after = todo.after.clone();
             }
             self.done = Some(ChunkDone { todo, complete: chunk.complete });
+        }
+    }
+
+    /// A TRUNCATE of the chunk's table (`schema.table`) in its window: none
+    /// of the rows read is there any more.
+    pub(super) fn truncated(&mut self, name: &str) {
+        if let Some(chunk) = self.chunk.as_mut().filter(|c| c.window)
+            && name == format!("{}.{}", chunk.todo.schema, chunk.todo.table)
+        {
+            chunk.rows.clear();
         }
     }
 

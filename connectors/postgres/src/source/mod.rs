@@ -94,6 +94,9 @@ pub struct PostgresCdcSource {
     leader: Option<leader::Leader>,
     /// The connection incremental snapshots read their chunks through.
     chunks: Option<sqlx::PgConnection>,
+    /// Chunks that emitted no row (all gave way to streamed changes): saved
+    /// once every batch handed out before them is acknowledged.
+    deferred: Vec<incremental::ChunkDone>,
     phase: Phase,
     decoder: Decoder,
     /// Batches read but not yet acknowledged, in order.
@@ -203,6 +206,7 @@ impl PostgresCdcSource {
             record: SlotState::default(),
             leader: None,
             chunks: None,
+            deferred: Vec::new(),
             phase: Phase::Standby { since: now, next_try: now },
             decoder,
             pending: PendingPositions::default(),
@@ -259,18 +263,22 @@ impl PostgresCdcSource {
             let wanted = config.qualified_tables();
             let added: Vec<_> = wanted.iter().filter(|t| !p.tables.contains(t)).cloned().collect();
             let removed: Vec<_> = p.tables.iter().filter(|t| !wanted.contains(t)).cloned().collect();
+            // Queued before it is published, forgotten before it is not: a
+            // crash in between leaves a queued table the next start publishes
+            // (or a published one it drops), never a table without its snapshot.
             if !added.is_empty() {
-                catalog::alter_publication(&mut conn, &publication, "ADD", &added).await?;
                 state::queue_snapshots(&mut conn, &config.state_schema, &slot, &added).await?;
+                catalog::alter_publication(&mut conn, &publication, "ADD", &added).await?;
             }
             if !removed.is_empty() {
-                catalog::alter_publication(&mut conn, &publication, "DROP", &removed).await?;
                 state::forget_snapshots(&mut conn, &config.state_schema, &slot, Some(&removed)).await?;
+                catalog::alter_publication(&mut conn, &publication, "DROP", &removed).await?;
             }
         }
-        let (keys, pinned) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
+        let (keys, pinned, chunk_keys) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
         let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
         decoder.pinned = pinned;
+        decoder.chunk_keys = chunk_keys;
         // A sink that stores the position with its data (effectively-once) may
         // be ahead of the slot: what it has is not sent again.
         if let Some((end, within)) = self.resume.as_ref().and_then(crate::position::decode) {
@@ -278,7 +286,12 @@ impl PostgresCdcSource {
             decoder.skip = within;
         }
         decoder.incremental.slot = slot.clone();
-        decoder.incremental.queue = state::pending_snapshots(&mut conn, &config.state_schema, &slot).await?.into();
+        let published = catalog::published_tables(&mut conn, &publication).await?.unwrap_or_default();
+        decoder.incremental.queue = state::pending_snapshots(&mut conn, &config.state_schema, &slot)
+            .await?
+            .into_iter()
+            .filter(|t| published.contains(&(t.schema.clone(), t.table.clone())))
+            .collect();
         for t in &decoder.incremental.queue {
             tracing::info!(table = %format!("{}.{}", t.schema, t.table), after = ?t.after,
                 "taking an incremental snapshot of the table while the others stream");
@@ -329,9 +342,12 @@ impl PostgresCdcSource {
                     waited_ms = since.elapsed().as_millis() as u64,
                     "taking over: this process now runs the replication slot"
                 );
-                let conn = catalog::connect(&self.config.url).await?;
                 self.phase = Phase::Finished;
-                if let Err(e) = self.start(conn).await {
+                let started = match catalog::connect(&self.config.url).await {
+                    Ok(conn) => self.start(conn).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = started {
                     // Let go, so that this or another process tries again.
                     self.leader = None;
                     leader::report(&self.pipeline, &self.slot, false);
@@ -349,11 +365,22 @@ impl PostgresCdcSource {
     /// the request was written).
     async fn queue_requested(&mut self) -> Result<(), PgCdcError> {
         let tables = std::mem::take(&mut self.decoder.requested);
-        let conn = match &mut self.chunks {
-            Some(conn) => conn,
-            None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+        let queued = match &mut self.chunks {
+            Some(conn) => state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await,
+            None => match catalog::connect_as_stream(&self.config.url).await {
+                Ok(conn) => {
+                    let conn = self.chunks.insert(conn);
+                    state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await
+                }
+                Err(e) => Err(e),
+            },
         };
-        state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await?;
+        if let Err(e) = queued {
+            // Kept for the next read; the connection is made anew.
+            self.decoder.requested = tables;
+            self.chunks = None;
+            return Err(e);
+        }
         let queue = &mut self.decoder.incremental.queue;
         for (schema, table) in tables {
             tracing::info!(table = %format!("{schema}.{table}"), "snapshot requested; reading the table again in chunks");
@@ -370,7 +397,7 @@ impl PostgresCdcSource {
     async fn save_chunk(&mut self, chunk: &incremental::ChunkDone) -> Result<(), PgCdcError> {
         let conn = match &mut self.chunks {
             Some(conn) => conn,
-            None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+            None => self.chunks.insert(catalog::connect_as_stream(&self.config.url).await?),
         };
         let saved = state::save_chunk(conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
         if saved.is_err() {
@@ -415,6 +442,12 @@ impl Source for PostgresCdcSource {
             if let Phase::Streaming(mut stream) = std::mem::replace(&mut self.phase, Phase::Finished) {
                 let _ = stream.stop().await;
             }
+            // The new leader goes on from the slot and the saved state: what
+            // this process still has in flight must not move either.
+            self.pending = PendingPositions::default();
+            self.snapshot = SnapshotProgress::Idle;
+            self.deferred.clear();
+            self.decoder.incremental = Default::default();
             let now = Instant::now();
             self.phase = Phase::Standby { since: now, next_try: now + leader::STANDBY_POLL };
         }
@@ -451,6 +484,10 @@ impl Source for PostgresCdcSource {
             })
             .collect();
         // Saved before the batches are forgotten: a failed save is retried by the next commit.
+        let mut chunks = chunks;
+        if self.pending.covered(done).count() == self.pending.len() {
+            chunks.append(&mut self.deferred);
+        }
         for chunk in &chunks {
             self.save_chunk(chunk).await?;
             if chunk.complete {

@@ -41,6 +41,8 @@ pub(super) struct Decoder {
     /// Tables whose key the settings name (`keys`): it holds under any
     /// replica identity.
     pub(super) pinned: HashSet<(String, String)>,
+    /// The key incremental snapshots read each table in chunks by.
+    pub(super) chunk_keys: catalog::Keys,
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     pub(super) last_end: u64,
@@ -120,12 +122,15 @@ impl PostgresCdcSource {
     }
 
     pub(super) async fn read_stream(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
+        if !self.decoder.requested.is_empty() {
+            self.queue_requested().await?;
+        }
         if self.decoder.incremental.wants_chunk() {
             let conn = match &mut self.chunks {
                 Some(conn) => conn,
-                None => self.chunks.insert(catalog::connect(&self.config.url).await?),
+                None => self.chunks.insert(catalog::connect_as_stream(&self.config.url).await?),
             };
-            if let Err(e) = self.decoder.incremental.read_chunk(conn, &self.decoder.keys).await {
+            if let Err(e) = self.decoder.incremental.read_chunk(conn, &self.decoder.chunk_keys).await {
                 self.chunks = None; // A broken connection is made anew on the next read.
                 return Err(e);
             }
@@ -172,15 +177,16 @@ impl PostgresCdcSource {
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
-        if !self.decoder.requested.is_empty() {
-            self.queue_requested().await?;
-        }
         let chunk = self.decoder.incremental.done.take();
         let read = if batch.records.is_empty() {
             // A chunk whose rows all gave way to streamed changes: nothing of it
             // waits for an acknowledgement (the changes come again from the slot).
             if let Some(done) = chunk {
-                self.save_chunk(&done).await?;
+                if self.pending.is_empty() {
+                    self.save_chunk(&done).await?;
+                } else {
+                    self.deferred.push(done);
+                }
             }
             Read::Idle
         } else {
@@ -270,6 +276,7 @@ impl Decoder {
             snapshot_tables: HashMap::new(),
             keys,
             pinned: HashSet::new(),
+            chunk_keys: HashMap::new(),
             txn: None,
             last_end: 0,
             txn_count: 0,
@@ -332,6 +339,7 @@ impl Decoder {
                     return;
                 }
                 for name in tables {
+                    self.incremental.truncated(&name);
                     // Named `schema.table`; the Relation message sent before it
                     // has the two parts, which may themselves contain dots.
                     let known = self
