@@ -163,6 +163,11 @@ pub async fn pending_snapshots(conn: &mut PgConnection, schema: &str, slot: &str
     Ok(rows.iter().map(|r| Todo { schema: r.get(0), table: r.get(1), after: r.get(2) }).collect())
 }
 
+/// The schemas and the names of `tables`, as the two arrays `unnest` pairs up.
+fn columns(tables: &[(String, String)]) -> (Vec<&str>, Vec<&str>) {
+    tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip()
+}
+
 /// Queues incremental snapshots of `tables` (again from the start, for one
 /// queued before).
 pub async fn queue_snapshots(
@@ -172,20 +177,19 @@ pub async fn queue_snapshots(
     tables: &[(String, String)],
 ) -> Result<(), PgCdcError> {
     ensure(conn, schema).await?;
+    let (schemas, names) = columns(tables);
     let sql = format!(
-        "INSERT INTO {} (slot, table_schema, table_name) VALUES ($1, $2, $3) ON CONFLICT (slot, table_schema, \
-         table_name) DO UPDATE SET after = NULL, done = false, updated_at = now()",
+        "INSERT INTO {} (slot, table_schema, table_name) SELECT $1, s, t FROM unnest($2::text[], $3::text[]) AS u(s, t) \
+         ON CONFLICT (slot, table_schema, table_name) DO UPDATE SET after = NULL, done = false, updated_at = now()",
         snapshots_table(schema)
     );
-    for (s, t) in tables {
-        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-            .bind(slot)
-            .bind(s)
-            .bind(t)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| PgCdcError::db("cannot queue a snapshot", e))?;
-    }
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(slot)
+        .bind(schemas)
+        .bind(names)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot queue the snapshots", e))?;
     Ok(())
 }
 
@@ -222,28 +226,18 @@ pub async fn forget_snapshots(
     tables: Option<&[(String, String)]>,
 ) -> Result<(), PgCdcError> {
     ensure(conn, schema).await?;
-    match tables {
-        None => {
-            let sql = format!("DELETE FROM {} WHERE slot = $1", snapshots_table(schema));
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(slot).execute(&mut *conn).await
-        }
-        Some(tables) => {
-            let sql = format!(
-                "DELETE FROM {} WHERE slot = $1 AND table_schema = $2 AND table_name = $3",
-                snapshots_table(schema)
-            );
-            for (s, t) in tables {
-                sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(slot)
-                    .bind(s)
-                    .bind(t)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(|e| PgCdcError::db("cannot forget a snapshot", e))?;
-            }
-            return Ok(());
-        }
-    }
-    .map_err(|e| PgCdcError::db("cannot forget the snapshots", e))?;
+    let (schemas, names) = tables.map(columns).unzip();
+    let sql = format!(
+        "DELETE FROM {} WHERE slot = $1 AND ($2::text[] IS NULL \
+         OR (table_schema, table_name) IN (SELECT * FROM unnest($2::text[], $3::text[])))",
+        snapshots_table(schema)
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(slot)
+        .bind(schemas)
+        .bind(names)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot forget the snapshots", e))?;
     Ok(())
 }

@@ -365,20 +365,16 @@ impl PostgresCdcSource {
     /// the request was written).
     async fn queue_requested(&mut self) -> Result<(), PgCdcError> {
         let tables = std::mem::take(&mut self.decoder.requested);
-        let queued = match &mut self.chunks {
-            Some(conn) => state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await,
-            None => match catalog::connect_as_stream(&self.config.url).await {
-                Ok(conn) => {
-                    let conn = self.chunks.insert(conn);
-                    state::queue_snapshots(conn, &self.config.state_schema, &self.slot, &tables).await
-                }
-                Err(e) => Err(e),
-            },
+        let queued = match self.chunk_conn().await {
+            Ok(mut conn) => {
+                let queued = state::queue_snapshots(&mut conn, &self.config.state_schema, &self.slot, &tables).await;
+                self.keep_chunk_conn(conn, &queued);
+                queued
+            }
+            Err(e) => Err(e),
         };
         if let Err(e) = queued {
-            // Kept for the next read; the connection is made anew.
-            self.decoder.requested = tables;
-            self.chunks = None;
+            self.decoder.requested = tables; // Kept for the next read.
             return Err(e);
         }
         let queue = &mut self.decoder.incremental.queue;
@@ -395,15 +391,29 @@ impl PostgresCdcSource {
 
     /// Records a chunk of an incremental snapshot as written.
     async fn save_chunk(&mut self, chunk: &incremental::ChunkDone) -> Result<(), PgCdcError> {
-        let conn = match &mut self.chunks {
-            Some(conn) => conn,
-            None => self.chunks.insert(catalog::connect_as_stream(&self.config.url).await?),
-        };
-        let saved = state::save_chunk(conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
-        if saved.is_err() {
-            self.chunks = None;
-        }
+        let mut conn = self.chunk_conn().await?;
+        let saved =
+            state::save_chunk(&mut conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
+        self.keep_chunk_conn(conn, &saved);
         saved
+    }
+
+    /// The connection incremental snapshots go through (chunks, progress,
+    /// requests), made when there is none; give it back with
+    /// [`keep_chunk_conn`](Self::keep_chunk_conn).
+    pub(super) async fn chunk_conn(&mut self) -> Result<sqlx::PgConnection, PgCdcError> {
+        match self.chunks.take() {
+            Some(conn) => Ok(conn),
+            None => catalog::connect_as_stream(&self.config.url).await,
+        }
+    }
+
+    /// Keeps the connection for the next use, unless what was done with it
+    /// failed: a broken one is made anew next time.
+    pub(super) fn keep_chunk_conn<T>(&mut self, conn: sqlx::PgConnection, outcome: &Result<T, PgCdcError>) {
+        if outcome.is_ok() {
+            self.chunks = Some(conn);
+        }
     }
 
     /// Records whether the snapshot through the slot is written, in the

@@ -126,14 +126,10 @@ impl PostgresCdcSource {
             self.queue_requested().await?;
         }
         if self.decoder.incremental.wants_chunk() {
-            let conn = match &mut self.chunks {
-                Some(conn) => conn,
-                None => self.chunks.insert(catalog::connect_as_stream(&self.config.url).await?),
-            };
-            if let Err(e) = self.decoder.incremental.read_chunk(conn, &self.decoder.chunk_keys).await {
-                self.chunks = None; // A broken connection is made anew on the next read.
-                return Err(e);
-            }
+            let mut conn = self.chunk_conn().await?;
+            let read = self.decoder.incremental.read_chunk(&mut conn, &self.decoder.chunk_keys).await;
+            self.keep_chunk_conn(conn, &read);
+            read?;
         }
         let Phase::Streaming(stream) = &mut self.phase else { unreachable!() };
         let token = CancellationToken::new();
