@@ -84,7 +84,7 @@ impl Encoder {
         b.extend_from_slice(b",\"op\":\"");
         b.extend_from_slice(op.code().as_bytes());
         b.extend_from_slice(b"\",\"ts_ms\":");
-        b.extend_from_slice(origin.now_ms.to_string().as_bytes());
+        write_int(b, origin.now_ms);
         b.push(b'}');
         let value = Bytes::copy_from_slice(b);
         let key = after.or(before).and_then(|row| key_of(&mut self.buf, table, row, before));
@@ -110,7 +110,7 @@ fn write_source(b: &mut Vec<u8>, o: &Origin<'_>, table: &Table, lsn: u64) {
     b.extend_from_slice(b"\",\"connector\":\"postgresql\",\"name\":");
     write_str(b, o.pipeline);
     b.extend_from_slice(b",\"ts_ms\":");
-    b.extend_from_slice(o.commit_ms.to_string().as_bytes());
+    write_int(b, o.commit_ms);
     b.extend_from_slice(b",\"snapshot\":\"");
     b.extend_from_slice(o.snapshot.as_bytes());
     b.push(b'"');
@@ -122,12 +122,16 @@ fn write_source(b: &mut Vec<u8>, o: &Origin<'_>, table: &Table, lsn: u64) {
     write_str(b, &table.name);
     b.extend_from_slice(b",\"txId\":");
     match o.tx_id {
-        Some(x) => b.extend_from_slice(x.to_string().as_bytes()),
+        Some(x) => write_int(b, x),
         None => b.extend_from_slice(b"null"),
     }
     b.extend_from_slice(b",\"lsn\":");
-    b.extend_from_slice(lsn.to_string().as_bytes());
+    write_int(b, lsn);
     b.push(b'}');
+}
+
+fn write_int(b: &mut Vec<u8>, n: impl itoa::Integer) {
+    b.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// What Debezium writes for a TOASTed value that an update did not change and
@@ -138,13 +142,23 @@ const UNAVAILABLE_JSON: &str = "\"__debezium_unavailable_value\"";
 /// (JSON) stands for columns in neither `row` nor `fallback`.
 fn write_row(b: &mut Vec<u8>, table: &Table, row: &RowData, fallback: Option<&RowData>, missing: &str) {
     b.push(b'{');
+    // A row of every column in table order (a snapshot's, an insert's) is
+    // read in step; another (a key-only old row, one without unchanged TOAST
+    // values) is looked up by name.
+    let in_step = row.len() == table.columns.len()
+        && row.iter().zip(&table.columns).all(|((name, _), col)| Arc::ptr_eq(name, &col.name) || **name == *col.name);
+    let mut values = row.iter();
     for (i, col) in table.columns.iter().enumerate() {
         if i > 0 {
             b.push(b',');
         }
-        write_str(b, &col.name);
-        b.push(b':');
-        match row.get(&col.name).or_else(|| fallback.and_then(|f| f.get(&col.name))) {
+        b.extend_from_slice(&col.json_key);
+        let value = if in_step {
+            values.next().map(|(_, v)| v)
+        } else {
+            row.get(&col.name).or_else(|| fallback.and_then(|f| f.get(&col.name)))
+        };
+        match value {
             Some(v) => write_column(b, col.kind, v),
             None => b.extend_from_slice(missing.as_bytes()),
         }
@@ -180,8 +194,7 @@ fn key_of(buf: &mut Vec<u8>, table: &Table, row: &RowData, old: Option<&RowData>
             buf.push(b',');
         }
         first = false;
-        write_str(buf, &col.name);
-        buf.push(b':');
+        buf.extend_from_slice(&col.json_key);
         match row.get(&col.name).or_else(|| old.and_then(|o| o.get(&col.name))) {
             Some(v) => write_column(buf, col.kind, v),
             None => buf.extend_from_slice(b"null"),

@@ -29,6 +29,8 @@ pub struct Column {
     /// The type modifier (`numeric(10,2)`, `varchar(20)`), -1 when none.
     pub typmod: i32,
     pub key: bool,
+    /// `"name":`, the column's name as a JSON object key, written once.
+    pub json_key: Box<[u8]>,
 }
 
 impl Table {
@@ -42,7 +44,11 @@ impl Table {
     ) -> Self {
         let columns = columns
             .into_iter()
-            .map(|(name, oid, typmod, key)| Column { name, kind: kind_of(oid), oid, typmod, key })
+            .map(|(name, oid, typmod, key)| {
+                let mut json_key = serde_json::to_vec(&*name).expect("a string serializes");
+                json_key.push(b':');
+                Column { json_key: json_key.into(), name, kind: kind_of(oid), oid, typmod, key }
+            })
             .collect();
         Table { schema, name, columns, full_identity, avro: None }
     }
