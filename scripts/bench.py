@@ -680,20 +680,26 @@ def bench_snapshot(work):
             return measure([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
                             os.path.join(work, f"state-snap{r}"), path], work)
 
-        def incremental(sink):
+        def incremental(sink, workers=1):
             r = next(runs)
-            return run_until_out(work, f"inc{r}",
-                                 f"name: inc{r}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    tables: [snap]\n"
-                                 f"    snapshot: incremental\nsink:\n{sink}\nbatch: {{size: 2000, linger: 5ms}}\n", n)
+            result = run_until_out(work, f"inc{r}",
+                                   f"name: inc{r}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n    tables: [snap]\n"
+                                   f"    snapshot: {{mode: incremental, workers: {workers}}}\nsink:\n{sink}\n"
+                                   "batch: {size: 2000, linger: 5ms}\n", n)
+            pg.sql(f"SELECT pg_drop_replication_slot('flowgate_inc{r}')")  # Slots are few; each run makes one.
+            return result
 
         row("flowgate exported snapshot (`initial_only`) -> null", n, median_run([exported("  null: {}")
                                                                                    for _ in range(REPEAT)]), copy)
-        row("flowgate incremental snapshot (chunks of 2,048) -> null", n,
-            median_run([incremental("  null: {}") for _ in range(REPEAT)]), copy)
+        for workers in (1, 2):
+            row(f"flowgate incremental snapshot, {workers} worker{'s' if workers > 1 else ''} (chunks of 16,384) -> null",
+                n, median_run([incremental("  null: {}", workers) for _ in range(REPEAT)]), copy)
         topic("snap")
         kafka_sink = f"  kafka:\n    brokers: {brokers}\n    topic: snap\n    linger: 5ms"
         row("flowgate exported snapshot (`initial_only`) -> Kafka (tansu)", n, exported(kafka_sink), copy)
-        row("flowgate incremental snapshot -> Kafka (tansu)", n, incremental(kafka_sink), copy)
+        for workers in (1, 2):
+            row(f"flowgate incremental snapshot, {workers} worker{'s' if workers > 1 else ''} -> Kafka (tansu)", n,
+                incremental(kafka_sink, workers), copy)
     finally:
         broker.terminate()
         broker.wait()

@@ -51,6 +51,13 @@ impl Health {
         } else {
             "ok"
         };
+        let mut pipelines = serde_json::to_value(pipelines).unwrap_or_default();
+        // What a source says of itself (a standby, say), beside the state.
+        for (name, note) in flowgate_sdk::health::source_notes() {
+            if let Some(p) = pipelines.get_mut(&name).and_then(|p| p.as_object_mut()) {
+                p.insert("source".to_string(), note.into());
+            }
+        }
         let body = serde_json::json!({ "status": status, "pipelines": pipelines });
         let code = if failing || waiting { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         (code, body.to_string())

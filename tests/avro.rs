@@ -565,6 +565,10 @@ fn the_shipped_postgres_to_kafka_avro_pipeline_is_read_by_the_python_client() {
     let env = [("POSTGRES_URL", pg.url()), ("KAFKA_BROKERS", broker.addr()), ("REGISTRY_LISTEN", listen.clone())];
     let mut run = common::spawn_run_with_env(dir.path(), &shipped, &[], &env);
     pg.wait_streaming("flowgate_shop_avro", dir.path());
+    // The snapshot is incremental: once both tables are read, the change
+    // after it follows the row.
+    let read = || common::log(dir.path()).matches("incremental snapshot written").count() == 2;
+    assert!(common::wait_for(std::time::Duration::from_secs(30), read), "{}", common::log(dir.path()));
     pg.sql("UPDATE shop.orders SET status = 'paid' WHERE id = 1");
     let out = run_python("avro_consume.py", &[&broker.addr(), "shop.orders", &format!("http://{listen}"), "2"]);
     let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();

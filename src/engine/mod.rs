@@ -376,7 +376,7 @@ impl Pipeline {
                     break;
                 }
             }
-            if last_commit.elapsed() >= COMMIT_EVERY {
+            if last_commit.elapsed() >= COMMIT_EVERY || source.commit_soon() {
                 commit(&mut source, &tracker, &mut committed, &mut last_commit, &name).await;
             }
         }

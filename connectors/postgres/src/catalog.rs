@@ -17,7 +17,8 @@ pub async fn connect_as_stream(url: &str) -> Result<PgConnection, PgCdcError> {
     let mut conn = connect(url).await?;
     sqlx::query(
         "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO', false),
-                set_config('IntervalStyle', 'postgres', false), set_config('bytea_output', 'hex', false)",
+                set_config('IntervalStyle', 'postgres', false), set_config('bytea_output', 'hex', false),
+                set_config('standard_conforming_strings', 'on', false)",
     )
     .execute(&mut conn)
     .await

@@ -31,15 +31,19 @@ pub struct PostgresCdcConfig {
     #[serde(default)]
     #[schemars(extend("format" = "postgres-slot", "pattern" = "^[a-z0-9_]{1,63}$"))]
     pub slot: Option<String>,
-    /// `initial` (default): copy the tables' current rows through the slot's
-    /// exported snapshot (one point in time across tables; an interrupted copy
-    /// is taken again from the start), then stream changes; `incremental`:
-    /// stream at once, and read the tables in key-ordered chunks meanwhile
-    /// (no long transaction; a restart goes on from the last chunk
-    /// acknowledged; the tables need primary keys or `keys`); `never`: stream
-    /// changes only; `initial_only`: copy the rows and stop.
+    /// How the tables' current rows are read: a mode (`snapshot: incremental`)
+    /// or a mode with its settings (`snapshot: {mode: incremental, workers: 2,
+    /// chunk_size: 16384}`). Modes: `incremental` (default): stream at once and
+    /// read the tables in key-ordered chunks meanwhile (no long transaction;
+    /// a restart goes on from the last chunk acknowledged; the tables need
+    /// primary keys or `keys`); `initial`: copy the rows through the slot's
+    /// exported snapshot first (one point in time across all tables, keyless
+    /// tables too; an interrupted copy is taken again from the start), then
+    /// stream; `never`: stream changes only; `initial_only`: copy the rows
+    /// through an exported snapshot and stop.
     #[serde(default)]
-    pub snapshot: SnapshotMode,
+    #[schemars(with = "SnapshotForm")]
+    pub snapshot: Snapshot,
     /// After each delete, also emit a record with the same key and an empty value
     /// (a Kafka tombstone, so that log compaction removes the key).
     #[serde(default)]
@@ -73,10 +77,105 @@ const TABLE_PATTERN: &str = r#"^("([^"]|"")+"|[^."]+)(\.("([^"]|"")+"|[^."]+))?$
 #[serde(rename_all = "snake_case")]
 pub enum SnapshotMode {
     #[default]
-    Initial,
     Incremental,
+    Initial,
     Never,
     InitialOnly,
+}
+
+/// The `snapshot` setting: a mode, and how incremental snapshots read.
+#[derive(Clone, Copy, Debug, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// See `snapshot`.
+    #[serde(default)]
+    pub mode: SnapshotMode,
+    /// Chunks read at once (default 1), each through a connection of its
+    /// own; more than one splits a table into key ranges read side by side.
+    /// At most this many chunks are written and not yet acknowledged, which
+    /// is what a restart reads again.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 64))]
+    pub workers: usize,
+    /// Rows a chunk reads (default 16384); a chunk is held in memory until
+    /// it is emitted, so memory is about `2 x workers x chunk_size` rows.
+    #[serde(default = "default_chunk_size")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub chunk_size: usize,
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+fn default_chunk_size() -> usize {
+    16384
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::from(SnapshotMode::default())
+    }
+}
+
+impl From<SnapshotMode> for Snapshot {
+    fn from(mode: SnapshotMode) -> Self {
+        Snapshot { mode, workers: default_workers(), chunk_size: default_chunk_size() }
+    }
+}
+
+impl PartialEq<SnapshotMode> for Snapshot {
+    fn eq(&self, mode: &SnapshotMode) -> bool {
+        self.mode == *mode
+    }
+}
+
+/// What `snapshot` accepts, for the editors' schema.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Only its schema is used.
+enum SnapshotForm {
+    Mode(SnapshotMode),
+    Settings(Snapshot),
+}
+
+// A mode alone or the settings, each with its own errors (an untagged enum
+// would only say that neither matched).
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Form;
+        impl<'de> serde::de::Visitor<'de> for Form {
+            type Value = Snapshot;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a snapshot mode (`incremental`, `initial`, `never`, `initial_only`) or its settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Snapshot, E> {
+                use serde::de::IntoDeserializer;
+                SnapshotMode::deserialize(s.into_deserializer()).map(Snapshot::from)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Snapshot, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(remote = "Snapshot", deny_unknown_fields)]
+                struct Settings {
+                    #[serde(default)]
+                    mode: SnapshotMode,
+                    #[serde(default = "default_workers")]
+                    workers: usize,
+                    #[serde(default = "default_chunk_size")]
+                    chunk_size: usize,
+                }
+                let s = Settings::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                if !(1..=64).contains(&s.workers) {
+                    return Err(serde::de::Error::custom("`workers` is 1 to 64"));
+                }
+                if !(1..=1_000_000).contains(&s.chunk_size) {
+                    return Err(serde::de::Error::custom("`chunk_size` is 1 to 1000000"));
+                }
+                Ok(s)
+            }
+        }
+        d.deserialize_any(Form)
+    }
 }
 
 impl fmt::Debug for PostgresCdcConfig {
@@ -275,6 +374,29 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("`shop.other`, which is not in `tables`")), "{problems:?}");
         assert_eq!(c.key_overrides()[1], (("shop".into(), "events".into()), vec!["device".into(), "seq".into()]));
+    }
+
+    #[test]
+    fn snapshot_is_a_mode_or_its_settings() {
+        let snapshot = |v: &str| {
+            serde_json::from_str::<PostgresCdcConfig>(&format!(r#"{{"url": "postgres://db/x", "snapshot": {v}}}"#))
+                .map(|c| c.snapshot)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(config(r#"{"url": "postgres://db/x"}"#).snapshot, Snapshot::from(SnapshotMode::Incremental));
+        assert_eq!(snapshot(r#""initial""#), Ok(Snapshot::from(SnapshotMode::Initial)));
+        assert_eq!(
+            snapshot(r#"{"workers": 2}"#),
+            Ok(Snapshot { mode: SnapshotMode::Incremental, workers: 2, chunk_size: 16384 })
+        );
+        assert_eq!(
+            snapshot(r#"{"mode": "never", "chunk_size": 10}"#),
+            Ok(Snapshot { mode: SnapshotMode::Never, workers: 1, chunk_size: 10 })
+        );
+        assert!(snapshot(r#""sometimes""#).unwrap_err().contains("unknown variant `sometimes`"));
+        assert!(snapshot(r#"{"workerz": 2}"#).unwrap_err().contains("unknown field `workerz`"));
+        assert!(snapshot(r#"{"workers": 0}"#).unwrap_err().contains("`workers` is 1 to 64"));
+        assert!(snapshot("3").unwrap_err().contains("a snapshot mode"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod connector;
 mod error;
 pub mod files;
 mod format;
+pub mod health;
 mod record;
 mod secret;
 mod state;

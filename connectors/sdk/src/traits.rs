@@ -38,6 +38,14 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Whether the source waits for an acknowledgement before it goes on (it
+    /// bounds what it has out unacknowledged): the engine then commits as
+    /// soon as the watermark moves, instead of every 250 ms. Such a source
+    /// returns from `read` within milliseconds while it waits.
+    fn commit_soon(&self) -> bool {
+        false
+    }
+
     /// Releases connections; called once after the final commit.
     async fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())

@@ -1,26 +1,38 @@
-//! Snapshots of tables added to a running pipeline, taken incrementally (the
-//! DBLog algorithm, as Debezium's incremental snapshots): the table is read in
-//! key-ordered chunks while the stream goes on. Each chunk is read between a
-//! low and a high watermark written into the WAL with
+//! Incremental snapshots (the DBLog algorithm, as Debezium's): a table is read
+//! in key-ordered chunks while the stream goes on. Each chunk is read between
+//! a low and a high watermark written into the WAL with
 //! `pg_logical_emit_message`, each in a transaction of its own, so each
-//! arrives in the stream at its commit's place among the other commits. A row that a transaction delivered between
-//! the two watermarks touched is dropped from the chunk, since the streamed
-//! change is as new or newer; the chunk's other rows are emitted where the high
-//! watermark arrives, ordered with the stream. No transaction stays open, so
-//! nothing holds back vacuum, and the progress (the last key of the last
-//! acknowledged chunk) is kept with the slot's record: a restart re-reads at
-//! most one chunk.
+//! arrives in the stream at its commit's place among the other commits. A row
+//! that a transaction delivered between the two watermarks touched is dropped
+//! from the chunk, since the streamed change is as new or newer; the chunk's
+//! other rows are emitted where the high watermark arrives, ordered with the
+//! stream. No transaction stays open, so nothing holds back vacuum.
+//!
+//! Readers (`workers` of them, each with a connection of its own) run beside
+//! the stream, so the server reads the next chunk while the last one is
+//! emitted and written. With more than one, a table is cut into key ranges
+//! (the key `chunk_size` rows on, found through the index) read side by
+//! side. A table's chunks go out in key order, and a reader writes its high
+//! watermark only while fewer than `workers` chunks are emitted and not yet
+//! acknowledged: the progress kept (the last key of the last acknowledged
+//! chunk, with the slot's record) is never more than `workers` chunks behind
+//! what was emitted, so a restart reads at most that much again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use flowgate_sdk::Batch;
+use futures::TryStreamExt;
 use pg_walstream::{ColumnValue, RowData};
 use sqlx::{PgConnection, Row};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use crate::avro;
-use crate::catalog::quote_ident;
+use crate::catalog::{self, Keys, quote_ident};
+use crate::config::Snapshot;
 use crate::error::PgCdcError;
 use crate::event::{Encoder, Op, Origin};
 use crate::state::Todo;
@@ -40,190 +52,535 @@ pub(super) struct Signal {
     pub snapshot: Vec<(String, String)>,
 }
 
-/// Rows read per chunk (and held while it waits for its high watermark).
-pub(super) const CHUNK_ROWS: usize = 2048;
-
 /// What acknowledging a batch completes: a chunk of a table, up to `after`.
 #[derive(Clone, Debug)]
 pub(super) struct ChunkDone {
     pub todo: Todo,
     /// The table is done (this chunk was its last).
     pub complete: bool,
+    /// The readers' budget of chunks out and not acknowledged, and whether
+    /// this chunk gave its share back (a save retried after a failure saves
+    /// it again).
+    permits: Arc<Semaphore>,
+    given_back: Arc<AtomicBool>,
 }
 
-/// A chunk read, waiting for its watermarks in the stream.
-struct Chunk {
+impl ChunkDone {
+    /// The chunk is recorded: another may go out.
+    pub(super) fn recorded(&self) {
+        if !self.given_back.swap(true, Ordering::Relaxed) {
+            self.permits.add_permits(1);
+        }
+    }
+}
+
+/// A table being read: where its next chunk starts, and the order its chunks
+/// go out in.
+struct Cursor {
+    /// Unique to this reading of the table.
     id: u64,
+    /// `after`: where the next chunk starts.
     todo: Todo,
-    table: Arc<Table>,
-    /// The key columns, as indices into the table's columns.
-    key: Vec<usize>,
-    /// The rows' keys in key order, and the rows by key.
-    order: Vec<Vec<Option<String>>>,
-    rows: HashMap<Vec<Option<String>>, RowData>,
-    /// The low watermark arrived: changes to the table drop rows.
-    window: bool,
-    /// Fewer rows than asked for: the table ends with this chunk.
-    complete: bool,
+    /// The end of the last chunk emitted: where a restart begins.
+    emitted: Option<Vec<String>>,
+    /// A reader is finding where its chunk ends; the next waits.
+    busy: bool,
+    /// The last chunk is being read.
+    exhausted: bool,
+    next_seq: u64,
+    /// The chunk whose high watermark goes next.
+    next_high: u64,
 }
 
 #[derive(Default)]
-pub(super) struct Incremental {
-    pub(super) slot: String,
-    pub(super) queue: VecDeque<Todo>,
-    chunk: Option<Chunk>,
+struct Plan {
+    tables: VecDeque<Cursor>,
+    /// The readers of this plan stop (a reconnect or a step-down made a new one).
+    closed: bool,
     next_id: u64,
-    /// The chunk emitted into the batch being read, for its mark.
-    pub(super) done: Option<ChunkDone>,
 }
 
-/// A watermark's text: the slot, and an id unique to this run, so that the
+impl Plan {
+    fn push(&mut self, todo: Todo) {
+        self.next_id += 1;
+        self.tables.push_back(Cursor {
+            id: self.next_id,
+            emitted: todo.after.clone(),
+            todo,
+            busy: false,
+            exhausted: false,
+            next_seq: 0,
+            next_high: 0,
+        });
+    }
+
+    fn cursor(&mut self, id: u64) -> Option<&mut Cursor> {
+        self.tables.iter_mut().find(|c| c.id == id)
+    }
+}
+
+/// What the readers share with the stream.
+struct Shared {
+    plan: Mutex<Plan>,
+    changed: Notify,
+    permits: Arc<Semaphore>,
+    next_chunk: AtomicU64,
+    url: String,
+    slot: String,
+    keys: Arc<Keys>,
+    settings: Snapshot,
+}
+
+impl Shared {
+    fn plan(&self) -> MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next chunk to read, waiting while every table left is being cut;
+    /// `None` once none is left or the plan is closed.
+    async fn next_job(&self) -> Option<Job> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut plan = self.plan();
+                if plan.closed || plan.tables.is_empty() {
+                    return None;
+                }
+                if let Some(c) = plan.tables.iter_mut().find(|c| !c.busy && !c.exhausted) {
+                    c.busy = true;
+                    c.next_seq += 1;
+                    return Some(Job { cursor: c.id, seq: c.next_seq - 1, todo: c.todo.clone() });
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The job's cursor moves on to `after`; `last`: nothing is left past it.
+    fn advance(&self, cursor: u64, after: Option<Vec<String>>, last: bool) {
+        if let Some(c) = self.plan().cursor(cursor) {
+            if after.is_some() {
+                c.todo.after = after;
+            }
+            c.exhausted = last;
+            c.busy = false;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until chunk `seq` of the cursor is the next to go out; false when
+    /// the plan closed meanwhile.
+    async fn wait_turn(&self, cursor: u64, seq: u64) -> bool {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut plan = self.plan();
+                if plan.closed {
+                    return false;
+                }
+                match plan.cursor(cursor) {
+                    Some(c) if c.next_high == seq => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn turn_done(&self, cursor: u64) {
+        if let Some(c) = self.plan().cursor(cursor) {
+            c.next_high += 1;
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+struct Job {
+    cursor: u64,
+    seq: u64,
+    todo: Todo,
+}
+
+/// What readers tell the stream.
+enum Report {
+    /// A chunk's low watermark is about to be written.
+    Open {
+        id: u64,
+        schema: String,
+        table: String,
+        key: Vec<String>,
+    },
+    /// Its rows, sent before its high watermark is written.
+    Chunk(Chunk),
+    Failed(PgCdcError),
+}
+
+struct Chunk {
+    id: u64,
+    cursor: u64,
+    table: Arc<Table>,
+    /// The rows in key order (`None`: gave way to a streamed change), and
+    /// where each key's row is.
+    rows: Vec<Option<RowData>>,
+    by_key: HashMap<Vec<u8>, usize>,
+    /// Where the table's next chunk starts.
+    end: Option<Vec<String>>,
+    /// The table ends with this chunk.
+    complete: bool,
+}
+
+/// A chunk between its watermarks, as the stream sees it.
+struct Window {
+    schema: String,
+    table: String,
+    key: Vec<String>,
+    /// The low watermark arrived: changes to the table drop rows.
+    open: bool,
+    /// Keys changed before the rows came, and whether the table was truncated.
+    touched: Vec<Vec<u8>>,
+    truncated: bool,
+    chunk: Option<Chunk>,
+}
+
+pub(super) struct Incremental {
+    pub(super) slot: String,
+    url: String,
+    settings: Snapshot,
+    keys: Arc<Keys>,
+    shared: Arc<Shared>,
+    readers: JoinSet<()>,
+    tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    windows: HashMap<u64, Window>,
+    /// Chunks emitted into the batch being read, for its mark.
+    pub(super) done: Vec<ChunkDone>,
+    failed: Option<PgCdcError>,
+}
+
+impl Default for Incremental {
+    fn default() -> Self {
+        Incremental::new(String::new(), String::new(), Snapshot::default(), Keys::default())
+    }
+}
+
+/// A watermark's text: the slot, and a tag unique to this run, so that the
 /// watermarks of an earlier run (replayed from the slot after a crash or a
 /// takeover) never match a chunk of this one.
 fn watermark(slot: &str, kind: &str, id: u64) -> String {
-    static RUN: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-    let run = RUN.get_or_init(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        t ^ u128::from(std::process::id())
-    });
-    format!("{kind} {slot} {run:x}.{id}")
+    format!("{kind} {slot} {}.{id}", run_tag())
 }
 
-fn text(v: Option<&ColumnValue>) -> Option<String> {
-    match v? {
+fn run_tag() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("{:x}", t ^ u128::from(std::process::id()))
+    })
+}
+
+/// A watermark of this run for `slot`: its kind and chunk.
+fn parse_watermark<'a>(content: &'a str, slot: &str) -> Option<(&'a str, u64)> {
+    let mut parts = content.split(' ');
+    let (kind, s, tag) = (parts.next()?, parts.next()?, parts.next()?);
+    let (run, id) = tag.split_once('.')?;
+    (s == slot && run == run_tag() && parts.next().is_none()).then_some(())?;
+    Some((kind, id.parse().ok()?))
+}
+
+fn value_bytes(v: &ColumnValue) -> Option<&[u8]> {
+    match v {
         ColumnValue::Null => None,
-        ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(b),
+    }
+}
+
+/// A row's key as one byte string (a value is text, so it holds no NUL).
+fn key_bytes<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u8> {
+    let mut k = Vec::new();
+    for v in values {
+        match v {
+            None => k.push(1),
+            Some(v) => {
+                k.push(2);
+                k.extend_from_slice(v);
+                k.push(0);
+            }
+        }
+    }
+    k
+}
+
+impl Chunk {
+    fn drop_key(&mut self, key: &[u8]) {
+        if let Some(i) = self.by_key.remove(key) {
+            self.rows[i] = None;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.rows.iter_mut().for_each(|r| *r = None);
+        self.by_key.clear();
+    }
+}
+
+/// COPY's text format, as the server writes it.
+mod copy_text {
+    use bytes::{Bytes, BytesMut};
+
+    /// Cuts the data COPY sends into lines (without their newline); a line
+    /// may come in several pieces.
+    #[derive(Default)]
+    pub struct Lines {
+        partial: BytesMut,
+    }
+
+    impl Lines {
+        pub fn push(&mut self, mut data: Bytes) -> Vec<Bytes> {
+            let mut lines = Vec::new();
+            while let Some(end) = memchr::memchr(b'\n', &data) {
+                let mut line = data.split_to(end + 1);
+                line.truncate(end);
+                if self.partial.is_empty() {
+                    lines.push(line);
+                } else {
+                    self.partial.extend_from_slice(&line);
+                    lines.push(self.partial.split().freeze());
+                }
+            }
+            self.partial.extend_from_slice(&data);
+            lines
+        }
+    }
+
+    /// A line's values: `\N` is NULL; a value with a backslash escape is
+    /// copied unescaped, any other is a slice of the line.
+    pub fn fields(line: &Bytes) -> Vec<Option<Bytes>> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\t', line).chain([line.len()]) {
+            let field = &line[start..end];
+            out.push(if field == b"\\N" {
+                None
+            } else if memchr::memchr(b'\\', field).is_some() {
+                Some(unescape(field))
+            } else {
+                Some(line.slice(start..end))
+            });
+            start = end + 1;
+        }
+        out
+    }
+
+    fn unescape(field: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(field.len());
+        let mut bytes = field.iter();
+        while let Some(&b) = bytes.next() {
+            if b != b'\\' {
+                out.push(b);
+                continue;
+            }
+            match bytes.next() {
+                Some(b'b') => out.push(0x08),
+                Some(b'f') => out.push(0x0c),
+                Some(b'n') => out.push(b'\n'),
+                Some(b'r') => out.push(b'\r'),
+                Some(b't') => out.push(b'\t'),
+                Some(b'v') => out.push(0x0b),
+                Some(&other) => out.push(other),
+                None => out.push(b'\\'),
+            }
+        }
+        Bytes::from(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lines_split_across_pieces_and_escapes_are_undone() {
+            let mut lines = Lines::default();
+            assert!(lines.push(Bytes::from_static(b"1\ta\\tb")).is_empty());
+            let got = lines.push(Bytes::from_static(b"\\\\c\t\\N\n2\tx\t\n3\t"));
+            assert_eq!(got.len(), 2);
+            let first = fields(&got[0]);
+            assert_eq!(first, vec![Some(Bytes::from("1")), Some(Bytes::from("a\tb\\c")), None]);
+            assert_eq!(fields(&got[1]), vec![Some(Bytes::from("2")), Some(Bytes::from("x")), Some(Bytes::new())]);
+            let last = lines.push(Bytes::from_static(b"y\n"));
+            assert_eq!(fields(&last[0]), vec![Some(Bytes::from("3")), Some(Bytes::from("y"))]);
+        }
     }
 }
 
 impl Incremental {
-    /// Whether a chunk should be read now: a table waits and no chunk is out.
-    pub(super) fn wants_chunk(&self) -> bool {
-        self.chunk.is_none() && !self.queue.is_empty()
-    }
-
-    /// Reads the next chunk of the first table waiting, between two watermarks.
-    /// `keys`: the key columns of each captured table.
-    pub(super) async fn read_chunk(
-        &mut self,
-        conn: &mut PgConnection,
-        keys: &HashMap<(String, String), Vec<String>>,
-    ) -> Result<(), PgCdcError> {
-        let Some(todo) = self.queue.front().cloned() else { return Ok(()) };
-        let q = |e| PgCdcError::db(format!("cannot read a chunk of `{}.{}`", todo.schema, todo.table), e);
-        let columns = sqlx::query(
-            "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
-               FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        )
-        .bind(&todo.schema)
-        .bind(&todo.table)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(q)?;
-        let names: Vec<String> = columns.iter().map(|r| r.get(0)).collect();
-        let key_names = keys.get(&(todo.schema.clone(), todo.table.clone())).cloned().unwrap_or_default();
-        let key: Vec<usize> = key_names.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
-        if key.is_empty() || key.len() != key_names.len() {
-            return Err(PgCdcError::Setup(format!(
-                "`{}.{}` has no key to read it in chunks by; give it a primary key or name one in `keys`",
-                todo.schema, todo.table
-            )));
-        }
-        let table = Arc::new(avro::with_schema(Table::new(
-            todo.schema.as_str().into(),
-            todo.table.as_str().into(),
-            false,
-            columns.iter().map(|r| {
-                let name: String = r.get(0);
-                let is_key = key_names.contains(&name);
-                (Arc::from(name), r.get::<i64, _>(1) as u32, r.get::<i32, _>(2), is_key)
+    /// `keys`: the key each captured table is read in chunks by.
+    pub(super) fn new(slot: String, url: String, settings: Snapshot, keys: Keys) -> Self {
+        let (tx, reports) = mpsc::unbounded_channel();
+        let keys = Arc::new(keys);
+        Incremental {
+            shared: Arc::new(Shared {
+                plan: Mutex::default(),
+                changed: Notify::new(),
+                permits: Arc::new(Semaphore::new(settings.workers)),
+                next_chunk: AtomicU64::new(0),
+                url: url.clone(),
+                slot: slot.clone(),
+                keys: Arc::clone(&keys),
+                settings,
             }),
-        )));
-        let select: Vec<String> = names.iter().map(|n| format!("{}::text", quote_ident(n))).collect();
-        let key_list: Vec<String> = key.iter().map(|&i| quote_ident(&names[i])).collect();
-        let mut sql = format!(
-            "SELECT ARRAY[{}] FROM {}.{}",
-            select.join(", "),
-            quote_ident(&todo.schema),
-            quote_ident(&todo.table)
-        );
-        if todo.after.is_some() {
-            let params: Vec<String> = key
-                .iter()
-                .enumerate()
-                .map(|(p, &i)| format!("(${}::text)::{}", p + 1, columns[i].get::<String, _>(3)))
-                .collect();
-            sql.push_str(&format!(" WHERE ({}) > ({})", key_list.join(", "), params.join(", ")));
+            slot,
+            url,
+            settings,
+            keys,
+            readers: JoinSet::new(),
+            tx,
+            reports,
+            windows: HashMap::new(),
+            done: Vec::new(),
+            failed: None,
         }
-        sql.push_str(&format!(" ORDER BY {} LIMIT {CHUNK_ROWS}", key_list.join(", ")));
+    }
 
-        let id = self.next_id;
-        self.next_id += 1;
-        self.emit(conn, "low", id).await?;
-        // Identifiers are quoted by quote_ident; the key values are bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in todo.after.iter().flatten() {
-            query = query.bind(v);
+    /// Reads `tables` from where each stands, stopping any reading under way.
+    pub(super) fn set_queue(&mut self, tables: Vec<Todo>) {
+        {
+            let mut plan = self.shared.plan();
+            plan.closed = true;
         }
-        let rows = query.fetch_all(&mut *conn).await.map_err(q)?;
-        self.emit(conn, "high", id).await?;
+        self.shared.changed.notify_waiters();
+        self.readers.abort_all();
+        let (tx, reports) = mpsc::unbounded_channel();
+        (self.tx, self.reports) = (tx, reports);
+        self.windows.clear();
+        let mut plan = Plan::default();
+        for t in tables {
+            plan.push(t);
+        }
+        self.shared = Arc::new(Shared {
+            plan: Mutex::new(plan),
+            changed: Notify::new(),
+            permits: Arc::new(Semaphore::new(self.settings.workers)),
+            next_chunk: AtomicU64::new(self.shared.next_chunk.load(Ordering::Relaxed)),
+            url: self.url.clone(),
+            slot: self.slot.clone(),
+            keys: Arc::clone(&self.keys),
+            settings: self.settings,
+        });
+    }
 
-        let mut chunk = Chunk {
-            id,
-            todo: todo.clone(),
-            key,
-            order: Vec::with_capacity(rows.len()),
-            rows: HashMap::with_capacity(rows.len()),
-            window: false,
-            complete: rows.len() < CHUNK_ROWS,
-            table,
-        };
-        for r in rows {
-            let values: Vec<Option<String>> = r.get(0);
-            let mut row = RowData::with_capacity(values.len());
-            for (column, v) in chunk.table.columns.iter().zip(&values) {
-                let value = match v {
-                    Some(s) => ColumnValue::Text(Bytes::from(s.clone())),
-                    None => ColumnValue::Null,
-                };
-                row.push(Arc::clone(&column.name), value);
+    /// The tables being read, from where each was emitted to.
+    pub(super) fn tables(&self) -> Vec<Todo> {
+        self.shared
+            .plan()
+            .tables
+            .iter()
+            .map(|c| Todo { schema: c.todo.schema.clone(), table: c.todo.table.clone(), after: c.emitted.clone() })
+            .collect()
+    }
+
+    /// After a reconnect the stream starts again from the last transaction
+    /// handed out: the chunks not emitted yet are read again.
+    pub(super) fn restart(&mut self) {
+        let tables = self.tables();
+        self.set_queue(tables);
+    }
+
+    /// Queues a table to read from the start, unless it is being read (that
+    /// reading started after the request was written, so it serves it).
+    pub(super) fn queue(&mut self, schema: String, table: String) -> bool {
+        let mut plan = self.shared.plan();
+        if plan.tables.iter().any(|c| c.todo.schema == schema && c.todo.table == table) {
+            return false;
+        }
+        plan.push(Todo { schema, table, after: None });
+        drop(plan);
+        self.shared.changed.notify_waiters();
+        true
+    }
+
+    /// Starts readers while a table has chunks to read; the error of one
+    /// that failed, with the reading started again from what was emitted.
+    pub(super) fn run_readers(&mut self) -> Result<(), PgCdcError> {
+        while let Some(ended) = self.readers.try_join_next() {
+            if let Err(e) = ended
+                && e.is_panic()
+            {
+                self.failed.get_or_insert(PgCdcError::Setup("a snapshot reader failed unexpectedly".into()));
             }
-            let k: Vec<Option<String>> = chunk.key.iter().map(|&i| values[i].clone()).collect();
-            chunk.order.push(k.clone());
-            chunk.rows.insert(k, row);
         }
-        tracing::debug!(table = %format!("{}.{}", todo.schema, todo.table), chunk = id, rows = chunk.order.len(),
-            "read a chunk of the incremental snapshot");
-        self.chunk = Some(chunk);
+        self.drain();
+        if let Some(e) = self.failed.take() {
+            self.restart();
+            return Err(e);
+        }
+        if self.shared.plan().tables.iter().any(|c| !c.exhausted) {
+            while self.readers.len() < self.settings.workers {
+                self.readers.spawn(reader(Arc::clone(&self.shared), self.tx.clone()));
+            }
+        }
         Ok(())
     }
 
-    async fn emit(&self, conn: &mut PgConnection, kind: &str, id: u64) -> Result<(), PgCdcError> {
-        // Transactional: its commit flushes the WAL, so the walsender sends it
-        // at once (a non-transactional one waits for the WAL writer, 200 ms a
-        // chunk), and it arrives at its commit's place among the other
-        // commits, which is the order the stream's changes have.
-        sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
-            .bind(PREFIX)
-            .bind(watermark(&self.slot, kind, id))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| PgCdcError::db("cannot write a snapshot watermark into the WAL", e))?;
-        Ok(())
+    fn drain(&mut self) {
+        while let Ok(report) = self.reports.try_recv() {
+            match report {
+                Report::Open { id, schema, table, key } => {
+                    let window =
+                        Window { schema, table, key, open: false, touched: Vec::new(), truncated: false, chunk: None };
+                    self.windows.insert(id, window);
+                }
+                Report::Chunk(mut chunk) => {
+                    if let Some(w) = self.windows.get_mut(&chunk.id) {
+                        if w.truncated {
+                            chunk.clear();
+                        }
+                        for k in w.touched.drain(..) {
+                            chunk.drop_key(&k);
+                        }
+                        w.chunk = Some(chunk);
+                    }
+                }
+                Report::Failed(e) => {
+                    self.failed.get_or_insert(e);
+                }
+            }
+        }
     }
 
     /// A streamed change to `table`: inside a chunk's window, its rows of the
     /// keys the change touched are dropped.
     pub(super) fn touched(&mut self, table: &Table, before: Option<&RowData>, after: Option<&RowData>) {
-        let Some(chunk) = self.chunk.as_mut().filter(|c| c.window) else { return };
-        if *table.schema != *chunk.todo.schema || *table.name != *chunk.todo.table {
+        if self.windows.is_empty() {
             return;
         }
-        for row in [before, after].into_iter().flatten() {
-            let k: Vec<Option<String>> =
-                chunk.key.iter().map(|&i| text(row.get(&chunk.table.columns[i].name))).collect();
-            chunk.rows.remove(&k);
+        self.drain();
+        let windows =
+            self.windows.values_mut().filter(|w| w.open && *w.schema == *table.schema && *w.table == *table.name);
+        for w in windows {
+            for row in [before, after].into_iter().flatten() {
+                let k = key_bytes(w.key.iter().map(|n| row.get(n).and_then(value_bytes)));
+                match &mut w.chunk {
+                    Some(chunk) => chunk.drop_key(&k),
+                    None => w.touched.push(k),
+                }
+            }
+        }
+    }
+
+    /// A TRUNCATE of `schema.table`: none of the rows read in an open window
+    /// is there any more.
+    pub(super) fn truncated(&mut self, name: &str) {
+        self.drain();
+        for w in self.windows.values_mut().filter(|w| w.open && name == format!("{}.{}", w.schema, w.table)) {
+            match &mut w.chunk {
+                Some(chunk) => chunk.clear(),
+                None => w.truncated = true,
+            }
         }
     }
 
@@ -237,45 +594,252 @@ impl Incremental {
         encoder: &mut Encoder,
         batch: &mut Batch,
     ) {
-        let Some(chunk) = self.chunk.as_mut() else { return };
         let content = String::from_utf8_lossy(content);
-        if content == watermark(&self.slot, "low", chunk.id) {
-            chunk.window = true;
-        } else if content == watermark(&self.slot, "high", chunk.id) {
-            let chunk = self.chunk.take().expect("checked above");
-            for k in &chunk.order {
-                if let Some(row) = chunk.rows.get(k) {
-                    batch.records.push(encoder.change(origin, &chunk.table, Op::Read, lsn, None, Some(row)));
+        let Some((kind, id)) = parse_watermark(&content, &self.slot) else { return };
+        self.drain();
+        match kind {
+            "low" => {
+                if let Some(w) = self.windows.get_mut(&id) {
+                    w.open = true;
                 }
             }
-            let after = chunk.order.last().map(|k| k.iter().map(|v| v.clone().unwrap_or_default()).collect());
-            let mut todo = chunk.todo;
-            if after.is_some() {
-                todo.after = after;
+            "high" => {
+                let Some(window) = self.windows.remove(&id) else { return };
+                // The rows are sent before the high watermark is written.
+                let Some(chunk) = window.chunk else {
+                    self.failed.get_or_insert(PgCdcError::Setup(format!(
+                        "the rows of a chunk of `{}.{}` were missing at its high watermark",
+                        window.schema, window.table
+                    )));
+                    return;
+                };
+                batch.records.reserve(chunk.rows.len());
+                for row in chunk.rows.iter().flatten() {
+                    batch.records.push(encoder.change(origin, &chunk.table, Op::Read, lsn, None, Some(row)));
+                }
+                let mut plan = self.shared.plan();
+                if let Some(pos) = plan.tables.iter().position(|c| c.id == chunk.cursor) {
+                    if chunk.complete {
+                        plan.tables.remove(pos);
+                        tracing::info!(table = %format!("{}.{}", window.schema, window.table), "incremental snapshot read");
+                    } else {
+                        plan.tables[pos].emitted = chunk.end.clone();
+                    }
+                }
+                drop(plan);
+                self.shared.changed.notify_waiters();
+                self.done.push(ChunkDone {
+                    todo: Todo { schema: window.schema, table: window.table, after: chunk.end },
+                    complete: chunk.complete,
+                    permits: Arc::clone(&self.shared.permits),
+                    given_back: Arc::default(),
+                });
             }
-            if chunk.complete {
-                tracing::info!(table = %format!("{}.{}", todo.schema, todo.table), "incremental snapshot read");
-                self.queue.pop_front();
-            } else if let Some(front) = self.queue.front_mut() {
-                front.after = todo.after.clone();
+            _ => {}
+        }
+    }
+}
+
+/// A reader: takes chunks until none is left, reporting each.
+async fn reader(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Report>) {
+    let mut conn = None;
+    loop {
+        match read_one(&shared, &tx, &mut conn).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                let _ = tx.send(Report::Failed(e));
+                return;
             }
-            self.done = Some(ChunkDone { todo, complete: chunk.complete });
+        }
+    }
+}
+
+/// Reads and emits one chunk; false when there is none to read.
+async fn read_one(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Report>,
+    conn: &mut Option<PgConnection>,
+) -> Result<bool, PgCdcError> {
+    let Some(job) = shared.next_job().await else { return Ok(false) };
+    let conn = match conn {
+        Some(c) => c,
+        None => conn.insert(catalog::connect_as_stream(&shared.url).await?),
+    };
+    let todo = &job.todo;
+    let shown = format!("{}.{}", todo.schema, todo.table);
+    let q = |e| PgCdcError::db(format!("cannot read a chunk of `{shown}`"), e);
+    let columns = sqlx::query(
+        "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .bind(&todo.schema)
+    .bind(&todo.table)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(q)?;
+    let names: Vec<String> = columns.iter().map(|r| r.get(0)).collect();
+    let key_names = shared.keys.get(&(todo.schema.clone(), todo.table.clone())).cloned().unwrap_or_default();
+    let key: Vec<usize> = key_names.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
+    if key.is_empty() || key.len() != key_names.len() {
+        return Err(PgCdcError::Setup(format!(
+            "`{shown}` has no key to read it in chunks by; give it a primary key or name one in `keys`"
+        )));
+    }
+    let table = Arc::new(avro::with_schema(Table::new(
+        todo.schema.as_str().into(),
+        todo.table.as_str().into(),
+        false,
+        columns.iter().map(|r| {
+            let name: String = r.get(0);
+            let is_key = key_names.contains(&name);
+            (Arc::from(name), r.get::<i64, _>(1) as u32, r.get::<i32, _>(2), is_key)
+        }),
+    )));
+    let from = format!("{}.{}", quote_ident(&todo.schema), quote_ident(&todo.table));
+    let key_list = key.iter().map(|&i| quote_ident(&names[i])).collect::<Vec<_>>().join(", ");
+    let param = |first: usize| {
+        key.iter()
+            .enumerate()
+            .map(|(p, &i)| format!("(${}::text)::{}", first + p, columns[i].get::<String, _>(3)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let after = todo.after.as_ref().map(|_| format!("({key_list}) > ({})", param(1)));
+    let rows_wanted = shared.settings.chunk_size;
+
+    // With several readers, the chunk's end is found first (through the key's
+    // index), so that the next reader can start there at once.
+    let mut until = None;
+    if shared.settings.workers > 1 {
+        let keys_text = key.iter().map(|&i| format!("{}::text", quote_ident(&names[i]))).collect::<Vec<_>>();
+        let sql = format!(
+            "SELECT ARRAY[{}] FROM {from}{} ORDER BY {key_list} OFFSET {} LIMIT 1",
+            keys_text.join(", "),
+            after.as_ref().map(|a| format!(" WHERE {a}")).unwrap_or_default(),
+            rows_wanted - 1
+        );
+        // Identifiers are quoted by quote_ident; the key values are bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in todo.after.iter().flatten() {
+            query = query.bind(v);
+        }
+        let end: Option<Vec<Option<String>>> = query.fetch_optional(&mut *conn).await.map_err(q)?.map(|r| r.get(0));
+        until = end.map(|k| k.into_iter().map(Option::unwrap_or_default).collect::<Vec<String>>());
+        if until.is_some() {
+            shared.advance(job.cursor, until.clone(), false);
         }
     }
 
-    /// A TRUNCATE of the chunk's table (`schema.table`) in its window: none
-    /// of the rows read is there any more.
-    pub(super) fn truncated(&mut self, name: &str) {
-        if let Some(chunk) = self.chunk.as_mut().filter(|c| c.window)
-            && name == format!("{}.{}", chunk.todo.schema, chunk.todo.table)
-        {
-            chunk.rows.clear();
+    // COPY rather than a query: the server writes each value as its output
+    // function does (as the stream does), and the rows come without a
+    // per-value decode. It takes no parameters, so the keys are literals.
+    let literals = |values: &[String]| {
+        key.iter()
+            .zip(values)
+            .map(|(&i, v)| format!("'{}'::{}", v.replace('\'', "''"), columns[i].get::<String, _>(3)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut conditions = Vec::new();
+    if let Some(a) = &todo.after {
+        conditions.push(format!("({key_list}) > ({})", literals(a)));
+    }
+    if let Some(u) = &until {
+        conditions.push(format!("({key_list}) <= ({})", literals(u)));
+    }
+    let select: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
+    let mut sql = format!("COPY (SELECT {} FROM {from}", select.join(", "));
+    if !conditions.is_empty() {
+        sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
+    }
+    sql.push_str(&format!(" ORDER BY {key_list}"));
+    if until.is_none() {
+        sql.push_str(&format!(" LIMIT {rows_wanted}"));
+    }
+    sql.push_str(") TO STDOUT");
+
+    let id = shared.next_chunk.fetch_add(1, Ordering::Relaxed);
+    let open = Report::Open { id, schema: todo.schema.clone(), table: todo.table.clone(), key: key_names };
+    if tx.send(open).is_err() {
+        return Ok(false);
+    }
+    emit(conn, &shared.slot, "low", id).await?;
+    let mut chunk = Chunk {
+        id,
+        cursor: job.cursor,
+        table,
+        rows: Vec::with_capacity(rows_wanted.min(65_536)),
+        by_key: HashMap::with_capacity(rows_wanted.min(65_536)),
+        end: None,
+        complete: false,
+    };
+    {
+        let mut copy = conn.copy_out_raw(&sql).await.map_err(q)?;
+        let mut lines = copy_text::Lines::default();
+        while let Some(data) = copy.try_next().await.map_err(q)? {
+            for line in lines.push(data) {
+                // Copied out of the connection's buffer, which every row
+                // shares: the values' counts then move with their own row.
+                let values = copy_text::fields(&Bytes::from(line.to_vec()));
+                if values.len() != chunk.table.columns.len() {
+                    return Err(PgCdcError::Setup(format!(
+                        "a chunk of `{shown}` has {} columns where {} were expected (was the table altered?)",
+                        values.len(),
+                        chunk.table.columns.len()
+                    )));
+                }
+                let k = key_bytes(key.iter().map(|&i| values[i].as_deref()));
+                let mut row = RowData::with_capacity(values.len());
+                for (column, v) in chunk.table.columns.iter().zip(values) {
+                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
+                }
+                chunk.by_key.insert(k, chunk.rows.len());
+                chunk.rows.push(Some(row));
+            }
         }
     }
-
-    /// After a reconnect the stream starts again from the last transaction
-    /// handed out: a chunk waiting for its watermarks is read again.
-    pub(super) fn restart_chunk(&mut self) {
-        self.chunk = None;
+    let complete = until.is_none() && chunk.rows.len() < rows_wanted;
+    chunk.complete = complete;
+    let last = chunk.rows.last().and_then(Option::as_ref).map(|row| {
+        key.iter()
+            .map(|&i| row.get(&chunk.table.columns[i].name).and_then(value_bytes).map(String::from_utf8_lossy))
+            .map(|v| v.map(|v| v.into_owned()).unwrap_or_default())
+            .collect::<Vec<String>>()
+    });
+    let ranged = until.is_some();
+    chunk.end = until.or(last).or_else(|| todo.after.clone());
+    if !ranged {
+        // The next chunk starts after this one's last row.
+        shared.advance(job.cursor, chunk.end.clone(), complete);
     }
+    tracing::debug!(table = %shown, chunk = id, rows = chunk.rows.len(), "read a chunk of the incremental snapshot");
+    let (cursor, seq) = (job.cursor, job.seq);
+    if tx.send(Report::Chunk(chunk)).is_err() {
+        return Ok(false);
+    }
+    if !shared.wait_turn(cursor, seq).await {
+        return Ok(false);
+    }
+    // Fewer than `workers` chunks out and unacknowledged: see the module's notes.
+    let Ok(permit) = Arc::clone(&shared.permits).acquire_owned().await else { return Ok(false) };
+    permit.forget();
+    emit(conn, &shared.slot, "high", id).await?;
+    shared.turn_done(cursor);
+    Ok(true)
+}
+
+async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Result<(), PgCdcError> {
+    // Transactional: its commit flushes the WAL, so the walsender sends it at
+    // once (a non-transactional one waits for the WAL writer, 200 ms a
+    // chunk), and it arrives at its commit's place among the other commits,
+    // which is the order the stream's changes have.
+    sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
+        .bind(PREFIX)
+        .bind(watermark(slot, kind, id))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| PgCdcError::db("cannot write a snapshot watermark into the WAL", e))?;
+    Ok(())
 }

@@ -63,8 +63,14 @@ impl Leader {
 }
 
 /// Says which process runs the slot: the metric `flowgate_postgres_cdc_active`
-/// (1 active, 0 standby) per pipeline.
+/// (1 active, 0 standby) per pipeline, and the pipeline's `source` on `/health`.
 pub(super) fn report(pipeline: &Arc<str>, slot: &str, active: bool) {
     metrics::gauge!("flowgate_postgres_cdc_active", "pipeline" => pipeline.to_string(), "slot" => slot.to_string())
         .set(if active { 1.0 } else { 0.0 });
+    let note = if active {
+        format!("active: this process runs replication slot `{slot}`")
+    } else {
+        format!("standby: another process runs replication slot `{slot}`")
+    };
+    flowgate_sdk::health::note_source(pipeline, Some(note));
 }

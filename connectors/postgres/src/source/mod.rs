@@ -72,7 +72,7 @@ enum Phase {
 #[derive(Debug)]
 enum Mark {
     Snapshot,
-    Lsn(u64, Option<incremental::ChunkDone>),
+    Lsn(u64, Vec<incremental::ChunkDone>),
 }
 
 pub struct PostgresCdcSource {
@@ -278,24 +278,25 @@ impl PostgresCdcSource {
         let (keys, pinned, chunk_keys) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
         let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
         decoder.pinned = pinned;
-        decoder.chunk_keys = chunk_keys;
+        decoder.incremental =
+            incremental::Incremental::new(slot.clone(), config.url.clone(), config.snapshot, chunk_keys);
         // A sink that stores the position with its data (effectively-once) may
         // be ahead of the slot: what it has is not sent again.
         if let Some((end, within)) = self.resume.as_ref().and_then(crate::position::decode) {
             decoder.last_end = end;
             decoder.skip = within;
         }
-        decoder.incremental.slot = slot.clone();
         let published = catalog::published_tables(&mut conn, &publication).await?.unwrap_or_default();
-        decoder.incremental.queue = state::pending_snapshots(&mut conn, &config.state_schema, &slot)
+        let pending: Vec<_> = state::pending_snapshots(&mut conn, &config.state_schema, &slot)
             .await?
             .into_iter()
             .filter(|t| published.contains(&(t.schema.clone(), t.table.clone())))
             .collect();
-        for t in &decoder.incremental.queue {
+        for t in &pending {
             tracing::info!(table = %format!("{}.{}", t.schema, t.table), after = ?t.after,
                 "taking an incremental snapshot of the table while the others stream");
         }
+        decoder.incremental.set_queue(pending);
         self.decoder = decoder;
         self.record = record.clone().unwrap_or_default();
         let wants_snapshot = self.config.snapshot != SnapshotMode::Never;
@@ -311,7 +312,7 @@ impl PostgresCdcSource {
                 catalog::drop_slot(&mut conn, &slot).await?;
                 // The initial snapshot reads every table.
                 state::forget_snapshots(&mut conn, &self.config.state_schema, &slot, None).await?;
-                self.decoder.incremental.queue.clear();
+                self.decoder.incremental.set_queue(Vec::new());
                 self.create_slot().await?;
             }
             StartPlan::StreamExisting => {
@@ -321,7 +322,7 @@ impl PostgresCdcSource {
             }
             StartPlan::Create => {
                 state::forget_snapshots(&mut conn, &self.config.state_schema, &slot, None).await?;
-                self.decoder.incremental.queue.clear();
+                self.decoder.incremental.set_queue(Vec::new());
                 self.create_slot().await?
             }
             StartPlan::Refuse(message) => return Err(PgCdcError::Setup(message)),
@@ -377,14 +378,9 @@ impl PostgresCdcSource {
             self.decoder.requested = tables; // Kept for the next read.
             return Err(e);
         }
-        let queue = &mut self.decoder.incremental.queue;
         for (schema, table) in tables {
             tracing::info!(table = %format!("{schema}.{table}"), "snapshot requested; reading the table again in chunks");
-            match queue.iter().position(|t| t.schema == schema && t.table == table) {
-                Some(0) => {}
-                Some(i) => queue[i].after = None,
-                None => queue.push_back(state::Todo { schema, table, after: None }),
-            }
+            self.decoder.incremental.queue(schema, table);
         }
         Ok(())
     }
@@ -395,7 +391,9 @@ impl PostgresCdcSource {
         let saved =
             state::save_chunk(&mut conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
         self.keep_chunk_conn(conn, &saved);
-        saved
+        saved?;
+        chunk.recorded();
+        Ok(())
     }
 
     /// The connection incremental snapshots go through (chunks, progress,
@@ -457,7 +455,7 @@ impl Source for PostgresCdcSource {
             self.pending = PendingPositions::default();
             self.snapshot = SnapshotProgress::Idle;
             self.deferred.clear();
-            self.decoder.incremental = Default::default();
+            self.decoder.incremental.set_queue(Vec::new());
             let now = Instant::now();
             self.phase = Phase::Standby { since: now, next_try: now + leader::STANDBY_POLL };
         }
@@ -489,9 +487,10 @@ impl Source for PostgresCdcSource {
             .pending
             .covered(done)
             .filter_map(|(_, mark)| match mark {
-                Mark::Lsn(_, chunk) => chunk.clone(),
+                Mark::Lsn(_, chunks) => Some(chunks.iter().cloned()),
                 Mark::Snapshot => None,
             })
+            .flatten()
             .collect();
         // Saved before the batches are forgotten: a failed save is retried by the next commit.
         let mut chunks = chunks;
@@ -524,6 +523,10 @@ impl Source for PostgresCdcSource {
             }
         }
         Ok(())
+    }
+
+    fn commit_soon(&self) -> bool {
+        self.chunks_unacked()
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {

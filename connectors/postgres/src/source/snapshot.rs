@@ -19,7 +19,7 @@ use crate::table::Table;
 impl PostgresCdcSource {
     pub(super) async fn create_slot(&mut self) -> Result<(), PgCdcError> {
         let stream = self.connect().await?;
-        if matches!(self.config.snapshot, SnapshotMode::Never | SnapshotMode::Incremental) {
+        if matches!(self.config.snapshot.mode, SnapshotMode::Never | SnapshotMode::Incremental) {
             let mut stream = stream;
             if self.config.snapshot == SnapshotMode::Incremental {
                 // Queued before the slot exists: a crash in between leaves the
@@ -28,8 +28,8 @@ impl PostgresCdcSource {
                 let mut conn = catalog::connect(&self.config.url).await?;
                 let tables = catalog::published_tables(&mut conn, &self.publication).await?.unwrap_or_default();
                 state::queue_snapshots(&mut conn, &self.config.state_schema, &self.slot, &tables).await?;
-                self.decoder.incremental.queue =
-                    state::pending_snapshots(&mut conn, &self.config.state_schema, &self.slot).await?.into();
+                let pending = state::pending_snapshots(&mut conn, &self.config.state_schema, &self.slot).await?;
+                self.decoder.incremental.set_queue(pending);
                 tracing::info!(slot = %self.slot, tables = tables.len(),
                     "taking an incremental snapshot of the tables while streaming");
             }

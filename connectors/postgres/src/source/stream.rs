@@ -14,14 +14,17 @@ use tokio::time::Instant;
 
 use super::incremental::{self, Incremental};
 use super::{Mark, Phase, PostgresCdcSource, now_ms};
+use crate::avro;
 use crate::config::redact_url;
 use crate::error::{PgCdcError, is_slot_problem};
 use crate::event::{Encoder, Op, Origin};
 use crate::table::Table;
-use crate::{avro, catalog};
 
 /// How long `read` waits for a change before reporting the source idle.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How long it waits while a snapshot chunk waits for its acknowledgement,
+/// which the engine passes on only between reads.
+const ACK_POLL: Duration = Duration::from_millis(2);
 /// Longest wait between attempts to reach a server that went away.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 /// A connection attempt that takes longer than this has failed.
@@ -41,8 +44,6 @@ pub(super) struct Decoder {
     /// Tables whose key the settings name (`keys`): it holds under any
     /// replica identity.
     pub(super) pinned: HashSet<(String, String)>,
-    /// The key incremental snapshots read each table in chunks by.
-    pub(super) chunk_keys: catalog::Keys,
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     pub(super) last_end: u64,
@@ -125,15 +126,11 @@ impl PostgresCdcSource {
         if !self.decoder.requested.is_empty() {
             self.queue_requested().await?;
         }
-        if self.decoder.incremental.wants_chunk() {
-            let mut conn = self.chunk_conn().await?;
-            let read = self.decoder.incremental.read_chunk(&mut conn, &self.decoder.chunk_keys).await;
-            self.keep_chunk_conn(conn, &read);
-            read?;
-        }
+        self.decoder.incremental.run_readers()?;
+        let idle_after = if self.chunks_unacked() { ACK_POLL } else { IDLE_AFTER };
         let Phase::Streaming(stream) = &mut self.phase else { unreachable!() };
         let token = CancellationToken::new();
-        let deadline = tokio::time::sleep(IDLE_AFTER);
+        let deadline = tokio::time::sleep(idle_after);
         tokio::pin!(deadline);
         let mut lost = None;
         while batch.records.len() < self.batch_size && !token.is_cancelled() {
@@ -173,11 +170,12 @@ impl PostgresCdcSource {
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
-        let chunk = self.decoder.incremental.done.take();
+        let chunks = std::mem::take(&mut self.decoder.incremental.done);
         let read = if batch.records.is_empty() {
-            // A chunk whose rows all gave way to streamed changes: nothing of it
-            // waits for an acknowledgement (the changes come again from the slot).
-            if let Some(done) = chunk {
+            // Chunks whose rows all gave way to streamed changes: nothing of
+            // them waits for an acknowledgement (the changes come again from
+            // the slot), but the batches handed out before them do.
+            for done in chunks {
                 if self.pending.is_empty() {
                     self.save_chunk(&done).await?;
                 } else {
@@ -186,7 +184,7 @@ impl PostgresCdcSource {
             }
             Read::Idle
         } else {
-            self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end, chunk));
+            self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end, chunks));
             batch.position = Some(crate::position::encode(self.decoder.last_end, self.decoder.within()));
             Read::Data
         };
@@ -195,11 +193,16 @@ impl PostgresCdcSource {
             // the changes of it already handed out are skipped then.
             self.decoder.skip = self.decoder.within();
             self.decoder.txn = None;
-            self.decoder.incremental.restart_chunk();
+            self.decoder.incremental.restart();
         } else if read == Read::Idle {
             self.advance_idle().await;
         }
         Ok(read)
+    }
+
+    /// Snapshot chunks are out and not recorded: the next waits for them.
+    pub(super) fn chunks_unacked(&self) -> bool {
+        !self.deferred.is_empty() || self.pending.iter().any(|(_, m)| matches!(m, Mark::Lsn(_, c) if !c.is_empty()))
     }
 
     /// With every batch acknowledged and no transaction half handed out, all the
@@ -272,7 +275,6 @@ impl Decoder {
             snapshot_tables: HashMap::new(),
             keys,
             pinned: HashSet::new(),
-            chunk_keys: HashMap::new(),
             txn: None,
             last_end: 0,
             txn_count: 0,
