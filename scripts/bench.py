@@ -287,8 +287,7 @@ class Postgres:
         import glob
         bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
         self.bin = os.environ.get("FLOWGATE_PG_BIN", bins[-1] if bins else "")
-        self.dir = os.path.join(work, "pg")
-        os.makedirs(self.dir)
+        self.dir = tempfile.mkdtemp(prefix="pg-", dir=work)  # One per case: `bench.sh snapshot cdc` runs two.
         os.chmod(work, 0o777)
         os.chmod(self.dir, 0o777)
         self.port = free_port()

@@ -474,8 +474,13 @@ fn an_interrupted_snapshot_is_taken_again_from_the_start() {
     stop(&mut run, dir.path());
     let text = log(dir.path());
     assert!(text.contains("the initial snapshot did not finish last time"), "{text}");
-    let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
+    let events = records(&out);
+    let ids: HashSet<i64> = events.iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     assert_eq!(ids.len(), 300_001, "every row once the snapshot is taken again, and the change after it");
+    // `source.snapshot` as Debezium writes it: the consumer sees where the snapshot ends.
+    let marks: Vec<&str> = events.iter().map(|e| e["source"]["snapshot"].as_str().unwrap()).collect();
+    assert_eq!((marks[0], marks[299_999], marks[300_000]), ("first", "last", "false"));
+    assert!(marks[1..299_999].iter().all(|m| *m == "true"));
 }
 
 #[test]
@@ -579,7 +584,8 @@ fn a_full_identity_table_is_keyed_by_the_columns_named_in_keys() {
          INSERT INTO ev VALUES (1, 1, 'a'), (2, 1, 'b')",
     );
     let out = dir.path().join("out.jsonl");
-    let keyed = json!({"tables": ["ev"], "keys": {"public.ev": ["device", "seq"]}});
+    // No unique index covers the keys: the exported snapshot reads the table.
+    let keyed = json!({"tables": ["ev"], "keys": {"public.ev": ["device", "seq"]}, "snapshot": "initial"});
     let file = pipeline(dir.path(), "ev", &pg, keyed, file_sink(&out).with("format", "record"));
     let mut run = spawn_run(dir.path(), &file, &[]);
     pg.wait_streaming("flowgate_ev", dir.path());
@@ -713,6 +719,7 @@ fn every_refusal_at_start_is_a_refusal_of_validate_check() {
     let pg = Postgres::start();
     pg.sql(
         "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY); CREATE TABLE nopk (v int);
+         CREATE TABLE dup (device int NOT NULL, v int); ALTER TABLE dup REPLICA IDENTITY FULL;
          CREATE TABLE p (id int, at int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
          CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM (0) TO (10);
          CREATE PUBLICATION only_a FOR TABLE a; CREATE PUBLICATION leaves FOR TABLE p;
@@ -730,6 +737,8 @@ fn every_refusal_at_start_is_a_refusal_of_validate_check() {
         ("gone", json!({"tables": ["a"], "slot": "gone"}), "replication slot `gone` is gone"),
         ("unknown", json!({"tables": ["a"], "slot": "used"}), "replication slot `used` already exists"),
         ("nocolumn", json!({"tables": ["a"], "keys": {"a": ["nope"]}}), "`public.a` has no column `nope`"),
+        // Keys that no unique index covers cannot cut the table into chunks.
+        ("notunique", json!({"tables": ["dup"], "keys": {"dup": ["device"]}}), "reads `public.dup` in key order"),
     ];
     for (name, settings, message) in cases {
         let dir = tempfile::tempdir().unwrap();

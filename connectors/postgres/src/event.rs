@@ -43,8 +43,9 @@ pub struct Origin<'a> {
     pub now_ms: i64,
     pub tx_id: Option<u32>,
     /// `source.snapshot` as Debezium writes it: `false` for a streamed
-    /// change, `true` for a row of the initial snapshot, `incremental` for
-    /// one of an incremental snapshot.
+    /// change; for a row of the exported snapshot `first`, `true`, `last`
+    /// (and `first_in_data_collection`/`last_in_data_collection` at each
+    /// table's ends); `incremental` for one of an incremental snapshot.
     pub snapshot: &'static str,
 }
 

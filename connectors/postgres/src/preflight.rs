@@ -85,13 +85,25 @@ pub(crate) async fn keyed(
     schema: &str,
     name: &str,
 ) -> Result<bool, sqlx::Error> {
-    let overridden = config.key_overrides().iter().any(|((s, t), _)| s == schema && t == name);
+    let overridden: Option<Vec<String>> =
+        config.key_overrides().into_iter().find(|((s, t), _)| s == schema && t == name).map(|(_, c)| c);
+    // Columns named in `keys` cut the table into chunks only if they are a
+    // key: NOT NULL, and covering a unique index (else rows sharing a value
+    // at a chunk's edge, or NULLs, would be skipped).
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = $1 AND c.relname = $2 AND (i.indisprimary OR i.indisreplident))
-         OR ($3 AND EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                            WHERE n.nspname = $1 AND c.relname = $2 AND c.relreplident = 'f'))",
+         OR ($3::text[] IS NOT NULL AND EXISTS (
+              SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = $1 AND c.relname = $2 AND c.relreplident = 'f'
+                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                                  WHERE a.attrelid = c.oid AND a.attname = ANY($3) AND NOT a.attnotnull)
+                 AND EXISTS (SELECT 1 FROM pg_index i
+                              WHERE i.indrelid = c.oid AND i.indisunique AND i.indpred IS NULL
+                                AND i.indexprs IS NULL
+                                AND (SELECT array_agg(a.attname::text) FROM pg_attribute a
+                                      WHERE a.attrelid = c.oid AND a.attnum = ANY(i.indkey::int2[])) <@ $3)))",
     )
     .bind(schema)
     .bind(name)
@@ -180,8 +192,11 @@ pub async fn check(
         {
             found.push(problem(
                 Some("tables"),
-                format!("`snapshot: incremental` reads `{shown}` in key order, but it has no primary key"),
-                Some("give it a primary key, name its key columns in `keys`, or use `snapshot: initial`".into()),
+                format!(
+                    "`snapshot: incremental` reads `{shown}` in key order, but it has no primary key, replica \
+                     identity index, or `keys` columns that are NOT NULL and cover a unique index"
+                ),
+                Some("give it a primary key or a unique index over its `keys`, or use `snapshot: initial`".into()),
             ));
         }
         if let Some((_, columns)) =

@@ -133,6 +133,11 @@ impl<P> PendingPositions<P> {
         self.batches.len()
     }
 
+    /// The newest batch remembered, to add to its position.
+    pub fn last_mut(&mut self) -> Option<&mut (u64, P)> {
+        self.batches.back_mut()
+    }
+
     /// All remembered batches, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &(u64, P)> {
         self.batches.iter()

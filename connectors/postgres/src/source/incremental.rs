@@ -56,6 +56,8 @@ pub(super) struct Signal {
 #[derive(Clone, Debug)]
 pub(super) struct ChunkDone {
     pub todo: Todo,
+    /// The reading it belongs to.
+    cursor: u64,
     /// The table is done (this chunk was its last).
     pub complete: bool,
     /// The readers' budget of chunks out and not acknowledged, and whether
@@ -95,16 +97,24 @@ struct Cursor {
 #[derive(Default)]
 struct Plan {
     tables: VecDeque<Cursor>,
+    /// Each table's latest reading, by cursor id.
+    latest: HashMap<(String, String), u64>,
     /// The readers of this plan stop (a reconnect or a step-down made a new one).
     closed: bool,
-    next_id: u64,
 }
 
 impl Plan {
+    /// A new reading of a table (ids are unique in the process, so that a
+    /// chunk of a reading given up is told apart after a restart too).
     fn push(&mut self, todo: Todo) {
-        self.next_id += 1;
+        static NEXT_CURSOR: AtomicU64 = AtomicU64::new(1);
+        self.push_as(NEXT_CURSOR.fetch_add(1, Ordering::Relaxed), todo);
+    }
+
+    fn push_as(&mut self, id: u64, todo: Todo) {
+        self.latest.insert((todo.schema.clone(), todo.table.clone()), id);
         self.tables.push_back(Cursor {
-            id: self.next_id,
+            id,
             emitted: todo.after.clone(),
             todo,
             busy: false,
@@ -124,10 +134,11 @@ struct Shared {
     plan: Mutex<Plan>,
     changed: Notify,
     permits: Arc<Semaphore>,
-    next_chunk: AtomicU64,
     url: String,
     slot: String,
+    /// The key each table is read in chunks by, and its records' key.
     keys: Arc<Keys>,
+    record_keys: Arc<Keys>,
     settings: Snapshot,
 }
 
@@ -252,6 +263,7 @@ pub(super) struct Incremental {
     url: String,
     settings: Snapshot,
     keys: Arc<Keys>,
+    record_keys: Arc<Keys>,
     shared: Arc<Shared>,
     readers: JoinSet<()>,
     tx: mpsc::UnboundedSender<Report>,
@@ -264,7 +276,7 @@ pub(super) struct Incremental {
 
 impl Default for Incremental {
     fn default() -> Self {
-        Incremental::new(String::new(), String::new(), Snapshot::default(), Keys::default())
+        Incremental::new(String::new(), String::new(), Snapshot::default(), Keys::default(), Keys::default())
     }
 }
 
@@ -418,25 +430,28 @@ mod copy_text {
 }
 
 impl Incremental {
-    /// `keys`: the key each captured table is read in chunks by.
-    pub(super) fn new(slot: String, url: String, settings: Snapshot, keys: Keys) -> Self {
+    /// `keys`: the key each captured table is read in chunks by;
+    /// `record_keys`: its records' key.
+    pub(super) fn new(slot: String, url: String, settings: Snapshot, keys: Keys, record_keys: Keys) -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
-        let keys = Arc::new(keys);
+        let (keys, record_keys) = (Arc::new(keys), Arc::new(record_keys));
+        let shared = Arc::new(Shared {
+            plan: Mutex::default(),
+            changed: Notify::new(),
+            permits: Arc::new(Semaphore::new(settings.workers)),
+            url: url.clone(),
+            slot: slot.clone(),
+            keys: Arc::clone(&keys),
+            record_keys: Arc::clone(&record_keys),
+            settings,
+        });
         Incremental {
-            shared: Arc::new(Shared {
-                plan: Mutex::default(),
-                changed: Notify::new(),
-                permits: Arc::new(Semaphore::new(settings.workers)),
-                next_chunk: AtomicU64::new(0),
-                url: url.clone(),
-                slot: slot.clone(),
-                keys: Arc::clone(&keys),
-                settings,
-            }),
+            shared,
             slot,
             url,
             settings,
             keys,
+            record_keys,
             readers: JoinSet::new(),
             tx,
             reports,
@@ -448,6 +463,14 @@ impl Incremental {
 
     /// Reads `tables` from where each stands, stopping any reading under way.
     pub(super) fn set_queue(&mut self, tables: Vec<Todo>) {
+        let mut plan = Plan::default();
+        for t in tables {
+            plan.push(t);
+        }
+        self.replace_plan(plan);
+    }
+
+    fn replace_plan(&mut self, plan: Plan) {
         {
             let mut plan = self.shared.plan();
             plan.closed = true;
@@ -457,50 +480,59 @@ impl Incremental {
         let (tx, reports) = mpsc::unbounded_channel();
         (self.tx, self.reports) = (tx, reports);
         self.windows.clear();
-        let mut plan = Plan::default();
-        for t in tables {
-            plan.push(t);
-        }
         self.shared = Arc::new(Shared {
             plan: Mutex::new(plan),
             changed: Notify::new(),
             permits: Arc::new(Semaphore::new(self.settings.workers)),
-            next_chunk: AtomicU64::new(self.shared.next_chunk.load(Ordering::Relaxed)),
             url: self.url.clone(),
             slot: self.slot.clone(),
             keys: Arc::clone(&self.keys),
+            record_keys: Arc::clone(&self.record_keys),
             settings: self.settings,
         });
-    }
-
-    /// The tables being read, from where each was emitted to.
-    pub(super) fn tables(&self) -> Vec<Todo> {
-        self.shared
-            .plan()
-            .tables
-            .iter()
-            .map(|c| Todo { schema: c.todo.schema.clone(), table: c.todo.table.clone(), after: c.emitted.clone() })
-            .collect()
     }
 
     /// After a reconnect the stream starts again from the last transaction
     /// handed out: the chunks not emitted yet are read again.
     pub(super) fn restart(&mut self) {
-        let tables = self.tables();
-        self.set_queue(tables);
+        self.restart_but(None);
     }
 
-    /// Queues a table to read from the start, unless it is being read (that
-    /// reading started after the request was written, so it serves it).
-    pub(super) fn queue(&mut self, schema: String, table: String) -> bool {
-        let mut plan = self.shared.plan();
-        if plan.tables.iter().any(|c| c.todo.schema == schema && c.todo.table == table) {
-            return false;
+    /// [`restart`](Self::restart), leaving out the reading of `dropped`.
+    fn restart_but(&mut self, dropped: Option<(&str, &str)>) {
+        let mut plan = Plan::default();
+        {
+            let old = self.shared.plan();
+            plan.latest = old.latest.clone();
+            for c in &old.tables {
+                if dropped == Some((c.todo.schema.as_str(), c.todo.table.as_str())) {
+                    continue;
+                }
+                let todo =
+                    Todo { schema: c.todo.schema.clone(), table: c.todo.table.clone(), after: c.emitted.clone() };
+                plan.push_as(c.id, todo);
+            }
         }
-        plan.push(Todo { schema, table, after: None });
-        drop(plan);
+        self.replace_plan(plan);
+    }
+
+    /// Queues a table to read from the start. A reading of it under way is
+    /// given up (the request reset the table's progress to its start): the
+    /// readers start again, the other tables from what they emitted, and
+    /// what the given-up reading emitted is no longer recorded as progress.
+    pub(super) fn queue(&mut self, schema: String, table: String) {
+        let reading = self.shared.plan().tables.iter().any(|c| c.todo.schema == schema && c.todo.table == table);
+        if reading {
+            self.restart_but(Some((&schema, &table)));
+        }
+        self.shared.plan().push(Todo { schema, table, after: None });
         self.shared.changed.notify_waiters();
-        true
+    }
+
+    /// Whether a chunk emitted is of the table's latest reading (progress to
+    /// record), not of one a request gave up.
+    pub(super) fn is_current(&self, done: &ChunkDone) -> bool {
+        self.shared.plan().latest.get(&(done.todo.schema.clone(), done.todo.table.clone())) == Some(&done.cursor)
     }
 
     /// Starts readers while a table has chunks to read; the error of one
@@ -630,6 +662,7 @@ impl Incremental {
                 self.shared.changed.notify_waiters();
                 self.done.push(ChunkDone {
                     todo: Todo { schema: window.schema, table: window.table, after: chunk.end },
+                    cursor: chunk.cursor,
                     complete: chunk.complete,
                     permits: Arc::clone(&self.shared.permits),
                     given_back: Arc::default(),
@@ -681,6 +714,7 @@ async fn read_one(
     .map_err(q)?;
     let names: Vec<String> = columns.iter().map(|r| r.get(0)).collect();
     let key_names = shared.keys.get(&(todo.schema.clone(), todo.table.clone())).cloned().unwrap_or_default();
+    let record_keys = shared.record_keys.get(&(todo.schema.clone(), todo.table.clone()));
     let key: Vec<usize> = key_names.iter().filter_map(|k| names.iter().position(|n| n == k)).collect();
     if key.is_empty() || key.len() != key_names.len() {
         return Err(PgCdcError::Setup(format!(
@@ -693,7 +727,8 @@ async fn read_one(
         false,
         columns.iter().map(|r| {
             let name: String = r.get(0);
-            let is_key = key_names.contains(&name);
+            // The records' key, as the streamed changes of the table have it.
+            let is_key = record_keys.is_some_and(|k| k.contains(&name));
             (Arc::from(name), r.get::<i64, _>(1) as u32, r.get::<i32, _>(2), is_key)
         }),
     )));
@@ -760,7 +795,11 @@ async fn read_one(
     }
     sql.push_str(") TO STDOUT");
 
-    let id = shared.next_chunk.fetch_add(1, Ordering::Relaxed);
+    // Unique in the process, as the watermarks' run tag is: a process that
+    // stands by and takes over again meets its own earlier watermarks in the
+    // slot, which must not match a chunk of now.
+    static NEXT_CHUNK: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT_CHUNK.fetch_add(1, Ordering::Relaxed);
     let open = Report::Open { id, schema: todo.schema.clone(), table: todo.table.clone(), key: key_names };
     if tx.send(open).is_err() {
         return Ok(false);

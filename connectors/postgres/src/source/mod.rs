@@ -48,6 +48,7 @@ enum Phase {
     Snapshot {
         rows: Box<SnapshotRows>,
         started_ms: i64,
+        held: Option<Box<snapshot::Held>>,
         /// The connection whose transaction keeps the tables from being
         /// rewritten until they are copied (see `catalog::lock_published`).
         _locks: sqlx::PgConnection,
@@ -94,8 +95,9 @@ pub struct PostgresCdcSource {
     leader: Option<leader::Leader>,
     /// The connection incremental snapshots read their chunks through.
     chunks: Option<sqlx::PgConnection>,
-    /// Chunks that emitted no row (all gave way to streamed changes): saved
-    /// once every batch handed out before them is acknowledged.
+    /// Chunks that emitted no row (all gave way to streamed changes) while no
+    /// batch was out, whose progress could not be saved yet: saved before
+    /// anything else is read.
     deferred: Vec<incremental::ChunkDone>,
     phase: Phase,
     decoder: Decoder,
@@ -113,10 +115,15 @@ fn now_ms() -> i64 {
 
 /// The replication connection's string: the user's URL in `replication=database`
 /// mode, with a session whose timestamps print in UTC ISO form, which the
-/// decoder turns into ISO 8601.
+/// decoder turns into ISO 8601, and whose values print as the snapshot
+/// chunks' session prints them (`catalog::connect_as_stream`): chunk rows
+/// give way to streamed changes by the text of their keys.
 fn replication_conninfo(url: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO")
+    format!(
+        "{url}{sep}replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO\
+         %20-c%20IntervalStyle%3Dpostgres%20-c%20bytea_output%3Dhex"
+    )
 }
 
 /// `flowgate snapshot`: writes a request to read `tables` again into the WAL,
@@ -276,10 +283,11 @@ impl PostgresCdcSource {
             }
         }
         let (keys, pinned, chunk_keys) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
+        let incremental =
+            incremental::Incremental::new(slot.clone(), config.url.clone(), config.snapshot, chunk_keys, keys.clone());
         let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
         decoder.pinned = pinned;
-        decoder.incremental =
-            incremental::Incremental::new(slot.clone(), config.url.clone(), config.snapshot, chunk_keys);
+        decoder.incremental = incremental;
         // A sink that stores the position with its data (effectively-once) may
         // be ahead of the slot: what it has is not sent again.
         if let Some((end, within)) = self.resume.as_ref().and_then(crate::position::decode) {
@@ -385,8 +393,13 @@ impl PostgresCdcSource {
         Ok(())
     }
 
-    /// Records a chunk of an incremental snapshot as written.
+    /// Records a chunk of an incremental snapshot as written (unless a
+    /// request gave its reading up, which reset the table's progress).
     async fn save_chunk(&mut self, chunk: &incremental::ChunkDone) -> Result<(), PgCdcError> {
+        if !self.decoder.incremental.is_current(chunk) {
+            chunk.recorded();
+            return Ok(());
+        }
         let mut conn = self.chunk_conn().await?;
         let saved =
             state::save_chunk(&mut conn, &self.config.state_schema, &self.slot, &chunk.todo, chunk.complete).await;
@@ -493,10 +506,6 @@ impl Source for PostgresCdcSource {
             .flatten()
             .collect();
         // Saved before the batches are forgotten: a failed save is retried by the next commit.
-        let mut chunks = chunks;
-        if self.pending.covered(done).count() == self.pending.len() {
-            chunks.append(&mut self.deferred);
-        }
         for chunk in &chunks {
             self.save_chunk(chunk).await?;
             if chunk.complete {
@@ -563,7 +572,8 @@ mod tests {
     fn the_replication_session_prints_timestamps_in_utc() {
         assert_eq!(
             replication_conninfo("postgres://u@h/db"),
-            "postgres://u@h/db?replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO"
+            "postgres://u@h/db?replication=database&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO\
+             %20-c%20IntervalStyle%3Dpostgres%20-c%20bytea_output%3Dhex"
         );
         assert!(
             replication_conninfo("postgres://u@h/db?sslmode=require")

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use flowgate_sdk::{Batch, Read};
-use pg_walstream::SnapshotOutcome;
+use pg_walstream::{SnapshotOutcome, SnapshotRow};
 use tokio::time::Instant;
 
 use super::{Mark, Phase, PostgresCdcSource, SnapshotProgress, now_ms};
@@ -15,6 +15,29 @@ use crate::error::PgCdcError;
 use crate::event::{Op, Origin};
 use crate::state;
 use crate::table::Table;
+
+/// A row of the exported snapshot read and not yet emitted.
+pub(super) struct Held {
+    row: SnapshotRow,
+    /// The snapshot's first row, and its table's.
+    first: bool,
+    first_of_table: bool,
+}
+
+/// `source.snapshot` as Debezium writes it for a row of the snapshot, given
+/// the table of the row after it (`None`: it is the last): `last` for the
+/// last row (also when it is the only one, so that a consumer waiting for
+/// the end sees it), `first` for the first, `last_in_data_collection` and
+/// `first_in_data_collection` at each table's ends, `true` between.
+fn marker(row: &Held, next_table: Option<u32>) -> &'static str {
+    match next_table {
+        None => "last",
+        _ if row.first => "first",
+        Some(t) if t != row.row.relation.relation_id => "last_in_data_collection",
+        _ if row.first_of_table => "first_in_data_collection",
+        _ => "true",
+    }
+}
 
 impl PostgresCdcSource {
     pub(super) async fn create_slot(&mut self) -> Result<(), PgCdcError> {
@@ -79,7 +102,8 @@ impl PostgresCdcSource {
                 "created the replication slot; taking the initial snapshot"
             );
             self.snapshot = SnapshotProgress::Reading { last_seq: None };
-            self.phase = Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), _locks: locks };
+            self.phase =
+                Phase::Snapshot { rows: Box::new(snapshot.rows()), started_ms: now_ms(), held: None, _locks: locks };
             return Ok(());
         }
         Err(PgCdcError::Setup(
@@ -90,7 +114,7 @@ impl PostgresCdcSource {
     }
 
     pub(super) async fn read_snapshot(&mut self, batch: &mut Batch) -> Result<Read, PgCdcError> {
-        let Phase::Snapshot { rows, started_ms, .. } = &mut self.phase else { unreachable!() };
+        let Phase::Snapshot { rows, started_ms, held, .. } = &mut self.phase else { unreachable!() };
         let origin = Origin {
             pipeline: &self.decoder.pipeline,
             db: &self.decoder.db,
@@ -104,14 +128,26 @@ impl PostgresCdcSource {
             // pg_walstream cannot resume a failed copy (the exported snapshot is
             // gone with its connection), so the pipeline stops; the next start
             // finds the snapshot unfinished and takes it again.
-            let row = rows.next_row().await.map_err(PgCdcError::Snapshot)?;
-            let Some(row) = row else {
-                done = true;
-                break;
+            let next = rows.next_row().await.map_err(PgCdcError::Snapshot)?;
+            // A row is emitted once the next is known: where it stands
+            // (first, last of its table...) depends on it.
+            let Some(row) = held.take() else {
+                match next {
+                    Some(next) => {
+                        *held = Some(Box::new(Held { row: next, first: true, first_of_table: true }));
+                        continue;
+                    }
+                    None => {
+                        done = true;
+                        break;
+                    }
+                }
             };
+            let this = row.row.relation.relation_id;
+            let next_table = next.as_ref().map(|n| n.relation.relation_id);
             let keys = &self.decoder.keys;
-            let table = self.decoder.snapshot_tables.entry(row.relation.relation_id).or_insert_with(|| {
-                let r = &row.relation;
+            let table = self.decoder.snapshot_tables.entry(this).or_insert_with(|| {
+                let r = &row.row.relation;
                 let keys = keys.get(&(r.namespace.to_string(), r.relation_name.to_string()));
                 let is_key = |name: &str| keys.is_some_and(|k| k.iter().any(|c| c == name));
                 Arc::new(avro::with_schema(Table::new(
@@ -121,14 +157,24 @@ impl PostgresCdcSource {
                     r.columns.iter().map(|c| (c.name.clone(), c.type_id, c.type_modifier, is_key(&c.name))),
                 )))
             });
+            let origin = Origin { snapshot: marker(&row, next_table), ..origin };
             batch.records.push(self.decoder.encoder.change(
                 &origin,
                 table,
                 Op::Read,
-                row.lsn.value(),
+                row.row.lsn.value(),
                 None,
-                Some(&row.data),
+                Some(&row.row.data),
             ));
+            match next {
+                Some(next) => {
+                    *held = Some(Box::new(Held { row: next, first: false, first_of_table: next_table != Some(this) }))
+                }
+                None => {
+                    done = true;
+                    break;
+                }
+            }
         }
         if !batch.records.is_empty() {
             self.pending.push(batch.seq, Mark::Snapshot);

@@ -126,6 +126,12 @@ impl PostgresCdcSource {
         if !self.decoder.requested.is_empty() {
             self.queue_requested().await?;
         }
+        // Chunks whose progress could not be saved are saved first, so that
+        // progress is recorded in order.
+        while let Some(done) = self.deferred.first().cloned() {
+            self.save_chunk(&done).await?;
+            self.deferred.remove(0);
+        }
         self.decoder.incremental.run_readers()?;
         let idle_after = if self.chunks_unacked() { ACK_POLL } else { IDLE_AFTER };
         let Phase::Streaming(stream) = &mut self.phase else { unreachable!() };
@@ -174,13 +180,11 @@ impl PostgresCdcSource {
         let read = if batch.records.is_empty() {
             // Chunks whose rows all gave way to streamed changes: nothing of
             // them waits for an acknowledgement (the changes come again from
-            // the slot), but the batches handed out before them do.
-            for done in chunks {
-                if self.pending.is_empty() {
-                    self.save_chunk(&done).await?;
-                } else {
-                    self.deferred.push(done);
-                }
+            // the slot), but the batches handed out before them do: they
+            // ride on the last of those.
+            match self.pending.last_mut() {
+                Some((_, Mark::Lsn(_, marks))) => marks.extend(chunks),
+                Some((_, Mark::Snapshot)) | None => self.deferred.extend(chunks),
             }
             Read::Idle
         } else {
