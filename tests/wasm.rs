@@ -249,6 +249,34 @@ fn unbounded_memory_growth_is_capped() {
 }
 
 #[test]
+fn an_answer_past_128_mib_passes_within_max_memory() {
+    // wasmtime's own cap on what one call copies out (128 MiB) is raised to
+    // `max_memory`: before, this record was refused in wasmtime's words.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("in.jsonl"), "{\"p\":\"POISON\"}\n{\"id\":2}\n").unwrap();
+    let config = json!({"mode": "big", "poison": "POISON", "size": "136"});
+    let pipeline = Pipeline::new("t")
+        .source(source::file("in.jsonl").with("format", "text"))
+        .transforms(vec![
+            transform::wasm(plugin("hostile.wasm"))
+                .with("config", config)
+                .with("max_memory", "512MiB")
+                .with("timeout", "30s"),
+        ])
+        .sink(sink::file("out.jsonl"))
+        .dead_letter(sink::file("dlq.jsonl"))
+        .write(d, "p.yaml");
+    let mut child = spawn_run(d, &pipeline, &["--progress", "0s"]);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success(), "{}", log(d));
+    let dead = std::fs::read_to_string(d.join("dlq.jsonl")).unwrap_or_default();
+    assert!(dead.is_empty(), "{}", dead.chars().take(500).collect::<String>());
+    let out = std::fs::read(d.join("out.jsonl")).unwrap();
+    assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 2);
+    assert!(out.len() > 136 << 20, "{} bytes out", out.len());
+}
+
+#[test]
 fn a_panic_on_one_record_fails_only_that_record() {
     let (out, dlq, log, _) = hostile("panic", json!({}));
     assert_contained("panic", &out, &dlq, &log, "trapped");

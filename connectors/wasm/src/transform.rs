@@ -85,6 +85,10 @@ impl WasmTransform {
         let state = HostState::new(Arc::clone(&self.info), self.config.max_memory.0 as usize, &self.config.env);
         let mut store = Store::new(self.plugin.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
+        // wasmtime caps what one call copies out of the plugin at 128 MiB
+        // unless told otherwise, with an error of its own: the plugin's memory
+        // cap is the one limit its answers meet (it cannot hold more).
+        store.set_hostcall_fuel(self.config.max_memory.0 as usize);
         store.set_epoch_deadline(self.deadline_ticks);
         let bindings = match &self.plugin.pre {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),

@@ -1,12 +1,14 @@
 //! Misbehaves on records whose value contains the configured `poison` text:
-//! loops forever, grows memory without end, or panics, per `mode`. Passes every
-//! other record unchanged.
+//! loops forever, grows memory without end, panics, or answers with a huge
+//! value, per `mode`. Passes every other record unchanged.
 
 use flowgate_guest::{Outcome, Record, Transform, host};
 
 struct Hostile {
     mode: String,
     poison: String,
+    /// For `big`: the value's size in MiB.
+    size: String,
 }
 
 impl Transform for Hostile {
@@ -16,12 +18,12 @@ impl Transform for Hostile {
             let start = config.find(&format!("\"{name}\":\""))? + name.len() + 4;
             Some(config[start..start + config[start..].find('"')?].to_string())
         };
-        let mode = field("mode").ok_or("config needs \"mode\": loop | grow | panic | refuse")?;
+        let mode = field("mode").ok_or("config needs \"mode\": loop | grow | panic | big | print | refuse")?;
         if mode == "refuse" {
             return Err("this plugin refuses to start".into());
         }
         let poison = field("poison").ok_or("config needs \"poison\"")?;
-        Ok(Hostile { mode, poison })
+        Ok(Hostile { mode, poison, size: field("size").unwrap_or_default() })
     }
 
     fn process(&mut self, record: &Record<'_>) -> Outcome {
@@ -44,6 +46,12 @@ impl Transform for Hostile {
                 }
             }
             "panic" => panic!("poisoned record"),
+            // A value of `size` MiB in its place: more than wasmtime copies
+            // out of one call by default.
+            "big" => {
+                let mib: usize = self.size.parse().unwrap_or(1);
+                Outcome::Value(vec![b'x'; mib << 20])
+            }
             "print" => {
                 println!("stdout line from the plugin");
                 eprintln!("stderr line from the plugin");
