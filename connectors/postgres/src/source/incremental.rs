@@ -259,11 +259,6 @@ struct Window {
 }
 
 pub(super) struct Incremental {
-    pub(super) slot: String,
-    url: String,
-    settings: Snapshot,
-    keys: Arc<Keys>,
-    record_keys: Arc<Keys>,
     shared: Arc<Shared>,
     readers: JoinSet<()>,
     tx: mpsc::UnboundedSender<Report>,
@@ -434,24 +429,18 @@ impl Incremental {
     /// `record_keys`: its records' key.
     pub(super) fn new(slot: String, url: String, settings: Snapshot, keys: Keys, record_keys: Keys) -> Self {
         let (tx, reports) = mpsc::unbounded_channel();
-        let (keys, record_keys) = (Arc::new(keys), Arc::new(record_keys));
         let shared = Arc::new(Shared {
             plan: Mutex::default(),
             changed: Notify::new(),
             permits: Arc::new(Semaphore::new(settings.workers)),
-            url: url.clone(),
-            slot: slot.clone(),
-            keys: Arc::clone(&keys),
-            record_keys: Arc::clone(&record_keys),
+            url,
+            slot,
+            keys: Arc::new(keys),
+            record_keys: Arc::new(record_keys),
             settings,
         });
         Incremental {
             shared,
-            slot,
-            url,
-            settings,
-            keys,
-            record_keys,
             readers: JoinSet::new(),
             tx,
             reports,
@@ -459,6 +448,11 @@ impl Incremental {
             done: Vec::new(),
             failed: None,
         }
+    }
+
+    /// The slot whose snapshots these are.
+    pub(super) fn slot(&self) -> &str {
+        &self.shared.slot
     }
 
     /// Reads `tables` from where each stands, stopping any reading under way.
@@ -480,15 +474,16 @@ impl Incremental {
         let (tx, reports) = mpsc::unbounded_channel();
         (self.tx, self.reports) = (tx, reports);
         self.windows.clear();
+        let old = &self.shared;
         self.shared = Arc::new(Shared {
             plan: Mutex::new(plan),
             changed: Notify::new(),
-            permits: Arc::new(Semaphore::new(self.settings.workers)),
-            url: self.url.clone(),
-            slot: self.slot.clone(),
-            keys: Arc::clone(&self.keys),
-            record_keys: Arc::clone(&self.record_keys),
-            settings: self.settings,
+            permits: Arc::new(Semaphore::new(old.settings.workers)),
+            url: old.url.clone(),
+            slot: old.slot.clone(),
+            keys: Arc::clone(&old.keys),
+            record_keys: Arc::clone(&old.record_keys),
+            settings: old.settings,
         });
     }
 
@@ -551,7 +546,7 @@ impl Incremental {
             return Err(e);
         }
         if self.shared.plan().tables.iter().any(|c| !c.exhausted) {
-            while self.readers.len() < self.settings.workers {
+            while self.readers.len() < self.shared.settings.workers {
                 self.readers.spawn(reader(Arc::clone(&self.shared), self.tx.clone()));
             }
         }
@@ -627,7 +622,7 @@ impl Incremental {
         batch: &mut Batch,
     ) {
         let content = String::from_utf8_lossy(content);
-        let Some((kind, id)) = parse_watermark(&content, &self.slot) else { return };
+        let Some((kind, id)) = parse_watermark(&content, &self.shared.slot) else { return };
         self.drain();
         match kind {
             "low" => {

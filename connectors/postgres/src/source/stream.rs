@@ -373,7 +373,7 @@ impl Decoder {
             }
             EventType::Message { prefix, content, .. } if &*prefix == incremental::SIGNAL => {
                 match serde_json::from_slice::<incremental::Signal>(&content) {
-                    Ok(signal) if signal.slot == self.incremental.slot => self.requested.extend(signal.snapshot),
+                    Ok(signal) if signal.slot == self.incremental.slot() => self.requested.extend(signal.snapshot),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "a snapshot request that cannot be read; ignored"),
                 }
