@@ -194,6 +194,8 @@ pub async fn queue_snapshots(
 }
 
 /// Records a chunk as acknowledged: the table's snapshot continues after it.
+/// `updated_at` stays: it is the queue's order (`pending_snapshots`), which
+/// progress must not change.
 pub async fn save_chunk(
     conn: &mut PgConnection,
     schema: &str,

@@ -729,14 +729,15 @@ async fn read_one(
     )));
     let from = format!("{}.{}", quote_ident(&todo.schema), quote_ident(&todo.table));
     let key_list = key.iter().map(|&i| quote_ident(&names[i])).collect::<Vec<_>>().join(", ");
-    let param = |first: usize| {
+    // The keys as literals, in both statements: COPY takes no parameters.
+    let literals = |values: &[String]| {
         key.iter()
-            .enumerate()
-            .map(|(p, &i)| format!("(${}::text)::{}", first + p, columns[i].get::<String, _>(3)))
+            .zip(values)
+            .map(|(&i, v)| format!("'{}'::{}", v.replace('\'', "''"), columns[i].get::<String, _>(3)))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let after = todo.after.as_ref().map(|_| format!("({key_list}) > ({})", param(1)));
+    let after = todo.after.as_ref().map(|a| format!("({key_list}) > ({})", literals(a)));
     let rows_wanted = shared.settings.chunk_size;
 
     // With several readers, the chunk's end is found first (through the key's
@@ -750,11 +751,8 @@ async fn read_one(
             after.as_ref().map(|a| format!(" WHERE {a}")).unwrap_or_default(),
             rows_wanted - 1
         );
-        // Identifiers are quoted by quote_ident; the key values are bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in todo.after.iter().flatten() {
-            query = query.bind(v);
-        }
+        // Identifiers are quoted by quote_ident, key values as literals.
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql));
         let end: Option<Vec<Option<String>>> = query.fetch_optional(&mut *conn).await.map_err(q)?.map(|r| r.get(0));
         until = end.map(|k| k.into_iter().map(Option::unwrap_or_default).collect::<Vec<String>>());
         if until.is_some() {
@@ -764,18 +762,8 @@ async fn read_one(
 
     // COPY rather than a query: the server writes each value as its output
     // function does (as the stream does), and the rows come without a
-    // per-value decode. It takes no parameters, so the keys are literals.
-    let literals = |values: &[String]| {
-        key.iter()
-            .zip(values)
-            .map(|(&i, v)| format!("'{}'::{}", v.replace('\'', "''"), columns[i].get::<String, _>(3)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut conditions = Vec::new();
-    if let Some(a) = &todo.after {
-        conditions.push(format!("({key_list}) > ({})", literals(a)));
-    }
+    // per-value decode.
+    let mut conditions: Vec<String> = after.into_iter().collect();
     if let Some(u) = &until {
         conditions.push(format!("({key_list}) <= ({})", literals(u)));
     }
