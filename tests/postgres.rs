@@ -1012,6 +1012,48 @@ fn an_on_demand_snapshot_while_streaming_under_load_keeps_the_image_true() {
     assert_eq!(image, table);
 }
 
+/// A commit enters the WAL, and the stream, before other sessions see it; a
+/// synchronous standby that never answers holds one there. A chunk read
+/// meanwhile must not go out after that change with the row as it was.
+#[test]
+fn a_chunk_never_goes_out_older_than_a_change_streamed_before_it() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // Only the session below waits for the standby that never comes.
+    let pg = Postgres::start_with(&["synchronous_standby_names = 'ghost'", "synchronous_commit = local"]);
+    pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL); INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g",
+    );
+    let out = dir.path().join("out.jsonl");
+    let file = pipeline(dir.path(), "held", &pg, json!({"tables": ["t"], "snapshot": "never"}), file_sink(&out));
+    let mut run = spawn_run(dir.path(), &file, &[]);
+    pg.wait_streaming("flowgate_held", dir.path());
+
+    let mut held = pg.session();
+    let stdin = held.stdin.as_mut().unwrap();
+    writeln!(stdin, "SET synchronous_commit = on; UPDATE t SET v = 1 WHERE id = 7;").unwrap();
+    stdin.flush().unwrap();
+    let streamed = || records_so_far(&out).iter().any(|e| e["op"] == "u");
+    assert!(wait_for(Duration::from_secs(30), streamed), "{}", log(dir.path()));
+    assert_eq!(pg.sql("SELECT v FROM t WHERE id = 7"), "0", "the update is seen already");
+
+    let asked = common::flowgate().args(["snapshot"]).arg(&file).args(["--table", "t"]).output().unwrap();
+    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    pg.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    drop(held.stdin.take());
+    assert!(held.wait().unwrap().success());
+    let written = || log(dir.path()).contains("incremental snapshot written");
+    assert!(wait_for(Duration::from_secs(60), written), "{}", log(dir.path()));
+    pg.wait_caught_up("flowgate_held", dir.path());
+    stop(&mut run, dir.path());
+
+    let events = records(&out);
+    assert_eq!(events.iter().filter(|e| e["source"]["snapshot"] == "incremental").count(), 100);
+    let image = images(&events);
+    assert_eq!(image[&("t".to_string(), 7)], json!({"id": 7, "v": 1}), "row 7 went out as it was before its change");
+}
+
 /// A link to Postgres that can be cut, as a network is: cut, the server's
 /// side of every connection is closed (the server sees its client gone, as
 /// its TCP keepalives would tell it) while the client's side stays open and

@@ -8,19 +8,20 @@
 //! other rows are emitted where the high watermark arrives, ordered with the
 //! stream. No transaction stays open, so nothing holds back vacuum.
 //!
-//! Readers (`workers` of them, each with a connection of its own) run beside
-//! the stream, so the server reads the next chunk while the last one is
-//! emitted and written. With more than one, a table is cut into key ranges
-//! (the key `chunk_size` rows on, found through the index) read side by
-//! side. A table's chunks go out in key order, and a reader writes its high
-//! watermark only while fewer than `workers` chunks are emitted and not yet
-//! acknowledged: the progress kept (the last key of the last acknowledged
-//! chunk, with the slot's record) is never more than `workers` chunks behind
-//! what was emitted, so a restart reads at most that much again.
+//! A transaction's commit enters the WAL, and the stream, before other
+//! sessions see it, so a chunk read just after its low watermark can miss a
+//! transaction that committed before it: that change would go out first and
+//! the chunk's older row after it. So a reader takes its snapshot, and reads
+//! only once the stream has come to its low watermark and delivered none of
+//! the transactions the snapshot shows as running; otherwise it tries again
+//! with a new low watermark. Such a transaction is usually seen within
+//! microseconds; a synchronous standby can hold it for as long as it takes
+//! to answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use flowgate_sdk::Batch;
@@ -129,10 +130,64 @@ impl Plan {
     }
 }
 
+/// How many transaction ids the stream keeps: enough for those delivered
+/// between a low watermark and its reader's snapshot, a few milliseconds.
+const DELIVERED_KEPT: usize = 65_536;
+
+/// The transactions the stream delivered, newest last, and what each
+/// chunk's reading needs of them: see [`Delivered::check`].
+#[derive(Default)]
+struct Delivered {
+    xids: VecDeque<u32>,
+    /// How many were delivered in all.
+    count: u64,
+    chunks: HashMap<u64, Check>,
+}
+
+/// A chunk's check, which has two halves: the transactions its snapshot
+/// shows as running (from the reader) and how many transactions had been
+/// delivered when its low watermark came (from the stream).
+enum Check {
+    Running(Vec<u32>),
+    Low(u64),
+    /// Whether one of the running ones was delivered before the low watermark.
+    Missed(bool),
+}
+
+impl Delivered {
+    /// One of `running` was delivered before the `low`-th delivery: it was
+    /// not visible to the chunk's snapshot, and its change went out before
+    /// the window opened. Past what is kept, it cannot be told: a miss.
+    fn missed(&self, running: &[u32], low: u64) -> bool {
+        let first = self.count - self.xids.len() as u64;
+        let Some(before) = low.checked_sub(first) else { return true };
+        self.xids.iter().take(before as usize).any(|x| running.contains(x))
+    }
+
+    /// The half `check` of chunk `id`; whether the chunk missed a change,
+    /// once both halves are in.
+    fn check(&mut self, id: u64, check: Check) -> Option<bool> {
+        let missed = match (self.chunks.remove(&id), check) {
+            (Some(Check::Low(low)), Check::Running(running)) | (Some(Check::Running(running)), Check::Low(low)) => {
+                self.missed(&running, low)
+            }
+            (_, half) => {
+                self.chunks.insert(id, half);
+                return None;
+            }
+        };
+        self.chunks.insert(id, Check::Missed(missed));
+        Some(missed)
+    }
+}
+
 /// What the readers share with the stream.
 struct Shared {
     plan: Mutex<Plan>,
     changed: Notify,
+    /// Outlives a restart of the plan: a transaction delivered before it can
+    /// still be running in the next chunk's snapshot.
+    delivered: Arc<Mutex<Delivered>>,
     permits: Arc<Semaphore>,
     url: String,
     slot: String,
@@ -145,6 +200,37 @@ struct Shared {
 impl Shared {
     fn plan(&self) -> MutexGuard<'_, Plan> {
         self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn delivered(&self) -> MutexGuard<'_, Delivered> {
+        self.delivered.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether chunk `id`, read in a snapshot that shows `running` as
+    /// running, missed a change the stream delivered before its low
+    /// watermark; `None` if the plan closed meanwhile.
+    async fn missed(&self, id: u64, running: Vec<u32>) -> Option<bool> {
+        let mut half = Some(Check::Running(running));
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut delivered = self.delivered();
+                if let Some(check) = half.take() {
+                    delivered.check(id, check);
+                }
+                if let Some(Check::Missed(missed)) = delivered.chunks.get(&id) {
+                    let missed = *missed;
+                    delivered.chunks.remove(&id);
+                    return Some(missed);
+                }
+            }
+            if self.plan().closed {
+                return None;
+            }
+            notified.await;
+        }
     }
 
     /// The next chunk to read, waiting while every table left is being cut;
@@ -228,6 +314,8 @@ enum Report {
     },
     /// Its rows, sent before its high watermark is written.
     Chunk(Chunk),
+    /// The chunk is read again under another id.
+    Abandoned(u64),
     Failed(PgCdcError),
 }
 
@@ -432,6 +520,7 @@ impl Incremental {
         let shared = Arc::new(Shared {
             plan: Mutex::default(),
             changed: Notify::new(),
+            delivered: Arc::default(),
             permits: Arc::new(Semaphore::new(settings.workers)),
             url,
             slot,
@@ -474,10 +563,13 @@ impl Incremental {
         let (tx, reports) = mpsc::unbounded_channel();
         (self.tx, self.reports) = (tx, reports);
         self.windows.clear();
+        // The checks under way were the stopped readers'.
+        self.shared.delivered().chunks.clear();
         let old = &self.shared;
         self.shared = Arc::new(Shared {
             plan: Mutex::new(plan),
             changed: Notify::new(),
+            delivered: Arc::clone(&old.delivered),
             permits: Arc::new(Semaphore::new(old.settings.workers)),
             url: old.url.clone(),
             slot: old.slot.clone(),
@@ -572,11 +664,24 @@ impl Incremental {
                         w.chunk = Some(chunk);
                     }
                 }
+                Report::Abandoned(id) => {
+                    self.windows.remove(&id);
+                }
                 Report::Failed(e) => {
                     self.failed.get_or_insert(e);
                 }
             }
         }
+    }
+
+    /// The stream delivered transaction `xid`.
+    pub(super) fn delivered(&mut self, xid: u32) {
+        let mut delivered = self.shared.delivered();
+        if delivered.xids.len() == DELIVERED_KEPT {
+            delivered.xids.pop_front();
+        }
+        delivered.xids.push_back(xid);
+        delivered.count += 1;
     }
 
     /// A streamed change to `table`: inside a chunk's window, its rows of the
@@ -628,6 +733,11 @@ impl Incremental {
             "low" => {
                 if let Some(w) = self.windows.get_mut(&id) {
                     w.open = true;
+                    let mut delivered = self.shared.delivered();
+                    let low = delivered.count;
+                    if delivered.check(id, Check::Low(low)).is_some() {
+                        self.shared.changed.notify_waiters();
+                    }
                 }
             }
             "high" => {
@@ -778,50 +888,8 @@ async fn read_one(
     }
     sql.push_str(") TO STDOUT");
 
-    // Unique in the process, as the watermarks' run tag is: a process that
-    // stands by and takes over again meets its own earlier watermarks in the
-    // slot, which must not match a chunk of now.
-    static NEXT_CHUNK: AtomicU64 = AtomicU64::new(0);
-    let id = NEXT_CHUNK.fetch_add(1, Ordering::Relaxed);
-    let open = Report::Open { id, schema: todo.schema.clone(), table: todo.table.clone(), key: key_names };
-    if tx.send(open).is_err() {
-        return Ok(false);
-    }
-    emit(conn, &shared.slot, "low", id).await?;
-    let mut chunk = Chunk {
-        id,
-        cursor: job.cursor,
-        table,
-        rows: Vec::with_capacity(rows_wanted.min(65_536)),
-        by_key: HashMap::with_capacity(rows_wanted.min(65_536)),
-        end: None,
-        complete: false,
-    };
-    {
-        let mut copy = conn.copy_out_raw(&sql).await.map_err(q)?;
-        let mut lines = copy_text::Lines::default();
-        while let Some(data) = copy.try_next().await.map_err(q)? {
-            for line in lines.push(data) {
-                // Copied out of the connection's buffer, which every row
-                // shares: the values' counts then move with their own row.
-                let values = copy_text::fields(&Bytes::from(line.to_vec()));
-                if values.len() != chunk.table.columns.len() {
-                    return Err(PgCdcError::Setup(format!(
-                        "a chunk of `{shown}` has {} columns where {} were expected (was the table altered?)",
-                        values.len(),
-                        chunk.table.columns.len()
-                    )));
-                }
-                let k = key_bytes(key.iter().map(|&i| values[i].as_deref()));
-                let mut row = RowData::with_capacity(values.len());
-                for (column, v) in chunk.table.columns.iter().zip(values) {
-                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
-                }
-                chunk.by_key.insert(k, chunk.rows.len());
-                chunk.rows.push(Some(row));
-            }
-        }
-    }
+    let reading = Reading { job: &job, key: &key, key_names: &key_names, table: &table, sql: &sql, shown: &shown };
+    let Some(mut chunk) = read_settled(shared, tx, conn, &reading).await? else { return Ok(false) };
     let complete = until.is_none() && chunk.rows.len() < rows_wanted;
     chunk.complete = complete;
     let last = chunk.rows.last().and_then(Option::as_ref).map(|row| {
@@ -836,8 +904,8 @@ async fn read_one(
         // The next chunk starts after this one's last row.
         shared.advance(job.cursor, chunk.end.clone(), complete);
     }
-    tracing::debug!(table = %shown, chunk = id, rows = chunk.rows.len(), "read a chunk of the incremental snapshot");
-    let (cursor, seq) = (job.cursor, job.seq);
+    tracing::debug!(table = %shown, chunk = chunk.id, rows = chunk.rows.len(), "read a chunk of the incremental snapshot");
+    let (cursor, seq, id) = (job.cursor, job.seq, chunk.id);
     if tx.send(Report::Chunk(chunk)).is_err() {
         return Ok(false);
     }
@@ -852,6 +920,139 @@ async fn read_one(
     Ok(true)
 }
 
+/// What a chunk is read by.
+struct Reading<'a> {
+    job: &'a Job,
+    /// The key's columns: positions and names.
+    key: &'a [usize],
+    key_names: &'a [String],
+    table: &'a Arc<Table>,
+    /// The COPY statement.
+    sql: &'a str,
+    shown: &'a str,
+}
+
+/// Reads a chunk in a snapshot that sees every transaction the stream
+/// delivered before the chunk's low watermark (see the module's notes),
+/// trying again while one is not seen yet; `None` when the stream is gone.
+async fn read_settled(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Report>,
+    conn: &mut PgConnection,
+    r: &Reading<'_>,
+) -> Result<Option<Chunk>, PgCdcError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut warned = false;
+    loop {
+        match read_chunk(shared, tx, conn, r).await? {
+            Attempt::Read(chunk) => return Ok(Some(chunk)),
+            Attempt::Gone => return Ok(None),
+            Attempt::Unseen => {}
+        }
+        // Seen within microseconds, unless a synchronous standby holds it.
+        if !warned && started.elapsed() > Duration::from_secs(10) {
+            warned = true;
+            tracing::warn!(
+                table = %r.shown,
+                "a snapshot chunk waits for a transaction that committed but is not visible yet \
+                 (is a synchronous standby not answering?)"
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+enum Attempt {
+    Read(Chunk),
+    /// A transaction the stream delivered before the low watermark was not
+    /// visible to the chunk's snapshot: nothing was read.
+    Unseen,
+    /// The stream is gone, or started a new plan.
+    Gone,
+}
+
+/// Reads one chunk after a low watermark of its own.
+async fn read_chunk(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Report>,
+    conn: &mut PgConnection,
+    r: &Reading<'_>,
+) -> Result<Attempt, PgCdcError> {
+    let shown = r.shown;
+    let q = |e| PgCdcError::db(format!("cannot read a chunk of `{shown}`"), e);
+    // Unique in the process, as the watermarks' run tag is: a process that
+    // stands by and takes over again meets its own earlier watermarks in the
+    // slot, which must not match a chunk of now.
+    static NEXT_CHUNK: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT_CHUNK.fetch_add(1, Ordering::Relaxed);
+    let todo = &r.job.todo;
+    let open = Report::Open { id, schema: todo.schema.clone(), table: todo.table.clone(), key: r.key_names.to_vec() };
+    if tx.send(open).is_err() {
+        return Ok(Attempt::Gone);
+    }
+    emit(conn, &shared.slot, "low", id).await?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await.map_err(q)?;
+    // The first statement: the transaction's snapshot, which the COPY reads
+    // in, is taken here. The stream's transaction ids are the 32-bit ones.
+    let running: Vec<i64> = sqlx::query_scalar(
+        "SELECT (x::text::numeric % 4294967296)::int8 FROM pg_snapshot_xip(pg_current_snapshot()) x",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(q)?;
+    let running = running.into_iter().map(|x| x as u32).collect();
+    match shared.missed(id, running).await {
+        Some(false) => {}
+        seen => {
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.map_err(q)?;
+            if seen.is_none() || tx.send(Report::Abandoned(id)).is_err() {
+                return Ok(Attempt::Gone);
+            }
+            tracing::debug!(table = %shown, chunk = id, "a chunk's snapshot misses a change delivered before it");
+            return Ok(Attempt::Unseen);
+        }
+    }
+    let rows_wanted = shared.settings.chunk_size;
+    let mut chunk = Chunk {
+        id,
+        cursor: r.job.cursor,
+        table: Arc::clone(r.table),
+        rows: Vec::with_capacity(rows_wanted.min(65_536)),
+        by_key: HashMap::with_capacity(rows_wanted.min(65_536)),
+        end: None,
+        complete: false,
+    };
+    {
+        let mut copy = conn.copy_out_raw(r.sql).await.map_err(q)?;
+        let mut lines = copy_text::Lines::default();
+        while let Some(data) = copy.try_next().await.map_err(q)? {
+            for line in lines.push(data) {
+                // Copied out of the connection's buffer, which every row
+                // shares: the values' counts then move with their own row.
+                let values = copy_text::fields(&Bytes::from(line.to_vec()));
+                if values.len() != chunk.table.columns.len() {
+                    return Err(PgCdcError::Setup(format!(
+                        "a chunk of `{shown}` has {} columns where {} were expected (was the table altered?)",
+                        values.len(),
+                        chunk.table.columns.len()
+                    )));
+                }
+                let k = key_bytes(r.key.iter().map(|&i| values[i].as_deref()));
+                let mut row = RowData::with_capacity(values.len());
+                for (column, v) in chunk.table.columns.iter().zip(values) {
+                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
+                }
+                chunk.by_key.insert(k, chunk.rows.len());
+                chunk.rows.push(Some(row));
+            }
+        }
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(q)?;
+    Ok(Attempt::Read(chunk))
+}
+
 async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Result<(), PgCdcError> {
     // Transactional: its commit flushes the WAL, so the walsender sends it at
     // once (a non-transactional one waits for the WAL writer, 200 ms a
@@ -864,4 +1065,39 @@ async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Resul
         .await
         .map_err(|e| PgCdcError::db("cannot write a snapshot watermark into the WAL", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(xids: &[u32]) -> Delivered {
+        let mut d = Delivered::default();
+        for &x in xids {
+            d.xids.push_back(x);
+            d.count += 1;
+        }
+        d
+    }
+
+    #[test]
+    fn a_running_transaction_delivered_before_the_low_watermark_is_a_miss() {
+        let mut d = delivered(&[10, 11, 12]);
+        // Either half may come first; the second gives the answer.
+        assert_eq!(d.check(1, Check::Running(vec![12, 20])), None);
+        assert_eq!(d.check(1, Check::Low(3)), Some(true));
+        // Delivered after the low watermark: inside the window, not a miss.
+        assert_eq!(d.check(2, Check::Low(2)), None);
+        assert_eq!(d.check(2, Check::Running(vec![12])), Some(false));
+        assert_eq!(d.check(3, Check::Low(3)), None);
+        assert_eq!(d.check(3, Check::Running(vec![])), Some(false));
+    }
+
+    #[test]
+    fn what_is_no_longer_kept_counts_as_a_miss() {
+        let mut d = delivered(&[1, 2]);
+        d.xids.pop_front();
+        assert!(d.missed(&[99], 0));
+        assert!(!d.missed(&[99], 1));
+    }
 }

@@ -304,7 +304,9 @@ impl Decoder {
                 };
             }
             EventType::Commit { end_lsn, .. } => {
-                self.txn = None;
+                if let Some((xid, _)) = self.txn.take() {
+                    self.incremental.delivered(xid);
+                }
                 self.last_end = end_lsn.value();
                 self.skip_left = 0;
             }
