@@ -109,14 +109,18 @@ fn write_scalar(out: &mut Vec<u8>, kind: Scalar, text: &str) {
             None => write_str(out, text),
         },
         Scalar::Timestamp | Scalar::TimestampTz if is_plain_timestamp(text) => {
-            let mut iso = text.replacen(' ', "T", 1);
             // The session runs with TimeZone=UTC, so the offset is always +00.
-            if kind == Scalar::TimestampTz
-                && let Some(stripped) = iso.strip_suffix("+00")
-            {
-                iso = format!("{stripped}Z");
+            let utc = if kind == Scalar::TimestampTz { text.strip_suffix("+00") } else { None };
+            let (date, time) = utc.unwrap_or(text).split_at(10);
+            // Digits and separators: written as they are, nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(date.as_bytes());
+            out.push(b'T');
+            out.extend_from_slice(&time.as_bytes()[1..]);
+            if utc.is_some() {
+                out.push(b'Z');
             }
-            write_str(out, &iso);
+            out.push(b'"');
         }
         _ => write_str(out, text),
     }
@@ -130,7 +134,12 @@ fn is_integer(s: &str) -> bool {
 /// `2024-05-01 12:00:00[.frac][+00]`: not `infinity`, not a BC date, not a
 /// year past 9999 (which ISO 8601 readers refuse).
 fn is_plain_timestamp(s: &str) -> bool {
-    s.len() >= 19 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b' ' && !s.ends_with(" BC")
+    let b = s.as_bytes();
+    b.len() >= 19
+        && b[4] == b'-'
+        && b[10] == b' '
+        && !s.ends_with(" BC")
+        && b.iter().all(|&c| c.is_ascii_digit() || b"-:. +".contains(&c))
 }
 
 /// bytea's default `hex` output, `\x0a0b`.

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flowgate_sdk::Batch;
+use flowgate_sdk::{Batch, Record};
 use futures::TryStreamExt;
 use pg_walstream::{ColumnValue, RowData};
 use sqlx::{PgConnection, Row};
@@ -191,6 +191,9 @@ struct Shared {
     permits: Arc<Semaphore>,
     url: String,
     slot: String,
+    /// Named in the records.
+    pipeline: Arc<str>,
+    db: Arc<str>,
     /// The key each table is read in chunks by, and its records' key.
     keys: Arc<Keys>,
     record_keys: Arc<Keys>,
@@ -322,12 +325,12 @@ enum Report {
 struct Chunk {
     id: u64,
     cursor: u64,
-    table: Arc<Table>,
-    /// The rows in key order (`None`: gave way to a streamed change), and
-    /// where each key's row is.
-    rows: Vec<Option<RowData>>,
+    /// The rows' records in key order (`None`: gave way to a streamed
+    /// change), and where each key's is. Encoded by the reader, so that the
+    /// stream only moves them at the high watermark.
+    rows: Vec<Option<Record>>,
     by_key: HashMap<Vec<u8>, usize>,
-    /// Where the table's next chunk starts.
+    /// Where the table's next chunk starts (as read: the last row's key).
     end: Option<Vec<String>>,
     /// The table ends with this chunk.
     complete: bool,
@@ -359,7 +362,8 @@ pub(super) struct Incremental {
 
 impl Default for Incremental {
     fn default() -> Self {
-        Incremental::new(String::new(), String::new(), Snapshot::default(), Keys::default(), Keys::default())
+        let names = (Arc::from(""), Arc::from(""));
+        Incremental::new(String::new(), String::new(), names, Snapshot::default(), Keys::default(), Keys::default())
     }
 }
 
@@ -515,7 +519,16 @@ mod copy_text {
 impl Incremental {
     /// `keys`: the key each captured table is read in chunks by;
     /// `record_keys`: its records' key.
-    pub(super) fn new(slot: String, url: String, settings: Snapshot, keys: Keys, record_keys: Keys) -> Self {
+    /// `pipeline`, `db`: named in the records.
+    pub(super) fn new(
+        slot: String,
+        url: String,
+        names: (Arc<str>, Arc<str>),
+        settings: Snapshot,
+        keys: Keys,
+        record_keys: Keys,
+    ) -> Self {
+        let (pipeline, db) = names;
         let (tx, reports) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             plan: Mutex::default(),
@@ -524,6 +537,8 @@ impl Incremental {
             permits: Arc::new(Semaphore::new(settings.workers)),
             url,
             slot,
+            pipeline,
+            db,
             keys: Arc::new(keys),
             record_keys: Arc::new(record_keys),
             settings,
@@ -573,6 +588,8 @@ impl Incremental {
             permits: Arc::new(Semaphore::new(old.settings.workers)),
             url: old.url.clone(),
             slot: old.slot.clone(),
+            pipeline: Arc::clone(&old.pipeline),
+            db: Arc::clone(&old.db),
             keys: Arc::clone(&old.keys),
             record_keys: Arc::clone(&old.record_keys),
             settings: old.settings,
@@ -718,14 +735,7 @@ impl Incremental {
 
     /// A watermark message: the low one opens the chunk's window, the high one
     /// emits the chunk's remaining rows into `batch`.
-    pub(super) fn watermark(
-        &mut self,
-        content: &[u8],
-        lsn: u64,
-        origin: &Origin<'_>,
-        encoder: &mut Encoder,
-        batch: &mut Batch,
-    ) {
+    pub(super) fn watermark(&mut self, content: &[u8], batch: &mut Batch) {
         let content = String::from_utf8_lossy(content);
         let Some((kind, id)) = parse_watermark(&content, &self.shared.slot) else { return };
         self.drain();
@@ -751,9 +761,7 @@ impl Incremental {
                     return;
                 };
                 batch.records.reserve(chunk.rows.len());
-                for row in chunk.rows.iter().flatten() {
-                    batch.records.push(encoder.change(origin, &chunk.table, Op::Read, lsn, None, Some(row)));
-                }
+                batch.records.extend(chunk.rows.into_iter().flatten());
                 let mut plan = self.shared.plan();
                 if let Some(pos) = plan.tables.iter().position(|c| c.id == chunk.cursor) {
                     if chunk.complete {
@@ -892,14 +900,8 @@ async fn read_one(
     let Some(mut chunk) = read_settled(shared, tx, conn, &reading).await? else { return Ok(false) };
     let complete = until.is_none() && chunk.rows.len() < rows_wanted;
     chunk.complete = complete;
-    let last = chunk.rows.last().and_then(Option::as_ref).map(|row| {
-        key.iter()
-            .map(|&i| row.get(&chunk.table.columns[i].name).and_then(value_bytes).map(String::from_utf8_lossy))
-            .map(|v| v.map(|v| v.into_owned()).unwrap_or_default())
-            .collect::<Vec<String>>()
-    });
     let ranged = until.is_some();
-    chunk.end = until.or(last).or_else(|| todo.after.clone());
+    chunk.end = until.or(chunk.end.take()).or_else(|| todo.after.clone());
     if !ranged {
         // The next chunk starts after this one's last row.
         shared.advance(job.cursor, chunk.end.clone(), complete);
@@ -992,7 +994,7 @@ async fn read_chunk(
     if tx.send(open).is_err() {
         return Ok(Attempt::Gone);
     }
-    emit(conn, &shared.slot, "low", id).await?;
+    let low = emit(conn, &shared.slot, "low", id).await?;
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *conn).await.map_err(q)?;
     // The first statement: the transaction's snapshot, which the COPY reads
     // in, is taken here. The stream's transaction ids are the 32-bit ones.
@@ -1014,57 +1016,137 @@ async fn read_chunk(
             return Ok(Attempt::Unseen);
         }
     }
-    let rows_wanted = shared.settings.chunk_size;
-    let mut chunk = Chunk {
-        id,
-        cursor: r.job.cursor,
+    // The rows are encoded beside the connection, on the other core: the
+    // reader only receives them and cuts them into lines.
+    let encoding = Encoding {
         table: Arc::clone(r.table),
-        rows: Vec::with_capacity(rows_wanted.min(65_536)),
-        by_key: HashMap::with_capacity(rows_wanted.min(65_536)),
-        end: None,
-        complete: false,
+        key: r.key.to_vec(),
+        pipeline: Arc::clone(&shared.pipeline),
+        db: Arc::clone(&shared.db),
+        lsn: low,
+        shown: shown.to_string(),
+        rows: shared.settings.chunk_size,
     };
+    let (to_encoder, lines_in) = mpsc::channel(4);
+    let encoder = tokio::spawn(encoding.run(lines_in));
     {
         let mut copy = conn.copy_out_raw(r.sql).await.map_err(q)?;
         let mut lines = copy_text::Lines::default();
+        let mut pending = Vec::with_capacity(LINES_HANDED);
         while let Some(data) = copy.try_next().await.map_err(q)? {
-            for line in lines.push(data) {
-                // Copied out of the connection's buffer, which every row
-                // shares: the values' counts then move with their own row.
-                let values = copy_text::fields(&Bytes::from(line.to_vec()));
-                if values.len() != chunk.table.columns.len() {
-                    return Err(PgCdcError::Setup(format!(
-                        "a chunk of `{shown}` has {} columns where {} were expected (was the table altered?)",
-                        values.len(),
-                        chunk.table.columns.len()
-                    )));
-                }
-                let k = key_bytes(r.key.iter().map(|&i| values[i].as_deref()));
-                let mut row = RowData::with_capacity(values.len());
-                for (column, v) in chunk.table.columns.iter().zip(values) {
-                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
-                }
-                chunk.by_key.insert(k, chunk.rows.len());
-                chunk.rows.push(Some(row));
+            pending.extend(lines.push(data));
+            // The encoder stops only on an error, which it returns below.
+            if pending.len() >= LINES_HANDED && to_encoder.send(std::mem::take(&mut pending)).await.is_err() {
+                break;
             }
         }
+        if !pending.is_empty() {
+            let _ = to_encoder.send(pending).await;
+        }
     }
+    drop(to_encoder);
+    let encoded = encoder.await.map_err(|_| PgCdcError::Setup(format!("encoding a chunk of `{shown}` failed")))??;
+    let chunk = Chunk {
+        id,
+        cursor: r.job.cursor,
+        rows: encoded.rows,
+        by_key: encoded.by_key,
+        end: encoded.last_key,
+        complete: false,
+    };
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(q)?;
     Ok(Attempt::Read(chunk))
 }
 
-async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Result<(), PgCdcError> {
+/// How many lines the reader hands the encoder at a time (COPY sends a
+/// message a row).
+const LINES_HANDED: usize = 512;
+
+/// What a chunk's rows are encoded with.
+struct Encoding {
+    table: Arc<Table>,
+    /// The positions of the key's columns.
+    key: Vec<usize>,
+    pipeline: Arc<str>,
+    db: Arc<str>,
+    /// The low watermark's: the rows are the table as it was between the
+    /// two watermarks.
+    lsn: u64,
+    shown: String,
+    /// How many rows to expect.
+    rows: usize,
+}
+
+struct Encoded {
+    rows: Vec<Option<Record>>,
+    by_key: HashMap<Vec<u8>, usize>,
+    /// The last row's key: where the next chunk starts.
+    last_key: Option<Vec<String>>,
+}
+
+impl Encoding {
+    async fn run(self, mut lines: mpsc::Receiver<Vec<Bytes>>) -> Result<Encoded, PgCdcError> {
+        let now_ms = super::now_ms();
+        let origin = Origin {
+            pipeline: &self.pipeline,
+            db: &self.db,
+            commit_ms: now_ms,
+            now_ms,
+            tx_id: None,
+            snapshot: "incremental",
+        };
+        let capacity = self.rows.min(65_536);
+        let (mut rows, mut by_key) = (Vec::with_capacity(capacity), HashMap::with_capacity(capacity));
+        let mut encoder = Encoder::default();
+        let mut last = None;
+        let columns = &self.table.columns;
+        while let Some(piece) = lines.recv().await {
+            for line in piece {
+                // Copied out of the connection's buffer, which every row
+                // shares: the values' counts then move with their own row.
+                let values = copy_text::fields(&Bytes::from(line.to_vec()));
+                if values.len() != columns.len() {
+                    return Err(PgCdcError::Setup(format!(
+                        "a chunk of `{}` has {} columns where {} were expected (was the table altered?)",
+                        self.shown,
+                        values.len(),
+                        columns.len()
+                    )));
+                }
+                let k = key_bytes(self.key.iter().map(|&i| values[i].as_deref()));
+                let mut row = RowData::with_capacity(values.len());
+                for (column, v) in columns.iter().zip(values) {
+                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
+                }
+                by_key.insert(k, rows.len());
+                rows.push(Some(encoder.change(&origin, &self.table, Op::Read, self.lsn, None, Some(&row))));
+                last = Some(row);
+            }
+        }
+        let last_key = last.map(|row| {
+            self.key
+                .iter()
+                .map(|&i| row.get(&columns[i].name).and_then(value_bytes).map(String::from_utf8_lossy))
+                .map(|v| v.map(|v| v.into_owned()).unwrap_or_default())
+                .collect()
+        });
+        Ok(Encoded { rows, by_key, last_key })
+    }
+}
+
+/// Writes a watermark; its position in the WAL.
+async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Result<u64, PgCdcError> {
     // Transactional: its commit flushes the WAL, so the walsender sends it at
     // once (a non-transactional one waits for the WAL writer, 200 ms a
     // chunk), and it arrives at its commit's place among the other commits,
     // which is the order the stream's changes have.
-    sqlx::query("SELECT pg_logical_emit_message(true, $1, $2)")
+    let lsn: i64 = sqlx::query_scalar("SELECT (pg_logical_emit_message(true, $1, $2) - '0/0')::int8")
         .bind(PREFIX)
         .bind(watermark(slot, kind, id))
-        .execute(&mut *conn)
+        .fetch_one(&mut *conn)
         .await
         .map_err(|e| PgCdcError::db("cannot write a snapshot watermark into the WAL", e))?;
-    Ok(())
+    Ok(lsn as u64)
 }
 
 #[cfg(test)]

@@ -283,9 +283,16 @@ impl PostgresCdcSource {
             }
         }
         let (keys, pinned, chunk_keys) = catalog::record_keys(&mut conn, &publication, config.key_overrides()).await?;
-        let incremental =
-            incremental::Incremental::new(slot.clone(), config.url.clone(), config.snapshot, chunk_keys, keys.clone());
-        let mut decoder = Decoder::new(self.pipeline.clone(), facts.database.into(), config.tombstones, keys);
+        let names = (std::sync::Arc::clone(&self.pipeline), std::sync::Arc::from(facts.database));
+        let incremental = incremental::Incremental::new(
+            slot.clone(),
+            config.url.clone(),
+            names.clone(),
+            config.snapshot,
+            chunk_keys,
+            keys.clone(),
+        );
+        let mut decoder = Decoder::new(names.0, names.1, config.tombstones, keys);
         decoder.pinned = pinned;
         decoder.incremental = incremental;
         // A sink that stores the position with its data (effectively-once) may

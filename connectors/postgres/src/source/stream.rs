@@ -381,8 +381,7 @@ impl Decoder {
                 }
             }
             EventType::Message { prefix, content, .. } if &*prefix == incremental::PREFIX => {
-                let origin = Origin { snapshot: "incremental", ..streamed(&self.pipeline, &self.db, None, now_ms) };
-                self.incremental.watermark(&content, lsn, &origin, &mut self.encoder, batch);
+                self.incremental.watermark(&content, batch);
             }
             // Types, origins, other logical messages: nothing to emit.
             _ => {}
