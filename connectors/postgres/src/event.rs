@@ -4,6 +4,7 @@
 //! "ts_ms", "snapshot"}, "op", "ts_ms"}`; the key is the primary key columns as
 //! a JSON object.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -82,26 +83,75 @@ impl Encoder {
             None => b.extend_from_slice(b"null"),
         }
         write_source(b, origin, table, lsn);
-        b.extend_from_slice(b",\"op\":\"");
-        b.extend_from_slice(op.code().as_bytes());
-        b.extend_from_slice(b"\",\"ts_ms\":");
-        write_int(b, origin.now_ms);
-        b.push(b'}');
+        finish(b, origin, op);
         let value = Bytes::copy_from_slice(b);
         let key = after.or(before).and_then(|row| key_of(&mut self.buf, table, row, before));
-        Record {
-            key,
-            value,
-            headers: Vec::new(),
-            timestamp: Some(origin.commit_ms),
-            meta: meta(&table.schema, &table.name, lsn),
-            schema: table.avro.clone(),
+        record(origin, table, lsn, key, value)
+    }
+
+    /// A snapshot row straight from its text values in table order (`None`:
+    /// NULL), as [`change`](Self::change) writes it with `Op::Read`, without
+    /// building a row first.
+    pub fn read_row(
+        &mut self,
+        origin: &Origin<'_>,
+        table: &Table,
+        lsn: u64,
+        values: &[Option<Cow<'_, [u8]>>],
+    ) -> Record {
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(b"{\"before\":null,\"after\":{");
+        for (i, (col, v)) in table.columns.iter().zip(values).enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            b.extend_from_slice(&col.json_key);
+            write_text(b, col.kind, v.as_deref());
         }
+        b.push(b'}');
+        write_source(b, origin, table, lsn);
+        finish(b, origin, Op::Read);
+        let value = Bytes::copy_from_slice(b);
+        let key = table.has_key().then(|| {
+            b.clear();
+            b.push(b'{');
+            for (i, (col, v)) in table.columns.iter().zip(values).filter(|(c, _)| c.key).enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                b.extend_from_slice(&col.json_key);
+                write_text(b, col.kind, v.as_deref());
+            }
+            b.push(b'}');
+            Bytes::copy_from_slice(b)
+        });
+        record(origin, table, lsn, key, value)
     }
 
     /// A delete's tombstone: the key with an empty value.
     pub fn tombstone(delete: &Record) -> Record {
         Record { value: Bytes::new(), ..delete.clone() }
+    }
+}
+
+/// The envelope's end: `op` and `ts_ms`.
+fn finish(b: &mut Vec<u8>, origin: &Origin<'_>, op: Op) {
+    b.extend_from_slice(b",\"op\":\"");
+    b.extend_from_slice(op.code().as_bytes());
+    b.extend_from_slice(b"\",\"ts_ms\":");
+    write_int(b, origin.now_ms);
+    b.push(b'}');
+}
+
+fn record(origin: &Origin<'_>, table: &Table, lsn: u64, key: Option<Bytes>, value: Bytes) -> Record {
+    Record {
+        key,
+        value,
+        headers: Vec::new(),
+        timestamp: Some(origin.commit_ms),
+        meta: meta(&table.schema, &table.name, lsn),
+        schema: table.avro.clone(),
     }
 }
 
@@ -169,15 +219,23 @@ fn write_row(b: &mut Vec<u8>, table: &Table, row: &RowData, fallback: Option<&Ro
 
 fn write_column(b: &mut Vec<u8>, kind: Kind, v: &ColumnValue) {
     match v {
-        ColumnValue::Null => b.extend_from_slice(b"null"),
-        ColumnValue::Text(t) => match std::str::from_utf8(t) {
-            Ok(s) => write_value(b, kind, s),
-            Err(_) => write_str(b, &String::from_utf8_lossy(t)),
-        },
+        ColumnValue::Null => write_text(b, kind, None),
+        ColumnValue::Text(t) => write_text(b, kind, Some(t)),
         ColumnValue::Binary(bytes) => {
             use base64::Engine as _;
             write_str(b, &base64::engine::general_purpose::STANDARD.encode(bytes));
         }
+    }
+}
+
+/// A value in the server's text form (`None`: NULL).
+fn write_text(b: &mut Vec<u8>, kind: Kind, v: Option<&[u8]>) {
+    match v {
+        None => b.extend_from_slice(b"null"),
+        Some(t) => match std::str::from_utf8(t) {
+            Ok(s) => write_value(b, kind, s),
+            Err(_) => write_str(b, &String::from_utf8_lossy(t)),
+        },
     }
 }
 
@@ -240,6 +298,19 @@ mod tests {
             tx_id: Some(7),
             snapshot: "false",
         }
+    }
+
+    #[test]
+    fn a_row_read_from_text_values_is_the_same_event_as_a_row() {
+        let mut enc = Encoder::default();
+        let o = Origin { snapshot: "incremental", tx_id: None, ..origin() };
+        let row = row(&[("id", Some("1")), ("note", Some("a \"b\"\n\u{1}")), ("doc", None)]);
+        let from_row = enc.change(&o, &table(), Op::Read, 5, None, Some(&row));
+        let text = [Some(Cow::Borrowed(&b"1"[..])), Some(Cow::Borrowed(&b"a \"b\"\n\x01"[..])), None];
+        let from_text = enc.read_row(&o, &table(), 5, &text);
+        assert_eq!(from_text.value, from_row.value);
+        assert_eq!(from_text.key, from_row.key);
+        assert_eq!(format!("{:?}", from_text.meta), format!("{:?}", from_row.meta));
     }
 
     #[test]

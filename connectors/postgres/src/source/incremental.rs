@@ -35,7 +35,7 @@ use crate::avro;
 use crate::catalog::{self, Keys, quote_ident};
 use crate::config::Snapshot;
 use crate::error::PgCdcError;
-use crate::event::{Encoder, Op, Origin};
+use crate::event::{Encoder, Origin};
 use crate::state::Todo;
 use crate::table::Table;
 
@@ -429,6 +429,8 @@ impl Chunk {
 
 /// COPY's text format, as the server writes it.
 mod copy_text {
+    use std::borrow::Cow;
+
     use bytes::{Bytes, BytesMut};
 
     /// Cuts the data COPY sends into lines (without their newline); a line
@@ -456,26 +458,25 @@ mod copy_text {
         }
     }
 
-    /// A line's values: `\N` is NULL; a value with a backslash escape is
-    /// copied unescaped, any other is a slice of the line.
-    pub fn fields(line: &Bytes) -> Vec<Option<Bytes>> {
-        let mut out = Vec::new();
+    /// A line's values into `out`: `\N` is NULL; a value with a backslash
+    /// escape is copied unescaped, any other is a slice of the line.
+    pub fn fields<'a>(line: &'a [u8], out: &mut Vec<Option<Cow<'a, [u8]>>>) {
+        out.clear();
         let mut start = 0;
         for end in memchr::memchr_iter(b'\t', line).chain([line.len()]) {
             let field = &line[start..end];
             out.push(if field == b"\\N" {
                 None
             } else if memchr::memchr(b'\\', field).is_some() {
-                Some(unescape(field))
+                Some(Cow::Owned(unescape(field)))
             } else {
-                Some(line.slice(start..end))
+                Some(Cow::Borrowed(field))
             });
             start = end + 1;
         }
-        out
     }
 
-    fn unescape(field: &[u8]) -> Bytes {
+    fn unescape(field: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(field.len());
         let mut bytes = field.iter();
         while let Some(&b) = bytes.next() {
@@ -494,7 +495,7 @@ mod copy_text {
                 None => out.push(b'\\'),
             }
         }
-        Bytes::from(out)
+        out
     }
 
     #[cfg(test)]
@@ -507,11 +508,16 @@ mod copy_text {
             assert!(lines.push(Bytes::from_static(b"1\ta\\tb")).is_empty());
             let got = lines.push(Bytes::from_static(b"\\\\c\t\\N\n2\tx\t\n3\t"));
             assert_eq!(got.len(), 2);
-            let first = fields(&got[0]);
-            assert_eq!(first, vec![Some(Bytes::from("1")), Some(Bytes::from("a\tb\\c")), None]);
-            assert_eq!(fields(&got[1]), vec![Some(Bytes::from("2")), Some(Bytes::from("x")), Some(Bytes::new())]);
+            let values = |line: &Bytes| {
+                let mut out = Vec::new();
+                fields(line, &mut out);
+                out.into_iter().map(|v| v.map(|v| String::from_utf8(v.into_owned()).unwrap())).collect::<Vec<_>>()
+            };
+            let text = |v: &str| Some(v.to_string());
+            assert_eq!(values(&got[0]), vec![text("1"), text("a\tb\\c"), None]);
+            assert_eq!(values(&got[1]), vec![text("2"), text("x"), text("")]);
             let last = lines.push(Bytes::from_static(b"y\n"));
-            assert_eq!(fields(&last[0]), vec![Some(Bytes::from("3")), Some(Bytes::from("y"))]);
+            assert_eq!(values(&last[0]), vec![text("3"), text("y")]);
         }
     }
 }
@@ -1102,9 +1108,8 @@ impl Encoding {
         let columns = &self.table.columns;
         while let Some(piece) = lines.recv().await {
             for line in piece {
-                // Copied out of the connection's buffer, which every row
-                // shares: the values' counts then move with their own row.
-                let values = copy_text::fields(&Bytes::from(line.to_vec()));
+                let mut values = Vec::with_capacity(columns.len());
+                copy_text::fields(&line, &mut values);
                 if values.len() != columns.len() {
                     return Err(PgCdcError::Setup(format!(
                         "a chunk of `{}` has {} columns where {} were expected (was the table altered?)",
@@ -1113,21 +1118,18 @@ impl Encoding {
                         columns.len()
                     )));
                 }
-                let k = key_bytes(self.key.iter().map(|&i| values[i].as_deref()));
-                let mut row = RowData::with_capacity(values.len());
-                for (column, v) in columns.iter().zip(values) {
-                    row.push(Arc::clone(&column.name), v.map_or(ColumnValue::Null, ColumnValue::Text));
-                }
-                by_key.insert(k, rows.len());
-                rows.push(Some(encoder.change(&origin, &self.table, Op::Read, self.lsn, None, Some(&row))));
-                last = Some(row);
+                by_key.insert(key_bytes(self.key.iter().map(|&i| values[i].as_deref())), rows.len());
+                rows.push(Some(encoder.read_row(&origin, &self.table, self.lsn, &values)));
+                drop(values);
+                last = Some(line);
             }
         }
-        let last_key = last.map(|row| {
+        let last_key = last.map(|line| {
+            let mut values = Vec::with_capacity(columns.len());
+            copy_text::fields(&line, &mut values);
             self.key
                 .iter()
-                .map(|&i| row.get(&columns[i].name).and_then(value_bytes).map(String::from_utf8_lossy))
-                .map(|v| v.map(|v| v.into_owned()).unwrap_or_default())
+                .map(|&i| values[i].as_deref().map(String::from_utf8_lossy).map(|v| v.into_owned()).unwrap_or_default())
                 .collect()
         });
         Ok(Encoded { rows, by_key, last_key })
