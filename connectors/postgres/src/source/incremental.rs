@@ -6,17 +6,32 @@
 //! that a transaction delivered between the two watermarks touched is dropped
 //! from the chunk, since the streamed change is as new or newer; the chunk's
 //! other rows are emitted where the high watermark arrives, ordered with the
-//! stream. No transaction stays open, so nothing holds back vacuum.
+//! stream. No transaction stays open longer than a chunk's `COPY`, so
+//! nothing holds back vacuum. The rows carry the low watermark's LSN: they
+//! are the table as it was between the two watermarks.
 //!
 //! A transaction's commit enters the WAL, and the stream, before other
 //! sessions see it, so a chunk read just after its low watermark can miss a
 //! transaction that committed before it: that change would go out first and
-//! the chunk's older row after it. So a reader takes its snapshot, and reads
-//! only once the stream has come to its low watermark and delivered none of
-//! the transactions the snapshot shows as running; otherwise it tries again
-//! with a new low watermark. Such a transaction is usually seen within
-//! microseconds; a synchronous standby can hold it for as long as it takes
-//! to answer.
+//! the chunk's older row after it. So a reader notes the transactions its
+//! snapshot shows as running, and its rows count only if the stream
+//! delivered none of them before the low watermark; otherwise they are
+//! dropped and the chunk read again with a new low watermark. Such a
+//! transaction is usually seen within microseconds; a synchronous standby
+//! can hold it for as long as it takes to answer. The stream keeps the ids
+//! of the last 65,536 transactions it delivered for this: a transaction held
+//! unseen while more than that many others went through is not caught.
+//!
+//! Readers (`workers` of them, each with a connection of its own) run beside
+//! the stream, so the server reads the next chunk while the last one is
+//! emitted and written; a task beside each reader encodes the rows into
+//! records as they come. With more than one reader, a table is cut into key
+//! ranges (the key `chunk_size` rows on, found through the index) read side
+//! by side. A table's chunks go out in key order, and a reader writes its
+//! high watermark only while fewer than `workers` chunks are emitted and not
+//! yet acknowledged: the progress kept (the last key of the last
+//! acknowledged chunk, with the slot's record) is never more than `workers`
+//! chunks behind what was emitted, so a restart reads at most that much again.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -130,15 +145,17 @@ impl Plan {
     }
 }
 
-/// How many transaction ids the stream keeps: enough for those delivered
-/// between a low watermark and its reader's snapshot, a few milliseconds.
+/// How many transaction ids the stream keeps: see the module's notes.
 const DELIVERED_KEPT: usize = 65_536;
 
-/// The transactions the stream delivered, newest last, and what each
-/// chunk's reading needs of them: see [`Delivered::check`].
+/// The transactions the stream delivered, and what each chunk's reading
+/// needs of them: see [`Delivered::check`].
 #[derive(Default)]
 struct Delivered {
+    /// The last ones, oldest first.
     xids: VecDeque<u32>,
+    /// Where each of those came: its count of deliveries before it.
+    at: HashMap<u32, u64>,
     /// How many were delivered in all.
     count: u64,
     chunks: HashMap<u64, Check>,
@@ -157,11 +174,23 @@ enum Check {
 impl Delivered {
     /// One of `running` was delivered before the `low`-th delivery: it was
     /// not visible to the chunk's snapshot, and its change went out before
-    /// the window opened. Past what is kept, it cannot be told: a miss.
+    /// the window opened. A low watermark older than what is kept cannot be
+    /// told: a miss.
     fn missed(&self, running: &[u32], low: u64) -> bool {
         let first = self.count - self.xids.len() as u64;
-        let Some(before) = low.checked_sub(first) else { return true };
-        self.xids.iter().take(before as usize).any(|x| running.contains(x))
+        low < first || running.iter().any(|x| self.at.get(x).is_some_and(|&at| at < low))
+    }
+
+    fn push(&mut self, xid: u32) {
+        if self.xids.len() == DELIVERED_KEPT
+            && let Some(old) = self.xids.pop_front()
+            && self.at.get(&old) == Some(&(self.count - DELIVERED_KEPT as u64))
+        {
+            self.at.remove(&old);
+        }
+        self.xids.push_back(xid);
+        self.at.insert(xid, self.count);
+        self.count += 1;
     }
 
     /// The half `check` of chunk `id`; whether the chunk missed a change,
@@ -230,6 +259,8 @@ impl Shared {
                 }
             }
             if self.plan().closed {
+                // A restart may have cleared the checks before this one came.
+                self.delivered().chunks.remove(&id);
                 return None;
             }
             notified.await;
@@ -326,8 +357,8 @@ struct Chunk {
     id: u64,
     cursor: u64,
     /// The rows' records in key order (`None`: gave way to a streamed
-    /// change), and where each key's is. Encoded by the reader, so that the
-    /// stream only moves them at the high watermark.
+    /// change), and where each key's is. Encoded beside the reader, so that
+    /// the stream only moves them at the high watermark.
     rows: Vec<Option<Record>>,
     by_key: HashMap<Vec<u8>, usize>,
     /// Where the table's next chunk starts (as read: the last row's key).
@@ -699,12 +730,7 @@ impl Incremental {
 
     /// The stream delivered transaction `xid`.
     pub(super) fn delivered(&mut self, xid: u32) {
-        let mut delivered = self.shared.delivered();
-        if delivered.xids.len() == DELIVERED_KEPT {
-            delivered.xids.pop_front();
-        }
-        delivered.xids.push_back(xid);
-        delivered.count += 1;
+        self.shared.delivered().push(xid);
     }
 
     /// A streamed change to `table`: inside a chunk's window, its rows of the
@@ -949,7 +975,7 @@ async fn read_settled(
     conn: &mut PgConnection,
     r: &Reading<'_>,
 ) -> Result<Option<Chunk>, PgCdcError> {
-    let started = std::time::Instant::now();
+    let mut unseen_since = None;
     let mut pause = Duration::from_millis(1);
     let mut warned = false;
     loop {
@@ -959,7 +985,8 @@ async fn read_settled(
             Attempt::Unseen => {}
         }
         // Seen within microseconds, unless a synchronous standby holds it.
-        if !warned && started.elapsed() > Duration::from_secs(10) {
+        let since = *unseen_since.get_or_insert_with(std::time::Instant::now);
+        if !warned && since.elapsed() > Duration::from_secs(10) {
             warned = true;
             tracing::warn!(
                 table = %r.shown,
@@ -975,7 +1002,7 @@ async fn read_settled(
 enum Attempt {
     Read(Chunk),
     /// A transaction the stream delivered before the low watermark was not
-    /// visible to the chunk's snapshot: nothing was read.
+    /// visible to the chunk's snapshot: the rows were dropped.
     Unseen,
     /// The stream is gone, or started a new plan.
     Gone,
@@ -1010,18 +1037,7 @@ async fn read_chunk(
     .fetch_all(&mut *conn)
     .await
     .map_err(q)?;
-    let running = running.into_iter().map(|x| x as u32).collect();
-    match shared.missed(id, running).await {
-        Some(false) => {}
-        seen => {
-            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.map_err(q)?;
-            if seen.is_none() || tx.send(Report::Abandoned(id)).is_err() {
-                return Ok(Attempt::Gone);
-            }
-            tracing::debug!(table = %shown, chunk = id, "a chunk's snapshot misses a change delivered before it");
-            return Ok(Attempt::Unseen);
-        }
-    }
+    let running: Vec<u32> = running.into_iter().map(|x| x as u32).collect();
     // The rows are encoded beside the connection, on the other core: the
     // reader only receives them and cuts them into lines.
     let encoding = Encoding {
@@ -1052,6 +1068,20 @@ async fn read_chunk(
     }
     drop(to_encoder);
     let encoded = encoder.await.map_err(|_| PgCdcError::Setup(format!("encoding a chunk of `{shown}` failed")))??;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(q)?;
+    // Decided once the stream has come to the low watermark: waited for
+    // with the transaction ended, so that a stream behind holds nothing open.
+    match shared.missed(id, running).await {
+        Some(false) => {}
+        Some(true) => {
+            if tx.send(Report::Abandoned(id)).is_err() {
+                return Ok(Attempt::Gone);
+            }
+            tracing::debug!(table = %shown, chunk = id, "a chunk's snapshot missed a change delivered before it");
+            return Ok(Attempt::Unseen);
+        }
+        None => return Ok(Attempt::Gone),
+    }
     let chunk = Chunk {
         id,
         cursor: r.job.cursor,
@@ -1060,7 +1090,6 @@ async fn read_chunk(
         end: encoded.last_key,
         complete: false,
     };
-    sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(q)?;
     Ok(Attempt::Read(chunk))
 }
 
@@ -1158,8 +1187,7 @@ mod tests {
     fn delivered(xids: &[u32]) -> Delivered {
         let mut d = Delivered::default();
         for &x in xids {
-            d.xids.push_back(x);
-            d.count += 1;
+            d.push(x);
         }
         d
     }
@@ -1179,9 +1207,12 @@ mod tests {
 
     #[test]
     fn what_is_no_longer_kept_counts_as_a_miss() {
-        let mut d = delivered(&[1, 2]);
-        d.xids.pop_front();
-        assert!(d.missed(&[99], 0));
-        assert!(!d.missed(&[99], 1));
+        let d = delivered(&(100..=100 + DELIVERED_KEPT as u32).collect::<Vec<_>>());
+        assert!(!d.at.contains_key(&100), "the oldest is forgotten");
+        // A low watermark before what is kept cannot be told.
+        assert!(d.missed(&[7], 0));
+        // One inside: only what came before it counts.
+        assert!(d.missed(&[104], 5));
+        assert!(!d.missed(&[105], 5));
     }
 }
