@@ -52,12 +52,17 @@ enum Command {
         /// Pipeline files; each runs side by side with the others.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
-        /// Serve Prometheus `/metrics` and `/health` on this address, e.g. 127.0.0.1:9090.
+        /// Serve Prometheus `/metrics`, `/health`, `/health/live` and
+        /// `/health/ready` on this address, e.g. 127.0.0.1:9090.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
         /// Print a status line this often (0s: never).
         #[arg(long, default_value = "10s", value_name = "DURATION")]
         progress: HumanDuration,
+        /// A pipeline whose sink or transform has been retrying this long is
+        /// degraded (one whose source is cut off is at once).
+        #[arg(long, default_value = "10s", value_name = "DURATION")]
+        degraded_after: HumanDuration,
         /// Where sources without a position store of their own (files) keep it.
         #[arg(long, env = "FLOWGATE_STATE_DIR", default_value = run::default_state_dir().as_os_str())]
         state_dir: PathBuf,
@@ -265,9 +270,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { files, metrics_addr, progress, state_dir, message_format, fail_fast } => {
+        Command::Run { files, metrics_addr, progress, degraded_after, state_dir, message_format, fail_fast } => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
-            let options = RunOptions { fail_fast, metrics_addr, progress: Some(progress.0), state_dir, message_format };
+            let options = RunOptions {
+                fail_fast,
+                metrics_addr,
+                progress: Some(progress.0),
+                degraded_after: degraded_after.0,
+                state_dir,
+                message_format,
+            };
             let code = runtime.block_on(run::run(&files, options));
             // A blocking read of standard input cannot be cancelled; do not wait for it.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));

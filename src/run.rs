@@ -117,6 +117,8 @@ pub struct RunOptions {
     pub fail_fast: bool,
     pub metrics_addr: Option<SocketAddr>,
     pub progress: Option<Duration>,
+    /// How long a part may retry before its pipeline counts as degraded.
+    pub degraded_after: Duration,
     pub state_dir: PathBuf,
     pub message_format: MessageFormat,
 }
@@ -159,7 +161,7 @@ fn progress(name: String, stats: std::sync::Arc<crate::engine::Stats>, every: Du
                 _ = done.cancelled() => return,
             }
             let now = stats.summary();
-            tracing::info!(pipeline = %name, "{}", now.line(previous.as_ref()));
+            tracing::info!(pipeline = %name, "{}{}", now.line(previous.as_ref()), server::troubles_line(&name));
             previous = Some(now);
         }
     });
@@ -169,7 +171,8 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
     let Some(loaded) = load_all(files, options.message_format, &crate::plan::check) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let health = Health::default();
+    let health = Health::new(options.degraded_after);
+    health.watch();
     if let Some(addr) = options.metrics_addr
         && !serve_metrics(addr, health.clone()).await
     {
@@ -286,7 +289,7 @@ async fn serve_metrics(addr: SocketAddr, health: Health) -> bool {
     };
     match served {
         Ok(bound) => {
-            tracing::info!(%bound, "serving /metrics and /health");
+            tracing::info!(%bound, "serving /metrics, /health, /health/live and /health/ready");
             true
         }
         Err(e) => {

@@ -332,19 +332,28 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     pg.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let out = dir.path().join("out.jsonl");
     let file = pipeline(dir.path(), "restart", &pg, json!({"tables": ["t"], "snapshot": "never"}), file_sink(&out));
-    let mut run = spawn_run(dir.path(), &file, &[]);
+    let mut run = spawn_run(dir.path(), &file, &["--metrics-addr", "127.0.0.1:0"]);
+    let port = common::metrics_port(dir.path());
     pg.wait_streaming("flowgate_restart", dir.path());
     for i in 0..50 {
         pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
     }
     pg.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    // Cut off, the pipeline is degraded at once, with the reason.
+    let cut_off = || {
+        common::http_get(port, "/health")
+            .is_some_and(|(c, b)| c == 503 && b.contains(r#""state":"degraded""#) && b.contains("source cut off"))
+    };
+    assert!(wait_for(Duration::from_secs(10), cut_off), "{:?}", common::http_get(port, "/health"));
+    assert_eq!(common::http_get(port, "/health/ready").map(|(c, _)| c), Some(503));
     assert!(run.try_wait().unwrap().is_none(), "flowgate exited while Postgres was down:\n{}", log(dir.path()));
     pg.start_again();
     for i in 50..100 {
         pg.sql(&format!("INSERT INTO t SELECT g FROM generate_series({}, {}) g", i * 100 + 1, i * 100 + 100));
     }
     pg.wait_caught_up("flowgate_restart", dir.path());
+    let ready = || common::http_get(port, "/health/ready").is_some_and(|(c, _)| c == 200);
+    assert!(wait_for(Duration::from_secs(10), ready), "{:?}", common::http_get(port, "/health"));
     stop(&mut run, dir.path());
     let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     let missing: Vec<i64> = (1..=10_000).filter(|i| !ids.contains(i)).take(10).collect();

@@ -259,6 +259,54 @@ fn a_database_restart_mid_run_makes_the_pipeline_wait_then_finish() {
     assert!(log(dir.path()).contains("retry"), "{}", log(dir.path()));
 }
 
+/// A sink's database down: past `--degraded-after` the pipeline is
+/// `degraded` on `/health` with the reason, `/health/ready` fails while
+/// `/health/live` answers, and the progress line and the log say it; once
+/// the database is back it is `running` again, and nothing is lost.
+#[test]
+fn a_sink_database_down_degrades_the_pipeline_until_it_is_back() {
+    const N: u64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = Postgres::start();
+    pg.sql("CREATE TABLE t (id bigint PRIMARY KEY, name text, pad text)");
+    let input = dir.path().join("in.jsonl");
+    write_jsonl(&input, N, 100);
+    let all = std::fs::read_to_string(&input).unwrap();
+    let half = all.lines().take(N as usize / 2).map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(&input, &half).unwrap();
+    let file = Pipeline::new("to-pg")
+        .source(source::file("in.jsonl").with("follow", true))
+        .sink(sink::postgres(pg.url(), "t").with("mode", "upsert").with("key", json!(["id"])))
+        .batch(json!({"size": 200, "linger": "10ms"}))
+        .write(dir.path(), "to-pg.yaml");
+    let flags = ["--metrics-addr", "127.0.0.1:0", "--degraded-after", "1s", "--progress", "1s"];
+    let mut run = spawn_run(dir.path(), &file, &flags);
+    let port = common::metrics_port(dir.path());
+    let code = |path: &str| common::http_get(port, path).map(|(c, _)| c);
+    let count = |pg: &Postgres| pg.sql("SELECT count(*) FROM t");
+    assert!(wait_for(Duration::from_secs(60), || count(&pg) == (N / 2).to_string()), "{}", log(dir.path()));
+    assert!(wait_for(Duration::from_secs(10), || code("/health/ready") == Some(200)), "{}", log(dir.path()));
+
+    pg.stop();
+    std::fs::write(&input, &all).unwrap();
+    let degraded = || {
+        common::http_get(port, "/health")
+            .is_some_and(|(c, b)| c == 503 && b.contains(r#""state":"degraded""#) && b.contains("sink retrying"))
+    };
+    assert!(wait_for(Duration::from_secs(30), degraded), "{:?}", common::http_get(port, "/health"));
+    assert_eq!(code("/health/ready"), Some(503));
+    assert_eq!(code("/health/live"), Some(200));
+
+    pg.start_again();
+    assert!(wait_for(Duration::from_secs(120), || count(&pg) == N.to_string()), "{}", log(dir.path()));
+    let ready = || code("/health/ready") == Some(200);
+    assert!(wait_for(Duration::from_secs(10), ready), "{:?}", common::http_get(port, "/health"));
+    stop(&mut run, dir.path());
+    let text = log(dir.path());
+    assert!(text.contains("degraded") && text.contains("recovered: running"), "{text}");
+    assert!(text.contains("· sink retrying"), "the progress line says it:\n{text}");
+}
+
 #[test]
 fn effectively_once_applies_each_postgres_change_once_across_kills() {
     let dir = tempfile::tempdir().unwrap();

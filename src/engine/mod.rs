@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use flowgate_sdk::{AckTracker, Batch, ConnectorError, LateReject, Read, Sink, Source, Transform};
+use flowgate_sdk::{AckTracker, Batch, ConnectorError, LateReject, Read, Sink, Source, Transform, health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -97,12 +97,14 @@ pub async fn write_with_retry(
         match sink.write(batch).await {
             Ok(()) => {
                 if attempt > 1 {
+                    health::recovered(pipeline, stage);
                     tracing::info!(pipeline, stage, attempt, "write succeeded after retrying");
                 }
                 return Ok(());
             }
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                health::trouble(pipeline, stage, "retrying", e.chain(), false);
                 tracing::warn!(pipeline, stage, attempt, retry_in = ?delay, error = %e.chain(), "write failed; retrying");
                 sleep_unless_stopped(delay, stage, e, shutdown).await?;
                 attempt += 1;
@@ -126,6 +128,7 @@ pub struct Pipeline {
 }
 
 async fn transform_task(
+    name: Arc<str>,
     mut transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
@@ -139,10 +142,18 @@ async fn transform_task(
             // A transient error (a schema registry out of reach) is retried with
             // the same batch: transforms change a batch only once they succeed.
             let mut backoff = retry_backoff(Duration::from_millis(100));
+            let mut retried = false;
             loop {
                 match t.apply(&mut batch).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if retried {
+                            health::recovered(&name, stage);
+                        }
+                        break;
+                    }
                     Err(e) if e.is_retryable() => {
+                        retried = true;
+                        health::trouble(&name, stage, "retrying", e.chain(), false);
                         let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                         tracing::warn!(stage = &**stage, retry_in = ?delay, error = %e.chain(), "transform failed; retrying");
                         if let Err(stopped) = sleep_unless_stopped(delay, stage, e, &stop).await {
@@ -185,6 +196,7 @@ pub(crate) async fn deliver(
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
     let mut backoff = retry_backoff(Duration::from_millis(100));
+    let mut retried = false;
     loop {
         if !batch.records.is_empty() {
             write_with_retry(sink, batch, stage, name, shutdown).await?;
@@ -202,8 +214,15 @@ pub(crate) async fn deliver(
             }
         }
         match sink.commit(batch).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if retried {
+                    health::recovered(name, stage);
+                }
+                return Ok(());
+            }
             Err(e) if e.is_retryable() => {
+                retried = true;
+                health::trouble(name, stage, "retrying its commit", e.chain(), false);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::warn!(pipeline = name, stage, retry_in = ?delay, error = %e.chain(), "commit failed; writing the batch again");
                 sleep_unless_stopped(delay, stage, e, shutdown).await?;
@@ -305,7 +324,7 @@ impl Pipeline {
             (source_rx, None)
         } else {
             let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
-            (rx, Some(tokio::spawn(transform_task(transforms, source_rx, tx, stop.clone()))))
+            (rx, Some(tokio::spawn(transform_task(Arc::clone(&name), transforms, source_rx, tx, stop.clone()))))
         };
         let sink_handle = tokio::spawn(sink_task(
             sink,
@@ -321,12 +340,18 @@ impl Pipeline {
         let mut last_commit = Instant::now();
         let mut source_error = None;
         let mut ended = false;
+        // The source's reads are failing: it is cut off from its service.
+        let mut cut_off = false;
         while !stop.is_cancelled() && tracker.failed().is_none() {
             let mut batch = Batch::with_capacity(tracker.next_seq(), batching.size);
             let read = tokio::select! {
                 r = source.read(&mut batch) => r,
                 _ = stop.cancelled() => break,
             };
+            if cut_off && read.is_ok() {
+                cut_off = false;
+                health::recovered(&name, "source");
+            }
             match read {
                 Ok(Read::Data) => {
                     // Wait for room downstream, committing meanwhile: a sink that is
@@ -365,6 +390,8 @@ impl Pipeline {
                     break;
                 }
                 Err(e) if e.is_retryable() => {
+                    cut_off = true;
+                    health::trouble(&name, "source", "cut off", e.chain(), true);
                     tracing::warn!(pipeline = %name, error = %e.chain(), "source read failed; retrying in 1s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}

@@ -232,7 +232,7 @@ pub fn closed_port() -> ClosedPort {
 pub fn metrics_port(dir: &Path) -> u16 {
     let mut port = None;
     let found = wait_for(Duration::from_secs(30), || {
-        port = log(dir).lines().filter(|l| l.contains("serving /metrics and /health")).find_map(|l| {
+        port = log(dir).lines().filter(|l| l.contains("serving /metrics")).find_map(|l| {
             let at = l.split_once("bound=").or_else(|| l.split_once("\"bound\":\""))?.1;
             let addr: String = at.chars().take_while(|c| c.is_ascii_digit() || ".:[]".contains(*c)).collect();
             addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())

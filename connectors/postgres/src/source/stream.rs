@@ -72,6 +72,7 @@ impl PostgresCdcSource {
             Ok(stream) => self.phase = Phase::Streaming(Box::new(stream)),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(slot = %self.slot, error = %e, "cannot stream yet; retrying");
+                self.cut_off(format!("{e}{}", source_text(&e)));
                 self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
             }
             Err(e) => return Err(e),
@@ -174,6 +175,7 @@ impl PostgresCdcSource {
                 return Err(PgCdcError::replication(format!("streaming from slot `{}` failed", self.slot), e));
             }
             tracing::warn!(slot = %self.slot, error = %e, "lost the replication connection; reconnecting");
+            self.cut_off(format!("lost the replication connection: {e}"));
             self.phase = Phase::Disconnected { retry_at: Instant::now() };
         }
         let chunks = std::mem::take(&mut self.decoder.incremental.done);
@@ -202,6 +204,11 @@ impl PostgresCdcSource {
             self.advance_idle().await;
         }
         Ok(read)
+    }
+
+    /// The source cannot reach Postgres: its pipeline is degraded until it can.
+    fn cut_off(&self, cause: String) {
+        flowgate_sdk::health::trouble(&self.pipeline, "source", "cut off", cause, true);
     }
 
     /// Snapshot chunks are out and not recorded: the next waits for them.
@@ -242,6 +249,7 @@ impl PostgresCdcSource {
         match attempt {
             Ok(Ok(stream)) => {
                 tracing::info!(slot = %self.slot, "replication connection restored");
+                flowgate_sdk::health::recovered(&self.pipeline, "source");
                 self.reconnect_delay = Duration::from_millis(100);
                 self.phase = Phase::Streaming(Box::new(stream));
             }
@@ -252,6 +260,7 @@ impl PostgresCdcSource {
                     _ => "timed out".to_string(),
                 };
                 tracing::warn!(slot = %self.slot, retry_in = ?self.reconnect_delay, error = %reason, "cannot reconnect yet");
+                self.cut_off(reason);
                 self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };
                 self.reconnect_delay = (self.reconnect_delay * 2).min(MAX_RECONNECT_DELAY);
             }
