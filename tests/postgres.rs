@@ -354,6 +354,9 @@ fn a_postgres_restart_mid_run_loses_nothing() {
     pg.wait_caught_up("flowgate_restart", dir.path());
     let ready = || common::http_get(port, "/health/ready").is_some_and(|(c, _)| c == 200);
     assert!(wait_for(Duration::from_secs(10), ready), "{:?}", common::http_get(port, "/health"));
+    let metrics = common::http_get(port, "/metrics").unwrap().1;
+    assert!(common::metric(&metrics, r#"flowgate_postgres_reconnects_total{pipeline="restart"}"#) >= Some(1.0));
+    assert_eq!(common::metric(&metrics, r#"flowgate_postgres_connected{pipeline="restart"}"#), Some(1.0));
     stop(&mut run, dir.path());
     let ids: HashSet<i64> = records(&out).iter().map(|e| e["after"]["id"].as_i64().unwrap()).collect();
     let missing: Vec<i64> = (1..=10_000).filter(|i| !ids.contains(i)).take(10).collect();
@@ -1061,6 +1064,54 @@ fn a_chunk_never_goes_out_older_than_a_change_streamed_before_it() {
     assert_eq!(events.iter().filter(|e| e["source"]["snapshot"] == "incremental").count(), 100);
     let image = images(&events);
     assert_eq!(image[&("t".to_string(), 7)], json!({"id": 7, "v": 1}), "row 7 went out as it was before its change");
+}
+
+/// `/metrics` has the slot's lag as the server counts it (within one
+/// sample), whether the stream is connected, and the snapshot's rows per
+/// table: with the sink's database down the lag grows with the writes; once
+/// it is back the lag is the server's figure again.
+#[test]
+fn the_slot_lag_on_metrics_is_the_servers_own_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = Postgres::start();
+    let mut target = Postgres::start();
+    pg.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, pad text); INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g",
+    );
+    pg.sql("ANALYZE t");
+    target.sql("CREATE TABLE t (id int PRIMARY KEY, pad text)");
+    let to_target = sink::postgres(target.url(), "t").with("mode", "cdc");
+    let file = pipeline(dir.path(), "lag", &pg, json!({"tables": ["t"]}), to_target);
+    let mut run = spawn_run(dir.path(), &file, &["--metrics-addr", "127.0.0.1:0"]);
+    let port = common::metrics_port(dir.path());
+    let metric = |name: &str| common::http_get(port, "/metrics").and_then(|(_, b)| common::metric(&b, name));
+    let written = || log(dir.path()).contains("incremental snapshot written");
+    assert!(wait_for(Duration::from_secs(60), written), "{}", log(dir.path()));
+    let rows = metric(r#"flowgate_postgres_snapshot_rows_total{pipeline="lag",table="public.t"}"#);
+    assert_eq!(rows, Some(1000.0));
+    let estimated = metric(r#"flowgate_postgres_snapshot_rows_estimated{pipeline="lag",table="public.t"}"#);
+    assert_eq!(estimated, Some(1000.0));
+    assert_eq!(metric(r#"flowgate_postgres_connected{pipeline="lag"}"#), Some(1.0));
+
+    let server = || {
+        pg.sql("SELECT pg_current_wal_lsn() - confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'flowgate_lag'")
+            .parse::<f64>()
+            .unwrap()
+    };
+    let lag = || metric(r#"flowgate_postgres_slot_lag_bytes{pipeline="lag",slot="flowgate_lag"}"#);
+    target.stop();
+    pg.sql("INSERT INTO t SELECT g, repeat('y', 100) FROM generate_series(1001, 5000) g");
+    let behind = || {
+        let s = server();
+        s > 100_000.0 && lag() == Some(s)
+    };
+    assert!(wait_for(Duration::from_secs(20), behind), "metric {:?}, server {}", lag(), server());
+    target.start_again();
+    pg.wait_caught_up("flowgate_lag", dir.path());
+    let caught_up = || lag() == Some(server());
+    assert!(wait_for(Duration::from_secs(20), caught_up), "metric {:?}, server {}", lag(), server());
+    assert_eq!(target.sql("SELECT count(*) FROM t"), "5000");
+    stop(&mut run, dir.path());
 }
 
 /// A link to Postgres that can be cut, as a network is: cut, the server's

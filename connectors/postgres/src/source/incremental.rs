@@ -792,8 +792,11 @@ impl Incremental {
                     )));
                     return;
                 };
+                let before = batch.records.len();
                 batch.records.reserve(chunk.rows.len());
                 batch.records.extend(chunk.rows.into_iter().flatten());
+                let table = format!("{}.{}", window.schema, window.table);
+                super::observe::snapshot_rows(&self.shared.pipeline, &table, (batch.records.len() - before) as u64);
                 let mut plan = self.shared.plan();
                 if let Some(pos) = plan.tables.iter().position(|c| c.id == chunk.cursor) {
                     if chunk.complete {
@@ -887,6 +890,18 @@ async fn read_one(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if todo.after.is_none() {
+        // The planner's estimate, for the progress of the table's snapshot.
+        let estimate: Option<f64> =
+            sqlx::query_scalar("SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass($1)")
+                .bind(&from)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(q)?;
+        if let Some(rows) = estimate.filter(|r| *r >= 0.0) {
+            super::observe::snapshot_estimate(&shared.pipeline, &shown, rows);
+        }
+    }
     let after = todo.after.as_ref().map(|a| format!("({key_list}) > ({})", literals(a)));
     let rows_wanted = shared.settings.chunk_size;
 

@@ -16,6 +16,7 @@
 
 mod incremental;
 mod leader;
+mod observe;
 mod snapshot;
 mod start;
 mod stream;
@@ -95,6 +96,8 @@ pub struct PostgresCdcSource {
     leader: Option<leader::Leader>,
     /// The connection incremental snapshots read their chunks through.
     chunks: Option<sqlx::PgConnection>,
+    /// Reads the slot's lag while this process runs the slot.
+    lag: Option<observe::LagSampler>,
     /// Chunks that emitted no row (all gave way to streamed changes) while no
     /// batch was out, whose progress could not be saved yet: saved before
     /// anything else is read.
@@ -213,6 +216,7 @@ impl PostgresCdcSource {
             record: SlotState::default(),
             leader: None,
             chunks: None,
+            lag: None,
             deferred: Vec::new(),
             phase: Phase::Standby { since: now, next_try: now },
             decoder,
@@ -225,13 +229,13 @@ impl PostgresCdcSource {
         match leader::Leader::try_acquire(&source.config.url, &source.slot).await? {
             Some(lead) => {
                 source.leader = Some(lead);
-                leader::report(&source.pipeline, &source.slot, true);
+                source.report_active(true);
                 source.start(conn).await?;
             }
             None => {
                 // A standby refuses what the active one would (see `start`).
                 preflight(&mut conn, &source.config, &source.pipeline, &source.legacy).await?;
-                leader::report(&source.pipeline, &source.slot, false);
+                source.report_active(false);
                 tracing::info!(
                     slot = %source.slot,
                     "standby: another process runs this pipeline's replication slot; taking over when it stops"
@@ -352,7 +356,7 @@ impl PostgresCdcSource {
         match leader::Leader::try_acquire(&self.config.url, &self.slot).await? {
             Some(lead) => {
                 self.leader = Some(lead);
-                leader::report(&self.pipeline, &self.slot, true);
+                self.report_active(true);
                 tracing::info!(
                     slot = %self.slot,
                     waited_ms = since.elapsed().as_millis() as u64,
@@ -366,7 +370,7 @@ impl PostgresCdcSource {
                 if let Err(e) = started {
                     // Let go, so that this or another process tries again.
                     self.leader = None;
-                    leader::report(&self.pipeline, &self.slot, false);
+                    self.report_active(false);
                     self.phase = Phase::Standby { since, next_try: Instant::now() + leader::STANDBY_POLL };
                     return Err(e);
                 }
@@ -414,6 +418,19 @@ impl PostgresCdcSource {
         saved?;
         chunk.recorded();
         Ok(())
+    }
+
+    /// Says which process runs the slot (see [`leader::report`]); the active
+    /// one samples the slot's lag.
+    fn report_active(&mut self, active: bool) {
+        leader::report(&self.pipeline, &self.slot, active);
+        self.lag = active.then(|| {
+            observe::LagSampler::start(
+                self.config.url.clone(),
+                std::sync::Arc::clone(&self.pipeline),
+                self.slot.clone(),
+            )
+        });
     }
 
     /// The connection incremental snapshots go through (chunks, progress,
@@ -466,7 +483,7 @@ impl Source for PostgresCdcSource {
         if step_down {
             tracing::warn!(slot = %self.slot, "another process took over the replication slot; standing by");
             self.leader = None;
-            leader::report(&self.pipeline, &self.slot, false);
+            self.report_active(false);
             if let Phase::Streaming(mut stream) = std::mem::replace(&mut self.phase, Phase::Finished) {
                 let _ = stream.stop().await;
             }

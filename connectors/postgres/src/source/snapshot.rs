@@ -63,7 +63,7 @@ impl PostgresCdcSource {
             tracing::info!(slot = %self.slot, publication = %self.publication, "created the replication slot");
             self.save(true).await?;
             stream.start(None).await.map_err(|e| PgCdcError::replication("cannot start streaming", e))?;
-            self.phase = Phase::Streaming(Box::new(stream));
+            self.streaming(stream);
             return Ok(());
         }
         // Recorded first, so a crash during the copy is known to have left an
@@ -201,7 +201,7 @@ impl PostgresCdcSource {
             }
             if self.config.snapshot != SnapshotMode::InitialOnly {
                 match stream.start(None).await {
-                    Ok(()) => self.phase = Phase::Streaming(Box::new(stream)),
+                    Ok(()) => self.streaming(stream),
                     Err(e) => {
                         tracing::warn!(slot = %self.slot, error = %e, "cannot start streaming yet; retrying");
                         self.phase = Phase::Disconnected { retry_at: Instant::now() + self.reconnect_delay };

@@ -13,7 +13,7 @@ use pg_walstream::{
 use tokio::time::Instant;
 
 use super::incremental::{self, Incremental};
-use super::{Mark, Phase, PostgresCdcSource, now_ms};
+use super::{Mark, Phase, PostgresCdcSource, now_ms, observe};
 use crate::avro;
 use crate::config::redact_url;
 use crate::error::{PgCdcError, is_slot_problem};
@@ -47,6 +47,8 @@ pub(super) struct Decoder {
     txn: Option<(u32, i64)>,
     /// End LSN of the last transaction whose changes were all handed out.
     pub(super) last_end: u64,
+    /// When the last transaction delivered was committed (ms since the epoch).
+    pub(super) last_commit_ms: i64,
     /// Changes handed out of the transaction in progress.
     txn_count: u64,
     /// Resuming inside a transaction (after a reconnect, or from a position a
@@ -69,7 +71,7 @@ impl PostgresCdcSource {
     pub(super) async fn start_streaming(&mut self) -> Result<(), PgCdcError> {
         let from = (self.decoder.last_end > 0).then_some(self.decoder.last_end);
         match self.stream(from).await {
-            Ok(stream) => self.phase = Phase::Streaming(Box::new(stream)),
+            Ok(stream) => self.streaming(stream),
             Err(e) if e.is_retryable() => {
                 tracing::warn!(slot = %self.slot, error = %e, "cannot stream yet; retrying");
                 self.cut_off(format!("{e}{}", source_text(&e)));
@@ -190,6 +192,9 @@ impl PostgresCdcSource {
             }
             Read::Idle
         } else {
+            if self.decoder.last_commit_ms > 0 {
+                observe::behind(&self.pipeline, self.decoder.last_commit_ms, now_ms());
+            }
             self.pending.push(batch.seq, Mark::Lsn(self.decoder.last_end, chunks));
             batch.position = Some(crate::position::encode(self.decoder.last_end, self.decoder.within()));
             Read::Data
@@ -206,8 +211,15 @@ impl PostgresCdcSource {
         Ok(read)
     }
 
+    /// Streams from `stream` from now on.
+    pub(super) fn streaming(&mut self, stream: LogicalReplicationStream) {
+        observe::connected(&self.pipeline, true);
+        self.phase = Phase::Streaming(Box::new(stream));
+    }
+
     /// The source cannot reach Postgres: its pipeline is degraded until it can.
     fn cut_off(&self, cause: String) {
+        observe::connected(&self.pipeline, false);
         flowgate_sdk::health::trouble(&self.pipeline, "source", "cut off", cause, true);
     }
 
@@ -250,8 +262,9 @@ impl PostgresCdcSource {
             Ok(Ok(stream)) => {
                 tracing::info!(slot = %self.slot, "replication connection restored");
                 flowgate_sdk::health::recovered(&self.pipeline, "source");
+                observe::reconnected(&self.pipeline);
                 self.reconnect_delay = Duration::from_millis(100);
-                self.phase = Phase::Streaming(Box::new(stream));
+                self.streaming(stream);
             }
             Ok(Err(e)) if !e.is_retryable() => return Err(e),
             failed => {
@@ -290,6 +303,7 @@ impl Decoder {
             pinned: HashSet::new(),
             txn: None,
             last_end: 0,
+            last_commit_ms: 0,
             txn_count: 0,
             skip: None,
             skip_left: 0,
@@ -313,8 +327,9 @@ impl Decoder {
                 };
             }
             EventType::Commit { end_lsn, .. } => {
-                if let Some((xid, _)) = self.txn.take() {
+                if let Some((xid, commit_ms)) = self.txn.take() {
                     self.incremental.delivered(xid);
+                    self.last_commit_ms = commit_ms;
                 }
                 self.last_end = end_lsn.value();
                 self.skip_left = 0;
