@@ -172,11 +172,17 @@ pub fn troubles_line(pipeline: &str) -> String {
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new().install_recorder()?;
     let upkeep = handle.clone();
-    // Histograms need periodic upkeep to keep their memory bounded.
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
+    // Histograms need periodic upkeep to keep their memory bounded; the
+    // process's figures (`process_cpu_seconds_total`, `..._resident_memory_bytes`,
+    // `..._open_fds`, `..._threads`) are read at the same pace.
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             upkeep.run_upkeep();
+            process.collect();
         }
     });
     Ok(handle)

@@ -43,6 +43,15 @@ fn a_slow_sink_holds_memory_flat() {
     // The bounds below mean something only if the pipeline was measured, and moving.
     assert!(samples >= 30, "only {samples} readings of /metrics");
     assert!(written >= 20_000.0, "the sink wrote only {written} records in 6 s");
+    // The process's own figures, as the operating system counts them.
+    let (_, body) = http_get(port, "/metrics").unwrap();
+    let rss = expect_metric(&body, "process_resident_memory_bytes");
+    let now = rss_kib(child.id()) as f64 * 1024.0;
+    assert!((rss - now).abs() < 16.0 * 1024.0 * 1024.0, "process_resident_memory_bytes {rss}, ps says {now}");
+    assert!(expect_metric(&body, "process_open_fds") >= 3.0);
+    assert!(expect_metric(&body, "process_threads") >= 2.0);
+    // Counted in whole seconds: present, though this run may not have used one yet.
+    expect_metric(&body, "process_cpu_seconds_total");
     let (code, health) = http_get(port, "/health").unwrap();
     assert_eq!(code, 200, "{health}");
     assert!(health.contains(r#""slow":{"state":"running"}"#), "{health}");
