@@ -12,7 +12,7 @@ use flowgate_sdk::{Metadata, Record};
 use pg_walstream::{ColumnValue, RowData};
 
 use crate::decode::{Kind, write_str, write_value};
-use crate::table::Table;
+use crate::table::{Column, Table};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -101,29 +101,14 @@ impl Encoder {
     ) -> Record {
         let b = &mut self.buf;
         b.clear();
-        b.extend_from_slice(b"{\"before\":null,\"after\":{");
-        for (i, (col, v)) in table.columns.iter().zip(values).enumerate() {
-            if i > 0 {
-                b.push(b',');
-            }
-            b.extend_from_slice(&col.json_key);
-            write_text(b, col.kind, v.as_deref());
-        }
-        b.push(b'}');
+        b.extend_from_slice(b"{\"before\":null,\"after\":");
+        write_text_object(b, table.columns.iter().zip(values));
         write_source(b, origin, table, lsn);
         finish(b, origin, Op::Read);
         let value = Bytes::copy_from_slice(b);
         let key = table.has_key().then(|| {
             b.clear();
-            b.push(b'{');
-            for (i, (col, v)) in table.columns.iter().zip(values).filter(|(c, _)| c.key).enumerate() {
-                if i > 0 {
-                    b.push(b',');
-                }
-                b.extend_from_slice(&col.json_key);
-                write_text(b, col.kind, v.as_deref());
-            }
-            b.push(b'}');
+            write_text_object(b, table.columns.iter().zip(values).filter(|(c, _)| c.key));
             Bytes::copy_from_slice(b)
         });
         record(origin, table, lsn, key, value)
@@ -226,6 +211,19 @@ fn write_column(b: &mut Vec<u8>, kind: Kind, v: &ColumnValue) {
             write_str(b, &base64::engine::general_purpose::STANDARD.encode(bytes));
         }
     }
+}
+
+/// `{"column": value, ...}` from columns and their values in text form.
+fn write_text_object<'v>(b: &mut Vec<u8>, pairs: impl Iterator<Item = (&'v Column, &'v Option<Cow<'v, [u8]>>)>) {
+    b.push(b'{');
+    for (i, (col, v)) in pairs.enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(&col.json_key);
+        write_text(b, col.kind, v.as_deref());
+    }
+    b.push(b'}');
 }
 
 /// A value in the server's text form (`None`: NULL).
