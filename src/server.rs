@@ -107,7 +107,11 @@ impl Health {
     }
 
     fn report(&self) -> (StatusCode, String) {
-        let states = self.states();
+        Self::report_of(&self.states())
+    }
+
+    /// `/health`'s answer for `states`.
+    fn report_of(states: &BTreeMap<String, (PipelineState, Option<String>)>) -> (StatusCode, String) {
         let failing = states.values().any(|(s, _)| matches!(s, PipelineState::Failed { .. }));
         let degraded = states.values().any(|(s, d)| matches!(s, PipelineState::Waiting { .. }) || d.is_some());
         let status = if failing {
@@ -118,7 +122,7 @@ impl Health {
             "ok"
         };
         let mut pipelines = serde_json::Map::new();
-        for (name, (state, reason)) in &states {
+        for (name, (state, reason)) in states {
             let shown = match reason {
                 Some(reason) => serde_json::json!({"state": "degraded", "reason": reason}),
                 None => serde_json::to_value(state).unwrap_or_default(),
@@ -140,11 +144,11 @@ impl Health {
     /// Ready: every pipeline running and not degraded (or finished); the
     /// body is `/health`'s.
     fn ready(&self) -> (StatusCode, String) {
-        let ready = self
-            .states()
-            .values()
-            .all(|(s, d)| matches!(s, PipelineState::Running | PipelineState::Finished) && d.is_none());
-        let (_, body) = self.report();
+        // One reading for both, so that the code and the body agree.
+        let states = self.states();
+        let ready =
+            states.values().all(|(s, d)| matches!(s, PipelineState::Running | PipelineState::Finished) && d.is_none());
+        let (_, body) = Self::report_of(&states);
         (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
     }
 
