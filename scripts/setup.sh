@@ -14,6 +14,10 @@ python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # MariaDB, of which each MySQL-sink test starts a private server.
 command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
+# A real browser for the status page's test, and a real Prometheus (with
+# promtool) for the shipped alert rules and the scrape test.
+command -v chromium >/dev/null || need_apt+=(chromium)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq

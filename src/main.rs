@@ -56,6 +56,8 @@ enum Command {
         /// `/health/ready` on this address, e.g. 127.0.0.1:9090.
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        metrics_tls: MetricsTls,
         /// Print a status line this often (0s: never).
         #[arg(long, default_value = "10s", value_name = "DURATION")]
         progress: HumanDuration,
@@ -111,6 +113,29 @@ enum Command {
     /// Flowgate's Confluent-compatible Schema Registry.
     #[command(subcommand)]
     Registry(RegistryCommand),
+}
+
+/// HTTPS for the metrics address (its status page, `/metrics` and `/health`).
+#[derive(clap::Args)]
+struct MetricsTls {
+    /// Serve the metrics address over HTTPS with this PEM certificate chain
+    /// (with --metrics-tls-key).
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_key")]
+    metrics_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --metrics-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_cert")]
+    metrics_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA on the metrics
+    /// address (mutual TLS; Prometheus' `tls_config` sends one).
+    #[arg(long, value_name = "FILE", requires = "metrics_tls_cert")]
+    metrics_tls_client_ca: Option<PathBuf>,
+}
+
+impl MetricsTls {
+    fn config(self) -> Option<run::TlsFiles> {
+        let client_ca = self.metrics_tls_client_ca;
+        self.metrics_tls_cert.zip(self.metrics_tls_key).map(|(cert, key)| run::TlsFiles { cert, key, client_ca })
+    }
 }
 
 #[derive(clap::Args)]
@@ -249,10 +274,16 @@ fn main() -> ExitCode {
                 key,
                 client_ca: tls_client_ca,
             });
+            // Its metrics address is served as the registry is.
+            let metrics_tls = tls.as_ref().map(|t| run::TlsFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                client_ca: t.client_ca.clone(),
+            });
             let serve =
                 flowgate_avro::config::ServeConfig { listen, store: None, users, tls, read_only, allowed_hosts };
             let limits = flowgate::registry::Limits { max_schema_bytes, max_fields, max_versions };
-            runtime.block_on(run::serve_registry(&serve, &store, limits, metrics_addr))
+            runtime.block_on(run::serve_registry(&serve, &store, limits, metrics_addr.map(|a| (a, metrics_tls))))
         }
         Command::Registry(RegistryCommand::HashPassword) => {
             let mut password = String::new();
@@ -270,11 +301,21 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { files, metrics_addr, progress, degraded_after, state_dir, message_format, fail_fast } => {
+        Command::Run {
+            files,
+            metrics_addr,
+            metrics_tls,
+            progress,
+            degraded_after,
+            state_dir,
+            message_format,
+            fail_fast,
+        } => {
             let Some(runtime) = runtime() else { return ExitCode::FAILURE };
             let options = RunOptions {
                 fail_fast,
                 metrics_addr,
+                metrics_tls: metrics_tls.config(),
                 progress: Some(progress.0),
                 degraded_after: degraded_after.0,
                 state_dir,

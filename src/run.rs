@@ -112,10 +112,21 @@ pub fn snapshot(file: &Path, tables: &[String], format: MessageFormat) -> ExitCo
     }
 }
 
+/// A server's certificate and key, and the CA its clients' certificates must
+/// be signed by (mutual TLS), as PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
 pub struct RunOptions {
     /// Stop every pipeline when one fails (by default the others go on).
     pub fail_fast: bool,
     pub metrics_addr: Option<SocketAddr>,
+    /// HTTPS (and client certificates) for the metrics address.
+    pub metrics_tls: Option<TlsFiles>,
     pub progress: Option<Duration>,
     /// How long a part may retry before its pipeline counts as degraded.
     pub degraded_after: Duration,
@@ -161,7 +172,7 @@ fn progress(name: String, stats: std::sync::Arc<crate::engine::Stats>, every: Du
                 _ = done.cancelled() => return,
             }
             let now = stats.summary();
-            tracing::info!(pipeline = %name, "{}{}", now.line(previous.as_ref()), server::troubles_line(&name));
+            tracing::info!(pipeline = %name, "{}{}", now.line(previous.as_ref()), server::status_line(&name));
             previous = Some(now);
         }
     });
@@ -174,7 +185,7 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
     let health = Health::new(options.degraded_after);
     health.watch();
     if let Some(addr) = options.metrics_addr
-        && !serve_metrics(addr, health.clone()).await
+        && !serve_metrics(addr, options.metrics_tls.as_ref(), health.clone()).await
     {
         return ExitCode::FAILURE;
     }
@@ -188,6 +199,7 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
     let mut runs = Vec::new();
     for (file, config) in loaded {
         health.set(&config.name, PipelineState::Starting);
+        health.bound(&config.name, config.health.clone());
         let (health, shutdown, state_dir) = (health.clone(), shutdown.clone(), options.state_dir.clone());
         let (progress_every, fail_fast) = (options.progress.filter(|d| !d.is_zero()), options.fail_fast);
         runs.push(tokio::spawn(async move {
@@ -210,6 +222,7 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
                 }
             };
             tracing::info!(pipeline = %name, file = %file.display(), "started");
+            health.attach(&name, std::sync::Arc::clone(&pipeline.stats));
             health.set(&name, PipelineState::Running);
             let done = CancellationToken::new();
             if let Some(every) = progress_every {
@@ -281,15 +294,21 @@ pub fn default_state_dir() -> &'static Path {
     Path::new(".flowgate/state")
 }
 
-/// Serves `/metrics` and `/health` on `addr`; false (logged) when it cannot.
-async fn serve_metrics(addr: SocketAddr, health: Health) -> bool {
-    let served = match server::install_recorder() {
-        Ok(handle) => server::serve(addr, health, handle).await,
-        Err(e) => Err(e),
+/// Serves `/metrics`, `/health` and the status page on `addr` (over HTTPS
+/// with `tls`); false (logged) when it cannot.
+async fn serve_metrics(addr: SocketAddr, tls: Option<&TlsFiles>, health: Health) -> bool {
+    let served = async {
+        let tls = match tls {
+            Some(t) => Some(crate::http::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref())?),
+            None => None,
+        };
+        let handle = server::install_recorder()?;
+        server::serve(addr, health, handle, tls).await
     };
-    match served {
+    match served.await {
         Ok(bound) => {
-            tracing::info!(%bound, "serving /metrics, /health, /health/live and /health/ready");
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(%bound, scheme, "serving /metrics, /health, /health/live, /health/ready and the status page at /");
             true
         }
         Err(e) => {
@@ -331,14 +350,14 @@ pub async fn serve_registry(
     serve: &flowgate_avro::config::ServeConfig,
     store: &str,
     limits: crate::registry::Limits,
-    metrics_addr: Option<SocketAddr>,
+    metrics: Option<(SocketAddr, Option<TlsFiles>)>,
 ) -> ExitCode {
     if let Some((_, message, hint)) = serve.problem() {
         tracing::error!("{message}; {hint}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Some(addr) = metrics_addr
-        && !serve_metrics(addr, Health::default()).await
+    if let Some((addr, tls)) = metrics
+        && !serve_metrics(addr, tls.as_ref(), Health::default()).await
     {
         return ExitCode::FAILURE;
     }

@@ -364,13 +364,19 @@ fn a_registry_outage_makes_the_sink_and_the_source_wait_and_loses_nothing() {
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let file =
         file_to_kafka(dir.path(), &input, &broker, "pay", json!({"url": registry.url(), "timeout": "1s"}), json!({}));
-    let mut writer = spawn_run(dir.path(), &file, &[]);
+    let flags = ["--metrics-addr", "127.0.0.1:0", "--degraded-after", "1s"];
+    let mut writer = spawn_run(dir.path(), &file, &flags);
+    let port = common::metrics_port(dir.path());
     let mut reader = Reader::new(&broker.addr(), "pay", false);
-    // Down: nothing goes out, nothing is dropped.
+    // Down: nothing goes out, nothing is dropped, and health says why.
     assert!(!reader.read_until(Duration::from_secs(4), |r| r.total > 0));
     assert!(log(dir.path()).contains("the schema registry is out of reach"), "{}", log(dir.path()));
+    let health = || common::http_get(port, "/health/ready");
+    let degraded = || health().is_some_and(|(c, b)| c == 503 && b.contains("degraded") && b.contains("registry"));
+    assert!(wait_for(Duration::from_secs(20), degraded), "{:?}", health());
     registry.start_again();
     assert!(reader.read_until(Duration::from_secs(60), |r| r.total >= n), "{}", log(dir.path()));
+    assert!(wait_for(Duration::from_secs(20), || health().is_some_and(|(c, _)| c == 200)), "{:?}", health());
     stop(&mut writer, dir.path());
 
     // A reader pipeline started while the registry is down waits for it too.

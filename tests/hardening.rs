@@ -680,7 +680,7 @@ fn planted_secrets_reach_no_output() {
             wait_for(Duration::from_secs(20), || http_get(port, "/health").is_some_and(|(_, b)| b.contains("waiting")))
         );
         std::thread::sleep(Duration::from_secs(3));
-        for path in ["/health", "/metrics"] {
+        for path in ["/health", "/metrics", "/status.json"] {
             seen += &http_get(port, path).unwrap().1;
         }
         signal(&run, libc::SIGINT);
@@ -752,4 +752,36 @@ fn skipped_records_are_located_not_quoted_in_the_logs() {
     assert!(info.contains("skipped a refused record") && info.contains("line 2"), "{info}");
     assert!(!info.contains("PERSONAL-123"), "{info}");
     assert!(run("debug").contains("PERSONAL-123"));
+}
+
+#[test]
+fn the_metrics_address_can_require_https_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let file = Pipeline::new("tls-metrics")
+        .source(source::generate(r#"{"id":${seq}}"#).with("rate", 100))
+        .sink(sink::null())
+        .write(dir.path(), "p.yaml");
+    let tls = [
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--metrics-tls-cert",
+        cert.to_str().unwrap(),
+        "--metrics-tls-key",
+        key.to_str().unwrap(),
+        "--metrics-tls-client-ca",
+        ca.to_str().unwrap(),
+    ];
+    let mut run = spawn_run(dir.path(), &file, &tls);
+    let port = common::metrics_port(dir.path());
+    let url = format!("https://127.0.0.1:{port}/health");
+    let client = dir.path().join("client.pem");
+    let client_key = dir.path().join("client.key");
+    let with_cert = ["--cert", client.to_str().unwrap(), "--key", client_key.to_str().unwrap(), &url];
+    let ok = || curl(&ca, &with_cert).0 == 200;
+    assert!(wait_for(Duration::from_secs(10), ok), "{}", log(dir.path()));
+    assert_eq!(curl(&ca, &[&url]).0, 0, "no client certificate, no answer");
+    assert_eq!(http_get(port, "/health").map(|(c, _)| c), None, "no plain HTTP");
+    signal(&run, libc::SIGINT);
+    assert_eq!(wait_exit(&mut run, Duration::from_secs(20)).code(), Some(0), "{}", log(dir.path()));
 }

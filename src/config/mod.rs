@@ -54,6 +54,24 @@ pub struct PipelineConfig {
     /// the run (see `serve`).
     #[serde(default)]
     pub registry: Option<RegistryConfig>,
+    /// When the pipeline counts as degraded for falling behind its source.
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// Bounds on how far behind its source a running pipeline may fall before
+/// it counts as degraded (`/health`, `/health/ready`, the progress line);
+/// none by default. Each applies where the source measures it.
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Records behind (Kafka: the high watermark minus the committed
+    /// offset, over the partitions held).
+    pub max_lag_records: Option<u64>,
+    /// Bytes behind (Postgres: the WAL the server keeps for the slot).
+    pub max_lag_bytes: Option<ByteSize>,
+    /// Time behind (Postgres: now minus the commit time of the last change read).
+    pub max_lag_seconds: Option<HumanDuration>,
 }
 
 impl PipelineConfig {

@@ -38,6 +38,7 @@ impl ErrorHandler {
         }
         let n = batch.rejected.len() as u64;
         stats.rejected(n);
+        stats.refused(&batch.rejected);
         match self.policy {
             ErrorPolicy::Fail => {
                 let r = &batch.rejected[0];
@@ -72,6 +73,8 @@ impl ErrorHandler {
             }
             ErrorPolicy::DeadLetter => {
                 let sink = self.dead_letter.as_mut().expect("the config check requires a dead-letter sink");
+                // Counted by class once they are durable; the records go into the envelopes.
+                let classes: Vec<_> = batch.rejected.iter().map(|r| (Arc::clone(&r.stage), r.class)).collect();
                 let mut dlq = Batch::with_capacity(batch.seq, batch.rejected.len());
                 dlq.records.extend(batch.rejected.drain(..).map(|r| envelope(&self.pipeline, r)));
                 // An asynchronous dead-letter sink holds a share of the refusing
@@ -88,6 +91,7 @@ impl ErrorHandler {
                     ack.ack();
                 }
                 stats.dead_lettered(n);
+                stats.dead_letters(&classes);
                 Ok(())
             }
         }
@@ -153,7 +157,15 @@ mod tests {
         rec.key = Some(Bytes::from_static(br#"{"id":7}"#));
         rec.set_header("h", "v");
         rec.meta = Metadata::default().with("path", Arc::from("in.jsonl")).with("line", 3i64).with("offset", 40i64);
-        let out = envelope("p", Rejected { record: rec, reason: "bad".into(), stage: "sink".into() });
+        let out = envelope(
+            "p",
+            Rejected {
+                record: rec,
+                reason: "bad".into(),
+                class: flowgate_sdk::RefusalClass::Refused,
+                stage: "sink".into(),
+            },
+        );
         let doc: serde_json::Value = serde_json::from_slice(&out.value).unwrap();
         assert_eq!(doc["reason"], "bad");
         assert_eq!(doc["stage"], "sink");

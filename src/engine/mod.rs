@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use errors::{ErrorHandler, envelope};
-pub use stats::{Stats, Summary};
+pub use stats::{Stats, Summary, compact};
 
 use crate::config::BatchConfig;
 
@@ -129,16 +129,21 @@ pub struct Pipeline {
 
 async fn transform_task(
     name: Arc<str>,
-    mut transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
+    stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Result<(), EngineError> {
+    let mut transforms: Vec<_> =
+        transforms.into_iter().map(|(stage, t)| (stats.stage_histogram(&stage), stage, t)).collect();
     while let Some(mut batch) = rx.recv().await {
-        for (stage, t) in &mut transforms {
+        stats.m_queue_transform.set(rx.len() as f64);
+        for (took, stage, t) in &mut transforms {
             if batch.records.is_empty() {
                 break;
             }
+            let started = Instant::now();
             // A transient error (a schema registry out of reach) is retried with
             // the same batch: transforms change a batch only once they succeed.
             let mut backoff = retry_backoff(Duration::from_millis(100));
@@ -149,6 +154,7 @@ async fn transform_task(
                         if retried {
                             health::recovered(&name, stage);
                         }
+                        took.record(started.elapsed().as_secs_f64());
                         break;
                     }
                     Err(e) if e.is_retryable() => {
@@ -197,9 +203,18 @@ pub(crate) async fn deliver(
 ) -> Result<(), EngineError> {
     let mut backoff = retry_backoff(Duration::from_millis(100));
     let mut retried = false;
+    // The pipeline's own sink is timed; dead-letter sinks are not.
+    let stats = match &refusals {
+        Refusals::Policy(_, stats) => Some(*stats),
+        Refusals::DeadLetters => None,
+    };
     loop {
         if !batch.records.is_empty() {
+            let started = Instant::now();
             write_with_retry(sink, batch, stage, name, shutdown).await?;
+            if let Some(stats) = stats {
+                stats.m_sink_write.record(started.elapsed().as_secs_f64());
+            }
         }
         match &mut refusals {
             Refusals::Policy(errors, stats) => errors.handle(batch, stats, shutdown).await?,
@@ -213,10 +228,14 @@ pub(crate) async fn deliver(
                 }
             }
         }
+        let started = Instant::now();
         match sink.commit(batch).await {
             Ok(()) => {
                 if retried {
                     health::recovered(name, stage);
+                }
+                if let Some(stats) = stats {
+                    stats.m_sink_commit.record(started.elapsed().as_secs_f64());
                 }
                 return Ok(());
             }
@@ -240,6 +259,8 @@ async fn handle_late(
     stats: &Stats,
     shutdown: &CancellationToken,
 ) -> Result<(), EngineError> {
+    // It was counted as written when its batch was delivered.
+    late.ack.count_written(-1);
     let mut batch = Batch::with_capacity(late.ack.seq(), 0);
     batch.rejected.push(late.rejected);
     // Its share of the batch goes with it, for an asynchronous dead-letter sink to split.
@@ -269,11 +290,15 @@ async fn sink_task(
                 Some(l) = late.recv() => handle_late(&mut errors, l, &stats, &shutdown).await?,
                 batch = rx.recv() => {
                     let Some(mut batch) = batch else { break };
+                    stats.m_queue_sink.set(rx.len() as f64);
                     let started = Instant::now();
                     let refusals = Refusals::Policy(&mut errors, &stats);
                     deliver(sink.as_mut(), "sink", refusals, &mut batch, &name, &shutdown).await?;
-                    stats.written(batch.records.len() as u64, started.elapsed());
+                    stats.delivered(started.elapsed());
                     if let Some(ack) = batch.ack.take() {
+                        // They count as written once the batch is done: for an
+                        // asynchronous sink, once their deliveries are confirmed.
+                        ack.count_written(batch.records.len() as i64);
                         ack.ack();
                     }
                 }
@@ -316,6 +341,15 @@ impl Pipeline {
     pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, EngineError> {
         let Pipeline { name, mut source, transforms, sink, late, errors, batch: batching, stats } = self;
         let tracker = AckTracker::new();
+        {
+            let (stats, tracker_of) = (Arc::clone(&stats), Arc::downgrade(&tracker));
+            tracker.observe(move |done| {
+                stats.done(done);
+                if let Some(t) = tracker_of.upgrade() {
+                    stats.in_flight(t.records_in_flight(), t.in_flight());
+                }
+            });
+        }
         // Stops the pipeline's own stages when one of them fails.
         let stop = shutdown.child_token();
 
@@ -324,7 +358,8 @@ impl Pipeline {
             (source_rx, None)
         } else {
             let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
-            (rx, Some(tokio::spawn(transform_task(Arc::clone(&name), transforms, source_rx, tx, stop.clone()))))
+            let task = transform_task(Arc::clone(&name), transforms, source_rx, tx, Arc::clone(&stats), stop.clone());
+            (rx, Some(tokio::spawn(task)))
         };
         let sink_handle = tokio::spawn(sink_task(
             sink,
@@ -380,8 +415,11 @@ impl Pipeline {
                             break;
                         }
                     };
-                    batch.ack = Some(tracker.begin());
-                    stats.read(batch.records.len() as u64 + batch.rejected.len() as u64);
+                    let read = batch.records.len() as u64 + batch.rejected.len() as u64;
+                    let oldest = batch.records.iter().filter_map(|r| r.timestamp).min();
+                    batch.ack = Some(tracker.begin_batch(read, oldest));
+                    stats.read(read);
+                    stats.in_flight(tracker.records_in_flight(), tracker.in_flight());
                     permit.send(batch);
                 }
                 Ok(Read::Idle) => {}

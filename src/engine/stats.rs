@@ -1,12 +1,17 @@
-//! Counters of one pipeline: kept as atomics for the progress line and the
-//! summary, mirrored into Prometheus metrics when an exporter is installed.
+//! Counters of one pipeline: kept as atomics for the progress line, the
+//! summary and the status page, mirrored into Prometheus metrics when an
+//! exporter is installed.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use metrics::{Counter, Histogram};
+use flowgate_sdk::{Done, RefusalClass, Rejected};
+use metrics::{Counter, Gauge, Histogram};
 
 pub struct Stats {
+    pipeline: String,
     started: Instant,
     records_in: AtomicU64,
     records_out: AtomicU64,
@@ -17,7 +22,46 @@ pub struct Stats {
     m_rejected: Counter,
     m_dead_lettered: Counter,
     m_write_seconds: Histogram,
+    m_records_in_flight: Gauge,
+    m_batches_in_flight: Gauge,
+    m_end_to_end: Histogram,
+    /// Batches waiting before the transforms and before the sink.
+    pub(crate) m_queue_transform: Gauge,
+    pub(crate) m_queue_sink: Gauge,
+    pub(crate) m_sink_write: Histogram,
+    pub(crate) m_sink_commit: Histogram,
+    /// By stage and class: refusals, and those dead-lettered.
+    by_class: Mutex<HashMap<(Arc<str>, RefusalClass), RefusalCounters>>,
+    recent: Mutex<VecDeque<Refusal>>,
+    history: Mutex<VecDeque<Sample>>,
 }
+
+/// Refusals of one stage and class, and those of them dead-lettered.
+type RefusalCounters = (Counter, Counter);
+
+/// A record refused lately, as the status page lists it.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub at: SystemTime,
+    pub stage: Arc<str>,
+    pub class: RefusalClass,
+    pub reason: String,
+}
+
+/// The counters at one moment, for the status page's chart.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub at_ms: u64,
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
+/// Refusals kept for the status page (one per batch: the last of it).
+const RECENT_REFUSALS: usize = 8;
+/// Samples kept for the status page: 10 minutes at one per 2 s.
+pub const HISTORY: usize = 300;
+/// A reason longer than this is cut on the status page.
+const REASON_CHARS: usize = 300;
 
 /// Totals at the end of a run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,7 +76,10 @@ pub struct Summary {
 impl Stats {
     pub fn new(pipeline: &str) -> Self {
         let labels = [("pipeline", pipeline.to_string())];
+        let stage = |stage: &'static str| [("pipeline", pipeline.to_string()), ("stage", stage.to_string())];
+        let queue = |queue: &'static str| [("pipeline", pipeline.to_string()), ("queue", queue.to_string())];
         Stats {
+            pipeline: pipeline.to_string(),
             started: Instant::now(),
             records_in: AtomicU64::new(0),
             records_out: AtomicU64::new(0),
@@ -43,7 +90,109 @@ impl Stats {
             m_rejected: metrics::counter!("flowgate_records_rejected_total", &labels),
             m_dead_lettered: metrics::counter!("flowgate_records_dead_lettered_total", &labels),
             m_write_seconds: metrics::histogram!("flowgate_sink_batch_seconds", &labels),
+            m_records_in_flight: metrics::gauge!("flowgate_records_in_flight", &labels),
+            m_batches_in_flight: metrics::gauge!("flowgate_batches_in_flight", &labels),
+            m_end_to_end: metrics::histogram!("flowgate_end_to_end_seconds", &labels),
+            m_queue_transform: metrics::gauge!("flowgate_queue_batches", &queue("transform")),
+            m_queue_sink: metrics::gauge!("flowgate_queue_batches", &queue("sink")),
+            m_sink_write: metrics::histogram!("flowgate_stage_seconds", &stage("sink.write")),
+            m_sink_commit: metrics::histogram!("flowgate_stage_seconds", &stage("sink.commit")),
+            by_class: Mutex::default(),
+            recent: Mutex::default(),
+            history: Mutex::default(),
         }
+    }
+
+    /// The time one call of a transform takes, under its stage name.
+    pub fn stage_histogram(&self, stage: &str) -> Histogram {
+        metrics::histogram!("flowgate_stage_seconds", "pipeline" => self.pipeline.clone(), "stage" => stage.to_string())
+    }
+
+    /// Records and batches handed out and not yet acknowledged.
+    pub fn in_flight(&self, records: u64, batches: u64) {
+        self.m_records_in_flight.set(records as f64);
+        self.m_batches_in_flight.set(batches as f64);
+    }
+
+    /// A batch is done: its written records count now, and its end-to-end
+    /// latency is the time since its oldest record's source timestamp (or,
+    /// without one, since it was read).
+    pub fn done(&self, d: &Done) {
+        self.records_out.fetch_add(d.written, Relaxed);
+        self.m_out.increment(d.written);
+        let latency = match d.oldest_ms {
+            Some(ms) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
+                // A source clock ahead of ours is not a negative latency.
+                Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
+            }
+            None => d.since.elapsed(),
+        };
+        self.m_end_to_end.record(latency.as_secs_f64());
+    }
+
+    /// The counters of refusals and dead letters of `stage` and `class`.
+    fn by_class(&self, stage: &Arc<str>, class: RefusalClass) -> RefusalCounters {
+        let mut by_class = self.by_class.lock().unwrap_or_else(|p| p.into_inner());
+        let counters = by_class.entry((Arc::clone(stage), class)).or_insert_with(|| {
+            let labels = [
+                ("pipeline", self.pipeline.clone()),
+                ("stage", stage.to_string()),
+                ("class", class.as_str().to_string()),
+            ];
+            (
+                metrics::counter!("flowgate_refusals_total", &labels),
+                metrics::counter!("flowgate_dead_letters_total", &labels),
+            )
+        });
+        counters.clone()
+    }
+
+    /// Counts refused records by stage and class, and keeps the last one
+    /// for the status page.
+    pub fn refused(&self, rejected: &[Rejected]) {
+        for r in rejected {
+            self.by_class(&r.stage, r.class).0.increment(1);
+        }
+        if let Some(r) = rejected.last() {
+            let reason = match r.reason.char_indices().nth(REASON_CHARS) {
+                Some((cut, _)) => format!("{}…", &r.reason[..cut]),
+                None => r.reason.clone(),
+            };
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT_REFUSALS {
+                recent.pop_front();
+            }
+            recent.push_back(Refusal { at: SystemTime::now(), stage: Arc::clone(&r.stage), class: r.class, reason });
+        }
+    }
+
+    /// Counts dead letters written, by the stage and class of their refusal.
+    pub fn dead_letters(&self, classes: &[(Arc<str>, RefusalClass)]) {
+        for (stage, class) in classes {
+            self.by_class(stage, *class).1.increment(1);
+        }
+    }
+
+    /// The last refusals, oldest first.
+    pub fn recent_refusals(&self) -> Vec<Refusal> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Takes a sample of the counters for the status page's chart.
+    pub fn sample(&self) {
+        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
+        let s = self.summary();
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(Sample { at_ms, records_in: s.records_in, records_out: s.records_out });
+    }
+
+    /// The samples taken, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect()
     }
 
     pub fn read(&self, n: u64) {
@@ -51,9 +200,9 @@ impl Stats {
         self.m_in.increment(n);
     }
 
-    pub fn written(&self, n: u64, took: Duration) {
-        self.records_out.fetch_add(n, Relaxed);
-        self.m_out.increment(n);
+    /// A batch was delivered to the sink in `took`; its records count as
+    /// written once the batch is acknowledged ([`Stats::done`]).
+    pub fn delivered(&self, took: Duration) {
         self.m_write_seconds.record(took.as_secs_f64());
     }
 

@@ -67,7 +67,7 @@ impl Sink for MemSink {
         for r in std::mem::take(&mut batch.records) {
             let v = String::from_utf8(r.value.to_vec()).unwrap();
             if self.refuse_digit.is_some_and(|d| v.ends_with(d)) {
-                batch.reject(r, format!("{v} is refused"), &stage);
+                batch.reject(r, flowgate_sdk::RefusalClass::Refused, format!("{v} is refused"), &stage);
             } else {
                 self.out.lock().unwrap().push(v);
                 batch.records.push(r);
@@ -94,7 +94,7 @@ impl Transform for Shuffle {
                     batch.records.push(r.clone());
                     batch.records.push(r);
                 }
-                Some(b'7') => batch.reject(r, "sevens are bad luck", &stage),
+                Some(b'7') => batch.reject(r, flowgate_sdk::RefusalClass::Plugin, "sevens are bad luck", &stage),
                 _ => batch.records.push(r),
             }
         }
@@ -120,8 +120,12 @@ impl Sink for AsyncSink {
             for r in records {
                 let v = String::from_utf8(r.value.to_vec()).unwrap();
                 if v.ends_with('9') {
-                    let rejected =
-                        flowgate_sdk::Rejected { record: r, reason: "too late".into(), stage: "sink".into() };
+                    let rejected = flowgate_sdk::Rejected {
+                        record: r,
+                        reason: "too late".into(),
+                        class: flowgate_sdk::RefusalClass::Refused,
+                        stage: "sink".into(),
+                    };
                     late.send(LateReject { rejected, ack: ack.split() }).unwrap();
                 } else {
                     out.lock().unwrap().push(v);

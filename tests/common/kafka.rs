@@ -110,6 +110,22 @@ impl Broker {
         }
     }
 
+    /// Freezes the broker (SIGSTOP): its connections stay open and nothing
+    /// answers, as with a hung machine; [`Broker::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        let child = self.child.as_ref().expect("the broker runs");
+        // SAFETY: kill(2) on a child we own.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+
     /// Starts it again on the same port and storage.
     pub fn restart(&mut self) {
         self.stop();

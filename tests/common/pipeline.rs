@@ -84,6 +84,7 @@ pub struct Pipeline {
     dead_letter: Option<Part>,
     batch: Option<Value>,
     registry: Option<Value>,
+    health: Option<Value>,
 }
 
 impl Pipeline {
@@ -97,6 +98,7 @@ impl Pipeline {
             dead_letter: None,
             batch: None,
             registry: None,
+            health: None,
         }
     }
 
@@ -149,6 +151,12 @@ impl Pipeline {
         self
     }
 
+    /// The `health` settings, such as `json!({"max_lag_records": 100})`.
+    pub fn health(mut self, health: Value) -> Pipeline {
+        self.health = Some(health);
+        self
+    }
+
     /// The file's text.
     pub fn yaml(&self) -> String {
         let mut doc = Mapping::new();
@@ -175,6 +183,9 @@ impl Pipeline {
         }
         if let Some(registry) = &self.registry {
             doc.insert("registry".into(), yaml(registry));
+        }
+        if let Some(health) = &self.health {
+            doc.insert("health".into(), yaml(health));
         }
         serde_yaml::to_string(&Yaml::Mapping(doc)).expect("a pipeline serializes")
     }

@@ -97,6 +97,19 @@ impl RegistryClient {
         error(&self.url, &self.secrets, e)
     }
 
+    /// Counts a request to the registry by outcome: `ok`, `refused` (an
+    /// answer that waiting will not change) or `unavailable`.
+    fn counted<T>(&self, r: Result<T, SRCError>) -> Result<T, RegistryError> {
+        let r = r.map_err(|e| self.fail(e));
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) if e.retryable => "unavailable",
+            Err(_) => "refused",
+        };
+        metrics::counter!("flowgate_registry_client_requests_total", "outcome" => outcome).increment(1);
+        r
+    }
+
     fn invalid(&self, what: &str, e: SchemaError) -> RegistryError {
         RegistryError {
             url: self.url.clone(),
@@ -110,9 +123,11 @@ impl RegistryClient {
     /// The schema with this id (the writer's schema of a framed value).
     pub async fn schema(&self, id: u32) -> Result<Arc<Codec>, RegistryError> {
         if let Some(c) = self.by_id.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            cache(true);
             return Ok(Arc::clone(c));
         }
-        let s = get_schema_by_id(id, &self.settings).await.map_err(|e| self.fail(e))?;
+        cache(false);
+        let s = self.counted(get_schema_by_id(id, &self.settings).await)?;
         let codec = Arc::new(Codec::parse(&s.schema).map_err(|e| self.invalid(&format!("schema {id}"), e))?);
         self.by_id.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Arc::clone(&codec));
         Ok(codec)
@@ -120,7 +135,7 @@ impl RegistryClient {
 
     /// A subject's schema: `None` for the latest version.
     pub async fn version(&self, subject: &str, version: Option<u32>) -> Result<Registered, RegistryError> {
-        let s = get_schema_by_subject_and_version(&self.settings, subject, version).await.map_err(|e| self.fail(e))?;
+        let s = self.counted(get_schema_by_subject_and_version(&self.settings, subject, version).await)?;
         let codec = Arc::new(Codec::parse(&s.schema).map_err(|e| self.invalid(&format!("subject `{subject}`"), e))?);
         self.by_id.lock().unwrap_or_else(|p| p.into_inner()).entry(s.id).or_insert_with(|| Arc::clone(&codec));
         Ok(Registered { id: s.id, codec, text: s.schema })
@@ -131,20 +146,22 @@ impl RegistryClient {
     pub async fn id_of(&self, subject: &str, schema: &Arc<str>, register: bool) -> Result<u32, RegistryError> {
         let key = (subject.to_string(), Arc::clone(schema));
         if let Some(id) = self.ids.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            cache(true);
             return Ok(*id);
         }
+        cache(false);
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
-        let in_subject = |e: SRCError| {
-            let e = self.fail(e);
+        let in_subject = |e: RegistryError| {
             let what = if register { "registering" } else { "looking up" };
             RegistryError { message: format!("{what} the schema under subject `{subject}`: {}", e.message), ..e }
         };
         let id = if register {
-            post_schema(&self.settings, subject.to_string(), supplied).await.map_err(in_subject)?.id
+            self.counted(post_schema(&self.settings, subject.to_string(), supplied).await).map_err(in_subject)?.id
         } else {
             let body = serde_json::json!({"schema": schema.as_ref()}).to_string();
-            let found =
-                perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body)).await.map_err(in_subject)?;
+            let found = self
+                .counted(perform_sr_call(&self.settings, SrCall::PostForVersion(subject, &body)).await)
+                .map_err(in_subject)?;
             found.id.ok_or_else(|| RegistryError {
                 url: self.url.clone(),
                 message: format!("the lookup of the schema under `{subject}` gave no id"),
@@ -160,14 +177,20 @@ impl RegistryClient {
 
     /// Answers when the registry is reachable and speaks its API.
     pub async fn ping(&self) -> Result<(), RegistryError> {
-        get_all_subjects(&self.settings).await.map(drop).map_err(|e| self.fail(e))
+        self.counted(get_all_subjects(&self.settings).await).map(drop)
     }
 
     /// Whether `schema` may be registered under `subject` (its compatibility level).
     pub async fn compatible(&self, subject: &str, schema: &str) -> Result<bool, RegistryError> {
         let supplied = SuppliedSchema::new(None, SchemaType::Avro, schema.to_string());
-        is_compatible_schema(&self.settings, subject.to_string(), supplied).await.map_err(|e| self.fail(e))
+        self.counted(is_compatible_schema(&self.settings, subject.to_string(), supplied).await)
     }
+}
+
+/// Counts a look-up in the client's cache of ids and schemas.
+fn cache(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!("flowgate_registry_client_cache_total", "result" => result).increment(1);
 }
 
 /// The crate retries only connection failures, 502 and 503; a registry that

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, Bytes, ConnectorError, Record, Transform, ValueSchema, async_trait};
+use flowgate_sdk::{Batch, Bytes, ConnectorError, Record, RefusalClass, Transform, ValueSchema, async_trait};
 
 use crate::config::{AvroSinkConfig, AvroStepConfig, SchemaSource};
 use crate::registry::{RegistryClient, RegistryError};
@@ -90,7 +90,7 @@ impl Transform for AvroStep {
                     record.schema = Some(Arc::clone(schema));
                     batch.records.push(record);
                 }
-                Err(reason) => batch.reject(record, reason, &self.stage),
+                Err(reason) => batch.reject(record, RefusalClass::Schema, reason, &self.stage),
             }
         }
         Ok(())

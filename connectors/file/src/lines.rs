@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, Bytes, Metadata, Record};
+use flowgate_sdk::{Batch, Bytes, Metadata, Record, RefusalClass};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::LineFormat;
@@ -95,7 +95,7 @@ impl<R: AsyncRead + Unpin> Lines<R> {
             head.len()
         );
         let record = Record { value: Bytes::from(head), meta: meta(path, self.line, offset), ..Record::default() };
-        batch.reject(record, reason, stage);
+        batch.reject(record, RefusalClass::Malformed, reason, stage);
     }
 
     /// Moves complete lines into `batch` until it holds `max` entries. At the end of
@@ -161,7 +161,7 @@ impl<R: AsyncRead + Unpin> Lines<R> {
             if format == LineFormat::Json
                 && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line)
             {
-                batch.reject(record, format!("line {}: not JSON: {e}", self.line), stage);
+                batch.reject(record, RefusalClass::Malformed, format!("line {}: not JSON: {e}", self.line), stage);
                 continue;
             }
             batch.records.push(record);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use flowgate_avro::{Decoder, Failure, RegistryClient};
-use flowgate_sdk::{Batch, Bytes, ConnectorError, OpenContext, Transform, async_trait};
+use flowgate_sdk::{Batch, Bytes, ConnectorError, OpenContext, RefusalClass, Transform, async_trait};
 use serde::de::IgnoredAny;
 
 use crate::Format;
@@ -78,7 +78,7 @@ impl Transform for Decode {
                     batch.records.push(record);
                 }
                 Ok(None) => batch.records.push(record),
-                Err(reason) => batch.reject(record, reason, &self.stage),
+                Err(reason) => batch.reject(record, RefusalClass::Malformed, reason, &self.stage),
             }
         }
         Ok(())

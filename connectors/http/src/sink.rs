@@ -23,8 +23,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flowgate_formats::Formatting;
 use flowgate_sdk::{
-    Batch, ConnectorError, EncodeError, OpenContext, Record, RecordTemplate, Sink, ValueEncoder, async_trait,
-    error_chain, redact_url, scrub, url_secrets,
+    Batch, ConnectorError, EncodeError, OpenContext, Record, RecordTemplate, RefusalClass, Sink, ValueEncoder,
+    async_trait, error_chain, redact_url, scrub, url_secrets,
 };
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -347,7 +347,7 @@ impl Sink for HttpSink {
             let records = std::mem::take(&mut batch.records);
             for (record, reason) in records.into_iter().zip(reasons) {
                 match reason {
-                    Some(reason) => batch.reject(record, reason, &self.stage),
+                    Some(reason) => batch.reject(record, RefusalClass::Refused, reason, &self.stage),
                     None => batch.records.push(record),
                 }
             }

@@ -89,6 +89,8 @@ impl ClientLog {
 }
 
 /// Implements `ClientContext` by forwarding to a `ClientLog` field named `log`.
+/// With `statistics`, librdkafka's statistics go to the type's own
+/// `statistics` method.
 macro_rules! client_context {
     ($ty:ty) => {
         impl rdkafka::ClientContext for $ty {
@@ -98,6 +100,21 @@ macro_rules! client_context {
 
             fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
                 self.log.error(error, reason)
+            }
+        }
+    };
+    ($ty:ty, statistics) => {
+        impl rdkafka::ClientContext for $ty {
+            fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+                self.log.log(level, fac, message)
+            }
+
+            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+                self.log.error(error, reason)
+            }
+
+            fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+                self.statistics(statistics)
             }
         }
     };

@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_context};
 use crate::config::Start;
+use crate::observe::SourceObserver;
 use crate::position::PartitionOffset;
 
 /// How long a revocation waits for the exactly-once sink to commit the batches in
@@ -78,6 +79,7 @@ impl GroupState {
 
 pub struct ConsumerCtx {
     pub(crate) log: ClientLog,
+    pub(crate) observe: Arc<SourceObserver>,
     pub(crate) group: Arc<GroupState>,
     pub(crate) start: Start,
     pub(crate) exactly_once: bool,
@@ -88,9 +90,16 @@ pub struct ConsumerCtx {
     pub(crate) resume: Mutex<HashMap<(String, i32), i64>>,
 }
 
-client_context!(ConsumerCtx);
+client_context!(ConsumerCtx, statistics);
 
 impl ConsumerCtx {
+    fn statistics(&self, s: rdkafka::statistics::Statistics) {
+        let held = |topic: &str, partition: i32| {
+            lock(&self.group.assigned).partitions.contains_key(&(Arc::<str>::from(topic), partition))
+        };
+        self.observe.statistics(&s, &held);
+    }
+
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         if let Start::Timestamp(ms) = self.start {
             self.start_at_time(consumer, tpl, ms);
@@ -122,7 +131,9 @@ impl ConsumerCtx {
         for e in tpl.elements() {
             a.partitions.insert((e.topic().into(), e.partition()), generation);
         }
+        let held = a.partitions.len();
         drop(a);
+        self.observe.rebalanced(held, &[]);
         self.group.rebalances.fetch_add(1, Ordering::AcqRel);
         let names: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
         tracing::info!(client = &*self.log.name, partitions = %names.join(", "), "partitions assigned");
@@ -132,12 +143,16 @@ impl ConsumerCtx {
         if self.exactly_once {
             blocking(|| self.group.wait_for_commits(&self.log.name));
         }
-        {
+        let revoked: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let held = {
             let mut a = lock(&self.group.assigned);
-            for e in tpl.elements() {
-                a.partitions.remove(&(Arc::<str>::from(e.topic()), e.partition()));
+            for (topic, partition) in &revoked {
+                a.partitions.remove(&(Arc::<str>::from(topic.as_str()), *partition));
             }
-        }
+            a.partitions.len()
+        };
+        self.observe.rebalanced(held, &revoked);
         self.group.rebalances.fetch_add(1, Ordering::AcqRel);
         // With auto-commit on, librdkafka commits the stored offsets of the removed
         // partitions as part of the unassign.
@@ -149,7 +164,8 @@ impl ConsumerCtx {
         if let Err(e) = result {
             tracing::error!(client = &*self.log.name, error = %e, "unassigning partitions failed");
         }
-        tracing::info!(client = &*self.log.name, count = tpl.count(), "partitions revoked");
+        let names: Vec<String> = revoked.iter().map(|(t, p)| format!("{t}[{p}]")).collect();
+        tracing::info!(client = &*self.log.name, partitions = %names.join(", "), held, "partitions revoked");
     }
 
     /// Partitions the group has no offset for start at the first record at or after
@@ -202,7 +218,8 @@ impl ConsumerContext for ConsumerCtx {
 
     fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
         match result {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Ok(()) => self.observe.committed(),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(client = &*self.log.name, error = %e, "committing offsets failed; will retry"),
         }
     }

@@ -11,6 +11,7 @@ pub mod config;
 mod connector;
 mod error;
 mod group;
+mod observe;
 mod pairing;
 mod position;
 mod sink;

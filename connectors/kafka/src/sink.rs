@@ -13,22 +13,24 @@
 //! `commit` adds the offsets and commits.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flowgate_sdk::{
     Ack, Batch, Bytes, ConnectorError, DeliveryMode, EncodeError, LateReject, LateRejects, Metadata, OpenContext,
-    Record, RecordTemplate, Rejected, Sink, ValueEncoder, async_trait,
+    Record, RecordTemplate, RefusalClass, Rejected, Sink, ValueEncoder, async_trait,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KHeader, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
 use crate::config::{Delivery, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
 use crate::group::KafkaConsumer;
+use crate::observe::{STATISTICS_INTERVAL, SinkObserver};
 use crate::pairing::ExactlyOncePairing;
 use flowgate_formats::Formatting;
 
@@ -49,6 +51,8 @@ pub struct Pending {
     /// Where a synchronous write collects failures instead of the late channel,
     /// with the record's index in its batch.
     failures: Option<(Arc<Mutex<Vec<Failure>>>, usize)>,
+    /// When it was sent, for the one record in many whose delivery is timed.
+    sent: Option<Instant>,
 }
 
 struct Failure {
@@ -59,6 +63,7 @@ struct Failure {
 
 pub struct ProducerCtx {
     log: ClientLog,
+    observe: Arc<SinkObserver>,
     stage: Arc<str>,
     late: Option<LateRejects>,
     /// Records whose delivery timed out (a finite `message.timeout.ms`), with their
@@ -66,7 +71,13 @@ pub struct ProducerCtx {
     retry: Mutex<Vec<(Record, String, Pending)>>,
 }
 
-client_context!(ProducerCtx);
+client_context!(ProducerCtx, statistics);
+
+impl ProducerCtx {
+    fn statistics(&self, s: Statistics) {
+        self.observe.statistics(&s);
+    }
+}
 
 impl ProducerContext for ProducerCtx {
     type DeliveryOpaque = Box<Pending>;
@@ -74,6 +85,9 @@ impl ProducerContext for ProducerCtx {
     fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Pending>) {
         let (e, m) = match result {
             Ok(_) => {
+                if let Some(sent) = d.sent {
+                    self.observe.delivered(sent);
+                }
                 if let Some(ack) = d.ack {
                     ack.ack();
                 }
@@ -90,7 +104,7 @@ impl ProducerContext for ProducerCtx {
         // comes back is final, except a timeout the user configured.
         let transient = code == Some(RDKafkaErrorCode::MessageTimedOut);
         let reason = format!("Kafka refused the record for topic `{}`: {e}", m.topic());
-        let Pending { ack, meta, failures } = *d;
+        let Pending { ack, meta, failures, .. } = *d;
         if let Some((f, index)) = failures {
             f.lock().unwrap_or_else(|p| p.into_inner()).push(Failure { index, reason, transient });
             return;
@@ -98,12 +112,12 @@ impl ProducerContext for ProducerCtx {
         let record = record_of(m, meta);
         if transient {
             tracing::warn!(client = &*self.log.name, error = %e, "delivery failed; sending the record again");
-            let d = Pending { ack, meta: record.meta.clone(), failures: None };
+            let d = Pending { ack, meta: record.meta.clone(), failures: None, sent: self.observe.send_time() };
             self.retry.lock().unwrap_or_else(|p| p.into_inner()).push((record, m.topic().to_string(), d));
             return;
         }
         let (Some(ack), Some(late)) = (ack, &self.late) else { return };
-        let rejected = Rejected { record, reason, stage: Arc::clone(&self.stage) };
+        let rejected = Rejected { record, reason, class: RefusalClass::Refused, stage: Arc::clone(&self.stage) };
         // The engine is gone only when the pipeline is stopping; the dropped share
         // then keeps the position before this record.
         let _ = late.send(LateReject { rejected, ack });
@@ -123,6 +137,8 @@ struct Transactions {
     commit_pending: Option<u64>,
     /// A batch whose resumed commit went through: nothing left to write.
     committed: Option<u64>,
+    /// When the open transaction began.
+    began: Option<Instant>,
 }
 
 /// How often a transactional call is repeated while librdkafka says it may be.
@@ -180,6 +196,7 @@ pub(crate) fn producer_config(config: &KafkaSinkConfig, pipeline: &str) -> rdkaf
         ("queue.buffering.max.messages", "100000".to_string()),
         ("queue.buffering.max.kbytes", "65536".to_string()),
         ("batch.num.messages", "10000".to_string()),
+        ("statistics.interval.ms", STATISTICS_INTERVAL.to_string()),
     ];
     if config.delivery == Delivery::ExactlyOnce {
         let id = config.transactional_id.clone().unwrap_or_else(|| format!("flowgate-{pipeline}"));
@@ -203,6 +220,7 @@ impl KafkaSink {
         let stage: Arc<str> = "sink".into();
         let context = ProducerCtx {
             log: ClientLog::new(format!("{pipeline}:sink").into()),
+            observe: Arc::new(SinkObserver::new(pipeline)),
             stage: Arc::clone(&stage),
             late: ctx.late.clone(),
             retry: Mutex::new(Vec::new()),
@@ -220,6 +238,7 @@ impl KafkaSink {
                     open: false,
                     commit_pending: None,
                     committed: None,
+                    began: None,
                 })
             }
         };
@@ -310,6 +329,7 @@ impl KafkaSink {
         if !txn.open {
             p.begin_transaction().map_err(|e| txn_error("cannot begin a transaction", e))?;
             txn.open = true;
+            txn.began = Some(Instant::now());
         }
         Ok(())
     }
@@ -326,6 +346,7 @@ impl KafkaSink {
             .map_err(|e| txn_error("cannot abort the transaction", e))?;
         txn.open = false;
         txn.commit_pending = None;
+        p.context().observe.transaction(false, txn.began.take().map(|b| b.elapsed()));
         Ok(())
     }
 
@@ -337,6 +358,7 @@ impl KafkaSink {
             Ok(()) => {
                 let txn = self.txn.as_mut().expect("exactly-once only");
                 (txn.open, txn.commit_pending, txn.committed) = (false, None, Some(seq));
+                p.context().observe.transaction(true, txn.began.take().map(|b| b.elapsed()));
                 Ok(true)
             }
             Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
@@ -363,7 +385,12 @@ impl KafkaSink {
                 None => match self.topic.render(&record, &mut parsed) {
                     Ok(t) => std::borrow::Cow::Owned(t),
                     Err(e) => {
-                        batch.reject(record, format!("cannot fill topic `{}`: {e}", self.topic), &self.stage);
+                        batch.reject(
+                            record,
+                            RefusalClass::Template,
+                            format!("cannot fill topic `{}`: {e}", self.topic),
+                            &self.stage,
+                        );
                         continue;
                     }
                 },
@@ -373,7 +400,12 @@ impl KafkaSink {
                 Some(t) => match t.render(&record, &mut parsed) {
                     Ok(k) => Some(Bytes::from(k)),
                     Err(e) => {
-                        batch.reject(record, format!("cannot fill key `{t}`: {e}"), &self.stage);
+                        batch.reject(
+                            record,
+                            RefusalClass::Template,
+                            format!("cannot fill key `{t}`: {e}"),
+                            &self.stage,
+                        );
                         continue;
                     }
                 },
@@ -383,7 +415,7 @@ impl KafkaSink {
                 Some(encoder) => match encoder.encode(&record, &topic).await {
                     Ok(p) => p,
                     Err(EncodeError::Record(reason)) => {
-                        batch.reject(record, reason, &self.stage);
+                        batch.reject(record, RefusalClass::Schema, reason, &self.stage);
                         continue;
                     }
                     Err(e) => {
@@ -414,7 +446,12 @@ impl KafkaSink {
                 batch.records.extend(records);
                 return Err(KafkaConnectorError::client(format!("cannot produce to `{topic}`"), e).into());
             }
-            batch.reject(record, format!("Kafka refused the record for topic `{topic}`: {e}"), &self.stage);
+            batch.reject(
+                record,
+                RefusalClass::Refused,
+                format!("Kafka refused the record for topic `{topic}`: {e}"),
+                &self.stage,
+            );
         }
         Ok(())
     }
@@ -424,8 +461,14 @@ impl KafkaSink {
     async fn write_and_wait(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let failures: Arc<Mutex<Vec<Failure>>> = Arc::default();
         let f = Arc::clone(&failures);
+        let observe = Arc::clone(&self.producer.context().observe);
         let sent = self
-            .send_batch(batch, |r, i| Pending { ack: None, meta: r.meta.clone(), failures: Some((Arc::clone(&f), i)) })
+            .send_batch(batch, |r, i| Pending {
+                ack: None,
+                meta: r.meta.clone(),
+                failures: Some((Arc::clone(&f), i)),
+                sent: observe.send_time(),
+            })
             .await;
         let p = &self.producer;
         let flushed = blocking(|| p.flush(TXN_TIMEOUT));
@@ -445,7 +488,7 @@ impl KafkaSink {
         for f in failures.into_iter().filter(|f| !f.transient) {
             if f.index < batch.records.len() {
                 let r = batch.records.remove(f.index);
-                batch.reject(r, f.reason, &self.stage);
+                batch.reject(r, RefusalClass::Refused, f.reason, &self.stage);
             }
         }
         if transient || self.txn.is_some() {
@@ -496,8 +539,14 @@ impl Sink for KafkaSink {
         match async_ack {
             // The engine releases its own share after the refused records are handled.
             Some(ack) => {
+                let observe = Arc::clone(&self.producer.context().observe);
                 let result = self
-                    .send_batch(batch, |r, _| Pending { ack: Some(ack.split()), meta: r.meta.clone(), failures: None })
+                    .send_batch(batch, |r, _| Pending {
+                        ack: Some(ack.split()),
+                        meta: r.meta.clone(),
+                        failures: None,
+                        sent: observe.send_time(),
+                    })
                     .await;
                 ack.ack();
                 result
@@ -543,7 +592,11 @@ impl Sink for KafkaSink {
                 }
             }
             match txn_call("committing the transaction", || p.commit_transaction(TXN_TIMEOUT)) {
-                Ok(()) => self.txn.as_mut().expect("exactly-once").open = false,
+                Ok(()) => {
+                    let txn = self.txn.as_mut().expect("exactly-once");
+                    txn.open = false;
+                    p.context().observe.transaction(true, txn.began.take().map(|b| b.elapsed()));
+                }
                 Err(KafkaError::Transaction(t)) if t.txn_requires_abort() => {
                     self.abort()?;
                     return Err(txn_error("the transaction was aborted", KafkaError::Transaction(t)));

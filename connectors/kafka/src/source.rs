@@ -80,6 +80,7 @@ pub(crate) fn consumer_config(config: &KafkaSourceConfig, exactly_once: bool) ->
         // within that and then sat idle: with the default, Kafka -> Wasm -> Kafka
         // ran at 141k records/s, with 10 ms at 408k (docs/benchmarks.md).
         ("fetch.queue.backoff.ms", "10".to_string()),
+        ("statistics.interval.ms", crate::observe::STATISTICS_INTERVAL.to_string()),
     ];
     client_config(&config.brokers.bootstrap(), &defaults, &config.properties)
 }
@@ -96,6 +97,7 @@ impl KafkaSource {
         let group = Arc::new(GroupState::default());
         let context = ConsumerCtx {
             log: ClientLog::new(format!("{}:source", ctx.pipeline).into()),
+            observe: Arc::new(crate::observe::SourceObserver::new(&ctx.pipeline)),
             group: Arc::clone(&group),
             start: config.start.clone(),
             exactly_once,
@@ -367,7 +369,10 @@ impl Source for KafkaSource {
         let stored = match tpl.count() {
             0 => Ok(()),
             _ => match self.consumer.store_offsets(&tpl) {
-                Ok(()) => Ok(()),
+                Ok(()) => {
+                    self.consumer.context().observe.stored();
+                    Ok(())
+                }
                 // Revoked between the check and the store: the next owner reads them again.
                 Err(KafkaError::StoreOffset(RDKafkaErrorCode::State)) => Ok(()),
                 Err(e) => Err(KafkaConnectorError::client("cannot store offsets", e).into()),

@@ -7,8 +7,9 @@
 //! [`Watermark`].
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -27,10 +28,35 @@ struct Inner {
     failed: Option<u64>,
 }
 
-#[derive(Debug, Default)]
+/// What the tracker tells its observer when a batch is done.
+#[derive(Clone, Copy, Debug)]
+pub struct Done {
+    /// Records the source read into the batch.
+    pub read: u64,
+    /// Records written by the sink, as counted on the batch's handles.
+    pub written: u64,
+    /// When the batch was handed out.
+    pub since: Instant,
+    /// The source timestamp (ms since the epoch) of its oldest record, if
+    /// its records have one.
+    pub oldest_ms: Option<i64>,
+}
+
+type Observer = Box<dyn Fn(&Done) + Send + Sync>;
+
+#[derive(Default)]
 pub struct AckTracker {
     inner: Mutex<Inner>,
     changed: Notify,
+    /// Records handed out and not yet done.
+    records_in_flight: AtomicU64,
+    observer: OnceLock<Observer>,
+}
+
+impl std::fmt::Debug for AckTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AckTracker").field("inner", &self.inner).finish_non_exhaustive()
+    }
 }
 
 impl AckTracker {
@@ -51,13 +77,40 @@ impl AckTracker {
 
     /// Opens the next batch and returns its handle.
     pub fn begin(self: &Arc<Self>) -> Ack {
+        self.begin_batch(0, None)
+    }
+
+    /// Opens the next batch, of `read` records whose oldest has the source
+    /// timestamp `oldest_ms`, and returns its handle.
+    pub fn begin_batch(self: &Arc<Self>, read: u64, oldest_ms: Option<i64>) -> Ack {
         let seq = {
             let mut inner = self.lock();
             let seq = inner.next_seq;
             inner.next_seq += 1;
             seq
         };
-        Ack { shared: Some(Arc::new(Shared { seq, pending: AtomicUsize::new(1), tracker: Arc::clone(self) })) }
+        self.records_in_flight.fetch_add(read, Ordering::Relaxed);
+        let shared = Shared {
+            seq,
+            pending: AtomicUsize::new(1),
+            tracker: Arc::clone(self),
+            read,
+            written: AtomicI64::new(0),
+            since: Instant::now(),
+            oldest_ms,
+        };
+        Ack { shared: Some(Arc::new(shared)) }
+    }
+
+    /// Calls `observer` as each batch is done (at most one observer).
+    pub fn observe(&self, observer: impl Fn(&Done) + Send + Sync + 'static) {
+        // A second observer is a programming error; the first one stays.
+        let _ = self.observer.set(Box::new(observer));
+    }
+
+    /// Records of the batches handed out and not yet done.
+    pub fn records_in_flight(&self) -> u64 {
+        self.records_in_flight.load(Ordering::Relaxed)
     }
 
     pub fn watermark(&self) -> Watermark {
@@ -89,7 +142,9 @@ impl AckTracker {
         }
     }
 
-    fn complete(&self, seq: u64) {
+    fn complete(&self, shared: &Shared) {
+        let seq = shared.seq;
+        self.records_in_flight.fetch_sub(shared.read, Ordering::Relaxed);
         {
             let mut inner = self.lock();
             if seq == inner.low {
@@ -101,6 +156,15 @@ impl AckTracker {
             } else {
                 inner.done.insert(seq);
             }
+        }
+        // After the watermark moved, so that the observer sees it moved.
+        if let Some(observe) = self.observer.get() {
+            observe(&Done {
+                read: shared.read,
+                written: shared.written.load(Ordering::Relaxed).max(0) as u64,
+                since: shared.since,
+                oldest_ms: shared.oldest_ms,
+            });
         }
         self.changed.notify_waiters();
     }
@@ -119,6 +183,12 @@ struct Shared {
     seq: u64,
     pending: AtomicUsize,
     tracker: Arc<AckTracker>,
+    read: u64,
+    /// Records written, counted by whoever writes them (less those refused
+    /// after all): the batch's records count as written only once it is done.
+    written: AtomicI64,
+    since: Instant,
+    oldest_ms: Option<i64>,
 }
 
 /// The acknowledgement handle of one batch.
@@ -147,12 +217,20 @@ impl Ack {
         Ack { shared: self.shared.clone() }
     }
 
+    /// Counts `n` records of the batch as written (negative: refused after
+    /// all); they count once the whole batch is done.
+    pub fn count_written(&self, n: i64) {
+        if let Some(s) = &self.shared {
+            s.written.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Marks this handle's share of the batch durably handled.
     pub fn ack(mut self) {
         if let Some(s) = self.shared.take()
             && s.pending.fetch_sub(1, Ordering::AcqRel) == 1
         {
-            s.tracker.complete(s.seq);
+            s.tracker.complete(&s);
         }
     }
 }
@@ -227,5 +305,24 @@ mod tests {
         assert!(!waiter.is_finished());
         a.ack();
         waiter.await.unwrap();
+    }
+
+    #[test]
+    fn written_records_count_once_every_share_of_the_batch_is_done() {
+        let t = AckTracker::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        t.observe(move |d| log.lock().unwrap().push((d.read, d.written, d.oldest_ms)));
+        let a = t.begin_batch(10, Some(42));
+        assert_eq!(t.records_in_flight(), 10);
+        a.count_written(10);
+        let late = a.split();
+        a.ack();
+        assert!(seen.lock().unwrap().is_empty(), "a share is still out");
+        // One record of the share is refused after all.
+        late.count_written(-1);
+        late.ack();
+        assert_eq!(*seen.lock().unwrap(), vec![(10, 9, Some(42))]);
+        assert_eq!(t.records_in_flight(), 0);
     }
 }

@@ -8,8 +8,44 @@ use crate::{Ack, Record};
 pub struct Rejected {
     pub record: Record,
     pub reason: String,
+    /// What kind of problem it is, for metrics and alerts.
+    pub class: RefusalClass,
     /// Which stage refused it: `source`, `transform[0]:wasm`, `sink`, ...
     pub stage: Arc<str>,
+}
+
+/// What kind of problem made a stage refuse a record: a label with a few
+/// values for metrics and alerts, where the reason is free text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefusalClass {
+    /// It cannot be read as its format says: not JSON, not Avro, bad text.
+    Malformed,
+    /// It does not fit its schema.
+    Schema,
+    /// A plugin refused it (its `fail` outcome).
+    Plugin,
+    /// A plugin faulted on it: trapped, ran past its deadline or memory,
+    /// answered malformed.
+    PluginFault,
+    /// A destination template (topic, key, table) cannot be filled from it.
+    Template,
+    /// The service refused it: a database constraint, the broker (too
+    /// large), an HTTP 4xx.
+    Refused,
+}
+
+impl RefusalClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalClass::Malformed => "malformed",
+            RefusalClass::Schema => "schema",
+            RefusalClass::Plugin => "plugin",
+            RefusalClass::PluginFault => "plugin_fault",
+            RefusalClass::Template => "template",
+            RefusalClass::Refused => "refused",
+        }
+    }
 }
 
 /// Records moving through the pipeline together, with their acknowledgement handle.
@@ -166,7 +202,7 @@ impl Batch {
         self.records.is_empty() && self.rejected.is_empty()
     }
 
-    pub fn reject(&mut self, record: Record, reason: impl Into<String>, stage: &Arc<str>) {
-        self.rejected.push(Rejected { record, reason: reason.into(), stage: Arc::clone(stage) });
+    pub fn reject(&mut self, record: Record, class: RefusalClass, reason: impl Into<String>, stage: &Arc<str>) {
+        self.rejected.push(Rejected { record, reason: reason.into(), class, stage: Arc::clone(stage) });
     }
 }

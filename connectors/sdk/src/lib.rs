@@ -19,8 +19,8 @@ mod state;
 mod template;
 mod traits;
 
-pub use ack::{Ack, AckTracker, Watermark};
-pub use batch::{Batch, LateReject, LateRejects, PendingPositions, Position, Rejected};
+pub use ack::{Ack, AckTracker, Done, Watermark};
+pub use batch::{Batch, LateReject, LateRejects, PendingPositions, Position, RefusalClass, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use connector::{
     AsAny, Configured, Entry, OpenContext, PipelineView, Problem, Registry, Resources, Role, SinkConnector,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, Record, Transform, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, Record, RefusalClass, Transform, async_trait};
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{v1, v2};
@@ -40,7 +40,58 @@ impl Bindings {
     }
 }
 
+/// What a plugin does, as metrics (labels `pipeline`, `plugin`).
+struct PluginMetrics {
+    calls: metrics::Counter,
+    records: metrics::Counter,
+    seconds: metrics::Histogram,
+    instances: metrics::Counter,
+    bisections: metrics::Counter,
+    trap: metrics::Counter,
+    timeout: metrics::Counter,
+    memory: metrics::Counter,
+    malformed: metrics::Counter,
+}
+
+impl PluginMetrics {
+    fn new(pipeline: &str, plugin: &str) -> Self {
+        let labels = [("pipeline", pipeline.to_string()), ("plugin", plugin.to_string())];
+        // Every kind of failure is there from the start at 0, so that the
+        // first one shows as an increase.
+        let failures = |kind: &'static str| {
+            let mut l = labels.to_vec();
+            l.push(("kind", kind.to_string()));
+            metrics::counter!("flowgate_plugin_failures_total", &l)
+        };
+        let m = PluginMetrics {
+            calls: metrics::counter!("flowgate_plugin_calls_total", &labels),
+            records: metrics::counter!("flowgate_plugin_records_total", &labels),
+            seconds: metrics::histogram!("flowgate_plugin_seconds", &labels),
+            instances: metrics::counter!("flowgate_plugin_instances_total", &labels),
+            bisections: metrics::counter!("flowgate_plugin_bisections_total", &labels),
+            trap: failures("trap"),
+            timeout: failures("timeout"),
+            memory: failures("memory"),
+            malformed: failures("malformed"),
+        };
+        for c in [&m.trap, &m.timeout, &m.memory, &m.malformed, &m.bisections] {
+            c.increment(0);
+        }
+        m
+    }
+}
+
+/// Why a call of the plugin failed.
+#[derive(Clone, Copy)]
+enum Failure {
+    Trap,
+    Timeout,
+    Memory,
+    Malformed,
+}
+
 pub struct WasmTransform {
+    metrics: PluginMetrics,
     plugin: Arc<LoadedPlugin>,
     config: WasmConfig,
     config_json: String,
@@ -66,6 +117,7 @@ impl WasmTransform {
         let deadline_ticks =
             (config.timeout.0.as_nanos() / EPOCH_TICK.as_nanos()).clamp(1, u64::MAX as u128 / 2) as u64;
         let mut t = WasmTransform {
+            metrics: PluginMetrics::new(pipeline, &plugin_name(&config)),
             plugin,
             // The contract promises a JSON object: `{}` when the pipeline gives none.
             config_json: if config.config.is_null() { "{}".into() } else { config.config.to_string() },
@@ -81,6 +133,7 @@ impl WasmTransform {
     }
 
     fn instantiate(&self) -> Result<Live, WasmError> {
+        self.metrics.instances.increment(1);
         let start_err = |message: String| WasmError::Start { plugin: self.info.name.to_string(), message };
         let state = HostState::new(Arc::clone(&self.info), self.config.max_memory.0 as usize, &self.config.env);
         let mut store = Store::new(self.plugin.pre.engine(), state);
@@ -104,13 +157,18 @@ impl WasmTransform {
 
     /// Why a call failed, in words.
     fn describe(&self, e: &wasmtime::Error, store: &Store<HostState>) -> String {
+        self.classify(e, store).1
+    }
+
+    /// Why a call failed: its kind, and in words.
+    fn classify(&self, e: &wasmtime::Error, store: &Store<HostState>) -> (Failure, String) {
         if store.data().limiter.refused {
-            return format!("it exceeded its memory limit of {}", self.config.max_memory);
+            return (Failure::Memory, format!("it exceeded its memory limit of {}", self.config.max_memory));
         }
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => format!("it ran past its timeout of {}", self.config.timeout),
-            Some(trap) => format!("it trapped: {trap}"),
-            None => format!("{e:#}"),
+            Some(Trap::Interrupt) => (Failure::Timeout, format!("it ran past its timeout of {}", self.config.timeout)),
+            Some(trap) => (Failure::Trap, format!("it trapped: {trap}")),
+            None => (Failure::Trap, format!("{e:#}")),
         }
     }
 
@@ -123,12 +181,26 @@ impl WasmTransform {
         let contract = self.plugin.contract;
         encode_batch(contract, records, &mut self.packed);
         live.store.set_epoch_deadline(self.deadline_ticks);
+        let started = std::time::Instant::now();
         let result = live.bindings.process(&mut live.store, &self.packed);
+        self.metrics.seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.calls.increment(1);
+        self.metrics.records.increment(records.len() as u64);
         let outcome = match result {
             Ok(output) => decode_outcomes(contract, output, records, max_emitted(&self.config, records.len()))
-                .map_err(|e| format!("it returned a malformed batch: {e}")),
-            Err(e) => Err(self.describe(&e, &self.live.as_ref().expect("live").store)),
+                .map_err(|e| (Failure::Malformed, format!("it returned a malformed batch: {e}"))),
+            Err(e) => Err(self.classify(&e, &self.live.as_ref().expect("live").store)),
         };
+        let outcome = outcome.map_err(|(kind, reason)| {
+            match kind {
+                Failure::Trap => &self.metrics.trap,
+                Failure::Timeout => &self.metrics.timeout,
+                Failure::Memory => &self.metrics.memory,
+                Failure::Malformed => &self.metrics.malformed,
+            }
+            .increment(1);
+            reason
+        });
         match &outcome {
             // A trapped instance cannot be entered again; a merely confused one is
             // not trusted either.
@@ -151,6 +223,7 @@ impl WasmTransform {
                 out.push(Err(reason));
             }
             Err(reason) => {
+                self.metrics.bisections.increment(1);
                 tracing::debug!(plugin = %self.info.name, %reason, records = records.len(), "batch failed; splitting it");
                 let (left, right) = records.split_at(records.len() / 2);
                 self.run(left, out)?;
@@ -169,11 +242,11 @@ impl WasmTransform {
             match result {
                 Ok(Outcome::Keep) => batch.records.push(record),
                 Ok(Outcome::Emit(emitted)) => batch.records.extend(emitted),
-                Ok(Outcome::Fail(reason)) => batch.reject(record, reason, &self.stage),
+                Ok(Outcome::Fail(reason)) => batch.reject(record, RefusalClass::Plugin, reason, &self.stage),
                 Ok(Outcome::Value(value)) => batch.records.push(Record { value, ..record }),
                 Err(reason) => {
                     let reason = format!("plugin {} failed on this record: {reason}", self.info.name);
-                    batch.reject(record, reason, &self.stage);
+                    batch.reject(record, RefusalClass::PluginFault, reason, &self.stage);
                 }
             }
         }

@@ -567,6 +567,8 @@ impl Source for PostgresCdcSource {
             Phase::Streaming(mut stream) => {
                 // The final status update: the confirmed position, as of the last commit.
                 stream.stop().await.map_err(|e| PgCdcError::replication("closing the replication stream", e))?;
+                tracing::info!(slot = %self.slot, confirmed = %pg_walstream::Lsn::new(self.confirmed),
+                    "replication stream closed; the slot keeps this position");
             }
             Phase::Finished
                 if self.config.snapshot == SnapshotMode::InitialOnly && self.snapshot == SnapshotProgress::Idle =>

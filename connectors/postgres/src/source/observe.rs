@@ -39,6 +39,7 @@ impl LagSampler {
                     .await;
                     match sampled {
                         Ok(Some((Some(bytes), Some(at)))) => {
+                            flowgate_sdk::health::lag_bytes(&pipeline, bytes.max(0) as u64);
                             lag.set(bytes as f64);
                             confirmed.set(at as f64);
                         }
@@ -73,8 +74,9 @@ pub(super) fn reconnected(pipeline: &str) {
 /// How far behind the source the last change read is: now minus its
 /// commit's time, `flowgate_postgres_behind_seconds`.
 pub(super) fn behind(pipeline: &str, commit_ms: i64, now_ms: i64) {
-    metrics::gauge!("flowgate_postgres_behind_seconds", "pipeline" => pipeline.to_string())
-        .set((now_ms - commit_ms).max(0) as f64 / 1000.0);
+    let seconds = (now_ms - commit_ms).max(0) as f64 / 1000.0;
+    metrics::gauge!("flowgate_postgres_behind_seconds", "pipeline" => pipeline.to_string()).set(seconds);
+    flowgate_sdk::health::lag_seconds(pipeline, seconds);
 }
 
 /// Rows of a table's snapshot emitted: `flowgate_postgres_snapshot_rows_total`.

@@ -137,6 +137,7 @@ impl SqlSink {
             Ok(()) => {}
             Err(e) if is_row_error(&e) => {
                 tracing::debug!(table, error = %e, "a row was refused; applying the batch row by row");
+                self.metrics.row_isolations.increment(1);
                 self.raw("ROLLBACK TO SAVEPOINT flowgate_batch", table).await?;
                 if let Some(i) = truncate
                     && let Err(e) = self.apply_grouped(&info, Some(i), &[], key).await

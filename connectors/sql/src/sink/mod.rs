@@ -21,7 +21,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, Position, Sink, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, Position, RefusalClass, Sink, async_trait};
 use sqlx::AnyConnection;
 use sqlx::{AssertSqlSafe, Connection};
 
@@ -60,6 +60,34 @@ pub struct SqlSink {
     /// The tables a templated `table` may name; `None` when it is fixed.
     filter: Option<TableFilter>,
     stage: Arc<str>,
+    metrics: SqlMetrics,
+    /// When the open transaction began.
+    began: Option<std::time::Instant>,
+}
+
+/// What the sink does, as metrics (label `pipeline`; rows also by `mode`).
+struct SqlMetrics {
+    rows: metrics::Counter,
+    transaction_seconds: metrics::Histogram,
+    row_isolations: metrics::Counter,
+}
+
+impl SqlMetrics {
+    fn new(pipeline: &str, mode: crate::config::Mode) -> Self {
+        let mode = match mode {
+            crate::config::Mode::Insert => "insert",
+            crate::config::Mode::Upsert => "upsert",
+            crate::config::Mode::Cdc => "cdc",
+        };
+        let p = pipeline.to_string();
+        let m = SqlMetrics {
+            rows: metrics::counter!("flowgate_sql_rows_total", "pipeline" => p.clone(), "mode" => mode),
+            transaction_seconds: metrics::histogram!("flowgate_sql_transaction_seconds", "pipeline" => p.clone()),
+            row_isolations: metrics::counter!("flowgate_sql_row_isolations_total", "pipeline" => p),
+        };
+        m.row_isolations.increment(0);
+        m
+    }
 }
 
 fn any_url(url: &str) -> String {
@@ -105,6 +133,8 @@ impl SqlSink {
             tables: HashMap::new(),
             keys: HashMap::new(),
             stage: "sink".into(),
+            metrics: SqlMetrics::new(pipeline, config.mode),
+            began: None,
             config,
         };
         // Fail at start-up, not at the first record, when the database cannot be reached.
@@ -150,6 +180,7 @@ impl SqlSink {
     fn lost(&mut self) {
         self.conn = None;
         self.in_transaction = false;
+        self.began = None;
     }
 
     async fn raw(&mut self, sql: &str, table: &str) -> Result<(), SqlError> {
@@ -170,12 +201,16 @@ impl SqlSink {
             if !self.in_transaction {
                 self.raw("BEGIN", "").await?;
                 self.in_transaction = true;
+                self.began = Some(std::time::Instant::now());
             }
             if let Some(position) = position {
                 self.save_position(position).await?;
             }
             self.raw("COMMIT", "").await?;
             self.in_transaction = false;
+            if let Some(began) = self.began.take() {
+                self.metrics.transaction_seconds.record(began.elapsed().as_secs_f64());
+            }
             Ok(())
         }
         .await;
@@ -263,6 +298,7 @@ impl Sink for SqlSink {
             if !self.in_transaction {
                 self.raw("BEGIN", "").await?;
                 self.in_transaction = true;
+                self.began = Some(std::time::Instant::now());
             }
             for (table, ops, key) in work {
                 refused.extend(self.apply(&table, ops.ops, &key).await?);
@@ -281,7 +317,7 @@ impl Sink for SqlSink {
             let records = std::mem::take(&mut batch.records);
             for (i, record) in records.into_iter().enumerate() {
                 match reasons.next_if(|(r, _)| *r == i) {
-                    Some((_, reason)) => batch.reject(record, reason, &self.stage),
+                    Some((_, reason)) => batch.reject(record, RefusalClass::Refused, reason, &self.stage),
                     None => batch.records.push(record),
                 }
             }
@@ -291,7 +327,9 @@ impl Sink for SqlSink {
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let position = batch.position.clone();
-        self.finish(position.as_ref()).await
+        self.finish(position.as_ref()).await?;
+        self.metrics.rows.increment(batch.records.len() as u64);
+        Ok(())
     }
 
     async fn stored_position(&mut self) -> Result<Option<Position>, ConnectorError> {
