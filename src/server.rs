@@ -226,14 +226,16 @@ impl Health {
             let mut tick = 0u64;
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                health.states();
-                tick += 1;
-                if tick.is_multiple_of(SAMPLE_EVERY.as_millis() as u64 / 250) {
-                    let pipelines = health.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    for stats in pipelines.values().filter_map(|p| p.stats.as_ref()) {
+                let pipelines = health.pipelines.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let sample = tick.is_multiple_of(SAMPLE_EVERY.as_millis() as u64 / 250);
+                for stats in pipelines.values().filter_map(|p| p.stats.as_ref()) {
+                    stats.publish();
+                    if sample {
                         stats.sample();
                     }
                 }
+                health.states();
+                tick += 1;
             }
         });
     }
@@ -329,7 +331,8 @@ pub fn status_line(pipeline: &str) -> String {
     if let Some(b) = lag.bytes {
         parts.push(format!("{}B", compact(b as f64)));
     }
-    if let Some(s) = lag.seconds {
+    // Every pipeline measures it; shown once something waits.
+    if let Some(s) = lag.seconds.filter(|s| *s >= 0.001 || !parts.is_empty()) {
         parts.push(if s < 1.0 { format!("{:.0} ms", s * 1000.0) } else { format!("{s:.1} s") });
     }
     let mut line = if parts.is_empty() { String::new() } else { format!(" · lag {}", parts.join(" / ")) };

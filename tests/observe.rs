@@ -286,7 +286,7 @@ fn a_frozen_broker_degrades_the_pipeline_until_it_answers_again_and_nothing_is_l
     );
 
     broker.freeze();
-    let degraded = || http_get(port, "/health").is_some_and(|(c, b)| c == 503 && b.contains("waiting for the broker"));
+    let degraded = || http_get(port, "/health").is_some_and(|(c, b)| c == 503 && b.contains("broker not answering"));
     let seen = wait_for(Duration::from_secs(30), degraded);
     let health = http_get(port, "/health");
     broker.thaw();

@@ -341,14 +341,10 @@ impl Pipeline {
     pub async fn run(self, shutdown: CancellationToken) -> Result<Summary, EngineError> {
         let Pipeline { name, mut source, transforms, sink, late, errors, batch: batching, stats } = self;
         let tracker = AckTracker::new();
+        stats.track(&tracker);
         {
-            let (stats, tracker_of) = (Arc::clone(&stats), Arc::downgrade(&tracker));
-            tracker.observe(move |done| {
-                stats.done(done);
-                if let Some(t) = tracker_of.upgrade() {
-                    stats.in_flight(t.records_in_flight(), t.in_flight());
-                }
-            });
+            let stats = Arc::clone(&stats);
+            tracker.observe(move |done| stats.done(done));
         }
         // Stops the pipeline's own stages when one of them fails.
         let stop = shutdown.child_token();
@@ -419,7 +415,6 @@ impl Pipeline {
                     let oldest = batch.records.iter().filter_map(|r| r.timestamp).min();
                     batch.ack = Some(tracker.begin_batch(read, oldest));
                     stats.read(read);
-                    stats.in_flight(tracker.records_in_flight(), tracker.in_flight());
                     permit.send(batch);
                 }
                 Ok(Read::Idle) => {}

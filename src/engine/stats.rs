@@ -4,10 +4,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flowgate_sdk::{Done, RefusalClass, Rejected};
+use flowgate_sdk::{AckTracker, Done, RefusalClass, Rejected};
 use metrics::{Counter, Gauge, Histogram};
 
 pub struct Stats {
@@ -34,6 +34,8 @@ pub struct Stats {
     by_class: Mutex<HashMap<(Arc<str>, RefusalClass), RefusalCounters>>,
     recent: Mutex<VecDeque<Refusal>>,
     history: Mutex<VecDeque<Sample>>,
+    /// The run's acknowledgements, read when the figures are published.
+    tracker: OnceLock<Weak<AckTracker>>,
 }
 
 /// Refusals of one stage and class, and those of them dead-lettered.
@@ -100,18 +102,38 @@ impl Stats {
             by_class: Mutex::default(),
             recent: Mutex::default(),
             history: Mutex::default(),
+            tracker: OnceLock::new(),
         }
+    }
+
+    /// The run's acknowledgements, whose records in flight [`Stats::publish`] shows.
+    pub fn track(&self, tracker: &Arc<AckTracker>) {
+        let _ = self.tracker.set(Arc::downgrade(tracker));
+    }
+
+    /// Sets the gauges read from the acknowledgements: records and batches
+    /// in flight, and the lag in time (`flowgate_lag_seconds`): the age of
+    /// the oldest record read and not yet acknowledged, by its source
+    /// timestamp (or since it was read), 0 with nothing in flight. Called on
+    /// a timer rather than at each batch, whose completions on several
+    /// threads would set the gauges out of order.
+    pub fn publish(&self) {
+        let Some(tracker) = self.tracker.get().and_then(Weak::upgrade) else { return };
+        self.m_records_in_flight.set(tracker.records_in_flight() as f64);
+        self.m_batches_in_flight.set(tracker.in_flight() as f64);
+        let age = tracker.oldest_pending().map_or(Duration::ZERO, |(since, oldest_ms)| match oldest_ms {
+            Some(ms) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
+                Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
+            }
+            None => since.elapsed(),
+        });
+        flowgate_sdk::health::lag_seconds(&self.pipeline, age.as_secs_f64());
     }
 
     /// The time one call of a transform takes, under its stage name.
     pub fn stage_histogram(&self, stage: &str) -> Histogram {
         metrics::histogram!("flowgate_stage_seconds", "pipeline" => self.pipeline.clone(), "stage" => stage.to_string())
-    }
-
-    /// Records and batches handed out and not yet acknowledged.
-    pub fn in_flight(&self, records: u64, batches: u64) {
-        self.m_records_in_flight.set(records as f64);
-        self.m_batches_in_flight.set(batches as f64);
     }
 
     /// A batch is done: its written records count now, and its end-to-end

@@ -97,7 +97,8 @@ impl ConsumerCtx {
         let held = |topic: &str, partition: i32| {
             lock(&self.group.assigned).partitions.contains_key(&(Arc::<str>::from(topic), partition))
         };
-        self.observe.statistics(&s, &held);
+        let holding = lock(&self.group.assigned).partitions.len();
+        self.observe.statistics(&s, &held, holding);
     }
 
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {

@@ -22,49 +22,71 @@ pub(crate) const STATISTICS_INTERVAL: &str = "5000";
 /// One delivery in this many is timed, so that timing costs nothing per record.
 const DELIVERY_SAMPLE: u64 = 64;
 
-/// Watches the brokers a client talks to: one that has requests waiting and
-/// answered none of them since the last statistics did not answer for at
-/// least an interval (frozen, or a network that drops packets). librdkafka
-/// itself waits `socket.timeout.ms` (60 s) before it calls that an error.
+/// How long a broker may leave requests unanswered before it counts as not
+/// answering: well above a fetch's long poll (`fetch.wait.max.ms`, 500 ms)
+/// and two statistics intervals; librdkafka itself waits `socket.timeout.ms`
+/// (60 s) before it calls that an error.
+const SILENCE: Duration = Duration::from_secs(10);
+
+/// Watches the brokers a client talks to for one that has requests waiting
+/// and has answered none for [`SILENCE`]: frozen, or a network that drops
+/// packets.
 #[derive(Default)]
 struct BrokerWatch {
-    /// Responses received so far, by broker.
-    answered: HashMap<String, u64>,
-    /// Since when each broker has not answered.
-    silent_since: HashMap<String, Instant>,
+    /// Responses received so far by each broker, and when that last changed.
+    answered: HashMap<String, (u64, Instant)>,
+    /// Whether a silence was reported (and not yet cleared).
+    reported: bool,
+}
+
+/// What a reading of the statistics says of the brokers.
+#[derive(Debug, PartialEq)]
+enum Brokers {
+    Answering,
+    /// These brokers have not answered for [`SILENCE`] (the cause, described).
+    Silent(String),
 }
 
 impl BrokerWatch {
-    /// The brokers not answering, described, after reading `s`.
-    fn check(&mut self, s: &Statistics) -> Option<String> {
+    fn check(&mut self, s: &Statistics) -> Brokers {
+        self.check_at(s, Instant::now())
+    }
+
+    fn check_at(&mut self, s: &Statistics, now: Instant) -> Brokers {
         let mut silent = Vec::new();
-        for (name, b) in &s.brokers {
-            // Bootstrap addresses and the internal broker are not members of the cluster.
-            if b.nodeid < 0 {
-                continue;
-            }
-            let before = self.answered.insert(name.clone(), b.rx);
-            if b.waitresp_cnt > 0 && before == Some(b.rx) {
-                let since = *self.silent_since.entry(name.clone()).or_insert_with(Instant::now);
-                silent.push(format!(
-                    "broker {} has answered none of {} requests for {}s",
-                    b.nodename,
-                    b.waitresp_cnt,
-                    since.elapsed().as_secs()
-                ));
-            } else {
-                self.silent_since.remove(name);
+        // Brokers learned from the cluster's metadata: bootstrap addresses,
+        // the internal broker and logical ones (the group coordinator, which
+        // waits on other members during a rebalance) are left out.
+        for (name, b) in s.brokers.iter().filter(|(_, b)| b.source == "learned") {
+            let (rx, since) = self.answered.entry(name.clone()).or_insert((b.rx, now));
+            if *rx != b.rx {
+                (*rx, *since) = (b.rx, now);
+            } else if b.waitresp_cnt > 0 && now.duration_since(*since) >= SILENCE {
+                // No counts or times in it: a cause that stays the same is one
+                // entry among the status page's last errors, not one per reading.
+                silent.push(format!("broker {} answers none of the requests waiting on it", b.nodename));
             }
         }
-        (!silent.is_empty()).then(|| silent.join("; "))
+        silent.sort();
+        if silent.is_empty() { Brokers::Answering } else { Brokers::Silent(silent.join("; ")) }
     }
 }
 
-/// Reports (or clears) the broker trouble of a pipeline's part.
+/// Reports the pipeline's `part` (`source broker`, `sink broker`) not
+/// answering, and recovered when it answers again: only its own trouble,
+/// never the engine's `source` or `sink` ones.
 fn broker_health(pipeline: &str, part: &str, watch: &Mutex<BrokerWatch>, s: &Statistics) {
-    match lock(watch).check(s) {
-        Some(what) => health::trouble(pipeline, part, "waiting for the broker", what, false),
-        None => health::recovered(pipeline, part),
+    let mut watch = lock(watch);
+    match watch.check(s) {
+        Brokers::Silent(cause) => {
+            watch.reported = true;
+            health::trouble(pipeline, part, "not answering", cause, false);
+        }
+        Brokers::Answering if watch.reported => {
+            watch.reported = false;
+            health::recovered(pipeline, part);
+        }
+        Brokers::Answering => {}
     }
 }
 
@@ -139,8 +161,9 @@ impl SourceObserver {
     }
 
     /// Reads the lag of the partitions in `held` (the others' figures are
-    /// stale in the statistics) and the brokers' state.
-    pub fn statistics(&self, s: &Statistics, held: &dyn Fn(&str, i32) -> bool) {
+    /// stale in the statistics; `holding` of them in all) and the brokers'
+    /// state.
+    pub fn statistics(&self, s: &Statistics, held: &dyn Fn(&str, i32) -> bool, holding: usize) {
         let mut total = 0u64;
         let mut known = false;
         for (topic, t) in &s.topics {
@@ -160,16 +183,20 @@ impl SourceObserver {
                 known = true;
             }
         }
-        if known {
+        // Holding no partition, it is behind on nothing.
+        if known || holding == 0 {
             health::lag_records(&self.pipeline, total);
         }
-        broker_health(&self.pipeline, "source", &self.brokers, s);
+        broker_health(&self.pipeline, "source broker", &self.brokers, s);
     }
 }
 
-/// The sink's figures: the producer's queue, retries, deliveries and transactions.
+/// The sink's figures: the producer's queue, retries, deliveries and
+/// transactions. A dead-letter sink reports its broker's health under its
+/// own part, and no figures (they would mix with the sink's).
 pub(crate) struct SinkObserver {
     pipeline: Arc<str>,
+    part: &'static str,
     queue_records: Gauge,
     queue_bytes: Gauge,
     retries: Counter,
@@ -182,11 +209,27 @@ pub(crate) struct SinkObserver {
 }
 
 impl SinkObserver {
-    pub fn new(pipeline: &str) -> Self {
+    pub fn new(pipeline: &str, dead_letter: bool) -> Self {
+        if dead_letter {
+            return SinkObserver {
+                pipeline: pipeline.into(),
+                part: "dead_letter broker",
+                queue_records: Gauge::noop(),
+                queue_bytes: Gauge::noop(),
+                retries: Counter::noop(),
+                delivery_seconds: Histogram::noop(),
+                transactions_committed: Counter::noop(),
+                transactions_aborted: Counter::noop(),
+                transaction_seconds: Histogram::noop(),
+                sent: AtomicU64::new(0),
+                brokers: Mutex::default(),
+            };
+        }
         let p = pipeline.to_string();
         let txn = |outcome: &'static str| metrics::counter!("flowgate_kafka_transactions_total", "pipeline" => p.clone(), "outcome" => outcome);
         let o = SinkObserver {
             pipeline: pipeline.into(),
+            part: "sink broker",
             queue_records: metrics::gauge!("flowgate_kafka_producer_queue_records", "pipeline" => p.clone()),
             queue_bytes: metrics::gauge!("flowgate_kafka_producer_queue_bytes", "pipeline" => p.clone()),
             retries: metrics::counter!("flowgate_kafka_producer_retries_total", "pipeline" => p.clone()),
@@ -228,7 +271,7 @@ impl SinkObserver {
         self.queue_records.set(s.msg_cnt as f64);
         self.queue_bytes.set(s.msg_size as f64);
         self.retries.absolute(s.brokers.values().map(|b| b.txretries).sum());
-        broker_health(&self.pipeline, "sink", &self.brokers, s);
+        broker_health(&self.pipeline, self.part, &self.brokers, s);
     }
 }
 
@@ -236,9 +279,9 @@ impl SinkObserver {
 mod tests {
     use super::*;
 
-    fn stats(rx: u64, waiting: i64) -> Statistics {
+    fn stats(rx: u64, waiting: i64, source: &str) -> Statistics {
         let broker = format!(
-            r#"{{"name": "b:9092/1", "nodeid": 1, "nodename": "b:9092", "source": "learned", "state": "UP",
+            r#"{{"name": "b:9092/1", "nodeid": 1, "nodename": "b:9092", "source": "{source}", "state": "UP",
             "stateage": 0, "outbuf_cnt": 0, "outbuf_msg_cnt": 0, "waitresp_cnt": {waiting},
             "waitresp_msg_cnt": 0, "tx": 0, "txbytes": 0, "txerrs": 0, "txretries": 0, "txidle": 0, "rxidle": 0, "req_timeouts": 0,
             "rx": {rx}, "rxbytes": 0, "rxerrs": 0, "rxcorriderrs": 0, "rxpartial": 0, "zbuf_grow": 0,
@@ -254,13 +297,20 @@ mod tests {
     }
 
     #[test]
-    fn a_broker_that_answers_nothing_while_asked_is_reported_until_it_answers() {
+    fn a_broker_that_leaves_requests_unanswered_for_the_silence_is_reported_until_it_answers() {
         let mut w = BrokerWatch::default();
-        assert_eq!(w.check(&stats(10, 1)), None, "the first reading has nothing to compare with");
-        assert_eq!(w.check(&stats(12, 1)), None, "it answered");
-        let silent = w.check(&stats(12, 2)).expect("no answer while asked");
-        assert!(silent.starts_with("broker b:9092 has answered none of 2 requests"), "{silent}");
-        assert_eq!(w.check(&stats(12, 0)), None, "nothing asked, nothing owed");
-        assert_eq!(w.check(&stats(13, 1)), None);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(w.check_at(&stats(10, 1, "learned"), at(0)), Brokers::Answering);
+        assert_eq!(w.check_at(&stats(10, 1, "learned"), at(9)), Brokers::Answering, "not for long enough");
+        let Brokers::Silent(cause) = w.check_at(&stats(10, 2, "learned"), at(10)) else { panic!("silent") };
+        assert_eq!(cause, "broker b:9092 answers none of the requests waiting on it");
+        assert_eq!(w.check_at(&stats(10, 0, "learned"), at(11)), Brokers::Answering, "nothing asked, nothing owed");
+        assert_eq!(w.check_at(&stats(11, 1, "learned"), at(30)), Brokers::Answering, "it answered");
+        assert_eq!(w.check_at(&stats(11, 1, "learned"), at(35)), Brokers::Answering, "answered 5 s ago");
+        // The group coordinator waits on other members in a rebalance: not a silence.
+        let mut w = BrokerWatch::default();
+        w.check_at(&stats(10, 1, "logical"), at(0));
+        assert_eq!(w.check_at(&stats(10, 1, "logical"), at(60)), Brokers::Answering);
     }
 }

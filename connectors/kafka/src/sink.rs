@@ -220,7 +220,8 @@ impl KafkaSink {
         let stage: Arc<str> = "sink".into();
         let context = ProducerCtx {
             log: ClientLog::new(format!("{pipeline}:sink").into()),
-            observe: Arc::new(SinkObserver::new(pipeline)),
+            // Without a channel for late refusals, it is a dead-letter sink.
+            observe: Arc::new(SinkObserver::new(pipeline, ctx.late.is_none())),
             stage: Arc::clone(&stage),
             late: ctx.late.clone(),
             retry: Mutex::new(Vec::new()),

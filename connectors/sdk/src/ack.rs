@@ -6,7 +6,7 @@
 //! before it* is done. The [`AckTracker`] turns completions into that contiguous
 //! [`Watermark`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -26,6 +26,9 @@ struct Inner {
     done: BTreeSet<u64>,
     /// The first batch whose handle was dropped without being acknowledged.
     failed: Option<u64>,
+    /// Batches not yet done: when each was handed out, and the source
+    /// timestamp of its oldest record.
+    pending: BTreeMap<u64, (Instant, Option<i64>)>,
 }
 
 /// What the tracker tells its observer when a batch is done.
@@ -83,10 +86,12 @@ impl AckTracker {
     /// Opens the next batch, of `read` records whose oldest has the source
     /// timestamp `oldest_ms`, and returns its handle.
     pub fn begin_batch(self: &Arc<Self>, read: u64, oldest_ms: Option<i64>) -> Ack {
+        let since = Instant::now();
         let seq = {
             let mut inner = self.lock();
             let seq = inner.next_seq;
             inner.next_seq += 1;
+            inner.pending.insert(seq, (since, oldest_ms));
             seq
         };
         self.records_in_flight.fetch_add(read, Ordering::Relaxed);
@@ -96,7 +101,7 @@ impl AckTracker {
             tracker: Arc::clone(self),
             read,
             written: AtomicI64::new(0),
-            since: Instant::now(),
+            since,
             oldest_ms,
         };
         Ack { shared: Some(Arc::new(shared)) }
@@ -111,6 +116,14 @@ impl AckTracker {
     /// Records of the batches handed out and not yet done.
     pub fn records_in_flight(&self) -> u64 {
         self.records_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Of the batches not yet done, the earliest read: when it was handed
+    /// out, and the oldest source timestamp among them (ms since the epoch).
+    pub fn oldest_pending(&self) -> Option<(Instant, Option<i64>)> {
+        let inner = self.lock();
+        let (since, _) = *inner.pending.values().next()?;
+        Some((since, inner.pending.values().filter_map(|(_, ms)| *ms).min()))
     }
 
     pub fn watermark(&self) -> Watermark {
@@ -147,6 +160,7 @@ impl AckTracker {
         self.records_in_flight.fetch_sub(shared.read, Ordering::Relaxed);
         {
             let mut inner = self.lock();
+            inner.pending.remove(&seq);
             if seq == inner.low {
                 inner.low += 1;
                 while inner.done.first() == Some(&inner.low) {
@@ -324,5 +338,11 @@ mod tests {
         late.ack();
         assert_eq!(*seen.lock().unwrap(), vec![(10, 9, Some(42))]);
         assert_eq!(t.records_in_flight(), 0);
+        assert_eq!(t.oldest_pending(), None);
+        let (b, c) = (t.begin_batch(1, Some(7)), t.begin_batch(1, Some(3)));
+        assert_eq!(t.oldest_pending().map(|(_, ms)| ms), Some(Some(3)));
+        c.ack();
+        assert_eq!(t.oldest_pending().map(|(_, ms)| ms), Some(Some(7)));
+        b.ack();
     }
 }

@@ -76,7 +76,6 @@ pub(super) fn reconnected(pipeline: &str) {
 pub(super) fn behind(pipeline: &str, commit_ms: i64, now_ms: i64) {
     let seconds = (now_ms - commit_ms).max(0) as f64 / 1000.0;
     metrics::gauge!("flowgate_postgres_behind_seconds", "pipeline" => pipeline.to_string()).set(seconds);
-    flowgate_sdk::health::lag_seconds(pipeline, seconds);
 }
 
 /// Rows of a table's snapshot emitted: `flowgate_postgres_snapshot_rows_total`.

@@ -289,7 +289,7 @@ impl Sink for SqlSink {
                 if !bad.is_empty() {
                     // In record order, as the table's operations are.
                     ops.ops.retain(|(i, _)| bad.binary_search_by_key(i, |(b, _)| *b).is_err());
-                    refused.extend(bad);
+                    refused.extend(bad.into_iter().map(|(i, why)| (i, why, RefusalClass::Schema)));
                 }
             }
             work.push((table, ops, key));
@@ -301,7 +301,8 @@ impl Sink for SqlSink {
                 self.began = Some(std::time::Instant::now());
             }
             for (table, ops, key) in work {
-                refused.extend(self.apply(&table, ops.ops, &key).await?);
+                let by_database = self.apply(&table, ops.ops, &key).await?;
+                refused.extend(by_database.into_iter().map(|(i, why)| (i, why, RefusalClass::Refused)));
             }
             Ok(())
         }
@@ -311,13 +312,13 @@ impl Sink for SqlSink {
             return Err(e.into());
         }
         if !refused.is_empty() {
-            refused.sort_unstable_by_key(|(i, _)| *i);
-            refused.dedup_by_key(|(i, _)| *i);
+            refused.sort_unstable_by_key(|(i, _, _)| *i);
+            refused.dedup_by_key(|(i, _, _)| *i);
             let mut reasons = refused.into_iter().peekable();
             let records = std::mem::take(&mut batch.records);
             for (i, record) in records.into_iter().enumerate() {
-                match reasons.next_if(|(r, _)| *r == i) {
-                    Some((_, reason)) => batch.reject(record, RefusalClass::Refused, reason, &self.stage),
+                match reasons.next_if(|(r, _, _)| *r == i) {
+                    Some((_, reason, class)) => batch.reject(record, class, reason, &self.stage),
                     None => batch.records.push(record),
                 }
             }

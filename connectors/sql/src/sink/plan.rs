@@ -1,7 +1,7 @@
 //! A batch's records as row operations, in runs per target table, with the
 //! records that cannot be applied and why.
 
-use flowgate_sdk::Record;
+use flowgate_sdk::{Record, RefusalClass};
 use serde_json::Value;
 
 use super::TableOps;
@@ -11,7 +11,8 @@ use crate::dialect::Dialect;
 use crate::names::{TableFilter, check_fields};
 
 /// Records refused, by index, with the reason.
-type Refused = Vec<(usize, String)>;
+/// Records refused, by index in the batch, with the reason and its class.
+type Refused = Vec<(usize, String, RefusalClass)>;
 
 /// The records of a batch as runs of consecutive records for one table, in
 /// order: changes to different tables keep their order (a parent row before
@@ -32,12 +33,16 @@ pub(super) fn plan(
                 Ok(t) => match filter.map_or(Ok(()), |f| f.check(dialect, &t)) {
                     Ok(()) => t,
                     Err(why) => {
-                        refused.push((i, format!("table `{}` refused: {why}", t.escape_debug())));
+                        refused.push((
+                            i,
+                            format!("table `{}` refused: {why}", t.escape_debug()),
+                            RefusalClass::Template,
+                        ));
                         continue;
                     }
                 },
                 Err(e) => {
-                    refused.push((i, format!("no table for the record: {e}")));
+                    refused.push((i, format!("no table for the record: {e}"), RefusalClass::Template));
                     continue;
                 }
             },
@@ -54,7 +59,8 @@ pub(super) fn plan(
                 let run = tables.last_mut().expect("pushed above");
                 run.1.ops.extend(list.into_iter().map(|op| (i, op)));
             }
-            Err(reason) => refused.push((i, reason)),
+            // Not the shape its mode and columns need.
+            Err(reason) => refused.push((i, reason, RefusalClass::Schema)),
         }
     }
     (tables, refused)
