@@ -29,6 +29,6 @@ for dir in examples/*/*/; do
 done
 
 cargo build --quiet --release --target wasm32-wasip2 --manifest-path tests/plugins/Cargo.toml
-for p in hostile identity forbidden_import old_contract misanswer; do
+for p in hostile identity forbidden_import old_contract misanswer malformed; do
   cp "$CARGO_TARGET_DIR/wasm32-wasip2/release/$p.wasm" "$out/$p.wasm"
 done

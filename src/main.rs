@@ -202,10 +202,20 @@ enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Say whether a component fits the plugin contract, and why not.
+    /// Say whether a component fits the plugin contract and works: runs its
+    /// `init` and its `process` on a sample batch with every field a record
+    /// can have, and checks the answer; the first problem is shown with its
+    /// byte offset.
     Check {
         #[arg(value_name = "FILE.wasm")]
         file: PathBuf,
+        /// The plugin's config, as JSON (`{}` when omitted).
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+        /// Run it on the lines of this file (one record's value each) instead
+        /// of the sample.
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
     },
 }
 
@@ -248,7 +258,9 @@ fn main() -> ExitCode {
         }
         Command::Snapshot { file, tables, message_format } => run::snapshot(&file, &tables, message_format),
         Command::Plugin(PluginCommand::New { lang, name, dir }) => plugin::new(lang, &name, dir),
-        Command::Plugin(PluginCommand::Check { file }) => plugin::check(&file),
+        Command::Plugin(PluginCommand::Check { file, config, input }) => {
+            plugin::check(&file, config.as_deref(), input.as_deref())
+        }
         Command::Schema => {
             flowgate::outln!("{:#}", flowgate::config::editor_schema());
             ExitCode::SUCCESS

@@ -108,7 +108,12 @@ pub fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn check(path: &Path) -> ExitCode {
+/// `flowgate plugin check`: whether the component fits the contract (its
+/// imports and exports), then whether it works: `init` with `config` (`{}`
+/// by default) and `process` on a sample batch with every field a record can
+/// have (or on the lines of `input`), its answer checked as the pipeline
+/// checks it, so that a malformed answer is found without a pipeline.
+pub fn check(path: &Path, config: Option<&str>, input: Option<&Path>) -> ExitCode {
     let runtime = match WasmRuntime::global() {
         Ok(r) => r,
         Err(e) => {
@@ -121,24 +126,103 @@ pub fn check(path: &Path) -> ExitCode {
         crate::outln!("{}\n  exports: {}\n  imports: {}", path.display(), list(&exports), list(&imports));
     }
     match verdict {
-        Ok(plugin) if plugin.contract == Contract::CURRENT => {
-            crate::outln!("ok: fits {CONTRACT}");
-            ExitCode::SUCCESS
-        }
+        Ok(plugin) if plugin.contract == Contract::CURRENT => crate::outln!("ok: fits {CONTRACT}"),
         // Still runs; say so, and what a rebuild gains.
-        Ok(plugin) => {
-            crate::outln!(
-                "ok: fits {} (an earlier version, still run; rebuild against {CONTRACT} for named metadata and \
-                 checked outcomes)",
-                plugin.contract.name()
-            );
-            ExitCode::SUCCESS
-        }
+        Ok(plugin) => crate::outln!(
+            "ok: fits {} (an earlier version, still run; rebuild against {CONTRACT} for named metadata and \
+             checked outcomes)",
+            plugin.contract.name()
+        ),
         Err(e) => {
             crate::outln!("does not fit: {}", flowgate_sdk::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    match run_sample(path, config, input) {
+        Ok(summary) => {
+            crate::outln!("ok: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            crate::outln!("does not work: {problem}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the plugin once on the sample (or `input`): what it answered, or the
+/// first problem.
+fn run_sample(path: &Path, config: Option<&str>, input: Option<&Path>) -> Result<String, String> {
+    let config: serde_json::Value = match config {
+        Some(text) => serde_json::from_str(text).map_err(|e| format!("--config is not JSON: {e}"))?,
+        None => serde_json::Value::Null,
+    };
+    let settings = serde_json::json!({"path": path, "config": config});
+    let settings: flowgate_wasm::WasmConfig = serde_json::from_value(settings).map_err(|e| e.to_string())?;
+    let (records, what) = match input {
+        Some(file) => {
+            let text = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            (lines(&text, file), format!("the records of {}", file.display()))
+        }
+        None => (flowgate_wasm::format::sample_batch(), "the sample batch".to_string()),
+    };
+    let mut plugin = flowgate_wasm::WasmTransform::new(settings, "plugin-check", "transform[0]:wasm")
+        .map_err(|e| flowgate_sdk::error_chain(&e))?;
+    let outcomes = plugin
+        .try_batch(&records)
+        .map_err(|e| flowgate_sdk::error_chain(&e))?
+        .map_err(|reason| format!("process on {what} ({} records): {reason}", records.len()))?;
+    let mut counts = [0usize; 4];
+    let mut emitted = 0;
+    let mut first_fail = None;
+    for outcome in &outcomes {
+        use flowgate_wasm::format::Outcome;
+        match outcome {
+            Outcome::Keep => counts[0] += 1,
+            Outcome::Value(_) => counts[1] += 1,
+            Outcome::Emit(records) => {
+                counts[2] += 1;
+                emitted += records.len();
+            }
+            Outcome::Fail(reason) => {
+                counts[3] += 1;
+                first_fail.get_or_insert_with(|| reason.clone());
+            }
+        }
+    }
+    let mut summary = format!(
+        "init and process ran on {what} ({} records): {} kept, {} changed, {} emitted {emitted} records, {} refused",
+        records.len(),
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3]
+    );
+    if let Some(reason) = first_fail {
+        summary.push_str(&format!(" (first: {reason})"));
+    }
+    Ok(summary)
+}
+
+/// Each line of `text` as a record, located as the file source locates it.
+fn lines(text: &[u8], file: &Path) -> Vec<flowgate_sdk::Record> {
+    let path: std::sync::Arc<str> = file.display().to_string().into();
+    let mut offset = 0i64;
+    let mut out = Vec::new();
+    for (i, line) in text.split_inclusive(|b| *b == b'\n').enumerate() {
+        let value = line.strip_suffix(b"\n").unwrap_or(line);
+        let meta = flowgate_sdk::Metadata::default()
+            .with("path", std::sync::Arc::clone(&path))
+            .with("line", i as i64 + 1)
+            .with("offset", offset);
+        out.push(flowgate_sdk::Record {
+            value: flowgate_sdk::Bytes::copy_from_slice(value),
+            meta,
+            ..Default::default()
+        });
+        offset += line.len() as i64;
+    }
+    out
 }
 
 fn list(items: &[String]) -> String {

@@ -243,6 +243,51 @@ fn an_infinite_loop_is_cut_off_at_the_timeout() {
 }
 
 #[test]
+fn a_plugin_asleep_in_a_host_call_is_cut_off_at_its_deadline_and_counted() {
+    // The plugin sleeps an hour on the poisoned record (WASI clocks and poll,
+    // which the host grants); the epoch deadline interrupts wasm code only.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input: String =
+        (0..1000).map(|i| format!("{{\"id\":{i}{}}}\n", if i == 600 { ",\"p\":\"POISON\"" } else { "" })).collect();
+    std::fs::write(d.join("in.jsonl"), input).unwrap();
+    let pipeline = Pipeline::new("sleepy")
+        .source(source::file("in.jsonl").with("format", "text").with("follow", true))
+        .transform(
+            transform::wasm(plugin("hostile.wasm"))
+                .with("config", json!({"mode": "sleep", "poison": "POISON"}))
+                .with("timeout", "1s"),
+        )
+        .sink(sink::file("out.jsonl").with("format", "record"))
+        .dead_letter(sink::file("dlq.jsonl"))
+        .batch(json!({"size": 256}))
+        .write(d, "p.yaml");
+    let started = Instant::now();
+    let mut run = spawn_run(d, &pipeline, &["--progress", "0s", "--metrics-addr", "127.0.0.1:0"]);
+    let port = common::metrics_port(d);
+    let done = || common::records_so_far(&d.join("out.jsonl")).len() == 999;
+    assert!(common::wait_for(Duration::from_secs(60), done), "{}", log(d));
+    // Bisecting up to 256 records around it: at most 9 calls reach the sleep,
+    // each ended as it asks to wait past its deadline (an hour each without
+    // that; each 1 s if cut at the deadline); 5 s for the run's start.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(9 + 5), "{took:?}");
+    let dlq = common::records_so_far(&d.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let reason = dlq[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("plugin hostile") && reason.contains("asked the host to wait"), "{reason}");
+    let body = common::http_get(port, "/metrics").unwrap().1;
+    let timeouts = body
+        .lines()
+        .find(|l| l.starts_with("flowgate_plugin_failures_total") && l.contains(r#"kind="timeout""#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(timeouts.is_some_and(|t| t >= 1.0), "{timeouts:?} {body}");
+    common::stop(&mut run.0, d);
+    let text = log(d);
+    assert!(text.contains("WARN") && text.contains("plugin failed on a record"), "{text}");
+}
+
+#[test]
 fn unbounded_memory_growth_is_capped() {
     let (out, dlq, log, _) = hostile("grow", json!({"max_memory": "16MiB"}));
     assert_contained("grow", &out, &dlq, &log, "exceeded its memory limit of 16MiB");
@@ -338,8 +383,15 @@ fn contract_violations_are_refused_at_validate_with_the_reason() {
 fn the_compiled_plugin_is_cached_for_the_next_start() {
     let cache = tempfile::tempdir().unwrap();
     let path = plugin("python-add-header.wasm");
-    let run =
-        || flowgate().env("FLOWGATE_CACHE_DIR", cache.path()).args(["plugin", "check"]).arg(&path).output().unwrap();
+    let run = || {
+        flowgate()
+            .env("FLOWGATE_CACHE_DIR", cache.path())
+            .args(["plugin", "check"])
+            .arg(&path)
+            .args(["--config", r#"{"name":"x-seen","value":"yes"}"#])
+            .output()
+            .unwrap()
+    };
     let first = run();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stdout));
     assert!(String::from_utf8_lossy(&first.stderr).contains("compiled plugin"));
@@ -366,6 +418,42 @@ fn plugin_check_says_whether_a_component_fits() {
     let stdout = String::from_utf8_lossy(&bad.stdout);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stdout.contains("does not fit") && stdout.contains("flowgate:transform@0.0.1"), "{stdout}");
+}
+
+#[test]
+fn plugin_check_runs_the_plugin_and_finds_each_malformed_answer_at_its_byte() {
+    let check = |wasm: &str, args: &[&str]| {
+        let out = flowgate().args(["plugin", "check"]).arg(plugin(wasm)).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Six sample records; each outcome is its index (4 bytes) and a tag, after the count.
+    for (mode, problem) in [
+        ("truncated", "the output ends early: 100 bytes expected at byte 18"),
+        ("bad-tag", "unknown outcome tag 7 at byte 8 (outcome 0); expected 0 keep, 1 emit, 2 fail or 3 value"),
+        ("wrong-count", "the output ends early: 4 bytes expected at byte 29, 0 bytes left"),
+        ("leftover", "4 bytes left after the last outcome, from byte 34"),
+    ] {
+        let (code, stdout) = check("malformed.wasm", &["--config", &format!(r#"{{"mode":"{mode}"}}"#)]);
+        assert_eq!(code, Some(1), "{mode}: {stdout}");
+        assert!(stdout.contains("ok: fits flowgate:transform@0.2.0"), "{mode}: the types fit: {stdout}");
+        assert!(stdout.contains("does not work: process on the sample batch (6 records)"), "{mode}: {stdout}");
+        assert!(stdout.contains(problem), "{mode}: {stdout}");
+    }
+    let (code, stdout) = check("rust-pii-mask.wasm", &["--config", r#"{"fields":["email"]}"#]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("ok: init and process ran on the sample batch (6 records)"), "{stdout}");
+    // Records of one's own, one per line.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("mine.jsonl");
+    std::fs::write(&input, "{\"email\":\"a@b.c\"}\nnot json\n").unwrap();
+    let (code, stdout) =
+        check("rust-pii-mask.wasm", &["--config", r#"{"fields":["email"]}"#, "--input", input.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("(2 records)") && stdout.contains("1 refused"), "{stdout}");
+    // A plugin refusing its config is found too.
+    let (code, stdout) = check("hostile.wasm", &["--config", r#"{"mode":"refuse"}"#]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("does not work") && stdout.contains("refuses to start"), "{stdout}");
 }
 
 /// `plugin new` for `lang`, built with `build` (a command run in the project), then

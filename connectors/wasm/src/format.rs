@@ -155,6 +155,54 @@ pub fn encode_batch(contract: Contract, records: &[Record], out: &mut Vec<u8>) {
     }
 }
 
+/// A batch with every field a record can have, set and not: a key and
+/// none, headers, a timestamp, and each source's metadata (file, Kafka,
+/// Postgres, the generator) and none. `flowgate plugin check` runs a
+/// plugin on it.
+pub fn sample_batch() -> Vec<Record> {
+    let record = |key: Option<&str>, value: &str, meta: Metadata| Record {
+        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        meta,
+        ..Record::default()
+    };
+    let text = |s: &str| -> Arc<str> { Arc::from(s) };
+    let mut with_all = record(
+        Some("order-1"),
+        r#"{"id":1,"email":"ada@example.com","amount":12.5,"items":["a","b"]}"#,
+        Metadata::default().with("path", text("orders.jsonl")).with("line", 1i64).with("offset", 0i64),
+    );
+    with_all.timestamp = Some(1_733_500_000_000);
+    with_all.headers = vec![
+        Header { name: "trace-id".into(), value: Bytes::from_static(b"abc123") },
+        Header { name: "binary".into(), value: Bytes::from_static(&[0, 159, 255]) },
+    ];
+    vec![
+        with_all,
+        record(
+            None,
+            r#"{"id":2,"email":"bob@example.com","amount":0}"#,
+            Metadata::default().with("topic", text("orders")).with("partition", 2i64).with("offset", 17i64),
+        ),
+        record(
+            Some(r#"{"id":3}"#),
+            r#"{"op":"u","before":{"id":3,"email":"x@example.com"},"after":{"id":3,"email":"y@example.com"}}"#,
+            Metadata::default()
+                .with("schema", text("public"))
+                .with("table", text("customers"))
+                .with("lsn", 23_456_789i64),
+        ),
+        record(None, r#"{"id":4,"note":"ünïcödé ✓"}"#, Metadata::default().with("seq", 4i64)),
+        record(None, "", Metadata::default()),
+        record(None, "not json", Metadata::default()),
+    ]
+}
+
+/// `1 byte`, `2 bytes`.
+fn bytes(n: usize) -> String {
+    if n == 1 { "1 byte".into() } else { format!("{n} bytes") }
+}
+
 /// Reads a packed output; every slice of it shares the one buffer.
 struct Reader {
     buf: Bytes,
@@ -163,7 +211,14 @@ struct Reader {
 
 impl Reader {
     fn take(&mut self, n: usize) -> Result<Bytes, String> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or("output ends early")?;
+        let Some(end) = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()) else {
+            return Err(format!(
+                "the output ends early: {} expected at byte {}, {} left",
+                bytes(n),
+                self.pos,
+                bytes(self.buf.len() - self.pos)
+            ));
+        };
         let b = self.buf.slice(self.pos..end);
         self.pos = end;
         Ok(b)
@@ -196,14 +251,19 @@ impl Reader {
     }
 
     fn str(&mut self, len: usize) -> Result<String, String> {
+        let at = self.pos;
         let b = self.take(len)?;
-        String::from_utf8(b.to_vec()).map_err(|_| "a string is not UTF-8".to_string())
+        String::from_utf8(b.to_vec()).map_err(|_| format!("the header name at byte {at} is not UTF-8"))
     }
 
     fn record(&mut self, input: &Record) -> Result<Record, String> {
+        let at = self.pos;
         let flags = self.u8()?;
         if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 {
-            return Err(format!("unknown record flags {flags:#04x}"));
+            return Err(format!(
+                "unknown record flags {flags:#04x} at byte {at}; expected {HAS_KEY:#04x} (key) and {HAS_TIMESTAMP:#04x} \
+                 (timestamp) only"
+            ));
         }
         let key = if flags & HAS_KEY != 0 { Some(self.bytes32()?) } else { None };
         let value = self.bytes32()?;
@@ -234,7 +294,7 @@ pub fn decode_outcomes(
     let mut r = Reader { buf: Bytes::from(output), pos: 0 };
     let count = r.u32()?;
     if count != inputs.len() {
-        return Err(format!("returned {count} outcomes for {} records", inputs.len()));
+        return Err(format!("returned {count} outcomes for {} records (the count at byte 0)", inputs.len()));
     }
     let mut outcomes = Vec::with_capacity(count);
     for (i, input) in inputs.iter().enumerate() {
@@ -247,18 +307,22 @@ pub fn decode_outcomes(
                 return Err(format!("outcome {i} (at byte {at}) answers record {index}; outcomes go in input order"));
             }
         }
+        let at = r.pos;
         outcomes.push(match r.u8()? {
             0 => Outcome::Keep,
             1 => {
                 let n = r.u32()?;
                 if n > MAX_EMITTED_PER_RECORD {
                     return Err(format!(
-                        "emitted {n} records for record {i}; at most {MAX_EMITTED_PER_RECORD} per record"
+                        "emitted {n} records for record {i} (outcome at byte {at}); at most {MAX_EMITTED_PER_RECORD} \
+                         per record"
                     ));
                 }
                 emitted += n;
                 if emitted > max_total {
-                    return Err(format!("emitted more than {max_total} records for one batch"));
+                    return Err(format!(
+                        "emitted more than {max_total} records for one batch (by outcome {i}, at byte {at})"
+                    ));
                 }
                 let mut records = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -272,11 +336,19 @@ pub fn decode_outcomes(
                 Outcome::Fail(String::from_utf8_lossy(&reason).into_owned())
             }
             3 => Outcome::Value(r.bytes32()?),
-            tag => return Err(format!("unknown outcome tag {tag}")),
+            tag => {
+                return Err(format!(
+                    "unknown outcome tag {tag} at byte {at} (outcome {i}); expected 0 keep, 1 emit, 2 fail or 3 value"
+                ));
+            }
         });
     }
     if r.pos != r.buf.len() {
-        return Err(format!("{} bytes left after the last outcome", r.buf.len() - r.pos));
+        return Err(format!(
+            "{} left after the last outcome, from byte {}; expected the output to end there",
+            bytes(r.buf.len() - r.pos),
+            r.pos
+        ));
     }
     Ok(outcomes)
 }
@@ -400,9 +472,9 @@ mod tests {
         for (bytes, msg) in [
             (vec![], "ends early"),
             (vec![2, 0, 0, 0, 0, 0], "2 outcomes for 1"),
-            (vec![1, 0, 0, 0, 9], "unknown outcome tag 9"),
-            (vec![1, 0, 0, 0, 1, 5, 0, 0, 0], "ends early"),
-            (vec![1, 0, 0, 0, 0, 0], "bytes left"),
+            (vec![1, 0, 0, 0, 9], "unknown outcome tag 9 at byte 4"),
+            (vec![1, 0, 0, 0, 1, 5, 0, 0, 0], "ends early: 1 byte expected at byte 9"),
+            (vec![1, 0, 0, 0, 0, 0], "1 byte left after the last outcome, from byte 5"),
             (vec![1, 0, 0, 0, 1, 1, 0, 0, 0, 0x80], "flags"),
             (vec![1, 0, 0, 0, 1, 11, 0, 0, 0], "more than 10 records"),
         ] {

@@ -1,19 +1,20 @@
 //! What a plugin instance sees of the host: the `host` interface (log, counter),
-//! a WASI sandbox without capabilities whose stdout/stderr become log lines, and
-//! a memory limiter.
+//! a WASI sandbox without capabilities whose stdout/stderr become log lines, a
+//! memory limiter, and clocks whose sleeps end at the call's deadline.
 
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::clocks::HostMonotonicClock;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{v1, v2};
@@ -130,8 +131,42 @@ impl ResourceLimiter for MemoryLimiter {
 pub struct HostState {
     pub info: Arc<PluginInfo>,
     pub limiter: MemoryLimiter,
+    /// When the current call must end: a sleep ends then at the latest.
+    pub deadline: Option<Instant>,
+    /// The plugin asked to wait past `deadline` in this call.
+    pub waited_too_long: bool,
+    /// The origin of the plugin's monotonic clock.
+    clock: Instant,
     wasi: WasiCtx,
     table: ResourceTable,
+}
+
+/// The monotonic clock a plugin reads: nanoseconds since its instance
+/// started. Flowgate's own, so that a sleep until an instant of it can be
+/// cut at the deadline like a sleep for a duration.
+struct Clock(Instant);
+
+impl HostMonotonicClock for Clock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        self.0.elapsed().as_nanos() as u64
+    }
+}
+
+/// A plugin's sleep: ready at its time, or never (a time too far to say).
+struct Sleep(Option<tokio::time::Instant>);
+
+#[async_trait::async_trait]
+impl Pollable for Sleep {
+    async fn ready(&mut self) {
+        match self.0 {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl HostState {
@@ -145,12 +180,44 @@ impl HostState {
         for (k, v) in env {
             wasi.env(k, v);
         }
+        let clock = Instant::now();
+        wasi.monotonic_clock(Clock(clock));
         HostState {
             info,
             limiter: MemoryLimiter { max: max_memory, current: 0, refused: false },
+            deadline: None,
+            waited_too_long: false,
+            clock,
             wasi: wasi.build(),
             table: ResourceTable::new(),
         }
+    }
+
+    /// `wasi:clocks/monotonic-clock.subscribe-duration`: a pollable ready
+    /// after `nanos`. A blocking host call is out of reach of the epoch
+    /// deadline, which interrupts only wasm code; a wait that would end past
+    /// the call's deadline is therefore ready at once, and
+    /// `waited_too_long` tells the caller to end the call (the runtime sets
+    /// the epoch deadline to now), so `sleep(3600)` costs nothing, not an
+    /// hour. A wait within the deadline is kept.
+    pub fn subscribe_duration(&mut self, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let until = Instant::now().checked_add(Duration::from_nanos(nanos));
+        let until = match (until, self.deadline) {
+            (Some(u), Some(d)) if u <= d => Some(u),
+            (_, Some(_)) => {
+                self.waited_too_long = true;
+                Some(Instant::now())
+            }
+            (u, None) => u,
+        };
+        let sleep = self.table.push(Sleep(until.map(tokio::time::Instant::from_std)))?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, sleep)
+    }
+
+    /// `wasi:clocks/monotonic-clock.subscribe-instant`, as [`Self::subscribe_duration`].
+    pub fn subscribe_instant(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = self.clock.elapsed().as_nanos() as u64;
+        self.subscribe_duration(when.saturating_sub(now))
     }
 }
 

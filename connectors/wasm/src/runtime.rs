@@ -10,7 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, OptLevel};
+use wasmtime::{Config, Engine, OptLevel, StoreContextMut};
 
 use crate::WasmError;
 use crate::bindings::{v1, v2};
@@ -99,6 +99,21 @@ impl WasmRuntime {
         v2::Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
         v1::Transform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // A wait past the call's deadline ends the call instead
+        // (HostState::subscribe_duration): these two replace WASI's own.
+        linker.allow_shadowing(true);
+        let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+        clock.func_wrap("subscribe-duration", |mut s: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            let pollable = s.data_mut().subscribe_duration(nanos)?;
+            end_if_too_long(&mut s);
+            Ok((pollable,))
+        })?;
+        clock.func_wrap("subscribe-instant", |mut s: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let pollable = s.data_mut().subscribe_instant(when)?;
+            end_if_too_long(&mut s);
+            Ok((pollable,))
+        })?;
+        linker.allow_shadowing(false);
         Ok(WasmRuntime { engine, linker, cache_dir: cache_dir(), loaded: Mutex::new(HashMap::new()) })
     }
 
@@ -225,5 +240,14 @@ impl WasmRuntime {
         let exports = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let imports = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
         Ok((exports, imports))
+    }
+}
+
+/// After a plugin asked to wait past its call's deadline: the deadline is
+/// now, so the plugin traps at its next instruction, whatever the epoch
+/// ticker (a thread that may lag on a busy machine) says.
+fn end_if_too_long(store: &mut StoreContextMut<'_, HostState>) {
+    if store.data().waited_too_long {
+        store.set_epoch_deadline(0);
     }
 }

@@ -47,10 +47,12 @@ struct PluginMetrics {
     seconds: metrics::Histogram,
     instances: metrics::Counter,
     bisections: metrics::Counter,
+    recovered: metrics::Counter,
     trap: metrics::Counter,
     timeout: metrics::Counter,
     memory: metrics::Counter,
     malformed: metrics::Counter,
+    error: metrics::Counter,
 }
 
 impl PluginMetrics {
@@ -69,12 +71,14 @@ impl PluginMetrics {
             seconds: metrics::histogram!("flowgate_plugin_seconds", &labels),
             instances: metrics::counter!("flowgate_plugin_instances_total", &labels),
             bisections: metrics::counter!("flowgate_plugin_bisections_total", &labels),
+            recovered: metrics::counter!("flowgate_plugin_recovered_total", &labels),
             trap: failures("trap"),
             timeout: failures("timeout"),
             memory: failures("memory"),
             malformed: failures("malformed"),
+            error: failures("error"),
         };
-        for c in [&m.trap, &m.timeout, &m.memory, &m.malformed, &m.bisections] {
+        for c in [&m.trap, &m.timeout, &m.memory, &m.malformed, &m.error, &m.bisections, &m.recovered] {
             c.increment(0);
         }
         m
@@ -88,6 +92,8 @@ enum Failure {
     Timeout,
     Memory,
     Malformed,
+    /// The host refused the call (an answer over the copy limit, say).
+    Error,
 }
 
 pub struct WasmTransform {
@@ -143,6 +149,7 @@ impl WasmTransform {
         // cap is the one limit its answers meet (it cannot hold more).
         store.set_hostcall_fuel(self.config.max_memory.0 as usize);
         store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().deadline = Some(call_deadline(&self.config));
         let bindings = match &self.plugin.pre {
             Pre::V1(pre) => pre.instantiate(&mut store).map(Bindings::V1),
             Pre::V2(pre) => pre.instantiate(&mut store).map(Bindings::V2),
@@ -166,9 +173,16 @@ impl WasmTransform {
             return (Failure::Memory, format!("it exceeded its memory limit of {}", self.config.max_memory));
         }
         match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) if store.data().waited_too_long => (
+                Failure::Timeout,
+                format!(
+                    "it ran past its timeout of {}: it asked the host to wait (sleep, poll) past it",
+                    self.config.timeout
+                ),
+            ),
             Some(Trap::Interrupt) => (Failure::Timeout, format!("it ran past its timeout of {}", self.config.timeout)),
             Some(trap) => (Failure::Trap, format!("it trapped: {trap}")),
-            None => (Failure::Trap, format!("{e:#}")),
+            None => (Failure::Error, format!("{e:#}")),
         }
     }
 
@@ -181,6 +195,8 @@ impl WasmTransform {
         let contract = self.plugin.contract;
         encode_batch(contract, records, &mut self.packed);
         live.store.set_epoch_deadline(self.deadline_ticks);
+        live.store.data_mut().deadline = Some(call_deadline(&self.config));
+        live.store.data_mut().waited_too_long = false;
         let started = std::time::Instant::now();
         let result = live.bindings.process(&mut live.store, &self.packed);
         self.metrics.seconds.record(started.elapsed().as_secs_f64());
@@ -197,6 +213,7 @@ impl WasmTransform {
                 Failure::Timeout => &self.metrics.timeout,
                 Failure::Memory => &self.metrics.memory,
                 Failure::Malformed => &self.metrics.malformed,
+                Failure::Error => &self.metrics.error,
             }
             .increment(1);
             reason
@@ -225,12 +242,27 @@ impl WasmTransform {
             Err(reason) => {
                 self.metrics.bisections.increment(1);
                 tracing::debug!(plugin = %self.info.name, %reason, records = records.len(), "batch failed; splitting it");
+                let before = out.len();
                 let (left, right) = records.split_at(records.len() / 2);
                 self.run(left, out)?;
                 self.run(right, out)?;
+                // Every record went through in smaller calls: the batch, not a
+                // record, was too much (a timeout too short for its size).
+                if out[before..].iter().all(Result::is_ok) {
+                    self.metrics.recovered.increment(1);
+                    tracing::info!(plugin = %self.info.name, pipeline = %self.info.pipeline, %reason,
+                        records = records.len(), "plugin failed on a batch whose halves then went through");
+                }
             }
         }
         Ok(())
+    }
+
+    /// One call of `process` on `records`, as a pipeline makes it, without
+    /// splitting a failed batch: the inner `Err` says why the call failed or
+    /// where its answer breaks the format (`flowgate plugin check`).
+    pub fn try_batch(&mut self, records: &[Record]) -> Result<Result<Vec<Outcome>, String>, WasmError> {
+        self.call(records)
     }
 
     fn apply_sync(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
@@ -252,6 +284,13 @@ impl WasmTransform {
         }
         Ok(())
     }
+}
+
+/// When a call starting now must have ended: a wait the plugin asks for
+/// may not end later (one epoch tick past its timeout, as the epoch
+/// deadline).
+fn call_deadline(config: &WasmConfig) -> std::time::Instant {
+    std::time::Instant::now() + config.timeout.0 + EPOCH_TICK
 }
 
 /// Records a call may emit in all: at most one per 64 bytes of the plugin's

@@ -1,6 +1,6 @@
 //! Misbehaves on records whose value contains the configured `poison` text:
-//! loops forever, grows memory without end, panics, or answers with a huge
-//! value, per `mode`. Passes every other record unchanged.
+//! loops forever, sleeps an hour, grows memory without end, panics, or
+//! answers with a huge value, per `mode`. Passes every other record unchanged.
 
 use flowgate_guest::{Outcome, Record, Transform, host};
 
@@ -18,7 +18,7 @@ impl Transform for Hostile {
             let start = config.find(&format!("\"{name}\":\""))? + name.len() + 4;
             Some(config[start..start + config[start..].find('"')?].to_string())
         };
-        let mode = field("mode").ok_or("config needs \"mode\": loop | grow | panic | big | print | refuse")?;
+        let mode = field("mode").ok_or("config needs \"mode\": loop | sleep | grow | panic | big | print | refuse")?;
         if mode == "refuse" {
             return Err("this plugin refuses to start".into());
         }
@@ -37,6 +37,11 @@ impl Transform for Hostile {
                 loop {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
+            }
+            // A host call that blocks: no wasm runs meanwhile to meet the deadline.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Outcome::Keep
             }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
