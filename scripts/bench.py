@@ -705,8 +705,82 @@ def bench_snapshot(work):
         pg.stop()
 
 
+COMMITTED = """
+import sys, time
+from confluent_kafka import Consumer, TopicPartition
+brokers, group, topic, partitions, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+c = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+tps = [TopicPartition(topic, p) for p in range(partitions)]
+while sum(max(t.offset, 0) for t in c.committed(tps, timeout=10)) < n:
+    time.sleep(0.05)
+"""
+
+
+def bench_metrics(work):
+    """What metrics cost: the same pipelines with and without --metrics-addr,
+    rounds interleaved. The Kafka runs end when the group's committed offsets
+    reach the input's end (asked of the broker, the same way in both modes:
+    without a metrics address there is no counter to poll)."""
+    import signal
+    import time
+    count = int(os.environ.get("ENGINE_COUNT", "10000000"))
+    n = int(os.environ.get("KAFKA_COUNT", "1000000"))
+    header(f"metrics off vs on: generate -> null, {count:,} records of ~200 bytes, one core (taskset -c 0)")
+    pipeline = os.path.abspath("pipelines/generate-to-null.yaml")
+    base = ["taskset", "-c", "0", FLOWGATE, "run", "--progress", "0s", "--log", "warn", pipeline]
+    runs = {"off": [], "on": []}
+    for _ in range(REPEAT):
+        for mode in ("off", "on"):
+            extra = ["--metrics-addr", "127.0.0.1:0"] if mode == "on" else []
+            runs[mode].append(measure(base + extra, work, env={"COUNT": str(count)}))
+    off = median_run(runs["off"])
+    row("flowgate, metrics off", count, off)
+    engine = row("flowgate, metrics on (`--metrics-addr`)", count, median_run(runs["on"]), off) / (count / off[0])
+
+    tools = os.environ["FLOWGATE_TOOLS"]
+    python = os.path.join(tools, "venv", "bin", "python")
+    rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
+    poller = os.path.join(work, "committed.py")
+    with open(poller, "w") as f:
+        f.write(COMMITTED)
+    broker, brokers, topic = start_broker()
+    try:
+        topic("in")
+        subprocess.run([rawkafka, "produce", brokers, "in", str(n)], check=True, capture_output=True)
+        header(f"metrics off vs on: Kafka -> Kafka on loopback tansu, {n:,} records of ~170 bytes, 3 partitions; "
+               "until the group has committed them all, graceful stop included")
+        kruns = {"off": [], "on": []}
+        for r in range(REPEAT):
+            for mode in ("off", "on"):
+                name = f"metrics-{mode}-{r}"
+                topic(f"out-{name}")
+                text = (f"name: {name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [in]\n"
+                        f"    group: {name}\n    session_timeout: 6s\n"
+                        f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: out-{name}\n    linger: 20ms\n"
+                        "batch: {size: 2000, linger: 5ms}\n")
+                path = os.path.join(work, f"{name}.yaml")
+                with open(path, "w") as f:
+                    f.write(text)
+                extra = ["--metrics-addr", "127.0.0.1:0"] if mode == "on" else []
+                start = time.monotonic()
+                proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                                         os.path.join(work, f"state-{name}"), path] + extra,
+                                        cwd=work, stderr=open(os.path.join(work, f"{name}.log"), "w"))
+                subprocess.run([python, poller, brokers, name, "in", "3", str(n)], check=True)
+                proc.send_signal(signal.SIGTERM)
+                cpu, rss = wait4(proc)
+                kruns[mode].append((time.monotonic() - start, cpu, rss))
+        koff = median_run(kruns["off"])
+        row("flowgate Kafka -> Kafka, metrics off", n, koff)
+        kafka = row("flowgate Kafka -> Kafka, metrics on", n, median_run(kruns["on"]), koff) / (n / koff[0])
+    finally:
+        broker.terminate()
+        broker.wait()
+    print(f"\nmetrics on vs off: generate -> null {engine:.3f}x, Kafka -> Kafka {kafka:.3f}x", flush=True)
+
+
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
-         "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds}
+         "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds, "metrics": bench_metrics}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

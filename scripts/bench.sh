@@ -9,6 +9,7 @@
 #   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
 #   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
 #   scripts/bench.sh registry   the registry with 50k-field schemas: check time, reads meanwhile, memory per schema
+#   scripts/bench.sh metrics    what metrics cost: generate -> null and Kafka -> Kafka with and without --metrics-addr
 #   scripts/bench.sh compare REV [engine wasm avro kafka cdc]
 #                               before/after: the release binary of REV and of the
 #                               working tree, run by run on the same cases
