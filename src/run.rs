@@ -179,13 +179,23 @@ fn progress(name: String, stats: std::sync::Arc<crate::engine::Stats>, every: Du
 }
 
 pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
+    // Before the check: it starts the plugins that the pipelines then run,
+    // and metric handles taken before the recorder report nowhere.
+    let recorder = match options.metrics_addr.map(|_| server::install_recorder()) {
+        Some(Ok(handle)) => Some(handle),
+        Some(Err(e)) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
+    };
     let Some(loaded) = load_all(files, options.message_format, &crate::plan::check) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let health = Health::new(options.degraded_after);
     health.watch();
-    if let Some(addr) = options.metrics_addr
-        && !serve_metrics(addr, options.metrics_tls.as_ref(), health.clone()).await
+    if let (Some(addr), Some(handle)) = (options.metrics_addr, recorder)
+        && !serve_metrics(addr, options.metrics_tls.as_ref(), health.clone(), handle).await
     {
         return ExitCode::FAILURE;
     }
@@ -296,13 +306,17 @@ pub fn default_state_dir() -> &'static Path {
 
 /// Serves `/metrics`, `/health` and the status page on `addr` (over HTTPS
 /// with `tls`); false (logged) when it cannot.
-async fn serve_metrics(addr: SocketAddr, tls: Option<&TlsFiles>, health: Health) -> bool {
+async fn serve_metrics(
+    addr: SocketAddr,
+    tls: Option<&TlsFiles>,
+    health: Health,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> bool {
     let served = async {
         let tls = match tls {
             Some(t) => Some(crate::http::tls_acceptor(&t.cert, &t.key, t.client_ca.as_deref())?),
             None => None,
         };
-        let handle = server::install_recorder()?;
         server::serve(addr, health, handle, tls).await
     };
     match served.await {
@@ -356,10 +370,17 @@ pub async fn serve_registry(
         tracing::error!("{message}; {hint}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Some((addr, tls)) = metrics
-        && !serve_metrics(addr, tls.as_ref(), Health::default()).await
-    {
-        return ExitCode::FAILURE;
+    if let Some((addr, tls)) = metrics {
+        let served = match server::install_recorder() {
+            Ok(handle) => serve_metrics(addr, tls.as_ref(), Health::default(), handle).await,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                false
+            }
+        };
+        if !served {
+            return ExitCode::FAILURE;
+        }
     }
     if let Err(e) = crate::registry::serve(serve, store, limits).await {
         tracing::error!("{e:#}");

@@ -14,6 +14,16 @@ use serde_json::{Value, json};
 /// Runs `transforms` over `input` lines (as text, so that non-JSON reaches the
 /// plugin): (records written, dead-lettered records, log).
 fn run_pipeline(input: &str, transforms: Vec<Part>, batch: usize) -> (Vec<Value>, Vec<Value>, String) {
+    run_pipeline_with("", input, transforms, batch)
+}
+
+/// [`run_pipeline`] with `extra` lines added to the pipeline file.
+fn run_pipeline_with(
+    extra: &str,
+    input: &str,
+    transforms: Vec<Part>,
+    batch: usize,
+) -> (Vec<Value>, Vec<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("in.jsonl"), input).unwrap();
@@ -24,6 +34,8 @@ fn run_pipeline(input: &str, transforms: Vec<Part>, batch: usize) -> (Vec<Value>
         .dead_letter(sink::file("dlq.jsonl"))
         .batch(json!({"size": batch}))
         .write(d, "p.yaml");
+    let text = std::fs::read_to_string(&pipeline).unwrap() + extra;
+    std::fs::write(&pipeline, text).unwrap();
     let mut child = spawn_run(d, &pipeline, &["--progress", "0s"]);
     let status = wait_exit(&mut child, Duration::from_secs(180));
     assert!(status.success(), "{}", log(d));
@@ -285,6 +297,50 @@ fn a_plugin_asleep_in_a_host_call_is_cut_off_at_its_deadline_and_counted() {
     common::stop(&mut run.0, d);
     let text = log(d);
     assert!(text.contains("WARN") && text.contains("plugin failed on a record"), "{text}");
+}
+
+#[test]
+fn four_workers_keep_the_order_count_each_record_once_and_isolate_a_poison_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input: String =
+        (0..5000).map(|i| format!("{{\"id\":{i}{}}}\n", if i == 2345 { ",\"p\":\"POISON\"" } else { "" })).collect();
+    std::fs::write(d.join("in.jsonl"), input).unwrap();
+    let pipeline = Pipeline::new("workers")
+        .source(source::file("in.jsonl").with("format", "text"))
+        .transform(
+            transform::wasm(plugin("hostile.wasm")).with("config", json!({"mode": "jitter", "poison": "POISON"})),
+        )
+        .sink(sink::file("out.jsonl").with("format", "record"))
+        .dead_letter(sink::file("dlq.jsonl"))
+        .batch(json!({"size": 50}))
+        .write(d, "p.yaml");
+    let text = std::fs::read_to_string(&pipeline).unwrap() + "workers: 4\n";
+    std::fs::write(&pipeline, text).unwrap();
+    let mut child = spawn_run(d, &pipeline, &["--progress", "0s"]);
+    assert!(wait_exit(&mut child, Duration::from_secs(120)).success(), "{}", log(d));
+    let ids: Vec<i64> = records(&d.join("out.jsonl")).iter().map(|r| r["value"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (0..5000).filter(|i| *i != 2345).collect::<Vec<_>>(), "every record once, in order");
+    let dlq = records(&d.join("dlq.jsonl"));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["record"]["value"]["id"], 2345);
+    let text = log(d);
+    assert!(text.contains("in 5000 out 4999") && text.contains("dead-lettered 1"), "{text}");
+    // Four instances side by side (more replaced those the poison trapped).
+    assert!(text.matches("hostile instance started").count() >= 4, "{text}");
+}
+
+#[test]
+fn run_starts_each_plugin_once() {
+    // One worker: the check's instance is the one that runs.
+    let (out, dlq, log) = run_pipeline_with(
+        "workers: 1\n",
+        "{\"id\":1}\n{\"id\":2}\n",
+        vec![transform::wasm(plugin("hostile.wasm")).with("config", json!({"mode": "loop", "poison": "never"}))],
+        10,
+    );
+    assert_eq!((out.len(), dlq.len()), (2, 0));
+    assert_eq!(log.matches("hostile instance started").count(), 1, "{log}");
 }
 
 #[test]

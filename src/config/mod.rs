@@ -57,6 +57,19 @@ pub struct PipelineConfig {
     /// When the pipeline counts as degraded for falling behind its source.
     #[serde(default)]
     pub health: HealthConfig,
+    /// Copies of the transforms run side by side, each on a batch of its
+    /// own (default: the machine's cores, at most 8). Batches go on to the
+    /// sink in the order they were read, whatever the number.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 64))]
+    pub workers: Option<usize>,
+}
+
+impl PipelineConfig {
+    /// The transform workers in effect.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+    }
 }
 
 /// Bounds on how far behind its source a running pipeline may fall before

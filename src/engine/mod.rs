@@ -10,6 +10,7 @@
 mod errors;
 mod stats;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,8 +118,9 @@ pub async fn write_with_retry(
 pub struct Pipeline {
     pub name: Arc<str>,
     pub source: Box<dyn Source>,
-    /// Transforms with their stage names (`transform[0]:wasm`).
-    pub transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    /// The transform chain, one copy per worker (none: no transforms), each
+    /// transform with its stage name (`transform[0]:wasm`).
+    pub transforms: Vec<Chain>,
     pub sink: Box<dyn Sink>,
     /// Records the sink refuses after `write` returned (see [`flowgate_sdk::LateRejects`]).
     pub late: mpsc::UnboundedReceiver<LateReject>,
@@ -127,55 +129,122 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
 }
 
+/// One copy of the transform chain: each transform with its stage name.
+pub type Chain = Vec<(Arc<str>, Box<dyn Transform>)>;
+
+/// A chain with each transform's time histogram.
+type TimedChain = Vec<(metrics::Histogram, Arc<str>, Box<dyn Transform>)>;
+
+/// Runs `batch` through `chain`. A transient error (a schema registry out of
+/// reach) is retried with the same batch: transforms change a batch only once
+/// they succeed. A lasting one stops the pipeline.
+async fn apply_chain(
+    name: &str,
+    chain: &mut TimedChain,
+    batch: &mut Batch,
+    stop: &CancellationToken,
+) -> Result<(), EngineError> {
+    for (took, stage, t) in chain.iter_mut() {
+        if batch.records.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        let mut backoff = retry_backoff(Duration::from_millis(100));
+        let mut retried = false;
+        loop {
+            match t.apply(batch).await {
+                Ok(()) => {
+                    if retried {
+                        health::recovered(name, stage);
+                    }
+                    took.record(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    retried = true;
+                    health::trouble(name, stage, "retrying", e.chain(), false);
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(stage = &**stage, retry_in = ?delay, error = %e.chain(), "transform failed; retrying");
+                    if let Err(stopped) = sleep_unless_stopped(delay, stage, e, stop).await {
+                        stop.cancel();
+                        return Err(stopped);
+                    }
+                }
+                Err(e) => {
+                    stop.cancel();
+                    return Err(EngineError::connector(stage, e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The transform stage: one chain runs batches one after the other; several
+/// (`workers`) run side by side, each on its own batch, and the batches go on
+/// in the order they came: the sink, the acknowledgements and the order per
+/// key are as with one. At most one batch per chain is in the workers, so
+/// memory stays bounded by the pipeline's buffers.
 async fn transform_task(
     name: Arc<str>,
-    transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    chains: Vec<Chain>,
     mut rx: mpsc::Receiver<Batch>,
     tx: mpsc::Sender<Batch>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> Result<(), EngineError> {
-    let mut transforms: Vec<_> =
-        transforms.into_iter().map(|(stage, t)| (stats.stage_histogram(&stage), stage, t)).collect();
-    while let Some(mut batch) = rx.recv().await {
-        stats.m_queue_transform.set(rx.len() as f64);
-        for (took, stage, t) in &mut transforms {
-            if batch.records.is_empty() {
-                break;
-            }
-            let started = Instant::now();
-            // A transient error (a schema registry out of reach) is retried with
-            // the same batch: transforms change a batch only once they succeed.
-            let mut backoff = retry_backoff(Duration::from_millis(100));
-            let mut retried = false;
-            loop {
-                match t.apply(&mut batch).await {
-                    Ok(()) => {
-                        if retried {
-                            health::recovered(&name, stage);
-                        }
-                        took.record(started.elapsed().as_secs_f64());
-                        break;
-                    }
-                    Err(e) if e.is_retryable() => {
-                        retried = true;
-                        health::trouble(&name, stage, "retrying", e.chain(), false);
-                        let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                        tracing::warn!(stage = &**stage, retry_in = ?delay, error = %e.chain(), "transform failed; retrying");
-                        if let Err(stopped) = sleep_unless_stopped(delay, stage, e, &stop).await {
-                            stop.cancel();
-                            return Err(stopped);
-                        }
-                    }
-                    Err(e) => {
-                        stop.cancel();
-                        return Err(EngineError::connector(stage, e));
-                    }
-                }
+    let timed = |chain: Chain| -> TimedChain {
+        chain.into_iter().map(|(stage, t)| (stats.stage_histogram(&stage), stage, t)).collect()
+    };
+    let mut free: Vec<TimedChain> = chains.into_iter().map(timed).collect();
+    if free.len() == 1 {
+        let mut chain = free.pop().expect("one chain");
+        while let Some(mut batch) = rx.recv().await {
+            stats.m_queue_transform.set(rx.len() as f64);
+            apply_chain(&name, &mut chain, &mut batch, &stop).await?;
+            if tx.send(batch).await.is_err() {
+                break; // The sink task stopped; its error is reported from there.
             }
         }
-        if tx.send(batch).await.is_err() {
-            break; // The sink task stopped; its error is reported from there.
+        return Ok(());
+    }
+    let (back_tx, mut back_rx) = mpsc::channel::<TimedChain>(free.len());
+    // The batches in the workers, in the order they came.
+    let mut working: VecDeque<tokio::task::JoinHandle<Result<Batch, EngineError>>> = VecDeque::new();
+    let mut input_open = true;
+    while input_open || !working.is_empty() {
+        tokio::select! {
+            biased;
+            Some(chain) = back_rx.recv() => free.push(chain),
+            done = async { working.front_mut().expect("not empty").await }, if !working.is_empty() => {
+                working.pop_front();
+                let batch = match done {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(EngineError::Task { stage: "transform".into(), source: e });
+                    }
+                };
+                if tx.send(batch).await.is_err() {
+                    break; // The sink task stopped; its error is reported from there.
+                }
+            }
+            batch = rx.recv(), if input_open && !free.is_empty() => {
+                let Some(mut batch) = batch else {
+                    input_open = false;
+                    continue;
+                };
+                stats.m_queue_transform.set(rx.len() as f64);
+                let mut chain = free.pop().expect("a free chain");
+                let (name, stop, back) = (Arc::clone(&name), stop.clone(), back_tx.clone());
+                working.push_back(tokio::spawn(async move {
+                    let applied = apply_chain(&name, &mut chain, &mut batch, &stop).await;
+                    // Closed only once this task is gone: the send cannot fail but on shutdown.
+                    let _ = back.send(chain).await;
+                    applied.map(|()| batch)
+                }));
+            }
         }
     }
     Ok(())
@@ -350,7 +419,7 @@ impl Pipeline {
         let stop = shutdown.child_token();
 
         let (source_tx, source_rx) = mpsc::channel::<Batch>(batching.buffer);
-        let (sink_rx, transform_handle) = if transforms.is_empty() {
+        let (sink_rx, transform_handle) = if transforms.iter().all(Vec::is_empty) {
             (source_rx, None)
         } else {
             let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);

@@ -189,7 +189,7 @@ fn pipeline(
     batches: u64,
     per: u64,
     sink: MemSink,
-    transforms: Vec<(Arc<str>, Box<dyn Transform>)>,
+    transforms: crate::engine::Chain,
     policy: ErrorPolicy,
     dead_letter: Option<MemSink>,
 ) -> (Pipeline, Harness) {
@@ -201,7 +201,7 @@ fn pipeline(
         errors: ErrorHandler::new(policy, dead_letter.map(|d| Box::new(d) as Box<dyn Sink>), Arc::clone(&name)),
         name,
         source: Box::new(source),
-        transforms,
+        transforms: vec![transforms],
         sink: Box::new(sink),
         late: mpsc::unbounded_channel().1,
         batch: BatchConfig { size: per as usize, linger: flowgate_sdk::HumanDuration::from_millis(10), buffer: 2 },

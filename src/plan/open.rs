@@ -7,7 +7,7 @@ use flowgate_avro::RegistryClient;
 use flowgate_sdk::{ConnectorError, OpenContext, Resources, Role, StateStore};
 
 use crate::config::PipelineConfig;
-use crate::engine::{ErrorHandler, Pipeline, Stats};
+use crate::engine::{Chain, ErrorHandler, Pipeline, Stats};
 
 /// A connector that could not be opened, with the stage it belongs to. The
 /// connector's error is shown with its causes in the message.
@@ -44,11 +44,17 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
         ctx.resources = resources.clone();
         ctx
     };
-    let mut transforms = Vec::with_capacity(config.transforms.len());
-    for (i, t) in config.transforms.iter().enumerate() {
-        let stage = t.stage(i);
-        let opened = t.connector.open(&context(t.kind, Role::Transform(i)), &stage).await.map_err(fail("transform"))?;
-        transforms.push((Arc::from(stage), opened));
+    // One copy of the chain per worker, each transform opened for each.
+    let workers =
+        if config.transforms.is_empty() && config.source.connector.format().is_none() { 1 } else { config.workers() };
+    let mut chains: Vec<Chain> = (0..workers).map(|_| Vec::with_capacity(config.transforms.len() + 1)).collect();
+    for chain in &mut chains {
+        for (i, t) in config.transforms.iter().enumerate() {
+            let stage = t.stage(i);
+            let ctx = context(t.kind, Role::Transform(i));
+            let opened = t.connector.open(&ctx, &stage).await.map_err(fail("transform"))?;
+            chain.push((Arc::from(stage), opened));
+        }
     }
     // The sink opens first: a position it stored with its data
     // (effectively-once) is where the source resumes, and a sink may leave
@@ -66,8 +72,10 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
     // The source's values are decoded by a stage of their own, before any step.
     if let Some(format) = config.source.connector.format() {
         let stage = format!("decode:{}", format.name());
-        if let Some(decode) = format.decoder(&source_ctx, &stage).map_err(fail("source"))? {
-            transforms.insert(0, (Arc::from(stage), decode));
+        for chain in &mut chains {
+            if let Some(decode) = format.decoder(&source_ctx, &stage).map_err(fail("source"))? {
+                chain.insert(0, (Arc::from(stage.as_str()), decode));
+            }
         }
     }
     let dead_letter = match &config.errors.dead_letter {
@@ -77,7 +85,7 @@ pub async fn open(config: &PipelineConfig, state_dir: &Path) -> Result<Pipeline,
     Ok(Pipeline {
         stats: Arc::new(Stats::new(&name)),
         errors: ErrorHandler::new(config.errors.policy, dead_letter, Arc::clone(&name)),
-        transforms,
+        transforms: chains,
         name,
         source,
         sink,

@@ -21,7 +21,7 @@ fn default_max_memory() -> ByteSize {
 /// log. A trap, a batch running past `timeout` or memory growing past
 /// `max_memory` fails only the records that cause it: the instance is replaced
 /// and those records go to the error policy.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WasmConfig {
     /// Path of the component (`.wasm`).

@@ -4,7 +4,15 @@ use flowgate_sdk::{
     ConnectorError, OpenContext, Problem, Registry, Role, Stage, Transform, TransformConnector, async_trait,
 };
 
+use std::sync::Mutex;
+
 use crate::{WasmConfig, WasmTransform, plugin_name};
+
+/// Instances the check started, by pipeline and stage, for `open` to take:
+/// `run` checks a pipeline (which starts each plugin, so that one refusing
+/// its config is found before anything is read) and then opens it, and a
+/// plugin's `init` runs once per instance, not once for each.
+static CHECKED: Mutex<Vec<((String, String), WasmTransform)>> = Mutex::new(Vec::new());
 
 pub fn register(registry: &mut Registry) {
     registry.transform::<WasmConfig>("wasm");
@@ -22,13 +30,28 @@ impl TransformConnector for WasmConfig {
             Role::Transform(i) => i,
             _ => 0,
         };
-        match WasmTransform::new(self.clone(), stage.pipeline.name, &self.stage_name(stage.kind, index)) {
-            Ok(_) => Vec::new(),
+        let name = self.stage_name(stage.kind, index);
+        match WasmTransform::new(self.clone(), stage.pipeline.name, &name) {
+            Ok(t) => {
+                let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (stage.pipeline.name.to_string(), name);
+                checked.retain(|(k, _)| *k != key);
+                checked.push((key, t));
+                Vec::new()
+            }
             Err(e) => vec![Problem::new(["path"], ConnectorError::from(e).chain())],
         }
     }
 
     async fn open(&self, ctx: &OpenContext, stage: &str) -> Result<Box<dyn Transform>, ConnectorError> {
-        Ok(Box::new(WasmTransform::new(self.clone(), &ctx.pipeline, stage)?))
+        let taken = {
+            let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+            let at = checked.iter().position(|((p, s), t)| **p == *ctx.pipeline && s == stage && t.config() == self);
+            at.map(|i| checked.swap_remove(i).1)
+        };
+        match taken {
+            Some(t) => Ok(Box::new(t)),
+            None => Ok(Box::new(WasmTransform::new(self.clone(), &ctx.pipeline, stage)?)),
+        }
     }
 }

@@ -134,7 +134,10 @@ impl WasmTransform {
             live: None,
             packed: Vec::new(),
         };
-        t.live = Some(t.instantiate()?);
+        // `init` may block in WASI (a line printed waits on the host's
+        // stream), which on a runtime's thread must not start a runtime of
+        // its own: `run` checks pipelines on one.
+        t.live = Some(blocking(|| t.instantiate())?);
         Ok(t)
     }
 
@@ -258,6 +261,11 @@ impl WasmTransform {
         Ok(())
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &WasmConfig {
+        &self.config
+    }
+
     /// One call of `process` on `records`, as a pipeline makes it, without
     /// splitting a failed batch: the inner `Err` says why the call failed or
     /// where its answer breaks the format (`flowgate plugin check`).
@@ -311,10 +319,15 @@ fn live_memory(live: &Option<Live>) -> usize {
 #[async_trait]
 impl Transform for WasmTransform {
     async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        // The plugin runs on this thread for up to its timeout; on a multi-thread
-        // runtime, let the other tasks move to another worker meanwhile.
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if multi_thread { tokio::task::block_in_place(|| self.apply_sync(batch)) } else { self.apply_sync(batch) }
+        blocking(|| self.apply_sync(batch))
     }
+}
+
+/// Runs `f`, which runs the plugin on this thread for up to its timeout and
+/// may block in WASI: on a multi-thread runtime, the thread's other tasks
+/// move to another worker meanwhile.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread { tokio::task::block_in_place(f) } else { f() }
 }

@@ -1,6 +1,7 @@
 //! Misbehaves on records whose value contains the configured `poison` text:
 //! loops forever, sleeps an hour, grows memory without end, panics, or
-//! answers with a huge value, per `mode`. Passes every other record unchanged.
+//! answers with a huge value, per `mode`; `jitter` also sleeps a little on
+//! every record (0 to 2 ms), so that batches take different times. Passes every other record unchanged.
 
 use flowgate_guest::{Outcome, Record, Transform, host};
 
@@ -18,16 +19,28 @@ impl Transform for Hostile {
             let start = config.find(&format!("\"{name}\":\""))? + name.len() + 4;
             Some(config[start..start + config[start..].find('"')?].to_string())
         };
-        let mode = field("mode").ok_or("config needs \"mode\": loop | sleep | grow | panic | big | print | refuse")?;
+        let mode = field("mode").ok_or("config needs \"mode\": loop | sleep | jitter | grow | panic | big | print | refuse")?;
         if mode == "refuse" {
             return Err("this plugin refuses to start".into());
         }
         let poison = field("poison").ok_or("config needs \"poison\"")?;
+        // Each instance says so once: a run must start one, not one for its
+        // check and another for the pipeline.
+        println!("hostile instance started");
         Ok(Hostile { mode, poison, size: field("size").unwrap_or_default() })
     }
 
     fn process(&mut self, record: &Record<'_>) -> Outcome {
         let poisoned = record.value.windows(self.poison.len()).any(|w| w == self.poison.as_bytes());
+        if self.mode == "jitter" {
+            // 0 to 2 ms per record, told from its value: batches take
+            // different times, so workers finish out of order.
+            let h = record.value.iter().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)));
+            std::thread::sleep(std::time::Duration::from_micros(u64::from(h % 2000)));
+            if poisoned {
+                panic!("poisoned record");
+            }
+        }
         if !poisoned {
             return Outcome::Keep;
         }
