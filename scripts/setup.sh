@@ -14,6 +14,12 @@ python3 -c 'import ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # MariaDB, of which each MySQL-sink test starts a private server.
 command -v mariadbd >/dev/null || [[ -x /usr/sbin/mariadbd ]] || need_apt+=(mariadb-server)
+# C plugins (examples/*/c): clang, wasm-ld and wasi-libc, with compiler-rt for wasm32.
+command -v clang >/dev/null || need_apt+=(clang)
+command -v wasm-ld >/dev/null || need_apt+=(lld)
+[[ -e /usr/lib/wasm32-wasi/libc.a ]] || need_apt+=(wasi-libc)
+compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a' >/dev/null ||
+  need_apt+=(libclang-rt-14-dev-wasm32)
 # A real browser for the status page's test, and a real Prometheus (with
 # promtool) for the shipped alert rules and the scrape test.
 command -v chromium >/dev/null || need_apt+=(chromium)

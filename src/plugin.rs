@@ -10,6 +10,9 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    /// C with wasi-libc, without a Flowgate helper: the bindings `wit-bindgen
+    /// c` generated and a reader/writer of the batch format come with it.
+    C,
 }
 
 const WIT: &str = include_str!("../wit/transform.wit");
@@ -24,9 +27,15 @@ const PY_BUILD: &str = include_str!("plugin_templates/python_build.sh");
 const JS_GUEST: &str = include_str!("../wit/guest/js/flowgate-guest.js");
 const JS_PLUGIN: &str = include_str!("plugin_templates/js_plugin.js");
 const JS_BUILD: &str = include_str!("plugin_templates/js_build.mjs");
+const C_PLUGIN: &str = include_str!("plugin_templates/c_plugin.c");
+const C_BUILD: &str = include_str!("plugin_templates/c_build.sh");
+const C_BATCH: &str = include_str!("../examples/add-header/c/batch.h");
+const C_BINDINGS_H: &str = include_str!("../examples/add-header/c/bindings/transform.h");
+const C_BINDINGS_C: &str = include_str!("../examples/add-header/c/bindings/transform.c");
+const C_BINDINGS_TYPE: &[u8] = include_bytes!("../examples/add-header/c/bindings/transform_component_type.o");
 
 /// (path in the project, contents) for a new plugin project.
-fn files(lang: Lang, name: &str) -> Vec<(String, String)> {
+fn files(lang: Lang, name: &str) -> Vec<(String, Vec<u8>)> {
     let crate_name = name.replace('-', "_");
     let fill = |t: &str, wasm: &str| t.replace("{{name}}", name).replace("{{wasm}}", wasm);
     let (wasm, build, toolchain, sources): (String, &str, &str, Vec<(&str, String)>) = match lang {
@@ -64,16 +73,31 @@ fn files(lang: Lang, name: &str) -> Vec<(String, String)> {
             let toolchain = "JavaScript (componentize-js 0.23: `npm install @bytecodealliance/componentize-js@0.23.0`)";
             (wasm, "node build.mjs", toolchain, sources)
         }
+        Lang::C => {
+            let wasm = format!("{name}.wasm");
+            let sources = vec![
+                ("plugin.c", C_PLUGIN.into()),
+                ("batch.h", C_BATCH.into()),
+                ("bindings/transform.h", C_BINDINGS_H.into()),
+                ("bindings/transform.c", C_BINDINGS_C.into()),
+                ("build.sh", fill(C_BUILD, &wasm)),
+            ];
+            let toolchain = "C (clang and wasi-libc; wasm-tools to make the component)";
+            (wasm, "./build.sh", toolchain, sources)
+        }
     };
     let readme = format!(
         "# {name}\n\nA Flowgate transform plugin in {toolchain}.\n\n```sh\n{build}\nflowgate plugin check {wasm}\n\
          flowgate run pipeline.yaml\n```\n\n`wit/` holds the contract ({CONTRACT}); the guest helper turns the \
          packed batches into records. Writing plugins: docs/plugins.md in the Flowgate repository.\n"
     );
-    let mut files: Vec<(String, String)> = sources.into_iter().map(|(p, c)| (p.to_string(), c)).collect();
+    let mut files: Vec<(String, Vec<u8>)> = sources.into_iter().map(|(p, c)| (p.to_string(), c.into_bytes())).collect();
+    if lang == Lang::C {
+        files.push(("bindings/transform_component_type.o".into(), C_BINDINGS_TYPE.to_vec()));
+    }
     files.push(("wit/transform.wit".into(), WIT.into()));
-    files.push(("pipeline.yaml".into(), fill(PIPELINE, &wasm)));
-    files.push(("README.md".into(), readme));
+    files.push(("pipeline.yaml".into(), fill(PIPELINE, &wasm).into_bytes()));
+    files.push(("README.md".into(), readme.into_bytes()));
     files
 }
 

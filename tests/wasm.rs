@@ -551,6 +551,41 @@ fn scaffold(lang: &str, build: &[&str], wasm: &str) {
 }
 
 #[test]
+fn plugin_new_c_builds_as_is() {
+    scaffold("c", &["bash", "build.sh"], "my-plugin.wasm");
+}
+
+#[test]
+fn a_plugin_in_c_without_a_helper_sets_a_header_end_to_end() {
+    // examples/add-header/c: clang, wasi-libc, `wit-bindgen c`, wasm-tools.
+    let wasm = |name: &str| transform::wasm(plugin(&format!("c-{name}.wasm")));
+    let (out, dlq, log) =
+        run_pipeline(INPUT, vec![wasm("add-header").with("config", json!({"name": "x-src", "value": "flowgate"}))], 10);
+    assert_eq!(out.len(), 4, "{log}");
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert!(out.iter().all(|r| r["headers"]["x-src"] == "flowgate"), "{out:?}");
+    assert_eq!(out[2]["value"], "not json", "add-header never parses values");
+    assert_eq!(out[0]["value"], json!({"id":1,"email":"a@x.io","items":[1,2],"amount":5}), "the value is kept");
+    assert!(log.contains("add-header ready: x-src = flowgate"), "{log}");
+    // It runs on every field a record can have, and refuses a config without its keys.
+    let check = |config: &str| {
+        let out = flowgate()
+            .args(["plugin", "check"])
+            .arg(plugin("c-add-header.wasm"))
+            .args(["--config", config])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, stdout) = check(r#"{"name":"x","value":"y"}"#);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("6 emitted 6 records"), "{stdout}");
+    let (code, stdout) = check("{}");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("config needs \"name\" and \"value\""), "{stdout}");
+}
+
+#[test]
 fn plugin_new_rust_builds_as_is() {
     scaffold(
         "rust",
