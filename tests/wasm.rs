@@ -582,7 +582,7 @@ fn a_plugin_in_c_without_a_helper_sets_a_header_end_to_end() {
     assert!(stdout.contains("6 emitted 6 records"), "{stdout}");
     let (code, stdout) = check("{}");
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("config needs \"name\" and \"value\""), "{stdout}");
+    assert!(stdout.contains("config key \"name\" is required"), "{stdout}");
 }
 
 #[test]

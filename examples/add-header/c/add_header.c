@@ -10,24 +10,84 @@
 
 static char *header_name, *header_value;
 
-/* The string value of `"key": "..."` in a flat JSON object, unescaped
- * (\" and \\ only: enough for a header); NULL when it is not there. */
-static char *json_string(const char *json, size_t len, const char *key) {
-    size_t klen = strlen(key);
-    for (size_t i = 0; i + klen + 2 <= len; i++) {
-        if (json[i] != '"' || strncmp(json + i + 1, key, klen) != 0 || json[i + 1 + klen] != '"') continue;
-        size_t j = i + klen + 2;
-        while (j < len && (json[j] == ' ' || json[j] == ':')) j++;
-        if (j >= len || json[j] != '"') return NULL;
-        char *out = malloc(len - j);
-        size_t n = 0;
-        for (j++; j < len && json[j] != '"'; j++) {
-            if (json[j] == '\\' && j + 1 < len) j++;
-            out[n++] = json[j];
+/* A config is a flat JSON object; this reads just that much of JSON. */
+typedef struct {
+    const char *at, *end;
+} cursor;
+
+static void skip_space(cursor *c) {
+    while (c->at < c->end && (*c->at == ' ' || *c->at == '\n' || *c->at == '\t' || *c->at == '\r')) c->at++;
+}
+
+/* A JSON string at the cursor, unescaped (\uXXXX is kept as it is: enough
+ * for header names and values); NULL if there is none. */
+static char *read_string(cursor *c) {
+    if (c->at >= c->end || *c->at != '"') return NULL;
+    char *out = malloc((size_t)(c->end - c->at));
+    size_t n = 0;
+    for (c->at++; c->at < c->end && *c->at != '"'; c->at++) {
+        if (*c->at == '\\' && c->at + 1 < c->end) {
+            c->at++;
+            char e = *c->at;
+            out[n++] = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e;
+        } else {
+            out[n++] = *c->at;
         }
-        out[n] = '\0';
-        return out;
     }
+    if (c->at >= c->end) {
+        free(out);
+        return NULL;
+    }
+    c->at++;
+    out[n] = '\0';
+    return out;
+}
+
+/* Reads `{"name": "...", "value": "..."}` into the two globals; an error
+ * message naming the key at fault otherwise. */
+static const char *read_config(const char *json, size_t len, char *err, size_t err_len) {
+    cursor c = {json, json + len};
+    skip_space(&c);
+    if (c.at < c.end && *c.at == '{') {
+        c.at++;
+        for (;;) {
+            skip_space(&c);
+            if (c.at < c.end && *c.at == '}') break;
+            char *key = read_string(&c);
+            if (!key) return "config is not a JSON object";
+            skip_space(&c);
+            if (c.at >= c.end || *c.at != ':') return "config is not a JSON object";
+            c.at++;
+            skip_space(&c);
+            char **slot = strcmp(key, "name") == 0 ? &header_name : strcmp(key, "value") == 0 ? &header_value : NULL;
+            if (!slot) {
+                strncpy(err, "unknown config key \"", err_len);
+                strncat(err, key, err_len - strlen(err) - 2);
+                strcat(err, "\"");
+                return err;
+            }
+            char *value = read_string(&c);
+            if (!value) {
+                strncpy(err, "config key \"", err_len);
+                strncat(err, key, err_len - strlen(err) - 20);
+                strcat(err, "\" must be a string");
+                return err;
+            }
+            *slot = value;
+            free(key);
+            skip_space(&c);
+            if (c.at < c.end && *c.at == ',') {
+                c.at++;
+                continue;
+            }
+            if (c.at < c.end && *c.at == '}') break;
+            return "config is not a JSON object";
+        }
+    } else if (c.at < c.end) {
+        return "config is not a JSON object";
+    }
+    if (!header_name) return "config key \"name\" is required";
+    if (!header_value) return "config key \"value\" is required";
     return NULL;
 }
 
@@ -36,11 +96,11 @@ static void set_error(transform_string_t *err, const char *message) {
 }
 
 bool exports_flowgate_transform_transformer_init(transform_string_t *config, transform_string_t *err) {
-    header_name = json_string((const char *)config->ptr, config->len, "name");
-    header_value = json_string((const char *)config->ptr, config->len, "value");
+    char why[256];
+    const char *problem = read_config((const char *)config->ptr, config->len, why, sizeof why);
     transform_string_free(config);
-    if (!header_name || !header_value) {
-        set_error(err, "config needs \"name\" and \"value\" (strings)");
+    if (problem) {
+        set_error(err, problem);
         return false;
     }
     /* No printf: wasi-libc's stdio imports WASI preview 1, which would need
@@ -76,22 +136,29 @@ void exports_flowgate_transform_transformer_process(transform_list_u8_t *batch, 
         if (rec.has_key) fg_put_bytes32(&out, rec.key);
         fg_put_bytes32(&out, rec.value);
         if (rec.has_timestamp) fg_put_uint(&out, (uint64_t)rec.timestamp, 8);
-        uint16_t kept = 0;
+        /* The header replaces the first of the same name, where it is, and
+         * drops the others; without one it goes last. */
+        uint16_t same = 0;
         for (uint16_t h = 0; h < rec.header_count; h++) {
             fg_header hd = fg_header_at(&rec, h);
-            kept += !(hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0);
+            same += hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0;
         }
-        fg_put_uint(&out, kept + 1u, 2);
+        fg_put_uint(&out, rec.header_count - same + 1u, 2);
+        bool placed = false;
         for (uint16_t h = 0; h < rec.header_count; h++) {
             fg_header hd = fg_header_at(&rec, h);
-            if (hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0) continue;
+            bool is_it = hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0;
+            if (is_it && placed) continue;
             fg_put_uint(&out, hd.name.len, 2);
             fg_put(&out, hd.name.ptr, hd.name.len);
-            fg_put_bytes32(&out, hd.value);
+            fg_put_bytes32(&out, is_it ? value : hd.value);
+            placed |= is_it;
         }
-        fg_put_uint(&out, name_len, 2);
-        fg_put(&out, header_name, name_len);
-        fg_put_bytes32(&out, value);
+        if (!placed) {
+            fg_put_uint(&out, name_len, 2);
+            fg_put(&out, header_name, name_len);
+            fg_put_bytes32(&out, value);
+        }
     }
     transform_list_u8_free(batch);
     transform_string_t counter;
