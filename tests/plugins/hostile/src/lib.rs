@@ -19,7 +19,8 @@ impl Transform for Hostile {
             let start = config.find(&format!("\"{name}\":\""))? + name.len() + 4;
             Some(config[start..start + config[start..].find('"')?].to_string())
         };
-        let mode = field("mode").ok_or("config needs \"mode\": loop | sleep | jitter | grow | panic | big | print | refuse")?;
+        let mode = field("mode")
+            .ok_or("config needs \"mode\": loop | sleep | jitter | grow | panic | big | print | refuse")?;
         if mode == "refuse" {
             return Err("this plugin refuses to start".into());
         }
