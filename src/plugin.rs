@@ -138,6 +138,24 @@ pub fn new(lang: Lang, name: &str, dir: Option<PathBuf>) -> ExitCode {
 /// have (or on the lines of `input`), its answer checked as the pipeline
 /// checks it, so that a malformed answer is found without a pipeline.
 pub fn check(path: &Path, config: Option<&str>, input: Option<&Path>) -> ExitCode {
+    // What the command was given is checked first: a usage error, not the plugin's.
+    let config: serde_json::Value = match config.map(serde_json::from_str).transpose() {
+        Ok(c) => c.unwrap_or(serde_json::Value::Null),
+        Err(e) => {
+            crate::errln!("error: --config is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let records = match input {
+        Some(file) => match std::fs::read(file) {
+            Ok(text) => Some((lines(&text, file), format!("the records of {}", file.display()))),
+            Err(e) => {
+                crate::errln!("error: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let runtime = match WasmRuntime::global() {
         Ok(r) => r,
         Err(e) => {
@@ -162,7 +180,7 @@ pub fn check(path: &Path, config: Option<&str>, input: Option<&Path>) -> ExitCod
             return ExitCode::FAILURE;
         }
     }
-    match run_sample(path, config, input) {
+    match run_sample(path, config, records) {
         Ok(summary) => {
             crate::outln!("ok: {summary}");
             ExitCode::SUCCESS
@@ -174,22 +192,17 @@ pub fn check(path: &Path, config: Option<&str>, input: Option<&Path>) -> ExitCod
     }
 }
 
-/// Runs the plugin once on the sample (or `input`): what it answered, or the
-/// first problem.
-fn run_sample(path: &Path, config: Option<&str>, input: Option<&Path>) -> Result<String, String> {
-    let config: serde_json::Value = match config {
-        Some(text) => serde_json::from_str(text).map_err(|e| format!("--config is not JSON: {e}"))?,
-        None => serde_json::Value::Null,
-    };
+/// Runs the plugin once on the sample (or `records`): what it answered, or
+/// the first problem.
+fn run_sample(
+    path: &Path,
+    config: serde_json::Value,
+    records: Option<(Vec<flowgate_sdk::Record>, String)>,
+) -> Result<String, String> {
     let settings = serde_json::json!({"path": path, "config": config});
     let settings: flowgate_wasm::WasmConfig = serde_json::from_value(settings).map_err(|e| e.to_string())?;
-    let (records, what) = match input {
-        Some(file) => {
-            let text = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            (lines(&text, file), format!("the records of {}", file.display()))
-        }
-        None => (flowgate_wasm::format::sample_batch(), "the sample batch".to_string()),
-    };
+    let (records, what) =
+        records.unwrap_or_else(|| (flowgate_wasm::format::sample_batch(), "the sample batch".to_string()));
     let mut plugin = flowgate_wasm::WasmTransform::new(settings, "plugin-check", "transform[0]:wasm")
         .map_err(|e| flowgate_sdk::error_chain(&e))?;
     let outcomes = plugin

@@ -68,7 +68,7 @@ pub struct PipelineConfig {
 impl PipelineConfig {
     /// The transform workers in effect.
     pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8))).max(1)
     }
 }
 

@@ -183,8 +183,10 @@ async fn apply_chain(
 /// The transform stage: one chain runs batches one after the other; several
 /// (`workers`) run side by side, each on its own batch, and the batches go on
 /// in the order they came: the sink, the acknowledgements and the order per
-/// key are as with one. At most one batch per chain is in the workers, so
-/// memory stays bounded by the pipeline's buffers.
+/// key are as with one. At most as many batches as chains are between this
+/// stage's input and output, finished or not (a slow batch at the head holds
+/// the others back rather than let them pile up), so memory stays bounded by
+/// the pipeline's buffers.
 async fn transform_task(
     name: Arc<str>,
     chains: Vec<Chain>,
@@ -208,7 +210,8 @@ async fn transform_task(
         }
         return Ok(());
     }
-    let (back_tx, mut back_rx) = mpsc::channel::<TimedChain>(free.len());
+    let workers = free.len();
+    let (back_tx, mut back_rx) = mpsc::channel::<TimedChain>(workers);
     // The batches in the workers, in the order they came.
     let mut working: VecDeque<tokio::task::JoinHandle<Result<Batch, EngineError>>> = VecDeque::new();
     let mut input_open = true;
@@ -220,9 +223,13 @@ async fn transform_task(
                 working.pop_front();
                 let batch = match done {
                     Ok(Ok(batch)) => batch,
-                    Ok(Err(e)) => return Err(e),
+                    Ok(Err(e)) => {
+                        abandon(working);
+                        return Err(e);
+                    }
                     Err(e) => {
                         stop.cancel();
+                        abandon(working);
                         return Err(EngineError::Task { stage: "transform".into(), source: e });
                     }
                 };
@@ -230,7 +237,7 @@ async fn transform_task(
                     break; // The sink task stopped; its error is reported from there.
                 }
             }
-            batch = rx.recv(), if input_open && !free.is_empty() => {
+            batch = rx.recv(), if input_open && !free.is_empty() && working.len() < workers => {
                 let Some(mut batch) = batch else {
                     input_open = false;
                     continue;
@@ -248,6 +255,15 @@ async fn transform_task(
         }
     }
     Ok(())
+}
+
+/// Stops the workers still on batches that will not be delivered: the
+/// pipeline is stopping, and their acknowledgements, dropped, keep the
+/// source's position before them.
+fn abandon(working: VecDeque<tokio::task::JoinHandle<Result<Batch, EngineError>>>) {
+    for worker in working {
+        worker.abort();
+    }
 }
 
 /// What happens to the records a sink refuses while a batch is delivered.

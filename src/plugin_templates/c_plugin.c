@@ -10,17 +10,26 @@
 /* The field set on every record: `config: {field: NAME}`, "processed" by default. */
 static char *field = "processed";
 
+static bool space(uint8_t c) {
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
 bool exports_flowgate_transform_transformer_init(transform_string_t *config, transform_string_t *err) {
-    (void)err;
-    /* A JSON parser of your choice belongs here; this finds "field":"NAME". */
-    const char *json = (const char *)config->ptr, *at = NULL;
-    for (size_t i = 0; i + 8 < config->len && !at; i++)
-        if (memcmp(json + i, "\"field\"", 7) == 0) at = memchr(json + i + 7, '"', config->len - i - 7);
-    if (at) {
-        const char *end = memchr(at + 1, '"', config->len - (size_t)(at + 1 - json));
-        if (end) {
-            field = strndup(at + 1, (size_t)(end - at - 1));
+    /* A JSON parser of your choice belongs here; this finds "field": "NAME". */
+    const uint8_t *p = config->ptr, *end = config->ptr + config->len;
+    for (; p + 7 <= end; p++) {
+        if (memcmp(p, "\"field\"", 7) != 0) continue;
+        p += 7;
+        while (p < end && (space(*p) || *p == ':')) p++;
+        const uint8_t *name = p + 1, *close = name;
+        while (close < end && *close != '"' && *close != '\\') close++;
+        if (p >= end || *p != '"' || close >= end || *close != '"' || close == name) {
+            transform_string_dup(err, "config key \"field\" must be a plain string");
+            transform_string_free(config);
+            return false;
         }
+        field = strndup((const char *)name, (size_t)(close - name));
+        break;
     }
     transform_string_free(config);
     transform_string_t message;
@@ -40,7 +49,8 @@ void exports_flowgate_transform_transformer_process(transform_list_u8_t *batch, 
         fg_record rec = fg_next_record(&in);
         const uint8_t *v = rec.value.ptr;
         size_t n = rec.value.len;
-        while (n && (v[n - 1] == ' ' || v[n - 1] == '\n')) n--;
+        while (n && space(v[0])) v++, n--;
+        while (n && space(v[n - 1])) n--;
         if (n < 2 || v[0] != '{' || v[n - 1] != '}') {
             static const char reason[] = "value is not a JSON object";
             fg_put_outcome(&out, i, FG_FAIL);
@@ -48,7 +58,7 @@ void exports_flowgate_transform_transformer_process(transform_list_u8_t *batch, 
             continue;
         }
         bool empty = true;
-        for (size_t k = 1; k + 1 < n && empty; k++) empty = v[k] == ' ';
+        for (size_t k = 1; k + 1 < n && empty; k++) empty = space(v[k]);
         fg_put_outcome(&out, i, FG_VALUE);
         size_t flen = strlen(field);
         fg_put_uint(&out, (n - 1) + (empty ? 0 : 1) + flen + 8, 4);

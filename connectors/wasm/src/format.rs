@@ -155,9 +155,10 @@ pub fn encode_batch(contract: Contract, records: &[Record], out: &mut Vec<u8>) {
     }
 }
 
-/// A batch with every field a record can have, set and not: a key and
-/// none, headers, a timestamp, and each source's metadata (file, Kafka,
-/// Postgres, the generator) and none. `flowgate plugin check` runs a
+/// A batch with every field a record can have, set and not: a text key, a
+/// binary one and none, headers (one binary, one empty), timestamps (one
+/// before the epoch), each source's metadata (file, Kafka, Postgres, the
+/// generator) and none, an empty value and one that is not JSON. `flowgate plugin check` runs a
 /// plugin on it.
 pub fn sample_batch() -> Vec<Record> {
     let record = |key: Option<&str>, value: &str, meta: Metadata| Record {
@@ -184,16 +185,22 @@ pub fn sample_batch() -> Vec<Record> {
             r#"{"id":2,"email":"bob@example.com","amount":0}"#,
             Metadata::default().with("topic", text("orders")).with("partition", 2i64).with("offset", 17i64),
         ),
-        record(
-            Some(r#"{"id":3}"#),
-            r#"{"op":"u","before":{"id":3,"email":"x@example.com"},"after":{"id":3,"email":"y@example.com"}}"#,
-            Metadata::default()
-                .with("schema", text("public"))
-                .with("table", text("customers"))
-                .with("lsn", 23_456_789i64),
-        ),
+        {
+            let mut r = record(
+                Some(r#"{"id":3}"#),
+                r#"{"op":"u","before":{"id":3,"email":"x@example.com"},"after":{"id":3,"email":"y@example.com"}}"#,
+                Metadata::default()
+                    .with("schema", text("public"))
+                    .with("table", text("customers"))
+                    .with("lsn", 23_456_789i64),
+            );
+            // Before the epoch, and a header without a value.
+            r.timestamp = Some(-1);
+            r.headers = vec![Header { name: "empty".into(), value: Bytes::new() }];
+            r
+        },
         record(None, r#"{"id":4,"note":"ünïcödé ✓"}"#, Metadata::default().with("seq", 4i64)),
-        record(None, "", Metadata::default()),
+        Record { key: Some(Bytes::from_static(&[0, 255, 10])), ..record(None, "", Metadata::default()) },
         record(None, "not json", Metadata::default()),
     ]
 }

@@ -102,6 +102,9 @@ impl WasmRuntime {
         // A wait past the call's deadline ends the call instead
         // (HostState::subscribe_duration): these two replace WASI's own.
         linker.allow_shadowing(true);
+        // The version is wasmtime-wasi's own (imports of any 0.2.x resolve to
+        // it); after an upgrade that changes it, this would add an instance
+        // beside WASI's, and tests/wasm.rs's sleeping plugin would hang.
         let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
         clock.func_wrap("subscribe-duration", |mut s: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
             let pollable = s.data_mut().subscribe_duration(nanos)?;

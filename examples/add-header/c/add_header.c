@@ -19,17 +19,21 @@ static void skip_space(cursor *c) {
     while (c->at < c->end && (*c->at == ' ' || *c->at == '\n' || *c->at == '\t' || *c->at == '\r')) c->at++;
 }
 
-/* A JSON string at the cursor, unescaped (\uXXXX is kept as it is: enough
- * for header names and values); NULL if there is none. */
+/* A JSON string at the cursor, unescaped (a \uXXXX escape is kept as it is:
+ * enough for header names and values); NULL if there is none. */
 static char *read_string(cursor *c) {
     if (c->at >= c->end || *c->at != '"') return NULL;
     char *out = malloc((size_t)(c->end - c->at));
     size_t n = 0;
     for (c->at++; c->at < c->end && *c->at != '"'; c->at++) {
         if (*c->at == '\\' && c->at + 1 < c->end) {
-            c->at++;
-            char e = *c->at;
-            out[n++] = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e;
+            char e = *++c->at;
+            if (e == 'u') {
+                out[n++] = '\\';
+                out[n++] = 'u';
+                continue;
+            }
+            out[n++] = e == 'n' ? '\n' : e == 't' ? '\t' : e == 'r' ? '\r' : e == 'b' ? '\b' : e == 'f' ? '\f' : e;
         } else {
             out[n++] = *c->at;
         }
@@ -64,6 +68,7 @@ static const char *read_config(const char *json, size_t len, char *err, size_t e
                 strncpy(err, "unknown config key \"", err_len);
                 strncat(err, key, err_len - strlen(err) - 2);
                 strcat(err, "\"");
+                free(key);
                 return err;
             }
             char *value = read_string(&c);
@@ -71,8 +76,10 @@ static const char *read_config(const char *json, size_t len, char *err, size_t e
                 strncpy(err, "config key \"", err_len);
                 strncat(err, key, err_len - strlen(err) - 20);
                 strcat(err, "\" must be a string");
+                free(key);
                 return err;
             }
+            free(*slot); /* a key given twice: the last wins */
             *slot = value;
             free(key);
             skip_space(&c);
@@ -128,6 +135,7 @@ void exports_flowgate_transform_transformer_process(transform_list_u8_t *batch, 
     fg_bytes value = {(const uint8_t *)header_value, strlen(header_value)};
     for (uint32_t i = 0; i < count; i++) {
         fg_record rec = fg_next_record(&in);
+        size_t start = out.len;
         /* EMIT one record: the input's fields, this header set (replacing one
          * of the same name). */
         fg_put_outcome(&out, i, FG_EMIT);
@@ -139,14 +147,24 @@ void exports_flowgate_transform_transformer_process(transform_list_u8_t *batch, 
         /* The header replaces the first of the same name, where it is, and
          * drops the others; without one it goes last. */
         uint16_t same = 0;
+        fg_reader hs = fg_headers(&rec);
         for (uint16_t h = 0; h < rec.header_count; h++) {
-            fg_header hd = fg_header_at(&rec, h);
+            fg_header hd = fg_next_header(&hs);
             same += hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0;
+        }
+        if (same == 0 && rec.header_count == UINT16_MAX) {
+            /* Undo the EMIT begun above: a record cannot hold one more header. */
+            out.len = start;
+            static const char reason[] = "the record has 65535 headers already";
+            fg_put_outcome(&out, i, FG_FAIL);
+            fg_put_bytes32(&out, (fg_bytes){(const uint8_t *)reason, sizeof reason - 1});
+            continue;
         }
         fg_put_uint(&out, rec.header_count - same + 1u, 2);
         bool placed = false;
+        hs = fg_headers(&rec);
         for (uint16_t h = 0; h < rec.header_count; h++) {
-            fg_header hd = fg_header_at(&rec, h);
+            fg_header hd = fg_next_header(&hs);
             bool is_it = hd.name.len == name_len && memcmp(hd.name.ptr, header_name, name_len) == 0;
             if (is_it && placed) continue;
             fg_put_uint(&out, hd.name.len, 2);

@@ -26,7 +26,8 @@ typedef struct {
     fg_bytes key, value;
     int64_t timestamp;
     uint16_t header_count;
-    const uint8_t *headers; /* header_count headers, read with fg_next_header */
+    /* The headers' bytes, read one after the other with fg_next_header. */
+    const uint8_t *headers, *headers_end;
 } fg_record;
 
 /* Reads the input; `bad` is set when it runs past the end (never, from the host). */
@@ -73,6 +74,7 @@ static inline fg_record fg_next_record(fg_reader *r) {
         fg_take(r, (size_t)fg_uint(r, 2));
         fg_bytes32(r);
     }
+    rec.headers_end = r->at;
     uint8_t fields = (uint8_t)fg_uint(r, 1);
     for (uint8_t i = 0; i < fields && !r->bad; i++) {
         fg_take(r, (size_t)fg_uint(r, 1)); /* its name */
@@ -84,15 +86,15 @@ static inline fg_record fg_next_record(fg_reader *r) {
     return rec;
 }
 
-/* Header `i` of a record, from 0. */
-static inline fg_header fg_header_at(const fg_record *rec, uint16_t i) {
-    fg_reader r = {rec->headers, (const uint8_t *)-1, false};
-    fg_header h = {0};
-    for (uint16_t k = 0; k <= i; k++) {
-        size_t n = (size_t)fg_uint(&r, 2);
-        h.name = (fg_bytes){fg_take(&r, n), n};
-        h.value = fg_bytes32(&r);
-    }
+/* A reader over a record's headers: fg_next_header gives them in order. */
+static inline fg_reader fg_headers(const fg_record *rec) {
+    return (fg_reader){rec->headers, rec->headers_end, false};
+}
+
+static inline fg_header fg_next_header(fg_reader *r) {
+    size_t n = (size_t)fg_uint(r, 2);
+    const uint8_t *name = fg_take(r, n);
+    fg_header h = {{name, name ? n : 0}, fg_bytes32(r)};
     return h;
 }
 
