@@ -265,6 +265,13 @@ def bench_kafka(work):
         rates["none"] = flowgate("no-transform", "")
         rates["wasm"] = flowgate("wasm-pii-mask", f"transforms:\n  - wasm:\n      path: {plugin}\n"
                                                   "      config: {fields: [email], flag: processed}\n")
+        # The Python mask, with one and with two transform workers (this machine's cores).
+        python_plugin = os.path.join(os.environ["FLOWGATE_PLUGINS"], "python-pii-mask.wasm")
+        for workers in (1, 2):
+            rates[f"python-{workers}"] = flowgate(
+                f"python-mask-{workers}-workers",
+                f"workers: {workers}\ntransforms:\n  - wasm:\n      path: {python_plugin}\n"
+                "      config: {fields: [email], flag: processed}\n      timeout: 5s\n")
         for client in ("confluent-kafka", "aiokafka", "kafka-python"):
             topic(f"out-{client}")
             count = n if client == "confluent-kafka" else peer_n
@@ -273,7 +280,9 @@ def bench_kafka(work):
         best = max(rates["pipe"], rates["pipe-acked"])
         print(f"\nFlowgate vs the better raw at-least-once mode: no transform {rates['none'] / best:.2f}x, "
               f"Wasm PII mask {rates['wasm'] / best:.2f}x; Wasm vs the confluent-kafka loop "
-              f"{rates['wasm'] / rates['confluent-kafka']:.1f}x", flush=True)
+              f"{rates['wasm'] / rates['confluent-kafka']:.1f}x; the Python mask vs the confluent-kafka loop: "
+              f"{rates['python-1'] / rates['confluent-kafka']:.2f}x with 1 worker, "
+              f"{rates['python-2'] / rates['confluent-kafka']:.2f}x with 2", flush=True)
     finally:
         broker.terminate()
         broker.wait()

@@ -3,7 +3,8 @@
 // A plugin author writes a function `f(record)` and never sees the packed bytes of
 // BATCH-FORMAT.md. `f` returns:
 //   - null/undefined: drop the record (EMIT zero records),
-//   - a Record: emit it (KEEP if it is the input record itself, unmodified),
+//   - a Record: emit it (KEEP if it is the input record itself, unmodified; VALUE if only
+//     its value changed, which leaves the key, timestamp and headers to the host),
 //   - an array of Record: emit them in its place,
 // and throws `new Reject(reason)` to fail that record. Any other exception also
 // fails only that record, with the reason "<ErrorName>: <message>".
@@ -40,17 +41,25 @@ const UNPARSED = Symbol('unparsed');
 
 export class Record {
   constructor(value = new Uint8Array(0), key = null, headers = [], timestamp = null, meta = NO_META) {
-    this._key = key; this._value = value; this._headers = headers;
+    this._key = key; this._value = value; this._headers = headers; this._hbatch = null;
     this._ts = timestamp == null ? null : BigInt(timestamp);
-    this._meta = meta; this._batch = null; this._json = UNPARSED; this._dirty = true;
+    this._meta = meta; this._batch = null; this._json = UNPARSED; this._dirty = true; this._valueSet = false;
   }
   get key() { return this._key; }
   set key(v) { this._key = v; this._dirty = true; }
   get value() { return this._value; }
-  set value(v) { this._value = v; this._json = UNPARSED; this._dirty = true; }
+  // A new value alone is answered with VALUE: the host keeps the key, the
+  // timestamp and the headers, which are then not written back.
+  set value(v) { this._value = v; this._json = UNPARSED; this._valueSet = true; }
   // Reading `headers` marks the record modified: the array may be changed in place.
-  get headers() { this._dirty = true; return this._headers; }
-  set headers(v) { this._headers = v; this._dirty = true; }
+  get headers() { this._dirty = true; return this._hs(); }
+  set headers(v) { this._headers = v; this._hbatch = null; this._dirty = true; }
+  // A decoded record holds the offset of its headers in `_hbatch` until they are
+  // first read: most transforms never look.
+  _hs() {
+    if (this._hbatch !== null) { this._headers = decodeHeaders(this._hbatch, this._headers); this._hbatch = null; }
+    return this._headers;
+  }
   get timestamp() { return this._ts === null ? null : Number(this._ts); }
   set timestamp(v) { this._ts = v == null ? null : BigInt(typeof v === 'number' ? Math.trunc(v) : v); this._dirty = true; }
   // A decoded record holds the offset of its meta in `_batch` until it is first read:
@@ -62,7 +71,7 @@ export class Record {
 
   /** The value (Uint8Array) of the first header called `name`, or null. */
   header(name) {
-    for (const h of this._headers) if (h[0] === name) return h[1];
+    for (const h of this._hs()) if (h[0] === name) return h[1];
     return null;
   }
   /** Sets header `name` (string or Uint8Array value): replaces the first one of that
@@ -71,7 +80,7 @@ export class Record {
     const v = typeof value === 'string' ? enc.encode(value) : value;
     const hs = [];
     let done = false;
-    for (const h of this._headers) {
+    for (const h of this._hs()) {
       if (h[0] !== name) hs.push(h);
       else if (!done) { hs.push([name, v]); done = true; }
     }
@@ -94,7 +103,7 @@ export class Record {
   setJson(obj) { this.value = enc.encode(JSON.stringify(obj)); this._json = obj; }
   /** A modified copy (same key, headers, timestamp and meta). */
   copy() {
-    const r = new Record(this._value, this._key, this._headers.slice(), null, this._meta);
+    const r = new Record(this._value, this._key, this._hs().slice(), null, this._meta);
     r._ts = this._ts; r._batch = this._batch;
     return r;
   }
@@ -115,14 +124,13 @@ export function decodeBatch(batch) {
     const vn = dv.getUint32(p, true); p += 4;
     const value = bytes(vn);
     if (flags & 2) { ts = dv.getBigInt64(p, true); p += 8; }
-    const hc = dv.getUint16(p, true); p += 2;
-    const headers = new Array(hc);
+    const hp = p, hc = dv.getUint16(p, true); p += 2;
+    // Walked over here, decoded at the first look.
     for (let h = 0; h < hc; h++) {
-      const nn = dv.getUint16(p, true); p += 2;
-      const name = dec.decode(bytes(nn));
-      const hv = dv.getUint32(p, true); p += 4;
-      headers[h] = [name, bytes(hv)];
+      p += 2 + dv.getUint16(p, true);
+      p += 4 + dv.getUint32(p, true);
     }
+    if (p > b.length) throw new RangeError('batch truncated');
     const mp = p, mc = b[p++];
     for (let f = 0; f < mc; f++) {
       p += 1 + b[p];
@@ -131,7 +139,8 @@ export function decodeBatch(batch) {
       else if (t === 1) { const n = dv.getUint32(p, true); p += 4; bytes(n); }
       else throw new RangeError(`unknown metadata type ${t}`);
     }
-    const r = new Record(value, key, headers, null, mc ? mp : NO_META);
+    const r = new Record(value, key, hc ? hp : [], null, mc ? mp : NO_META);
+    if (hc) r._hbatch = b;
     if (mc) r._batch = b;
     r._ts = ts; r._dirty = false;
     out[i] = r;
@@ -141,6 +150,19 @@ export function decodeBatch(batch) {
 }
 
 /** The metadata at offset `p` of batch `b` (count, then fields) as a frozen object. */
+function decodeHeaders(b, p) {
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const hc = dv.getUint16(p, true); p += 2;
+  const headers = new Array(hc);
+  for (let h = 0; h < hc; h++) {
+    const nn = dv.getUint16(p, true); p += 2;
+    const name = dec.decode(b.subarray(p, p + nn)); p += nn;
+    const hv = dv.getUint32(p, true); p += 4;
+    headers[h] = [name, b.subarray(p, p + hv)]; p += hv;
+  }
+  return headers;
+}
+
 function decodeMeta(b, p) {
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const m = {};
@@ -171,7 +193,7 @@ class Writer {
 }
 
 function putRecord(w, r) {
-  const key = r._key, ts = r._ts, hs = r._headers;
+  const key = r._key, ts = r._ts, hs = r._hs();
   w.u8((key !== null ? 1 : 0) | (ts !== null ? 2 : 0));
   if (key !== null) { w.u32(key.length); w.bytes(key); }
   w.u32(r._value.length); w.bytes(r._value);
@@ -206,7 +228,7 @@ export function encodeOutcomes(outcomes) {
 function checkRecord(x) {
   if (!(x instanceof Record)) throw new TypeError('transform returned something other than null, a Record or an array of Record');
   if (!(x._value instanceof Uint8Array) || !(x._key === null || x._key instanceof Uint8Array)) throw new TypeError('record key and value must be Uint8Array');
-  for (const h of x._headers) if (typeof h[0] !== 'string' || !(h[1] instanceof Uint8Array)) throw new TypeError('headers must be [string, Uint8Array] pairs');
+  for (const h of x._hs()) if (typeof h[0] !== 'string' || !(h[1] instanceof Uint8Array)) throw new TypeError('headers must be [string, Uint8Array] pairs');
 }
 
 /** Runs `f` on each decoded record and returns the packed outcomes. Any exception
@@ -221,7 +243,12 @@ export function processRecords(records, f) {
     let reason;
     try {
       let res = f(r);
-      if (res === r && !r._dirty) { w.u8(0); continue; }
+      if (res === r && !r._dirty) {
+        if (!r._valueSet) { w.u8(0); continue; }
+        if (!(r._value instanceof Uint8Array)) throw new TypeError('record key and value must be Uint8Array');
+        w.u8(3); w.u32(r._value.length); w.bytes(r._value);
+        continue;
+      }
       if (res == null) res = [];
       else if (!Array.isArray(res)) res = [res];
       w.u8(1); w.u32(res.length);

@@ -35,6 +35,16 @@ _u16, _u32, _i64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<q")
 _u16u, _u32u, _i64u = _u16.unpack_from, _u32.unpack_from, _i64.unpack_from
 
 
+def _no_constant(c):
+    raise ValueError(f"{c} is not JSON")
+
+
+# Made once: json.loads and json.dumps with settings of their own build a new
+# decoder or encoder on every call, a tenth of a record's time.
+_json_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 class Reject(Exception):
     """Raise it from a transform to fail one record; ``str(reason)`` is the reason."""
 
@@ -47,9 +57,10 @@ class Record:
     """One record. ``key``, ``value`` and ``timestamp`` are plain attributes; ``meta``,
     where the record came from, is a read-only mapping of the fields its source sets
     (``{"path": "in.jsonl", "line": 3, "offset": 40}``: int or str values, see
-    BATCH-FORMAT.md). A record counts as modified (EMIT rather than KEEP) once one of them is
+    BATCH-FORMAT.md). A record counts as modified once one of them is
     assigned another object, ``headers`` is assigned or read (the list may then be
-    changed in place), or ``set_json``/``set_header`` is called."""
+    changed in place), or ``set_json``/``set_header`` is called: answered VALUE when
+    only its value changed (the host keeps the rest), EMIT otherwise."""
 
     __slots__ = ("key", "value", "timestamp", "_headers", "_meta", "_json", "_dirty", "_orig")
 
@@ -61,7 +72,14 @@ class Record:
     @property
     def headers(self):
         self._dirty = True
-        return self._headers
+        return self._hs()
+
+    def _hs(self):
+        """The headers as a list, decoded at the first look (most transforms never do)."""
+        h = self._headers
+        if type(h) is tuple:  # (batch, offset, count)
+            h = self._headers = _decode_headers(*h)
+        return h
 
     @headers.setter
     def headers(self, v):
@@ -80,7 +98,7 @@ class Record:
 
     def header(self, name):
         """The value (bytes) of the first header called ``name``, or None."""
-        for n, v in self._headers:
+        for n, v in self._hs():
             if n == name:
                 return v
         return None
@@ -90,8 +108,9 @@ class Record:
         name in place and removes any later ones, or appends it."""
         if isinstance(value, str):
             value = value.encode()
-        hs = [h for h in self._headers if h[0] != name]
-        i = next((i for i, h in enumerate(self._headers) if h[0] == name), len(hs))
+        old = self._hs()
+        hs = [h for h in old if h[0] != name]
+        i = next((i for i, h in enumerate(old) if h[0] == name), len(hs))
         hs.insert(i, (name, value))
         self.headers = hs
 
@@ -99,7 +118,8 @@ class Record:
         """The value parsed as JSON (cached until ``value`` is set). Raises ValueError."""
         j = self._json
         if j is None or j[0] is not self.value:
-            j = self._json = (self.value, json.loads(self.value, parse_constant=_no_constant))
+            v = self.value
+            j = self._json = (v, _json_decode(v.decode() if isinstance(v, (bytes, bytearray)) else v))
         return j[1]
 
     def json_object(self):
@@ -115,23 +135,18 @@ class Record:
 
     def set_json(self, obj):
         """Sets the value to ``obj`` as compact JSON (UTF-8, no ASCII escaping)."""
-        v = self.value = json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
-                                    allow_nan=False).encode()
+        v = self.value = _json_encode(obj).encode()
         self._json = (v, obj)
 
     def copy(self):
         """A modified copy (same key, headers, timestamp and meta)."""
-        r = Record(self.value, self.key, list(self._headers), self.timestamp)
+        r = Record(self.value, self.key, list(self._hs()), self.timestamp)
         r._meta = self._meta
         return r
 
     def __repr__(self):
-        return (f"Record(value={self.value!r}, key={self.key!r}, headers={self._headers!r}, "
+        return (f"Record(value={self.value!r}, key={self.key!r}, headers={self._hs()!r}, "
                 f"timestamp={self.timestamp!r}, meta={dict(self.meta)!r})")
-
-
-def _no_constant(c):
-    raise ValueError(f"{c} is not JSON")
 
 
 def decode_batch(batch):
@@ -156,14 +171,11 @@ def decode_batch(batch):
             p += 8
         (hc,) = _u16u(m, p)
         p += 2
-        headers = []
+        # Decoded at the first look: walked over here.
+        headers = (m, p, hc) if hc else []
         for _ in range(hc):
-            (n,) = _u16u(m, p)
-            name = str(m[p + 2:p + 2 + n], "utf-8")
-            p += 2 + n
-            (n,) = _u32u(m, p)
-            headers.append((name, bytes(m[p + 4:p + 4 + n])))
-            p += 4 + n
+            p += 2 + _u16u(m, p)[0]
+            p += 4 + _u32u(m, p)[0]
         mc = m[p]
         meta = (m, p + 1, mc) if mc else NO_META
         p += 1
@@ -183,6 +195,19 @@ def decode_batch(batch):
         append(r)
     if p != len(m):
         raise ValueError(f"batch has {len(m) - p} bytes left over")
+    return out
+
+
+def _decode_headers(m, p, count):
+    """The ``count`` headers at offset ``p`` of batch ``m``, as a list of (str, bytes)."""
+    out = []
+    for _ in range(count):
+        (n,) = _u16u(m, p)
+        name = str(m[p + 2:p + 2 + n], "utf-8")
+        p += 2 + n
+        (n,) = _u32u(m, p)
+        out.append((name, bytes(m[p + 4:p + 4 + n])))
+        p += 4 + n
     return out
 
 
@@ -208,7 +233,7 @@ KEEP = 0
 
 
 def _put_record(out, r):
-    key, value, ts, headers = r.key, r.value, r.timestamp, r._headers
+    key, value, ts, headers = r.key, r.value, r.timestamp, r._hs()
     out.append((key is not None) | ((ts is not None) << 1))
     if key is not None:
         out += _u32.pack(len(key))
@@ -251,8 +276,15 @@ def _outcome(r, f):
     """The tag and payload of one outcome; the record (not the batch) fails on any exception."""
     try:
         res = f(r)
-        if res is r and r._orig is not None and r._unmodified():
-            return b"\x00"
+        o = r._orig
+        if res is r and o is not None and not r._dirty and r.key is o[0] and r.timestamp is o[2]:
+            # Only the value may have changed: KEEP, or VALUE, which leaves the
+            # key, timestamp and headers to the host instead of writing them.
+            v = r.value
+            if v is o[1]:
+                return b"\x00"
+            if isinstance(v, (bytes, bytearray)):
+                return b"\x03" + _u32.pack(len(v)) + v
         if res is None:
             res = []
         elif isinstance(res, Record):

@@ -108,11 +108,16 @@ class ProcessTest(unittest.TestCase):
         def emits(f):
             return fg.process_batch(EXAMPLE, f)[8] == 1
 
-        self.assertFalse(emits(lambda r: (r.json(), r.header("h"), r.meta, r.value, r)[-1]))
-        self.assertTrue(emits(lambda r: (setattr(r, "value", b"{}"), r)[1]))
+        def tag(f):
+            return fg.process_batch(EXAMPLE, f)[8]
+
+        self.assertEqual(tag(lambda r: (r.json(), r.header("h"), r.meta, r.value, r)[-1]), 0)
+        # Only the value changed: VALUE, with the new bytes; the host keeps the rest.
+        self.assertEqual(fg.process_batch(EXAMPLE, lambda r: (setattr(r, "value", b"{}"), r)[1])[8:],
+                         b"\x03\x02\x00\x00\x00{}")
+        self.assertEqual(tag(lambda r: (r.set_json({"a": 1}), r)[1]), 3)
         self.assertTrue(emits(lambda r: (setattr(r, "key", b"k"), r)[1]))
         self.assertTrue(emits(lambda r: (setattr(r, "timestamp", None), r)[1]))
-        self.assertTrue(emits(lambda r: (r.set_json({"a": 1}), r)[1]))
         self.assertTrue(emits(lambda r: (r.set_header("h", "v"), r)[1]))
         self.assertTrue(emits(lambda r: (r.headers.append(("x", b"y")), r)[1]))
         self.assertTrue(emits(lambda r: r.copy()))
