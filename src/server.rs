@@ -186,21 +186,7 @@ impl Health {
         } else {
             "ok"
         };
-        let mut pipelines = serde_json::Map::new();
-        for (name, (state, reason)) in states {
-            let shown = match reason {
-                Some(reason) => serde_json::json!({"state": "degraded", "reason": reason}),
-                None => serde_json::to_value(state).unwrap_or_default(),
-            };
-            pipelines.insert(name.clone(), shown);
-        }
-        let mut pipelines = serde_json::Value::Object(pipelines);
-        // What a source says of itself (a standby, say), beside the state.
-        for (name, note) in flowgate_sdk::health::source_notes() {
-            if let Some(p) = pipelines.get_mut(&name).and_then(|p| p.as_object_mut()) {
-                p.insert("source".to_string(), note.into());
-            }
-        }
+        let pipelines: serde_json::Map<_, _> = shown(states).into_iter().map(|(n, p)| (n, p.into())).collect();
         let body = serde_json::json!({ "status": status, "pipelines": pipelines });
         let code = if failing || degraded { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
         (code, body.to_string())
@@ -242,22 +228,9 @@ impl Health {
 
     /// `/status.json`: what the status page shows beside the metrics.
     fn status(&self) -> String {
-        let states = self.states();
-        let notes = flowgate_sdk::health::source_notes();
         let mut pipelines = serde_json::Map::new();
-        for (name, (state, reason)) in &states {
-            let mut p = match serde_json::to_value(state).unwrap_or_default() {
-                serde_json::Value::Object(o) => o,
-                _ => serde_json::Map::new(),
-            };
-            if let Some(reason) = reason {
-                p.insert("state".into(), "degraded".into());
-                p.insert("reason".into(), reason.clone().into());
-            }
-            if let Some(note) = notes.get(name) {
-                p.insert("source".into(), note.clone().into());
-            }
-            let stats = self.pipeline(name).stats;
+        for (name, mut p) in shown(&self.states()) {
+            let stats = self.pipeline(&name).stats;
             let history: Vec<_> = stats
                 .iter()
                 .flat_map(|s| s.history())
@@ -272,12 +245,12 @@ impl Health {
                 })
                 .collect();
             p.insert("refusals".into(), refusals.into());
-            let errors: Vec<_> = flowgate_sdk::health::recent_errors(name)
+            let errors: Vec<_> = flowgate_sdk::health::recent_errors(&name)
                 .into_iter()
                 .map(|e| serde_json::json!({"at_ms": unix_ms(e.at), "part": e.part, "error": e.error}))
                 .collect();
             p.insert("errors".into(), errors.into());
-            pipelines.insert(name.clone(), p.into());
+            pipelines.insert(name, p.into());
         }
         serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -287,6 +260,34 @@ impl Health {
         })
         .to_string()
     }
+}
+
+/// Each pipeline as `/health` and the status page show it: its state (a
+/// running one with a reason is `degraded`), the error or reason, and what
+/// its source says of itself (a standby, say).
+fn shown(
+    states: &BTreeMap<String, (PipelineState, Option<String>)>,
+) -> BTreeMap<String, serde_json::Map<String, serde_json::Value>> {
+    let mut notes = flowgate_sdk::health::source_notes();
+    states
+        .iter()
+        .map(|(name, (state, reason))| {
+            let mut p = match (reason, serde_json::to_value(state)) {
+                (Some(reason), _) => {
+                    let mut p = serde_json::Map::new();
+                    p.insert("state".into(), "degraded".into());
+                    p.insert("reason".into(), reason.clone().into());
+                    p
+                }
+                (None, Ok(serde_json::Value::Object(p))) => p,
+                (None, _) => serde_json::Map::new(),
+            };
+            if let Some(note) = notes.remove(name) {
+                p.insert("source".into(), note.into());
+            }
+            (name.clone(), p)
+        })
+        .collect()
 }
 
 /// How often the status page's chart gets a point.

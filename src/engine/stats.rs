@@ -121,13 +121,7 @@ impl Stats {
         let Some(tracker) = self.tracker.get().and_then(Weak::upgrade) else { return };
         self.m_records_in_flight.set(tracker.records_in_flight() as f64);
         self.m_batches_in_flight.set(tracker.in_flight() as f64);
-        let age = tracker.oldest_pending().map_or(Duration::ZERO, |(since, oldest_ms)| match oldest_ms {
-            Some(ms) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
-                Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
-            }
-            None => since.elapsed(),
-        });
+        let age = tracker.oldest_pending().map_or(Duration::ZERO, |(since, oldest_ms)| age(since, oldest_ms));
         flowgate_sdk::health::lag_seconds(&self.pipeline, age.as_secs_f64());
     }
 
@@ -142,15 +136,7 @@ impl Stats {
     pub fn done(&self, d: &Done) {
         self.records_out.fetch_add(d.written, Relaxed);
         self.m_out.increment(d.written);
-        let latency = match d.oldest_ms {
-            Some(ms) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
-                // A source clock ahead of ours is not a negative latency.
-                Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
-            }
-            None => d.since.elapsed(),
-        };
-        self.m_end_to_end.record(latency.as_secs_f64());
+        self.m_end_to_end.record(age(d.since, d.oldest_ms).as_secs_f64());
     }
 
     /// The counters of refusals and dead letters of `stage` and `class`.
@@ -246,6 +232,19 @@ impl Stats {
             dead_lettered: self.dead_lettered.load(Relaxed),
             elapsed: self.started.elapsed(),
         }
+    }
+}
+
+/// How old records are: since their source timestamp `oldest_ms` (ms since
+/// the epoch) or, without one, since they were read (`since`). A source clock
+/// ahead of ours is not a negative age.
+fn age(since: Instant, oldest_ms: Option<i64>) -> Duration {
+    match oldest_ms {
+        Some(ms) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as i64);
+            Duration::from_millis(now.saturating_sub(ms).max(0) as u64)
+        }
+        None => since.elapsed(),
     }
 }
 

@@ -88,22 +88,10 @@ impl ClientLog {
     }
 }
 
-/// Implements `ClientContext` by forwarding to a `ClientLog` field named `log`.
-/// With `statistics`, librdkafka's statistics go to the type's own
-/// `statistics` method.
+/// Implements `ClientContext` by forwarding to a `ClientLog` field named `log`;
+/// with a method name after the type, librdkafka's statistics go to that method.
 macro_rules! client_context {
-    ($ty:ty) => {
-        impl rdkafka::ClientContext for $ty {
-            fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-                self.log.log(level, fac, message)
-            }
-
-            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-                self.log.error(error, reason)
-            }
-        }
-    };
-    ($ty:ty, statistics) => {
+    ($ty:ty $(, $stats:ident)?) => {
         impl rdkafka::ClientContext for $ty {
             fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
                 self.log.log(level, fac, message)
@@ -113,22 +101,15 @@ macro_rules! client_context {
                 self.log.error(error, reason)
             }
 
-            fn stats(&self, statistics: rdkafka::statistics::Statistics) {
-                self.statistics(statistics)
-            }
+            $(
+                fn stats(&self, statistics: rdkafka::statistics::Statistics) {
+                    self.$stats(statistics)
+                }
+            )?
         }
     };
 }
 pub(crate) use client_context;
-
-/// Runs a blocking librdkafka call (transaction commits, synchronous offset
-/// commits) without stalling the other tasks of the runtime's worker.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
 
 /// A record from a consumed message, or from a failed delivery (to dead-letter it).
 pub(crate) fn record_of(m: &BorrowedMessage<'_>, meta: Metadata) -> Record {

@@ -13,10 +13,11 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{ClientLog, blocking, client_context};
+use crate::client::{ClientLog, client_context};
 use crate::config::Start;
 use crate::observe::SourceObserver;
 use crate::position::PartitionOffset;
+use flowgate_sdk::blocking;
 
 /// How long a revocation waits for the exactly-once sink to commit the batches in
 /// flight, so that their partitions' next owner starts after them.

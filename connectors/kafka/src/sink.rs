@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use flowgate_sdk::{
     Ack, Batch, Bytes, ConnectorError, DeliveryMode, EncodeError, LateReject, LateRejects, Metadata, OpenContext,
-    Record, RecordTemplate, RefusalClass, Rejected, Sink, ValueEncoder, async_trait,
+    Record, RecordTemplate, RefusalClass, Rejected, Sink, ValueEncoder, async_trait, blocking,
 };
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -26,7 +26,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{ClientLog, blocking, client_config, client_context, record_of};
+use crate::client::{ClientLog, client_config, client_context, record_of};
 use crate::config::{Delivery, KafkaSinkConfig};
 use crate::error::{KafkaConnectorError, retryable};
 use crate::group::KafkaConsumer;

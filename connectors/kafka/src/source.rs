@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use flowgate_sdk::{
     Batch, ConnectorError, Metadata, OpenContext, PendingPositions, Read, Record, Source, Watermark, async_trait,
+    blocking,
 };
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -21,7 +22,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{ClientLog, blocking, client_config, record_of};
+use crate::client::{ClientLog, client_config, record_of};
 use crate::config::{KafkaSourceConfig, Start};
 use crate::error::KafkaConnectorError;
 use crate::group::{ConsumerCtx, GroupState, KafkaConsumer, lock};

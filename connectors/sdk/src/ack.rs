@@ -95,15 +95,8 @@ impl AckTracker {
             seq
         };
         self.records_in_flight.fetch_add(read, Ordering::Relaxed);
-        let shared = Shared {
-            seq,
-            pending: AtomicUsize::new(1),
-            tracker: Arc::clone(self),
-            read,
-            written: AtomicI64::new(0),
-            since,
-            oldest_ms,
-        };
+        let shared =
+            Shared { seq, pending: AtomicUsize::new(1), tracker: Arc::clone(self), read, written: AtomicI64::new(0) };
         Ack { shared: Some(Arc::new(shared)) }
     }
 
@@ -158,9 +151,9 @@ impl AckTracker {
     fn complete(&self, shared: &Shared) {
         let seq = shared.seq;
         self.records_in_flight.fetch_sub(shared.read, Ordering::Relaxed);
-        {
+        let begun = {
             let mut inner = self.lock();
-            inner.pending.remove(&seq);
+            let begun = inner.pending.remove(&seq);
             if seq == inner.low {
                 inner.low += 1;
                 while inner.done.first() == Some(&inner.low) {
@@ -170,14 +163,15 @@ impl AckTracker {
             } else {
                 inner.done.insert(seq);
             }
-        }
+            begun
+        };
         // After the watermark moved, so that the observer sees it moved.
-        if let Some(observe) = self.observer.get() {
+        if let (Some(observe), Some((since, oldest_ms))) = (self.observer.get(), begun) {
             observe(&Done {
                 read: shared.read,
                 written: shared.written.load(Ordering::Relaxed).max(0) as u64,
-                since: shared.since,
-                oldest_ms: shared.oldest_ms,
+                since,
+                oldest_ms,
             });
         }
         self.changed.notify_waiters();
@@ -201,8 +195,6 @@ struct Shared {
     /// Records written, counted by whoever writes them (less those refused
     /// after all): the batch's records count as written only once it is done.
     written: AtomicI64,
-    since: Instant,
-    oldest_ms: Option<i64>,
 }
 
 /// The acknowledgement handle of one batch.

@@ -34,3 +34,13 @@ pub use state::StateStore;
 pub use template::RecordTemplate;
 pub use traits::{DeliveryMode, Read, Sink, Source, Transform};
 pub use {async_trait::async_trait, bytes::Bytes, erased_serde, schemars};
+
+/// Runs `f`, which blocks its thread (a synchronous client call, a plugin
+/// running up to its deadline), without stalling the other tasks of a
+/// multi-thread runtime's worker: they move to another worker meanwhile.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

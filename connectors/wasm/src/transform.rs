@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, Record, RefusalClass, Transform, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, Record, RefusalClass, Transform, async_trait, blocking};
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{v1, v2};
@@ -321,13 +321,4 @@ impl Transform for WasmTransform {
     async fn apply(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         blocking(|| self.apply_sync(batch))
     }
-}
-
-/// Runs `f`, which runs the plugin on this thread for up to its timeout and
-/// may block in WASI: on a multi-thread runtime, the thread's other tasks
-/// move to another worker meanwhile.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread { tokio::task::block_in_place(f) } else { f() }
 }
