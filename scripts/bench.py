@@ -482,13 +482,15 @@ class MariaDb:
 
 def bench_sql(work):
     """Kafka -> database, side by side with the database's own bulk load of the
-    same rows from a file (COPY / LOAD DATA / sqlite3 .import): the limit."""
+    same rows from a file (COPY / LOAD DATA / sqlite3 .import): the limit.
+    SQL_DATABASES (default postgres,mariadb,sqlite) picks the databases."""
     import csv
     import time
     n = int(os.environ.get("SQL_COUNT", "1000000"))
+    databases = os.environ.get("SQL_DATABASES", "postgres,mariadb,sqlite").split(",")
     rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
-    pg = Postgres(work)
-    maria = MariaDb(work)
+    pg = Postgres(work) if "postgres" in databases else None
+    maria = MariaDb(work) if "mariadb" in databases else None
     broker, brokers, topic = start_broker()
     try:
         topic("rows")
@@ -501,14 +503,15 @@ def bench_sql(work):
                 w.writerow([i, f"user{i}@example.com", i * 0.5, "x" * 100])
         os.chmod(rows_csv, 0o644)
         ddl = "(id bigint, email text, amount double precision, note text)"
+        keyed = "(id bigint PRIMARY KEY, email text, amount double precision, note text)"
         print(f"\n### Kafka -> database, {n:,} JSON records (id, email, amount, 100-byte note; ~150 bytes), "
-              "insert mode, batch 5000\n")
+              "batch 5000\n")
         print("| case | rows | wall s | rows/s | CPU s | peak RSS MiB | vs bulk load |")
         print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
 
-        def flowgate(name, kind, url, table, extra=""):
+        def flowgate(name, kind, url, table, extra="", source="rows"):
             return run_until_out(work, f"sql-{name}",
-                                 f"name: sql-{name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [rows]\n"
+                                 f"name: sql-{name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [{source}]\n"
                                  f"    group: sql-{name}\n    session_timeout: 6s\nsink:\n  {kind}:\n    url: {url}\n"
                                  f"    table: {table}\n    columns: [id, email, amount, note]\n{extra}"
                                  "batch: {size: 5000, linger: 20ms}\n", n, from_first_in=True)
@@ -518,28 +521,68 @@ def bench_sql(work):
             subprocess.run(cmd, check=True, capture_output=True)
             return time.monotonic() - start, 0.0, 0.0
 
-        pg.sql(f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}; CREATE TABLE loaded_eo {ddl}")
-        copy = timed(pg.client("psql") + ["-X", "-q", "-c", f"COPY copied FROM '{rows_csv}' CSV", "postgres"])
-        row("Postgres `COPY` from a CSV file (server-side): the limit", n, copy)
-        row("flowgate kafka -> postgres", n, flowgate("pg", "postgres", pg.url, "loaded"), copy)
-        row("flowgate kafka -> postgres, effectively-once", n,
-            flowgate("pg-eo", "postgres", pg.url, "loaded_eo", "    delivery: effectively_once\n"), copy)
-        maria.sql("CREATE TABLE copied (id BIGINT, email TEXT, amount DOUBLE, note TEXT); "
-                  "CREATE TABLE loaded (id BIGINT, email TEXT, amount DOUBLE, note TEXT)")
-        load = timed(maria.client() + ["bench", "-e", f"LOAD DATA LOCAL INFILE '{rows_csv}' INTO TABLE copied "
-                                                      "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"'"])
-        row("MariaDB `LOAD DATA LOCAL INFILE`: the limit", n, load)
-        row("flowgate kafka -> mysql (MariaDB)", n, flowgate("maria", "mysql", maria.url, "loaded"), load)
-        db = os.path.join(work, "bench.db")
-        subprocess.run(["sqlite3", db, f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}"], check=True)
-        imp = timed(["sqlite3", db, "-cmd", ".mode csv", f".import {rows_csv} copied"])
-        row("sqlite3 `.import` of the CSV: the limit", n, imp)
-        row("flowgate kafka -> sqlite", n, flowgate("sqlite", "sqlite", db, "loaded"), imp)
+        if pg:
+            # Change events for the same rows: each row created, then updated
+            # (four in five) or deleted (one in five); key `id`.
+            events = os.path.join(work, "events.jsonl")
+            with open(events, "w") as f:
+                half = n // 2
+                for i in range(n):
+                    k = i if i < half else i - half
+                    after = {"id": k, "email": f"user{k}@example.com", "amount": i * 0.5, "note": "x" * 100}
+                    # `before` always names the key, so the topic's key
+                    # keeps each row's changes in one partition, in order.
+                    if i < half:
+                        ev = {"op": "c", "before": {"id": k}, "after": after}
+                    elif k % 5:
+                        ev = {"op": "u", "before": {"id": k}, "after": after}
+                    else:
+                        ev = {"op": "d", "before": {"id": k}, "after": None}
+                    f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+            topic("events")
+            fill = os.path.join(work, "events-fill.yaml")
+            with open(fill, "w") as f:
+                f.write(f"name: events-fill\nsource:\n  file: {{path: {events}}}\nsink:\n  kafka:\n"
+                        f"    brokers: {brokers}\n    topic: events\n    key: '${{value.before.id}}'\n")
+            subprocess.run([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                            os.path.join(work, "state-fill"), fill], check=True, cwd=work)
+            pg.sql(f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}; CREATE TABLE loaded_eo {ddl}; "
+                   f"CREATE TABLE upserted {keyed}; CREATE TABLE upserted_eo {keyed}; CREATE TABLE applied {keyed}")
+            copy = timed(pg.client("psql") + ["-X", "-q", "-c", f"COPY copied FROM '{rows_csv}' CSV", "postgres"])
+            row("Postgres `COPY` from a CSV file (server-side): the limit", n, copy)
+            row("flowgate kafka -> postgres", n, flowgate("pg", "postgres", pg.url, "loaded"), copy)
+            eo = "    delivery: effectively_once\n"
+            row("flowgate kafka -> postgres, effectively-once", n,
+                flowgate("pg-eo", "postgres", pg.url, "loaded_eo", eo), copy)
+            upsert = "    mode: upsert\n    key: [id]\n"
+            row("flowgate kafka -> postgres, upsert (primary key id)", n,
+                flowgate("pg-up", "postgres", pg.url, "upserted", upsert), copy)
+            row("flowgate kafka -> postgres, upsert, effectively-once", n,
+                flowgate("pg-up-eo", "postgres", pg.url, "upserted_eo", upsert + eo), copy)
+            row("flowgate kafka -> postgres, change events (c, then u or d per row)", n,
+                flowgate("pg-cdc", "postgres", pg.url, "applied", "    mode: cdc\n    key: [id]\n", "events"), copy)
+            left = pg.sql("SELECT count(*) FROM applied")
+            assert left == str(n // 2 - (n // 2 + 4) // 5), f"{left} rows after the change events"
+        if maria:
+            maria.sql("CREATE TABLE copied (id BIGINT, email TEXT, amount DOUBLE, note TEXT); "
+                      "CREATE TABLE loaded (id BIGINT, email TEXT, amount DOUBLE, note TEXT)")
+            load = timed(maria.client() + ["bench", "-e", f"LOAD DATA LOCAL INFILE '{rows_csv}' INTO TABLE copied "
+                                                          "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"'"])
+            row("MariaDB `LOAD DATA LOCAL INFILE`: the limit", n, load)
+            row("flowgate kafka -> mysql (MariaDB)", n, flowgate("maria", "mysql", maria.url, "loaded"), load)
+        if "sqlite" in databases:
+            db = os.path.join(work, "bench.db")
+            subprocess.run(["sqlite3", db, f"CREATE TABLE copied {ddl}; CREATE TABLE loaded {ddl}"], check=True)
+            imp = timed(["sqlite3", db, "-cmd", ".mode csv", f".import {rows_csv} copied"])
+            row("sqlite3 `.import` of the CSV: the limit", n, imp)
+            row("flowgate kafka -> sqlite", n, flowgate("sqlite", "sqlite", db, "loaded"), imp)
     finally:
         broker.terminate()
         broker.wait()
-        maria.stop()
-        pg.stop()
+        if maria:
+            maria.stop()
+        if pg:
+            pg.stop()
 
 
 def bench_avro(work):
@@ -714,6 +757,94 @@ def bench_snapshot(work):
         pg.stop()
 
 
+def bench_scale(work):
+    """One process with many pipelines: start-up, memory and CPU at idle, and
+    throughput when all are busy, for 10, 50 and 200 pipelines (a quarter each
+    file -> null, generate -> null at 1 record/s, Kafka -> null, file -> SQLite)."""
+    import glob
+    import signal
+    import time
+    import urllib.request
+    sizes = [int(x) for x in os.environ.get("SCALE_PIPELINES", "10,50,200").split(",")]
+    lines = int(os.environ.get("SCALE_LINES", "20000"))
+    broker, brokers, topic = start_broker()
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid):
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        rss = int(open(f"/proc/{pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return (int(fields[11]) + int(fields[12])) / tick, rss
+
+    print("\n### Many pipelines in one `flowgate run`: a quarter each file -> null, generate (1/s) -> null, "
+          "Kafka -> null, file -> SQLite\n")
+    print("| pipelines | start-up s (to /health/ready) | RSS at idle MiB | RSS per pipeline MiB | idle CPU % of a core "
+          f"| busy: {lines:,} lines into each file pipeline, records/s | CPU s busy |")
+    print("|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    base = None
+    try:
+        for n in sizes:
+            d = os.path.join(work, f"scale-{n}")
+            os.makedirs(d, exist_ok=True)
+            files = []
+            for i in range(n):
+                kind = i % 4
+                if kind == 2:
+                    topic(f"scale-{n}-{i}", 1)
+                    source = f"  kafka: {{brokers: '{brokers}', topics: [scale-{n}-{i}], group: scale-{n}-{i}}}\n"
+                elif kind == 1:
+                    source = "  generate: {template: '{\"n\":${seq}}', rate: 1}\n"
+                else:
+                    path = os.path.join(d, f"in-{i}.jsonl")
+                    open(path, "w").close()
+                    files.append(path)
+                    source = f"  file: {{path: {path}, follow: true}}\n"
+                sink = f"  sqlite: {{url: {d}/out-{i}.db, table: t, create_table: true}}\n" if kind == 3 else "  null: {}\n"
+                with open(os.path.join(d, f"p{i:03}.yaml"), "w") as f:
+                    f.write(f"name: p{i:03}\nsource:\n{source}sink:\n{sink}")
+            mport = free_port()
+            start = time.monotonic()
+            proc = subprocess.Popen([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--metrics-addr",
+                                     f"127.0.0.1:{mport}", "--state-dir", os.path.join(d, "state")]
+                                    + sorted(glob.glob(os.path.join(d, "p*.yaml"))),
+                                    cwd=work, stderr=open(os.path.join(d, "log"), "w"))
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{mport}/health/ready", timeout=2).status == 200:
+                        break
+                except OSError:
+                    pass
+                if proc.poll() is not None:
+                    raise SystemExit(f"flowgate with {n} pipelines exited; see {d}/log")
+                time.sleep(0.02)
+            startup = time.monotonic() - start
+            time.sleep(5)
+            cpu0, _ = stat(proc.pid)
+            time.sleep(10)
+            cpu1, rss = stat(proc.pid)
+            idle = (cpu1 - cpu0) / 10 * 100
+            base = base or (n, rss)
+            per = (rss - base[1]) / (n - base[0]) if n > base[0] else rss / n
+            # Busy: every file pipeline gets `lines` records at once.
+            out0 = metric(mport, "flowgate_records_out_total")
+            record = '{"id":1,"email":"someone@example.com","note":"' + "x" * 100 + '"}\n'
+            t0 = time.monotonic()
+            for path in files:
+                with open(path, "a") as f:
+                    f.write(record * lines)
+            want = out0 + lines * len(files)
+            while metric(mport, "flowgate_records_out_total") < want:
+                time.sleep(0.02)
+            busy = time.monotonic() - t0
+            cpu2, _ = stat(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            print(f"| {n} | {startup:.2f} | {rss:.0f} | {per:.2f} | {idle:.2f} | {lines * len(files) / busy:,.0f} | "
+                  f"{cpu2 - cpu1:.2f} |", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
 def bench_workers(work):
     """generate -> Wasm PII mask -> null with 1 and 2 transform workers
     (`workers:`), Rust and Python plugins, rounds interleaved."""
@@ -820,7 +951,7 @@ def bench_metrics(work):
 
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
          "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds, "metrics": bench_metrics,
-         "workers": bench_workers}
+         "workers": bench_workers, "scale": bench_scale}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

@@ -159,12 +159,14 @@ impl Dialect {
         }
     }
 
-    /// Positions as 0.1 stored them (`flowgate_positions`, a BIGINT per part),
-    /// read when a pipeline has none in `flowgate_source_positions` yet.
+    /// Positions as 0.1 stored them (`flowgate_positions`, a BIGINT per part,
+    /// read as text), read when a pipeline has none in
+    /// `flowgate_source_positions` yet.
     pub fn load_legacy_positions(self) -> &'static str {
         match self {
-            Dialect::Postgres => "SELECT source, position FROM flowgate_positions WHERE pipeline = $1",
-            _ => "SELECT source, position FROM flowgate_positions WHERE pipeline = ?",
+            Dialect::Postgres => "SELECT source, CAST(position AS text) FROM flowgate_positions WHERE pipeline = $1",
+            Dialect::MySql => "SELECT source, CAST(position AS CHAR) FROM flowgate_positions WHERE pipeline = ?",
+            Dialect::Sqlite => "SELECT source, CAST(position AS TEXT) FROM flowgate_positions WHERE pipeline = ?",
         }
     }
 }

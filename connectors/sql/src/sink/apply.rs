@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
-use sqlx::AssertSqlSafe;
 
 use super::SqlSink;
-use super::cell::{Cell, bind};
+use super::cell::Cell;
 use crate::change::{Op, key_text};
 use crate::error::{SqlError, is_row_error};
 
@@ -61,19 +60,15 @@ impl SqlSink {
         let sets: Vec<String> = columns.iter().map(|c| format!("{} = {}", d.quote(c), param(c))).collect();
         let wheres: Vec<String> = key.iter().map(|k| format!("{} = {}", d.quote(k), param(k))).collect();
         let sql = format!("UPDATE {} SET {} WHERE {}", info.quoted, sets.join(", "), wheres.join(" AND "));
-        let cells: Vec<Cell> = columns
+        let cells: Vec<Cell<'_>> = columns
             .iter()
             .map(|c| d.cell(row.get(c), info.ty(c).unwrap_or("text")))
             .chain(key.iter().map(|k| d.cell(from.get(k), info.ty(k).unwrap_or("text"))))
             .collect();
         self.savepoint("flowgate_row", table).await?;
         let conn = self.conn.as_mut().expect("connected");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for cell in cells {
-            q = bind(q, cell);
-        }
-        let moved = match q.execute(&mut *conn).await {
-            Ok(done) => done.rows_affected() > 0,
+        let moved = match conn.execute(&sql, cells).await {
+            Ok(affected) => affected > 0,
             Err(e) if is_row_error(&e) => {
                 self.raw("ROLLBACK TO SAVEPOINT flowgate_row", table).await?;
                 return Ok(Some(e.to_string()));

@@ -2,7 +2,6 @@
 //! fixed table exists (or may be created) with the privileges its mode needs.
 
 use flowgate_sdk::{Problem, Sink};
-use sqlx::Row;
 
 use super::SqlSink;
 use crate::config::{Delivery, Mode, SqlSinkConfig};
@@ -59,16 +58,12 @@ pub async fn check_sink(config: &SqlSinkConfig, pipeline: &str) -> Vec<Problem> 
                     Mode::Upsert => "INSERT, UPDATE",
                     Mode::Cdc => "INSERT, UPDATE, DELETE",
                 };
-                let sql = "SELECT has_table_privilege(to_regclass($1), $2)";
+                let sql = "SELECT CAST(has_table_privilege(to_regclass($1), $2) AS text)";
                 let conn = sink.conn.as_mut().expect("opened");
+                let quoted = Dialect::Postgres.quote_table(table);
                 for privilege in needs.split(", ") {
-                    let granted = sqlx::query(sql)
-                        .bind(Dialect::Postgres.quote_table(table))
-                        .bind(privilege)
-                        .fetch_one(&mut *conn)
-                        .await
-                        .and_then(|r| r.try_get::<bool, _>(0));
-                    if !matches!(granted, Ok(true)) {
+                    let granted = conn.texts(sql, &[&quoted, privilege]).await;
+                    if !granted.is_ok_and(|rows| rows.first().is_some_and(|r| r.first().is_some_and(|g| g == "true"))) {
                         problems.push(problem(
                             Some("table"),
                             format!("the user may not {privilege} into table {table} (`mode` needs {needs})"),

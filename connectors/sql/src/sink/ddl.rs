@@ -4,7 +4,6 @@
 
 use flowgate_sdk::ConnectorError;
 use serde_json::{Map, Value};
-use sqlx::{AssertSqlSafe, Row};
 
 use super::{SqlSink, TableInfo, TableOps};
 use crate::dialect::Dialect;
@@ -33,16 +32,9 @@ impl SqlSink {
         // Postgres resolves `schema.table` itself; MySQL and SQLite look the name
         // up as given, in the connection's database.
         let name = if dialect == Dialect::Postgres { dialect.quote_table(table) } else { table.to_string() };
-        let rows = sqlx::query(AssertSqlSafe(dialect.columns_query()))
-            .bind(name)
-            .fetch_all(conn)
-            .await
-            .map_err(SqlError::write(table))?;
-        let columns: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(SqlError::write(table))?;
+        let rows = conn.texts(dialect.columns_query(), &[&name]).await.map_err(SqlError::write(table))?;
+        let columns: Vec<(String, String)> =
+            rows.into_iter().map(|mut r| (r.swap_remove(0), r.swap_remove(0))).collect();
         Ok((!columns.is_empty()).then(|| TableInfo { quoted: dialect.quote_table(table), columns }))
     }
 

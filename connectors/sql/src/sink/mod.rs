@@ -11,6 +11,8 @@
 mod apply;
 mod cell;
 mod check;
+mod conn;
+mod copy;
 mod ddl;
 mod plan;
 mod positions;
@@ -22,8 +24,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use flowgate_sdk::{Batch, ConnectorError, Position, RefusalClass, Sink, async_trait};
-use sqlx::AnyConnection;
-use sqlx::{AssertSqlSafe, Connection};
 
 use crate::change::Op;
 use crate::config::{Delivery, SqlSinkConfig, Synchronous, UnknownFields};
@@ -31,6 +31,8 @@ use crate::dialect::{Dialect, dialect_of, sqlite_path};
 use crate::error::SqlError;
 use crate::names::TableFilter;
 use crate::rows::field_names;
+use conn::Conn;
+use copy::Stage;
 use plan::{key_for, plan};
 
 pub use check::check_sink;
@@ -52,9 +54,12 @@ pub struct SqlSink {
     config: SqlSinkConfig,
     dialect: Dialect,
     pipeline: Arc<str>,
-    conn: Option<AnyConnection>,
+    conn: Option<Conn>,
     in_transaction: bool,
     tables: HashMap<String, TableInfo>,
+    /// Postgres upserts and change events: each table's staging table (by the
+    /// table's quoted name), which lives as long as the connection.
+    stages: HashMap<String, Stage>,
     /// Key columns per table (configured, or from the first record's key).
     keys: HashMap<String, Vec<String>>,
     /// The tables a templated `table` may name; `None` when it is fixed.
@@ -68,6 +73,7 @@ pub struct SqlSink {
 /// What the sink does, as metrics (label `pipeline`; rows also by `mode`).
 struct SqlMetrics {
     rows: metrics::Counter,
+    copied: metrics::Counter,
     transaction_seconds: metrics::Histogram,
     row_isolations: metrics::Counter,
 }
@@ -82,10 +88,12 @@ impl SqlMetrics {
         let p = pipeline.to_string();
         let m = SqlMetrics {
             rows: metrics::counter!("flowgate_sql_rows_total", "pipeline" => p.clone(), "mode" => mode),
+            copied: metrics::counter!("flowgate_sql_copied_rows_total", "pipeline" => p.clone()),
             transaction_seconds: metrics::histogram!("flowgate_sql_transaction_seconds", "pipeline" => p.clone()),
             row_isolations: metrics::counter!("flowgate_sql_row_isolations_total", "pipeline" => p),
         };
         m.row_isolations.increment(0);
+        m.copied.increment(0);
         m
     }
 }
@@ -118,7 +126,6 @@ struct TableOps {
 
 impl SqlSink {
     pub async fn open(config: SqlSinkConfig, pipeline: &str) -> Result<Self, SqlError> {
-        sqlx::any::install_default_drivers();
         let dialect = dialect_of(&config.url);
         let filter =
             config.table.fixed().is_none().then(|| {
@@ -131,6 +138,7 @@ impl SqlSink {
             conn: None,
             in_transaction: false,
             tables: HashMap::new(),
+            stages: HashMap::new(),
             keys: HashMap::new(),
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
@@ -145,12 +153,12 @@ impl SqlSink {
         Ok(sink)
     }
 
-    async fn conn(&mut self) -> Result<&mut AnyConnection, SqlError> {
+    async fn conn(&mut self) -> Result<&mut Conn, SqlError> {
         if self.conn.is_none() {
             let url = any_url(&self.config.url);
             create_sqlite_file(&self.config.url)
                 .map_err(|e| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source: e.into() })?;
-            let mut conn = AnyConnection::connect(&url)
+            let mut conn = Conn::connect(&url, self.dialect)
                 .await
                 .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
             let setup = match (self.dialect, self.config.synchronous) {
@@ -165,12 +173,12 @@ impl SqlSink {
                 (Dialect::MySql, _) => "SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')",
                 (Dialect::Postgres, _) => "SET TIME ZONE 'UTC'",
             };
-            sqlx::raw_sql(AssertSqlSafe(setup))
-                .execute(&mut conn)
+            conn.raw(setup)
                 .await
                 .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
             self.conn = Some(conn);
             self.in_transaction = false;
+            self.stages.clear();
         }
         Ok(self.conn.as_mut().expect("connected above"))
     }
@@ -181,12 +189,12 @@ impl SqlSink {
         self.conn = None;
         self.in_transaction = false;
         self.began = None;
+        // Temporary tables go with their connection.
+        self.stages.clear();
     }
 
     async fn raw(&mut self, sql: &str, table: &str) -> Result<(), SqlError> {
-        let conn = self.conn().await?;
-        let result = sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(conn).await;
-        result.map(drop).map_err(SqlError::write(table))
+        self.conn().await?.raw(sql).await.map_err(SqlError::write(table))
     }
 
     /// Commits the batch's transaction, with `position` when effectively-once.
@@ -291,6 +299,9 @@ impl Sink for SqlSink {
                     ops.ops.retain(|(i, _)| bad.binary_search_by_key(i, |(b, _)| *b).is_err());
                     refused.extend(bad.into_iter().map(|(i, why)| (i, why, RefusalClass::Schema)));
                 }
+            }
+            if self.dialect == Dialect::Postgres && self.config.mode != crate::config::Mode::Insert {
+                self.stage(&table).await.inspect_err(|_| self.lost())?;
             }
             work.push((table, ops, key));
         }

@@ -3,7 +3,8 @@
 //! when the pipeline starts.
 
 use flowgate_sdk::{ConnectorError, Position};
-use sqlx::{AssertSqlSafe, Row};
+
+use super::cell::Cell;
 
 use super::SqlSink;
 use crate::config::Delivery;
@@ -16,13 +17,8 @@ impl SqlSink {
         let pipeline = self.pipeline.to_string();
         let conn = self.conn().await?;
         for (source, at) in position.parts() {
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(pipeline.clone())
-                .bind(source.to_string())
-                .bind(at.to_string())
-                .execute(&mut *conn)
-                .await
-                .map_err(SqlError::write("flowgate_source_positions"))?;
+            let cells = [Cell::Text(pipeline.as_str().into()), Cell::Text(source.into()), Cell::Text(at.into())];
+            conn.execute(sql, cells).await.map_err(SqlError::write("flowgate_source_positions"))?;
         }
         Ok(())
     }
@@ -36,29 +32,20 @@ impl SqlSink {
         let pipeline = self.pipeline.to_string();
         let (table, dialect) = ("flowgate_source_positions", self.dialect);
         let conn = self.conn().await?;
-        let rows = sqlx::query(AssertSqlSafe(dialect.load_positions()))
-            .bind(pipeline.clone())
-            .fetch_all(conn)
-            .await
-            .map_err(SqlError::write(table))?;
+        let rows = conn.texts(dialect.load_positions(), &[&pipeline]).await.map_err(SqlError::write(table))?;
         let mut position = Position::default();
-        for r in rows {
-            let source: String = r.try_get(0).map_err(SqlError::write(table))?;
-            let at: String = r.try_get(1).map_err(SqlError::write(table))?;
-            position.set(source, at);
+        for mut r in rows {
+            position.set(r.swap_remove(0), r.swap_remove(0));
         }
         if position.is_empty() && self.describe("flowgate_positions").await?.is_some() {
             // Stored by 0.1: the same parts, as numbers.
             let conn = self.conn().await?;
-            let rows = sqlx::query(AssertSqlSafe(dialect.load_legacy_positions()))
-                .bind(pipeline)
-                .fetch_all(conn)
+            let rows = conn
+                .texts(dialect.load_legacy_positions(), &[&pipeline])
                 .await
                 .map_err(SqlError::write("flowgate_positions"))?;
-            for r in rows {
-                let source: String = r.try_get(0).map_err(SqlError::write("flowgate_positions"))?;
-                let at: i64 = r.try_get(1).map_err(SqlError::write("flowgate_positions"))?;
-                position.set(source, at.to_string());
+            for mut r in rows {
+                position.set(r.swap_remove(0), r.swap_remove(0));
             }
         }
         Ok((!position.is_empty()).then_some(position))

@@ -1,16 +1,18 @@
 //! Operations as multi-row statements: a truncate, then deletes, then upserts
 //! and inserts grouped by the columns they fill, each in as few statements as
-//! the parameter limit allows.
+//! the parameter limit allows; into Postgres, groups of some size by `COPY`.
 
 use serde_json::{Map, Value};
-use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::cell::{Cell, bind};
+use super::cell::Cell;
+use super::conn::Conn;
+use super::copy::COPY_MIN_ROWS;
 use super::{SqlSink, TableInfo};
 use crate::change::Op;
 use crate::dialect::Dialect;
 
-/// Rows per statement; beyond a few hundred nothing is gained.
+/// Rows per statement; beyond a few hundred nothing is gained (2,000 and
+/// 8,000 measured the same into MariaDB and SQLite).
 const MAX_ROWS_PER_STATEMENT: usize = 500;
 
 impl SqlSink {
@@ -25,11 +27,24 @@ impl SqlSink {
         let d = self.dialect;
         if truncate.is_some() {
             let conn = self.conn.as_mut().expect("connected");
-            sqlx::raw_sql(AssertSqlSafe(format!("DELETE FROM {}", info.quoted))).execute(conn).await?;
+            conn.raw(&format!("DELETE FROM {}", info.quoted)).await?;
         }
         let deletes: Vec<&Map<String, Value>> =
             ops.iter().filter_map(|(_, op)| if let Op::Delete(r) = op { Some(r) } else { None }).collect();
-        if !deletes.is_empty() {
+        let stage = self.stages.get(&info.quoted).map(|s| s.name.clone());
+        let copies = |rows: usize| d == Dialect::Postgres && rows >= COPY_MIN_ROWS && info.copies();
+        if copies(deletes.len())
+            && let Some(stage) = &stage
+        {
+            self.copy_rows(stage, info, key, &deletes).await?;
+            let on: Vec<String> = key.iter().map(|k| format!("t.{0} = s.{0}", d.quote(k))).collect();
+            let sql = format!(
+                "DELETE FROM {} AS t USING {stage} AS s WHERE {}; DELETE FROM {stage}",
+                info.quoted,
+                on.join(" AND ")
+            );
+            self.conn.as_mut().expect("connected").raw(&sql).await?;
+        } else if !deletes.is_empty() {
             let mut cells = Vec::with_capacity(deletes.len() * key.len());
             for row in &deletes {
                 cells.extend(key.iter().map(|k| d.cell(row.get(k), info.ty(k).unwrap_or("text"))));
@@ -82,12 +97,31 @@ impl SqlSink {
             if columns.is_empty() {
                 continue;
             }
+            let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
+            let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
+            if copies(rows.len()) {
+                if !upsert {
+                    self.copy_rows(&info.quoted, info, &columns, &rows).await?;
+                    continue;
+                }
+                if let Some(stage) = &stage {
+                    self.copy_rows(stage, info, &columns, &rows).await?;
+                    // `ON CONFLICT` probes the key's index per row; a `MERGE`
+                    // measured 1.4x slower here, its join planned over the
+                    // whole table for a staging table without statistics.
+                    let names = names.join(", ");
+                    let sql = format!(
+                        "INSERT INTO {} ({names}) SELECT {names} FROM {stage}{suffix}; DELETE FROM {stage}",
+                        info.quoted
+                    );
+                    self.conn.as_mut().expect("connected").raw(&sql).await?;
+                    continue;
+                }
+            }
             let mut cells = Vec::with_capacity(rows.len() * columns.len());
             for row in &rows {
                 cells.extend(columns.iter().zip(&types).map(|(c, ty)| d.cell(row.get(c), ty)));
             }
-            let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
-            let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
             let sql = |n: usize| {
                 let values = value_list(d, info, &columns, n, false);
                 format!("INSERT INTO {} ({}) VALUES {values}{suffix}", info.quoted, names.join(", "))
@@ -102,10 +136,10 @@ impl SqlSink {
 /// Executes one statement shape over `cells` (`per_row` a row) in as few
 /// statements as the parameter limit allows; `Err` carries the database's message.
 async fn run(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     dialect: Dialect,
     sql_for: impl Fn(usize) -> String,
-    cells: Vec<Cell>,
+    cells: Vec<Cell<'_>>,
     per_row: usize,
 ) -> Result<(), sqlx::Error> {
     if per_row == 0 {
@@ -117,11 +151,7 @@ async fn run(
     let mut done = 0;
     while done < rows {
         let n = chunk.min(rows - done);
-        let mut q = sqlx::query(AssertSqlSafe(sql_for(n)));
-        for cell in cells.by_ref().take(n * per_row) {
-            q = bind(q, cell);
-        }
-        q.execute(&mut *conn).await?;
+        conn.execute(&sql_for(n), cells.by_ref().take(n * per_row)).await?;
         done += n;
     }
     Ok(())

@@ -1,6 +1,6 @@
 use flowgate_sdk::{Record, RecordTemplate};
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::{AnyConnection, AssertSqlSafe, Connection, Row};
 
 use super::*;
 use crate::config::{Columns, Mode};
@@ -51,7 +51,7 @@ async fn inserts_create_the_table_and_isolate_bad_rows() {
     let mut sink = SqlSink::open(config(&dir, Mode::Insert), "p").await.unwrap();
     put(&mut sink, &[("", r#"{"id":1,"name":"a"}"#), ("", r#"{"id":2}"#)]).await;
     assert_eq!(rows(&dir, "SELECT group_concat(name, ',') FROM pragma_table_info('t')").await, ["id,name"]);
-    sqlx::raw_sql("CREATE UNIQUE INDEX t_id ON t(id)").execute(sink.conn().await.unwrap()).await.unwrap();
+    sink.conn().await.unwrap().raw("CREATE UNIQUE INDEX t_id ON t(id)").await.unwrap();
     let b = put(
         &mut sink,
         &[("", r#"{"id":3,"name":"c"}"#), ("", r#"{"id":1,"name":"dup"}"#), ("", "[1]"), ("", r#"{"id":4}"#)],
@@ -208,7 +208,7 @@ async fn records_whose_names_cannot_be_columns_are_refused_alone() {
     );
     assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM t").await, ["2,4"]);
     // A column added since is found, not refused.
-    sqlx::raw_sql("ALTER TABLE t ADD COLUMN extra TEXT").execute(sink.conn().await.unwrap()).await.unwrap();
+    sink.conn().await.unwrap().raw("ALTER TABLE t ADD COLUMN extra TEXT").await.unwrap();
     let b = put(&mut sink, &[("", r#"{"id":5,"extra":"e"}"#)]).await;
     assert!(b.rejected.is_empty(), "{:?}", b.rejected);
 }
