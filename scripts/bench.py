@@ -288,6 +288,54 @@ def bench_kafka(work):
         broker.wait()
 
 
+def bench_kafka_limit(work):
+    """Kafka -> Kafka against the raw librdkafka limit, in interleaved rounds:
+    no transform vs raw `pipe-acked`, the Wasm PII mask vs raw
+    `pipe-acked-mask` (the same transform in native Rust). Flowgate's time runs
+    from its first record consumed until it has exited after SIGTERM, sent once
+    every record is out (so it covers the last delivery reports and offsets)."""
+    n = int(os.environ.get("KAFKA_COUNT", "1000000"))
+    rounds = int(os.environ.get("KAFKA_ROUNDS", "3"))
+    rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
+    plugin = os.path.join(os.environ["FLOWGATE_PLUGINS"], "rust-pii-mask.wasm")
+    broker, brokers, topic = start_broker()
+    try:
+        topic("in")
+        subprocess.run([rawkafka, "produce", brokers, "in", str(n)], check=True, capture_output=True)
+        print(f"\n### Kafka -> Kafka vs the raw librdkafka limit, {n:,} records, {rounds} interleaved rounds\n")
+        print("| round | case | records/s | CPU s | CPU s per million | vs raw |")
+        print("|---:|---|---:|---:|---:|---:|", flush=True)
+        ratios = {"none": [], "mask": []}
+        for r in range(1, rounds + 1):
+            for case, mode, transforms in (
+                ("none", "pipe-acked", ""),
+                ("mask", "pipe-acked-mask", f"transforms:\n  - wasm:\n      path: {plugin}\n"
+                                             "      config: {fields: [email], flag: processed}\n"),
+            ):
+                topic(f"out-raw-{case}-{r}")
+                proc = subprocess.Popen([rawkafka, mode, brokers, "in", f"out-raw-{case}-{r}", str(n)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work)
+                out = proc.stdout.read().strip().splitlines()[-1]
+                cpu, _ = wait4(proc)
+                raw = float(dict(f.split("=") for f in out.split()[1:])["rate"])
+                print(f"| {r} | raw librdkafka `{mode}` | {raw:,.0f} | {cpu:.2f} | {cpu / n * 1e6:.2f} | |", flush=True)
+                topic(f"out-fg-{case}-{r}")
+                name = f"limit-{case}-{r}"
+                text = (f"name: {name}\nsource:\n  kafka:\n    brokers: {brokers}\n    topics: [in]\n"
+                        f"    group: {name}\n    session_timeout: 6s\n{transforms}"
+                        f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: out-fg-{case}-{r}\n    linger: 20ms\n"
+                        "batch: {size: 2000, linger: 5ms}\n")
+                wall, cpu, _ = run_until_out(work, name, text, n, from_first_in=True)
+                ratios[case].append(n / wall / raw)
+                print(f"| {r} | flowgate, {'no transform' if case == 'none' else 'Wasm PII mask'} | {n / wall:,.0f} | "
+                      f"{cpu:.2f} | {cpu / n * 1e6:.2f} | {n / wall / raw:.2f}x |", flush=True)
+        print(f"\nMedian ratio: no transform {median_run(ratios['none']):.2f}x raw `pipe-acked`, Wasm PII mask "
+              f"{median_run(ratios['mask']):.2f}x raw `pipe-acked-mask`", flush=True)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+
 class Postgres:
     """A private PostgreSQL server for the benchmark: initdb into the work
     directory, logical WAL, fsync off (the published ceiling was measured so)."""
@@ -845,6 +893,74 @@ def bench_scale(work):
         broker.wait()
 
 
+def bench_wide(work):
+    """Costs that grow with partitions and tables: a Kafka topic of 10, 100 and
+    1,000 partitions read to the end; a SQL sink filling 10, 100 and 500 tables
+    from a `table` template; a Postgres CDC pipeline capturing 10, 100 and 500
+    tables (initial snapshot, then changes to every table)."""
+    import time
+    import urllib.request
+    n = int(os.environ.get("WIDE_RECORDS", "200000"))
+    rawkafka = os.path.join(os.environ["CARGO_TARGET_DIR"], "peers", "release", "rawkafka")
+    broker, brokers, topic = start_broker()
+    pg = Postgres(work)
+
+    def run(name, text, count):
+        return run_until_out(work, name, text, count, from_first_in=True)
+
+    def run_to_end(name, text):
+        pipeline = os.path.join(work, f"{name}.yaml")
+        with open(pipeline, "w") as f:
+            f.write(text)
+        return measure([FLOWGATE, "run", "--progress", "0s", "--log", "warn", "--state-dir",
+                        os.path.join(work, f"state-{name}"), pipeline], work)
+
+    print(f"\n### Wide: {n:,} records over 10 to 1,000 partitions or 10 to 500 tables\n")
+    print("| case | width | records | wall s | records/s | CPU s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|", flush=True)
+
+    def line(case, width, count, run):
+        wall, cpu, rss = run
+        print(f"| {case} | {width:,} | {count:,} | {wall:.2f} | {count / wall:,.0f} | {cpu:.2f} | {rss:.0f} |",
+              flush=True)
+
+    try:
+        for parts in [int(p) for p in os.environ.get("WIDE_PARTITIONS", "10,100,1000").split(",") if p]:
+            topic(f"wide{parts}", parts)
+            subprocess.run([rawkafka, "produce", brokers, f"wide{parts}", str(n)], check=True, capture_output=True)
+            line("Kafka (partitions) -> null", parts, n, run(
+                f"wide-k{parts}", f"name: wide-k{parts}\nsource:\n  kafka:\n    brokers: {brokers}\n"
+                f"    topics: [wide{parts}]\n    group: wide-k{parts}\n    session_timeout: 6s\nsink:\n  null: {{}}\n",
+                n))
+        records = os.path.join(work, "wide.jsonl")
+        for tables in (10, 100, 500):
+            with open(records, "w") as f:
+                for i in range(n):
+                    f.write(json.dumps({"t": i % tables, "id": i, "email": f"user{i}@example.com",
+                                        "note": "x" * 100}) + "\n")
+            line("file -> Postgres, `table: wide_${value.t}` (created from the first record)", tables, n, run_to_end(
+                f"wide-sql{tables}", f"name: wide-sql{tables}\nsource:\n  file: {{path: {records}}}\nsink:\n"
+                f"  postgres:\n    url: {pg.url}\n    table: wide{tables}_${{value.t}}\n    create_table: true\n"
+                "batch: {size: 5000}\n"))
+        for tables in (10, 100, 500):
+            names = [f"cdc{tables}_{i}" for i in range(tables)]
+            per = max(1, n // 2 // tables)
+            ddl = "; ".join(f"CREATE TABLE {t} (id bigint PRIMARY KEY, email text, note text); "
+                            f"INSERT INTO {t} SELECT g, 'user' || g || '@example.com', repeat('x', 100) "
+                            f"FROM generate_series(1, {per}) g" for t in names)
+            pg.sql(ddl)
+            # After the snapshot: one more row in every table, while it streams.
+            text = (f"name: wide-cdc{tables}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n"
+                    f"    tables: [{', '.join(names)}]\n    snapshot: initial\nsink:\n  null: {{}}\n"
+                    "batch: {size: 2000, linger: 5ms}\n")
+            line("Postgres CDC (tables, initial snapshot of each) -> null", tables, per * tables,
+                 run(f"wide-cdc{tables}", text, per * tables))
+    finally:
+        broker.terminate()
+        broker.wait()
+        pg.stop()
+
+
 def bench_workers(work):
     """generate -> Wasm PII mask -> null with 1 and 2 transform workers
     (`workers:`), Rust and Python plugins, rounds interleaved."""
@@ -951,7 +1067,8 @@ def bench_metrics(work):
 
 CASES = {"engine": bench_engine, "sqlite": bench_sqlite, "wasm": bench_wasm, "kafka": bench_kafka, "cdc": bench_cdc,
          "snapshot": bench_snapshot, "sql": bench_sql, "avro": bench_avro, "registry": bench_registry_bounds, "metrics": bench_metrics,
-         "workers": bench_workers, "scale": bench_scale}
+         "workers": bench_workers, "scale": bench_scale,
+         "wide": bench_wide, "kafka-limit": bench_kafka_limit}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(CASES)

@@ -7,6 +7,9 @@
 #   scripts/bench.sh kafka      Kafka -> PII mask -> Kafka vs raw librdkafka and Python loops
 #   scripts/bench.sh cdc        Postgres CDC -> null / Kafka vs pg_recvlogical; commit-to-Kafka latency
 #   scripts/bench.sh sql        Kafka -> Postgres / MariaDB / SQLite vs COPY, LOAD DATA, sqlite3 .import
+#   scripts/bench.sh scale      10, 50 and 200 pipelines in one process: start-up, idle RSS and CPU, busy rate
+#   scripts/bench.sh wide       10 to 1,000 partitions, 10 to 500 tables (SQL sink, CDC)
+#   scripts/bench.sh kafka-limit  Kafka -> Kafka vs raw librdkafka pipe-acked / pipe-acked-mask, interleaved
 #   scripts/bench.sh avro       validate + encode to Confluent Avro vs Python's AvroSerializer; registry under wrk
 #   scripts/bench.sh registry   the registry with 50k-field schemas: check time, reads meanwhile, memory per schema
 #   scripts/bench.sh metrics    what metrics cost: generate -> null and Kafka -> Kafka with and without --metrics-addr

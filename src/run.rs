@@ -194,6 +194,12 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
     };
     let health = Health::new(options.degraded_after);
     health.watch();
+    // Known before the port opens: with none known yet, `/health/ready` would
+    // say every pipeline is running.
+    for (_, config) in &loaded {
+        health.set(&config.name, PipelineState::Starting);
+        health.bound(&config.name, config.health.clone());
+    }
     if let (Some(addr), Some(handle)) = (options.metrics_addr, recorder)
         && !serve_metrics(addr, options.metrics_tls.as_ref(), health.clone(), handle).await
     {
@@ -208,8 +214,6 @@ pub async fn run(files: &[PathBuf], options: RunOptions) -> ExitCode {
 
     let mut runs = Vec::new();
     for (file, config) in loaded {
-        health.set(&config.name, PipelineState::Starting);
-        health.bound(&config.name, config.health.clone());
         let (health, shutdown, state_dir) = (health.clone(), shutdown.clone(), options.state_dir.clone());
         let (progress_every, fail_fast) = (options.progress.filter(|d| !d.is_zero()), options.fail_fast);
         runs.push(tokio::spawn(async move {

@@ -192,13 +192,15 @@ impl Health {
         (code, body.to_string())
     }
 
-    /// Ready: every pipeline running and not degraded (or finished); the
-    /// body is `/health`'s.
+    /// Ready: every pipeline running and not degraded (or finished), and at
+    /// least one known; the body is `/health`'s.
     fn ready(&self) -> (StatusCode, String) {
         // One reading for both, so that the code and the body agree.
         let states = self.states();
-        let ready =
-            states.values().all(|(s, d)| matches!(s, PipelineState::Running | PipelineState::Finished) && d.is_none());
+        let ready = !states.is_empty()
+            && states
+                .values()
+                .all(|(s, d)| matches!(s, PipelineState::Running | PipelineState::Finished) && d.is_none());
         let (_, body) = Self::report_of(&states);
         (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
     }
@@ -403,6 +405,9 @@ mod tests {
     #[test]
     fn a_cut_off_source_degrades_at_once_and_a_retrying_sink_after_the_grace_time() {
         let health = Health::new(Duration::from_millis(50));
+        assert_eq!(health.ready().0, StatusCode::SERVICE_UNAVAILABLE, "no pipeline known yet");
+        health.set("server-test", PipelineState::Starting);
+        assert_eq!(health.ready().0, StatusCode::SERVICE_UNAVAILABLE, "still starting");
         health.set("server-test", PipelineState::Running);
         assert_eq!(health.ready().0, StatusCode::OK);
         trouble("server-test", "sink", "retrying", "connection refused".into(), false);

@@ -118,6 +118,27 @@ impl Dialect {
         }
     }
 
+    /// A query saying (`1` or `0`) whether the table takes part in a foreign
+    /// key, as the child or the parent; its parameters are the table name,
+    /// twice.
+    pub fn linked_query(self) -> &'static str {
+        match self {
+            Dialect::Postgres => {
+                "SELECT CAST(count(*) AS text) FROM pg_constraint
+                  WHERE contype = 'f' AND (conrelid = to_regclass($1) OR confrelid = to_regclass($2))"
+            }
+            Dialect::MySql => {
+                "SELECT CAST(count(*) AS CHAR) FROM information_schema.KEY_COLUMN_USAGE
+                  WHERE TABLE_SCHEMA = DATABASE() AND REFERENCED_TABLE_NAME IS NOT NULL
+                    AND (TABLE_NAME = ? OR REFERENCED_TABLE_NAME = ?)"
+            }
+            Dialect::Sqlite => {
+                "SELECT CAST(count(*) AS TEXT) FROM sqlite_master m, pragma_foreign_key_list(m.name) f
+                  WHERE m.type = 'table' AND (m.name = ? OR f.\"table\" = ?)"
+            }
+        }
+    }
+
     /// Creates `flowgate_source_positions`, where effectively-once sinks keep
     /// the source's position with the rows: its parts, opaque text keyed by
     /// what each covers (see `flowgate_sdk::Position`). MySQL keys are sized

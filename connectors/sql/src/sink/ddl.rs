@@ -35,7 +35,12 @@ impl SqlSink {
         let rows = conn.texts(dialect.columns_query(), &[&name]).await.map_err(SqlError::write(table))?;
         let columns: Vec<(String, String)> =
             rows.into_iter().map(|mut r| (r.swap_remove(0), r.swap_remove(0))).collect();
-        Ok((!columns.is_empty()).then(|| TableInfo { quoted: dialect.quote_table(table), columns }))
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let links = conn.texts(dialect.linked_query(), &[&name, &name]).await.map_err(SqlError::write(table))?;
+        let linked = links.first().and_then(|r| r.first()).is_none_or(|n| n != "0");
+        Ok(Some(TableInfo { quoted: dialect.quote_table(table), columns, linked }))
     }
 
     /// The table's description, creating the table from `sample` when it is

@@ -42,6 +42,9 @@ pub use check::check_sink;
 struct TableInfo {
     quoted: String,
     columns: Vec<(String, String)>,
+    /// Takes part in a foreign key: its rows keep their order with other
+    /// tables' rows.
+    linked: bool,
 }
 
 impl TableInfo {
@@ -231,10 +234,32 @@ impl SqlSink {
     }
 }
 
+/// Runs for the same table joined into one, at the place of its first run.
+fn by_table(runs: Vec<(String, TableOps)>) -> Vec<(String, TableOps)> {
+    let mut joined: Vec<(String, TableOps)> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for (table, ops) in runs {
+        match at.get(&table) {
+            Some(&i) => joined[i].1.ops.extend(ops.ops),
+            None => {
+                at.insert(table.clone(), joined.len());
+                joined.push((table, ops));
+            }
+        }
+    }
+    joined
+}
+
 #[async_trait]
 impl Sink for SqlSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        let (tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+        let (mut tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+        // Records for many tables, interleaved, make runs of one record each.
+        // With no foreign key between the tables (known from their catalog
+        // once described), each table's rows go together, in their order.
+        if tables.len() > 1 && tables.iter().all(|(t, _)| self.tables.get(t).is_some_and(|i| !i.linked)) {
+            tables = by_table(tables);
+        }
         // Tables are described or created first, outside the transaction.
         let mut work = Vec::with_capacity(tables.len());
         for (table, mut ops) in tables {
