@@ -282,13 +282,15 @@ impl KafkaSink {
         rec.key = key;
         rec.headers = headers;
         rec.timestamp = record.timestamp;
-        let full_since = tokio::time::Instant::now();
+        // Read only once the queue is full: a clock read per record was 1.3%
+        // of a Kafka -> Kafka pipeline's CPU.
+        let mut full_since = None;
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
                 // Full while the broker is away: give the engine a chance to stop.
                 Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
-                    if full_since.elapsed() >= QUEUE_FULL_WAIT =>
+                    if full_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= QUEUE_FULL_WAIT =>
                 {
                     return Err((e, r.delivery_opaque));
                 }
