@@ -525,7 +525,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     let _recorder = metrics::set_default_local_recorder(&recorder);
     pg.sql(
         "CREATE TABLE ins_copy (id int, name varchar(8), amount numeric(10,2), note text, tags text[], doc jsonb, \
-         at timestamptz, ok boolean); CREATE TABLE ins_rows (LIKE ins_copy); \
+         at timestamptz, ok boolean, flags bit(3), codes varchar(3)[]); CREATE TABLE ins_rows (LIKE ins_copy); \
          CREATE TABLE ups_copy (id int PRIMARY KEY, name text, amount numeric); CREATE TABLE ups_rows (LIKE ups_copy \
          INCLUDING ALL); CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
          CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL)",
@@ -551,7 +551,8 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         let amount = if i.is_multiple_of(2) { json!(i) } else { json!(i as f64 + 0.5) };
         let note = if i.is_multiple_of(9) { json!(null) } else { json!(notes[i % notes.len()]) };
         let v = json!({"id": i, "name": name, "amount": amount, "note": note, "tags": ["a", "b c", null, "d\"e"],
-            "doc": {"k": i, "s": "x\ty"}, "at": "2024-05-01T12:00:00.25Z", "ok": i.is_multiple_of(3)});
+            "doc": {"k": i, "s": "x\ty"}, "at": "2024-05-01T12:00:00.25Z", "ok": i.is_multiple_of(3),
+            "flags": "101", "codes": ["ab", "cde"]});
         (String::new(), v.to_string())
     };
     // A clean batch, then one with a row the database refuses.
@@ -601,6 +602,17 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         pg.sql(&format!("ALTER TABLE {table} ADD COLUMN extra text"));
         assert!(write_in_batches(&mut sink, &added, size).await.is_empty());
     }
+
+    // Tables where COPY would not do what INSERT does take the statements:
+    // a value for a GENERATED ALWAYS identity is refused, not written.
+    pg.sql("CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY, v text)");
+    let mut sink = open("ident", Mode::Insert, &[]).await.unwrap();
+    let records: Vec<_> = (1..=40).map(|i| (String::new(), json!({"id": i, "v": "x"}).to_string())).collect();
+    let mut b = flowgate_sdk::Batch::with_capacity(0, records.len());
+    b.records.extend(records.iter().map(|(_, v)| flowgate_sdk::Record::from_value(v.clone())));
+    let refused = flowgate_sdk::Sink::write(&mut sink, &mut b).await.expect_err("an identity value is refused");
+    assert!(format!("{refused:?}").contains("428C9"), "{refused:?}");
+    assert_eq!(pg.sql("SELECT count(*) FROM ident"), "0");
 
     let dump = |table: &str| pg.sql(&format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM {table} t"));
     for (copied, rows) in [("ins_copy", "ins_rows"), ("ups_copy", "ups_rows"), ("cdc_copy", "cdc_rows")] {

@@ -29,13 +29,19 @@ impl Dialect {
     pub fn param(self, n: usize, ty: &str) -> String {
         match self {
             Dialect::Postgres if ty == "bytea" => format!("decode(CAST(${n} AS text), 'base64')"),
-            // An explicit cast to `varchar(10)` (or `char(n)`, `bit(n)`) cuts a
-            // longer value silently; cast to the unbounded type so that the
-            // column's own check refuses it.
-            Dialect::Postgres if (ty.starts_with("character") || ty.starts_with("bit")) && !ty.ends_with("[]") => {
-                let base = ty.split('(').next().unwrap_or(ty).trim_end();
-                let base = if base == "character" { "text" } else { base };
-                format!("CAST(${n} AS {base})")
+            // An explicit cast to `varchar(10)` (or `char(n)`, `bit(n)`, and
+            // their arrays) cuts a longer value silently, and `bit` alone means
+            // `bit(1)`; cast to the unbounded type so that the column's own
+            // check refuses what does not fit, as `COPY` does.
+            Dialect::Postgres if ty.starts_with("character") || ty.starts_with("bit") => {
+                let array = if ty.ends_with("[]") { "[]" } else { "" };
+                let base = ty.trim_end_matches("[]").split('(').next().unwrap_or(ty).trim_end();
+                let base = match base {
+                    "character" => "text",
+                    "bit" => "bit varying",
+                    base => base,
+                };
+                format!("CAST(${n} AS {base}{array})")
             }
             Dialect::Postgres => format!("CAST(${n} AS {ty})"),
             Dialect::MySql if is_mysql_binary(ty) => "FROM_BASE64(?)".into(),
@@ -134,9 +140,21 @@ impl Dialect {
             }
             Dialect::Sqlite => {
                 "SELECT CAST(count(*) AS TEXT) FROM sqlite_master m, pragma_foreign_key_list(m.name) f
-                  WHERE m.type = 'table' AND (m.name = ? OR f.\"table\" = ?)"
+                  WHERE m.type = 'table' AND (m.name = ? COLLATE NOCASE OR f.\"table\" = ? COLLATE NOCASE)"
             }
         }
+    }
+
+    /// Postgres: a query saying (`true` or `false`) whether `COPY` into the
+    /// table does what an `INSERT` does. Not for views (refused), tables with
+    /// row-level security (refused) or rules (which `COPY` skips), nor
+    /// `GENERATED ALWAYS` identity columns (which `COPY` fills where `INSERT`
+    /// refuses); its parameter is the table name.
+    pub fn copies_like_insert_query(self) -> &'static str {
+        "SELECT CAST(c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AND NOT c.relhasrules
+                AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                                 AND NOT a.attisdropped AND a.attidentity = 'a') AS text)
+           FROM pg_class c WHERE c.oid = to_regclass($1)"
     }
 
     /// Creates `flowgate_source_positions`, where effectively-once sinks keep
@@ -279,6 +297,9 @@ mod tests {
         assert_eq!(Dialect::Postgres.param(1, "bytea"), "decode(CAST($1 AS text), 'base64')");
         assert_eq!(Dialect::Postgres.param(2, "character varying(10)"), "CAST($2 AS character varying)");
         assert_eq!(Dialect::Postgres.param(2, "character(3)"), "CAST($2 AS text)");
+        assert_eq!(Dialect::Postgres.param(2, "bit(3)"), "CAST($2 AS bit varying)");
+        assert_eq!(Dialect::Postgres.param(2, "character varying(5)[]"), "CAST($2 AS character varying[])");
+        assert_eq!(Dialect::Postgres.param(2, "character(2)[]"), "CAST($2 AS text[])");
         assert_eq!(Dialect::MySql.param(1, "blob"), "FROM_BASE64(?)");
         let cols = ["id".to_string(), "n".to_string()];
         let key = ["id".to_string()];

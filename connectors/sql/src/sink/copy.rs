@@ -25,18 +25,21 @@ pub(super) const COPY_MIN_ROWS: usize = 16;
 const COPY_CHUNK: usize = 128 * 1024;
 
 /// A table's staging table: a column per target column, typed alike, with no
-/// constraints (a row may fill only some columns). `ON COMMIT DELETE ROWS`
-/// empties it at each commit; temporary tables are never vacuumed, and an
-/// emptied one takes no space.
+/// constraints (a row may fill only some columns). Emptied with `TRUNCATE`
+/// after each use: temporary tables are never vacuumed, so deleted rows would
+/// pile up; `ON COMMIT DELETE ROWS` would empty every staging table of the
+/// session at each commit. `name` is `None` when Postgres refused to create
+/// it (no `TEMP` privilege): that table takes the statement path.
 pub(super) struct Stage {
-    pub(super) name: String,
+    pub(super) name: Option<String>,
     columns: Vec<(String, String)>,
 }
 
 impl TableInfo {
-    /// Whether `COPY`'s text format reads every column as the statement path's
-    /// cast does. `bytea` arrives as base64, which the statements decode in
-    /// SQL and `COPY` would take as bytes in escape format.
+    /// Whether `COPY`'s text format reads every column as the statement
+    /// path's cast does (into the table or its staging table). `bytea`
+    /// arrives as base64, which the statements decode in SQL and `COPY` would
+    /// take as bytes in escape format.
     pub(super) fn copies(&self) -> bool {
         !self.columns.iter().any(|(_, ty)| ty.starts_with("bytea"))
     }
@@ -51,20 +54,25 @@ impl SqlSink {
         if self.stages.get(&info.quoted).is_some_and(|s| s.columns == info.columns) {
             return Ok(());
         }
-        let name = match self.stages.get(&info.quoted) {
-            Some(old) => old.name.clone(),
-            None => format!("pg_temp.flowgate_stage_{}", self.stages.len()),
-        };
+        // Numbered, never reused: a recreated one may not take another's name.
+        self.stage_seq += 1;
+        let name = format!("pg_temp.flowgate_stage_{}", self.stage_seq);
         let columns = info.columns.clone();
-        let names: Vec<String> = columns.iter().map(|(c, _)| Dialect::Postgres.quote(c)).collect();
-        let sql = format!(
-            "DROP TABLE IF EXISTS {name}; CREATE TEMPORARY TABLE {name} ON COMMIT DELETE ROWS AS SELECT {} FROM {} \
-             WITH NO DATA",
-            names.join(", "),
-            info.quoted
-        );
+        // Typed from the catalog, so that making it needs no privilege on
+        // the table.
+        let defs: Vec<String> = columns.iter().map(|(c, ty)| format!("{} {ty}", Dialect::Postgres.quote(c))).collect();
+        let old = self.stages.get(&info.quoted).and_then(|s| s.name.clone());
+        let drop = old.map(|old| format!("DROP TABLE IF EXISTS {old}; ")).unwrap_or_default();
+        let sql = format!("{drop}CREATE TEMPORARY TABLE {name} ({})", defs.join(", "));
         let quoted = info.quoted.clone();
-        self.raw(&sql, table).await?;
+        let name = match self.raw(&sql, table).await {
+            Ok(()) => Some(name),
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                tracing::warn!(table, error = %e, "no staging table; upserts and deletes into it go by statements");
+                None
+            }
+        };
         self.stages.insert(quoted, Stage { name, columns });
         Ok(())
     }

@@ -40,7 +40,14 @@ impl SqlSink {
         }
         let links = conn.texts(dialect.linked_query(), &[&name, &name]).await.map_err(SqlError::write(table))?;
         let linked = links.first().and_then(|r| r.first()).is_none_or(|n| n != "0");
-        Ok(Some(TableInfo { quoted: dialect.quote_table(table), columns, linked }))
+        let copy_in = match dialect {
+            Dialect::Postgres => {
+                let like = conn.texts(dialect.copies_like_insert_query(), &[&name]).await;
+                like.map_err(SqlError::write(table))?.first().and_then(|r| r.first()).is_some_and(|t| t == "true")
+            }
+            _ => false,
+        };
+        Ok(Some(TableInfo { quoted: dialect.quote_table(table), columns, linked, copy_in }))
     }
 
     /// The table's description, creating the table from `sample` when it is

@@ -45,6 +45,9 @@ struct TableInfo {
     /// Takes part in a foreign key: its rows keep their order with other
     /// tables' rows.
     linked: bool,
+    /// Postgres: `COPY` into the table does what `INSERT` does (see
+    /// `Dialect::copies_like_insert_query`).
+    copy_in: bool,
 }
 
 impl TableInfo {
@@ -63,6 +66,8 @@ pub struct SqlSink {
     /// Postgres upserts and change events: each table's staging table (by the
     /// table's quoted name), which lives as long as the connection.
     stages: HashMap<String, Stage>,
+    /// The last staging table's number.
+    stage_seq: u64,
     /// Key columns per table (configured, or from the first record's key).
     keys: HashMap<String, Vec<String>>,
     /// The tables a templated `table` may name; `None` when it is fixed.
@@ -142,6 +147,7 @@ impl SqlSink {
             in_transaction: false,
             tables: HashMap::new(),
             stages: HashMap::new(),
+            stage_seq: 0,
             keys: HashMap::new(),
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
@@ -250,14 +256,25 @@ fn by_table(runs: Vec<(String, TableOps)>) -> Vec<(String, TableOps)> {
     joined
 }
 
-#[async_trait]
-impl Sink for SqlSink {
-    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+/// What became of a batch `write_once` applied.
+enum Written {
+    Done,
+    /// Rolled back: written by table, the database refused a row, which may be
+    /// a foreign key added since the tables were described.
+    InRecordOrder,
+}
+
+impl SqlSink {
+    /// Applies the batch in one transaction, left open for `commit`; by table
+    /// when `by_tables` and no table of the batch takes part in a foreign key.
+    async fn write_once(&mut self, batch: &mut Batch, by_tables: bool) -> Result<Written, ConnectorError> {
         let (mut tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
         // Records for many tables, interleaved, make runs of one record each.
         // With no foreign key between the tables (known from their catalog
         // once described), each table's rows go together, in their order.
-        if tables.len() > 1 && tables.iter().all(|(t, _)| self.tables.get(t).is_some_and(|i| !i.linked)) {
+        let grouped =
+            by_tables && tables.len() > 1 && tables.iter().all(|(t, _)| self.tables.get(t).is_some_and(|i| !i.linked));
+        if grouped {
             tables = by_table(tables);
         }
         // Tables are described or created first, outside the transaction.
@@ -330,6 +347,9 @@ impl Sink for SqlSink {
             }
             work.push((table, ops, key));
         }
+        let began_here = !self.in_transaction;
+        let names: Vec<String> = if grouped { work.iter().map(|(t, _, _)| t.clone()).collect() } else { Vec::new() };
+        let mut by_database = 0;
         let result: Result<(), SqlError> = async {
             if !self.in_transaction {
                 self.raw("BEGIN", "").await?;
@@ -337,8 +357,9 @@ impl Sink for SqlSink {
                 self.began = Some(std::time::Instant::now());
             }
             for (table, ops, key) in work {
-                let by_database = self.apply(&table, ops.ops, &key).await?;
-                refused.extend(by_database.into_iter().map(|(i, why)| (i, why, RefusalClass::Refused)));
+                let refusals = self.apply(&table, ops.ops, &key).await?;
+                by_database += refusals.len();
+                refused.extend(refusals.into_iter().map(|(i, why)| (i, why, RefusalClass::Refused)));
             }
             Ok(())
         }
@@ -346,6 +367,21 @@ impl Sink for SqlSink {
         if let Err(e) = result {
             self.lost();
             return Err(e.into());
+        }
+        if grouped && began_here && by_database > 0 {
+            // Undone whole, and the tables described again (their foreign keys
+            // with them), so that the batch goes again in the records' order.
+            let undone = self.raw("ROLLBACK", "").await;
+            self.in_transaction = false;
+            self.began = None;
+            if let Err(e) = undone {
+                self.lost();
+                return Err(e.into());
+            }
+            for table in names {
+                self.tables.remove(&table);
+            }
+            return Ok(Written::InRecordOrder);
         }
         if !refused.is_empty() {
             refused.sort_unstable_by_key(|(i, _, _)| *i);
@@ -359,7 +395,17 @@ impl Sink for SqlSink {
                 }
             }
         }
-        Ok(())
+        Ok(Written::Done)
+    }
+}
+
+#[async_trait]
+impl Sink for SqlSink {
+    async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        match self.write_once(batch, true).await? {
+            Written::Done => Ok(()),
+            Written::InRecordOrder => self.write_once(batch, false).await.map(drop),
+        }
     }
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {

@@ -31,7 +31,7 @@ impl SqlSink {
         }
         let deletes: Vec<&Map<String, Value>> =
             ops.iter().filter_map(|(_, op)| if let Op::Delete(r) = op { Some(r) } else { None }).collect();
-        let stage = self.stages.get(&info.quoted).map(|s| s.name.clone());
+        let stage = self.stages.get(&info.quoted).and_then(|s| s.name.clone());
         let copies = |rows: usize| d == Dialect::Postgres && rows >= COPY_MIN_ROWS && info.copies();
         if copies(deletes.len())
             && let Some(stage) = &stage
@@ -39,7 +39,7 @@ impl SqlSink {
             self.copy_rows(stage, info, key, &deletes).await?;
             let on: Vec<String> = key.iter().map(|k| format!("t.{0} = s.{0}", d.quote(k))).collect();
             let sql = format!(
-                "DELETE FROM {} AS t USING {stage} AS s WHERE {}; DELETE FROM {stage}",
+                "DELETE FROM {} AS t USING {stage} AS s WHERE {}; TRUNCATE {stage}",
                 info.quoted,
                 on.join(" AND ")
             );
@@ -100,18 +100,18 @@ impl SqlSink {
             let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
             let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
             if copies(rows.len()) {
-                if !upsert {
+                if !upsert && info.copy_in {
                     self.copy_rows(&info.quoted, info, &columns, &rows).await?;
                     continue;
                 }
-                if let Some(stage) = &stage {
+                if upsert && let Some(stage) = &stage {
                     self.copy_rows(stage, info, &columns, &rows).await?;
                     // `ON CONFLICT` probes the key's index per row; a `MERGE`
                     // measured 1.4x slower here, its join planned over the
                     // whole table for a staging table without statistics.
                     let names = names.join(", ");
                     let sql = format!(
-                        "INSERT INTO {} ({names}) SELECT {names} FROM {stage}{suffix}; DELETE FROM {stage}",
+                        "INSERT INTO {} ({names}) SELECT {names} FROM {stage}{suffix}; TRUNCATE {stage}",
                         info.quoted
                     );
                     self.conn.as_mut().expect("connected").raw(&sql).await?;

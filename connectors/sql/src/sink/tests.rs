@@ -361,6 +361,21 @@ async fn rows_for_tables_joined_by_a_foreign_key_keep_their_order_and_others_go_
     assert!(b.rejected.is_empty(), "{:?}", b.rejected);
     assert!(sink.tables.values().all(|t| t.linked));
     assert_eq!(rows(&dir, "SELECT group_concat(id || '>' || parent, ' ') FROM child").await, ["1>1 2>2 3>1"]);
+    // A foreign key the sink has not seen yet (the child table made again
+    // with one): written by table first, refused, then written again in the
+    // records' order, where every row fits.
+    let sql = "CREATE TABLE mom (id INTEGER PRIMARY KEY); CREATE TABLE kid (id INTEGER PRIMARY KEY, mom INTEGER)";
+    sink.conn().await.unwrap().raw(sql).await.unwrap();
+    put(&mut sink, &[("mom", r#"{"id":1}"#), ("kid", r#"{"id":1,"mom":1}"#)]).await;
+    assert!(!sink.tables["mom"].linked && !sink.tables["kid"].linked);
+    let sql = "DROP TABLE kid; CREATE TABLE kid (id INTEGER PRIMARY KEY, mom INTEGER NOT NULL REFERENCES mom(id)); \
+               INSERT INTO kid VALUES (1, 1)";
+    sink.conn().await.unwrap().raw(sql).await.unwrap();
+    let b =
+        put(&mut sink, &[("kid", r#"{"id":3,"mom":1}"#), ("mom", r#"{"id":7}"#), ("kid", r#"{"id":4,"mom":7}"#)]).await;
+    assert!(b.rejected.is_empty(), "{:?}", b.rejected);
+    assert!(sink.tables["kid"].linked);
+    assert_eq!(rows(&dir, "SELECT group_concat(id || '>' || mom, ' ') FROM kid").await, ["1>1 3>1 4>7"]);
     // Interleaved rows for tables without foreign keys: each table's in order.
     let interleaved: Vec<(String, String)> =
         (0..40).map(|i| (["a", "b"][i % 2].to_string(), format!(r#"{{"id":{i}}}"#))).collect();
@@ -371,4 +386,14 @@ async fn rows_for_tables_joined_by_a_foreign_key_keep_their_order_and_others_go_
     assert!(!sink.tables["a"].linked && !sink.tables["b"].linked);
     let evens: Vec<String> = (0..40).step_by(2).map(|i| i.to_string()).collect();
     assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM a").await, [evens.join(",")]);
+}
+
+#[test]
+fn runs_for_one_table_are_joined_in_order_at_its_first_place() {
+    let run = |t: &str, i: usize| (t.to_string(), TableOps { ops: vec![(i, Op::Truncate)] });
+    let joined = by_table(vec![run("a", 0), run("b", 1), run("a", 2), run("c", 3), run("b", 4)]);
+    let shape: Vec<(String, Vec<usize>)> =
+        joined.into_iter().map(|(t, o)| (t, o.ops.into_iter().map(|(i, _)| i).collect())).collect();
+    let expected = [("a", vec![0, 2]), ("b", vec![1, 4]), ("c", vec![3])];
+    assert_eq!(shape, expected.map(|(t, i)| (t.to_string(), i)));
 }
