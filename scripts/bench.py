@@ -932,6 +932,14 @@ def bench_wide(work):
                 f"wide-k{parts}", f"name: wide-k{parts}\nsource:\n  kafka:\n    brokers: {brokers}\n"
                 f"    topics: [wide{parts}]\n    group: wide-k{parts}\n    session_timeout: 6s\nsink:\n  null: {{}}\n",
                 n))
+        for topics in [int(t) for t in os.environ.get("WIDE_TOPICS", "10,100,1000").split(",") if t]:
+            for i in range(topics):
+                topic(f"fan{topics}_{i}", 1)
+            line("generate -> Kafka, `topic: fan_${value.t}` over 1-partition topics", topics, n, run_to_end(
+                f"wide-fan{topics}",
+                f"name: wide-fan{topics}\nsource:\n  generate: {{template: '{{\"t\":${{rand_int(0,{topics - 1})}},"
+                f"\"n\":${{seq}}}}', count: {n}}}\nsink:\n  kafka:\n    brokers: {brokers}\n"
+                f"    topic: 'fan{topics}_${{value.t}}'\n"))
         records = os.path.join(work, "wide.jsonl")
         for tables in (10, 100, 500):
             with open(records, "w") as f:
