@@ -323,8 +323,7 @@ pub fn plugin(name: &str) -> PathBuf {
 /// must exist (a file sink creates it when the pipeline starts): a wrong path
 /// fails instead of reading as "no records".
 pub fn records(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect()
+    records_after_kills(path, 0)
 }
 
 /// [`records`] of a file a pipeline was killed (`kill -9`) while writing, up
