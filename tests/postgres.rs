@@ -550,6 +550,10 @@ fn pipelines_started_together_share_a_publication_created_by_either() {
     drop(input);
     assert!(other.wait().unwrap().success());
     pg.wait_streaming("flowgate_late", dir.path());
+    // The table's snapshot runs while the slot streams: a row inserted before
+    // it reads the table arrives twice (its insert and its snapshot read).
+    let read = || log(dir.path()).contains("incremental snapshot written");
+    assert!(wait_for(Duration::from_secs(30), read), "{}", log(dir.path()));
     pg.sql("INSERT INTO items VALUES (2)");
     assert!(wait_for(Duration::from_secs(30), || common::records_so_far(&out).len() == 2), "{}", log(dir.path()));
     stop(&mut run, dir.path());
