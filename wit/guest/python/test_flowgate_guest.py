@@ -2,6 +2,7 @@
 
 Run: python3 wit/guest/python/test_flowgate_guest.py   (or with pytest)
 """
+import json
 import os
 import struct
 import sys
@@ -185,6 +186,22 @@ class RecordTest(unittest.TestCase):
         for bad in (b"[1]", b"nope", b"", b'{"a":NaN}', b"\xff"):
             with self.assertRaises(fg.Reject):
                 fg.Record(bad).json_object()
+
+    def test_json_coders_match_the_standard_ones(self):
+        # The scanner and the C encoder are called directly: what they do not
+        # take whole must still be what json.loads and json.dumps do.
+        for text in (' {"a": 1} ', '[1]\n', '"x"', "0", '{"a":{"b":[]}}'):
+            self.assertEqual(fg.Record(text.encode()).json(), json.loads(text))
+        for bad in ('{"a":1} x', "  ", "[1,]", '{"a":Infinity}', "[-NaN]"):
+            with self.assertRaises(ValueError):
+                fg.Record(bad.encode()).json()
+        r = fg.Record()
+        for obj in ({"k": ["é\n", 1.5, -0.0, 10**30, None, False]}, {1: 2}, "ü", []):
+            r.set_json(obj)
+            self.assertEqual(r.value, json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+        for bad, kind in (({"a": float("nan")}, ValueError), ({"a": object()}, TypeError), ([b"x"], TypeError)):
+            with self.assertRaises(kind):
+                r.set_json(bad)
 
 
 class ConfigTest(unittest.TestCase):
