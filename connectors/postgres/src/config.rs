@@ -98,7 +98,8 @@ pub struct Snapshot {
     #[schemars(range(min = 1, max = 64))]
     pub workers: usize,
     /// Rows a chunk reads (default 16384); a chunk is held in memory until
-    /// it is emitted, so memory is about `2 x workers x chunk_size` rows.
+    /// it is emitted (a reader reads the next meanwhile), so memory is about
+    /// `3 x workers x chunk_size` rows.
     #[serde(default = "default_chunk_size")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub chunk_size: usize,

@@ -63,6 +63,15 @@ pub fn kind_of(oid: u32) -> Kind {
 
 /// Appends `s` as a JSON string.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // Most values need no escaping: a check the compiler vectorizes, then one
+    // copy, instead of serde_json's walk byte by byte (6% of a snapshot's CPU).
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // serde_json's escaping; writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -248,6 +257,15 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         serde_json::from_str::<serde_json::Value>(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
         s
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does() {
+        for s in ["", "plain", "é ü 日本", "tab\there", "quote\" back\\", "\u{0}\u{1f}\u{7f}", "end\\"] {
+            let mut out = b"x".to_vec();
+            write_str(&mut out, s);
+            assert_eq!(out, [b"x".as_slice(), serde_json::to_string(s).unwrap().as_bytes()].concat(), "{s:?}");
+        }
     }
 
     #[test]

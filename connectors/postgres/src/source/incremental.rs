@@ -24,8 +24,10 @@
 //!
 //! Readers (`workers` of them, each with a connection of its own) run beside
 //! the stream, so the server reads the next chunk while the last one is
-//! emitted and written; a task beside each reader encodes the rows into
-//! records as they come. With more than one reader, a table is cut into key
+//! emitted and written; tasks beside each reader encode the rows into
+//! records as they come, on every core. A reader writes a chunk's high
+//! watermark after it has read the next chunk, so that the connection
+//! never waits for the encoding: each reader holds at most two chunks. With more than one reader, a table is cut into key
 //! ranges (the key `chunk_size` rows on, found through the index) read side
 //! by side. A table's chunks go out in key order, and a reader writes its
 //! high watermark only while fewer than `workers` chunks are emitted and not
@@ -267,9 +269,10 @@ impl Shared {
         }
     }
 
-    /// The next chunk to read, waiting while every table left is being cut;
-    /// `None` once none is left or the plan is closed.
-    async fn next_job(&self) -> Option<Job> {
+    /// The next chunk to read, waiting (with `wait`) while every table left
+    /// is being cut or has its last chunk out; `None` once none is left or the
+    /// plan is closed, or without `wait` when none can be read now.
+    async fn next_job(&self, wait: bool) -> Option<Job> {
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -284,6 +287,9 @@ impl Shared {
                     c.next_seq += 1;
                     return Some(Job { cursor: c.id, seq: c.next_seq - 1, todo: c.todo.clone() });
                 }
+            }
+            if !wait {
+                return None;
             }
             notified.await;
         }
@@ -360,7 +366,7 @@ struct Chunk {
     /// change), and where each key's is. Encoded beside the reader, so that
     /// the stream only moves them at the high watermark.
     rows: Vec<Option<Record>>,
-    by_key: HashMap<Vec<u8>, usize>,
+    keys: RowKeys,
     /// Where the table's next chunk starts (as read: the last row's key).
     end: Option<Vec<String>>,
     /// The table ends with this chunk.
@@ -432,6 +438,11 @@ fn value_bytes(v: &ColumnValue) -> Option<&[u8]> {
 /// A row's key as one byte string (a value is text, so it holds no NUL).
 fn key_bytes<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u8> {
     let mut k = Vec::new();
+    push_key(&mut k, values);
+    k
+}
+
+fn push_key<'a>(k: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a [u8]>>) {
     for v in values {
         match v {
             None => k.push(1),
@@ -442,19 +453,50 @@ fn key_bytes<'a>(values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u8> {
             }
         }
     }
-    k
+}
+
+/// Each row's key bytes, end to end, and where each ends; looked up through
+/// a map made at the first streamed change that touches the chunk, which
+/// most chunks never see.
+#[derive(Default)]
+struct RowKeys {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    by_key: Option<HashMap<Vec<u8>, usize>>,
+}
+
+impl RowKeys {
+    fn push<'a>(&mut self, values: impl Iterator<Item = Option<&'a [u8]>>) {
+        push_key(&mut self.bytes, values);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn append(&mut self, other: RowKeys) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+    }
+
+    /// The row of `key`, forgotten.
+    fn take(&mut self, key: &[u8]) -> Option<usize> {
+        let (bytes, ends) = (&self.bytes, &self.ends);
+        let by_key = self.by_key.get_or_insert_with(|| {
+            let starts = std::iter::once(0).chain(ends.iter().copied());
+            starts.zip(ends).enumerate().map(|(i, (a, &b))| (bytes[a..b].to_vec(), i)).collect()
+        });
+        by_key.remove(key)
+    }
 }
 
 impl Chunk {
     fn drop_key(&mut self, key: &[u8]) {
-        if let Some(i) = self.by_key.remove(key) {
+        if let Some(i) = self.keys.take(key) {
             self.rows[i] = None;
         }
     }
 
     fn clear(&mut self) {
         self.rows.iter_mut().for_each(|r| *r = None);
-        self.by_key.clear();
     }
 }
 
@@ -821,28 +863,52 @@ impl Incremental {
     }
 }
 
-/// A reader: takes chunks until none is left, reporting each.
+/// A reader: takes chunks until none is left, reporting each. Each chunk's
+/// high watermark is written after the next chunk is read: its rows are
+/// encoded (and the chunk before it written) while the server sends the
+/// next, instead of the connection waiting for them.
 async fn reader(shared: Arc<Shared>, tx: mpsc::UnboundedSender<Report>) {
     let mut conn = None;
+    let mut pending: Option<Unfinished> = None;
     loop {
-        match read_one(&shared, &tx, &mut conn).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                let _ = tx.send(Report::Failed(e));
-                return;
+        // With a chunk pending, the next is taken only if it can be at once:
+        // the one pending may be what the others wait for.
+        let job = shared.next_job(pending.is_none()).await;
+        let read = match job {
+            Some(job) => match read_one(&shared, &tx, &mut conn, job).await {
+                Ok(Some(read)) => Some(read),
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Report::Failed(e));
+                    return;
+                }
+            },
+            None => None,
+        };
+        if let (Some(unfinished), Some(c)) = (pending.take(), conn.as_mut()) {
+            match finish(&shared, &tx, c, unfinished).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = tx.send(Report::Failed(e));
+                    return;
+                }
             }
+        } else if read.is_none() {
+            return;
         }
+        pending = read;
     }
 }
 
-/// Reads and emits one chunk; false when there is none to read.
+/// Reads chunk `job`, leaving its rows encoding and its high watermark to
+/// [`finish`]; `None` when the stream is gone.
 async fn read_one(
     shared: &Shared,
     tx: &mpsc::UnboundedSender<Report>,
     conn: &mut Option<PgConnection>,
-) -> Result<bool, PgCdcError> {
-    let Some(job) = shared.next_job().await else { return Ok(false) };
+    job: Job,
+) -> Result<Option<Unfinished>, PgCdcError> {
     let conn = match conn {
         Some(c) => c,
         None => conn.insert(catalog::connect_as_stream(&shared.url).await?),
@@ -944,17 +1010,29 @@ async fn read_one(
     sql.push_str(") TO STDOUT");
 
     let reading = Reading { job: &job, key: &key, key_names: &key_names, table: &table, sql: &sql, shown: &shown };
-    let Some(mut chunk) = read_settled(shared, tx, conn, &reading).await? else { return Ok(false) };
-    let complete = until.is_none() && chunk.rows.len() < rows_wanted;
-    chunk.complete = complete;
+    let Some(mut read) = read_settled(shared, tx, conn, &reading).await? else { return Ok(None) };
+    read.complete = until.is_none() && read.rows < rows_wanted;
     let ranged = until.is_some();
-    chunk.end = until.or(chunk.end.take()).or_else(|| todo.after.clone());
+    read.end = until.or(read.end.take()).or_else(|| todo.after.clone());
     if !ranged {
         // The next chunk starts after this one's last row.
-        shared.advance(job.cursor, chunk.end.clone(), complete);
+        shared.advance(job.cursor, read.end.clone(), read.complete);
     }
-    tracing::debug!(table = %shown, chunk = chunk.id, rows = chunk.rows.len(), "read a chunk of the incremental snapshot");
-    let (cursor, seq, id) = (job.cursor, job.seq, chunk.id);
+    tracing::debug!(table = %shown, chunk = read.id, rows = read.rows, "read a chunk of the incremental snapshot");
+    Ok(Some(read))
+}
+
+/// Hands a chunk read to the stream once its rows are encoded, and writes
+/// its high watermark in its turn; false when the stream is gone.
+async fn finish(
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Report>,
+    conn: &mut PgConnection,
+    read: Unfinished,
+) -> Result<bool, PgCdcError> {
+    let Unfinished { id, cursor, seq, complete, end, encoding, .. } = read;
+    let encoded = encoding.await.map_err(|_| PgCdcError::Setup("encoding a snapshot chunk failed".into()))??;
+    let chunk = Chunk { id, cursor, rows: encoded.rows, keys: encoded.keys, end, complete };
     if tx.send(Report::Chunk(chunk)).is_err() {
         return Ok(false);
     }
@@ -967,6 +1045,20 @@ async fn read_one(
     emit(conn, &shared.slot, "high", id).await?;
     shared.turn_done(cursor);
     Ok(true)
+}
+
+/// A chunk read whose high watermark is not written yet.
+struct Unfinished {
+    id: u64,
+    cursor: u64,
+    seq: u64,
+    /// How many rows were read.
+    rows: usize,
+    /// Where the table's next chunk starts (as read: the last row's key).
+    end: Option<Vec<String>>,
+    complete: bool,
+    /// The rows' records, being encoded.
+    encoding: tokio::task::JoinHandle<Result<Encoded, PgCdcError>>,
 }
 
 /// What a chunk is read by.
@@ -989,13 +1081,13 @@ async fn read_settled(
     tx: &mpsc::UnboundedSender<Report>,
     conn: &mut PgConnection,
     r: &Reading<'_>,
-) -> Result<Option<Chunk>, PgCdcError> {
+) -> Result<Option<Unfinished>, PgCdcError> {
     let mut unseen_since = None;
     let mut pause = Duration::from_millis(1);
     let mut warned = false;
     loop {
         match read_chunk(shared, tx, conn, r).await? {
-            Attempt::Read(chunk) => return Ok(Some(chunk)),
+            Attempt::Read(read) => return Ok(Some(read)),
             Attempt::Gone => return Ok(None),
             Attempt::Unseen => {}
         }
@@ -1015,7 +1107,7 @@ async fn read_settled(
 }
 
 enum Attempt {
-    Read(Chunk),
+    Read(Unfinished),
     /// A transaction the stream delivered before the low watermark was not
     /// visible to the chunk's snapshot: the rows were dropped.
     Unseen,
@@ -1066,29 +1158,34 @@ async fn read_chunk(
     };
     let (to_encoder, lines_in) = mpsc::channel(4);
     let encoder = tokio::spawn(encoding.run(lines_in));
+    let (mut rows, mut last) = (0, None);
     {
         let mut copy = conn.copy_out_raw(r.sql).await.map_err(q)?;
         let mut lines = copy_text::Lines::default();
         let mut pending = Vec::with_capacity(LINES_HANDED);
         while let Some(data) = copy.try_next().await.map_err(q)? {
             pending.extend(lines.push(data));
-            // The encoder stops only on an error, which it returns below.
-            if pending.len() >= LINES_HANDED && to_encoder.send(std::mem::take(&mut pending)).await.is_err() {
-                break;
+            if pending.len() >= LINES_HANDED {
+                rows += pending.len();
+                last = pending.last().cloned();
+                // Taken until the end: the encoder's errors come with its result.
+                let _ = to_encoder.send(std::mem::take(&mut pending)).await;
             }
         }
         if !pending.is_empty() {
+            rows += pending.len();
+            last = pending.last().cloned();
             let _ = to_encoder.send(pending).await;
         }
     }
     drop(to_encoder);
-    let encoded = encoder.await.map_err(|_| PgCdcError::Setup(format!("encoding a chunk of `{shown}` failed")))??;
     sqlx::raw_sql("COMMIT").execute(&mut *conn).await.map_err(q)?;
     // Decided once the stream has come to the low watermark: waited for
     // with the transaction ended, so that a stream behind holds nothing open.
     match shared.missed(id, running).await {
         Some(false) => {}
         Some(true) => {
+            encoder.abort();
             if tx.send(Report::Abandoned(id)).is_err() {
                 return Ok(Attempt::Gone);
             }
@@ -1097,19 +1194,31 @@ async fn read_chunk(
         }
         None => return Ok(Attempt::Gone),
     }
-    let chunk = Chunk {
+    // The last row's key: where the next chunk starts.
+    let end = last.map(|line| {
+        let mut values = Vec::with_capacity(r.table.columns.len());
+        copy_text::fields(&line, &mut values);
+        r.key
+            .iter()
+            .map(|&i| {
+                let value = values.get(i).and_then(|v| v.as_deref());
+                value.map(String::from_utf8_lossy).map(|v| v.into_owned()).unwrap_or_default()
+            })
+            .collect()
+    });
+    Ok(Attempt::Read(Unfinished {
         id,
         cursor: r.job.cursor,
-        rows: encoded.rows,
-        by_key: encoded.by_key,
-        end: encoded.last_key,
+        seq: r.job.seq,
+        rows,
+        end,
         complete: false,
-    };
-    Ok(Attempt::Read(chunk))
+        encoding: encoder,
+    }))
 }
 
 /// How many lines the reader hands the encoder at a time (COPY sends a
-/// message a row).
+/// message a row); each such piece is encoded as a task of its own.
 const LINES_HANDED: usize = 512;
 
 /// What a chunk's rows are encoded with.
@@ -1129,14 +1238,36 @@ struct Encoding {
 
 struct Encoded {
     rows: Vec<Option<Record>>,
-    by_key: HashMap<Vec<u8>, usize>,
-    /// The last row's key: where the next chunk starts.
-    last_key: Option<Vec<String>>,
+    keys: RowKeys,
 }
 
+/// A piece of a chunk, encoded: its records and their keys.
+type Piece = (Vec<Record>, RowKeys);
+
 impl Encoding {
+    /// Encodes the pieces as they come, each on a task of its own, so that
+    /// one reader's rows are encoded on every core (encoding takes about
+    /// twice the server's time to send them); puts them back in order.
     async fn run(self, mut lines: mpsc::Receiver<Vec<Bytes>>) -> Result<Encoded, PgCdcError> {
         let now_ms = super::now_ms();
+        let this = Arc::new(self);
+        let mut pieces = VecDeque::new();
+        while let Some(piece) = lines.recv().await {
+            let this = Arc::clone(&this);
+            pieces.push_back(tokio::spawn(async move { this.encode(&piece, now_ms) }));
+        }
+        let capacity = this.rows.min(65_536);
+        let (mut rows, mut keys) = (Vec::with_capacity(capacity), RowKeys::default());
+        for piece in pieces {
+            let failed = || PgCdcError::Setup(format!("encoding a chunk of `{}` failed", this.shown));
+            let (records, piece_keys) = piece.await.map_err(|_| failed())??;
+            rows.extend(records.into_iter().map(Some));
+            keys.append(piece_keys);
+        }
+        Ok(Encoded { rows, keys })
+    }
+
+    fn encode(&self, lines: &[Bytes], now_ms: i64) -> Result<Piece, PgCdcError> {
         let origin = Origin {
             pipeline: &self.pipeline,
             db: &self.db,
@@ -1145,38 +1276,25 @@ impl Encoding {
             tx_id: None,
             snapshot: "incremental",
         };
-        let capacity = self.rows.min(65_536);
-        let (mut rows, mut by_key) = (Vec::with_capacity(capacity), HashMap::with_capacity(capacity));
+        let (mut records, mut keys) = (Vec::with_capacity(lines.len()), RowKeys::default());
         let mut encoder = Encoder::default();
-        let mut last = None;
         let columns = &self.table.columns;
-        while let Some(piece) = lines.recv().await {
-            for line in piece {
-                let mut values = Vec::with_capacity(columns.len());
-                copy_text::fields(&line, &mut values);
-                if values.len() != columns.len() {
-                    return Err(PgCdcError::Setup(format!(
-                        "a chunk of `{}` has {} columns where {} were expected (was the table altered?)",
-                        self.shown,
-                        values.len(),
-                        columns.len()
-                    )));
-                }
-                by_key.insert(key_bytes(self.key.iter().map(|&i| values[i].as_deref())), rows.len());
-                rows.push(Some(encoder.read_row(&origin, &self.table, self.lsn, &values)));
-                drop(values);
-                last = Some(line);
+        let mut values = Vec::with_capacity(columns.len());
+        for line in lines {
+            values.clear();
+            copy_text::fields(line, &mut values);
+            if values.len() != columns.len() {
+                return Err(PgCdcError::Setup(format!(
+                    "a chunk of `{}` has {} columns where {} were expected (was the table altered?)",
+                    self.shown,
+                    values.len(),
+                    columns.len()
+                )));
             }
+            keys.push(self.key.iter().map(|&i| values[i].as_deref()));
+            records.push(encoder.read_row(&origin, &self.table, self.lsn, &values));
         }
-        let last_key = last.map(|line| {
-            let mut values = Vec::with_capacity(columns.len());
-            copy_text::fields(&line, &mut values);
-            self.key
-                .iter()
-                .map(|&i| values[i].as_deref().map(String::from_utf8_lossy).map(|v| v.into_owned()).unwrap_or_default())
-                .collect()
-        });
-        Ok(Encoded { rows, by_key, last_key })
+        Ok((records, keys))
     }
 }
 
@@ -1218,6 +1336,21 @@ mod tests {
         assert_eq!(d.check(2, Check::Running(vec![12])), Some(false));
         assert_eq!(d.check(3, Check::Low(3)), None);
         assert_eq!(d.check(3, Check::Running(vec![])), Some(false));
+    }
+
+    #[test]
+    fn a_rows_key_is_found_once_and_pieces_keep_their_places() {
+        let (mut a, mut b) = (RowKeys::default(), RowKeys::default());
+        a.push([Some(&b"1"[..]), None].into_iter());
+        a.push([Some(&b"2"[..]), Some(&b"x"[..])].into_iter());
+        b.push([Some(&b"3"[..]), None].into_iter());
+        a.append(b);
+        let key = |k: &[u8], v: Option<&[u8]>| key_bytes([Some(k), v].into_iter());
+        assert_eq!(a.take(&key(b"3", None)), Some(2));
+        assert_eq!(a.take(&key(b"2", Some(b"x"))), Some(1));
+        assert_eq!(a.take(&key(b"2", Some(b"x"))), None);
+        assert_eq!(a.take(&key(b"2", None)), None);
+        assert_eq!(a.take(&key(b"1", None)), Some(0));
     }
 
     #[test]
