@@ -941,7 +941,7 @@ def bench_wide(work):
                 f"\"n\":${{seq}}}}', count: {n}}}\nsink:\n  kafka:\n    brokers: {brokers}\n"
                 f"    topic: 'fan{topics}_${{value.t}}'\n"))
         records = os.path.join(work, "wide.jsonl")
-        for tables in (10, 100, 500):
+        for tables in [int(t) for t in os.environ.get("WIDE_SQL_TABLES", "10,100,500").split(",") if t]:
             with open(records, "w") as f:
                 for i in range(n):
                     f.write(json.dumps({"t": i % tables, "id": i, "email": f"user{i}@example.com",
@@ -950,7 +950,7 @@ def bench_wide(work):
                 f"wide-sql{tables}", f"name: wide-sql{tables}\nsource:\n  file: {{path: {records}}}\nsink:\n"
                 f"  postgres:\n    url: {pg.url}\n    table: wide{tables}_${{value.t}}\n    create_table: true\n"
                 "batch: {size: 5000}\n"))
-        for tables in (10, 100, 500):
+        for tables in [int(t) for t in os.environ.get("WIDE_CDC_TABLES", "10,100,500").split(",") if t]:
             names = [f"cdc{tables}_{i}" for i in range(tables)]
             per = max(1, n // 2 // tables)
             ddl = "; ".join(f"CREATE TABLE {t} (id bigint PRIMARY KEY, email text, note text); "
@@ -963,6 +963,17 @@ def bench_wide(work):
                     "batch: {size: 2000, linger: 5ms}\n")
             line("Postgres CDC (tables, initial snapshot of each) -> null", tables, per * tables,
                  run(f"wide-cdc{tables}", text, per * tables))
+            # The same tables again into Kafka as Avro: a schema per table,
+            # registered in the embedded registry, a topic per table.
+            for t in names:
+                topic(f"public.{t}", 1)
+            text = (f"name: wide-avro{tables}\nsource:\n  postgres_cdc:\n    url: {pg.url}\n"
+                    f"    tables: [{', '.join(names)}]\n    snapshot: initial\n    slot: wide_avro{tables}\n"
+                    f"sink:\n  kafka:\n    brokers: {brokers}\n    topic: '${{meta.schema}}.${{meta.table}}'\n"
+                    f"    format: avro\nregistry:\n  serve:\n    listen: 127.0.0.1:{free_port()}\n"
+                    "batch: {size: 2000, linger: 5ms}\n")
+            line("Postgres CDC (tables, initial snapshot of each) -> Kafka, Avro, a schema and topic per table",
+                 tables, per * tables, run(f"wide-avro{tables}", text, per * tables))
     finally:
         broker.terminate()
         broker.wait()
