@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_as_serde_json_does() {
-        for s in ["", "plain", "é ü 日本", "tab\there", "quote\" back\\", "\u{0}\u{1f}\u{7f}", "end\\"] {
+        for s in ["", "plain", "é ü 日本", "tab\there", "quote\" back\\", "\u{0}\u{1f}\u{7f}", "\u{7f}", "end\\"] {
             let mut out = b"x".to_vec();
             write_str(&mut out, s);
             assert_eq!(out, [b"x".as_slice(), serde_json::to_string(s).unwrap().as_bytes()].concat(), "{s:?}");

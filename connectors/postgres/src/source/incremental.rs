@@ -26,8 +26,9 @@
 //! the stream, so the server reads the next chunk while the last one is
 //! emitted and written; tasks beside each reader encode the rows into
 //! records as they come, on every core. A reader writes a chunk's high
-//! watermark after it has read the next chunk, so that the connection
-//! never waits for the encoding: each reader holds at most two chunks. With more than one reader, a table is cut into key
+//! watermark after it has read the next one when there is one to read at
+//! once, so that its connection does not wait for the encoding: each reader
+//! holds at most two chunks. With more than one reader, a table is cut into key
 //! ranges (the key `chunk_size` rows on, found through the index) read side
 //! by side. A table's chunks go out in key order, and a reader writes its
 //! high watermark only while fewer than `workers` chunks are emitted and not
@@ -363,8 +364,9 @@ struct Chunk {
     id: u64,
     cursor: u64,
     /// The rows' records in key order (`None`: gave way to a streamed
-    /// change), and where each key's is. Encoded beside the reader, so that
-    /// the stream only moves them at the high watermark.
+    /// change), and their keys. Encoded beside the reader, so that the
+    /// stream only moves them at the high watermark (and, when a change
+    /// touches the table in the chunk's window, looks their keys up).
     rows: Vec<Option<Record>>,
     keys: RowKeys,
     /// Where the table's next chunk starts (as read: the last row's key).
@@ -456,8 +458,10 @@ fn push_key<'a>(k: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a [u8]>>)
 }
 
 /// Each row's key bytes, end to end, and where each ends; looked up through
-/// a map made at the first streamed change that touches the chunk, which
-/// most chunks never see.
+/// a map made at the first streamed change to the table in the chunk's
+/// window. A snapshot of a table nobody writes to never makes one; under
+/// writes the stream makes it (before, the encoder made one for every
+/// chunk).
 #[derive(Default)]
 struct RowKeys {
     bytes: Vec<u8>,
@@ -1031,7 +1035,8 @@ async fn finish(
     read: Unfinished,
 ) -> Result<bool, PgCdcError> {
     let Unfinished { id, cursor, seq, complete, end, encoding, .. } = read;
-    let encoded = encoding.await.map_err(|_| PgCdcError::Setup("encoding a snapshot chunk failed".into()))??;
+    let failed = || PgCdcError::Setup(format!("encoding a chunk of the incremental snapshot (chunk {id}) failed"));
+    let encoded = encoding.await.map_err(|_| failed())??;
     let chunk = Chunk { id, cursor, rows: encoded.rows, keys: encoded.keys, end, complete };
     if tx.send(Report::Chunk(chunk)).is_err() {
         return Ok(false);
@@ -1145,8 +1150,8 @@ async fn read_chunk(
     .await
     .map_err(q)?;
     let running: Vec<u32> = running.into_iter().map(|x| x as u32).collect();
-    // The rows are encoded beside the connection, on the other core: the
-    // reader only receives them and cuts them into lines.
+    // The rows are encoded beside the connection, on every core: the reader
+    // only receives them and cuts them into lines.
     let encoding = Encoding {
         table: Arc::clone(r.table),
         key: r.key.to_vec(),
@@ -1221,6 +1226,9 @@ async fn read_chunk(
 /// message a row); each such piece is encoded as a task of its own.
 const LINES_HANDED: usize = 512;
 
+/// How many pieces of a chunk are encoded at once.
+const PIECES_OUT: usize = 4;
+
 /// What a chunk's rows are encoded with.
 struct Encoding {
     table: Arc<Table>,
@@ -1251,20 +1259,39 @@ impl Encoding {
     async fn run(self, mut lines: mpsc::Receiver<Vec<Bytes>>) -> Result<Encoded, PgCdcError> {
         let now_ms = super::now_ms();
         let this = Arc::new(self);
-        let mut pieces = VecDeque::new();
-        while let Some(piece) = lines.recv().await {
-            let this = Arc::clone(&this);
-            pieces.push_back(tokio::spawn(async move { this.encode(&piece, now_ms) }));
-        }
         let capacity = this.rows.min(65_536);
-        let (mut rows, mut keys) = (Vec::with_capacity(capacity), RowKeys::default());
-        for piece in pieces {
-            let failed = || PgCdcError::Setup(format!("encoding a chunk of `{}` failed", this.shown));
-            let (records, piece_keys) = piece.await.map_err(|_| failed())??;
-            rows.extend(records.into_iter().map(Some));
-            keys.append(piece_keys);
+        let mut out = Encoded { rows: Vec::with_capacity(capacity), keys: RowKeys::default() };
+        let mut pieces = VecDeque::new();
+        loop {
+            // A few pieces out at a time: past them the reader's channel fills
+            // and holds the COPY back, so raw lines do not pile up.
+            if pieces.len() >= PIECES_OUT
+                && let Some(piece) = pieces.pop_front()
+            {
+                this.gather(&mut out, piece).await?;
+                continue;
+            }
+            let Some(piece) = lines.recv().await else { break };
+            let encoding = Arc::clone(&this);
+            pieces.push_back(tokio::spawn(async move { encoding.encode(&piece, now_ms) }));
         }
-        Ok(Encoded { rows, keys })
+        for piece in pieces {
+            this.gather(&mut out, piece).await?;
+        }
+        Ok(out)
+    }
+
+    /// Adds an encoded piece to the chunk.
+    async fn gather(
+        &self,
+        out: &mut Encoded,
+        piece: tokio::task::JoinHandle<Result<Piece, PgCdcError>>,
+    ) -> Result<(), PgCdcError> {
+        let failed = || PgCdcError::Setup(format!("encoding a chunk of `{}` failed", self.shown));
+        let (records, keys) = piece.await.map_err(|_| failed())??;
+        out.rows.extend(records.into_iter().map(Some));
+        out.keys.append(keys);
+        Ok(())
     }
 
     fn encode(&self, lines: &[Bytes], now_ms: i64) -> Result<Piece, PgCdcError> {
