@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use flowgate_sdk::{AckTracker, Batch, ConnectorError, LateReject, Read, Sink, Source, Transform, health};
+use flowgate_sdk::{AckTracker, Batch, ConnectorError, LateReject, Prepare, Read, Sink, Source, Transform, health};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -257,6 +257,28 @@ async fn transform_task(
     Ok(())
 }
 
+/// Runs the sink's [`Prepare`] step on each batch on its way to the sink. On
+/// a blocking thread: a batch takes milliseconds of CPU, and the runtime's
+/// workers must stay free to wake the sink as each of its round trips ends.
+async fn prepare_task(
+    prepare: Arc<dyn Prepare>,
+    mut rx: mpsc::Receiver<Batch>,
+    tx: mpsc::Sender<Batch>,
+) -> Result<(), tokio::task::JoinError> {
+    while let Some(mut batch) = rx.recv().await {
+        let prepare = Arc::clone(&prepare);
+        let batch = tokio::task::spawn_blocking(move || {
+            prepare.prepare(&mut batch);
+            batch
+        })
+        .await?;
+        if tx.send(batch).await.is_err() {
+            break; // The sink task stopped; its error is reported from there.
+        }
+    }
+    Ok(())
+}
+
 /// Stops the workers still on batches that will not be delivered: the
 /// pipeline is stopping, and their acknowledgements, dropped, keep the
 /// source's position before them.
@@ -442,6 +464,15 @@ impl Pipeline {
             let task = transform_task(Arc::clone(&name), transforms, source_rx, tx, Arc::clone(&stats), stop.clone());
             (rx, Some(tokio::spawn(task)))
         };
+        // The sink's connection-free work on a batch overlaps its writing of the
+        // batches before it.
+        let (sink_rx, prepare_handle) = match sink.preparer() {
+            Some(prepare) => {
+                let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
+                (rx, Some(tokio::spawn(prepare_task(prepare, sink_rx, tx))))
+            }
+            None => (sink_rx, None),
+        };
         let sink_handle = tokio::spawn(sink_task(
             sink,
             errors,
@@ -537,6 +568,10 @@ impl Pipeline {
             Some(h) => h.await.unwrap_or_else(|e| Err(EngineError::Task { stage: "transform".into(), source: e })),
             None => Ok(()),
         };
+        let prepare_result = match prepare_handle {
+            Some(h) => h.await.and_then(|r| r).map_err(|e| EngineError::Task { stage: "sink".into(), source: e }),
+            None => Ok(()),
+        };
         let sink_result =
             sink_handle.await.unwrap_or_else(|e| Err(EngineError::Task { stage: "sink".into(), source: e }));
 
@@ -559,7 +594,8 @@ impl Pipeline {
             Some(seq) => Err(EngineError::Dropped { seq }),
             None => Ok(()),
         };
-        match source_error.map_or(Ok(()), Err).and(transform_result).and(sink_result).and(abandoned) {
+        match source_error.map_or(Ok(()), Err).and(transform_result).and(prepare_result).and(sink_result).and(abandoned)
+        {
             Ok(()) => final_commit.map(|_| summary).map_err(|e| EngineError::connector("source", e)),
             Err(e) => Err(e),
         }

@@ -47,11 +47,31 @@ struct MemSink {
     writes: usize,
     delay: Option<Duration>,
     written: Option<Arc<AtomicU64>>,
+    /// With a prepare step that counts the records; what each write found.
+    prepared: Option<Arc<Mutex<Vec<Option<usize>>>>>,
+}
+
+/// Leaves the batch's record count for the sink's `write`.
+struct CountRecords;
+
+impl Prepare for CountRecords {
+    fn prepare(&self, batch: &mut Batch) {
+        batch.prepared = Some(flowgate_sdk::Prepared::new(batch.records.len()));
+    }
 }
 
 #[async_trait]
 impl Sink for MemSink {
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        self.prepared.as_ref().map(|_| Arc::new(CountRecords) as Arc<dyn Prepare>)
+    }
+
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        if let Some(seen) = &self.prepared {
+            let count = batch.prepared.take().and_then(|p| p.take::<usize>());
+            assert!(count.is_none_or(|n| n == batch.records.len()), "prepared for these records");
+            seen.lock().unwrap().push(count);
+        }
         if let Some(d) = self.delay {
             tokio::time::sleep(d).await;
         }
@@ -453,4 +473,20 @@ async fn a_slow_batch_holds_the_other_workers_back_and_order_is_kept() {
     assert_eq!(summary.records_out, 1000);
     let values: Vec<u64> = out.lock().unwrap().iter().map(|v| v.parse().unwrap()).collect();
     assert_eq!(values, (0..1000).collect::<Vec<_>>(), "in the order read");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sinks_prepare_step_sees_each_batch_after_the_transforms_and_a_retry_goes_without() {
+    let seen = Arc::default();
+    let sink = MemSink { transient: 1, prepared: Some(Arc::clone(&seen)), ..Default::default() };
+    let out = Arc::clone(&sink.out);
+    let transforms: Vec<(Arc<str>, Box<dyn Transform>)> = vec![("transform[0]:shuffle".into(), Box::new(Shuffle))];
+    let (p, _h) = pipeline(5, 10, sink, transforms, ErrorPolicy::Skip, None);
+    p.run(CancellationToken::new()).await.unwrap();
+    // Of 50 records, Shuffle drops 5, doubles 5 and refuses 5.
+    assert_eq!(out.lock().unwrap().len(), 45);
+    let seen = seen.lock().unwrap().clone();
+    // The first write failed and was retried: the plan was taken by then.
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen[0].is_some() && seen[1].is_none() && seen[2..].iter().all(Option::is_some), "{seen:?}");
 }

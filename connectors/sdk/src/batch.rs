@@ -65,6 +65,30 @@ pub struct Batch {
     /// The source's position once this batch is handled, for sinks that commit it
     /// atomically with the records (exactly-once). Set by sources that have one.
     pub position: Option<Position>,
+    /// What the sink's [`Prepare`](crate::Prepare) step made of the records,
+    /// for its `write`.
+    pub prepared: Option<Prepared>,
+}
+
+/// A sink's own result of [`Prepare::prepare`](crate::Prepare) on a batch, for
+/// its `write` to take back. Opaque to the engine.
+pub struct Prepared(Box<dyn std::any::Any + Send + Sync>);
+
+impl Prepared {
+    pub fn new<T: Send + Sync + 'static>(value: T) -> Self {
+        Prepared(Box::new(value))
+    }
+
+    /// The value, if it is a `T`.
+    pub fn take<T: 'static>(self) -> Option<T> {
+        self.0.downcast().ok().map(|b| *b)
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared(..)")
+    }
 }
 
 /// Where a source stands after a batch, in the source's own encoding.
@@ -195,7 +219,14 @@ pub type LateRejects = tokio::sync::mpsc::UnboundedSender<LateReject>;
 
 impl Batch {
     pub fn with_capacity(seq: u64, capacity: usize) -> Self {
-        Batch { seq, records: Vec::with_capacity(capacity), rejected: Vec::new(), ack: None, position: None }
+        Batch {
+            seq,
+            records: Vec::with_capacity(capacity),
+            rejected: Vec::new(),
+            ack: None,
+            position: None,
+            prepared: None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -20,7 +20,7 @@ mod template;
 mod traits;
 
 pub use ack::{Ack, AckTracker, Done, Watermark};
-pub use batch::{Batch, LateReject, LateRejects, PendingPositions, Position, RefusalClass, Rejected};
+pub use batch::{Batch, LateReject, LateRejects, PendingPositions, Position, Prepared, RefusalClass, Rejected};
 pub use config::{ByteSize, HumanDuration};
 pub use connector::{
     AsAny, Configured, Entry, OpenContext, PipelineView, Problem, Registry, Resources, Role, SinkConnector,
@@ -32,7 +32,7 @@ pub use record::{Header, MetaValue, Metadata, Record, ValueSchema, bytes_json};
 pub use secret::{Secret, redact_url, scrub, url_secret_spans, url_secrets};
 pub use state::StateStore;
 pub use template::RecordTemplate;
-pub use traits::{DeliveryMode, Read, Sink, Source, Transform};
+pub use traits::{DeliveryMode, Prepare, Read, Sink, Source, Transform};
 pub use {async_trait::async_trait, bytes::Bytes, erased_serde, schemars};
 
 /// Runs `f`, which blocks its thread (a synchronous client call, a plugin

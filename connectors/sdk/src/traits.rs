@@ -1,5 +1,7 @@
 use async_trait::async_trait;
 
+use std::sync::Arc;
+
 use crate::{Batch, ConnectorError, Position, Watermark};
 
 /// The outcome of one [`Source::read`].
@@ -87,6 +89,13 @@ pub enum DeliveryMode {
 pub trait Sink: Send {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError>;
 
+    /// The sink's work on a batch that needs neither its connection nor its
+    /// state (parsing records into rows), if it has any: the engine runs it on
+    /// each batch before `write`, while the sink writes the batches before it.
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        None
+    }
+
     /// Whether a batch is durable when `commit` returns or when it is acknowledged.
     fn delivery(&self) -> DeliveryMode {
         DeliveryMode::Synchronous
@@ -110,4 +119,11 @@ pub trait Sink: Send {
     async fn close(&mut self) -> Result<(), ConnectorError> {
         Ok(())
     }
+}
+
+/// A sink's [`Sink::preparer`]: it leaves its result in `batch.prepared`,
+/// which `write` takes. Nothing else touches the records between the two,
+/// but `write` must also work without it (a retried batch, dead letters).
+pub trait Prepare: Send + Sync {
+    fn prepare(&self, batch: &mut Batch);
 }

@@ -47,15 +47,17 @@ pub fn ops(
     if mode == Mode::Cdc && value.is_empty() {
         return Ok(Vec::new()); // A tombstone: only for log compaction.
     }
-    let object = match serde_json::from_slice::<Value>(value) {
-        Ok(Value::Object(m)) => m,
-        Ok(other) => return Err(format!("value is not a JSON object but {}", kind(&other))),
-        Err(e) => return Err(format!("value is not JSON: {e}")),
+    // Inserts and upserts restricted to named columns build only those.
+    let only = match (mode, columns) {
+        (Mode::Insert | Mode::Upsert, Some(Columns::Names(names))) => Some(names.as_slice()),
+        _ => None,
     };
+    let object = object_of(value, only)?;
+    let row = |object| if only.is_some() { object } else { mapped(object, columns) };
     match mode {
-        Mode::Insert => Ok(vec![Op::Insert(mapped(object, columns))]),
+        Mode::Insert => Ok(vec![Op::Insert(row(object))]),
         Mode::Upsert => {
-            let row = mapped(object, columns);
+            let row = row(object);
             has_key(&row, key)?;
             Ok(vec![Op::Upsert(row)])
         }
@@ -142,6 +144,89 @@ fn without_unavailable(mut row: Map<String, Value>) -> Map<String, Value> {
     row
 }
 
+/// A record's value as an object, with only the fields in `only` when given:
+/// the others are checked as JSON and skipped rather than built, so a row
+/// costs what its columns hold. `Err` names what else it was.
+fn object_of(value: &[u8], only: Option<&[String]>) -> Result<Map<String, Value>, String> {
+    use std::borrow::Cow;
+
+    use serde::Deserializer as _;
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// A field name, borrowed from the input unless it holds escapes.
+    struct Name;
+    impl<'de> DeserializeSeed<'de> for Name {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Name {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a field name")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+            Ok(Cow::Owned(v.to_string()))
+        }
+    }
+
+    /// The object, or what the value is instead.
+    struct Object<'a>(Option<&'a [String]>);
+    type Parsed = Result<Map<String, Value>, &'static str>;
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = Parsed;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+            let mut row = Map::new();
+            while let Some(name) = map.next_key_seed(Name)? {
+                if self.0.is_none_or(|only| only.iter().any(|n| *n == name)) {
+                    // A repeated field keeps its last value, as a parsed `Value` does.
+                    row.insert(name.into_owned(), map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(Ok(row))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Err("an array"))
+        }
+        fn visit_unit<E>(self) -> Result<Parsed, E> {
+            Ok(Err("null"))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
+            Ok(Err("a boolean"))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
+            Ok(Err("a number"))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
+            Ok(Err("a number"))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
+            Ok(Err("a number"))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
+            Ok(Err("a string"))
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let parsed = de.deserialize_any(Object(only)).and_then(|p| de.end().map(|()| p));
+    match parsed {
+        Ok(Ok(row)) => Ok(row),
+        Ok(Err(kind)) => Err(format!("value is not a JSON object but {kind}")),
+        Err(e) => Err(format!("value is not JSON: {e}")),
+    }
+}
+
 /// The row under its column names: as it is, restricted to `Names`, or built
 /// from `Map`'s dotted field paths.
 fn mapped(object: Map<String, Value>, columns: Option<&Columns>) -> Map<String, Value> {
@@ -170,17 +255,6 @@ fn mapped(object: Map<String, Value>, columns: Option<&Columns>) -> Map<String, 
 pub fn key_text(row: &Map<String, Value>, key: &[String]) -> String {
     let values: Vec<&Value> = key.iter().map(|k| row.get(k).unwrap_or(&Value::Null)).collect();
     serde_json::to_string(&values).unwrap_or_default()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -225,6 +299,28 @@ mod tests {
         assert!(cdc(json!({"op": "c", "after": {"n": 1}})).unwrap_err().contains("key column `id`"));
         assert!(cdc(json!({"after": {}})).unwrap_err().contains("no `op`"));
         assert_eq!(ops(b"", None, Mode::Cdc, None, &[]).unwrap(), []);
+    }
+
+    #[test]
+    fn only_the_named_columns_are_built_and_the_rest_is_still_checked() {
+        let names = Columns::Names(vec!["id".into(), "idx".into()]);
+        let insert = |v: &str| ops(v.as_bytes(), None, Mode::Insert, Some(&names), &[]);
+        assert_eq!(
+            insert(r#"{"id":1,"skip":{"deep":[1,"\u00e9",null]},"i\u0064x":2,"id":3}"#).unwrap(),
+            [Op::Insert(obj(json!({"id": 3, "idx": 2})))]
+        );
+        for (value, kind) in
+            [("[1]", "an array"), ("\"s\"", "a string"), ("-1.5", "a number"), ("null", "null"), ("true", "a boolean")]
+        {
+            assert_eq!(insert(value).unwrap_err(), format!("value is not a JSON object but {kind}"));
+            assert_eq!(
+                ops(value.as_bytes(), None, Mode::Insert, None, &[]).unwrap_err(),
+                format!("value is not a JSON object but {kind}")
+            );
+        }
+        for bad in [r#"{"id":1,"skip":[1,}"#, r#"{"id":1} x"#, r#"{"id":1,"skip":"\q"}"#, ""] {
+            assert!(insert(bad).unwrap_err().starts_with("value is not JSON: "), "{bad}");
+        }
     }
 
     #[test]

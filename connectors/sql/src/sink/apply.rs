@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::SqlSink;
 use super::cell::Cell;
+use super::{SqlSink, Tx};
 use crate::change::{Op, key_text};
 use crate::error::{SqlError, is_row_error};
 
@@ -156,7 +156,11 @@ impl SqlSink {
         Ok(refused)
     }
 
+    /// Sets savepoint `name`; the batch's first one also begins its transaction.
     async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
-        self.raw(&format!("SAVEPOINT {name}"), table).await
+        let begin = if self.tx == Tx::Pending { "BEGIN; " } else { "" };
+        self.raw(&format!("{begin}SAVEPOINT {name}"), table).await?;
+        self.tx = Tx::Open;
+        Ok(())
     }
 }

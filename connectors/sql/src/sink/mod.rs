@@ -23,7 +23,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use flowgate_sdk::{Batch, ConnectorError, Position, RefusalClass, Sink, async_trait};
+use flowgate_sdk::{Batch, ConnectorError, Position, Prepare, RefusalClass, Sink, async_trait};
 
 use crate::change::Op;
 use crate::config::{Delivery, SqlSinkConfig, Synchronous, UnknownFields};
@@ -33,7 +33,7 @@ use crate::names::TableFilter;
 use crate::rows::field_names;
 use conn::Conn;
 use copy::Stage;
-use plan::{key_for, plan};
+use plan::{Planner, key_for, planned};
 
 pub use check::check_sink;
 
@@ -61,7 +61,7 @@ pub struct SqlSink {
     dialect: Dialect,
     pipeline: Arc<str>,
     conn: Option<Conn>,
-    in_transaction: bool,
+    tx: Tx,
     tables: HashMap<String, TableInfo>,
     /// Postgres upserts and change events: each table's staging table (by the
     /// table's quoted name), which lives as long as the connection.
@@ -76,6 +76,16 @@ pub struct SqlSink {
     metrics: SqlMetrics,
     /// When the open transaction began.
     began: Option<std::time::Instant>,
+}
+
+/// Where the sink's transaction stands. `BEGIN` goes out with the batch's
+/// first statement, which always sets a savepoint: a round trip less per batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tx {
+    None,
+    /// Begun, but `BEGIN` not yet sent.
+    Pending,
+    Open,
 }
 
 /// What the sink does, as metrics (label `pipeline`; rows also by `mode`).
@@ -144,7 +154,7 @@ impl SqlSink {
             dialect,
             pipeline: pipeline.into(),
             conn: None,
-            in_transaction: false,
+            tx: Tx::None,
             tables: HashMap::new(),
             stages: HashMap::new(),
             stage_seq: 0,
@@ -186,7 +196,7 @@ impl SqlSink {
                 .await
                 .map_err(|source| SqlError::Connect { url: flowgate_sdk::redact_url(&self.config.url), source })?;
             self.conn = Some(conn);
-            self.in_transaction = false;
+            self.tx = Tx::None;
             self.stages.clear();
         }
         Ok(self.conn.as_mut().expect("connected above"))
@@ -196,7 +206,7 @@ impl SqlSink {
     /// open transaction is gone with it.
     fn lost(&mut self) {
         self.conn = None;
-        self.in_transaction = false;
+        self.tx = Tx::None;
         self.began = None;
         // Temporary tables go with their connection.
         self.stages.clear();
@@ -211,20 +221,27 @@ impl SqlSink {
     /// or the source would move past what the table says.
     async fn finish(&mut self, position: Option<&Position>) -> Result<(), ConnectorError> {
         let position = position.filter(|_| self.config.delivery == Delivery::EffectivelyOnce);
-        if !self.in_transaction && position.is_none() {
-            return Ok(());
+        match (self.tx, position) {
+            (Tx::None, None) => return Ok(()),
+            // Nothing was written: there is no transaction to commit.
+            (Tx::Pending, None) => {
+                self.tx = Tx::None;
+                self.began = None;
+                return Ok(());
+            }
+            _ => {}
         }
         let result: Result<(), SqlError> = async {
-            if !self.in_transaction {
+            if self.tx != Tx::Open {
                 self.raw("BEGIN", "").await?;
-                self.in_transaction = true;
-                self.began = Some(std::time::Instant::now());
+                self.tx = Tx::Open;
+                self.began.get_or_insert_with(std::time::Instant::now);
             }
             if let Some(position) = position {
                 self.save_position(position).await?;
             }
             self.raw("COMMIT", "").await?;
-            self.in_transaction = false;
+            self.tx = Tx::None;
             if let Some(began) = self.began.take() {
                 self.metrics.transaction_seconds.record(began.elapsed().as_secs_f64());
             }
@@ -268,7 +285,7 @@ impl SqlSink {
     /// Applies the batch in one transaction, left open for `commit`; by table
     /// when `by_tables` and no table of the batch takes part in a foreign key.
     async fn write_once(&mut self, batch: &mut Batch, by_tables: bool) -> Result<Written, ConnectorError> {
-        let (mut tables, mut refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+        let (mut tables, mut refused) = planned(batch, &self.config, self.dialect, self.filter.as_ref());
         // Records for many tables, interleaved, make runs of one record each.
         // With no foreign key between the tables (known from their catalog
         // once described), each table's rows go together, in their order.
@@ -347,13 +364,13 @@ impl SqlSink {
             }
             work.push((table, ops, key));
         }
-        let began_here = !self.in_transaction;
+        let began_here = self.tx == Tx::None;
         let names: Vec<String> = if grouped { work.iter().map(|(t, _, _)| t.clone()).collect() } else { Vec::new() };
         let mut by_database = 0;
         let result: Result<(), SqlError> = async {
-            if !self.in_transaction {
-                self.raw("BEGIN", "").await?;
-                self.in_transaction = true;
+            if self.tx == Tx::None {
+                // Sent with the first statement.
+                self.tx = Tx::Pending;
                 self.began = Some(std::time::Instant::now());
             }
             for (table, ops, key) in work {
@@ -371,8 +388,8 @@ impl SqlSink {
         if grouped && began_here && by_database > 0 {
             // Undone whole, and the tables described again (their foreign keys
             // with them), so that the batch goes again in the records' order.
-            let undone = self.raw("ROLLBACK", "").await;
-            self.in_transaction = false;
+            let undone = if self.tx == Tx::Open { self.raw("ROLLBACK", "").await } else { Ok(()) };
+            self.tx = Tx::None;
             self.began = None;
             if let Err(e) = undone {
                 self.lost();
@@ -408,6 +425,10 @@ impl Sink for SqlSink {
         }
     }
 
+    fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        Some(Arc::new(Planner { config: self.config.clone(), dialect: self.dialect, filter: self.filter.clone() }))
+    }
+
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let position = batch.position.clone();
         self.finish(position.as_ref()).await?;
@@ -420,7 +441,7 @@ impl Sink for SqlSink {
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
-        if self.in_transaction {
+        if self.tx == Tx::Open {
             // A batch written but never committed (the pipeline stopped on an
             // error): its records were not acknowledged.
             let _ = self.raw("ROLLBACK", "").await;

@@ -1,7 +1,7 @@
 //! A batch's records as row operations, in runs per target table, with the
 //! records that cannot be applied and why.
 
-use flowgate_sdk::{Record, RefusalClass};
+use flowgate_sdk::{Batch, Prepare, Prepared, Record, RefusalClass};
 use serde_json::Value;
 
 use super::TableOps;
@@ -10,9 +10,44 @@ use crate::config::{Mode, SqlSinkConfig};
 use crate::dialect::Dialect;
 use crate::names::{TableFilter, check_fields};
 
-/// Records refused, by index, with the reason.
 /// Records refused, by index in the batch, with the reason and its class.
-type Refused = Vec<(usize, String, RefusalClass)>;
+pub(super) type Refused = Vec<(usize, String, RefusalClass)>;
+
+/// A batch's [`plan`], made by the engine's prepare step while the sink writes
+/// the batches before it: parsing the records is most of the sink's own work.
+pub(super) struct Planned {
+    /// How many records it was made from: a batch changed since is planned again.
+    records: usize,
+    tables: Vec<(String, TableOps)>,
+    refused: Refused,
+}
+
+/// The sink's [`Prepare`] step: [`plan`] needs only the settings.
+pub(super) struct Planner {
+    pub(super) config: SqlSinkConfig,
+    pub(super) dialect: Dialect,
+    pub(super) filter: Option<TableFilter>,
+}
+
+impl Prepare for Planner {
+    fn prepare(&self, batch: &mut Batch) {
+        let (tables, refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+        batch.prepared = Some(Prepared::new(Planned { records: batch.records.len(), tables, refused }));
+    }
+}
+
+/// The batch's plan: the one prepared for it, or made now.
+pub(super) fn planned(
+    batch: &mut Batch,
+    config: &SqlSinkConfig,
+    dialect: Dialect,
+    filter: Option<&TableFilter>,
+) -> (Vec<(String, TableOps)>, Refused) {
+    match batch.prepared.take().and_then(Prepared::take::<Planned>) {
+        Some(p) if p.records == batch.records.len() => (p.tables, p.refused),
+        _ => plan(&batch.records, config, dialect, filter),
+    }
+}
 
 /// The records of a batch as runs of consecutive records for one table, in
 /// order: changes to different tables keep their order (a parent row before

@@ -302,7 +302,7 @@ proptest::proptest! {
                 c.key = if mode == Mode::Upsert { vec!["id".into()] } else { Vec::new() };
                 c.table = "${value.t}".parse().unwrap();
                 let filter = TableFilter::new(vec![t.clone(), "*".into()]);
-                let (tables, refused) = plan(&records, &c, dialect, Some(&filter));
+                let (tables, refused) = plan::plan(&records, &c, dialect, Some(&filter));
                 proptest::prop_assert_eq!(tables.iter().map(|(_, o)| o.ops.len().min(1)).sum::<usize>() + refused.len().min(1), 1);
                 for (_, ops) in &tables {
                     for (_, op) in &ops.ops {
@@ -396,4 +396,54 @@ fn runs_for_one_table_are_joined_in_order_at_its_first_place() {
         joined.into_iter().map(|(t, o)| (t, o.ops.into_iter().map(|(i, _)| i).collect())).collect();
     let expected = [("a", vec![0, 2]), ("b", vec![1, 4]), ("c", vec![3])];
     assert_eq!(shape, expected.map(|(t, i)| (t.to_string(), i)));
+}
+
+#[tokio::test]
+async fn a_prepared_plan_is_taken_once_and_one_made_for_other_records_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = SqlSink::open(config(&dir, Mode::Insert), "p").await.unwrap();
+    let prepare = sink.preparer().expect("the SQL sink prepares its batches");
+    let mut b = batch(&[("", r#"{"id":1}"#), ("", "[1]")]);
+    prepare.prepare(&mut b);
+    assert!(b.prepared.is_some());
+    sink.write(&mut b).await.unwrap();
+    sink.commit(&mut b).await.unwrap();
+    assert!(b.prepared.is_none());
+    assert_eq!(b.records.len(), 1);
+    assert_eq!(b.rejected.len(), 1);
+    assert_eq!(b.rejected[0].reason, "value is not a JSON object but an array");
+    // Planned for one record, written with two: planned again.
+    let mut b = batch(&[("", r#"{"id":2}"#)]);
+    prepare.prepare(&mut b);
+    b.records.push(Record::from_value(r#"{"id":3}"#.to_string()));
+    sink.write(&mut b).await.unwrap();
+    sink.commit(&mut b).await.unwrap();
+    assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM t").await, ["1,2,3"]);
+}
+
+#[tokio::test]
+async fn a_batch_with_nothing_to_write_commits_without_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut eo = config(&dir, Mode::Insert);
+    eo.delivery = Delivery::EffectivelyOnce;
+    let mut sink = SqlSink::open(eo, "p").await.unwrap();
+    let mut b = batch(&[("", "[1]")]);
+    b.position = Some({
+        let mut p = Position::default();
+        p.set("file", "7");
+        p
+    });
+    sink.write(&mut b).await.unwrap();
+    sink.commit(&mut b).await.unwrap();
+    // Its position is stored all the same, in a transaction of its own.
+    assert_eq!(sink.stored_position().await.unwrap(), b.position);
+    let mut plain = config(&dir, Mode::Insert);
+    plain.table = "u".parse::<RecordTemplate>().unwrap();
+    let mut sink = SqlSink::open(plain, "q").await.unwrap();
+    let mut b = batch(&[("", "[1]")]);
+    sink.write(&mut b).await.unwrap();
+    sink.commit(&mut b).await.unwrap();
+    assert_eq!(sink.tx, Tx::None);
+    put(&mut sink, &[("", r#"{"id":1}"#)]).await;
+    assert_eq!(rows(&dir, "SELECT group_concat(id, ',') FROM u").await, ["1"]);
 }
