@@ -465,10 +465,12 @@ impl Pipeline {
             (rx, Some(tokio::spawn(task)))
         };
         // The sink's connection-free work on a batch overlaps its writing of the
-        // batches before it.
+        // batch before it. One batch ready ahead (and one more on its way) is
+        // enough for that; more would hold prepared batches (about twice
+        // their records' size) for nothing.
         let (sink_rx, prepare_handle) = match sink.preparer() {
             Some(prepare) => {
-                let (tx, rx) = mpsc::channel::<Batch>(batching.buffer);
+                let (tx, rx) = mpsc::channel::<Batch>(1);
                 (rx, Some(tokio::spawn(prepare_task(prepare, sink_rx, tx))))
             }
             None => (sink_rx, None),
