@@ -260,18 +260,30 @@ async fn transform_task(
 /// Runs the sink's [`Prepare`] step on each batch on its way to the sink. On
 /// a blocking thread: a batch takes milliseconds of CPU, and the runtime's
 /// workers must stay free to wake the sink as each of its round trips ends.
+/// The queue before it is the sink's queue in the metrics.
 async fn prepare_task(
     prepare: Arc<dyn Prepare>,
-    mut rx: mpsc::Receiver<Batch>,
-    tx: mpsc::Sender<Batch>,
-) -> Result<(), tokio::task::JoinError> {
+    (mut rx, tx): (mpsc::Receiver<Batch>, mpsc::Sender<Batch>),
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<(), EngineError> {
     while let Some(mut batch) = rx.recv().await {
-        let prepare = Arc::clone(&prepare);
-        let batch = tokio::task::spawn_blocking(move || {
-            prepare.prepare(&mut batch);
-            batch
-        })
-        .await?;
+        stats.m_queue_sink.set(rx.len() as f64);
+        if !batch.records.is_empty() {
+            let prepare = Arc::clone(&prepare);
+            let prepared = tokio::task::spawn_blocking(move || {
+                prepare.prepare(&mut batch);
+                batch
+            })
+            .await;
+            batch = match prepared {
+                Ok(batch) => batch,
+                Err(e) => {
+                    stop.cancel();
+                    return Err(EngineError::Task { stage: "sink.prepare".into(), source: e });
+                }
+            };
+        }
         if tx.send(batch).await.is_err() {
             break; // The sink task stopped; its error is reported from there.
         }
@@ -381,10 +393,12 @@ async fn handle_late(
 
 /// Writes batches and handles late refusals: those arrive until every batch
 /// handed out is settled, which is what the tracker beside `late` says.
+/// `(rx, queue)`: its input, and whether that is the queue the metrics show
+/// (not when a prepare step is before it).
 async fn sink_task(
     mut sink: Box<dyn Sink>,
     mut errors: ErrorHandler,
-    mut rx: mpsc::Receiver<Batch>,
+    (mut rx, queue): (mpsc::Receiver<Batch>, bool),
     (mut late, tracker): (mpsc::UnboundedReceiver<LateReject>, Arc<AckTracker>),
     stats: Arc<Stats>,
     name: Arc<str>,
@@ -397,7 +411,9 @@ async fn sink_task(
                 Some(l) = late.recv() => handle_late(&mut errors, l, &stats, &shutdown).await?,
                 batch = rx.recv() => {
                     let Some(mut batch) = batch else { break };
-                    stats.m_queue_sink.set(rx.len() as f64);
+                    if queue {
+                        stats.m_queue_sink.set(rx.len() as f64);
+                    }
                     let started = Instant::now();
                     let refusals = Refusals::Policy(&mut errors, &stats);
                     deliver(sink.as_mut(), "sink", refusals, &mut batch, &name, &shutdown).await?;
@@ -471,14 +487,15 @@ impl Pipeline {
         let (sink_rx, prepare_handle) = match sink.preparer() {
             Some(prepare) => {
                 let (tx, rx) = mpsc::channel::<Batch>(1);
-                (rx, Some(tokio::spawn(prepare_task(prepare, sink_rx, tx))))
+                let task = prepare_task(prepare, (sink_rx, tx), Arc::clone(&stats), stop.clone());
+                (rx, Some(tokio::spawn(task)))
             }
             None => (sink_rx, None),
         };
         let sink_handle = tokio::spawn(sink_task(
             sink,
             errors,
-            sink_rx,
+            (sink_rx, prepare_handle.is_none()),
             (late, Arc::clone(&tracker)),
             Arc::clone(&stats),
             Arc::clone(&name),
@@ -571,7 +588,7 @@ impl Pipeline {
             None => Ok(()),
         };
         let prepare_result = match prepare_handle {
-            Some(h) => h.await.and_then(|r| r).map_err(|e| EngineError::Task { stage: "sink".into(), source: e }),
+            Some(h) => h.await.unwrap_or_else(|e| Err(EngineError::Task { stage: "sink.prepare".into(), source: e })),
             None => Ok(()),
         };
         let sink_result =

@@ -145,8 +145,10 @@ fn without_unavailable(mut row: Map<String, Value>) -> Map<String, Value> {
 }
 
 /// A record's value as an object, with only the fields in `only` when given:
-/// the others are checked as JSON and skipped rather than built, so a row
-/// costs what its columns hold. `Err` names what else it was.
+/// the others are checked as JSON syntax and skipped rather than built, so a
+/// row costs what its columns hold (a skipped number beyond `f64` or a lone
+/// surrogate in a skipped string passes: neither is written). `Err` names
+/// what else it was.
 fn object_of(value: &[u8], only: Option<&[String]>) -> Result<Map<String, Value>, String> {
     use std::borrow::Cow;
 
@@ -218,6 +220,10 @@ fn object_of(value: &[u8], only: Option<&[String]>) -> Result<Map<String, Value>
         }
     }
 
+    // Skipped strings are not checked for UTF-8 on their own.
+    if let Err(e) = std::str::from_utf8(value) {
+        return Err(format!("value is not JSON: not UTF-8 ({e})"));
+    }
     let mut de = serde_json::Deserializer::from_slice(value);
     let parsed = de.deserialize_any(Object(only)).and_then(|p| de.end().map(|()| p));
     match parsed {
@@ -321,6 +327,8 @@ mod tests {
         for bad in [r#"{"id":1,"skip":[1,}"#, r#"{"id":1} x"#, r#"{"id":1,"skip":"\q"}"#, ""] {
             assert!(insert(bad).unwrap_err().starts_with("value is not JSON: "), "{bad}");
         }
+        let not_utf8 = ops(b"{\"id\":1,\"skip\":\"\xff\"}", None, Mode::Insert, Some(&names), &[]);
+        assert!(not_utf8.unwrap_err().starts_with("value is not JSON: not UTF-8"));
     }
 
     #[test]

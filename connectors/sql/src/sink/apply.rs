@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::cell::Cell;
+use super::copy::COPY_MIN_ROWS;
 use super::{SqlSink, Tx};
 use crate::change::{Op, key_text};
 use crate::error::{SqlError, is_row_error};
@@ -153,9 +154,11 @@ impl SqlSink {
             }
             Err(e) => return Err(SqlError::Write { table: table.to_string(), source: e }),
         }
-        // Freeing the rows is thousands of small frees: on a blocking thread,
-        // not between the batch's last statement and its commit.
-        tokio::task::spawn_blocking(move || drop(last));
+        // Freeing a batch's rows is thousands of small frees: on a blocking
+        // thread, not between its last statement and its commit.
+        if last.len() >= COPY_MIN_ROWS {
+            tokio::task::spawn_blocking(move || drop(last));
+        }
         Ok(refused)
     }
 

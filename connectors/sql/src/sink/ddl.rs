@@ -113,12 +113,7 @@ impl SqlSink {
             if bad.last().is_some_and(|(b, _)| b == i) {
                 continue;
             }
-            let Some(row) = op.row() else { continue };
-            // Nearly every row has only known fields: checked without allocating.
-            if row.keys().all(|f| info.columns.iter().any(|(c, _)| c == f)) {
-                continue;
-            }
-            let unknown = unknown_fields(row, &info.columns);
+            let unknown = op.row().map(|r| unknown_fields(r, &info.columns)).unwrap_or_default();
             if !unknown.is_empty() {
                 bad.push((*i, format!("fields without a column in table {table}: {}", unknown.join(", "))));
             }

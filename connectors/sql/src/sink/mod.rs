@@ -388,7 +388,9 @@ impl SqlSink {
         if grouped && began_here && by_database > 0 {
             // Undone whole, and the tables described again (their foreign keys
             // with them), so that the batch goes again in the records' order.
-            let undone = if self.tx == Tx::Open { self.raw("ROLLBACK", "").await } else { Ok(()) };
+            // The database refused rows, so statements (and `BEGIN`) went out.
+            debug_assert_eq!(self.tx, Tx::Open);
+            let undone = self.raw("ROLLBACK", "").await;
             self.tx = Tx::None;
             self.began = None;
             if let Err(e) = undone {

@@ -16,7 +16,8 @@ pub(super) type Refused = Vec<(usize, String, RefusalClass)>;
 /// A batch's [`plan`], made by the engine's prepare step while the sink writes
 /// the batches before it: parsing the records is most of the sink's own work.
 pub(super) struct Planned {
-    /// How many records it was made from: a batch changed since is planned again.
+    /// How many records it was made from: a batch whose count changed since
+    /// is planned again (nothing else touches its records in between).
     records: usize,
     tables: Vec<(String, TableOps)>,
     refused: Refused,

@@ -406,6 +406,8 @@ async fn a_prepared_plan_is_taken_once_and_one_made_for_other_records_is_not() {
     let mut b = batch(&[("", r#"{"id":1}"#), ("", "[1]")]);
     prepare.prepare(&mut b);
     assert!(b.prepared.is_some());
+    // What is written is what was planned: the value changed since is not read.
+    b.records[0].value = r#"{"id":9}"#.into();
     sink.write(&mut b).await.unwrap();
     sink.commit(&mut b).await.unwrap();
     assert!(b.prepared.is_none());
@@ -422,7 +424,7 @@ async fn a_prepared_plan_is_taken_once_and_one_made_for_other_records_is_not() {
 }
 
 #[tokio::test]
-async fn a_batch_with_nothing_to_write_commits_without_a_transaction() {
+async fn a_batch_with_every_record_refused_commits_cleanly_and_still_stores_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let mut eo = config(&dir, Mode::Insert);
     eo.delivery = Delivery::EffectivelyOnce;
@@ -442,6 +444,8 @@ async fn a_batch_with_nothing_to_write_commits_without_a_transaction() {
     let mut sink = SqlSink::open(plain, "q").await.unwrap();
     let mut b = batch(&[("", "[1]")]);
     sink.write(&mut b).await.unwrap();
+    assert_eq!(sink.tx, Tx::Pending);
+    // SQLite refuses a COMMIT with no transaction: none is sent.
     sink.commit(&mut b).await.unwrap();
     assert_eq!(sink.tx, Tx::None);
     put(&mut sink, &[("", r#"{"id":1}"#)]).await;
