@@ -49,6 +49,16 @@ struct MemSink {
     written: Option<Arc<AtomicU64>>,
     /// With a prepare step that counts the records; what each write found.
     prepared: Option<Arc<Mutex<Vec<Option<usize>>>>>,
+    /// With a prepare step that panics.
+    prepare_panics: bool,
+}
+
+struct Panics;
+
+impl Prepare for Panics {
+    fn prepare(&self, _batch: &mut Batch) {
+        panic!("a bug in a sink's prepare step");
+    }
 }
 
 /// Leaves the batch's record count for the sink's `write`.
@@ -63,6 +73,9 @@ impl Prepare for CountRecords {
 #[async_trait]
 impl Sink for MemSink {
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
+        if self.prepare_panics {
+            return Some(Arc::new(Panics));
+        }
         self.prepared.as_ref().map(|_| Arc::new(CountRecords) as Arc<dyn Prepare>)
     }
 
@@ -489,4 +502,15 @@ async fn the_sinks_prepare_step_sees_each_batch_after_the_transforms_and_a_retry
     // The first write failed and was retried: the plan was taken by then.
     assert_eq!(seen.len(), 6, "{seen:?}");
     assert!(seen[0].is_some() && seen[1].is_none() && seen[2..].iter().all(Option::is_some), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_panic_in_the_prepare_step_stops_the_pipeline_and_commits_nothing_unwritten() {
+    let sink = MemSink { prepare_panics: true, ..Default::default() };
+    let out = Arc::clone(&sink.out);
+    let (p, h) = pipeline(50, 10, sink, vec![], ErrorPolicy::Fail, None);
+    let e = p.run(CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(&e, EngineError::Task { stage, .. } if stage == "sink.prepare"), "{e:?}");
+    assert!(out.lock().unwrap().is_empty());
+    assert!(h.commits.lock().unwrap().iter().all(|&w| w == 0), "{:?}", h.commits.lock().unwrap());
 }
