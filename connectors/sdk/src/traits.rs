@@ -1,6 +1,6 @@
-use async_trait::async_trait;
-
 use std::sync::Arc;
+
+use async_trait::async_trait;
 
 use crate::{Batch, ConnectorError, Position, Watermark};
 
