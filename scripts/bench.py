@@ -27,6 +27,11 @@ def measure(cmd, cwd, env=None, stdin=None):
     return float(wall), float(user) + float(system), int(rss_kib) / 1024
 
 
+def env_ints(name, default):
+    """The numbers in environment variable `name` (comma-separated), or in `default`."""
+    return [int(x) for x in os.environ.get(name, default).split(",") if x]
+
+
 def median_run(runs):
     runs = sorted(runs)
     return runs[len(runs) // 2]
@@ -596,18 +601,16 @@ def bench_sql(work):
                             os.path.join(work, "state-fill"), fill], check=True, cwd=work)
             pg.sql(f"CREATE TABLE loaded {ddl}; CREATE TABLE loaded_eo {ddl}; "
                    f"CREATE TABLE upserted {keyed}; CREATE TABLE upserted_eo {keyed}; CREATE TABLE applied {keyed}")
-            copies = []
 
-            def copy():
+            def copy(table):
                 # Again before each case, into a table of its own: this
                 # machine's speed drifts by half within a run, so each ratio
                 # is taken against the limit measured just before it.
-                table = f"copied{len(copies)}"
                 pg.sql(f"CREATE TABLE {table} {ddl}")
-                copies.append(timed(pg.client("psql") + ["-X", "-q", "-c", f"COPY {table} FROM '{rows_csv}' CSV",
-                                                         "postgres"]))
-                row("Postgres `COPY` from a CSV file (server-side), just before: the limit", n, copies[-1])
-                return copies[-1]
+                limit = timed(pg.client("psql") + ["-X", "-q", "-c", f"COPY {table} FROM '{rows_csv}' CSV",
+                                                   "postgres"])
+                row("Postgres `COPY` from a CSV file (server-side), just before: the limit", n, limit)
+                return limit
 
             eo = "    delivery: effectively_once\n"
             upsert = "    mode: upsert\n    key: [id]\n"
@@ -620,7 +623,7 @@ def bench_sql(work):
                 ("flowgate kafka -> postgres, change events (c, then u or d per row)", "pg-cdc", "applied",
                  "    mode: cdc\n    key: [id]\n", "events"),
             ):
-                limit = copy()
+                limit = copy(f"copied_{table}")
                 row(case, n, flowgate(name, "postgres", pg.url, table, extra, source), limit)
             left = pg.sql("SELECT count(*) FROM applied")
             assert left == str(n // 2 - (n // 2 + 4) // 5), f"{left} rows after the change events"
@@ -938,14 +941,14 @@ def bench_wide(work):
               flush=True)
 
     try:
-        for parts in [int(p) for p in os.environ.get("WIDE_PARTITIONS", "10,100,1000").split(",") if p]:
+        for parts in env_ints("WIDE_PARTITIONS", "10,100,1000"):
             topic(f"wide{parts}", parts)
             subprocess.run([rawkafka, "produce", brokers, f"wide{parts}", str(n)], check=True, capture_output=True)
             line("Kafka (partitions) -> null", parts, n, run(
                 f"wide-k{parts}", f"name: wide-k{parts}\nsource:\n  kafka:\n    brokers: {brokers}\n"
                 f"    topics: [wide{parts}]\n    group: wide-k{parts}\n    session_timeout: 6s\nsink:\n  null: {{}}\n",
                 n))
-        for topics in [int(t) for t in os.environ.get("WIDE_TOPICS", "10,100,1000").split(",") if t]:
+        for topics in env_ints("WIDE_TOPICS", "10,100,1000"):
             for i in range(topics):
                 topic(f"fan{topics}_{i}", 1)
             line("generate -> Kafka, `topic: fan_${value.t}` over 1-partition topics", topics, n, run_to_end(
@@ -954,7 +957,7 @@ def bench_wide(work):
                 f"\"n\":${{seq}}}}', count: {n}}}\nsink:\n  kafka:\n    brokers: {brokers}\n"
                 f"    topic: 'fan{topics}_${{value.t}}'\n"))
         records = os.path.join(work, "wide.jsonl")
-        for tables in [int(t) for t in os.environ.get("WIDE_SQL_TABLES", "10,100,500").split(",") if t]:
+        for tables in env_ints("WIDE_SQL_TABLES", "10,100,500"):
             with open(records, "w") as f:
                 for i in range(n):
                     f.write(json.dumps({"t": i % tables, "id": i, "email": f"user{i}@example.com",
@@ -963,7 +966,7 @@ def bench_wide(work):
                 f"wide-sql{tables}", f"name: wide-sql{tables}\nsource:\n  file: {{path: {records}}}\nsink:\n"
                 f"  postgres:\n    url: {pg.url}\n    table: wide{tables}_${{value.t}}\n    create_table: true\n"
                 "batch: {size: 5000}\n"))
-        for tables in [int(t) for t in os.environ.get("WIDE_CDC_TABLES", "10,100,500").split(",") if t]:
+        for tables in env_ints("WIDE_CDC_TABLES", "10,100,500"):
             names = [f"cdc{tables}_{i}" for i in range(tables)]
             per = max(1, n // 2 // tables)
             ddl = "; ".join(f"CREATE TABLE {t} (id bigint PRIMARY KEY, email text, note text); "

@@ -164,9 +164,11 @@ impl SqlSink {
 
     /// Sets savepoint `name`; the batch's first one also begins its transaction.
     async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
-        let begin = if self.tx == Tx::Pending { "BEGIN; " } else { "" };
-        self.raw(&format!("{begin}SAVEPOINT {name}"), table).await?;
-        self.tx = Tx::Open;
+        let Tx::Pending(began) = self.tx else {
+            return self.raw(&format!("SAVEPOINT {name}"), table).await;
+        };
+        self.raw(&format!("BEGIN; SAVEPOINT {name}"), table).await?;
+        self.tx = Tx::Open(began);
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use flowgate_sdk::{Batch, ConnectorError, Position, Prepare, RefusalClass, Sink, async_trait};
 
@@ -74,18 +75,17 @@ pub struct SqlSink {
     filter: Option<TableFilter>,
     stage: Arc<str>,
     metrics: SqlMetrics,
-    /// When the open transaction began.
-    began: Option<std::time::Instant>,
 }
 
-/// Where the sink's transaction stands. `BEGIN` goes out with the batch's
+/// Where the sink's transaction stands, and since when (for
+/// `flowgate_sql_transaction_seconds`). `BEGIN` goes out with the batch's
 /// first statement, which always sets a savepoint: a round trip less per batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tx {
     None,
     /// Begun, but `BEGIN` not yet sent.
-    Pending,
-    Open,
+    Pending(Instant),
+    Open(Instant),
 }
 
 /// What the sink does, as metrics (label `pipeline`; rows also by `mode`).
@@ -161,7 +161,6 @@ impl SqlSink {
             keys: HashMap::new(),
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
-            began: None,
             config,
         };
         // Fail at start-up, not at the first record, when the database cannot be reached.
@@ -207,7 +206,6 @@ impl SqlSink {
     fn lost(&mut self) {
         self.conn = None;
         self.tx = Tx::None;
-        self.began = None;
         // Temporary tables go with their connection.
         self.stages.clear();
     }
@@ -221,30 +219,27 @@ impl SqlSink {
     /// or the source would move past what the table says.
     async fn finish(&mut self, position: Option<&Position>) -> Result<(), ConnectorError> {
         let position = position.filter(|_| self.config.delivery == Delivery::EffectivelyOnce);
-        match (self.tx, position) {
+        let began = match (self.tx, position) {
             (Tx::None, None) => return Ok(()),
             // Nothing was written: there is no transaction to commit.
-            (Tx::Pending, None) => {
+            (Tx::Pending(_), None) => {
                 self.tx = Tx::None;
-                self.began = None;
                 return Ok(());
             }
-            _ => {}
-        }
+            (Tx::None, Some(_)) => Instant::now(),
+            (Tx::Pending(t) | Tx::Open(t), _) => t,
+        };
         let result: Result<(), SqlError> = async {
-            if self.tx != Tx::Open {
+            if !matches!(self.tx, Tx::Open(_)) {
                 self.raw("BEGIN", "").await?;
-                self.tx = Tx::Open;
-                self.began.get_or_insert_with(std::time::Instant::now);
+                self.tx = Tx::Open(began);
             }
             if let Some(position) = position {
                 self.save_position(position).await?;
             }
             self.raw("COMMIT", "").await?;
             self.tx = Tx::None;
-            if let Some(began) = self.began.take() {
-                self.metrics.transaction_seconds.record(began.elapsed().as_secs_f64());
-            }
+            self.metrics.transaction_seconds.record(began.elapsed().as_secs_f64());
             Ok(())
         }
         .await;
@@ -370,8 +365,7 @@ impl SqlSink {
         let result: Result<(), SqlError> = async {
             if self.tx == Tx::None {
                 // Sent with the first statement.
-                self.tx = Tx::Pending;
-                self.began = Some(std::time::Instant::now());
+                self.tx = Tx::Pending(Instant::now());
             }
             for (table, ops, key) in work {
                 let refusals = self.apply(&table, ops.ops, &key).await?;
@@ -389,10 +383,9 @@ impl SqlSink {
             // Undone whole, and the tables described again (their foreign keys
             // with them), so that the batch goes again in the records' order.
             // The database refused rows, so statements (and `BEGIN`) went out.
-            debug_assert_eq!(self.tx, Tx::Open);
+            debug_assert!(matches!(self.tx, Tx::Open(_)), "{:?}", self.tx);
             let undone = self.raw("ROLLBACK", "").await;
             self.tx = Tx::None;
-            self.began = None;
             if let Err(e) = undone {
                 self.lost();
                 return Err(e.into());
@@ -443,7 +436,7 @@ impl Sink for SqlSink {
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
-        if self.tx == Tx::Open {
+        if matches!(self.tx, Tx::Open(_)) {
             // A batch written but never committed (the pipeline stopped on an
             // error): its records were not acknowledged.
             let _ = self.raw("ROLLBACK", "").await;
