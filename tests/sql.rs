@@ -502,6 +502,10 @@ async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, 
             r.key = (!k.is_empty()).then(|| k.clone().into());
             b.records.push(r);
         }
+        // As the engine does, ahead of the write.
+        if let Some(preparer) = sink.preparer() {
+            preparer.prepare(&mut b);
+        }
         sink.write(&mut b).await.unwrap();
         sink.commit(&mut b).await.unwrap();
         refused.extend(b.rejected.iter().map(|r| r.reason.clone()));
@@ -514,7 +518,8 @@ async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, 
 /// path writes, for values that need escaping, NULLs, arrays, JSON, TOAST
 /// columns left as they are, deletes, key moves, and a column added while the
 /// sink runs; a refused row in a `COPY` batch is refused alone with the
-/// database's message.
+/// database's message. Inserts of named columns are encoded as `COPY` text
+/// ahead of the write once the table is described, to the same rows.
 #[tokio::test]
 async fn copy_writes_what_statements_write_in_every_mode() {
     use flowgate_sql::{Mode, SqlSink, SqlSinkConfig};
@@ -526,23 +531,27 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     pg.sql(
         "CREATE TABLE ins_copy (id int, name varchar(8), amount numeric(10,2), note text, tags text[], doc jsonb, \
          at timestamptz, ok boolean, flags bit(3), codes varchar(3)[]); CREATE TABLE ins_rows (LIKE ins_copy); \
+         CREATE TABLE ins_named (LIKE ins_copy); \
          CREATE TABLE ups_copy (id int PRIMARY KEY, name text, amount numeric); CREATE TABLE ups_rows (LIKE ups_copy \
          INCLUDING ALL); CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
          CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL)",
     );
+    let config = |table: &'static str, columns: Option<&[&str]>| SqlSinkConfig {
+        url: pg.url(),
+        table: table.parse().unwrap(),
+        mode: Mode::Insert,
+        key: Vec::new(),
+        columns: columns.map(|c| flowgate_sql::Columns::Names(c.iter().map(|c| c.to_string()).collect())),
+        create_table: false,
+        delivery: Default::default(),
+        synchronous: Default::default(),
+        unknown_fields: Default::default(),
+        tables_allowed: None,
+    };
     let open = |table: &'static str, mode: Mode, key: &[&str]| {
-        let config = SqlSinkConfig {
-            url: pg.url(),
-            table: table.parse().unwrap(),
-            mode,
-            key: key.iter().map(|k| k.to_string()).collect(),
-            columns: None,
-            create_table: false,
-            delivery: Default::default(),
-            synchronous: Default::default(),
-            unknown_fields: Default::default(),
-            tables_allowed: None,
-        };
+        let mut config = config(table, None);
+        config.mode = mode;
+        config.key = key.iter().map(|k| k.to_string()).collect();
         SqlSink::open(config, table)
     };
     let notes = ["tab\there", "line\nbreak", "back\\slash", "\\N", "cr\rx", "é ✓", "", "\\."];
@@ -565,6 +574,14 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert!(refused[0].contains("value too long for type character varying(8)"), "{refused:?}");
     }
+    // The first batch describes the table; the ones after it, the one with
+    // the refused row too, are encoded ahead of the write.
+    let columns = ["id", "name", "amount", "note", "tags", "doc", "at", "ok", "flags", "codes"];
+    let mut sink = SqlSink::open(config("ins_named", Some(&columns)), "ins_named").await.unwrap();
+    assert!(write_in_batches(&mut sink, &clean, 20).await.is_empty());
+    let refused = write_in_batches(&mut sink, &with_bad, 20).await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("value too long for type character varying(8)"), "{refused:?}");
 
     let ups = |(i, name): (usize, &str)| {
         (String::new(), json!({"id": i, "name": format!("{name}{i}"), "amount": i}).to_string())
@@ -615,7 +632,9 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     assert_eq!(pg.sql("SELECT count(*) FROM ident"), "0");
 
     let dump = |table: &str| pg.sql(&format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM {table} t"));
-    for (copied, rows) in [("ins_copy", "ins_rows"), ("ups_copy", "ups_rows"), ("cdc_copy", "cdc_rows")] {
+    for (copied, rows) in
+        [("ins_copy", "ins_rows"), ("ins_named", "ins_rows"), ("ups_copy", "ups_rows"), ("cdc_copy", "cdc_rows")]
+    {
         assert_eq!(dump(copied), dump(rows), "{copied} and {rows} differ");
     }
     assert_eq!(pg.sql("SELECT count(*) FROM ins_copy"), "59");
@@ -644,6 +663,9 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     };
     // Inserts: the clean 40. Upserts: 30, then 31 keys. Changes: 40 creates,
     // 20 updates and 20 deletes, 20 rows with the new column.
-    assert_eq!([copied("ins_copy"), copied("ups_copy"), copied("cdc_copy")], ["40", "61", "100"]);
+    assert_eq!(
+        [copied("ins_copy"), copied("ins_named"), copied("ups_copy"), copied("cdc_copy")],
+        ["40", "40", "61", "100"]
+    );
     assert_eq!([copied("ins_rows"), copied("ups_rows"), copied("cdc_rows")], ["0", "0", "0"]);
 }

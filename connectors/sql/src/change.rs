@@ -1,6 +1,8 @@
 //! Records to row operations: a new row (insert), the row with a key (upsert,
 //! and `c`/`r`/`u` change events), a key to delete, or an emptied table.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::config::{Columns, Mode};
@@ -144,37 +146,38 @@ fn without_unavailable(mut row: Map<String, Value>) -> Map<String, Value> {
     row
 }
 
+/// A field name, borrowed from the input unless it holds escapes (serde's
+/// own `Cow<str>` always copies).
+pub(crate) struct FieldName;
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldName {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FieldName {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+}
+
 /// A record's value as an object, with only the fields in `only` when given:
 /// the others are checked as JSON syntax and skipped rather than built, so a
 /// row costs what its columns hold (a skipped number beyond `f64` or a lone
 /// surrogate in a skipped string passes: neither is written). `Err` names
 /// what else it was.
 fn object_of(value: &[u8], only: Option<&[String]>) -> Result<Map<String, Value>, String> {
-    use std::borrow::Cow;
-
     use serde::Deserializer as _;
-    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
-    /// A field name, borrowed from the input unless it holds escapes.
-    struct Name;
-    impl<'de> DeserializeSeed<'de> for Name {
-        type Value = Cow<'de, str>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
-            d.deserialize_str(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Name {
-        type Value = Cow<'de, str>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a field name")
-        }
-        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
-            Ok(Cow::Borrowed(v))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
-            Ok(Cow::Owned(v.to_string()))
-        }
-    }
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     /// The object, or what the value is instead.
     struct Object<'a>(Option<&'a [String]>);
@@ -186,7 +189,7 @@ fn object_of(value: &[u8], only: Option<&[String]>) -> Result<Map<String, Value>
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
             let mut row = Map::new();
-            while let Some(name) = map.next_key_seed(Name)? {
+            while let Some(name) = map.next_key_seed(FieldName)? {
                 if self.0.is_none_or(|only| only.iter().any(|n| *n == name)) {
                     // A repeated field keeps its last value, as a parsed `Value` does.
                     row.insert(name.into_owned(), map.next_value::<Value>()?);

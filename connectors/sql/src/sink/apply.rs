@@ -163,7 +163,7 @@ impl SqlSink {
     }
 
     /// Sets savepoint `name`; the batch's first one also begins its transaction.
-    async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
+    pub(super) async fn savepoint(&mut self, name: &str, table: &str) -> Result<(), SqlError> {
         let Tx::Pending(began) = self.tx else {
             return self.raw(&format!("SAVEPOINT {name}"), table).await;
         };

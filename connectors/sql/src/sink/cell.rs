@@ -35,11 +35,10 @@ impl Dialect {
     /// The cell as the value's own type; [`Dialect::cell`] turns it into what the
     /// database is sent, `COPY` writes it as text.
     pub(super) fn typed_cell<'a>(self, value: Option<&'a Value>, ty: &str) -> Cell<'a> {
-        let json_column = ty.eq_ignore_ascii_case("json") || ty.eq_ignore_ascii_case("jsonb");
         match value {
             None | Some(Value::Null) => Cell::Null,
             // A JSON column takes any value as JSON text.
-            Some(v) if json_column => Cell::Text(v.to_string().into()),
+            Some(v) if is_json(ty) => Cell::Text(v.to_string().into()),
             Some(Value::Bool(b)) => Cell::Bool(*b),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(i) => Cell::Int(i),
@@ -57,4 +56,9 @@ impl Dialect {
             Some(v) => Cell::Text(v.to_string().into()),
         }
     }
+}
+
+/// Whether a column of type `ty` holds JSON: it takes any value as JSON text.
+pub(super) fn is_json(ty: &str) -> bool {
+    ty.eq_ignore_ascii_case("json") || ty.eq_ignore_ascii_case("jsonb")
 }

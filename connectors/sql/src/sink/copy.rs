@@ -112,10 +112,24 @@ impl SqlSink {
     }
 }
 
+impl SqlSink {
+    /// Sends `data`, rows already in `COPY`'s text format, with `statement`.
+    pub(super) async fn copy_text(&mut self, statement: &str, data: &[u8]) -> Result<(), sqlx::Error> {
+        let conn = self.conn.as_mut().and_then(|c| c.postgres()).expect("COPY is taken into Postgres only");
+        let mut copy = conn.copy_in_raw(statement).await?;
+        for chunk in data.chunks(COPY_CHUNK) {
+            copy.send(chunk).await?;
+        }
+        let copied = copy.finish().await?;
+        self.metrics.copied.increment(copied);
+        Ok(())
+    }
+}
+
 /// One value in `COPY`'s text format: `\N` for NULL; a backslash, tab, newline
 /// or carriage return escaped. Numbers and booleans as [`Dialect::cell`]
 /// writes them for the statements.
-fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
+pub(super) fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
     use std::io::Write as _;
     let text = match cell {
         Cell::Null => return out.extend_from_slice(b"\\N"),

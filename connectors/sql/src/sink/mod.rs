@@ -14,6 +14,7 @@ mod check;
 mod conn;
 mod copy;
 mod ddl;
+mod direct;
 mod plan;
 mod positions;
 mod statements;
@@ -34,7 +35,8 @@ use crate::names::TableFilter;
 use crate::rows::field_names;
 use conn::Conn;
 use copy::Stage;
-use plan::{Planner, key_for, planned};
+use direct::SharedShape;
+use plan::{Plan, Planner, key_for, plan, planned};
 
 pub use check::check_sink;
 
@@ -75,6 +77,9 @@ pub struct SqlSink {
     filter: Option<TableFilter>,
     stage: Arc<str>,
     metrics: SqlMetrics,
+    /// The table's shape for the prepare step to encode batches to, when
+    /// they can go straight to `COPY` (see [`direct`]).
+    shape: SharedShape,
 }
 
 /// Where the sink's transaction stands, and since when (for
@@ -161,6 +166,7 @@ impl SqlSink {
             keys: HashMap::new(),
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
+            shape: SharedShape::default(),
             config,
         };
         // Fail at start-up, not at the first record, when the database cannot be reached.
@@ -280,7 +286,15 @@ impl SqlSink {
     /// Applies the batch in one transaction, left open for `commit`; by table
     /// when `by_tables` and no table of the batch takes part in a foreign key.
     async fn write_once(&mut self, batch: &mut Batch, by_tables: bool) -> Result<Written, ConnectorError> {
-        let (mut tables, mut refused) = planned(batch, &self.config, self.dialect, self.filter.as_ref());
+        let (mut tables, mut refused) = match planned(batch, &self.config, self.dialect, self.filter.as_ref()) {
+            Plan::Ops(tables, refused) => (tables, refused),
+            Plan::Copy(encoded) => {
+                if self.write_encoded(encoded).await? {
+                    return Ok(Written::Done);
+                }
+                plan(&batch.records, &self.config, self.dialect, self.filter.as_ref())
+            }
+        };
         // Records for many tables, interleaved, make runs of one record each.
         // With no foreign key between the tables (known from their catalog
         // once described), each table's rows go together, in their order.
@@ -414,14 +428,20 @@ impl SqlSink {
 #[async_trait]
 impl Sink for SqlSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
-        match self.write_once(batch, true).await? {
-            Written::Done => Ok(()),
-            Written::InRecordOrder => self.write_once(batch, false).await.map(drop),
+        if let Written::InRecordOrder = self.write_once(batch, true).await? {
+            self.write_once(batch, false).await?;
         }
+        self.share_shape();
+        Ok(())
     }
 
     fn preparer(&self) -> Option<Arc<dyn Prepare>> {
-        Some(Arc::new(Planner { config: self.config.clone(), dialect: self.dialect, filter: self.filter.clone() }))
+        Some(Arc::new(Planner {
+            config: self.config.clone(),
+            dialect: self.dialect,
+            filter: self.filter.clone(),
+            shape: Arc::clone(&self.shape),
+        }))
     }
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {

@@ -5,6 +5,7 @@ use flowgate_sdk::{Batch, Prepare, Prepared, Record, RefusalClass};
 use serde_json::Value;
 
 use super::TableOps;
+use super::direct::{Encoded, SharedShape, encode, shape_of};
 use crate::change::ops;
 use crate::config::{Mode, SqlSinkConfig};
 use crate::dialect::Dialect;
@@ -13,40 +14,60 @@ use crate::names::{TableFilter, check_fields};
 /// Records refused, by index in the batch, with the reason and its class.
 pub(super) type Refused = Vec<(usize, String, RefusalClass)>;
 
-/// A batch's [`plan`], made by the engine's prepare step while the sink writes
-/// the batches before it: parsing the records is most of the sink's own work.
-pub(super) struct Planned {
+/// How a batch is written: the prepare step's work, which the sink's own
+/// mostly is.
+pub(super) enum Plan {
+    /// Encoded as `COPY` text for one table (see [`super::direct`]).
+    Copy(Encoded),
+    /// Runs of row operations per table, and the records refused.
+    Ops(Vec<(String, TableOps)>, Refused),
+}
+
+/// A batch's plan, made by the engine's prepare step while the sink writes
+/// the batches before it.
+struct Planned {
     /// How many records it was made from: a batch whose count changed since
     /// is planned again (nothing else touches its records in between).
     records: usize,
-    tables: Vec<(String, TableOps)>,
-    refused: Refused,
+    plan: Plan,
 }
 
-/// The sink's [`Prepare`] step: [`plan`] needs only the settings.
+/// The sink's [`Prepare`] step: it needs only the settings, and the shape of
+/// the table the sink last described.
 pub(super) struct Planner {
     pub(super) config: SqlSinkConfig,
     pub(super) dialect: Dialect,
     pub(super) filter: Option<TableFilter>,
+    pub(super) shape: SharedShape,
 }
 
 impl Prepare for Planner {
     fn prepare(&self, batch: &mut Batch) {
-        let (tables, refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
-        batch.prepared = Some(Prepared::new(Planned { records: batch.records.len(), tables, refused }));
+        let shape = shape_of(&self.shape).clone();
+        let plan = match shape.and_then(|shape| encode(&batch.records, &shape)) {
+            Some(encoded) => Plan::Copy(encoded),
+            None => {
+                let (tables, refused) = plan(&batch.records, &self.config, self.dialect, self.filter.as_ref());
+                Plan::Ops(tables, refused)
+            }
+        };
+        batch.prepared = Some(Prepared::new(Planned { records: batch.records.len(), plan }));
     }
 }
 
-/// The batch's plan: the one prepared for it, or made now.
+/// The batch's plan: the one prepared for it, or its operations made now.
 pub(super) fn planned(
     batch: &mut Batch,
     config: &SqlSinkConfig,
     dialect: Dialect,
     filter: Option<&TableFilter>,
-) -> (Vec<(String, TableOps)>, Refused) {
+) -> Plan {
     match batch.prepared.take().and_then(Prepared::take::<Planned>) {
-        Some(p) if p.records == batch.records.len() => (p.tables, p.refused),
-        _ => plan(&batch.records, config, dialect, filter),
+        Some(p) if p.records == batch.records.len() => p.plan,
+        _ => {
+            let (tables, refused) = plan(&batch.records, config, dialect, filter);
+            Plan::Ops(tables, refused)
+        }
     }
 }
 
