@@ -533,7 +533,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
          at timestamptz, ok boolean, flags bit(3), codes varchar(3)[]); CREATE TABLE ins_rows (LIKE ins_copy); \
          CREATE TABLE ins_named (LIKE ins_copy); \
          CREATE TABLE ups_copy (id int PRIMARY KEY, name text, amount numeric); CREATE TABLE ups_rows (LIKE ups_copy \
-         INCLUDING ALL); CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
+         INCLUDING ALL); CREATE TABLE ups_named (LIKE ups_copy INCLUDING ALL); CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
          CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL)",
     );
     let config = |table: &'static str, columns: Option<&[&str]>| SqlSinkConfig {
@@ -595,6 +595,14 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         assert!(write_in_batches(&mut sink, &first, size).await.is_empty());
         assert!(write_in_batches(&mut sink, &second, size).await.is_empty());
     }
+    // Named columns: the batches after the first are encoded ahead of the
+    // write (keys already there, so through the staging table).
+    let mut named = config("ups_named", Some(&["amount", "name", "id"]));
+    named.mode = Mode::Upsert;
+    named.key = vec!["id".into()];
+    let mut sink = SqlSink::open(named, "ups_named").await.unwrap();
+    assert!(write_in_batches(&mut sink, &first, 1000).await.is_empty());
+    assert!(write_in_batches(&mut sink, &second, 16).await.is_empty());
 
     let ev = |op: &str, id: usize, before: serde_json::Value, after: serde_json::Value| {
         (json!({"id": id}).to_string(), json!({"op": op, "before": before, "after": after}).to_string())
@@ -632,9 +640,13 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     assert_eq!(pg.sql("SELECT count(*) FROM ident"), "0");
 
     let dump = |table: &str| pg.sql(&format!("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM {table} t"));
-    for (copied, rows) in
-        [("ins_copy", "ins_rows"), ("ins_named", "ins_rows"), ("ups_copy", "ups_rows"), ("cdc_copy", "cdc_rows")]
-    {
+    for (copied, rows) in [
+        ("ins_copy", "ins_rows"),
+        ("ins_named", "ins_rows"),
+        ("ups_copy", "ups_rows"),
+        ("ups_named", "ups_rows"),
+        ("cdc_copy", "cdc_rows"),
+    ] {
         assert_eq!(dump(copied), dump(rows), "{copied} and {rows} differ");
     }
     assert_eq!(pg.sql("SELECT count(*) FROM ins_copy"), "59");
@@ -668,4 +680,77 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         ["40", "40", "61", "100"]
     );
     assert_eq!([copied("ins_rows"), copied("ups_rows"), copied("cdc_rows")], ["0", "0", "0"]);
+}
+
+/// Upserts go straight into the table with `COPY` while their keys are new,
+/// which an `ON CONFLICT ... DO UPDATE` would only insert; a key already there
+/// sends the batch through the staging table, and the next batches skip the
+/// try. A statement-level update trigger tells the two apart: `COPY` fires
+/// none. So for parsed rows and for rows encoded ahead of the write (named
+/// columns). Without a unique index `ON CONFLICT` takes, nothing goes
+/// straight in, and the upsert fails as it always did.
+#[tokio::test]
+async fn upserts_go_straight_in_while_their_keys_are_new() {
+    use flowgate_sql::{Columns, Mode, SqlSink, SqlSinkConfig};
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE fired (t text); \
+         CREATE FUNCTION fire() RETURNS trigger LANGUAGE plpgsql AS $$ \
+           BEGIN INSERT INTO fired VALUES (TG_TABLE_NAME); RETURN NULL; END $$; \
+         CREATE TABLE keyed (a int, b int, v text, PRIMARY KEY (b, a) INCLUDE (v)); \
+         CREATE TRIGGER updated AFTER UPDATE ON keyed FOR EACH STATEMENT EXECUTE FUNCTION fire(); \
+         CREATE TABLE named (LIKE keyed INCLUDING ALL); \
+         CREATE TRIGGER updated AFTER UPDATE ON named FOR EACH STATEMENT EXECUTE FUNCTION fire(); \
+         CREATE TABLE nokey (a int, b int, v text); \
+         CREATE TABLE deferred (a int, b int, v text, PRIMARY KEY (a, b) DEFERRABLE); \
+         CREATE TABLE partial (a int, b int, v text); CREATE UNIQUE INDEX ON partial (a, b) WHERE a > 0",
+    );
+    let open = |table: &'static str, columns: Option<Columns>| {
+        let config = SqlSinkConfig {
+            url: pg.url(),
+            table: table.parse().unwrap(),
+            mode: Mode::Upsert,
+            key: vec!["a".into(), "b".into()],
+            columns,
+            create_table: false,
+            delivery: Default::default(),
+            synchronous: Default::default(),
+            unknown_fields: Default::default(),
+            tables_allowed: None,
+        };
+        SqlSink::open(config, table)
+    };
+    let rows = |keys: std::ops::Range<usize>, v: &str| -> Vec<(String, String)> {
+        keys.map(|i| (String::new(), json!({"a": i, "b": i % 3, "v": format!("{v}{i}")}).to_string())).collect()
+    };
+    let named = Columns::Names(vec!["v".into(), "b".into(), "a".into()]);
+    for (table, columns) in [("keyed", None), ("named", Some(named))] {
+        let mut sink = open(table, columns).await.unwrap();
+        let fired = || pg.sql(&format!("SELECT count(*) FROM fired WHERE t = '{table}'"));
+        // (batch, update statements fired after it): new keys go straight in;
+        // a batch with 20 keys already there does not, nor do the two after it.
+        for (batch, after) in
+            [(rows(0..40, "a"), 0), (rows(20..60, "b"), 1), (rows(60..100, "c"), 2), (rows(100..140, "d"), 3)]
+        {
+            assert!(write_in_batches(&mut sink, &batch, 1000).await.is_empty());
+            assert_eq!(fired(), after.to_string(), "{table}");
+        }
+        // The try comes back after two batches without one.
+        assert!(write_in_batches(&mut sink, &rows(140..180, "e"), 1000).await.is_empty());
+        assert_eq!(fired(), "3", "{table}");
+        assert_eq!(pg.sql(&format!("SELECT count(*) FROM {table}")), "180");
+        assert_eq!(
+            pg.sql(&format!("SELECT string_agg(v, ',' ORDER BY a) FROM {table} WHERE a IN (19, 20, 59, 60)")),
+            "a19,b20,b59,c60"
+        );
+    }
+
+    for table in ["nokey", "deferred", "partial"] {
+        let mut sink = open(table, None).await.unwrap();
+        let mut b = flowgate_sdk::Batch::with_capacity(0, 40);
+        b.records.extend(rows(0..40, "a").into_iter().map(|(_, v)| flowgate_sdk::Record::from_value(v)));
+        let refused = flowgate_sdk::Sink::write(&mut sink, &mut b).await.expect_err("no arbiter for ON CONFLICT");
+        assert!(format!("{refused:?}").contains("ON CONFLICT"), "{table}: {refused:?}");
+        assert_eq!(pg.sql(&format!("SELECT count(*) FROM {table}")), "0", "{table}");
+    }
 }

@@ -1,17 +1,19 @@
-//! Postgres inserts encoded straight into `COPY` text by the prepare step.
+//! Postgres inserts and upserts encoded straight into `COPY` text by the
+//! prepare step.
 //!
 //! Parsing each record into a row (a map of owned values) and walking that
 //! map again to write it was most of the sink's CPU in a profile of Kafka ->
 //! Postgres inserts. For the common batch, records filling the named
-//! `columns:` of one fixed table, the prepare step writes each record's
-//! values as `COPY` text in one pass, borrowing its strings, and the sink
-//! sends that text as it is.
+//! `columns:` of one fixed table (upserts: by a configured key), the prepare
+//! step writes each record's values as `COPY` text in one pass, borrowing
+//! its strings, and the sink sends that text as it is.
 //!
-//! Only a batch the general path would write as one `COPY` into the table
-//! takes this path, and it is written as the same text. A record that would
-//! go otherwise (not an object, not JSON, a column missing) sends its batch
-//! down the general path, and so does a `COPY` the database refuses, so that
-//! refusals stay per record, with the database's message.
+//! Only a batch the general path would write as one `COPY` (into the table,
+//! or into its staging table for upserts) takes this path, and it is written
+//! as the same text. A record that would go otherwise (not an object, not
+//! JSON, a column missing) sends its batch down the general path, and so
+//! does a `COPY` the database refuses, so that refusals stay per record,
+//! with the database's message.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +24,7 @@ use serde::de::{self, Deserialize, Deserializer as _, IgnoredAny, MapAccess, Seq
 use serde_json::{Number, Value};
 
 use super::cell::{Cell, is_json};
-use super::copy::{COPY_MIN_ROWS, copy_cell};
+use super::copy::{COPY_MIN_ROWS, Rows, copy_cell};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::FieldName;
 use crate::config::{Columns, Mode, SqlSinkConfig};
@@ -36,8 +38,9 @@ pub(super) struct Shape {
     table: String,
     columns: Vec<String>,
     types: Vec<String>,
-    /// `COPY <table> (<columns>) FROM STDIN`.
-    statement: String,
+    /// Upserts: the key columns, and where each is among `columns`.
+    key: Vec<String>,
+    key_at: Vec<usize>,
 }
 
 /// The shape, set by the sink once it has described the table and read by
@@ -52,15 +55,23 @@ pub(super) struct Encoded {
 
 impl Shape {
     /// The shape for a table described as `info`, when its batches can take
-    /// this path: Postgres inserts into a fixed table, `columns:` named (each
-    /// once, each a column of it), and `COPY` into it doing what `INSERT` does.
+    /// this path: Postgres inserts, or upserts by configured `key` columns,
+    /// into a fixed table; `columns:` named (each once, each a column of it,
+    /// the key among them); and `COPY` into the table doing what `INSERT`
+    /// does (or, for upserts, into its staging table).
     pub(super) fn of(config: &SqlSinkConfig, dialect: Dialect, info: &TableInfo) -> Option<Shape> {
-        let (Dialect::Postgres, Mode::Insert, Some(Columns::Names(names)), Some(table)) =
-            (dialect, config.mode, config.columns.as_ref(), config.table.fixed())
+        let (Dialect::Postgres, Some(Columns::Names(names)), Some(table)) =
+            (dialect, config.columns.as_ref(), config.table.fixed())
         else {
             return None;
         };
-        if !info.copy_in || !info.copies() || names.is_empty() {
+        let key = match config.mode {
+            Mode::Insert if info.copy_in => Vec::new(),
+            Mode::Upsert if !config.key.is_empty() => config.key.clone(),
+            _ => return None,
+        };
+        let key_at = key.iter().map(|k| names.iter().position(|n| n == k)).collect::<Option<Vec<usize>>>()?;
+        if !info.copies() || names.is_empty() {
             return None;
         }
         let mut types = Vec::with_capacity(names.len());
@@ -72,36 +83,50 @@ impl Shape {
             }
             types.push(info.ty(name)?.to_string());
         }
-        let quoted: Vec<String> = names.iter().map(|n| dialect.quote(n)).collect();
-        let statement = format!("COPY {} ({}) FROM STDIN", info.quoted, quoted.join(", "));
-        Some(Shape { table: table.to_string(), columns: names.clone(), types, statement })
+        Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at })
     }
 }
 
 /// `records` as `COPY` text for `shape`, or `None` when one of them needs the
-/// general path, or there are too few for a `COPY`.
+/// general path, or there are too few for a `COPY`. For upserts, that is
+/// also a key that is null, or a key that comes twice, which the general path
+/// merges into one row (two keys written alike count as the same here, which
+/// only ever sends a batch the general way).
 pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> {
+    use std::hash::{BuildHasher, Hasher};
     if records.len() < COPY_MIN_ROWS {
         return None;
     }
     let mut data = Vec::with_capacity(records.iter().map(|r| r.value.len()).sum());
+    let keys = std::hash::RandomState::new();
+    let mut seen = std::collections::HashSet::with_capacity(if shape.key.is_empty() { 0 } else { records.len() });
     for r in records {
         // Checked whole first, as the general path does.
         let text = std::str::from_utf8(&r.value).ok()?;
         let mut de = serde_json::Deserializer::from_str(text);
         let values = de.deserialize_map(Fields(&shape.columns)).ok()?;
         de.end().ok()?;
+        let mut key = keys.build_hasher();
         for (n, (value, ty)) in values.into_iter().zip(&shape.types).enumerate() {
             if n > 0 {
                 data.push(b'\t');
             }
+            let start = data.len();
             match value? {
+                Scalar::Null if shape.key_at.contains(&n) => return None,
                 // What `typed_cell` makes of a string for any column but JSON.
                 Scalar::Str(s) if !is_json(ty) => copy_cell(&mut data, Cell::Text(s)),
                 v => copy_cell(&mut data, Dialect::Postgres.typed_cell(Some(&v.into_value()), ty)),
             }
+            if shape.key_at.contains(&n) {
+                key.write(&data[start..]);
+                key.write_u8(b'\t');
+            }
         }
         data.push(b'\n');
+        if !shape.key.is_empty() && !seen.insert(key.finish()) {
+            return None;
+        }
     }
     Some(Encoded { shape: Arc::clone(shape), data })
 }
@@ -113,23 +138,39 @@ pub(super) fn shape_of(shared: &SharedShape) -> std::sync::MutexGuard<'_, Option
 }
 
 impl SqlSink {
-    /// Writes a batch the prepare step encoded, with one `COPY` in the batch's
-    /// transaction. `false` when the batch must take the general path: the
-    /// table was described otherwise since, or the database refused a row
-    /// (what this wrote is rolled back).
+    /// Writes a batch the prepare step encoded, in the batch's transaction:
+    /// with one `COPY` for inserts, through the staging table for upserts.
+    /// `false` when the batch must take the general path: the table was
+    /// described otherwise since, it has no staging table, or the database
+    /// refused a row (what this wrote is rolled back).
     pub(super) async fn write_encoded(&mut self, encoded: Encoded) -> Result<bool, ConnectorError> {
         let Encoded { shape, data } = encoded;
-        let now = self.tables.get(&shape.table).and_then(|info| Shape::of(&self.config, self.dialect, info));
-        if now.as_ref() != Some(&*shape) {
+        let Some(info) = self.tables.get(&shape.table).cloned() else { return Ok(false) };
+        if Shape::of(&self.config, self.dialect, &info).as_ref() != Some(&*shape) {
             return Ok(false);
         }
+        let table = shape.table.as_str();
+        let stage = if shape.key.is_empty() {
+            None
+        } else {
+            // Made outside the transaction, as the general path does.
+            self.stage(table, &shape.key).await.inspect_err(|_| self.lost())?;
+            match self.stages.get(&info.quoted).and_then(|s| s.name.clone()) {
+                Some(stage) => Some(stage),
+                None => return Ok(false),
+            }
+        };
         if self.tx == Tx::None {
             self.tx = Tx::Pending(Instant::now());
         }
-        let table = shape.table.as_str();
         let result: Result<bool, SqlError> = async {
             self.savepoint("flowgate_batch", table).await?;
-            match self.copy_text(&shape.statement, &data).await {
+            let rows = Rows::Text(&data);
+            let written = match &stage {
+                None => self.copy_rows(&info.quoted, &info, &shape.columns, rows).await,
+                Some(stage) => self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows).await,
+            };
+            match written {
                 Ok(()) => Ok(true),
                 Err(e) if is_row_error(&e) => {
                     tracing::debug!(table, error = %e, "a row was refused; the batch goes the general way");
@@ -342,7 +383,34 @@ mod tests {
         let some = ["name", "id"];
         let encoded = encode(&records(&values), &shape(&some)).expect("encoded");
         assert_eq!(encoded.data, general(&values, &some));
-        assert_eq!(encoded.shape.statement, r#"COPY "t" ("name", "id") FROM STDIN"#);
+        assert_eq!(encoded.shape.columns, some);
+    }
+
+    #[test]
+    fn upserts_with_a_key_null_or_twice_go_the_general_way() {
+        let mut upsert = config(&["id", "name"]);
+        upsert.mode = Mode::Upsert;
+        upsert.key = vec!["name".into(), "id".into()];
+        let shape = Arc::new(Shape::of(&upsert, Dialect::Postgres, &info()).expect("a shape"));
+        let row = |id: &str, name: &str| format!(r#"{{"id":{id},"name":{name}}}"#);
+        let distinct: Vec<String> = (0..COPY_MIN_ROWS).map(|i| row(&i.to_string(), r#""n""#)).collect();
+        let encoded = encode(&records(&distinct), &shape).expect("encoded");
+        assert_eq!(encoded.data, general(&distinct, &["id", "name"]));
+        for (at, value) in [
+            (3, row("1", r#""n""#)),
+            (3, row("3", "null")),
+            (3, row("null", r#""n""#)),
+            // Another JSON value written alike: the general path keeps both.
+            (3, row("1.0", r#""n""#)),
+        ] {
+            let mut values = distinct.clone();
+            values[at] = value;
+            assert!(encode(&records(&values), &shape).is_none(), "{}", values[at]);
+        }
+        // The same id under another name is another key.
+        let mut values = distinct.clone();
+        values[3] = row("1", r#""m""#);
+        assert!(encode(&records(&values), &shape).is_some());
     }
 
     #[test]
@@ -368,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn only_inserts_of_named_columns_into_a_fixed_table_have_a_shape() {
+    fn only_inserts_and_keyed_upserts_of_named_columns_into_a_fixed_table_have_a_shape() {
         let of = |config: &SqlSinkConfig, info: &TableInfo| Shape::of(config, Dialect::Postgres, info);
         let info = info();
         assert!(of(&config(&["id", "name"]), &info).is_some());
@@ -376,9 +444,22 @@ mod tests {
         assert!(of(&config(&["id", "missing"]), &info).is_none());
         assert!(of(&config(&["id", "id"]), &info).is_none());
         assert!(of(&config(&[]), &info).is_none());
-        let mut upsert = config(&["id"]);
+        // Upserts by a configured key among the named columns, through the
+        // staging table: whether `COPY` into the table itself does what
+        // `INSERT` does does not matter.
+        let mut upsert = config(&["id", "name"]);
         upsert.mode = Mode::Upsert;
         assert!(of(&upsert, &info).is_none());
+        upsert.key = vec!["ok".into()];
+        assert!(of(&upsert, &info).is_none());
+        upsert.key = vec!["name".into()];
+        assert_eq!(of(&upsert, &info).expect("a shape").key_at, [1]);
+        let mut identity = info.clone();
+        identity.copy_in = false;
+        assert!(of(&upsert, &identity).is_some());
+        let mut cdc = upsert.clone();
+        cdc.mode = Mode::Cdc;
+        assert!(of(&cdc, &info).is_none());
         let mut all = config(&["id"]);
         all.columns = None;
         assert!(of(&all, &info).is_none());
