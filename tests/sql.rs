@@ -513,6 +513,36 @@ async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, 
     refused
 }
 
+/// The SQL sinks' debug events on this thread, as text, while the guard
+/// lives: which way each batch went is said only there.
+fn sink_events() -> (tracing::subscriber::DefaultGuard, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    #[derive(Clone)]
+    struct Events(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Events {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let events = Events(Default::default());
+    let text = std::sync::Arc::clone(&events.0);
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("flowgate_sql=debug")
+        .with_ansi(false)
+        .with_writer(move || events.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), text)
+}
+
+/// How many batches into `table` were written from `COPY` text made ahead.
+fn made_ahead(events: &std::sync::Mutex<Vec<u8>>, table: &str) -> usize {
+    let text = String::from_utf8_lossy(&events.lock().unwrap()).into_owned();
+    text.lines().filter(|l| l.contains("made ahead") && l.contains(&format!("table=\"{table}\""))).count()
+}
+
 /// Postgres's bulk path (`COPY`, straight in for inserts, through a staging
 /// table for upserts and change events) writes exactly the rows the statement
 /// path writes, for values that need escaping, NULLs, arrays, JSON, TOAST
@@ -526,8 +556,9 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     let pg = Postgres::start();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
-    // The test runs on one thread, so the sinks' counters land here.
+    // The test runs on one thread, so the sinks' counters and events land here.
     let _recorder = metrics::set_default_local_recorder(&recorder);
+    let (_events, events) = sink_events();
     pg.sql(
         "CREATE TABLE ins_copy (id int, name varchar(8), amount numeric(10,2), note text, tags text[], doc jsonb, \
          at timestamptz, ok boolean, flags bit(3), codes varchar(3)[]); CREATE TABLE ins_rows (LIKE ins_copy); \
@@ -582,6 +613,8 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     let refused = write_in_batches(&mut sink, &with_bad, 20).await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(refused[0].contains("value too long for type character varying(8)"), "{refused:?}");
+    // The second clean batch; the one with the refused row went the general way.
+    assert_eq!(made_ahead(&events, "ins_named"), 1);
 
     let ups = |(i, name): (usize, &str)| {
         (String::new(), json!({"id": i, "name": format!("{name}{i}"), "amount": i}).to_string())
@@ -603,6 +636,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     let mut sink = SqlSink::open(named, "ups_named").await.unwrap();
     assert!(write_in_batches(&mut sink, &first, 1000).await.is_empty());
     assert!(write_in_batches(&mut sink, &second, 16).await.is_empty());
+    assert_eq!(made_ahead(&events, "ups_named"), 2);
 
     let ev = |op: &str, id: usize, before: serde_json::Value, after: serde_json::Value| {
         (json!({"id": id}).to_string(), json!({"op": op, "before": before, "after": after}).to_string())
@@ -723,6 +757,7 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
     let rows = |keys: std::ops::Range<usize>, v: &str| -> Vec<(String, String)> {
         keys.map(|i| (String::new(), json!({"a": i, "b": i % 3, "v": format!("{v}{i}")}).to_string())).collect()
     };
+    let (_events, events) = sink_events();
     let named = Columns::Names(vec!["v".into(), "b".into(), "a".into()]);
     for (table, columns) in [("keyed", None), ("named", Some(named))] {
         let mut sink = open(table, columns).await.unwrap();
@@ -743,6 +778,18 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
             pg.sql(&format!("SELECT string_agg(v, ',' ORDER BY a) FROM {table} WHERE a IN (19, 20, 59, 60)")),
             "a19,b20,b59,c60"
         );
+        // Every batch after the first, for named columns.
+        assert_eq!(made_ahead(&events, table), if table == "named" { 4 } else { 0 });
+        if table == "keyed" {
+            // The key's index is looked up at each try: dropped while the sink
+            // runs, the next upsert fails as `ON CONFLICT` does, writing nothing.
+            pg.sql("ALTER TABLE keyed DROP CONSTRAINT keyed_pkey");
+            let mut b = flowgate_sdk::Batch::with_capacity(0, 40);
+            b.records.extend(rows(180..220, "f").into_iter().map(|(_, v)| flowgate_sdk::Record::from_value(v)));
+            let refused = flowgate_sdk::Sink::write(&mut sink, &mut b).await.expect_err("no arbiter any more");
+            assert!(format!("{refused:?}").contains("ON CONFLICT"), "{refused:?}");
+            assert_eq!(pg.sql("SELECT count(*) FROM keyed"), "180");
+        }
     }
 
     for table in ["nokey", "deferred", "partial"] {

@@ -34,9 +34,8 @@ const COPY_CHUNK: usize = 128 * 1024;
 pub(super) struct Stage {
     pub(super) name: Option<String>,
     columns: Vec<(String, String)>,
-    /// Set when upserts may first go straight into the table: its key has a
-    /// unique index `ON CONFLICT` takes, and `COPY` into it does what
-    /// `INSERT` does.
+    /// Set when upserts may first go straight into the table: `COPY` into
+    /// it does what `INSERT` does.
     guess: Option<Guess>,
 }
 
@@ -45,7 +44,9 @@ pub(super) struct Stage {
 /// that is all the upsert does, without the staging table and `ON
 /// CONFLICT`'s probe of the key's index per row. A key already there fails
 /// the `COPY` on that index; the rows then go through the staging table, and
-/// the next batches skip the try: 2, 4, ... up to 64 after misses in a row.
+/// the next upserts into the table (one per batch, or per group of rows
+/// filling the same columns) skip the try: 2, 4, ... up to 64 after misses
+/// in a row.
 #[derive(Default)]
 struct Guess {
     skip: u32,
@@ -88,7 +89,7 @@ impl SqlSink {
     /// Creates (or, when the table's columns changed, recreates) `table`'s
     /// staging table. Runs before the batch's transaction begins, so a
     /// rollback never takes a staging table this sink believes it has.
-    pub(super) async fn stage(&mut self, table: &str, key: &[String]) -> Result<(), SqlError> {
+    pub(super) async fn stage(&mut self, table: &str) -> Result<(), SqlError> {
         let Some(info) = self.tables.get(table) else { return Ok(()) };
         if self.stages.get(&info.quoted).is_some_and(|s| s.columns == info.columns) {
             return Ok(());
@@ -113,31 +114,52 @@ impl SqlSink {
                 None
             }
         };
-        let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let arbiter = match (copy_in, name.is_some()) {
-            (true, true) => {
-                let joined = sorted.join("\u{1f}");
-                let conn = self.conn().await?;
-                let rows = conn.texts(Dialect::Postgres.arbiter_query(), &[&quoted, &joined]).await;
-                rows.map_err(SqlError::write(table))?.first().and_then(|r| r.first()).is_some_and(|t| t == "true")
-            }
-            _ => false,
-        };
-        self.stages.insert(quoted, Stage { name, columns, guess: arbiter.then(Guess::default) });
+        self.stages.insert(quoted, Stage { name, columns, guess: copy_in.then(Guess::default) });
         Ok(())
     }
 
     /// Upserts `rows` with one `COPY` straight into the table, when its
-    /// [`Guess`] says to try. `false` when it did not try, or a key was
-    /// already in the table (what it wrote is rolled back).
-    async fn straight_in(&mut self, info: &TableInfo, columns: &[String], rows: Rows<'_>) -> Result<bool, sqlx::Error> {
+    /// [`Guess`] says to try and the key has a unique index `ON CONFLICT`
+    /// takes. `false` when it did not, or a key was already in the table
+    /// (what it wrote is rolled back).
+    async fn straight_in(
+        &mut self,
+        info: &TableInfo,
+        columns: &[String],
+        key: &[String],
+        rows: Rows<'_>,
+    ) -> Result<bool, sqlx::Error> {
         let Some(guess) = self.stages.get_mut(&info.quoted).and_then(|s| s.guess.as_mut()) else { return Ok(false) };
         if !guess.tries() {
             return Ok(false);
         }
-        self.conn.as_mut().expect("connected").raw("SAVEPOINT flowgate_new").await?;
+        // The index is looked up at each try, under the lock `COPY` takes
+        // anyway, so that none is dropped or made deferrable between the look
+        // and the `COPY`: without it, `ON CONFLICT` refuses the upsert, and
+        // rows taken straight in would be duplicates.
+        let conn = self.conn.as_mut().expect("connected");
+        conn.raw(&format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE", info.quoted)).await?;
+        let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let arbiter = match conn.texts(Dialect::Postgres.arbiter_query(), &[&info.quoted, &sorted.join("\u{1f}")]).await
+        {
+            Ok(rows) => rows.first().and_then(|r| r.first()).is_some_and(|t| t == "true"),
+            // A catalog this query does not fit (`indnkeyatts` came with
+            // Postgres 11): no more tries on this connection.
+            Err(sqlx::Error::Database(e)) => {
+                tracing::debug!(table = %info.quoted, error = %e, "cannot look up the key's index; upserts take the staging table");
+                if let Some(stage) = self.stages.get_mut(&info.quoted) {
+                    stage.guess = None;
+                }
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if !arbiter {
+            self.conn.as_mut().expect("connected").raw("ROLLBACK TO SAVEPOINT flowgate_new").await?;
+            return Ok(false);
+        }
         let hit = match self.copy_rows(&info.quoted, info, columns, rows).await {
             Ok(()) => true,
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -163,7 +185,7 @@ impl SqlSink {
         key: &[String],
         rows: Rows<'_>,
     ) -> Result<(), sqlx::Error> {
-        if self.straight_in(info, columns, rows).await? {
+        if self.straight_in(info, columns, key, rows).await? {
             return Ok(());
         }
         self.copy_rows(stage, info, columns, rows).await?;

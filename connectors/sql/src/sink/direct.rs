@@ -139,7 +139,8 @@ pub(super) fn shape_of(shared: &SharedShape) -> std::sync::MutexGuard<'_, Option
 
 impl SqlSink {
     /// Writes a batch the prepare step encoded, in the batch's transaction:
-    /// with one `COPY` for inserts, through the staging table for upserts.
+    /// with one `COPY` for inserts, as parsed rows are for upserts (straight
+    /// in while their keys are new, else through the staging table).
     /// `false` when the batch must take the general path: the table was
     /// described otherwise since, it has no staging table, or the database
     /// refused a row (what this wrote is rolled back).
@@ -153,8 +154,9 @@ impl SqlSink {
         let stage = if shape.key.is_empty() {
             None
         } else {
-            // Made outside the transaction, as the general path does.
-            self.stage(table, &shape.key).await.inspect_err(|_| self.lost())?;
+            // Made before the transaction, as the general path does, so that a
+            // rollback never takes a staging table the sink believes it has.
+            self.stage(table).await.inspect_err(|_| self.lost())?;
             match self.stages.get(&info.quoted).and_then(|s| s.name.clone()) {
                 Some(stage) => Some(stage),
                 None => return Ok(false),
@@ -171,7 +173,10 @@ impl SqlSink {
                 Some(stage) => self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows).await,
             };
             match written {
-                Ok(()) => Ok(true),
+                Ok(()) => {
+                    tracing::debug!(table, bytes = data.len(), "wrote a batch from COPY text made ahead");
+                    Ok(true)
+                }
                 Err(e) if is_row_error(&e) => {
                     tracing::debug!(table, error = %e, "a row was refused; the batch goes the general way");
                     self.raw("ROLLBACK TO SAVEPOINT flowgate_batch", table).await?;
@@ -191,7 +196,13 @@ impl SqlSink {
     /// so that the batches after this one are encoded for it.
     pub(super) fn share_shape(&self) {
         let Some(table) = self.config.table.fixed() else { return };
-        let now = self.tables.get(table).and_then(|info| Shape::of(&self.config, self.dialect, info));
+        // Upserts without a staging table (no `TEMP` privilege) take
+        // statements: encoding their batches would be work for nothing.
+        let staged = |info: &TableInfo| self.stages.get(&info.quoted).is_some_and(|s| s.name.is_some());
+        let now = self
+            .tables
+            .get(table)
+            .and_then(|info| Shape::of(&self.config, self.dialect, info).filter(|s| s.key.is_empty() || staged(info)));
         let mut shared = shape_of(&self.shape);
         if shared.as_deref() != now.as_ref() {
             *shared = now.map(Arc::new);

@@ -369,7 +369,7 @@ impl SqlSink {
                 }
             }
             if self.dialect == Dialect::Postgres && self.config.mode != crate::config::Mode::Insert {
-                self.stage(&table, &key).await.inspect_err(|_| self.lost())?;
+                self.stage(&table).await.inspect_err(|_| self.lost())?;
             }
             work.push((table, ops, key));
         }
