@@ -197,15 +197,20 @@ def run_until_out(work, name, pipeline_text, n, from_first_in=False):
                             cwd=work, stderr=open(os.path.join(work, f"{name}.log"), "w"))
     # Each look renders every metric, about a millisecond of Flowgate's CPU
     # (a Prometheus scrapes every 15 s or so). Looked at every 10 ms, that
-    # was a tenth of its CPU in a profile; so after the first record, the
-    # next look comes when half the time the rest should take has passed.
+    # was a tenth of its CPU in a profile; so once records come out, the next
+    # look comes when half the time the rest should take, at the rate since
+    # the first look that saw some, has passed.
+    first = None
     while (out := metric(mport, "flowgate_records_out_total")) < n:
         if start is None and metric(mport, "flowgate_records_in_total") > 0:
             start = time.monotonic()
         if proc.poll() is not None:
             raise SystemExit(f"flowgate {name} exited early; see {name}.log")
-        ahead = (n - out) / out * (time.monotonic() - start) / 2 if start and out else 0.01
-        time.sleep(min(max(ahead, 0.005), 0.1))
+        now = time.monotonic()
+        if out and first is None:
+            first = (now, out)
+        rate = (out - first[1]) / (now - first[0]) if first and out > first[1] else 0.0
+        time.sleep(min(max((n - out) / rate / 2, 0.005), 0.1) if rate else 0.01)
     start = start or time.monotonic()
     proc.send_signal(signal.SIGTERM)
     cpu, rss = wait4(proc)
