@@ -490,6 +490,30 @@ fn a_database_can_be_the_dead_letter_sink() {
     );
 }
 
+/// A Postgres sink's settings for the existing `table`, in `mode` by `key`,
+/// filling the named `columns` (each record's fields when there are none).
+fn pg_sink(
+    url: String,
+    table: &str,
+    mode: flowgate_sql::Mode,
+    key: &[&str],
+    columns: &[&str],
+) -> flowgate_sql::SqlSinkConfig {
+    flowgate_sql::SqlSinkConfig {
+        url,
+        table: table.parse().unwrap(),
+        mode,
+        key: key.iter().map(|k| k.to_string()).collect(),
+        columns: (!columns.is_empty())
+            .then(|| flowgate_sql::Columns::Names(columns.iter().map(|c| c.to_string()).collect())),
+        create_table: false,
+        delivery: Default::default(),
+        synchronous: Default::default(),
+        unknown_fields: Default::default(),
+        tables_allowed: None,
+    }
+}
+
 /// Writes `records` (key, value) into `sink` in batches of `size`; the reasons
 /// of the records refused.
 async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, String)], size: usize) -> Vec<String> {
@@ -552,7 +576,7 @@ fn made_ahead(events: &std::sync::Mutex<Vec<u8>>, table: &str) -> usize {
 /// ahead of the write once the table is described, to the same rows.
 #[tokio::test]
 async fn copy_writes_what_statements_write_in_every_mode() {
-    use flowgate_sql::{Mode, SqlSink, SqlSinkConfig};
+    use flowgate_sql::{Mode, SqlSink};
     let pg = Postgres::start();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();
@@ -564,27 +588,12 @@ async fn copy_writes_what_statements_write_in_every_mode() {
          at timestamptz, ok boolean, flags bit(3), codes varchar(3)[]); CREATE TABLE ins_rows (LIKE ins_copy); \
          CREATE TABLE ins_named (LIKE ins_copy); \
          CREATE TABLE ups_copy (id int PRIMARY KEY, name text, amount numeric); CREATE TABLE ups_rows (LIKE ups_copy \
-         INCLUDING ALL); CREATE TABLE ups_named (LIKE ups_copy INCLUDING ALL); CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
+         INCLUDING ALL); CREATE TABLE ups_named (LIKE ups_copy INCLUDING ALL); \
+         CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
          CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL)",
     );
-    let config = |table: &'static str, columns: Option<&[&str]>| SqlSinkConfig {
-        url: pg.url(),
-        table: table.parse().unwrap(),
-        mode: Mode::Insert,
-        key: Vec::new(),
-        columns: columns.map(|c| flowgate_sql::Columns::Names(c.iter().map(|c| c.to_string()).collect())),
-        create_table: false,
-        delivery: Default::default(),
-        synchronous: Default::default(),
-        unknown_fields: Default::default(),
-        tables_allowed: None,
-    };
-    let open = |table: &'static str, mode: Mode, key: &[&str]| {
-        let mut config = config(table, None);
-        config.mode = mode;
-        config.key = key.iter().map(|k| k.to_string()).collect();
-        SqlSink::open(config, table)
-    };
+    let open =
+        |table: &'static str, mode: Mode, key: &[&str]| SqlSink::open(pg_sink(pg.url(), table, mode, key, &[]), table);
     let notes = ["tab\there", "line\nbreak", "back\\slash", "\\N", "cr\rx", "é ✓", "", "\\."];
     let insert = |i: usize| {
         let name = if i == 47 { json!("much too long") } else { json!(format!("n{i}")) };
@@ -608,7 +617,8 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     // The first batch describes the table; the ones after it, the one with
     // the refused row too, are encoded ahead of the write.
     let columns = ["id", "name", "amount", "note", "tags", "doc", "at", "ok", "flags", "codes"];
-    let mut sink = SqlSink::open(config("ins_named", Some(&columns)), "ins_named").await.unwrap();
+    let mut sink =
+        SqlSink::open(pg_sink(pg.url(), "ins_named", Mode::Insert, &[], &columns), "ins_named").await.unwrap();
     assert!(write_in_batches(&mut sink, &clean, 20).await.is_empty());
     let refused = write_in_batches(&mut sink, &with_bad, 20).await;
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -630,9 +640,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     }
     // Named columns: the batches after the first are encoded ahead of the
     // write (keys already there, so through the staging table).
-    let mut named = config("ups_named", Some(&["amount", "name", "id"]));
-    named.mode = Mode::Upsert;
-    named.key = vec!["id".into()];
+    let named = pg_sink(pg.url(), "ups_named", Mode::Upsert, &["id"], &["amount", "name", "id"]);
     let mut sink = SqlSink::open(named, "ups_named").await.unwrap();
     assert!(write_in_batches(&mut sink, &first, 1000).await.is_empty());
     assert!(write_in_batches(&mut sink, &second, 16).await.is_empty());
@@ -725,7 +733,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
 /// straight in, and the upsert fails as it always did.
 #[tokio::test]
 async fn upserts_go_straight_in_while_their_keys_are_new() {
-    use flowgate_sql::{Columns, Mode, SqlSink, SqlSinkConfig};
+    use flowgate_sql::{Mode, SqlSink};
     let pg = Postgres::start();
     pg.sql(
         "CREATE TABLE fired (t text); \
@@ -739,27 +747,14 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
          CREATE TABLE deferred (a int, b int, v text, PRIMARY KEY (a, b) DEFERRABLE); \
          CREATE TABLE partial (a int, b int, v text); CREATE UNIQUE INDEX ON partial (a, b) WHERE a > 0",
     );
-    let open = |table: &'static str, columns: Option<Columns>| {
-        let config = SqlSinkConfig {
-            url: pg.url(),
-            table: table.parse().unwrap(),
-            mode: Mode::Upsert,
-            key: vec!["a".into(), "b".into()],
-            columns,
-            create_table: false,
-            delivery: Default::default(),
-            synchronous: Default::default(),
-            unknown_fields: Default::default(),
-            tables_allowed: None,
-        };
-        SqlSink::open(config, table)
+    let open = |table: &'static str, columns: &[&str]| {
+        SqlSink::open(pg_sink(pg.url(), table, Mode::Upsert, &["a", "b"], columns), table)
     };
     let rows = |keys: std::ops::Range<usize>, v: &str| -> Vec<(String, String)> {
         keys.map(|i| (String::new(), json!({"a": i, "b": i % 3, "v": format!("{v}{i}")}).to_string())).collect()
     };
     let (_events, events) = sink_events();
-    let named = Columns::Names(vec!["v".into(), "b".into(), "a".into()]);
-    for (table, columns) in [("keyed", None), ("named", Some(named))] {
+    for (table, columns) in [("keyed", &[][..]), ("named", &["v", "b", "a"][..])] {
         let mut sink = open(table, columns).await.unwrap();
         let fired = || pg.sql(&format!("SELECT count(*) FROM fired WHERE t = '{table}'"));
         // (batch, update statements fired after it): new keys go straight in;
@@ -793,7 +788,7 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
     }
 
     for table in ["nokey", "deferred", "partial"] {
-        let mut sink = open(table, None).await.unwrap();
+        let mut sink = open(table, &[]).await.unwrap();
         let mut b = flowgate_sdk::Batch::with_capacity(0, 40);
         b.records.extend(rows(0..40, "a").into_iter().map(|(_, v)| flowgate_sdk::Record::from_value(v)));
         let refused = flowgate_sdk::Sink::write(&mut sink, &mut b).await.expect_err("no arbiter for ON CONFLICT");

@@ -20,6 +20,11 @@ fn config(dir: &tempfile::TempDir, mode: Mode) -> SqlSinkConfig {
     }
 }
 
+/// Inserts into `t`, effectively-once.
+fn effectively_once(dir: &tempfile::TempDir) -> SqlSinkConfig {
+    SqlSinkConfig { delivery: Delivery::EffectivelyOnce, ..config(dir, Mode::Insert) }
+}
+
 fn batch(records: &[(&str, &str)]) -> Batch {
     let mut b = Batch::with_capacity(0, records.len());
     for (k, v) in records {
@@ -123,8 +128,7 @@ async fn change_events_are_applied_in_order_per_key() {
 #[tokio::test]
 async fn effectively_once_keeps_the_position_with_the_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir, Mode::Insert);
-    c.delivery = Delivery::EffectivelyOnce;
+    let c = effectively_once(&dir);
     let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
     assert_eq!(sink.stored_position().await.unwrap(), None);
     let mut b = batch(&[("", r#"{"id":1}"#)]);
@@ -146,8 +150,7 @@ async fn effectively_once_keeps_the_position_with_the_rows() {
 #[tokio::test]
 async fn positions_stored_by_0_1_are_read_until_new_ones_are_written() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir, Mode::Insert);
-    c.delivery = Delivery::EffectivelyOnce;
+    let c = effectively_once(&dir);
     // The table and rows as 0.1 left them (tests/fixtures/0.1/flowgate_positions.sql).
     let fixture = include_str!("../../../../tests/fixtures/0.1/flowgate_positions.sql");
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("t.db").display());
@@ -233,8 +236,7 @@ async fn unknown_fields_can_be_ignored_or_stop_the_pipeline() {
 #[tokio::test]
 async fn a_record_cannot_pick_a_table_outside_the_allowed_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&dir, Mode::Insert);
-    c.delivery = Delivery::EffectivelyOnce;
+    let mut c = effectively_once(&dir);
     c.table = "t_${value.t}".parse().unwrap();
     let mut sink = SqlSink::open(c.clone(), "p").await.unwrap();
     let b = put(&mut sink, &[("", r#"{"t":"a","id":1}"#), ("", r#"{"t":"a.b","id":2}"#)]).await;
@@ -426,15 +428,10 @@ async fn a_prepared_plan_is_taken_once_and_one_made_for_other_records_is_not() {
 #[tokio::test]
 async fn a_batch_with_every_record_refused_commits_cleanly_and_still_stores_its_position() {
     let dir = tempfile::tempdir().unwrap();
-    let mut eo = config(&dir, Mode::Insert);
-    eo.delivery = Delivery::EffectivelyOnce;
+    let eo = effectively_once(&dir);
     let mut sink = SqlSink::open(eo, "p").await.unwrap();
     let mut b = batch(&[("", "[1]")]);
-    b.position = Some({
-        let mut p = Position::default();
-        p.set("file", "7");
-        p
-    });
+    b.position = Some(Position::default().with("file", "7"));
     sink.write(&mut b).await.unwrap();
     sink.commit(&mut b).await.unwrap();
     // Its position is stored all the same, in a transaction of its own.
