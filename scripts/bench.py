@@ -588,8 +588,12 @@ def bench_sql(work):
             # Change events for the same rows: each row created, then updated
             # (four in five) or deleted (one in five); key `id`.
             events = os.path.join(work, "events.jsonl")
-            with open(events, "w") as f:
+            # The same changes as CSV files, for the database to apply itself.
+            changes = {kind: os.path.join(work, f"{kind}.csv") for kind in ("creates", "updates", "deletes")}
+            with open(events, "w") as f, open(changes["creates"], "w", newline="") as c, \
+                    open(changes["updates"], "w", newline="") as u, open(changes["deletes"], "w", newline="") as d:
                 half = n // 2
+                out = {"c": csv.writer(c), "u": csv.writer(u)}
                 for i in range(n):
                     k = i if i < half else i - half
                     after = {"id": k, "email": f"user{k}@example.com", "amount": i * 0.5, "note": "x" * 100}
@@ -602,6 +606,12 @@ def bench_sql(work):
                     else:
                         ev = {"op": "d", "before": {"id": k}, "after": None}
                     f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+                    if ev["op"] == "d":
+                        d.write(f"{k}\n")
+                    else:
+                        out[ev["op"]].writerow([k, after["email"], after["amount"], after["note"]])
+            for path in changes.values():
+                os.chmod(path, 0o644)
             topic("events")
             fill = os.path.join(work, "events-fill.yaml")
             with open(fill, "w") as f:
@@ -624,6 +634,7 @@ def bench_sql(work):
 
             eo = "    delivery: effectively_once\n"
             upsert = "    mode: upsert\n    key: [id]\n"
+            ran = {}
             for case, name, table, extra, source in (
                 ("flowgate kafka -> postgres", "pg", "loaded", "", "rows"),
                 ("flowgate kafka -> postgres, effectively-once", "pg-eo", "loaded_eo", eo, "rows"),
@@ -634,9 +645,24 @@ def bench_sql(work):
                  "    mode: cdc\n    key: [id]\n", "events"),
             ):
                 limit = copy(f"copied_{table}")
-                row(case, n, flowgate(name, "postgres", pg.url, table, extra, source), limit)
+                ran[name] = flowgate(name, "postgres", pg.url, table, extra, source)
+                row(case, n, ran[name], limit)
             left = pg.sql("SELECT count(*) FROM applied")
             assert left == str(n // 2 - (n // 2 + 4) // 5), f"{left} rows after the change events"
+            # Postgres applying the same changes itself, from the files, the way
+            # the sink does in one statement each: creates by `COPY` into the
+            # keyed table, updates through a staging table and `ON CONFLICT`,
+            # deletes by key. What they cost the database before any client.
+            pg.sql(f"CREATE TABLE applied_floor {keyed}")
+            script = (f"COPY applied_floor FROM '{changes['creates']}' CSV; CREATE TEMP TABLE s {ddl}; "
+                      f"COPY s FROM '{changes['updates']}' CSV; INSERT INTO applied_floor SELECT * FROM s "
+                      "ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email, amount = EXCLUDED.amount, "
+                      f"note = EXCLUDED.note; CREATE TEMP TABLE k (id bigint); COPY k FROM '{changes['deletes']}' "
+                      "CSV; DELETE FROM applied_floor AS t USING k WHERE t.id = k.id")
+            floor = timed(pg.client("psql") + ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", script, "postgres"])
+            assert pg.sql("SELECT count(*) FROM applied_floor") == left
+            row("Postgres applying the same changes itself from CSV files (server-side): their floor", n, floor)
+            row("flowgate change events (above) against that floor", n, ran["pg-cdc"], floor)
         if maria:
             maria.sql("CREATE TABLE copied (id BIGINT, email TEXT, amount DOUBLE, note TEXT); "
                       "CREATE TABLE loaded (id BIGINT, email TEXT, amount DOUBLE, note TEXT)")

@@ -17,6 +17,9 @@ pub enum Op {
     /// The whole row; columns it lacks are unchanged TOAST values when it came
     /// from a change event.
     Upsert(Map<String, Value>),
+    /// A change event's new row (`c`, or `r` from a snapshot): an upsert whose
+    /// key is most likely not in the table yet, so it may go straight in.
+    Create(Map<String, Value>),
     /// The key columns of the row to delete.
     Delete(Map<String, Value>),
     /// A row whose key changed while some of its (TOASTed) values were not sent:
@@ -32,7 +35,7 @@ impl Op {
     /// The columns it writes or matches on, if any.
     pub fn row(&self) -> Option<&Map<String, Value>> {
         match self {
-            Op::Insert(r) | Op::Upsert(r) | Op::Delete(r) | Op::Move { row: r, .. } => Some(r),
+            Op::Insert(r) | Op::Upsert(r) | Op::Create(r) | Op::Delete(r) | Op::Move { row: r, .. } => Some(r),
             Op::Truncate => None,
         }
     }
@@ -88,7 +91,7 @@ fn change_ops(
         "c" | "r" => {
             let after = row(&mut event, "after")?;
             has_key(&after, &key)?;
-            Ok(vec![Op::Upsert(without_unavailable(after))])
+            Ok(vec![Op::Create(without_unavailable(after))])
         }
         "u" => {
             let after = row(&mut event, "after")?;
@@ -282,7 +285,11 @@ mod tests {
     fn change_events_become_upserts_and_deletes() {
         assert_eq!(
             cdc(json!({"op": "c", "after": {"id": 1, "n": 2}})).unwrap(),
-            [Op::Upsert(obj(json!({"id": 1, "n": 2})))]
+            [Op::Create(obj(json!({"id": 1, "n": 2})))]
+        );
+        assert_eq!(
+            cdc(json!({"op": "r", "after": {"id": 1, "n": 2}})).unwrap(),
+            [Op::Create(obj(json!({"id": 1, "n": 2})))]
         );
         assert_eq!(
             cdc(json!({"op": "u", "before": {"id": 1, "n": null}, "after": {"id": 1, "n": 3, "doc": UNAVAILABLE}}))

@@ -104,14 +104,19 @@ impl SqlSink {
                 Op::Insert(_) => last.push((i, op)),
                 // None after the last truncate; moves are applied on their own.
                 Op::Truncate | Op::Move { .. } => {}
-                Op::Upsert(ref row) | Op::Delete(ref row) => {
+                Op::Upsert(ref row) | Op::Create(ref row) | Op::Delete(ref row) => {
                     let k = key_text(row, key);
                     match index.get(&k) {
                         Some(&at) => {
+                            // A row created again after an earlier change to
+                            // its key in the batch may still be in the table.
+                            let mut op = match op {
+                                Op::Create(row) => Op::Upsert(row),
+                                op => op,
+                            };
                             // An upsert lacking unchanged TOAST values takes them
                             // from the one before it in the batch.
-                            let mut op = op;
-                            if let (Op::Upsert(new), (_, Op::Upsert(old))) = (&mut op, &last[at]) {
+                            if let (Op::Upsert(new), (_, Op::Upsert(old) | Op::Create(old))) = (&mut op, &last[at]) {
                                 for (c, v) in old {
                                     new.entry(c.clone()).or_insert_with(|| v.clone());
                                 }

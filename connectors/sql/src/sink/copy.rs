@@ -46,7 +46,9 @@ pub(super) struct Stage {
 /// the `COPY` on that index; the rows then go through the staging table, and
 /// the next upserts into the table (one per batch, or per group of rows
 /// filling the same columns) skip the try: 2, 4, ... up to 64 after misses
-/// in a row.
+/// in a row. Of change events, only creates and snapshot rows try: an
+/// update's row is already there, and its misses would keep the creates
+/// beside it from trying.
 #[derive(Default)]
 struct Guess {
     skip: u32,
@@ -176,7 +178,8 @@ impl SqlSink {
 
     /// Upserts `rows` through the table's staging table `stage`: `COPY`
     /// into it, then one `INSERT ... ON CONFLICT` from it. Or straight in,
-    /// when the table's [`Guess`] says to try and no key is there yet.
+    /// when their keys are likely `new`, the table's [`Guess`] says to try
+    /// and no key is there yet.
     pub(super) async fn upsert_copied(
         &mut self,
         info: &TableInfo,
@@ -184,8 +187,9 @@ impl SqlSink {
         columns: &[String],
         key: &[String],
         rows: Rows<'_>,
+        new: bool,
     ) -> Result<(), sqlx::Error> {
-        if self.straight_in(info, columns, key, rows).await? {
+        if new && self.straight_in(info, columns, key, rows).await? {
             return Ok(());
         }
         self.copy_rows(stage, info, columns, rows).await?;

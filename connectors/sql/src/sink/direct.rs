@@ -170,7 +170,7 @@ impl SqlSink {
             let rows = Rows::Text(&data);
             let written = match &stage {
                 None => self.copy_rows(&info.quoted, &info, &shape.columns, rows).await,
-                Some(stage) => self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows).await,
+                Some(stage) => self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, true).await,
             };
             match written {
                 Ok(()) => {

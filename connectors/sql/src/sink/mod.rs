@@ -315,7 +315,7 @@ impl SqlSink {
                 }
             };
             let sample = ops.ops.iter().find_map(|(i, op)| match op {
-                Op::Insert(r) | Op::Upsert(r) | Op::Move { row: r, .. } => Some((*i, r.clone())),
+                Op::Insert(r) | Op::Upsert(r) | Op::Create(r) | Op::Move { row: r, .. } => Some((*i, r.clone())),
                 _ => None,
             });
             match sample {

@@ -9,7 +9,19 @@ use super::conn::Conn;
 use super::copy::{COPY_MIN_ROWS, Rows};
 use super::{SqlSink, TableInfo};
 use crate::change::Op;
+use crate::config::Mode;
 use crate::dialect::Dialect;
+
+/// How a group of rows is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Insert,
+    /// `new`: the keys are most likely not in the table yet, so the rows may
+    /// first try going straight in (see `copy::Guess`).
+    Upsert {
+        new: bool,
+    },
+}
 
 /// Rows per statement; beyond a few hundred nothing is gained (2,000 and
 /// 8,000 measured the same into MariaDB and SQLite).
@@ -57,18 +69,23 @@ impl SqlSink {
             let conn = self.conn.as_mut().expect("connected");
             run(conn, d, sql, cells, key.len()).await?;
         }
-        // Rows with the same columns go together: (upsert?, which of the table's
-        // columns the rows have, rows). Rows nearly always share one shape, so a
-        // row is first compared with the last group without allocating.
-        type Group<'a> = (bool, Vec<bool>, Vec<&'a Map<String, Value>>);
+        // Rows with the same columns go together: (how they are written, which
+        // of the table's columns the rows have, rows). Rows nearly always share
+        // one shape, so a row is first compared with the last group without
+        // allocating.
+        type Group<'a> = (Write, Vec<bool>, Vec<&'a Map<String, Value>>);
         let mut groups: Vec<Group<'_>> = Vec::new();
         let fits = |row: &Map<String, Value>, mask: &[bool]| {
             info.columns.iter().zip(mask).all(|((c, _), &has)| row.contains_key(c) == has)
         };
+        // Upserts in upsert mode may well be new rows (a first load); change
+        // events' updates are of rows already there, their creates of rows not.
+        let upserts_new = self.config.mode == Mode::Upsert;
         for (_, op) in ops {
             let (upsert, row) = match op {
-                Op::Upsert(r) => (true, r),
-                Op::Insert(r) => (false, r),
+                Op::Upsert(r) => (Write::Upsert { new: upserts_new }, r),
+                Op::Create(r) => (Write::Upsert { new: true }, r),
+                Op::Insert(r) => (Write::Insert, r),
                 _ => continue,
             };
             if let Some((u, mask, rows)) = groups.last_mut()
@@ -98,15 +115,21 @@ impl SqlSink {
                 continue;
             }
             let names: Vec<String> = columns.iter().map(|c| d.quote(c)).collect();
-            let suffix = if upsert { d.upsert(key, &columns) } else { String::new() };
+            let suffix = match upsert {
+                Write::Upsert { .. } => d.upsert(key, &columns),
+                Write::Insert => String::new(),
+            };
             if copies(rows.len()) {
-                if !upsert && info.copy_in {
-                    self.copy_rows(&info.quoted, info, &columns, Rows::Parsed(&rows)).await?;
-                    continue;
-                }
-                if upsert && let Some(stage) = &stage {
-                    self.upsert_copied(info, stage, &columns, key, Rows::Parsed(&rows)).await?;
-                    continue;
+                match (upsert, &stage) {
+                    (Write::Insert, _) if info.copy_in => {
+                        self.copy_rows(&info.quoted, info, &columns, Rows::Parsed(&rows)).await?;
+                        continue;
+                    }
+                    (Write::Upsert { new }, Some(stage)) => {
+                        self.upsert_copied(info, stage, &columns, key, Rows::Parsed(&rows), new).await?;
+                        continue;
+                    }
+                    _ => {}
                 }
             }
             let mut cells = Vec::with_capacity(rows.len() * columns.len());
