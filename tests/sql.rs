@@ -590,7 +590,8 @@ async fn copy_writes_what_statements_write_in_every_mode() {
          CREATE TABLE ups_copy (id int PRIMARY KEY, name text, amount numeric); CREATE TABLE ups_rows (LIKE ups_copy \
          INCLUDING ALL); CREATE TABLE ups_named (LIKE ups_copy INCLUDING ALL); \
          CREATE TABLE cdc_copy (id int PRIMARY KEY, n int, doc text); \
-         CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL)",
+         CREATE TABLE cdc_rows (LIKE cdc_copy INCLUDING ALL); CREATE TABLE cdc_named (LIKE cdc_copy INCLUDING ALL); \
+         CREATE TABLE cdc_named_rows (LIKE cdc_copy INCLUDING ALL)",
     );
     let open =
         |table: &'static str, mode: Mode, key: &[&str]| SqlSink::open(pg_sink(pg.url(), table, mode, key, &[]), table);
@@ -669,6 +670,39 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         pg.sql(&format!("ALTER TABLE {table} ADD COLUMN extra text"));
         assert!(write_in_batches(&mut sink, &added, size).await.is_empty());
     }
+    // Named columns: after the first, batches are encoded ahead of the write
+    // unless a row moves to a new key or the database refuses one.
+    let full = |op: &str, id: usize, n: serde_json::Value, doc: &str| {
+        let row = json!({"id": id, "n": n, "doc": format!("{doc} {id}"), "unnamed": {"x": [1]}});
+        let (before, after) = if op == "d" { (row, json!(null)) } else { (json!({"id": id}), row) };
+        let event = json!({"op": op, "before": before, "after": after, "source": {"table": "t", "lsn": id}});
+        (json!({"id": id}).to_string(), event.to_string())
+    };
+    let mut mixed: Vec<_> = (1..=10).map(|i| full("u", i, json!(2), "upd")).collect();
+    mixed.extend((11..=15).map(|i| full("d", i, json!(0), "")));
+    mixed.extend([full("d", 16, json!(0), ""), full("c", 16, json!(3), "again"), full("c", 17, json!(3), "replayed")]);
+    mixed.extend([full("u", 5, json!(4), "twice"), (String::new(), String::new())]);
+    mixed.extend((41..=60).map(|i| full("c", i, json!(1), "new")));
+    let moved = vec![full("u", 18, json!(5), "stays"); 16]
+        .into_iter()
+        .chain([(
+            String::new(),
+            json!({"op": "u", "before": {"id": 19}, "after": {"id": 119, "n": 5, "doc": "moved"}}).to_string(),
+        )])
+        .collect::<Vec<_>>();
+    let mut bad: Vec<_> = (20..=36).map(|i| full("u", i, json!(6), "last")).collect();
+    bad.push(full("u", 37, json!("six"), "bad"));
+    for (table, size) in [("cdc_named", 1000), ("cdc_named_rows", 5)] {
+        let named = pg_sink(pg.url(), table, Mode::Cdc, &["id"], &["doc", "id", "n"]);
+        let mut sink = SqlSink::open(named, table).await.unwrap();
+        for batch in [&created, &mixed, &moved] {
+            assert!(write_in_batches(&mut sink, batch, size).await.is_empty(), "{table}");
+        }
+        let refused = write_in_batches(&mut sink, &bad, size).await;
+        assert_eq!(refused.len(), 1, "{table}: {refused:?}");
+        assert!(refused[0].contains("invalid input syntax for type integer"), "{refused:?}");
+    }
+    assert_eq!(made_ahead(&events, "cdc_named"), 1);
 
     // Tables where COPY would not do what INSERT does take the statements:
     // a value for a GENERATED ALWAYS identity is refused, not written.
@@ -688,6 +722,7 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         ("ups_copy", "ups_rows"),
         ("ups_named", "ups_rows"),
         ("cdc_copy", "cdc_rows"),
+        ("cdc_named", "cdc_named_rows"),
     ] {
         assert_eq!(dump(copied), dump(rows), "{copied} and {rows} differ");
     }
@@ -704,6 +739,14 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         "2:2:big 2,20:2:big 20,100:3:big 1"
     );
     assert_eq!(pg.sql("SELECT count(*) || ' ' || count(extra) FROM cdc_copy"), "40 20");
+    assert_eq!(
+        pg.sql(
+            "SELECT string_agg(id || ':' || n || ':' || doc, ',' ORDER BY id) FROM cdc_named WHERE id IN \
+                (1, 5, 11, 16, 17, 18, 19, 20, 37, 41, 119)"
+        ),
+        "1:2:upd 1,5:4:twice 5,16:3:again 16,17:3:replayed 17,18:5:stays 18,20:6:last 20,37:1:big 37,41:1:new 41,\
+         119:5:moved"
+    );
 
     // The big batches went by COPY (the one with a refused row went row by row),
     // the small ones never did.
@@ -796,7 +839,8 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
     let fired = || pg.sql("SELECT count(*) FROM fired WHERE t = 'changed'");
     let event = |op: &str, i: usize, v: &str| {
         let row = json!({"a": i, "b": i % 3, "v": format!("{v}{i}")});
-        let (before, after) = if op == "d" { (row, serde_json::Value::Null) } else { (json!({"a": i, "b": i % 3}), row) };
+        let (before, after) =
+            if op == "d" { (row, serde_json::Value::Null) } else { (json!({"a": i, "b": i % 3}), row) };
         (String::new(), json!({"op": op, "before": before, "after": after}).to_string())
     };
     let creates = |keys: std::ops::Range<usize>, v: &str| keys.map(|i| event("c", i, v)).collect::<Vec<_>>();

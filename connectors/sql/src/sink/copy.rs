@@ -205,6 +205,24 @@ impl SqlSink {
         self.conn.as_mut().expect("connected").raw(&sql).await
     }
 
+    /// Deletes the rows with the keys in `rows` (the `key` columns) through
+    /// the table's staging table `stage`: `COPY` into it, then one `DELETE
+    /// ... USING` it.
+    pub(super) async fn delete_copied(
+        &mut self,
+        info: &TableInfo,
+        stage: &str,
+        key: &[String],
+        rows: Rows<'_>,
+    ) -> Result<(), sqlx::Error> {
+        self.copy_rows(stage, info, key, rows).await?;
+        let d = Dialect::Postgres;
+        let on: Vec<String> = key.iter().map(|k| format!("t.{0} = s.{0}", d.quote(k))).collect();
+        let sql =
+            format!("DELETE FROM {} AS t USING {stage} AS s WHERE {}; TRUNCATE {stage}", info.quoted, on.join(" AND "));
+        self.conn.as_mut().expect("connected").raw(&sql).await
+    }
+
     /// `rows` into `target`'s `columns` with one `COPY`. Parsed rows are sent
     /// in chunks as they are encoded, so Postgres parses one while the next
     /// is encoded.

@@ -24,6 +24,7 @@ use serde::de::{self, Deserialize, Deserializer as _, IgnoredAny, MapAccess, Seq
 use serde_json::{Number, Value};
 
 use super::cell::{Cell, is_json};
+use super::changes::Changes;
 use super::copy::{COPY_MIN_ROWS, Rows, copy_cell};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::FieldName;
@@ -35,12 +36,15 @@ use crate::error::{SqlError, is_row_error};
 /// with their types as the sink last described them.
 #[derive(Debug, PartialEq)]
 pub(super) struct Shape {
-    table: String,
-    columns: Vec<String>,
-    types: Vec<String>,
-    /// Upserts: the key columns, and where each is among `columns`.
-    key: Vec<String>,
-    key_at: Vec<usize>,
+    pub(super) table: String,
+    pub(super) columns: Vec<String>,
+    pub(super) types: Vec<String>,
+    /// Upserts and change events: the key columns, and where each is among
+    /// `columns`.
+    pub(super) key: Vec<String>,
+    pub(super) key_at: Vec<usize>,
+    /// The records are change events (see [`super::changes`]).
+    pub(super) changes: bool,
 }
 
 /// The shape, set by the sink once it has described the table and read by
@@ -49,16 +53,22 @@ pub(super) type SharedShape = Arc<Mutex<Option<Arc<Shape>>>>;
 
 /// A batch's records as `COPY` text, and the shape it was encoded for.
 pub(super) struct Encoded {
-    shape: Arc<Shape>,
-    data: Vec<u8>,
+    pub(super) shape: Arc<Shape>,
+    pub(super) body: Body,
+}
+
+pub(super) enum Body {
+    /// Inserts or upserts: a row per record.
+    Rows(Vec<u8>),
+    Changes(Changes),
 }
 
 impl Shape {
     /// The shape for a table described as `info`, when its batches can take
-    /// this path: Postgres inserts, or upserts by configured `key` columns,
-    /// into a fixed table; `columns:` named (each once, each a column of it,
-    /// the key among them); and `COPY` into the table doing what `INSERT`
-    /// does (or, for upserts, into its staging table).
+    /// this path: Postgres inserts, or upserts or change events by configured
+    /// `key` columns, into a fixed table; `columns:` named (each once, each a
+    /// column of it, the key among them); and `COPY` into the table doing
+    /// what `INSERT` does (or, for upserts, into its staging table).
     pub(super) fn of(config: &SqlSinkConfig, dialect: Dialect, info: &TableInfo) -> Option<Shape> {
         let (Dialect::Postgres, Some(Columns::Names(names)), Some(table)) =
             (dialect, config.columns.as_ref(), config.table.fixed())
@@ -67,7 +77,7 @@ impl Shape {
         };
         let key = match config.mode {
             Mode::Insert if info.copy_in => Vec::new(),
-            Mode::Upsert if !config.key.is_empty() => config.key.clone(),
+            Mode::Upsert | Mode::Cdc if !config.key.is_empty() => config.key.clone(),
             _ => return None,
         };
         let key_at = key.iter().map(|k| names.iter().position(|n| n == k)).collect::<Option<Vec<usize>>>()?;
@@ -83,7 +93,8 @@ impl Shape {
             }
             types.push(info.ty(name)?.to_string());
         }
-        Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at })
+        let changes = config.mode == Mode::Cdc;
+        Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at, changes })
     }
 }
 
@@ -97,6 +108,10 @@ pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> 
     if records.len() < COPY_MIN_ROWS {
         return None;
     }
+    if shape.changes {
+        return super::changes::encode(records, shape)
+            .map(|c| Encoded { shape: Arc::clone(shape), body: Body::Changes(c) });
+    }
     let mut data = Vec::with_capacity(records.iter().map(|r| r.value.len()).sum());
     let keys = std::hash::RandomState::new();
     let mut seen = std::collections::HashSet::with_capacity(if shape.key.is_empty() { 0 } else { records.len() });
@@ -104,7 +119,7 @@ pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> 
         // Checked whole first, as the general path does.
         let text = std::str::from_utf8(&r.value).ok()?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let values = de.deserialize_map(Fields(&shape.columns)).ok()?;
+        let values = de.deserialize_map(Fields { columns: &shape.columns, strict: false }).ok()?;
         de.end().ok()?;
         let mut key = keys.build_hasher();
         for (n, (value, ty)) in values.into_iter().zip(&shape.types).enumerate() {
@@ -114,9 +129,7 @@ pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> 
             let start = data.len();
             match value? {
                 Scalar::Null if shape.key_at.contains(&n) => return None,
-                // What `typed_cell` makes of a string for any column but JSON.
-                Scalar::Str(s) if !is_json(ty) => copy_cell(&mut data, Cell::Text(s)),
-                v => copy_cell(&mut data, Dialect::Postgres.typed_cell(Some(&v.into_value()), ty)),
+                v => write_cell(&mut data, v, ty),
             }
             if shape.key_at.contains(&n) {
                 key.write(&data[start..]);
@@ -128,7 +141,17 @@ pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> 
             return None;
         }
     }
-    Some(Encoded { shape: Arc::clone(shape), data })
+    Some(Encoded { shape: Arc::clone(shape), body: Body::Rows(data) })
+}
+
+/// One value as `COPY` text for a column of type `ty`, as the general path
+/// writes it.
+pub(super) fn write_cell(data: &mut Vec<u8>, value: Scalar<'_>, ty: &str) {
+    match value {
+        // What `typed_cell` makes of a string for any column but JSON.
+        Scalar::Str(s) if !is_json(ty) => copy_cell(data, Cell::Text(s)),
+        v => copy_cell(data, Dialect::Postgres.typed_cell(Some(&v.into_value()), ty)),
+    }
 }
 
 /// Locks the shared shape; it is only ever replaced whole, so one left by a
@@ -145,7 +168,7 @@ impl SqlSink {
     /// described otherwise since, it has no staging table, or the database
     /// refused a row (what this wrote is rolled back).
     pub(super) async fn write_encoded(&mut self, encoded: Encoded) -> Result<bool, ConnectorError> {
-        let Encoded { shape, data } = encoded;
+        let Encoded { shape, body } = encoded;
         let Some(info) = self.tables.get(&shape.table).cloned() else { return Ok(false) };
         if Shape::of(&self.config, self.dialect, &info).as_ref() != Some(&*shape) {
             return Ok(false);
@@ -167,14 +190,22 @@ impl SqlSink {
         }
         let result: Result<bool, SqlError> = async {
             self.savepoint("flowgate_batch", table).await?;
-            let rows = Rows::Text(&data);
-            let written = match &stage {
-                None => self.copy_rows(&info.quoted, &info, &shape.columns, rows).await,
-                Some(stage) => self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, true).await,
+            let (written, bytes) = match (&body, &stage) {
+                (Body::Rows(data), None) => {
+                    (self.copy_rows(&info.quoted, &info, &shape.columns, Rows::Text(data)).await, data.len())
+                }
+                (Body::Rows(data), Some(stage)) => {
+                    let rows = Rows::Text(data);
+                    (self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, true).await, data.len())
+                }
+                (Body::Changes(changes), Some(stage)) => {
+                    (self.apply_changes(&info, stage, &shape, changes).await, changes.len())
+                }
+                (Body::Changes(_), None) => unreachable!("change events have a key, so a staging table"),
             };
             match written {
                 Ok(()) => {
-                    tracing::debug!(table, bytes = data.len(), "wrote a batch from COPY text made ahead");
+                    tracing::debug!(table, bytes, "wrote a batch from COPY text made ahead");
                     Ok(true)
                 }
                 Err(e) if is_row_error(&e) => {
@@ -212,8 +243,12 @@ impl SqlSink {
 
 /// A record's values for `columns`, in their order: the last of a repeated
 /// field, `None` for a column it lacks. Other fields are checked as JSON and
-/// skipped, as the general path does.
-struct Fields<'a>(&'a [String]);
+/// skipped, as the general path does for inserts and upserts of named
+/// columns; `strict`, they are parsed whole, as it does for change events.
+pub(super) struct Fields<'a> {
+    pub(super) columns: &'a [String],
+    pub(super) strict: bool,
+}
 
 impl<'de> Visitor<'de> for Fields<'_> {
     type Value = Vec<Option<Scalar<'de>>>;
@@ -223,10 +258,13 @@ impl<'de> Visitor<'de> for Fields<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut values: Vec<Option<Scalar<'de>>> = self.0.iter().map(|_| None).collect();
+        let mut values: Vec<Option<Scalar<'de>>> = self.columns.iter().map(|_| None).collect();
         while let Some(name) = map.next_key_seed(FieldName)? {
-            match self.0.iter().position(|c| *c == name) {
+            match self.columns.iter().position(|c| *c == name) {
                 Some(i) => values[i] = Some(map.next_value()?),
+                None if self.strict => {
+                    map.next_value::<Value>()?;
+                }
                 None => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -238,7 +276,9 @@ impl<'de> Visitor<'de> for Fields<'_> {
 
 /// A value as the parser reads it, a string borrowed from the record unless
 /// it holds escapes; objects and arrays are built whole, as a `Value`.
-enum Scalar<'de> {
+/// Compared and written as JSON as the `Value` it stands for is.
+#[derive(Clone, PartialEq)]
+pub(super) enum Scalar<'de> {
     Null,
     Bool(bool),
     Number(Number),
@@ -248,13 +288,25 @@ enum Scalar<'de> {
 
 impl Scalar<'_> {
     /// The `Value` a parsed record holds for it.
-    fn into_value(self) -> Value {
+    pub(super) fn into_value(self) -> Value {
         match self {
             Scalar::Null => Value::Null,
             Scalar::Bool(b) => Value::Bool(b),
             Scalar::Number(n) => Value::Number(n),
             Scalar::Str(s) => Value::String(s.into_owned()),
             Scalar::Other(v) => v,
+        }
+    }
+}
+
+impl serde::Serialize for Scalar<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Scalar::Null => s.serialize_unit(),
+            Scalar::Bool(b) => s.serialize_bool(*b),
+            Scalar::Number(n) => n.serialize(s),
+            Scalar::Str(t) => s.serialize_str(t),
+            Scalar::Other(v) => v.serialize(s),
         }
     }
 }
@@ -352,6 +404,13 @@ mod tests {
         Arc::new(Shape::of(&config(names), Dialect::Postgres, &info()).expect("a shape"))
     }
 
+    fn rows(encoded: &Encoded) -> Vec<u8> {
+        match &encoded.body {
+            Body::Rows(data) => data.clone(),
+            Body::Changes(_) => panic!("rows, not changes"),
+        }
+    }
+
     fn records(values: &[String]) -> Vec<Record> {
         values.iter().map(|v| Record::from_value(v.clone())).collect()
     }
@@ -389,11 +448,11 @@ mod tests {
         ];
         let values: Vec<String> = values.iter().cycle().take(COPY_MIN_ROWS).map(|v| v.to_string()).collect();
         let encoded = encode(&records(&values), &shape(&names)).expect("encoded");
-        assert_eq!(String::from_utf8(encoded.data).unwrap(), String::from_utf8(general(&values, &names)).unwrap());
+        assert_eq!(String::from_utf8(rows(&encoded)).unwrap(), String::from_utf8(general(&values, &names)).unwrap());
         // Named in another order than the table's: written in the named order.
         let some = ["name", "id"];
         let encoded = encode(&records(&values), &shape(&some)).expect("encoded");
-        assert_eq!(encoded.data, general(&values, &some));
+        assert_eq!(rows(&encoded), general(&values, &some));
         assert_eq!(encoded.shape.columns, some);
     }
 
@@ -406,7 +465,7 @@ mod tests {
         let row = |id: &str, name: &str| format!(r#"{{"id":{id},"name":{name}}}"#);
         let distinct: Vec<String> = (0..COPY_MIN_ROWS).map(|i| row(&i.to_string(), r#""n""#)).collect();
         let encoded = encode(&records(&distinct), &shape).expect("encoded");
-        assert_eq!(encoded.data, general(&distinct, &["id", "name"]));
+        assert_eq!(rows(&encoded), general(&distinct, &["id", "name"]));
         for (at, value) in [
             (3, row("1", r#""n""#)),
             (3, row("3", "null")),
@@ -447,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn only_inserts_and_keyed_upserts_of_named_columns_into_a_fixed_table_have_a_shape() {
+    fn only_inserts_and_keyed_upserts_or_changes_of_named_columns_into_a_fixed_table_have_a_shape() {
         let of = |config: &SqlSinkConfig, info: &TableInfo| Shape::of(config, Dialect::Postgres, info);
         let info = info();
         assert!(of(&config(&["id", "name"]), &info).is_some());
@@ -468,8 +527,11 @@ mod tests {
         let mut identity = info.clone();
         identity.copy_in = false;
         assert!(of(&upsert, &identity).is_some());
+        // Change events alike (see `changes`).
         let mut cdc = upsert.clone();
         cdc.mode = Mode::Cdc;
+        assert!(of(&cdc, &info).expect("a shape").changes);
+        cdc.key.clear();
         assert!(of(&cdc, &info).is_none());
         let mut all = config(&["id"]);
         all.columns = None;

@@ -10,6 +10,7 @@
 
 mod apply;
 mod cell;
+mod changes;
 mod check;
 mod conn;
 mod copy;

@@ -48,14 +48,7 @@ impl SqlSink {
         if copies(deletes.len())
             && let Some(stage) = &stage
         {
-            self.copy_rows(stage, info, key, Rows::Parsed(&deletes)).await?;
-            let on: Vec<String> = key.iter().map(|k| format!("t.{0} = s.{0}", d.quote(k))).collect();
-            let sql = format!(
-                "DELETE FROM {} AS t USING {stage} AS s WHERE {}; TRUNCATE {stage}",
-                info.quoted,
-                on.join(" AND ")
-            );
-            self.conn.as_mut().expect("connected").raw(&sql).await?;
+            self.delete_copied(info, stage, key, Rows::Parsed(&deletes)).await?;
         } else if !deletes.is_empty() {
             let mut cells = Vec::with_capacity(deletes.len() * key.len());
             for row in &deletes {
