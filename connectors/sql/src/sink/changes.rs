@@ -3,10 +3,11 @@
 //!
 //! Parsing each event whole into maps of owned values, finding each key's
 //! last change through them and walking them again to write the rows was
-//! most of the sink's CPU for change events. For the common batch (events of
-//! named `columns:` keyed by a configured `key`, none moving a row to a new
-//! key, none with a value left out), the prepare step reads from each event
-//! only `op` and the named columns of `before` and `after`, keeps the last
+//! most of the sink's CPU for change events. For the common batch (events
+//! keyed by a configured `key`, of named `columns:` or, without them, rows
+//! holding exactly the table's columns; none moving a row to a new key, none
+//! with a value left out), the prepare step reads from each event only `op`
+//! and the columns of `before` and `after`, keeps the last
 //! change per key as [`super::apply`] does, and writes three texts: the keys
 //! to delete, the rows created, and the rows updated. The sink applies them
 //! as the general path applies the same operations: deletes, then the creates
@@ -16,7 +17,8 @@
 //! Anything the general path would do otherwise sends the batch down it: an
 //! event that is not JSON or not an object, an unknown op, a truncate, a side
 //! that is not an object where one is needed, a key column missing or null,
-//! a named column missing from `after`, a TOAST value left out, a key moved.
+//! a column missing from `after` (or, without `columns:`, a field in it that
+//! is not a column), a TOAST value left out, a key moved.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -27,7 +29,7 @@ use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visito
 use serde_json::Value;
 
 use super::copy::Rows;
-use super::direct::{Fields, Scalar, Shape, write_cell};
+use super::direct::{Fields, Others, Scalar, Shape, write_cell};
 use super::{SqlSink, TableInfo};
 use crate::change::{FieldName, UNAVAILABLE};
 
@@ -73,7 +75,7 @@ pub(super) fn encode(records: &[Record], shape: &Shape) -> Option<Changes> {
         // Checked whole first, as the general path does.
         let event = std::str::from_utf8(&r.value).ok()?;
         let mut de = serde_json::Deserializer::from_str(event);
-        let Event { op, before, after } = de.deserialize_map(EventVisitor(&shape.columns)).ok()?;
+        let Event { op, before, after } = de.deserialize_map(EventVisitor(shape)).ok()?;
         de.end().ok()?;
         let Some(Scalar::Str(op)) = op else { return None };
         let (kind, values) = match &*op {
@@ -172,7 +174,7 @@ impl SqlSink {
 }
 
 /// What the general path reads of a change event (`change::ops`): `op`, and
-/// the named columns of `before` and `after`, `None` where that side is
+/// the columns of `before` and `after`, `None` where that side is
 /// missing or not an object. The last of a repeated field counts.
 struct Event<'de> {
     op: Option<Scalar<'de>>,
@@ -182,7 +184,7 @@ struct Event<'de> {
 
 type Side<'de> = Option<Vec<Option<Scalar<'de>>>>;
 
-struct EventVisitor<'a>(&'a [String]);
+struct EventVisitor<'a>(&'a Shape);
 
 impl<'de> Visitor<'de> for EventVisitor<'_> {
     type Value = Event<'de>;
@@ -196,8 +198,12 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
         while let Some(name) = map.next_key_seed(FieldName)? {
             match &*name {
                 "op" => event.op = Some(map.next_value()?),
-                "before" => event.before = map.next_value_seed(SideSeed(self.0))?,
-                "after" => event.after = map.next_value_seed(SideSeed(self.0))?,
+                // Only its key is used: other fields are never refused.
+                "before" => event.before = map.next_value_seed(SideSeed(&self.0.columns, Others::Parse))?,
+                "after" => {
+                    let others = if self.0.whole { Others::Refuse } else { Others::Parse };
+                    event.after = map.next_value_seed(SideSeed(&self.0.columns, others))?;
+                }
                 // Parsed whole, as the general path parses the whole event.
                 _ => {
                     map.next_value::<Value>()?;
@@ -208,9 +214,9 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
     }
 }
 
-/// `before` or `after`: the named columns of an object; anything else is
-/// parsed and read as `None`.
-struct SideSeed<'a>(&'a [String]);
+/// `before` or `after`: the columns of an object, its other fields as
+/// [`Others`] says; anything but an object is parsed and read as `None`.
+struct SideSeed<'a>(&'a [String], Others);
 
 impl<'de> DeserializeSeed<'de> for SideSeed<'_> {
     type Value = Side<'de>;
@@ -226,7 +232,7 @@ impl<'de> Visitor<'de> for SideSeed<'_> {
         f.write_str("a JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Side<'de>, A::Error> {
-        Fields { columns: self.0, strict: true }.visit_map(map).map(Some)
+        Fields { columns: self.0, others: self.1 }.visit_map(map).map(Some)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Side<'de>, A::Error> {
         while seq.next_element::<Value>()?.is_some() {}
@@ -261,6 +267,10 @@ mod tests {
     use crate::dialect::Dialect;
 
     fn shape() -> Shape {
+        shape_of(Some(Columns::Names(vec!["doc".into(), "id".into(), "n".into()])))
+    }
+
+    fn shape_of(columns: Option<Columns>) -> Shape {
         let info = TableInfo {
             quoted: "\"t\"".into(),
             columns: [("id", "bigint"), ("n", "integer"), ("doc", "text"), ("other", "text")]
@@ -275,7 +285,7 @@ mod tests {
             table: "t".parse().unwrap(),
             mode: Mode::Cdc,
             key: vec!["id".into()],
-            columns: Some(Columns::Names(vec!["doc".into(), "id".into(), "n".into()])),
+            columns,
             create_table: false,
             delivery: Default::default(),
             synchronous: Default::default(),
@@ -362,5 +372,24 @@ mod tests {
         let c = encoded(&fine).expect("encoded");
         assert_eq!(text(&c.creates), "a\t7\t2\n");
         assert_eq!(text(&c.updates), "d\\t9\t9\t1\nd\\t8\t8\t1\n");
+    }
+
+    #[test]
+    fn without_columns_named_an_events_row_holds_exactly_the_tables_columns() {
+        let shape = shape_of(None);
+        let whole = |after: serde_json::Value| {
+            let records: Vec<Record> =
+                [event("d", json!({"id": 0, "gone": true}), json!(null)), event("c", json!(null), after)]
+                    .iter()
+                    .map(|e| Record::from_value(e.clone()))
+                    .collect();
+            encode(&records, &shape)
+        };
+        let c = whole(json!({"id": 1, "n": 1, "doc": "a", "other": null})).expect("encoded");
+        // The table's columns in its order: id, n, doc, other.
+        assert_eq!(text(&c.creates), "1\t1\ta\t\\N\n");
+        assert_eq!(text(&c.deletes), "0\n");
+        assert!(whole(json!({"id": 1, "n": 1, "doc": "a", "other": null, "more": 1})).is_none());
+        assert!(whole(json!({"id": 1, "n": 1, "doc": "a"})).is_none());
     }
 }

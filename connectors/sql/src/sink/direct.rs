@@ -4,14 +4,16 @@
 //! Parsing each record into a row (a map of owned values) and walking that
 //! map again to write it was most of the sink's CPU in a profile of Kafka ->
 //! Postgres inserts. For the common batch, records filling the named
-//! `columns:` of one fixed table (upserts: by a configured key), the prepare
-//! step writes each record's values as `COPY` text in one pass, borrowing
-//! its strings, and the sink sends that text as it is.
+//! `columns:` of one fixed table, or without `columns:` holding exactly its
+//! columns (upserts: by a configured key), the prepare step writes each
+//! record's values as `COPY` text in one pass, borrowing its strings, and
+//! the sink sends that text as it is.
 //!
 //! Only a batch the general path would write as one `COPY` (into the table,
 //! or into its staging table for upserts) takes this path, and it is written
 //! as the same text. A record that would go otherwise (not an object, not
-//! JSON, a column missing) sends its batch down the general path, and so
+//! JSON, a column missing, a field without a column) sends its batch down
+//! the general path, and so
 //! does a `COPY` the database refuses, so that refusals stay per record,
 //! with the database's message.
 
@@ -45,6 +47,11 @@ pub(super) struct Shape {
     pub(super) key_at: Vec<usize>,
     /// The records are change events (see [`super::changes`]).
     pub(super) changes: bool,
+    /// Without `columns:`, a record's (or a change event's row's) fields are
+    /// the columns it fills: `columns` are the table's, and a field that is
+    /// not one of them sends the batch the general way, as does a column
+    /// missing from a record.
+    pub(super) whole: bool,
 }
 
 /// The shape, set by the sink once it has described the table and read by
@@ -67,13 +74,19 @@ impl Shape {
     /// The shape for a table described as `info`, when its batches can take
     /// this path: Postgres inserts, or upserts or change events by configured
     /// `key` columns, into a fixed table; `columns:` named (each once, each a
-    /// column of it, the key among them); and `COPY` into the table doing
-    /// what `INSERT` does (or, for upserts, into its staging table).
+    /// column of it, the key among them) or not given (all the table's); and
+    /// `COPY` into the table doing what `INSERT` does (or, for upserts, into
+    /// its staging table).
     pub(super) fn of(config: &SqlSinkConfig, dialect: Dialect, info: &TableInfo) -> Option<Shape> {
-        let (Dialect::Postgres, Some(Columns::Names(names)), Some(table)) =
-            (dialect, config.columns.as_ref(), config.table.fixed())
-        else {
-            return None;
+        let (Dialect::Postgres, Some(table)) = (dialect, config.table.fixed()) else { return None };
+        let all: Vec<String>;
+        let names = match &config.columns {
+            Some(Columns::Names(names)) => names,
+            None => {
+                all = info.columns.iter().map(|(c, _)| c.clone()).collect();
+                &all
+            }
+            Some(Columns::Map(_)) => return None,
         };
         let key = match config.mode {
             Mode::Insert if info.copy_in => Vec::new(),
@@ -94,7 +107,8 @@ impl Shape {
             types.push(info.ty(name)?.to_string());
         }
         let changes = config.mode == Mode::Cdc;
-        Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at, changes })
+        let whole = config.columns.is_none();
+        Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at, changes, whole })
     }
 }
 
@@ -119,7 +133,8 @@ pub(super) fn encode(records: &[Record], shape: &Arc<Shape>) -> Option<Encoded> 
         // Checked whole first, as the general path does.
         let text = std::str::from_utf8(&r.value).ok()?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let values = de.deserialize_map(Fields { columns: &shape.columns, strict: false }).ok()?;
+        let others = if shape.whole { Others::Refuse } else { Others::Skip };
+        let values = de.deserialize_map(Fields { columns: &shape.columns, others }).ok()?;
         de.end().ok()?;
         let mut key = keys.build_hasher();
         for (n, (value, ty)) in values.into_iter().zip(&shape.types).enumerate() {
@@ -242,12 +257,22 @@ impl SqlSink {
 }
 
 /// A record's values for `columns`, in their order: the last of a repeated
-/// field, `None` for a column it lacks. Other fields are checked as JSON and
-/// skipped, as the general path does for inserts and upserts of named
-/// columns; `strict`, they are parsed whole, as it does for change events.
+/// field, `None` for a column it lacks.
 pub(super) struct Fields<'a> {
     pub(super) columns: &'a [String],
-    pub(super) strict: bool,
+    pub(super) others: Others,
+}
+
+/// What becomes of fields other than the columns.
+#[derive(Clone, Copy)]
+pub(super) enum Others {
+    /// Checked as JSON and skipped, as the general path does for inserts and
+    /// upserts of named columns.
+    Skip,
+    /// Parsed whole and dropped, as the general path does for change events.
+    Parse,
+    /// An error: the general path would write them, or refuse the record.
+    Refuse,
 }
 
 impl<'de> Visitor<'de> for Fields<'_> {
@@ -260,14 +285,15 @@ impl<'de> Visitor<'de> for Fields<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values: Vec<Option<Scalar<'de>>> = self.columns.iter().map(|_| None).collect();
         while let Some(name) = map.next_key_seed(FieldName)? {
-            match self.columns.iter().position(|c| *c == name) {
-                Some(i) => values[i] = Some(map.next_value()?),
-                None if self.strict => {
-                    map.next_value::<Value>()?;
-                }
-                None => {
+            match (self.columns.iter().position(|c| *c == name), self.others) {
+                (Some(i), _) => values[i] = Some(map.next_value()?),
+                (None, Others::Skip) => {
                     map.next_value::<IgnoredAny>()?;
                 }
+                (None, Others::Parse) => {
+                    map.next_value::<Value>()?;
+                }
+                (None, Others::Refuse) => return Err(de::Error::custom("a field without a column")),
             }
         }
         Ok(values)
@@ -457,6 +483,31 @@ mod tests {
     }
 
     #[test]
+    fn without_columns_named_records_holding_exactly_the_tables_columns_are_encoded() {
+        let mut whole = config(&[]);
+        whole.columns = None;
+        let shape = Arc::new(Shape::of(&whole, Dialect::Postgres, &info()).expect("a shape"));
+        let all = COLUMNS.map(|(c, _)| c);
+        let values = [
+            r#"{"ok":true,"raw":"s","n":1,"tags":["a"],"doc":{"k":1},"amount":1.5,"name":"a\\tb","id":1}"#,
+            r#"{"id":2,"name":null,"amount":-2,"doc":null,"tags":null,"raw":[1],"ok":null,"n":"1e3","id":3}"#,
+        ];
+        let values: Vec<String> = values.iter().cycle().take(COPY_MIN_ROWS).map(|v| v.to_string()).collect();
+        let encoded = encode(&records(&values), &shape).expect("encoded");
+        assert_eq!(rows(&encoded), general(&values, &all));
+        // A field without a column (the general path refuses it, or drops it
+        // with `unknown_fields: ignore`), or a column left out (its default).
+        for bad in [
+            r#"{"ok":true,"raw":"s","n":1,"tags":[],"doc":1,"amount":1.5,"name":"a","id":1,"more":1}"#,
+            r#"{"ok":true,"raw":"s","n":1,"tags":[],"doc":1,"amount":1.5,"id":1}"#,
+        ] {
+            let mut values = values.clone();
+            values[5] = bad.to_string();
+            assert!(encode(&records(&values), &shape).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
     fn upserts_with_a_key_null_or_twice_go_the_general_way() {
         let mut upsert = config(&["id", "name"]);
         upsert.mode = Mode::Upsert;
@@ -533,8 +584,13 @@ mod tests {
         assert!(of(&cdc, &info).expect("a shape").changes);
         cdc.key.clear();
         assert!(of(&cdc, &info).is_none());
+        // Without `columns:`, all the table's.
         let mut all = config(&["id"]);
         all.columns = None;
+        let whole = of(&all, &info).expect("a shape");
+        assert!(whole.whole);
+        assert_eq!(whole.columns, COLUMNS.map(|(c, _)| c));
+        all.columns = Some(Columns::Map([("id".to_string(), "id".to_string())].into()));
         assert!(of(&all, &info).is_none());
         let mut templated = config(&["id"]);
         templated.table = "t_${value.id}".parse().unwrap();
