@@ -517,6 +517,17 @@ fn pg_sink(
 /// Writes `records` (key, value) into `sink` in batches of `size`; the reasons
 /// of the records refused.
 async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, String)], size: usize) -> Vec<String> {
+    write_batches(sink, records, size, true).await
+}
+
+/// [`write_in_batches`], with the sink's prepare step run on each batch
+/// (`prepared`, as the engine does) or not, so that it takes the general path.
+async fn write_batches(
+    sink: &mut flowgate_sql::SqlSink,
+    records: &[(String, String)],
+    size: usize,
+    prepared: bool,
+) -> Vec<String> {
     use flowgate_sdk::{Batch, Record, Sink};
     let mut refused = Vec::new();
     for chunk in records.chunks(size) {
@@ -527,7 +538,7 @@ async fn write_in_batches(sink: &mut flowgate_sql::SqlSink, records: &[(String, 
             b.records.push(r);
         }
         // As the engine does, ahead of the write.
-        if let Some(preparer) = sink.preparer() {
+        if let Some(preparer) = sink.preparer().filter(|_| prepared) {
             preparer.prepare(&mut b);
         }
         sink.write(&mut b).await.unwrap();
@@ -688,6 +699,17 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     mixed.extend((11..=15).map(|i| full("d", i, json!(0), "")));
     mixed.extend([full("d", 16, json!(0), ""), full("c", 16, json!(3), "again"), full("c", 17, json!(3), "replayed")]);
     mixed.extend([full("u", 5, json!(4), "twice"), (String::new(), String::new())]);
+    // Keys written alike in JSON but one row in the table: deletes go before
+    // upserts, and updates and creates in the order they first came.
+    let written = |op: &str, before: serde_json::Value, after: serde_json::Value| {
+        (String::new(), json!({"op": op, "before": before, "after": after}).to_string())
+    };
+    mixed.extend([
+        written("d", json!({"id": "38"}), json!(null)),
+        written("c", json!(null), json!({"id": 38, "n": 9, "doc": "back"})),
+        written("u", json!(null), json!({"id": "39", "n": 7, "doc": "text key"})),
+        written("c", json!(null), json!({"id": 39, "n": 8, "doc": "number key"})),
+    ]);
     mixed.extend((41..=60).map(|i| full("c", i, json!(1), "new")));
     let moved = vec![full("u", 18, json!(5), "stays"); 16]
         .into_iter()
@@ -698,20 +720,25 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         .collect::<Vec<_>>();
     let mut bad: Vec<_> = (20..=36).map(|i| full("u", i, json!(6), "last")).collect();
     bad.push(full("u", 37, json!("six"), "bad"));
+    // Against the same batches unprepared, written the general way (the
+    // order of its groups depends on the batch: see the keys written alike).
     let named = ["doc", "id", "n"];
-    for (table, size, columns) in
-        [("cdc_named", 1000, &named[..]), ("cdc_whole", 1000, &[]), ("cdc_named_rows", 5, &named)]
+    for (table, columns, prepared) in
+        [("cdc_named", &named[..], true), ("cdc_whole", &[], true), ("cdc_named_rows", &named, false)]
     {
         let named = pg_sink(pg.url(), table, Mode::Cdc, &["id"], columns);
         let mut sink = SqlSink::open(named, table).await.unwrap();
         for batch in [&created, &mixed, &moved] {
-            assert!(write_in_batches(&mut sink, batch, size).await.is_empty(), "{table}");
+            assert!(write_batches(&mut sink, batch, 1000, prepared).await.is_empty(), "{table}");
         }
-        let refused = write_in_batches(&mut sink, &bad, size).await;
+        let refused = write_batches(&mut sink, &bad, 1000, prepared).await;
         assert_eq!(refused.len(), 1, "{table}: {refused:?}");
         assert!(refused[0].contains("invalid input syntax for type integer"), "{refused:?}");
     }
-    assert_eq!([made_ahead(&events, "cdc_named"), made_ahead(&events, "cdc_whole")], [1, 1]);
+    assert_eq!(
+        [made_ahead(&events, "cdc_named"), made_ahead(&events, "cdc_whole"), made_ahead(&events, "cdc_named_rows")],
+        [1, 1, 0]
+    );
 
     // Tables where COPY would not do what INSERT does take the statements:
     // a value for a GENERATED ALWAYS identity is refused, not written.
@@ -754,10 +781,10 @@ async fn copy_writes_what_statements_write_in_every_mode() {
     assert_eq!(
         pg.sql(
             "SELECT string_agg(id || ':' || n || ':' || doc, ',' ORDER BY id) FROM cdc_named WHERE id IN \
-                (1, 5, 11, 16, 17, 18, 19, 20, 37, 41, 119)"
+                (1, 5, 11, 16, 17, 18, 19, 20, 37, 38, 39, 41, 119)"
         ),
-        "1:2:upd 1,5:4:twice 5,16:3:again 16,17:3:replayed 17,18:5:stays 18,20:6:last 20,37:1:big 37,41:1:new 41,\
-         119:5:moved"
+        "1:2:upd 1,5:4:twice 5,16:3:again 16,17:3:replayed 17,18:5:stays 18,20:6:last 20,37:1:big 37,38:9:back,\
+         39:8:number key,41:1:new 41,119:5:moved"
     );
 
     // The big batches went by COPY (the one with a refused row went row by row),
@@ -801,6 +828,8 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
          CREATE TRIGGER updated AFTER UPDATE ON named FOR EACH STATEMENT EXECUTE FUNCTION fire(); \
          CREATE TABLE changed (a int, b int, v text, PRIMARY KEY (a, b)); \
          CREATE TRIGGER updated AFTER UPDATE ON changed FOR EACH STATEMENT EXECUTE FUNCTION fire(); \
+         CREATE TABLE changed_ahead (LIKE changed INCLUDING ALL); \
+         CREATE TRIGGER updated AFTER UPDATE ON changed_ahead FOR EACH STATEMENT EXECUTE FUNCTION fire(); \
          CREATE TABLE nokey (a int, b int, v text); \
          CREATE TABLE deferred (a int, b int, v text, PRIMARY KEY (a, b) DEFERRABLE); \
          CREATE TABLE partial (a int, b int, v text); CREATE UNIQUE INDEX ON partial (a, b) WHERE a > 0",
@@ -812,7 +841,9 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
         keys.map(|i| (String::new(), json!({"a": i, "b": i % 3, "v": format!("{v}{i}")}).to_string())).collect()
     };
     let (_events, events) = sink_events();
-    for (table, columns) in [("keyed", &[][..]), ("named", &["v", "b", "a"][..])] {
+    // Parsed rows (unprepared batches, the general path) and rows encoded
+    // ahead of the write (named columns).
+    for (table, columns, prepared) in [("keyed", &[][..], false), ("named", &["v", "b", "a"][..], true)] {
         let mut sink = open(table, columns).await.unwrap();
         let fired = || pg.sql(&format!("SELECT count(*) FROM fired WHERE t = '{table}'"));
         // (batch, update statements fired after it): new keys go straight in;
@@ -820,20 +851,19 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
         for (batch, after) in
             [(rows(0..40, "a"), 0), (rows(20..60, "b"), 1), (rows(60..100, "c"), 2), (rows(100..140, "d"), 3)]
         {
-            assert!(write_in_batches(&mut sink, &batch, 1000).await.is_empty());
+            assert!(write_batches(&mut sink, &batch, 1000, prepared).await.is_empty());
             assert_eq!(fired(), after.to_string(), "{table}");
         }
         // The try comes back after two batches without one.
-        assert!(write_in_batches(&mut sink, &rows(140..180, "e"), 1000).await.is_empty());
+        assert!(write_batches(&mut sink, &rows(140..180, "e"), 1000, prepared).await.is_empty());
         assert_eq!(fired(), "3", "{table}");
         assert_eq!(pg.sql(&format!("SELECT count(*) FROM {table}")), "180");
         assert_eq!(
             pg.sql(&format!("SELECT string_agg(v, ',' ORDER BY a) FROM {table} WHERE a IN (19, 20, 59, 60)")),
             "a19,b20,b59,c60"
         );
-        // Every batch after the first: named columns, or records holding
-        // exactly the table's.
-        assert_eq!(made_ahead(&events, table), 4);
+        // Every batch after the first.
+        assert_eq!(made_ahead(&events, table), if prepared { 4 } else { 0 });
         if table == "keyed" {
             // The key's index is looked up at each try: dropped while the sink
             // runs, the next upsert fails as `ON CONFLICT` does, writing nothing.
@@ -847,9 +877,8 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
     }
 
     // Change events: creates go straight in, beside updates that cannot, and
-    // a key deleted and created again in one batch goes with the updates.
-    let mut sink = SqlSink::open(pg_sink(pg.url(), "changed", Mode::Cdc, &["a", "b"], &[]), "changed").await.unwrap();
-    let fired = || pg.sql("SELECT count(*) FROM fired WHERE t = 'changed'");
+    // a key deleted and created again in one batch goes with the updates. As
+    // parsed rows, and encoded ahead (the table's columns, `columns:` not set).
     let event = |op: &str, i: usize, v: &str| {
         let row = json!({"a": i, "b": i % 3, "v": format!("{v}{i}")});
         let (before, after) =
@@ -860,23 +889,30 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
     let mut mixed = creates(40..80, "b");
     mixed.extend((0..20).map(|i| event("u", i, "u")));
     mixed.extend([event("d", 30, ""), event("c", 30, "again")]);
-    // (batch, update statements fired after it): a replayed create misses, and
-    // the creates after it skip their try.
-    for (batch, after) in [
-        (creates(0..40, "a"), 0),
-        (mixed, 1),
-        (creates(80..120, "c"), 1),
-        (creates(0..20, "r"), 2),
-        (creates(120..160, "d"), 3),
-    ] {
-        assert!(write_in_batches(&mut sink, &batch, 1000).await.is_empty());
-        assert_eq!(fired(), after.to_string());
+    for (table, prepared) in [("changed", false), ("changed_ahead", true)] {
+        let mut sink = SqlSink::open(pg_sink(pg.url(), table, Mode::Cdc, &["a", "b"], &[]), table).await.unwrap();
+        let fired = || pg.sql(&format!("SELECT count(*) FROM fired WHERE t = '{table}'"));
+        // (batch, update statements fired after it): a replayed create misses,
+        // and the creates after it skip their try.
+        for (batch, after) in [
+            (creates(0..40, "a"), 0),
+            (mixed.clone(), 1),
+            (creates(80..120, "c"), 1),
+            (creates(0..20, "r"), 2),
+            (creates(120..160, "d"), 3),
+        ] {
+            assert!(write_batches(&mut sink, &batch, 1000, prepared).await.is_empty());
+            assert_eq!(fired(), after.to_string(), "{table}");
+        }
+        assert_eq!(pg.sql(&format!("SELECT count(*) FROM {table}")), "160");
+        assert_eq!(
+            pg.sql(&format!(
+                "SELECT string_agg(v, ',' ORDER BY a) FROM {table} WHERE a IN (0, 19, 20, 30, 40, 80, 120)"
+            )),
+            "r0,r19,a20,again30,b40,c80,d120"
+        );
+        assert_eq!(made_ahead(&events, table), if prepared { 4 } else { 0 }, "{table}");
     }
-    assert_eq!(pg.sql("SELECT count(*) FROM changed"), "160");
-    assert_eq!(
-        pg.sql("SELECT string_agg(v, ',' ORDER BY a) FROM changed WHERE a IN (0, 19, 20, 30, 40, 80, 120)"),
-        "r0,r19,a20,again30,b40,c80,d120"
-    );
 
     for table in ["nokey", "deferred", "partial"] {
         let mut sink = open(table, &[]).await.unwrap();

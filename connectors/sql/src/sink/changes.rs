@@ -12,7 +12,9 @@
 //! to delete, the rows created, and the rows updated. The sink applies them
 //! as the general path applies the same operations: deletes, then the creates
 //! (which try going straight in) and the updates, in the order they first
-//! came.
+//! came. Where the general path would write a group of so few rows by
+//! statements, the staging table does the same: only the straight-in try is
+//! left out.
 //!
 //! Anything the general path would do otherwise sends the batch down it: an
 //! event that is not JSON or not an object, an unknown op, a truncate, a side
@@ -28,7 +30,7 @@ use flowgate_sdk::Record;
 use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::copy::Rows;
+use super::copy::{COPY_MIN_ROWS, Rows};
 use super::direct::{Fields, Others, Scalar, Shape, write_cell};
 use super::{SqlSink, TableInfo};
 use crate::change::{FieldName, UNAVAILABLE};
@@ -46,6 +48,9 @@ pub(super) struct Changes {
     /// Created rows came before updated ones (the order the general path
     /// writes its groups in).
     creates_first: bool,
+    /// How many rows `creates` holds: as few as the general path writes by
+    /// statements never try going straight in.
+    created: usize,
 }
 
 impl Changes {
@@ -130,7 +135,8 @@ pub(super) fn encode(records: &[Record], shape: &Shape) -> Option<Changes> {
             }
         }
     }
-    let mut changes = Changes { deletes: Vec::new(), creates: Vec::new(), updates: Vec::new(), creates_first: true };
+    let mut changes =
+        Changes { deletes: Vec::new(), creates: Vec::new(), updates: Vec::new(), creates_first: true, created: 0 };
     let mut first = None;
     for (kind, row) in last {
         let into = match kind {
@@ -141,6 +147,9 @@ pub(super) fn encode(records: &[Record], shape: &Shape) -> Option<Changes> {
         into.extend_from_slice(&text[row]);
         if kind != Kind::Delete {
             first.get_or_insert(kind);
+        }
+        if kind == Kind::Create {
+            changes.created += 1;
         }
     }
     changes.creates_first = first != Some(Kind::Update);
@@ -160,7 +169,9 @@ impl SqlSink {
         if !changes.deletes.is_empty() {
             self.delete_copied(info, stage, &shape.key, Rows::Text(&changes.deletes)).await?;
         }
-        let mut upserts = [(&changes.creates, true), (&changes.updates, false)];
+        // The general path writes groups smaller than `COPY` takes by
+        // statements, to the same rows but without the try.
+        let mut upserts = [(&changes.creates, changes.created >= COPY_MIN_ROWS), (&changes.updates, false)];
         if !changes.creates_first {
             upserts.reverse();
         }
@@ -331,6 +342,8 @@ mod tests {
         let c = encoded(&events).expect("encoded");
         // Columns in `columns:` order: doc, id, n.
         assert_eq!(text(&c.creates), "d\\t3\t3\t1\n");
+        // Too few to try going straight in, as the general path would not.
+        assert_eq!(c.created, 1);
         assert_eq!(text(&c.updates), "d\\t1\t1\t2\nd\\t2\t2\t1\nd\\t4\t4\t5\n");
         assert_eq!(text(&c.deletes), "5\n");
         assert!(!c.creates_first, "key 1, an update now, came first");
