@@ -4,9 +4,9 @@
 //! context and (with exactly-once) the sink.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -23,6 +23,11 @@ use flowgate_sdk::blocking;
 /// flight, so that their partitions' next owner starts after them.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
+/// How long the revocation of a closing consumer waits for librdkafka to
+/// finish closing it (see [`ConsumerCtx::revoke`]); it takes a few
+/// milliseconds.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 /// Consumer group state shared between the source, its rebalance callbacks and
 /// (with exactly-once) the sink.
 #[derive(Debug, Default)]
@@ -35,6 +40,9 @@ pub struct GroupState {
     committed_changed: Condvar,
     /// Bumped by every rebalance, so a batch being read can tell that one happened.
     pub(crate) rebalances: AtomicU64,
+    /// Set when the source closes: a revocation from then on is the consumer
+    /// leaving the group.
+    pub(crate) closing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -168,6 +176,20 @@ impl ConsumerCtx {
         }
         let names: Vec<String> = revoked.iter().map(|(t, p)| format!("{t}[{p}]")).collect();
         tracing::info!(client = &*self.log.name, partitions = %names.join(", "), held, "partitions revoked");
+        if self.group.closing.load(Ordering::Acquire) {
+            // Dropping the consumer closes it and polls in waits of 100 ms
+            // until it is closed, and nothing ends the last wait early:
+            // librdkafka finishes closing on its own thread once the
+            // partitions are given up. Waiting here, in the poll that served
+            // this revocation, lets the drop see it closed as soon as it is,
+            // which takes a tenth of a second off every stop.
+            let deadline = Instant::now() + CLOSE_WAIT;
+            blocking(|| {
+                while !consumer.closed() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
     }
 
     /// Partitions the group has no offset for start at the first record at or after

@@ -387,6 +387,7 @@ impl Source for KafkaSource {
     }
 
     async fn close(&mut self) -> Result<(), ConnectorError> {
+        self.group.closing.store(true, Ordering::Release);
         if self.exactly_once {
             // Nothing more will be committed: the revocation when the consumer
             // closes must not wait for batches a failed sink left behind.
