@@ -178,7 +178,8 @@ pub(super) fn shape_of(shared: &SharedShape) -> std::sync::MutexGuard<'_, Option
 impl SqlSink {
     /// Writes a batch the prepare step encoded, in the batch's transaction:
     /// with one `COPY` for inserts, as parsed rows are for upserts (straight
-    /// in while their keys are new, else through the staging table).
+    /// in while their keys are new, else through the staging table), and
+    /// change events as [`SqlSink::apply_changes`] applies them.
     /// `false` when the batch must take the general path: the table was
     /// described otherwise since, it has no staging table, or the database
     /// refused a row (what this wrote is rolled back).
