@@ -174,6 +174,16 @@ fn write_int(b: &mut Vec<u8>, n: impl itoa::Integer) {
 /// that the replica identity does not carry.
 const UNAVAILABLE_JSON: &str = "\"__debezium_unavailable_value\"";
 
+/// Whether [`Encoder::change`] writes a placeholder for one of `after`'s
+/// columns: an unchanged TOAST value the replica identity does not carry.
+pub fn leaves_value_out(table: &Table, before: Option<&RowData>, after: &RowData) -> bool {
+    if after.len() == table.columns.len() {
+        return false;
+    }
+    let fallback = before.filter(|_| table.full_identity);
+    table.columns.iter().any(|c| after.get(&c.name).is_none() && fallback.and_then(|f| f.get(&c.name)).is_none())
+}
+
 /// The row as a JSON object over the table's columns, in table order; `missing`
 /// (JSON) stands for columns in neither `row` nor `fallback`.
 fn write_row(b: &mut Vec<u8>, table: &Table, row: &RowData, fallback: Option<&RowData>, missing: &str) {
@@ -419,6 +429,10 @@ mod tests {
         let r = enc.change(&origin(), &full, Op::Update, 1, Some(&full_old), Some(&after));
         let v: Value = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(v["after"]["doc"], json!([1]));
+        assert!(!leaves_value_out(&full, Some(&full_old), &after));
+        assert!(leaves_value_out(&table(), Some(&old_key), &after));
+        assert!(leaves_value_out(&table(), None, &after));
+        assert!(!leaves_value_out(&table(), None, &row(&[("id", Some("1")), ("note", None), ("doc", None)])));
     }
 
     #[test]

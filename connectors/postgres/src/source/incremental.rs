@@ -6,7 +6,7 @@
 //! that a transaction delivered between the two watermarks touched is dropped
 //! from the chunk, since the streamed change is as new or newer; the chunk's
 //! other rows are emitted where the high watermark arrives, ordered with the
-//! stream. No transaction stays open longer than a chunk's `COPY`, so
+//! stream. (Unless the change left a TOAST value out: see [`Replay`].) No transaction stays open longer than a chunk's `COPY`, so
 //! nothing holds back vacuum. The rows carry the low watermark's LSN: they
 //! are the table as it was between the two watermarks.
 //!
@@ -386,6 +386,25 @@ struct Window {
     touched: Vec<Vec<u8>>,
     truncated: bool,
     chunk: Option<Chunk>,
+    /// The keys changed in the window whose rows may need going out after
+    /// all (see [`Replay`]); kept only for tables without `REPLICA IDENTITY
+    /// FULL`, and once the rows came, only for keys among them.
+    replays: HashMap<Vec<u8>, Replay>,
+}
+
+/// A row that gave way to changes in its window, and those changes. When one
+/// of them left an unchanged TOAST value out (a placeholder under the default
+/// replica identity), the row was the only carrier of that value: dropped, the
+/// value would never reach the sink. So the row goes out at the high
+/// watermark followed by the window's changes to its key again, in their
+/// order: whether the row was read before or after each change, applying
+/// them in that order ends at the row as it now is, its TOAST values whole.
+/// The changes are delivered twice, which at-least-once allows.
+#[derive(Default)]
+struct Replay {
+    row: Option<Record>,
+    changes: Vec<Record>,
+    left_out: bool,
 }
 
 pub(super) struct Incremental {
@@ -493,10 +512,10 @@ impl RowKeys {
 }
 
 impl Chunk {
-    fn drop_key(&mut self, key: &[u8]) {
-        if let Some(i) = self.keys.take(key) {
-            self.rows[i] = None;
-        }
+    /// Drops the row of `key`: `None` if the chunk has none (any more),
+    /// otherwise the row (`None` if cleared by a truncate).
+    fn take_row(&mut self, key: &[u8]) -> Option<Option<Record>> {
+        self.keys.take(key).map(|i| self.rows[i].take())
     }
 
     fn clear(&mut self) {
@@ -749,8 +768,16 @@ impl Incremental {
         while let Ok(report) = self.reports.try_recv() {
             match report {
                 Report::Open { id, schema, table, key } => {
-                    let window =
-                        Window { schema, table, key, open: false, touched: Vec::new(), truncated: false, chunk: None };
+                    let window = Window {
+                        schema,
+                        table,
+                        key,
+                        open: false,
+                        touched: Vec::new(),
+                        truncated: false,
+                        chunk: None,
+                        replays: HashMap::new(),
+                    };
                     self.windows.insert(id, window);
                 }
                 Report::Chunk(mut chunk) => {
@@ -759,8 +786,12 @@ impl Incremental {
                             chunk.clear();
                         }
                         for k in w.touched.drain(..) {
-                            chunk.drop_key(&k);
+                            // A key changed twice finds its row taken the second time.
+                            if let (Some(row), Some(replay)) = (chunk.take_row(&k), w.replays.get_mut(&k)) {
+                                replay.row = row;
+                            }
                         }
+                        w.replays.retain(|_, r| r.row.is_some());
                         w.chunk = Some(chunk);
                     }
                 }
@@ -779,21 +810,48 @@ impl Incremental {
         self.shared.delivered().push(xid);
     }
 
-    /// A streamed change to `table`: inside a chunk's window, its rows of the
-    /// keys the change touched are dropped.
-    pub(super) fn touched(&mut self, table: &Table, before: Option<&RowData>, after: Option<&RowData>) {
+    /// A streamed change to `table`, written as `records`: inside a chunk's
+    /// window, its rows of the keys the change touched are dropped (kept
+    /// aside for a [`Replay`] where one may be needed).
+    pub(super) fn touched(
+        &mut self,
+        table: &Table,
+        before: Option<&RowData>,
+        after: Option<&RowData>,
+        records: &[Record],
+    ) {
         if self.windows.is_empty() {
             return;
         }
         self.drain();
+        let left_out = after.is_some_and(|a| crate::event::leaves_value_out(table, before, a));
         let windows =
             self.windows.values_mut().filter(|w| w.open && *w.schema == *table.schema && *w.table == *table.name);
         for w in windows {
-            for row in [before, after].into_iter().flatten() {
-                let k = key_bytes(w.key.iter().map(|n| row.get(n).and_then(value_bytes)));
-                match &mut w.chunk {
-                    Some(chunk) => chunk.drop_key(&k),
-                    None => w.touched.push(k),
+            let mut keys: Vec<Vec<u8>> = [before, after]
+                .into_iter()
+                .flatten()
+                .map(|row| key_bytes(w.key.iter().map(|n| row.get(n).and_then(value_bytes))))
+                .collect();
+            keys.dedup();
+            for k in keys {
+                let row = match &mut w.chunk {
+                    Some(chunk) => chunk.take_row(&k),
+                    None => {
+                        w.touched.push(k.clone());
+                        None
+                    }
+                };
+                // Under FULL identity the old row fills every value in.
+                let tracked =
+                    !table.full_identity && (w.chunk.is_none() || row.is_some() || w.replays.contains_key(&k));
+                if tracked {
+                    let replay = w.replays.entry(k).or_default();
+                    if let Some(row) = row {
+                        replay.row = row;
+                    }
+                    replay.changes.extend_from_slice(records);
+                    replay.left_out |= left_out;
                 }
             }
         }
@@ -808,6 +866,8 @@ impl Incremental {
                 Some(chunk) => chunk.clear(),
                 None => w.truncated = true,
             }
+            // The rows read are gone: replaying them would bring them back.
+            w.replays.clear();
         }
     }
 
@@ -842,7 +902,15 @@ impl Incremental {
                 batch.records.reserve(chunk.rows.len());
                 batch.records.extend(chunk.rows.into_iter().flatten());
                 let table = format!("{}.{}", window.schema, window.table);
-                super::observe::snapshot_rows(&self.shared.pipeline, &table, (batch.records.len() - before) as u64);
+                let mut rows = (batch.records.len() - before) as u64;
+                for replay in window.replays.into_values().filter(|r| r.left_out) {
+                    let Some(row) = replay.row else { continue };
+                    tracing::debug!(%table, "a row that gave way to a change leaving a TOAST value out goes out again");
+                    rows += 1;
+                    batch.records.push(row);
+                    batch.records.extend(replay.changes);
+                }
+                super::observe::snapshot_rows(&self.shared.pipeline, &table, rows);
                 let mut plan = self.shared.plan();
                 if let Some(pos) = plan.tables.iter().position(|c| c.id == chunk.cursor) {
                     if chunk.complete {
@@ -1342,7 +1410,10 @@ async fn emit(conn: &mut PgConnection, slot: &str, kind: &str, id: u64) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+    use crate::event::Op;
 
     fn delivered(xids: &[u32]) -> Delivered {
         let mut d = Delivered::default();
@@ -1378,6 +1449,134 @@ mod tests {
         assert_eq!(a.take(&key(b"2", Some(b"x"))), None);
         assert_eq!(a.take(&key(b"2", None)), None);
         assert_eq!(a.take(&key(b"1", None)), Some(0));
+    }
+
+    /// A window over `public.orders` (key `id`), through its low watermark.
+    fn opened(inc: &mut Incremental, id: u64) {
+        let key = vec!["id".to_string()];
+        inc.tx.send(Report::Open { id, schema: "public".into(), table: "orders".into(), key }).unwrap();
+        inc.watermark(watermark("", "low", id).as_bytes(), &mut Batch::with_capacity(0, 0));
+    }
+
+    fn orders(full_identity: bool) -> Table {
+        let columns = [("id".into(), 23, -1, true), ("n".into(), 23, -1, false), ("doc".into(), 25, -1, false)];
+        Table::new("public".into(), "orders".into(), full_identity, columns)
+    }
+
+    fn row(cols: &[(&str, &str)]) -> RowData {
+        RowData::from_pairs(cols.iter().map(|(n, v)| (*n, ColumnValue::text(v))).collect())
+    }
+
+    /// The chunk of rows `ids` as read (`n` = 1, `doc` a long text).
+    fn chunk(id: u64, ids: &[&str]) -> Chunk {
+        let mut keys = RowKeys::default();
+        let rows = ids
+            .iter()
+            .map(|i| {
+                keys.push([Some(i.as_bytes())].into_iter());
+                Some(record(Op::Read, None, Some(&row(&[("id", i), ("n", "1"), ("doc", "long")]))))
+            })
+            .collect();
+        Chunk { id, cursor: u64::MAX, rows, keys, end: None, complete: true }
+    }
+
+    fn record(op: Op, before: Option<&RowData>, after: Option<&RowData>) -> Record {
+        let origin = crate::event::Origin {
+            pipeline: "p",
+            db: "d",
+            commit_ms: 0,
+            now_ms: 0,
+            tx_id: None,
+            snapshot: if op == Op::Read { "incremental" } else { "false" },
+        };
+        crate::event::Encoder::default().change(&origin, &orders(false), op, 1, before, after)
+    }
+
+    /// A streamed change, as the stream hands it to the snapshot.
+    fn change(
+        inc: &mut Incremental,
+        table: &Table,
+        op: Op,
+        before: Option<&RowData>,
+        after: Option<&RowData>,
+    ) -> Record {
+        let r = record(op, before, after);
+        inc.touched(table, before, after, std::slice::from_ref(&r));
+        r
+    }
+
+    fn high(inc: &mut Incremental, id: u64) -> Vec<Value> {
+        let mut batch = Batch::with_capacity(0, 0);
+        inc.watermark(watermark("", "high", id).as_bytes(), &mut batch);
+        batch.records.iter().map(|r| serde_json::from_slice(&r.value).unwrap()).collect()
+    }
+
+    fn summary(events: &[Value]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| format!("{} {} {}", e["op"].as_str().unwrap(), e["after"]["id"], e["after"]["doc"]))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_given_way_to_a_change_without_its_toast_value_goes_out_again_before_the_changes() {
+        let (t, full) = (orders(false), orders(true));
+        let left_out = row(&[("id", "1"), ("n", "2")]);
+        let whole = row(&[("id", "2"), ("n", "2"), ("doc", "new")]);
+        for rows_first in [false, true] {
+            let mut inc = Incremental::default();
+            opened(&mut inc, 1);
+            if rows_first {
+                inc.tx.send(Report::Chunk(chunk(1, &["1", "2", "3"]))).unwrap();
+            }
+            change(&mut inc, &t, Op::Update, None, Some(&left_out));
+            change(&mut inc, &t, Op::Update, None, Some(&whole));
+            change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "1"), ("n", "3")])));
+            // A key outside the chunk is never replayed.
+            change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "9"), ("n", "3")])));
+            if !rows_first {
+                inc.tx.send(Report::Chunk(chunk(1, &["1", "2", "3"]))).unwrap();
+            }
+            let events = high(&mut inc, 1);
+            // Row 2 gave way to a whole change, as before; row 1 goes out whole,
+            // then its two changes again, so that it ends as it is now.
+            assert_eq!(
+                summary(&events),
+                [
+                    "r 3 \"long\"",
+                    "r 1 \"long\"",
+                    "u 1 \"__debezium_unavailable_value\"",
+                    "u 1 \"__debezium_unavailable_value\""
+                ],
+                "rows first: {rows_first}"
+            );
+            assert_eq!(events[3]["after"]["n"], 3);
+        }
+
+        // A delete after the change goes again too, and the row stays deleted.
+        let mut inc = Incremental::default();
+        opened(&mut inc, 2);
+        inc.tx.send(Report::Chunk(chunk(2, &["1"]))).unwrap();
+        change(&mut inc, &t, Op::Update, None, Some(&left_out));
+        change(&mut inc, &t, Op::Delete, Some(&row(&[("id", "1")])), None);
+        let ops: Vec<_> = high(&mut inc, 2).iter().map(|e| e["op"].clone()).collect();
+        assert_eq!(ops, ["r", "u", "d"]);
+
+        // A truncate in the window: nothing read comes back.
+        let mut inc = Incremental::default();
+        opened(&mut inc, 3);
+        change(&mut inc, &t, Op::Update, None, Some(&left_out));
+        inc.truncated("public.orders");
+        inc.tx.send(Report::Chunk(chunk(3, &["1", "2"]))).unwrap();
+        change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "2"), ("n", "2")])));
+        assert!(high(&mut inc, 3).is_empty());
+
+        // Under FULL identity the change carries every value: the row just gives way.
+        let mut inc = Incremental::default();
+        opened(&mut inc, 4);
+        inc.tx.send(Report::Chunk(chunk(4, &["1", "2"]))).unwrap();
+        change(&mut inc, &full, Op::Update, Some(&row(&[("id", "1"), ("n", "1"), ("doc", "long")])), Some(&left_out));
+        assert_eq!(summary(&high(&mut inc, 4)), ["r 2 \"long\""]);
     }
 
     #[test]

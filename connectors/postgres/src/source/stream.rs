@@ -448,9 +448,9 @@ impl Decoder {
             tracing::error!(relation, "change for a table without a Relation message; skipped");
             return;
         };
-        self.incremental.touched(&table, before, after);
         let origin = streamed(&self.pipeline, &self.db, self.txn, now_ms);
         let record = self.encoder.change(&origin, &table, op, lsn, before, after);
+        let from = batch.records.len();
         if op == Op::Delete && self.tombstones {
             let tombstone = Encoder::tombstone(&record);
             batch.records.push(record);
@@ -458,6 +458,7 @@ impl Decoder {
         } else {
             batch.records.push(record);
         }
+        self.incremental.touched(&table, before, after, &batch.records[from..]);
     }
 }
 
