@@ -332,6 +332,10 @@ pub fn records(path: &Path) -> Vec<serde_json::Value> {
 /// come again), which is skipped. More torn lines than kills fail.
 pub fn records_after_kills(path: &Path, kills: usize) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    parse_records(&text, kills)
+}
+
+fn parse_records(text: &str, kills: usize) -> Vec<serde_json::Value> {
     let (mut torn, mut out) = (Vec::new(), Vec::new());
     for line in text.lines() {
         match serde_json::from_str(line) {
@@ -343,9 +347,14 @@ pub fn records_after_kills(path: &Path, kills: usize) -> Vec<serde_json::Value> 
     out
 }
 
-/// [`records`] while a pipeline may still be starting: none before the file exists.
+/// [`records`] while a pipeline may still be writing: none before the file
+/// exists, and not the line being written (after the last newline).
 pub fn records_so_far(path: &Path) -> Vec<serde_json::Value> {
-    if path.exists() { records(path) } else { Vec::new() }
+    if !path.exists() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    parse_records(text.rsplit_once('\n').map_or("", |(lines, _)| lines), 0)
 }
 
 /// A running process (`flowgate`, a service), killed if the test fails
