@@ -325,15 +325,18 @@ fn a_toast_value_an_update_in_a_chunks_window_left_out_still_arrives() {
     let mut input = held.stdin.take().unwrap();
     writeln!(input, "BEGIN; LOCK TABLE docs IN ACCESS EXCLUSIVE MODE; UPDATE docs SET n = 2 WHERE id = 1;").unwrap();
     input.flush().unwrap();
-    let idle = "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
-    assert!(wait_for(Duration::from_secs(30), || pg.sql(idle) == "1"));
-    let asked = common::flowgate().args(["snapshot"]).arg(&file).args(["--table", "docs"]).output().unwrap();
-    assert!(asked.status.success(), "{}", String::from_utf8_lossy(&asked.stderr));
+    let locked = "SELECT count(*) FROM pg_locks WHERE relation = 'docs'::regclass AND mode = 'AccessExclusiveLock'";
+    assert!(wait_for(Duration::from_secs(30), || pg.sql(locked) == "1"));
+    // Not waited for here: were the request to need the lock too, the wait
+    // for the COPY below fails instead of the test hanging.
+    let ask = common::flowgate().args(["snapshot"]).arg(&file).args(["--table", "docs"]).spawn().unwrap();
+    let ask = common::Guard(ask);
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'COPY%'";
     assert!(wait_for(Duration::from_secs(30), || pg.sql(waiting) == "1"), "{}", log(dir.path()));
     writeln!(input, "COMMIT;").unwrap();
     drop(input);
     assert!(held.wait().unwrap().success());
+    assert!(ask.wait_with_output().unwrap().status.success());
     let written = || log(dir.path()).contains("incremental snapshot written");
     assert!(wait_for(Duration::from_secs(60), written), "{}", log(dir.path()));
     pg.wait_caught_up("flowgate_window", dir.path());

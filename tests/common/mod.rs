@@ -353,8 +353,9 @@ pub fn records_so_far(path: &Path) -> Vec<serde_json::Value> {
     if !path.exists() {
         return Vec::new();
     }
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    parse_records(text.rsplit_once('\n').map_or("", |(lines, _)| lines), 0)
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let lines = &bytes[..bytes.iter().rposition(|&b| b == b'\n').unwrap_or(0)];
+    parse_records(std::str::from_utf8(lines).expect("complete lines are UTF-8"), 0)
 }
 
 /// A running process (`flowgate`, a service), killed if the test fails

@@ -174,14 +174,15 @@ fn write_int(b: &mut Vec<u8>, n: impl itoa::Integer) {
 /// that the replica identity does not carry.
 const UNAVAILABLE_JSON: &str = "\"__debezium_unavailable_value\"";
 
-/// Whether [`Encoder::change`] writes a placeholder for one of `after`'s
-/// columns: an unchanged TOAST value the replica identity does not carry.
-pub fn leaves_value_out(table: &Table, before: Option<&RowData>, after: &RowData) -> bool {
+/// The columns (by index) [`Encoder::change`] writes a placeholder for:
+/// unchanged TOAST values the replica identity does not carry.
+pub fn left_out(table: &Table, before: Option<&RowData>, after: &RowData) -> Vec<usize> {
     if after.len() == table.columns.len() {
-        return false;
+        return Vec::new();
     }
     let fallback = before.filter(|_| table.full_identity);
-    table.columns.iter().any(|c| after.get(&c.name).is_none() && fallback.and_then(|f| f.get(&c.name)).is_none())
+    let missing = |c: &Column| after.get(&c.name).is_none() && fallback.and_then(|f| f.get(&c.name)).is_none();
+    table.columns.iter().enumerate().filter(|(_, c)| missing(c)).map(|(i, _)| i).collect()
 }
 
 /// The row as a JSON object over the table's columns, in table order; `missing`
@@ -429,10 +430,10 @@ mod tests {
         let r = enc.change(&origin(), &full, Op::Update, 1, Some(&full_old), Some(&after));
         let v: Value = serde_json::from_slice(&r.value).unwrap();
         assert_eq!(v["after"]["doc"], json!([1]));
-        assert!(!leaves_value_out(&full, Some(&full_old), &after));
-        assert!(leaves_value_out(&table(), Some(&old_key), &after));
-        assert!(leaves_value_out(&table(), None, &after));
-        assert!(!leaves_value_out(&table(), None, &row(&[("id", Some("1")), ("note", None), ("doc", None)])));
+        assert_eq!(left_out(&full, Some(&full_old), &after), [0usize; 0]);
+        assert_eq!(left_out(&table(), Some(&old_key), &after), [2]);
+        assert_eq!(left_out(&table(), None, &after), [2]);
+        assert_eq!(left_out(&table(), None, &row(&[("id", Some("1")), ("note", None), ("doc", None)])), [0usize; 0]);
     }
 
     #[test]

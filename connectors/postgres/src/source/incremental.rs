@@ -6,8 +6,9 @@
 //! that a transaction delivered between the two watermarks touched is dropped
 //! from the chunk, since the streamed change is as new or newer; the chunk's
 //! other rows are emitted where the high watermark arrives, ordered with the
-//! stream. (Unless the change left a TOAST value out: see [`Replay`].) No transaction stays open longer than a chunk's `COPY`, so
-//! nothing holds back vacuum. The rows carry the low watermark's LSN: they
+//! stream (unless the change left a TOAST value out: see [`Replay`]). No
+//! transaction stays open longer than a chunk's `COPY`, so nothing holds back
+//! vacuum. The rows carry the low watermark's LSN: they
 //! are the table as it was between the two watermarks.
 //!
 //! A transaction's commit enters the WAL, and the stream, before other
@@ -392,19 +393,41 @@ struct Window {
     replays: HashMap<Vec<u8>, Replay>,
 }
 
-/// A row that gave way to changes in its window, and those changes. When one
-/// of them left an unchanged TOAST value out (a placeholder under the default
+/// A row that gave way to changes in its window, and those changes. When
+/// they left an unchanged TOAST value out (a placeholder under the default
 /// replica identity), the row was the only carrier of that value: dropped, the
 /// value would never reach the sink. So the row goes out at the high
 /// watermark followed by the window's changes to its key again, in their
 /// order: whether the row was read before or after each change, applying
-/// them in that order ends at the row as it now is, its TOAST values whole.
-/// The changes are delivered twice, which at-least-once allows.
+/// them in that order (a placeholder keeping the value) ends at the row as it
+/// now is, its TOAST values whole. The changes are delivered twice, which
+/// at-least-once allows.
 #[derive(Default)]
 struct Replay {
     row: Option<Record>,
-    changes: Vec<Record>,
-    left_out: bool,
+    /// The changes to go out again, each with the columns it left out (by
+    /// index). A change that carries every value an earlier one carries
+    /// replaces it, so a key updated all window long keeps one or a few.
+    changes: Vec<(Vec<Record>, Vec<usize>)>,
+    /// Nothing to replay: a change carried every value or deleted the row
+    /// (what the sink has is whole from then on), or the key moved (the row
+    /// read would come back under its old key; the value is lost there, as
+    /// in Debezium).
+    settled: bool,
+}
+
+impl Replay {
+    fn add(&mut self, records: &[Record], left: Vec<usize>, moved: bool) {
+        if self.settled {
+            return;
+        }
+        if moved || left.is_empty() {
+            *self = Replay { settled: true, ..Replay::default() };
+            return;
+        }
+        self.changes.retain(|(_, earlier)| !left.iter().all(|c| earlier.contains(c)));
+        self.changes.push((records.to_vec(), left));
+    }
 }
 
 pub(super) struct Incremental {
@@ -787,7 +810,9 @@ impl Incremental {
                         }
                         for k in w.touched.drain(..) {
                             // A key changed twice finds its row taken the second time.
-                            if let (Some(row), Some(replay)) = (chunk.take_row(&k), w.replays.get_mut(&k)) {
+                            if let (Some(row), Some(replay)) = (chunk.take_row(&k), w.replays.get_mut(&k))
+                                && !replay.settled
+                            {
                                 replay.row = row;
                             }
                         }
@@ -824,7 +849,7 @@ impl Incremental {
             return;
         }
         self.drain();
-        let left_out = after.is_some_and(|a| crate::event::leaves_value_out(table, before, a));
+        let left = after.map_or_else(Vec::new, |a| crate::event::left_out(table, before, a));
         let windows =
             self.windows.values_mut().filter(|w| w.open && *w.schema == *table.schema && *w.table == *table.name);
         for w in windows {
@@ -834,6 +859,7 @@ impl Incremental {
                 .map(|row| key_bytes(w.key.iter().map(|n| row.get(n).and_then(value_bytes))))
                 .collect();
             keys.dedup();
+            let moved = keys.len() > 1;
             for k in keys {
                 let row = match &mut w.chunk {
                     Some(chunk) => chunk.take_row(&k),
@@ -847,11 +873,12 @@ impl Incremental {
                     !table.full_identity && (w.chunk.is_none() || row.is_some() || w.replays.contains_key(&k));
                 if tracked {
                     let replay = w.replays.entry(k).or_default();
-                    if let Some(row) = row {
+                    if let Some(row) = row
+                        && !replay.settled
+                    {
                         replay.row = row;
                     }
-                    replay.changes.extend_from_slice(records);
-                    replay.left_out |= left_out;
+                    replay.add(records, left.clone(), moved);
                 }
             }
         }
@@ -903,12 +930,12 @@ impl Incremental {
                 batch.records.extend(chunk.rows.into_iter().flatten());
                 let table = format!("{}.{}", window.schema, window.table);
                 let mut rows = (batch.records.len() - before) as u64;
-                for replay in window.replays.into_values().filter(|r| r.left_out) {
+                for replay in window.replays.into_values().filter(|r| !r.settled) {
                     let Some(row) = replay.row else { continue };
                     tracing::debug!(%table, "a row that gave way to a change leaving a TOAST value out goes out again");
                     rows += 1;
                     batch.records.push(row);
-                    batch.records.extend(replay.changes);
+                    batch.records.extend(replay.changes.into_iter().flat_map(|(records, _)| records));
                 }
                 super::observe::snapshot_rows(&self.shared.pipeline, &table, rows);
                 let mut plan = self.shared.plan();
@@ -1458,8 +1485,14 @@ mod tests {
         inc.watermark(watermark("", "low", id).as_bytes(), &mut Batch::with_capacity(0, 0));
     }
 
+    /// Two long text columns, TOASTed.
     fn orders(full_identity: bool) -> Table {
-        let columns = [("id".into(), 23, -1, true), ("n".into(), 23, -1, false), ("doc".into(), 25, -1, false)];
+        let columns = [
+            ("id".into(), 23, -1, true),
+            ("n".into(), 23, -1, false),
+            ("doc".into(), 25, -1, false),
+            ("doc2".into(), 25, -1, false),
+        ];
         Table::new("public".into(), "orders".into(), full_identity, columns)
     }
 
@@ -1467,14 +1500,15 @@ mod tests {
         RowData::from_pairs(cols.iter().map(|(n, v)| (*n, ColumnValue::text(v))).collect())
     }
 
-    /// The chunk of rows `ids` as read (`n` = 1, `doc` a long text).
+    /// The chunk of rows `ids` as read (`n` = 1, the long values "long").
     fn chunk(id: u64, ids: &[&str]) -> Chunk {
         let mut keys = RowKeys::default();
         let rows = ids
             .iter()
             .map(|i| {
                 keys.push([Some(i.as_bytes())].into_iter());
-                Some(record(Op::Read, None, Some(&row(&[("id", i), ("n", "1"), ("doc", "long")]))))
+                let read = row(&[("id", i), ("n", "1"), ("doc", "long"), ("doc2", "long")]);
+                Some(record(Op::Read, None, Some(&read)))
             })
             .collect();
         Chunk { id, cursor: u64::MAX, rows, keys, end: None, complete: true }
@@ -1493,16 +1527,9 @@ mod tests {
     }
 
     /// A streamed change, as the stream hands it to the snapshot.
-    fn change(
-        inc: &mut Incremental,
-        table: &Table,
-        op: Op,
-        before: Option<&RowData>,
-        after: Option<&RowData>,
-    ) -> Record {
+    fn change(inc: &mut Incremental, table: &Table, op: Op, before: Option<&RowData>, after: Option<&RowData>) {
         let r = record(op, before, after);
         inc.touched(table, before, after, std::slice::from_ref(&r));
-        r
     }
 
     fn high(inc: &mut Incremental, id: u64) -> Vec<Value> {
@@ -1512,71 +1539,101 @@ mod tests {
     }
 
     fn summary(events: &[Value]) -> Vec<String> {
-        events
-            .iter()
-            .map(|e| format!("{} {} {}", e["op"].as_str().unwrap(), e["after"]["id"], e["after"]["doc"]))
-            .collect()
+        let short = |v: &Value| v.as_str().unwrap().replace("__debezium_unavailable_value", "?");
+        let line = |e: &Value| {
+            let a = &e["after"];
+            format!("{} {} n={} {} {}", e["op"].as_str().unwrap(), a["id"], a["n"], short(&a["doc"]), short(&a["doc2"]))
+        };
+        events.iter().map(line).collect()
     }
 
     #[test]
     fn a_row_given_way_to_a_change_without_its_toast_value_goes_out_again_before_the_changes() {
         let (t, full) = (orders(false), orders(true));
-        let left_out = row(&[("id", "1"), ("n", "2")]);
-        let whole = row(&[("id", "2"), ("n", "2"), ("doc", "new")]);
+        let update = |id: &str, n: &str| row(&[("id", id), ("n", n)]);
         for rows_first in [false, true] {
             let mut inc = Incremental::default();
             opened(&mut inc, 1);
             if rows_first {
                 inc.tx.send(Report::Chunk(chunk(1, &["1", "2", "3"]))).unwrap();
             }
-            change(&mut inc, &t, Op::Update, None, Some(&left_out));
-            change(&mut inc, &t, Op::Update, None, Some(&whole));
-            change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "1"), ("n", "3")])));
+            change(&mut inc, &t, Op::Update, None, Some(&update("1", "2")));
+            change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "2"), ("n", "2"), ("doc", "a"), ("doc2", "b")])));
+            change(&mut inc, &t, Op::Update, None, Some(&update("1", "3")));
             // A key outside the chunk is never replayed.
-            change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "9"), ("n", "3")])));
+            change(&mut inc, &t, Op::Update, None, Some(&update("9", "3")));
             if !rows_first {
                 inc.tx.send(Report::Chunk(chunk(1, &["1", "2", "3"]))).unwrap();
             }
-            let events = high(&mut inc, 1);
             // Row 2 gave way to a whole change, as before; row 1 goes out whole,
-            // then its two changes again, so that it ends as it is now.
+            // then the last of its two changes, which carries every value the
+            // first one does.
             assert_eq!(
-                summary(&events),
-                [
-                    "r 3 \"long\"",
-                    "r 1 \"long\"",
-                    "u 1 \"__debezium_unavailable_value\"",
-                    "u 1 \"__debezium_unavailable_value\""
-                ],
+                summary(&high(&mut inc, 1)),
+                ["r 3 n=1 long long", "r 1 n=1 long long", "u 1 n=3 ? ?"],
                 "rows first: {rows_first}"
             );
-            assert_eq!(events[3]["after"]["n"], 3);
         }
 
-        // A delete after the change goes again too, and the row stays deleted.
+        // Two changes that each carry a long value the other leaves out both
+        // go again: applied in order, the row ends with both new values.
         let mut inc = Incremental::default();
         opened(&mut inc, 2);
         inc.tx.send(Report::Chunk(chunk(2, &["1"]))).unwrap();
-        change(&mut inc, &t, Op::Update, None, Some(&left_out));
-        change(&mut inc, &t, Op::Delete, Some(&row(&[("id", "1")])), None);
-        let ops: Vec<_> = high(&mut inc, 2).iter().map(|e| e["op"].clone()).collect();
-        assert_eq!(ops, ["r", "u", "d"]);
+        change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "1"), ("n", "2"), ("doc", "new")])));
+        change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "1"), ("n", "3"), ("doc2", "new2")])));
+        let events = high(&mut inc, 2);
+        assert_eq!(summary(&events), ["r 1 n=1 long long", "u 1 n=2 new ?", "u 1 n=3 ? new2"]);
+        let mut image = serde_json::Map::new();
+        for e in &events {
+            let values = e["after"].as_object().unwrap().iter().filter(|(_, v)| *v != "__debezium_unavailable_value");
+            image.extend(values.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        assert_eq!(Value::Object(image), serde_json::json!({"id": 1, "n": 3, "doc": "new", "doc2": "new2"}));
+
+        // Nothing to replay after a change that carries every value, a delete,
+        // or a key move (the row would come back under its old key).
+        let whole = row(&[("id", "1"), ("n", "4"), ("doc", "c"), ("doc2", "d")]);
+        let moved = update("1000", "4");
+        let key_1 = row(&[("id", "1")]);
+        let settle: [(Op, Option<&RowData>, Option<&RowData>); 3] = [
+            (Op::Update, None, Some(&whole)),
+            (Op::Delete, Some(&key_1), None),
+            (Op::Update, Some(&key_1), Some(&moved)),
+        ];
+        for (op, before, after) in settle {
+            for rows_first in [false, true] {
+                let mut inc = Incremental::default();
+                opened(&mut inc, 3);
+                if rows_first {
+                    inc.tx.send(Report::Chunk(chunk(3, &["1"]))).unwrap();
+                }
+                change(&mut inc, &t, Op::Update, None, Some(&update("1", "2")));
+                change(&mut inc, &t, op, before, after);
+                change(&mut inc, &t, Op::Update, None, Some(&update("1", "5")));
+                if !rows_first {
+                    inc.tx.send(Report::Chunk(chunk(3, &["1"]))).unwrap();
+                }
+                assert!(high(&mut inc, 3).is_empty(), "{op:?}, rows first: {rows_first}");
+            }
+        }
 
         // A truncate in the window: nothing read comes back.
         let mut inc = Incremental::default();
-        opened(&mut inc, 3);
-        change(&mut inc, &t, Op::Update, None, Some(&left_out));
+        opened(&mut inc, 4);
+        change(&mut inc, &t, Op::Update, None, Some(&update("1", "2")));
         inc.truncated("public.orders");
-        inc.tx.send(Report::Chunk(chunk(3, &["1", "2"]))).unwrap();
-        change(&mut inc, &t, Op::Update, None, Some(&row(&[("id", "2"), ("n", "2")])));
-        assert!(high(&mut inc, 3).is_empty());
+        inc.tx.send(Report::Chunk(chunk(4, &["1", "2"]))).unwrap();
+        change(&mut inc, &t, Op::Update, None, Some(&update("2", "2")));
+        assert!(high(&mut inc, 4).is_empty());
 
         // Under FULL identity the change carries every value: the row just gives way.
         let mut inc = Incremental::default();
-        opened(&mut inc, 4);
-        inc.tx.send(Report::Chunk(chunk(4, &["1", "2"]))).unwrap();
-        change(&mut inc, &full, Op::Update, Some(&row(&[("id", "1"), ("n", "1"), ("doc", "long")])), Some(&left_out));
-        assert_eq!(summary(&high(&mut inc, 4)), ["r 2 \"long\""]);
+        opened(&mut inc, 5);
+        inc.tx.send(Report::Chunk(chunk(5, &["1", "2"]))).unwrap();
+        let old = row(&[("id", "1"), ("n", "1"), ("doc", "long"), ("doc2", "long")]);
+        change(&mut inc, &full, Op::Update, Some(&old), Some(&update("1", "2")));
+        assert_eq!(summary(&high(&mut inc, 5)), ["r 2 n=1 long long"]);
     }
 
     #[test]
