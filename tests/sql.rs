@@ -572,7 +572,7 @@ fn sink_events() -> (tracing::subscriber::DefaultGuard, std::sync::Arc<std::sync
     (tracing::subscriber::set_default(subscriber), text)
 }
 
-/// How many batches into `table` were written from `COPY` text made ahead.
+/// How many batches into `table` were written from `COPY` data made ahead (text or binary).
 fn made_ahead(events: &std::sync::Mutex<Vec<u8>>, table: &str) -> usize {
     let text = String::from_utf8_lossy(&events.lock().unwrap()).into_owned();
     text.lines().filter(|l| l.contains("made ahead") && l.contains(&format!("table=\"{table}\""))).count()
@@ -804,6 +804,97 @@ async fn copy_writes_what_statements_write_in_every_mode() {
         ["40", "40", "61", "100"]
     );
     assert_eq!([copied("ins_rows"), copied("ups_rows"), copied("cdc_rows")], ["0", "0", "0"]);
+}
+
+/// Columns whose types have a binary `COPY` form take it when a batch is
+/// encoded ahead, and end exactly as the statements write them: integers at
+/// their types' limits, floats the statements round from decimal text,
+/// numbers, booleans and JSON into text columns, JSON and strings into JSON
+/// columns. A value whose binary form could differ from what the input
+/// function reads (a string for a number, a fraction for an integer) sends
+/// the batch as text; a value the database refuses, the general way.
+#[tokio::test]
+async fn binary_copy_writes_what_statements_write() {
+    use flowgate_sql::{Mode, SqlSink};
+    let pg = Postgres::start();
+    let (_events, events) = sink_events();
+    pg.sql(
+        "CREATE TABLE bin_rows (i2 smallint, i4 integer, i8 bigint PRIMARY KEY, f float8, b boolean, t text, \
+         v varchar(3), j json, jb jsonb); CREATE TABLE bin_named (LIKE bin_rows INCLUDING ALL); \
+         CREATE TABLE bin_ups (LIKE bin_rows INCLUDING ALL); CREATE TABLE bin_ups_rows (LIKE bin_rows INCLUDING ALL)",
+    );
+    let texts = [json!("tab\there\\"), json!(12), json!(1.5), json!(true), json!({"a": [1, "x"]}), json!([1, null])];
+    let floats = [json!(7), json!(0.1), json!(1e300), json!(-0.0), json!(9007199254740993u64), json!(5e-324)];
+    let row = |i: i64| {
+        json!({"i2": if i == 1 { json!(-32768) } else { json!(i) }, "i4": if i == 2 { json!(2147483647) } else { json!(-i) },
+               "i8": if i == 3 { i64::MIN } else { i }, "f": floats[i as usize % floats.len()],
+               "b": if i % 3 == 0 { json!(null) } else { json!(i % 2 == 0) }, "t": texts[i as usize % texts.len()],
+               "v": if i % 4 == 0 { json!(null) } else { json!("é✓") },
+               "j": texts[(i as usize + 1) % texts.len()], "jb": texts[(i as usize + 2) % texts.len()]})
+    };
+    let batch =
+        |ids: std::ops::RangeInclusive<i64>, edit: &dyn Fn(i64, &mut serde_json::Value)| -> Vec<(String, String)> {
+            ids.map(|i| {
+                let mut v = row(i);
+                edit(i, &mut v);
+                (String::new(), v.to_string())
+            })
+            .collect()
+        };
+    let first = batch(1..=20, &|_, _| {});
+    let binary = batch(21..=40, &|_, _| {});
+    // Read as the text path writes them: a string for an integer, a fraction
+    // that is whole.
+    let as_text = batch(41..=60, &|i, v| {
+        if i == 45 {
+            v["i4"] = json!("42");
+            v["i2"] = json!(1.0);
+        }
+    });
+    // Refused: too long for `varchar(3)` (in binary), out of `integer`'s range (as text).
+    let refusing = batch(61..=80, &|i, v| match i {
+        65 => v["v"] = json!("long"),
+        70 => v["i4"] = json!(3_000_000_000u64),
+        _ => {}
+    });
+    let columns = ["i2", "i4", "i8", "f", "b", "t", "v", "j", "jb"];
+    for (table, prepared) in [("bin_named", true), ("bin_rows", false)] {
+        let mut sink = SqlSink::open(pg_sink(pg.url(), table, Mode::Insert, &[], &columns), table).await.unwrap();
+        for b in [&first, &binary, &as_text] {
+            assert!(write_batches(&mut sink, b, 20, prepared).await.is_empty(), "{table}");
+        }
+        let refused = write_batches(&mut sink, &refusing, 20, prepared).await;
+        assert_eq!(refused.len(), 2, "{table}: {refused:?}");
+        assert!(refused[0].contains("value too long for type character varying(3)"), "{refused:?}");
+        assert!(refused[1].contains("out of range for type integer"), "{refused:?}");
+    }
+    // Upserts: new keys straight in, then keys already there through the
+    // staging table, in binary both times.
+    let again = batch(31..=50, &|i, v| v["t"] = json!(format!("again {i}")));
+    for (table, prepared) in [("bin_ups", true), ("bin_ups_rows", false)] {
+        let mut sink = SqlSink::open(pg_sink(pg.url(), table, Mode::Upsert, &["i8"], &columns), table).await.unwrap();
+        for b in [&first, &binary, &again] {
+            assert!(write_batches(&mut sink, b, 20, prepared).await.is_empty(), "{table}");
+        }
+    }
+    let log = String::from_utf8_lossy(&events.lock().unwrap()).into_owned();
+    let ahead = |table: &str, binary: bool| {
+        let (table, binary) = (format!("table=\"{table}\""), format!("binary={binary}"));
+        log.lines().filter(|l| l.contains("made ahead") && l.contains(&table) && l.contains(&binary)).count()
+    };
+    assert_eq!([ahead("bin_named", true), ahead("bin_named", false)], [1, 1], "{log}");
+    assert_eq!([ahead("bin_ups", true), ahead("bin_ups", false)], [2, 0], "{log}");
+    assert_eq!([ahead("bin_rows", true), ahead("bin_rows", false), ahead("bin_ups_rows", true)], [0, 0, 0]);
+
+    let dump = |table: &str| pg.sql(&format!("SELECT string_agg(t::text, E'\\n' ORDER BY i8) FROM {table} t"));
+    assert_eq!(dump("bin_named"), dump("bin_rows"));
+    assert_eq!(dump("bin_ups"), dump("bin_ups_rows"));
+    assert_eq!(pg.sql("SELECT count(*) FROM bin_named"), "78");
+    assert_eq!(
+        pg.sql("SELECT i2 || ' ' || i4 || ' ' || i8 || ' ' || f || ' ' || t || ' ' || jb FROM bin_named WHERE i8 = 26"),
+        "26 -26 26 1e+300 1.5 {\"a\": [1, \"x\"]}"
+    );
+    assert_eq!(pg.sql("SELECT t FROM bin_ups WHERE i8 = 40"), "again 40");
 }
 
 /// Upserts go straight into the table with `COPY` while their keys are new,

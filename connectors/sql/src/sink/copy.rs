@@ -70,11 +70,13 @@ impl Guess {
     }
 }
 
-/// The rows of a `COPY`: parsed, or already its text (see [`super::direct`]).
+/// The rows of a `COPY`: parsed, or already its text or binary data (see
+/// [`super::direct`]).
 #[derive(Clone, Copy)]
 pub(super) enum Rows<'a> {
     Parsed(&'a [&'a Map<String, Value>]),
     Text(&'a [u8]),
+    Binary(&'a [u8]),
 }
 
 impl TableInfo {
@@ -234,11 +236,12 @@ impl SqlSink {
         rows: Rows<'_>,
     ) -> Result<(), sqlx::Error> {
         let names: Vec<String> = columns.iter().map(|c| Dialect::Postgres.quote(c)).collect();
-        let statement = format!("COPY {target} ({}) FROM STDIN", names.join(", "));
+        let format = if matches!(rows, Rows::Binary(_)) { " (FORMAT binary)" } else { "" };
+        let statement = format!("COPY {target} ({}) FROM STDIN{format}", names.join(", "));
         let conn = self.conn.as_mut().and_then(|c| c.postgres()).expect("COPY is taken into Postgres only");
         let mut copy = conn.copy_in_raw(&statement).await?;
         match rows {
-            Rows::Text(data) => {
+            Rows::Text(data) | Rows::Binary(data) => {
                 for chunk in data.chunks(COPY_CHUNK) {
                     copy.send(chunk).await?;
                 }
@@ -272,15 +275,7 @@ impl SqlSink {
 /// or carriage return escaped. Numbers and booleans as [`Dialect::cell`]
 /// writes them for the statements.
 pub(super) fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
-    use std::io::Write as _;
-    let text = match cell {
-        Cell::Null => return out.extend_from_slice(b"\\N"),
-        Cell::Text(s) => s,
-        // Writing into a Vec cannot fail.
-        Cell::Bool(b) => return drop(write!(out, "{b}")),
-        Cell::Int(i) => return drop(write!(out, "{i}")),
-        Cell::Real(f) => return drop(write!(out, "{f}")),
-    };
+    let Some(text) = cell_text(cell) else { return out.extend_from_slice(b"\\N") };
     if !text.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
         return out.extend_from_slice(text.as_bytes());
     }
@@ -293,6 +288,18 @@ pub(super) fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
             b => out.push(b),
         }
     }
+}
+
+/// A cell as the text an input function reads (`None` for NULL), as the
+/// statements bind it and `COPY` writes it (escaped there).
+pub(super) fn cell_text(cell: Cell<'_>) -> Option<std::borrow::Cow<'_, str>> {
+    Some(match cell {
+        Cell::Null => return None,
+        Cell::Text(s) => s,
+        Cell::Bool(b) => b.to_string().into(),
+        Cell::Int(i) => i.to_string().into(),
+        Cell::Real(f) => f.to_string().into(),
+    })
 }
 
 #[cfg(test)]
