@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::cell::Cell;
 use super::copy::COPY_MIN_ROWS;
-use super::{SqlSink, Tx};
+use super::{SqlSink, TableInfo, Tx};
 use crate::change::{Op, key_text};
 use crate::error::{SqlError, is_row_error};
 
@@ -165,6 +165,30 @@ impl SqlSink {
             tokio::task::spawn_blocking(move || drop(last));
         }
         Ok(refused)
+    }
+
+    /// Sets the batch's savepoint as [`savepoint`](Self::savepoint) does, and
+    /// says whether `info` still describes the table. Binary `COPY` data
+    /// carries no types: into a column whose type changed since the table was
+    /// described, it would be misread rather than refused (a `double
+    /// precision`'s bits as a `bigint`). Checked in the same round trip,
+    /// under the lock the `COPY` takes anyway, so that no `ALTER TABLE` comes
+    /// between the check and the `COPY`.
+    pub(super) async fn savepoint_described(&mut self, info: &TableInfo, table: &str) -> Result<bool, SqlError> {
+        let begin = if matches!(self.tx, Tx::Pending(_)) { "BEGIN; " } else { "" };
+        let literal = info.quoted.replace('\'', "''");
+        let sql = format!(
+            "{begin}SAVEPOINT flowgate_batch; LOCK TABLE {} IN ROW EXCLUSIVE MODE; \
+             SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), chr(31) ORDER BY a.attnum) \
+             FROM pg_attribute a WHERE a.attrelid = '{literal}'::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            info.quoted
+        );
+        let now = self.conn().await?.last_text(&sql).await.map_err(SqlError::write(table))?;
+        if let Tx::Pending(began) = self.tx {
+            self.tx = Tx::Open(began);
+        }
+        let described: Vec<String> = info.columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
+        Ok(now.as_deref() == Some(described.join("\u{1f}").as_str()))
     }
 
     /// Sets savepoint `name`; the batch's first one also begins its transaction.

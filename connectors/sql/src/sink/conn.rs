@@ -94,6 +94,15 @@ impl Conn {
         each!(self, c => bind_all(sqlx::query(sql), cells).fetch_all(c).await?.iter().map(columns).collect())
     }
 
+    /// Runs `sql` (statements, nothing bound) by the simple protocol in one
+    /// round trip; the first column of the last row any of them returned.
+    pub(super) async fn last_text(&mut self, sql: &str) -> Result<Option<String>, sqlx::Error> {
+        let sql = AssertSqlSafe(sql.to_string());
+        let conn = self.postgres().expect("statements by the simple protocol with rows: Postgres only");
+        let rows = sqlx::raw_sql(sql).fetch_all(conn).await?;
+        rows.last().map(|r| r.try_get::<Option<String>, _>(0)).transpose().map(Option::flatten)
+    }
+
     /// The Postgres connection, for what only Postgres has (`COPY`).
     pub(super) fn postgres(&mut self) -> Option<&mut PgConnection> {
         match self {
