@@ -926,6 +926,29 @@ async fn binary_copy_writes_what_statements_write() {
     assert_eq!(pg.sql("SELECT t FROM bin_ups WHERE i8 = 40"), "again 40");
 }
 
+/// Keys that differ as JSON but are one key in the table (`0` and `-0.0` for
+/// a `bigint`) in one batch: `ON CONFLICT` refuses a statement that touches a
+/// row twice, so the batch goes row by row, and the last record wins,
+/// whether the batch went by statements or by `COPY`.
+#[tokio::test]
+async fn keys_one_in_the_table_but_two_in_json_are_written_in_order() {
+    use flowgate_sql::{Mode, SqlSink};
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE few (id bigint PRIMARY KEY, v text); CREATE TABLE many (LIKE few INCLUDING ALL)");
+    for (table, size) in [("few", 4), ("many", 40)] {
+        let mut records: Vec<_> = (1..size).map(|i| (String::new(), json!({"id": i, "v": "x"}).to_string())).collect();
+        records.insert(1, (String::new(), r#"{"id":0,"v":"first"}"#.to_string()));
+        records.push((String::new(), r#"{"id":-0.0,"v":"last"}"#.to_string()));
+        for prepared in [false, true] {
+            let mut sink = SqlSink::open(pg_sink(pg.url(), table, Mode::Upsert, &["id"], &[]), table).await.unwrap();
+            let refused = write_batches(&mut sink, &records, records.len(), prepared).await;
+            assert!(refused.is_empty(), "{table}: {refused:?}");
+            assert_eq!(pg.sql(&format!("SELECT v FROM {table} WHERE id = 0")), "last", "{table}");
+            pg.sql(&format!("DELETE FROM {table}"));
+        }
+    }
+}
+
 /// Upserts go straight into the table with `COPY` while their keys are new,
 /// which an `ON CONFLICT ... DO UPDATE` would only insert; a key already there
 /// sends the batch through the staging table, and the next batches skip the

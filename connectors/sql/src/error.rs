@@ -39,8 +39,11 @@ pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
     }
     let code = db.code().unwrap_or_default();
     // SQLSTATE classes 22 (data exception) and 23 (integrity constraint), as
-    // Postgres and MySQL report them.
-    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) {
+    // Postgres and MySQL report them; and 21000, an `ON CONFLICT` statement
+    // given one row twice: keys the sink tells apart by their JSON (`0` and
+    // `-0.0`) that the column's type makes one, which rows applied one by one
+    // write in their order.
+    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) || code == "21000" {
         return true;
     }
     // MySQL files some bad values under the generic HY000: incorrect value
