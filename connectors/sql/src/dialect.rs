@@ -157,26 +157,20 @@ impl Dialect {
            FROM pg_class c WHERE c.oid = to_regclass($1)"
     }
 
-    /// Postgres: a query saying (`true` or `false`) whether `table` has a
+    /// Postgres: a query saying (`true` or `false`) whether the table has a
     /// unique index that `ON CONFLICT (<key>)` takes as its arbiter: on
-    /// exactly the key's columns (`key`: their names sorted bytewise, joined
-    /// by U+001F), valid, neither partial, on expressions nor deferrable. Both
-    /// are written in as literals, so that the query goes in one round trip
-    /// with the statements before it.
-    pub fn arbiter_query(self, table: &str, key: &str) -> String {
-        let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
-        format!(
-            "SELECT CAST(EXISTS (
-                 SELECT 1 FROM pg_index i
-                  WHERE i.indrelid = to_regclass({}) AND i.indisunique AND i.indimmediate AND i.indisvalid
-                    AND i.indpred IS NULL AND i.indexprs IS NULL
-                    AND (SELECT string_agg(a.attname::text, chr(31) ORDER BY a.attname::text COLLATE \"C\")
-                           FROM pg_attribute a
-                          WHERE a.attrelid = i.indrelid
-                            AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) = {}) AS text)",
-            literal(table),
-            literal(key)
-        )
+    /// exactly the key's columns (`$2`: their names sorted bytewise, joined by
+    /// U+001F), valid, neither partial, on expressions nor deferrable. Its
+    /// first parameter is the table name.
+    pub fn arbiter_query(self) -> &'static str {
+        "SELECT CAST(EXISTS (
+             SELECT 1 FROM pg_index i
+              WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid
+                AND i.indpred IS NULL AND i.indexprs IS NULL
+                AND (SELECT string_agg(a.attname::text, chr(31) ORDER BY a.attname::text COLLATE \"C\")
+                       FROM pg_attribute a
+                      WHERE a.attrelid = i.indrelid
+                        AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) = $2) AS text)"
     }
 
     /// Creates `flowgate_source_positions`, where effectively-once sinks keep

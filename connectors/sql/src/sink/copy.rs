@@ -141,17 +141,16 @@ impl SqlSink {
         // anyway, so that none is dropped or made deferrable between the look
         // and the `COPY`: without it, `ON CONFLICT` refuses the upsert, and
         // rows taken straight in would be duplicates.
+        let conn = self.conn.as_mut().expect("connected");
+        conn.raw(&format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE", info.quoted)).await?;
         let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
         sorted.sort_unstable();
         sorted.dedup();
-        let look = Dialect::Postgres.arbiter_query(&info.quoted, &sorted.join("\u{1f}"));
-        let sql = format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE; {look}", info.quoted);
-        let conn = self.conn.as_mut().expect("connected");
-        let arbiter = match conn.last_text(&sql).await {
-            Ok(found) => found.as_deref() == Some("true"),
+        let arbiter = match conn.texts(Dialect::Postgres.arbiter_query(), &[&info.quoted, &sorted.join("\u{1f}")]).await
+        {
+            Ok(rows) => rows.first().and_then(|r| r.first()).is_some_and(|t| t == "true"),
             // A catalog this query does not fit (`indnkeyatts` came with
-            // Postgres 11), or the lock refused: no more tries on this
-            // connection.
+            // Postgres 11): no more tries on this connection.
             Err(sqlx::Error::Database(e)) => {
                 tracing::debug!(table = %info.quoted, error = %e, "cannot look up the key's index; upserts take the staging table");
                 if let Some(stage) = self.stages.get_mut(&info.quoted) {
