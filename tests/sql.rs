@@ -926,10 +926,35 @@ async fn binary_copy_writes_what_statements_write() {
     assert_eq!(pg.sql("SELECT t FROM bin_ups WHERE i8 = 40"), "again 40");
 }
 
+/// A connection lost between batches: the next batch, made ahead in binary,
+/// begins its transaction on a new connection, and its commit is sent there.
+#[tokio::test]
+async fn a_binary_batch_after_a_lost_connection_is_committed() {
+    use flowgate_sdk::Sink;
+    use flowgate_sql::{Mode, SqlSink};
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE lost (id bigint, v text)");
+    let mut sink = SqlSink::open(pg_sink(pg.url(), "lost", Mode::Insert, &[], &["id", "v"]), "lost").await.unwrap();
+    let rows = |from: i64| -> Vec<(String, String)> {
+        (from..from + 20).map(|i| (String::new(), json!({"id": i, "v": "x"}).to_string())).collect()
+    };
+    // The first batch describes the table.
+    assert!(write_batches(&mut sink, &rows(0), 20, true).await.is_empty());
+    pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()");
+    let mut b = flowgate_sdk::Batch::with_capacity(0, 20);
+    b.records.extend(rows(100).into_iter().map(|(_, v)| flowgate_sdk::Record::from_value(v)));
+    sink.preparer().unwrap().prepare(&mut b);
+    let gone = sink.write(&mut b).await.expect_err("the connection is gone");
+    assert!(gone.is_retryable(), "{gone:?}");
+    assert!(write_batches(&mut sink, &rows(200), 20, true).await.is_empty());
+    assert_eq!(pg.sql("SELECT count(*) FROM lost WHERE id >= 200"), "20");
+}
+
 /// Keys that differ as JSON but are one key in the table (`0` and `-0.0` for
 /// a `bigint`) in one batch: `ON CONFLICT` refuses a statement that touches a
-/// row twice, so the batch goes row by row, and the last record wins,
-/// whether the batch went by statements or by `COPY`.
+/// row twice, so the batch goes row by row (each JSON key's last change, in
+/// the order the keys first came), whether by statements or by `COPY`,
+/// instead of stopping the pipeline.
 #[tokio::test]
 async fn keys_one_in_the_table_but_two_in_json_are_written_in_order() {
     use flowgate_sql::{Mode, SqlSink};

@@ -18,6 +18,13 @@ impl Dialect {
         }
     }
 
+    /// Postgres: `text` as a string literal, read the same whatever
+    /// `standard_conforming_strings` says (an escape string with its
+    /// backslashes doubled, as `quote_literal` writes one).
+    pub fn pg_literal(text: &str) -> String {
+        format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+    }
+
     /// A table name, which may be `schema.table`.
     pub fn quote_table(self, name: &str) -> String {
         name.split('.').map(|p| self.quote(p)).collect::<Vec<_>>().join(".")
@@ -309,6 +316,7 @@ mod tests {
     fn quoting_parameters_and_upserts() {
         assert_eq!(Dialect::MySql.quote("a`b"), "`a``b`");
         assert_eq!(Dialect::Postgres.quote_table("shop.orders"), r#""shop"."orders""#);
+        assert_eq!(Dialect::pg_literal(r#""o'k\"."t""#), r#"E'"o''k\\"."t"'"#);
         assert_eq!(Dialect::Postgres.param(3, "numeric(10,2)"), "CAST($3 AS numeric(10,2))");
         assert_eq!(Dialect::Postgres.param(1, "bytea"), "decode(CAST($1 AS text), 'base64')");
         assert_eq!(Dialect::Postgres.param(2, "character varying(10)"), "CAST($2 AS character varying)");

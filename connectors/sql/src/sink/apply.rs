@@ -11,6 +11,7 @@ use super::cell::Cell;
 use super::copy::COPY_MIN_ROWS;
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::{Op, key_text};
+use crate::dialect::Dialect;
 use crate::error::{SqlError, is_row_error};
 
 impl SqlSink {
@@ -175,16 +176,22 @@ impl SqlSink {
     /// under the lock the `COPY` takes anyway, so that no `ALTER TABLE` comes
     /// between the check and the `COPY`.
     pub(super) async fn savepoint_described(&mut self, info: &TableInfo, table: &str) -> Result<bool, SqlError> {
-        let begin = if matches!(self.tx, Tx::Pending(_)) { "BEGIN; " } else { "" };
-        let literal = info.quoted.replace('\'', "''");
+        // Read before `conn()`, which on reconnecting forgets the transaction:
+        // `BEGIN` then goes out on the new connection, as in `savepoint`.
+        let began = match self.tx {
+            Tx::Pending(began) => Some(began),
+            _ => None,
+        };
+        let begin = if began.is_some() { "BEGIN; " } else { "" };
         let sql = format!(
             "{begin}SAVEPOINT flowgate_batch; LOCK TABLE {} IN ROW EXCLUSIVE MODE; \
              SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), chr(31) ORDER BY a.attnum) \
-             FROM pg_attribute a WHERE a.attrelid = '{literal}'::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            info.quoted
+             FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            info.quoted,
+            Dialect::pg_literal(&info.quoted)
         );
         let now = self.conn().await?.last_text(&sql).await.map_err(SqlError::write(table))?;
-        if let Tx::Pending(began) = self.tx {
+        if let Some(began) = began {
             self.tx = Tx::Open(began);
         }
         let described: Vec<String> = info.columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
