@@ -39,11 +39,14 @@ pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
     }
     let code = db.code().unwrap_or_default();
     // SQLSTATE classes 22 (data exception) and 23 (integrity constraint), as
-    // Postgres and MySQL report them; and 21000, an `ON CONFLICT` statement
-    // given one row twice: keys the sink tells apart by their JSON (`0` and
-    // `-0.0`) that the column's type makes one, which rows applied one by one
-    // write in their order.
-    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) || code == "21000" {
+    // Postgres and MySQL report them.
+    if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) {
+        return true;
+    }
+    // Postgres's 21000 from an `ON CONFLICT` statement given one row twice:
+    // keys the sink tells apart by their JSON (`0` and `-0.0`) that the
+    // column's type makes one. Applied one by one, each goes in.
+    if code == "21000" && db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
         return true;
     }
     // MySQL files some bad values under the generic HY000: incorrect value
