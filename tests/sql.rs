@@ -897,12 +897,17 @@ async fn binary_copy_writes_what_statements_write() {
     }
     // Upserts: new keys straight in, then keys already there through the
     // staging table, in binary both times.
+    // And a column's type changed before the last: its staging table is made
+    // again for the new type.
     let again = batch(31..=50, &|i, v| v["t"] = json!(format!("again {i}")));
+    let later = batch(41..=60, &|i, v| v["t"] = json!(format!("later {i}")));
     for (table, prepared) in [("bin_ups", true), ("bin_ups_rows", false)] {
         let mut sink = SqlSink::open(pg_sink(pg.url(), table, Mode::Upsert, &["i8"], &columns), table).await.unwrap();
         for b in [&first, &binary, &again] {
             assert!(write_batches(&mut sink, b, 20, prepared).await.is_empty(), "{table}");
         }
+        pg.sql(&format!("ALTER TABLE {table} ALTER COLUMN i2 TYPE integer"));
+        assert!(write_batches(&mut sink, &later, 20, prepared).await.is_empty(), "{table}");
     }
     let log = String::from_utf8_lossy(&events.lock().unwrap()).into_owned();
     let ahead = |table: &str, binary: bool| {
@@ -924,6 +929,7 @@ async fn binary_copy_writes_what_statements_write() {
         "26 -26 26 1000000000000000000 1.5 {\"a\": [1, \"x\"]}"
     );
     assert_eq!(pg.sql("SELECT t FROM bin_ups WHERE i8 = 40"), "again 40");
+    assert_eq!(pg.sql("SELECT t FROM bin_ups WHERE i8 = 60"), "later 60");
 }
 
 /// A connection lost between batches: the next batch, made ahead in binary,

@@ -344,8 +344,10 @@ impl SqlSink {
                 None => return Ok(false),
             }
         };
-        if self.tx == Tx::None {
-            self.tx = Tx::Pending(Instant::now());
+        // The batch's transaction, when this begins it.
+        let fresh = (self.tx == Tx::None).then(Instant::now);
+        if let Some(began) = fresh {
+            self.tx = Tx::Pending(began);
         }
         let binary = matches!(body, Body::Rows { binary: true, .. });
         let result: Result<bool, SqlError> = async {
@@ -353,8 +355,16 @@ impl SqlSink {
                 self.savepoint("flowgate_batch", table).await?;
             } else if !self.savepoint_described(&info, table).await? {
                 // Altered since: described again, for the general path and
-                // the batches after it.
+                // the batches after it. Nothing else is in a transaction this
+                // began: undone first, so that the general path describes and
+                // makes its staging table outside it, as it does otherwise (a
+                // staging table made inside would go with a rollback while
+                // the sink believed it there).
                 tracing::debug!(table, "the table changed since it was described; the batch goes the general way");
+                if let Some(began) = fresh {
+                    self.raw("ROLLBACK", table).await?;
+                    self.tx = Tx::Pending(began);
+                }
                 match self.describe(table).await? {
                     Some(info) => self.tables.insert(table.to_string(), info),
                     None => self.tables.remove(table),
