@@ -275,7 +275,15 @@ impl SqlSink {
 /// or carriage return escaped. Numbers and booleans as [`Dialect::cell`]
 /// writes them for the statements.
 pub(super) fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
-    let Some(text) = cell_text(cell) else { return out.extend_from_slice(b"\\N") };
+    use std::io::Write as _;
+    let text = match cell {
+        Cell::Null => return out.extend_from_slice(b"\\N"),
+        Cell::Text(s) => s,
+        // Writing into a Vec cannot fail.
+        Cell::Bool(b) => return drop(write!(out, "{b}")),
+        Cell::Int(i) => return drop(write!(out, "{i}")),
+        Cell::Real(f) => return drop(write!(out, "{f}")),
+    };
     if !text.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
         return out.extend_from_slice(text.as_bytes());
     }
@@ -288,18 +296,6 @@ pub(super) fn copy_cell(out: &mut Vec<u8>, cell: Cell<'_>) {
             b => out.push(b),
         }
     }
-}
-
-/// A cell as the text an input function reads (`None` for NULL), as the
-/// statements bind it and `COPY` writes it (escaped there).
-pub(super) fn cell_text(cell: Cell<'_>) -> Option<std::borrow::Cow<'_, str>> {
-    Some(match cell {
-        Cell::Null => return None,
-        Cell::Text(s) => s,
-        Cell::Bool(b) => b.to_string().into(),
-        Cell::Int(i) => i.to_string().into(),
-        Cell::Real(f) => f.to_string().into(),
-    })
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use serde_json::{Number, Value};
 
 use super::cell::{Cell, is_json};
 use super::changes::Changes;
-use super::copy::{COPY_MIN_ROWS, Rows, cell_text, copy_cell};
+use super::copy::{COPY_MIN_ROWS, Rows, copy_cell};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::FieldName;
 use crate::config::{Columns, Mode, SqlSinkConfig};
@@ -281,11 +281,11 @@ fn binary_cell(data: &mut Vec<u8>, value: Scalar<'_>, binary: Binary, ty: &str) 
         }
         (Scalar::Bool(b), Binary::Bool) => field(data, &[u8::from(b)])?,
         (Scalar::Str(s), Binary::Text) => field(data, s.as_bytes())?,
-        (v, Binary::Text) => {
-            let value = v.into_value();
-            let cell = Dialect::Postgres.typed_cell(Some(&value), ty);
-            field(data, cell_text(cell).ok_or(NotBinary)?.as_bytes())?
-        }
+        // The text the statements bind for it, which `COPY` text writes too.
+        (v, Binary::Text) => match Dialect::Postgres.cell(Some(&v.into_value()), ty) {
+            Cell::Text(s) => field(data, s.as_bytes())?,
+            _ => return Err(NotBinary),
+        },
         (v, Binary::Json | Binary::Jsonb) => {
             let at = data.len();
             data.extend_from_slice(&[0; 4]);
