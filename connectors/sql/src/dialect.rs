@@ -164,20 +164,24 @@ impl Dialect {
            FROM pg_class c WHERE c.oid = to_regclass($1)"
     }
 
-    /// Postgres: a query saying (`true` or `false`) whether the table has a
-    /// unique index that `ON CONFLICT (<key>)` takes as its arbiter: on
-    /// exactly the key's columns (`$2`: their names sorted bytewise, joined by
-    /// U+001F), valid, neither partial, on expressions nor deferrable. Its
-    /// first parameter is the table name.
-    pub fn arbiter_query(self) -> &'static str {
-        "SELECT CAST(EXISTS (
-             SELECT 1 FROM pg_index i
-              WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid
-                AND i.indpred IS NULL AND i.indexprs IS NULL
-                AND (SELECT string_agg(a.attname::text, chr(31) ORDER BY a.attname::text COLLATE \"C\")
-                       FROM pg_attribute a
-                      WHERE a.attrelid = i.indrelid
-                        AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) = $2) AS text)"
+    /// Postgres: an expression saying (`true` or `false`, as text) whether
+    /// the table has a unique index that `ON CONFLICT (<key>)` takes as its
+    /// arbiter: on exactly the key's columns, valid, neither partial, on
+    /// expressions nor deferrable. `table` and `key` are SQL text
+    /// expressions (parameters or literals): the table's name, and the key's
+    /// column names sorted bytewise, joined by U+001F. Needs Postgres 11
+    /// (`indnkeyatts`).
+    pub fn arbiter_sql(self, table: &str, key: &str) -> String {
+        format!(
+            "CAST(EXISTS (
+               SELECT 1 FROM pg_index i
+                WHERE i.indrelid = to_regclass({table}) AND i.indisunique AND i.indimmediate AND i.indisvalid
+                  AND i.indpred IS NULL AND i.indexprs IS NULL
+                  AND (SELECT string_agg(a.attname::text, chr(31) ORDER BY a.attname::text COLLATE \"C\")
+                         FROM pg_attribute a
+                        WHERE a.attrelid = i.indrelid
+                          AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])) = {key}) AS text)"
+        )
     }
 
     /// Creates `flowgate_source_positions`, where effectively-once sinks keep

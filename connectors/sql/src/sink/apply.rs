@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::cell::Cell;
-use super::copy::COPY_MIN_ROWS;
+use super::copy::{COPY_MIN_ROWS, StraightIn};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::{Op, key_text};
 use crate::dialect::Dialect;
@@ -169,33 +169,75 @@ impl SqlSink {
     }
 
     /// Sets the batch's savepoint as [`savepoint`](Self::savepoint) does, and
-    /// says whether `info` still describes the table. Binary `COPY` data
-    /// carries no types: into a column whose type changed since the table was
-    /// described, it would be misread rather than refused (a `double
-    /// precision`'s bits as a `bigint`). Checked in the same round trip,
-    /// under the lock the `COPY` takes anyway, so that no `ALTER TABLE` comes
-    /// between the check and the `COPY`.
-    pub(super) async fn savepoint_described(&mut self, info: &TableInfo, table: &str) -> Result<bool, SqlError> {
+    /// says whether `info` still describes the table: `None` when not.
+    /// Binary `COPY` data carries no types: into a column whose type changed
+    /// since the table was described, it would be misread rather than
+    /// refused (a `double precision`'s bits as a `bigint`). Checked in the
+    /// same round trip, under the lock the `COPY` takes anyway, so that no
+    /// `ALTER TABLE` comes between the check and the `COPY`. Batches of
+    /// `COPY` text take the same check, which costs them nothing more.
+    ///
+    /// An upsert (`try_in` `Maybe`) takes its turn at going straight in
+    /// here, and its look at the key's index comes along in the same round
+    /// trip: returned is what the upsert is to do (see [`StraightIn`]).
+    pub(super) async fn savepoint_described(
+        &mut self,
+        info: &TableInfo,
+        table: &str,
+        key: &[String],
+        try_in: StraightIn,
+    ) -> Result<Option<StraightIn>, SqlError> {
         // Read before `conn()`, which on reconnecting forgets the transaction:
         // `BEGIN` then goes out on the new connection, as in `savepoint`.
         let began = match self.tx {
             Tx::Pending(began) => Some(began),
             _ => None,
         };
+        let conn = self.conn().await?;
+        // `indnkeyatts`, which the look at the key's index reads, came with
+        // Postgres 11: before, the look would fail the whole round trip, and
+        // the upsert looks on its own.
+        let postgres_11 = conn.postgres().and_then(|c| c.server_version_num()).is_some_and(|v| v >= 110_000);
+        let (try_in, lookup) = match try_in {
+            StraightIn::Maybe if postgres_11 => {
+                if self.tries_straight_in(info) {
+                    let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    let (table, key) = (Dialect::pg_literal(&info.quoted), Dialect::pg_literal(&sorted.join("\u{1f}")));
+                    (try_in, Some(Dialect::Postgres.arbiter_sql(&table, &key)))
+                } else {
+                    (StraightIn::No, None)
+                }
+            }
+            other => (other, None),
+        };
+        let (arbiter, then) = match &lookup {
+            Some(lookup) => (lookup.as_str(), "; SAVEPOINT flowgate_new"),
+            None => ("NULL", ""),
+        };
         let begin = if began.is_some() { "BEGIN; " } else { "" };
         let sql = format!(
             "{begin}SAVEPOINT flowgate_batch; LOCK TABLE {} IN ROW EXCLUSIVE MODE; \
-             SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), chr(31) ORDER BY a.attnum) \
-             FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+             SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), chr(31) \
+                     ORDER BY a.attnum) \
+                     FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped), \
+             {arbiter}{then}",
             info.quoted,
             Dialect::pg_literal(&info.quoted)
         );
-        let now = self.conn().await?.last_text(&sql).await.map_err(SqlError::write(table))?;
+        let row = self.conn().await?.last_row(&sql).await.map_err(SqlError::write(table))?;
         if let Some(began) = began {
             self.tx = Tx::Open(began);
         }
         let described: Vec<String> = info.columns.iter().map(|(c, ty)| format!("{c} {ty}")).collect();
-        Ok(now.as_deref() == Some(described.join("\u{1f}").as_str()))
+        if row.first().and_then(Option::as_deref) != Some(described.join("\u{1f}").as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(match lookup {
+            Some(_) => StraightIn::Looked(row.get(1).and_then(Option::as_deref) == Some("true")),
+            None => try_in,
+        }))
     }
 
     /// Sets savepoint `name`; the batch's first one also begins its transaction.

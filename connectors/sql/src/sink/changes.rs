@@ -30,7 +30,7 @@ use flowgate_sdk::Record;
 use serde::de::{DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::copy::{COPY_MIN_ROWS, Rows};
+use super::copy::{COPY_MIN_ROWS, Rows, StraightIn};
 use super::direct::{Fields, Others, Scalar, Shape, write_cell};
 use super::{SqlSink, TableInfo};
 use crate::change::{FieldName, UNAVAILABLE};
@@ -177,7 +177,8 @@ impl SqlSink {
         }
         for (rows, new) in upserts {
             if !rows.is_empty() {
-                self.upsert_copied(info, stage, &shape.columns, &shape.key, Rows::Text(rows), new).await?;
+                self.upsert_copied(info, stage, &shape.columns, &shape.key, Rows::Text(rows), StraightIn::when(new))
+                    .await?;
             }
         }
         Ok(())

@@ -95,12 +95,13 @@ impl Conn {
     }
 
     /// Runs `sql` (statements, nothing bound) by the simple protocol in one
-    /// round trip; the first column of the last row any of them returned.
-    pub(super) async fn last_text(&mut self, sql: &str) -> Result<Option<String>, sqlx::Error> {
+    /// round trip; the columns, as text, of the last row any of them
+    /// returned (none when none did).
+    pub(super) async fn last_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, sqlx::Error> {
         let sql = AssertSqlSafe(sql.to_string());
         let conn = self.postgres().expect("statements by the simple protocol with rows: Postgres only");
         let rows = sqlx::raw_sql(sql).fetch_all(conn).await?;
-        rows.last().map(|r| r.try_get::<Option<String>, _>(0)).transpose().map(Option::flatten)
+        rows.last().map_or(Ok(Vec::new()), |r| (0..r.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect())
     }
 
     /// The Postgres connection, for what only Postgres has (`COPY`).

@@ -70,6 +70,26 @@ impl Guess {
     }
 }
 
+/// Whether an upsert tries going straight into the table first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum StraightIn {
+    /// No: its keys are likely there already (updates).
+    No,
+    /// When the table's [`Guess`] says to, the key's index looked up first.
+    Maybe,
+    /// The guess was taken and the key's index looked up in the batch's
+    /// first round trip, with savepoint `flowgate_new` set after it: whether
+    /// the table has an index `ON CONFLICT` takes.
+    Looked(bool),
+}
+
+impl StraightIn {
+    /// `Maybe` for rows whose keys are likely `new`, else `No`.
+    pub(super) fn when(new: bool) -> StraightIn {
+        if new { StraightIn::Maybe } else { StraightIn::No }
+    }
+}
+
 /// The rows of a `COPY`: parsed, or already its text or binary data (see
 /// [`super::direct`]).
 #[derive(Clone, Copy)]
@@ -122,46 +142,60 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Upserts `rows` with one `COPY` straight into the table, when its
-    /// [`Guess`] says to try and the key has a unique index `ON CONFLICT`
-    /// takes. `false` when it did not, or a key was already in the table
-    /// (what it wrote is rolled back).
+    /// Whether the next upsert into the table tries going straight in, as
+    /// its [`Guess`] says: each call is one upsert's turn.
+    pub(super) fn tries_straight_in(&mut self, info: &TableInfo) -> bool {
+        self.stages.get_mut(&info.quoted).and_then(|s| s.guess.as_mut()).is_some_and(Guess::tries)
+    }
+
+    /// Upserts `rows` with one `COPY` straight into the table, as `try_in`
+    /// says, when the key has a unique index `ON CONFLICT` takes. `false`
+    /// when it did not, or a key was already in the table (what it wrote is
+    /// rolled back).
     async fn straight_in(
         &mut self,
         info: &TableInfo,
         columns: &[String],
         key: &[String],
         rows: Rows<'_>,
+        try_in: StraightIn,
     ) -> Result<bool, sqlx::Error> {
-        let Some(guess) = self.stages.get_mut(&info.quoted).and_then(|s| s.guess.as_mut()) else { return Ok(false) };
-        if !guess.tries() {
-            return Ok(false);
-        }
-        // The index is looked up at each try, under the lock `COPY` takes
-        // anyway, so that none is dropped or made deferrable between the look
-        // and the `COPY`: without it, `ON CONFLICT` refuses the upsert, and
-        // rows taken straight in would be duplicates.
-        let conn = self.conn.as_mut().expect("connected");
-        conn.raw(&format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE", info.quoted)).await?;
-        let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let arbiter = match conn.texts(Dialect::Postgres.arbiter_query(), &[&info.quoted, &sorted.join("\u{1f}")]).await
-        {
-            Ok(rows) => rows.first().and_then(|r| r.first()).is_some_and(|t| t == "true"),
-            // A catalog this query does not fit (`indnkeyatts` came with
-            // Postgres 11): no more tries on this connection.
-            Err(sqlx::Error::Database(e)) => {
-                tracing::debug!(table = %info.quoted, error = %e, "cannot look up the key's index; upserts take the staging table");
-                if let Some(stage) = self.stages.get_mut(&info.quoted) {
-                    stage.guess = None;
+        let arbiter = match try_in {
+            StraightIn::No => return Ok(false),
+            StraightIn::Looked(arbiter) => arbiter,
+            StraightIn::Maybe if !self.tries_straight_in(info) => return Ok(false),
+            StraightIn::Maybe => {
+                // The index is looked up at each try, under the lock `COPY`
+                // takes anyway, so that none is dropped or made deferrable
+                // between the look and the `COPY`: without it, `ON CONFLICT`
+                // refuses the upsert, and rows taken straight in would be
+                // duplicates.
+                let conn = self.conn.as_mut().expect("connected");
+                conn.raw(&format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE", info.quoted)).await?;
+                let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
+                sorted.sort_unstable();
+                sorted.dedup();
+                let sql = format!("SELECT {}", Dialect::Postgres.arbiter_sql("$1", "$2"));
+                let arbiter = match conn.texts(&sql, &[&info.quoted, &sorted.join("\u{1f}")]).await {
+                    Ok(rows) => rows.first().and_then(|r| r.first()).is_some_and(|t| t == "true"),
+                    // A catalog this query does not fit: no more tries on this
+                    // connection.
+                    Err(sqlx::Error::Database(e)) => {
+                        tracing::debug!(table = %info.quoted, error = %e, "cannot look up the key's index; upserts take the staging table");
+                        if let Some(stage) = self.stages.get_mut(&info.quoted) {
+                            stage.guess = None;
+                        }
+                        false
+                    }
+                    Err(e) => return Err(e),
+                };
+                if !arbiter {
+                    self.conn.as_mut().expect("connected").raw("ROLLBACK TO SAVEPOINT flowgate_new").await?;
                 }
-                false
+                arbiter
             }
-            Err(e) => return Err(e),
         };
         if !arbiter {
-            self.conn.as_mut().expect("connected").raw("ROLLBACK TO SAVEPOINT flowgate_new").await?;
             return Ok(false);
         }
         let hit = match self.copy_rows(&info.quoted, info, columns, rows).await {
@@ -179,9 +213,8 @@ impl SqlSink {
     }
 
     /// Upserts `rows` through the table's staging table `stage`: `COPY`
-    /// into it, then one `INSERT ... ON CONFLICT` from it. Or straight in,
-    /// when their keys are likely `new`, the table's [`Guess`] says to try
-    /// and no key is there yet.
+    /// into it, then one `INSERT ... ON CONFLICT` from it. Or straight in
+    /// first, as `try_in` says, when no key is there yet.
     pub(super) async fn upsert_copied(
         &mut self,
         info: &TableInfo,
@@ -189,9 +222,9 @@ impl SqlSink {
         columns: &[String],
         key: &[String],
         rows: Rows<'_>,
-        new: bool,
+        try_in: StraightIn,
     ) -> Result<(), sqlx::Error> {
-        if new && self.straight_in(info, columns, key, rows).await? {
+        if self.straight_in(info, columns, key, rows, try_in).await? {
             return Ok(());
         }
         self.copy_rows(stage, info, columns, rows).await?;

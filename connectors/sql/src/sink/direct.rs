@@ -36,7 +36,7 @@ use serde_json::{Number, Value};
 
 use super::cell::{Cell, is_json};
 use super::changes::Changes;
-use super::copy::{COPY_MIN_ROWS, Rows, copy_cell};
+use super::copy::{COPY_MIN_ROWS, Rows, StraightIn, copy_cell};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::FieldName;
 use crate::config::{Columns, Mode, SqlSinkConfig};
@@ -351,9 +351,14 @@ impl SqlSink {
         }
         let binary = matches!(body, Body::Rows { binary: true, .. });
         let result: Result<bool, SqlError> = async {
-            if !binary {
+            let try_in = if let Body::Changes(_) = body {
                 self.savepoint("flowgate_batch", table).await?;
-            } else if !self.savepoint_described(&info, table).await? {
+                StraightIn::No
+            } else if let Some(try_in) =
+                self.savepoint_described(&info, table, &shape.key, StraightIn::when(stage.is_some())).await?
+            {
+                try_in
+            } else {
                 // Altered since: described again, for the general path and
                 // the batches after it. Nothing else is in a transaction this
                 // began: undone first, so that the general path describes and
@@ -370,7 +375,7 @@ impl SqlSink {
                     None => self.tables.remove(table),
                 };
                 return Ok(false);
-            }
+            };
             let (written, bytes) = match (&body, &stage) {
                 (Body::Rows { data, binary }, None) => {
                     let rows = if *binary { Rows::Binary(data) } else { Rows::Text(data) };
@@ -378,7 +383,7 @@ impl SqlSink {
                 }
                 (Body::Rows { data, binary }, Some(stage)) => {
                     let rows = if *binary { Rows::Binary(data) } else { Rows::Text(data) };
-                    (self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, true).await, data.len())
+                    (self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, try_in).await, data.len())
                 }
                 (Body::Changes(changes), Some(stage)) => {
                     (self.apply_changes(&info, stage, &shape, changes).await, changes.len())

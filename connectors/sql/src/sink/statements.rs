@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::cell::Cell;
 use super::conn::Conn;
-use super::copy::{COPY_MIN_ROWS, Rows};
+use super::copy::{COPY_MIN_ROWS, Rows, StraightIn};
 use super::{SqlSink, TableInfo};
 use crate::change::Op;
 use crate::config::Mode;
@@ -119,7 +119,8 @@ impl SqlSink {
                         continue;
                     }
                     (Write::Upsert { new }, Some(stage)) => {
-                        self.upsert_copied(info, stage, &columns, key, Rows::Parsed(&rows), new).await?;
+                        self.upsert_copied(info, stage, &columns, key, Rows::Parsed(&rows), StraightIn::when(new))
+                            .await?;
                         continue;
                     }
                     _ => {}
