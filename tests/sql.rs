@@ -980,6 +980,36 @@ async fn keys_one_in_the_table_but_two_in_json_are_written_in_order() {
     }
 }
 
+/// A role granted columns but nothing table-wide may not `LOCK` the table,
+/// which binary `COPY` into it and an upsert's try at going straight in
+/// take: its inserts go as `COPY` text, its upserts through the staging
+/// table, encoded ahead all the same, and every row is written.
+#[tokio::test]
+async fn a_role_granted_only_columns_writes_without_locking_the_table() {
+    use flowgate_sql::{Mode, SqlSink};
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE ins (a int, b int, v text); CREATE TABLE ups (a int, b int, v text, PRIMARY KEY (a, b)); \
+         CREATE ROLE cols LOGIN; GRANT INSERT (a, b, v) ON ins TO cols; \
+         GRANT SELECT (a, b, v), INSERT (a, b, v), UPDATE (a, b, v) ON ups TO cols",
+    );
+    let url = pg.url().replace("postgres@", "cols@");
+    let rows = |v: &str| -> Vec<(String, String)> {
+        (0..120).map(|i| (String::new(), json!({"a": i, "b": i % 3, "v": format!("{v}{i}")}).to_string())).collect()
+    };
+    let (_events, events) = sink_events();
+    let mut ins = SqlSink::open(pg_sink(url.clone(), "ins", Mode::Insert, &[], &["a", "b", "v"]), "ins").await.unwrap();
+    assert!(write_batches(&mut ins, &rows("a"), 40, true).await.is_empty());
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || max(v) FROM ins"), "120 a99");
+    let mut ups = SqlSink::open(pg_sink(url, "ups", Mode::Upsert, &["a", "b"], &["a", "b", "v"]), "ups").await.unwrap();
+    for v in ["a", "b"] {
+        assert!(write_batches(&mut ups, &rows(v), 40, true).await.is_empty());
+    }
+    assert_eq!(pg.sql("SELECT count(*) || ' ' || min(v) || ' ' || max(v) FROM ups"), "120 b0 b99");
+    // Every batch after each sink's first.
+    assert_eq!((made_ahead(&events, "ins"), made_ahead(&events, "ups")), (2, 5));
+}
+
 /// Upserts go straight into the table with `COPY` while their keys are new,
 /// which an `ON CONFLICT ... DO UPDATE` would only insert; a key already there
 /// sends the batch through the staging table, and the next batches skip the

@@ -153,14 +153,17 @@ impl Dialect {
     }
 
     /// Postgres: a query saying (`true` or `false`) whether `COPY` into the
-    /// table does what an `INSERT` does. Not for views (refused), tables with
-    /// row-level security (refused) or rules (which `COPY` skips), nor
-    /// `GENERATED ALWAYS` identity columns (which `COPY` fills where `INSERT`
-    /// refuses); its parameter is the table name.
+    /// table does what an `INSERT` does, and whether the session may `LOCK`
+    /// it (a table-wide `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`
+    /// privilege; column grants are not enough). Not for views (refused),
+    /// tables with row-level security (refused) or rules (which `COPY`
+    /// skips), nor `GENERATED ALWAYS` identity columns (which `COPY` fills
+    /// where `INSERT` refuses); its parameter is the table name.
     pub fn copies_like_insert_query(self) -> &'static str {
         "SELECT CAST(c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AND NOT c.relhasrules
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
-                                 AND NOT a.attisdropped AND a.attidentity = 'a') AS text)
+                                 AND NOT a.attisdropped AND a.attidentity = 'a') AS text),
+                CAST(has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') AS text)
            FROM pg_class c WHERE c.oid = to_regclass($1)"
     }
 

@@ -174,12 +174,14 @@ impl SqlSink {
     /// since the table was described, it would be misread rather than
     /// refused (a `double precision`'s bits as a `bigint`). Checked in the
     /// same round trip, under the lock the `COPY` takes anyway, so that no
-    /// `ALTER TABLE` comes between the check and the `COPY`. Batches of
-    /// `COPY` text take the same check, which costs them nothing more.
+    /// `ALTER TABLE` comes between the check and the `COPY`. An upsert that
+    /// may go straight in is checked alike, its rows binary or text: its try
+    /// takes that lock anyway.
     ///
-    /// An upsert (`try_in` `Maybe`) takes its turn at going straight in
-    /// here, and its look at the key's index comes along in the same round
-    /// trip: returned is what the upsert is to do (see [`StraightIn`]).
+    /// On Postgres 11 and later, an upsert (`try_in` `Maybe`) takes its turn
+    /// at going straight in here, and its look at the key's index comes
+    /// along in the same round trip: returned is what the upsert is to do
+    /// (see [`StraightIn`]). Before, it is left to look on its own.
     pub(super) async fn savepoint_described(
         &mut self,
         info: &TableInfo,

@@ -291,6 +291,7 @@ mod tests {
                 .collect(),
             linked: false,
             copy_in: true,
+            lockable: true,
         };
         let config = SqlSinkConfig {
             url: "postgres://localhost/x".into(),

@@ -73,7 +73,8 @@ impl Guess {
 /// Whether an upsert tries going straight into the table first.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum StraightIn {
-    /// No: its keys are likely there already (updates).
+    /// No: its keys are likely there already (updates), or the table's
+    /// [`Guess`] says not this time, or it has none.
     No,
     /// When the table's [`Guess`] says to, the key's index looked up first.
     Maybe,
@@ -118,7 +119,8 @@ impl SqlSink {
         if self.stages.get(&info.quoted).is_some_and(|s| s.columns == info.columns) {
             return Ok(());
         }
-        let copy_in = info.copy_in;
+        // Going straight in takes the table's lock.
+        let tries = info.copy_in && info.lockable;
         // Numbered, never reused: a recreated one may not take another's name.
         self.stage_seq += 1;
         let name = format!("pg_temp.flowgate_stage_{}", self.stage_seq);
@@ -138,8 +140,13 @@ impl SqlSink {
                 None
             }
         };
-        self.stages.insert(quoted, Stage { name, columns, guess: copy_in.then(Guess::default) });
+        self.stages.insert(quoted, Stage { name, columns, guess: tries.then(Guess::default) });
         Ok(())
+    }
+
+    /// Whether upserts into the table ever try going straight in.
+    pub(super) fn may_go_straight_in(&self, info: &TableInfo) -> bool {
+        self.stages.get(&info.quoted).is_some_and(|s| s.guess.is_some())
     }
 
     /// Whether the next upsert into the table tries going straight in, as

@@ -40,14 +40,16 @@ impl SqlSink {
         }
         let links = conn.texts(dialect.linked_query(), &[&name, &name]).await.map_err(SqlError::write(table))?;
         let linked = links.first().and_then(|r| r.first()).is_none_or(|n| n != "0");
-        let copy_in = match dialect {
+        let (copy_in, lockable) = match dialect {
             Dialect::Postgres => {
                 let like = conn.texts(dialect.copies_like_insert_query(), &[&name]).await;
-                like.map_err(SqlError::write(table))?.first().and_then(|r| r.first()).is_some_and(|t| t == "true")
+                let like = like.map_err(SqlError::write(table))?;
+                let said = |i: usize| like.first().and_then(|r| r.get(i)).is_some_and(|t| t == "true");
+                (said(0), said(1))
             }
-            _ => false,
+            _ => (false, false),
         };
-        Ok(Some(TableInfo { quoted: dialect.quote_table(table), columns, linked, copy_in }))
+        Ok(Some(TableInfo { quoted: dialect.quote_table(table), columns, linked, copy_in, lockable }))
     }
 
     /// The table's description, creating the table from `sample` when it is

@@ -167,7 +167,14 @@ impl Shape {
         }
         let changes = config.mode == Mode::Cdc;
         let whole = config.columns.is_none();
-        let binary = if changes { None } else { types.iter().map(|t| Binary::of(t)).collect() };
+        // Binary `COPY` straight into the table is checked against it under
+        // its lock (see `SqlSink::savepoint_described`); upserts go straight
+        // in only where they may take it.
+        let binary = if changes || key.is_empty() && !info.lockable {
+            None
+        } else {
+            types.iter().map(|t| Binary::of(t)).collect()
+        };
         Some(Shape { table: table.to_string(), columns: names.clone(), types, key, key_at, changes, whole, binary })
     }
 }
@@ -351,7 +358,14 @@ impl SqlSink {
         }
         let binary = matches!(body, Body::Rows { binary: true, .. });
         let result: Result<bool, SqlError> = async {
-            let try_in = if let Body::Changes(_) = body {
+            // What may go straight into the table is checked against it first:
+            // binary inserts, and upserts that may try.
+            let checked = match (&body, &stage) {
+                (Body::Rows { binary, .. }, None) => *binary,
+                (Body::Rows { .. }, Some(_)) => self.may_go_straight_in(&info),
+                (Body::Changes(_), _) => false,
+            };
+            let try_in = if !checked {
                 self.savepoint("flowgate_batch", table).await?;
                 StraightIn::No
             } else if let Some(try_in) =
@@ -580,6 +594,7 @@ mod tests {
             columns: COLUMNS.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect(),
             linked: false,
             copy_in: true,
+            lockable: true,
         }
     }
 
@@ -864,5 +879,12 @@ mod tests {
         let mut identity = info.clone();
         identity.copy_in = false;
         assert!(of(&config(&["id"]), &identity).is_none());
+        // Binary `COPY` straight in takes the table's lock: without it,
+        // inserts go as text; upserts only go straight in with it.
+        let mut unlockable = info.clone();
+        unlockable.lockable = false;
+        assert!(of(&config(&["id"]), &info).expect("a shape").binary.is_some());
+        assert!(of(&config(&["id"]), &unlockable).expect("a shape").binary.is_none());
+        assert!(of(&upsert, &unlockable).expect("a shape").binary.is_some());
     }
 }

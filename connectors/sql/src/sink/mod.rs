@@ -52,6 +52,10 @@ struct TableInfo {
     /// Postgres: `COPY` into the table does what `INSERT` does (see
     /// `Dialect::copies_like_insert_query`).
     copy_in: bool,
+    /// Postgres: the session may `LOCK` the table, as binary `COPY` into it
+    /// and an upsert's try at going straight in do (see
+    /// `SqlSink::savepoint_described`).
+    lockable: bool,
 }
 
 impl TableInfo {
