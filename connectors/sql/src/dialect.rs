@@ -154,8 +154,10 @@ impl Dialect {
 
     /// Postgres: a query saying (`true` or `false`) whether `COPY` into the
     /// table does what an `INSERT` does, and whether the session may `LOCK`
-    /// it (a table-wide `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`
-    /// privilege; column grants are not enough). Not for views (refused),
+    /// it in `ROW EXCLUSIVE` mode: a table-wide `INSERT`, `UPDATE`, `DELETE`,
+    /// `TRUNCATE` (or, from Postgres 17, `MAINTAIN`) privilege, column grants
+    /// not counting; before Postgres 13 `LOCK` also checked every child table,
+    /// so a table with any counts as not. Not for views (refused),
     /// tables with row-level security (refused) or rules (which `COPY`
     /// skips), nor `GENERATED ALWAYS` identity columns (which `COPY` fills
     /// where `INSERT` refuses); its parameter is the table name.
@@ -163,7 +165,10 @@ impl Dialect {
         "SELECT CAST(c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AND NOT c.relhasrules
                 AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
                                  AND NOT a.attisdropped AND a.attidentity = 'a') AS text),
-                CAST(has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE') AS text)
+                CAST(has_table_privilege(c.oid, CASE WHEN current_setting('server_version_num')::int >= 170000
+                                                     THEN 'INSERT, UPDATE, DELETE, TRUNCATE, MAINTAIN'
+                                                     ELSE 'INSERT, UPDATE, DELETE, TRUNCATE' END)
+                     AND (current_setting('server_version_num')::int >= 130000 OR NOT c.relhassubclass) AS text)
            FROM pg_class c WHERE c.oid = to_regclass($1)"
     }
 

@@ -23,8 +23,11 @@
 //! text took 0.78-1.24 s). A batch with a value whose binary form might not
 //! be exactly what the column's input function makes of the text (a string
 //! for a number, a number with a fraction or an exponent for an integer, an
-//! integer out of the column's range) is written as text, and one whose
-//! table changed since it was described goes the general way.
+//! integer out of the column's range) is written as text. A batch that may
+//! go straight into the table (binary inserts, upserts that may try) is
+//! checked against it first, and one whose table changed since it was
+//! described goes the general way; others go into the staging table, made
+//! from the same description.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
