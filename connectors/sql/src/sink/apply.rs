@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::cell::Cell;
-use super::copy::{COPY_MIN_ROWS, StraightIn};
+use super::copy::{COPY_MIN_ROWS, StraightIn, arbiter_key};
 use super::{SqlSink, TableInfo, Tx};
 use crate::change::{Op, key_text};
 use crate::dialect::Dialect;
@@ -203,10 +203,7 @@ impl SqlSink {
         let (try_in, lookup) = match try_in {
             StraightIn::Maybe if postgres_11 => {
                 if self.tries_straight_in(info) {
-                    let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
-                    sorted.sort_unstable();
-                    sorted.dedup();
-                    let (table, key) = (Dialect::pg_literal(&info.quoted), Dialect::pg_literal(&sorted.join("\u{1f}")));
+                    let (table, key) = (Dialect::pg_literal(&info.quoted), Dialect::pg_literal(&arbiter_key(key)));
                     (try_in, Some(Dialect::Postgres.arbiter_sql(&table, &key)))
                 } else {
                     (StraightIn::No, None)

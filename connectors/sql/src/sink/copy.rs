@@ -91,6 +91,15 @@ impl StraightIn {
     }
 }
 
+/// The key's column names as [`Dialect::arbiter_sql`] compares them: sorted
+/// bytewise, each once, joined by U+001F.
+pub(super) fn arbiter_key(key: &[String]) -> String {
+    let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.join("\u{1f}")
+}
+
 /// The rows of a `COPY`: parsed, or already its text or binary data (see
 /// [`super::direct`]).
 #[derive(Clone, Copy)]
@@ -98,6 +107,13 @@ pub(super) enum Rows<'a> {
     Parsed(&'a [&'a Map<String, Value>]),
     Text(&'a [u8]),
     Binary(&'a [u8]),
+}
+
+impl<'a> Rows<'a> {
+    /// `COPY` data made ahead, in binary format or as text.
+    pub(super) fn made(data: &'a [u8], binary: bool) -> Rows<'a> {
+        if binary { Rows::Binary(data) } else { Rows::Text(data) }
+    }
 }
 
 impl TableInfo {
@@ -179,11 +195,8 @@ impl SqlSink {
                 // duplicates.
                 let conn = self.conn.as_mut().expect("connected");
                 conn.raw(&format!("SAVEPOINT flowgate_new; LOCK TABLE {} IN ROW EXCLUSIVE MODE", info.quoted)).await?;
-                let mut sorted: Vec<&str> = key.iter().map(String::as_str).collect();
-                sorted.sort_unstable();
-                sorted.dedup();
                 let sql = format!("SELECT {}", Dialect::Postgres.arbiter_sql("$1", "$2"));
-                let arbiter = match conn.texts(&sql, &[&info.quoted, &sorted.join("\u{1f}")]).await {
+                let arbiter = match conn.texts(&sql, &[&info.quoted, &arbiter_key(key)]).await {
                     Ok(rows) => rows.first().and_then(|r| r.first()).is_some_and(|t| t == "true"),
                     // A catalog this query does not fit: no more tries on this
                     // connection.

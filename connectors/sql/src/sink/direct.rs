@@ -395,11 +395,11 @@ impl SqlSink {
             };
             let (written, bytes) = match (&body, &stage) {
                 (Body::Rows { data, binary }, None) => {
-                    let rows = if *binary { Rows::Binary(data) } else { Rows::Text(data) };
+                    let rows = Rows::made(data, *binary);
                     (self.copy_rows(&info.quoted, &info, &shape.columns, rows).await, data.len())
                 }
                 (Body::Rows { data, binary }, Some(stage)) => {
-                    let rows = if *binary { Rows::Binary(data) } else { Rows::Text(data) };
+                    let rows = Rows::made(data, *binary);
                     (self.upsert_copied(&info, stage, &shape.columns, &shape.key, rows, try_in).await, data.len())
                 }
                 (Body::Changes(changes), Some(stage)) => {
