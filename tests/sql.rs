@@ -1144,3 +1144,61 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
         assert_eq!(pg.sql(&format!("SELECT count(*) FROM {table}")), "0", "{table}");
     }
 }
+
+/// A row whose foreign key is checked only at `COMMIT` (`DEFERRABLE
+/// INITIALLY DEFERRED`, as Django makes them) used to fail the commit as
+/// fatal, after the row isolation had passed it: the pipeline stopped on the
+/// same batch at every start. The failed commit now makes the engine write
+/// the batch again with constraints checked at each statement, where the row
+/// is refused alone; the batch after it defers again.
+#[tokio::test]
+async fn a_row_breaking_a_deferred_constraint_is_refused_alone() {
+    use flowgate_sdk::{Batch, Record, Sink};
+    use flowgate_sql::{Mode, SqlSink};
+    let pg = Postgres::start();
+    pg.sql(
+        "CREATE TABLE parent (id bigint PRIMARY KEY); INSERT INTO parent VALUES (1); \
+         CREATE TABLE child (id bigint, parent bigint REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+    );
+    let mut sink =
+        SqlSink::open(pg_sink(pg.url(), "child", Mode::Insert, &[], &["id", "parent"]), "child").await.unwrap();
+    let preparer = sink.preparer().unwrap();
+    let batch = |from: i64, orphan: Option<i64>| {
+        let mut b = Batch::with_capacity(0, 40);
+        b.records.extend(
+            (from..from + 40)
+                .map(|i| json!({"id": i, "parent": if Some(i) == orphan { 99 } else { 1 }}).to_string())
+                .map(Record::from_value),
+        );
+        // As the engine does: encoded ahead, for `COPY`.
+        preparer.prepare(&mut b);
+        b
+    };
+    // Encoded ahead (binary `COPY`), then by statements.
+    for (from, prepared) in [(0, true), (100, false)] {
+        let mut b = batch(from, Some(from + 7));
+        if !prepared {
+            b.prepared = None;
+        }
+        sink.write(&mut b).await.unwrap();
+        assert!(b.rejected.is_empty(), "deferred: nothing refused yet");
+        let refused = sink.commit(&mut b).await.expect_err("the commit checks the foreign key");
+        assert!(refused.is_retryable(), "{refused:?}");
+        // As the engine does: the batch again.
+        sink.write(&mut b).await.unwrap();
+        sink.commit(&mut b).await.unwrap();
+        assert_eq!(b.rejected.len(), 1, "{:?}", b.rejected);
+        assert!(b.rejected[0].reason.contains("foreign key"), "{}", b.rejected[0].reason);
+        let value = String::from_utf8_lossy(&b.rejected[0].record.value).into_owned();
+        assert!(value.contains(&format!("\"id\":{}", from + 7)), "{value}");
+    }
+    assert_eq!(pg.sql("SELECT count(*) FROM child"), "78");
+    // Deferred again: a child written before its parent is there passes
+    // once the parent is there at `COMMIT`.
+    let mut b = batch(200, Some(207));
+    sink.write(&mut b).await.unwrap();
+    pg.sql("INSERT INTO parent VALUES (99)");
+    sink.commit(&mut b).await.unwrap();
+    assert!(b.rejected.is_empty(), "{:?}", b.rejected);
+    assert_eq!(pg.sql("SELECT count(*) FROM child"), "118");
+}

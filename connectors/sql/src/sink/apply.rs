@@ -215,7 +215,7 @@ impl SqlSink {
             Some(lookup) => (lookup.as_str(), "; SAVEPOINT flowgate_new"),
             None => ("NULL", ""),
         };
-        let begin = if began.is_some() { "BEGIN; " } else { "" };
+        let begin = if began.is_some() { format!("{}; ", self.begin()) } else { String::new() };
         let sql = format!(
             "{begin}SAVEPOINT flowgate_batch; LOCK TABLE {} IN ROW EXCLUSIVE MODE; \
              SELECT (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), chr(31) \
@@ -244,7 +244,7 @@ impl SqlSink {
         let Tx::Pending(began) = self.tx else {
             return self.raw(&format!("SAVEPOINT {name}"), table).await;
         };
-        self.raw(&format!("BEGIN; SAVEPOINT {name}"), table).await?;
+        self.raw(&format!("{}; SAVEPOINT {name}", self.begin()), table).await?;
         self.tx = Tx::Open(began);
         Ok(())
     }

@@ -31,7 +31,7 @@ use flowgate_sdk::{Batch, ConnectorError, Position, Prepare, RefusalClass, Sink,
 use crate::change::Op;
 use crate::config::{Delivery, SqlSinkConfig, Synchronous, UnknownFields};
 use crate::dialect::{Dialect, dialect_of, sqlite_path};
-use crate::error::SqlError;
+use crate::error::{SqlError, is_row_error};
 use crate::names::TableFilter;
 use crate::rows::field_names;
 use conn::Conn;
@@ -85,6 +85,10 @@ pub struct SqlSink {
     /// The table's shape for the prepare step to encode batches to, when
     /// they can go straight to `COPY` (see [`direct`]).
     shape: SharedShape,
+    /// Postgres: the batch's commit failed on a deferred constraint. Written
+    /// again, it checks constraints at each statement, where the row
+    /// isolation finds the rows that break them.
+    immediate: bool,
 }
 
 /// Where the sink's transaction stands, and since when (for
@@ -172,6 +176,7 @@ impl SqlSink {
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
             shape: SharedShape::default(),
+            immediate: false,
             config,
         };
         // Fail at start-up, not at the first record, when the database cannot be reached.
@@ -225,6 +230,11 @@ impl SqlSink {
         self.conn().await?.raw(sql).await.map_err(SqlError::write(table))
     }
 
+    /// What begins a batch's transaction.
+    fn begin(&self) -> &'static str {
+        if self.immediate { "BEGIN; SET CONSTRAINTS ALL IMMEDIATE" } else { "BEGIN" }
+    }
+
     /// Commits the batch's transaction, with `position` when effectively-once.
     /// A batch whose records were all filtered out still stores its position,
     /// or the source would move past what the table says.
@@ -242,7 +252,7 @@ impl SqlSink {
         };
         let result: Result<(), SqlError> = async {
             if !matches!(self.tx, Tx::Open(_)) {
-                self.raw("BEGIN", "").await?;
+                self.raw(self.begin(), "").await?;
                 self.tx = Tx::Open(began);
             }
             if let Some(position) = position {
@@ -254,12 +264,28 @@ impl SqlSink {
             Ok(())
         }
         .await;
-        if let Err(e) = result {
-            // The transaction is gone; the engine writes the batch again.
-            self.lost();
+        let Err(e) = result else {
+            self.immediate = false;
+            return Ok(());
+        };
+        // The transaction is gone; the engine writes the batch again.
+        self.lost();
+        if e.is_retryable() {
             return Err(e.into());
         }
-        Ok(())
+        // A deferred constraint (a foreign key `DEFERRABLE INITIALLY
+        // DEFERRED`, as Django makes them) is checked at `COMMIT`, after the
+        // row isolation: fatal as it was, it stopped the pipeline on the
+        // same batch at every start. Written again with constraints checked
+        // at each statement, the rows that break them are refused alone.
+        if self.dialect == Dialect::Postgres
+            && !self.immediate
+            && matches!(&e, SqlError::Write { source, .. } if is_row_error(source))
+        {
+            self.immediate = true;
+            return Err(ConnectorError::transient("a deferred constraint refused the batch's commit", e));
+        }
+        Err(e.into())
     }
 }
 
