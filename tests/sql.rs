@@ -1202,3 +1202,106 @@ async fn a_row_breaking_a_deferred_constraint_is_refused_alone() {
     assert!(b.rejected.is_empty(), "{:?}", b.rejected);
     assert_eq!(pg.sql("SELECT count(*) FROM child"), "118");
 }
+
+/// A TCP proxy to `port`. Once `cut` is set, it passes on the next `COMMIT`
+/// a client sends, waits for the server to carry it out, and breaks the
+/// connection without passing the answer back.
+async fn commit_cutting_proxy(port: u16, cut: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let cut = Arc::clone(&cut);
+            tokio::spawn(async move {
+                let ((mut from_client, mut to_client), (mut from_server, mut to_server)) =
+                    (client.into_split(), server.into_split());
+                let deaf = Arc::new(AtomicBool::new(false));
+                let back = tokio::spawn({
+                    let deaf = Arc::clone(&deaf);
+                    async move {
+                        let mut buf = vec![0; 64 * 1024];
+                        while let Ok(n @ 1..) = from_server.read(&mut buf).await {
+                            if !deaf.load(SeqCst) && to_client.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                });
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                    let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                    // Deaf before the `COMMIT` goes: its answer comes after.
+                    let cutting = commit && cut.swap(false, SeqCst);
+                    if cutting {
+                        deaf.store(true, SeqCst);
+                    }
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if cutting {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        break;
+                    }
+                }
+                // Both sockets close: the client's with the task that holds it.
+                back.abort();
+            });
+        }
+    });
+    proxy
+}
+
+/// Effectively-once: the connection breaks after `COMMIT` went out and before
+/// its answer came back. The commit went through, and the engine writes the
+/// batch again: the sink finds its position stored and writes nothing, where
+/// an insert would otherwise be in the table twice.
+#[tokio::test]
+async fn an_effectively_once_commit_whose_answer_was_lost_is_not_written_again() {
+    use flowgate_sdk::{Batch, Position, Record, Sink};
+    use flowgate_sql::{Delivery, Mode, SqlSink};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let pg = Postgres::start();
+    pg.sql("CREATE TABLE once (id bigint, v text)");
+    let cut = Arc::new(AtomicBool::new(false));
+    let proxy = commit_cutting_proxy(pg.port, Arc::clone(&cut)).await;
+    let url = pg.url().replace(&format!(":{}/", pg.port), &format!(":{proxy}/"));
+    let config = flowgate_sql::SqlSinkConfig {
+        delivery: Delivery::EffectivelyOnce,
+        ..pg_sink(url, "once", Mode::Insert, &[], &["id", "v"])
+    };
+    let mut sink = SqlSink::open(config, "once").await.unwrap();
+    let preparer = sink.preparer().unwrap();
+    let batch = |n: i64| {
+        let mut b = Batch::with_capacity(0, 20);
+        b.records.extend((n * 100..n * 100 + 20).map(|i| Record::from_value(json!({"id": i, "v": "x"}).to_string())));
+        let mut position = Position::default();
+        position.set("at", n.to_string());
+        b.position = Some(position);
+        preparer.prepare(&mut b);
+        b
+    };
+    let mut first = batch(1);
+    sink.write(&mut first).await.unwrap();
+    sink.commit(&mut first).await.unwrap();
+    let mut second = batch(2);
+    sink.write(&mut second).await.unwrap();
+    cut.store(true, SeqCst);
+    let lost = sink.commit(&mut second).await.expect_err("the answer never came");
+    assert!(lost.is_retryable(), "{lost:?}");
+    assert!(!cut.load(SeqCst), "the proxy cut the commit");
+    assert_eq!(pg.sql("SELECT count(*) FROM once"), "40", "the commit went through");
+    // As the engine does: the batch again, then the next one.
+    sink.write(&mut second).await.unwrap();
+    sink.commit(&mut second).await.unwrap();
+    let mut third = batch(3);
+    sink.write(&mut third).await.unwrap();
+    sink.commit(&mut third).await.unwrap();
+    assert_eq!(pg.sql("SELECT count(*) FROM once"), "60");
+    assert_eq!(pg.sql("SELECT count(DISTINCT id) FROM once"), "60");
+    assert_eq!(pg.sql("SELECT position FROM flowgate_source_positions WHERE pipeline = 'once'"), "3");
+}

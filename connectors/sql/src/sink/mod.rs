@@ -85,6 +85,12 @@ pub struct SqlSink {
     /// The table's shape for the prepare step to encode batches to, when
     /// they can go straight to `COPY` (see [`direct`]).
     shape: SharedShape,
+    /// Effectively-once: the position of a commit whose answer never came
+    /// (the connection broke on `COMMIT`). It may have committed, so the
+    /// engine's second try at the batch first reads the stored position.
+    unsure: Option<Position>,
+    /// That read found the batch committed: nothing to write or commit.
+    found_committed: bool,
     /// Postgres: the batch's commit failed on a deferred constraint. Written
     /// again, it checks constraints at each statement, where the row
     /// isolation finds the rows that break them.
@@ -176,6 +182,8 @@ impl SqlSink {
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
             shape: SharedShape::default(),
+            unsure: None,
+            found_committed: false,
             immediate: false,
             config,
         };
@@ -271,6 +279,9 @@ impl SqlSink {
         // The transaction is gone; the engine writes the batch again.
         self.lost();
         if e.is_retryable() {
+            // Only a broken connection leaves it unknown whether the commit
+            // went through; a refused one did not.
+            self.unsure = position.cloned();
             return Err(e.into());
         }
         // A deferred constraint (a foreign key `DEFERRABLE INITIALLY
@@ -286,6 +297,24 @@ impl SqlSink {
             return Err(ConnectorError::transient("a deferred constraint refused the batch's commit", e));
         }
         Err(e.into())
+    }
+
+    /// Whether `batch` is the one whose commit's answer was lost, and that
+    /// commit went through: the position stored with the rows says so.
+    async fn committed_before(&mut self, batch: &Batch) -> Result<bool, ConnectorError> {
+        let Some(unsure) = self.unsure.take() else { return Ok(false) };
+        if batch.position.as_ref() != Some(&unsure) {
+            return Ok(false);
+        }
+        let stored = match self.load_position().await {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.lost();
+                self.unsure = Some(unsure);
+                return Err(e);
+            }
+        };
+        Ok(stored.is_some_and(|s| unsure.parts().all(|(part, at)| s.get(part) == Some(at))))
     }
 }
 
@@ -459,6 +488,14 @@ impl SqlSink {
 #[async_trait]
 impl Sink for SqlSink {
     async fn write(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
+        if self.committed_before(batch).await? {
+            tracing::info!(
+                pipeline = %self.pipeline,
+                "the connection broke on a commit that went through; the batch is not written again"
+            );
+            self.found_committed = true;
+            return Ok(());
+        }
         if let Written::InRecordOrder = self.write_once(batch, true).await? {
             self.write_once(batch, false).await?;
         }
@@ -477,7 +514,9 @@ impl Sink for SqlSink {
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let position = batch.position.clone();
-        self.finish(position.as_ref()).await?;
+        if !std::mem::take(&mut self.found_committed) {
+            self.finish(position.as_ref()).await?;
+        }
         self.metrics.rows.increment(batch.records.len() as u64);
         Ok(())
     }
