@@ -211,9 +211,12 @@ impl Dialect {
 
     pub fn save_position(self) -> &'static str {
         match self {
+            // With the transaction's id, to ask after its outcome should the
+            // answer to its `COMMIT` be lost.
             Dialect::Postgres => {
                 "INSERT INTO flowgate_source_positions (pipeline, source, position) VALUES ($1, $2, $3) \
-                 ON CONFLICT (pipeline, source) DO UPDATE SET position = EXCLUDED.position"
+                 ON CONFLICT (pipeline, source) DO UPDATE SET position = EXCLUDED.position \
+                 RETURNING txid_current()::text"
             }
             Dialect::MySql => {
                 "INSERT INTO flowgate_source_positions (pipeline, source, position) VALUES (?, ?, ?) \
@@ -230,6 +233,17 @@ impl Dialect {
         match self {
             Dialect::Postgres => "SELECT source, position FROM flowgate_source_positions WHERE pipeline = $1",
             _ => "SELECT source, position FROM flowgate_source_positions WHERE pipeline = ?",
+        }
+    }
+
+    /// [`load_positions`](Self::load_positions), waiting for a transaction
+    /// still writing them (MySQL; Postgres asks after the transaction).
+    pub fn load_positions_settled(self) -> &'static str {
+        match self {
+            Dialect::MySql => {
+                "SELECT source, position FROM flowgate_source_positions WHERE pipeline = ? LOCK IN SHARE MODE"
+            }
+            _ => self.load_positions(),
         }
     }
 

@@ -9,6 +9,9 @@ pub enum SqlError {
     NoColumns { table: String },
     #[error("writing to table {table} failed")]
     Write { table: String, source: sqlx::Error },
+    /// Effectively-once: a commit whose answer was lost is still under way.
+    #[error("a commit whose answer was lost is still under way after {waited:?}")]
+    CommitUnresolved { waited: std::time::Duration },
 }
 
 impl SqlError {
@@ -21,6 +24,8 @@ impl SqlError {
         match self {
             SqlError::Connect { source, .. } | SqlError::Write { source, .. } => is_transient(source),
             SqlError::NoColumns { .. } => false,
+            // Until it ends, whether it went through is not known.
+            SqlError::CommitUnresolved { .. } => true,
         }
     }
 }

@@ -85,10 +85,14 @@ pub struct SqlSink {
     /// The table's shape for the prepare step to encode batches to, when
     /// they can go straight to `COPY` (see [`direct`]).
     shape: SharedShape,
+    /// Effectively-once into Postgres: the id of the transaction that stored
+    /// the batch's position.
+    xid: Option<String>,
     /// Effectively-once: the position of a commit whose answer never came
-    /// (the connection broke on `COMMIT`). It may have committed, so the
-    /// engine's second try at the batch first reads the stored position.
-    unsure: Option<Position>,
+    /// (the connection broke on `COMMIT`), and its transaction's id when
+    /// known. It may have committed, so the engine's second try at the batch
+    /// first finds out whether it did.
+    unsure: Option<(Position, Option<String>)>,
     /// That read found the batch committed: nothing to write or commit.
     found_committed: bool,
     /// Postgres: the batch's commit failed on a deferred constraint. Written
@@ -182,6 +186,7 @@ impl SqlSink {
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
             shape: SharedShape::default(),
+            xid: None,
             unsure: None,
             found_committed: false,
             immediate: false,
@@ -245,8 +250,9 @@ impl SqlSink {
 
     /// Commits the batch's transaction, with `position` when effectively-once.
     /// A batch whose records were all filtered out still stores its position,
-    /// or the source would move past what the table says.
-    async fn finish(&mut self, position: Option<&Position>) -> Result<(), ConnectorError> {
+    /// or the source would move past what the table says. `immediate`: the
+    /// batch was written checking constraints at each statement.
+    async fn finish(&mut self, position: Option<&Position>, immediate: bool) -> Result<(), ConnectorError> {
         let position = position.filter(|_| self.config.delivery == Delivery::EffectivelyOnce);
         let began = match (self.tx, position) {
             (Tx::None, None) => return Ok(()),
@@ -258,30 +264,32 @@ impl SqlSink {
             (Tx::None, Some(_)) => Instant::now(),
             (Tx::Pending(t) | Tx::Open(t), _) => t,
         };
+        // Whether what failed, if anything, was the `COMMIT` itself.
+        let mut committing = false;
         let result: Result<(), SqlError> = async {
             if !matches!(self.tx, Tx::Open(_)) {
                 self.raw(self.begin(), "").await?;
                 self.tx = Tx::Open(began);
             }
+            self.xid = None;
             if let Some(position) = position {
                 self.save_position(position).await?;
             }
+            committing = true;
             self.raw("COMMIT", "").await?;
             self.tx = Tx::None;
             self.metrics.transaction_seconds.record(began.elapsed().as_secs_f64());
             Ok(())
         }
         .await;
-        let Err(e) = result else {
-            self.immediate = false;
-            return Ok(());
-        };
+        let Err(e) = result else { return Ok(()) };
         // The transaction is gone; the engine writes the batch again.
         self.lost();
         if e.is_retryable() {
-            // Only a broken connection leaves it unknown whether the commit
-            // went through; a refused one did not.
-            self.unsure = position.cloned();
+            self.immediate = immediate;
+            // Only a connection broken on `COMMIT` leaves it unknown whether
+            // the batch went in; refused, or broken before, it did not.
+            self.unsure = position.filter(|_| committing).map(|p| (p.clone(), self.xid.take()));
             return Err(e.into());
         }
         // A deferred constraint (a foreign key `DEFERRABLE INITIALLY
@@ -290,31 +298,14 @@ impl SqlSink {
         // same batch at every start. Written again with constraints checked
         // at each statement, the rows that break them are refused alone.
         if self.dialect == Dialect::Postgres
-            && !self.immediate
+            && committing
+            && !immediate
             && matches!(&e, SqlError::Write { source, .. } if is_row_error(source))
         {
             self.immediate = true;
             return Err(ConnectorError::transient("a deferred constraint refused the batch's commit", e));
         }
         Err(e.into())
-    }
-
-    /// Whether `batch` is the one whose commit's answer was lost, and that
-    /// commit went through: the position stored with the rows says so.
-    async fn committed_before(&mut self, batch: &Batch) -> Result<bool, ConnectorError> {
-        let Some(unsure) = self.unsure.take() else { return Ok(false) };
-        if batch.position.as_ref() != Some(&unsure) {
-            return Ok(false);
-        }
-        let stored = match self.load_position().await {
-            Ok(stored) => stored,
-            Err(e) => {
-                self.lost();
-                self.unsure = Some(unsure);
-                return Err(e);
-            }
-        };
-        Ok(stored.is_some_and(|s| unsure.parts().all(|(part, at)| s.get(part) == Some(at))))
     }
 }
 
@@ -514,8 +505,11 @@ impl Sink for SqlSink {
 
     async fn commit(&mut self, batch: &mut Batch) -> Result<(), ConnectorError> {
         let position = batch.position.clone();
+        // For the batch written again after its commit failed on a deferred
+        // constraint, and no other.
+        let immediate = std::mem::take(&mut self.immediate);
         if !std::mem::take(&mut self.found_committed) {
-            self.finish(position.as_ref()).await?;
+            self.finish(position.as_ref(), immediate).await?;
         }
         self.metrics.rows.increment(batch.records.len() as u64);
         Ok(())
