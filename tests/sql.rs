@@ -1155,6 +1155,7 @@ async fn upserts_go_straight_in_while_their_keys_are_new() {
 async fn a_row_breaking_a_deferred_constraint_is_refused_alone() {
     use flowgate_sdk::{Batch, Record, Sink};
     use flowgate_sql::{Mode, SqlSink};
+    let (_events, events) = sink_events();
     let pg = Postgres::start();
     pg.sql(
         "CREATE TABLE parent (id bigint PRIMARY KEY); INSERT INTO parent VALUES (1); \
@@ -1197,6 +1198,7 @@ async fn a_row_breaking_a_deferred_constraint_is_refused_alone() {
         assert!(value.contains(&format!("\"id\":{}", from + 7)), "{value}");
     }
     assert_eq!(pg.sql("SELECT count(*) FROM child"), "118");
+    assert_eq!(made_ahead(&events, "child"), 1, "the first try at the first batch went by binary `COPY`");
     // Deferred again: a child written before its parent is there passes
     // once the parent is there at `COMMIT`.
     let mut b = batch(200, Some(207));
@@ -1205,6 +1207,7 @@ async fn a_row_breaking_a_deferred_constraint_is_refused_alone() {
     sink.commit(&mut b).await.unwrap();
     assert!(b.rejected.is_empty(), "{:?}", b.rejected);
     assert_eq!(pg.sql("SELECT count(*) FROM child"), "158");
+    assert_eq!(made_ahead(&events, "child"), 2);
 }
 
 /// A TCP proxy to `port`. Once `cut` is set, it passes on the next `COMMIT`
