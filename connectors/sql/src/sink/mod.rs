@@ -85,9 +85,6 @@ pub struct SqlSink {
     /// The table's shape for the prepare step to encode batches to, when
     /// they can go straight to `COPY` (see [`direct`]).
     shape: SharedShape,
-    /// Effectively-once into Postgres: the id of the transaction that stored
-    /// the batch's position.
-    xid: Option<String>,
     /// Effectively-once: the position of a commit whose answer never came
     /// (the connection broke on `COMMIT`), and its transaction's id when
     /// known. It may have committed, so the engine's second try at the batch
@@ -186,7 +183,6 @@ impl SqlSink {
             stage: "sink".into(),
             metrics: SqlMetrics::new(pipeline, config.mode),
             shape: SharedShape::default(),
-            xid: None,
             unsure: None,
             found_committed: false,
             immediate: false,
@@ -266,14 +262,15 @@ impl SqlSink {
         };
         // Whether what failed, if anything, was the `COMMIT` itself.
         let mut committing = false;
+        // Postgres: the transaction's id, returned with the position stored.
+        let mut xid = None;
         let result: Result<(), SqlError> = async {
             if !matches!(self.tx, Tx::Open(_)) {
                 self.raw(self.begin(), "").await?;
                 self.tx = Tx::Open(began);
             }
-            self.xid = None;
             if let Some(position) = position {
-                self.save_position(position).await?;
+                xid = self.save_position(position).await?;
             }
             committing = true;
             self.raw("COMMIT", "").await?;
@@ -289,7 +286,7 @@ impl SqlSink {
             self.immediate = immediate;
             // Only a connection broken on `COMMIT` leaves it unknown whether
             // the batch went in; refused, or broken before, it did not.
-            self.unsure = position.filter(|_| committing).map(|p| (p.clone(), self.xid.take()));
+            self.unsure = position.filter(|_| committing).map(|p| (p.clone(), xid));
             return Err(e.into());
         }
         // A deferred constraint (a foreign key `DEFERRABLE INITIALLY

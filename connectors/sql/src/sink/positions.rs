@@ -17,8 +17,9 @@ use crate::error::SqlError;
 const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 impl SqlSink {
-    /// Stores each part of the source's position, in the batch's transaction.
-    pub(super) async fn save_position(&mut self, position: &Position) -> Result<(), SqlError> {
+    /// Stores each part of the source's position, in the batch's
+    /// transaction; on Postgres, that transaction's id.
+    pub(super) async fn save_position(&mut self, position: &Position) -> Result<Option<String>, SqlError> {
         let (sql, dialect) = (self.dialect.save_position(), self.dialect);
         let pipeline = self.pipeline.to_string();
         let conn = self.conn().await?;
@@ -33,8 +34,7 @@ impl SqlSink {
                 conn.execute(sql, cells).await.map_err(SqlError::write(table))?;
             }
         }
-        self.xid = xid;
-        Ok(())
+        Ok(xid)
     }
 
     /// The position stored for the pipeline (`Sink::stored_position`), or the one
