@@ -43,26 +43,25 @@ impl SqlSink {
         if self.config.delivery != Delivery::EffectivelyOnce {
             return Ok(None);
         }
+        let dialect = self.dialect;
+        let mut position = self.stored(dialect.load_positions(), "flowgate_source_positions").await?;
+        if position.is_empty() && self.describe("flowgate_positions").await?.is_some() {
+            // Stored by 0.1: the same parts, as numbers.
+            position = self.stored(dialect.load_legacy_positions(), "flowgate_positions").await?;
+        }
+        Ok((!position.is_empty()).then_some(position))
+    }
+
+    /// The pipeline's position as `sql` reads it from `table`: a row per
+    /// part, its name and its text.
+    async fn stored(&mut self, sql: &str, table: &str) -> Result<Position, SqlError> {
         let pipeline = self.pipeline.to_string();
-        let (table, dialect) = ("flowgate_source_positions", self.dialect);
-        let conn = self.conn().await?;
-        let rows = conn.texts(dialect.load_positions(), &[&pipeline]).await.map_err(SqlError::write(table))?;
+        let rows = self.conn().await?.texts(sql, &[&pipeline]).await.map_err(SqlError::write(table))?;
         let mut position = Position::default();
         for mut r in rows {
             position.set(r.swap_remove(0), r.swap_remove(0));
         }
-        if position.is_empty() && self.describe("flowgate_positions").await?.is_some() {
-            // Stored by 0.1: the same parts, as numbers.
-            let conn = self.conn().await?;
-            let rows = conn
-                .texts(dialect.load_legacy_positions(), &[&pipeline])
-                .await
-                .map_err(SqlError::write("flowgate_positions"))?;
-            for mut r in rows {
-                position.set(r.swap_remove(0), r.swap_remove(0));
-            }
-        }
-        Ok((!position.is_empty()).then_some(position))
+        Ok(position)
     }
 
     /// Whether `batch` is the one whose commit's answer was lost, and that
@@ -82,10 +81,8 @@ impl SqlSink {
             {
                 return Ok(committed);
             }
-            let (sql, pipeline) = (self.dialect.load_positions_settled(), self.pipeline.to_string());
-            let conn = self.conn().await?;
-            let rows = conn.texts(sql, &[&pipeline]).await.map_err(SqlError::write("flowgate_source_positions"))?;
-            Ok(unsure.parts().all(|(part, at)| rows.iter().any(|r| r[0] == part && r[1] == at)))
+            let stored = self.stored(self.dialect.load_positions_settled(), "flowgate_source_positions").await?;
+            Ok(unsure.parts().all(|(part, at)| stored.get(part) == Some(at)))
         }
         .await;
         if outcome.is_err() {
